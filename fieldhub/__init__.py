@@ -1,0 +1,1 @@
+"""fieldhub's shared package: configuration, database access, the CLI and the local stack."""

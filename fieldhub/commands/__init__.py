@@ -1,0 +1,1 @@
+"""`fieldhub` subcommands, one module per area. Each module has `register(subparsers)`."""

@@ -1,0 +1,221 @@
+"""The registry: organisations, devices and the backend's broker accounts.
+
+The database is the single source of truth for who may connect to the broker; the broker auth
+sync (broker_bridge.auth_sync) turns these rows into Mosquitto's password and ACL files. Both
+the CLI and the web app's admin pages go through these functions, so validation and the
+"secret shown once" rule hold wherever a device is created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from fieldhub.db import Queries
+from fieldhub.passwords import generate_secret, hash_secret
+
+QUERIES = Queries(Path(__file__).with_name("registry.sql"))
+
+DEVICE_ID_PATTERN = re.compile(r"[a-z0-9_-]{1,64}")
+ORG_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+SERVICE_ACCOUNT_PATTERN = re.compile(r"svc\.[a-z0-9_-]{1,60}")
+LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 128
+
+Conn = psycopg.Connection[Any]
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be carried out; the message is for the person."""
+
+
+class NotFound(RegistryError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceCredentials:
+    device_id: str
+    username: str
+    password: str  # shown once, never stored
+    broker: str
+
+
+def check_device_id(device_id: str) -> str:
+    """Refuse ids the device contract forbids, saying what is wrong with them."""
+    if not device_id:
+        raise RegistryError("device id must not be empty")
+    if len(device_id) > 64:
+        raise RegistryError(f"device id is {len(device_id)} characters long; the limit is 64")
+    bad = sorted({c for c in device_id if not DEVICE_ID_PATTERN.fullmatch(c)})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise RegistryError(
+            f"device id {device_id!r} contains {shown}; "
+            "use only lowercase letters, digits, '_' and '-'"
+        )
+    return device_id
+
+
+def check_org_name(name: str) -> str:
+    if not ORG_NAME_PATTERN.fullmatch(name):
+        raise RegistryError(
+            f"organisation name {name!r} must be 1-64 characters of lowercase letters, digits, "
+            "'_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    """`k=v` strings from the command line or a CSV cell into a label dict."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise RegistryError(f"label {pair!r} must look like key=value")
+        labels[key.strip()] = value.strip()
+    return check_labels(labels)
+
+
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise RegistryError(f"a device has at most {MAX_LABELS} labels")
+    for key, value in labels.items():
+        if not LABEL_KEY_PATTERN.fullmatch(key):
+            raise RegistryError(f"label key {key!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
+            raise RegistryError(
+                f"label {key!r} must be a string of at most {MAX_LABEL_VALUE} characters"
+            )
+    return dict(labels)
+
+
+def create_org(conn: Conn, name: str, display_name: str | None = None) -> dict[str, Any]:
+    check_org_name(name)
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                QUERIES["insert_org"], {"name": name, "display_name": display_name or name}
+            ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise RegistryError(f"organisation {name!r} already exists") from None
+    assert row is not None
+    return dict(row)
+
+
+def get_org(conn: Conn, name: str) -> dict[str, Any]:
+    row = conn.execute(QUERIES["get_org"], {"name": name}).fetchone()
+    if row is None:
+        raise NotFound(f"no organisation named {name!r}")
+    return dict(row)
+
+
+def create_device(
+    conn: Conn,
+    device_id: str,
+    *,
+    org: str,
+    display_name: str = "",
+    labels: Mapping[str, str] | None = None,
+    broker: str = "broker-1",
+    password_hash: str | None = None,
+    secret: str | None = None,
+) -> DeviceCredentials:
+    """Register a device and return its credentials; the secret is not kept anywhere.
+
+    `password_hash`/`secret` let bulk provisioning hash in parallel processes beforehand.
+    """
+    check_device_id(device_id)
+    org_row = get_org(conn, org)
+    if secret is None:
+        secret = generate_secret()
+        password_hash = None
+    params = {
+        "device_id": device_id,
+        "org_id": org_row["id"],
+        "display_name": display_name,
+        "labels": Jsonb(check_labels(labels or {})),
+        "broker": broker,
+        "password_hash": password_hash or hash_secret(secret),
+    }
+    try:
+        with conn.transaction():
+            conn.execute(QUERIES["insert_device"], params)
+    except psycopg.errors.UniqueViolation:
+        raise RegistryError(f"device {device_id!r} already exists") from None
+    return DeviceCredentials(device_id, device_id, secret, broker)
+
+
+def get_device(conn: Conn, device_id: str) -> dict[str, Any]:
+    row = conn.execute(QUERIES["get_device"], {"device_id": device_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no device {device_id!r}")
+    return dict(row)
+
+
+def list_devices(conn: Conn, *, org: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(QUERIES["list_devices"], {"org": org, "limit": limit})]
+
+
+def set_enabled(conn: Conn, device_id: str, enabled: bool) -> None:
+    with conn.transaction():
+        if (
+            conn.execute(
+                QUERIES["set_device_enabled"], {"device_id": device_id, "enabled": enabled}
+            ).fetchone()
+            is None
+        ):
+            raise NotFound(f"no device {device_id!r}")
+
+
+def rotate_secret(conn: Conn, device_id: str) -> DeviceCredentials:
+    secret = generate_secret()
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["set_device_secret"],
+            {"device_id": device_id, "password_hash": hash_secret(secret)},
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no device {device_id!r}")
+    broker = get_device(conn, device_id)["broker"]
+    return DeviceCredentials(device_id, device_id, secret, broker)
+
+
+def delete_device(conn: Conn, device_id: str) -> None:
+    """Delete a device and its stored readings (so a later device of the same id in another
+    organisation can never see them)."""
+    with conn.transaction():
+        if conn.execute(QUERIES["delete_device"], {"device_id": device_id}).fetchone() is None:
+            raise NotFound(f"no device {device_id!r}")
+        conn.execute(QUERIES["delete_device_readings"], {"device_id": device_id})
+
+
+def ensure_service_account(conn: Conn, username: str, acl: Sequence[str], password: str) -> None:
+    """Create or update one of the backend's broker accounts with the least rights it needs."""
+    if not SERVICE_ACCOUNT_PATTERN.fullmatch(username):
+        raise RegistryError(f"service account {username!r} must look like svc.name")
+    with conn.transaction():
+        conn.execute(
+            QUERIES["upsert_service_account"],
+            {"username": username, "password_hash": hash_secret(password), "acl": list(acl)},
+        )
+
+
+# The rights of each backend account: exactly what its code does, nothing more.
+BRIDGE_ACL = (
+    "read devices/+/telemetry",
+    "read devices/+/telemetry/senml",
+    "read devices/+/status",
+    "read devices/+/commands/+/ack",
+    "write devices/+/commands/+",
+    "read $SYS/broker/publish/messages/dropped",
+    "read $SYS/broker/clients/connected",
+)
+LOADGEN_ACL = ("write devices/+/telemetry",)

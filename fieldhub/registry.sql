@@ -1,0 +1,56 @@
+-- Named queries of the registry (fieldhub/registry.py).
+
+-- name: insert_org
+INSERT INTO organisations (name, display_name) VALUES (%(name)s, %(display_name)s)
+RETURNING id, name, display_name, created_at;
+
+-- name: get_org
+SELECT id, name, display_name, created_at FROM organisations WHERE name = %(name)s;
+
+-- name: list_orgs
+SELECT o.id, o.name, o.display_name, o.created_at,
+       (SELECT count(*) FROM devices d WHERE d.org_id = o.id) AS devices,
+       (SELECT count(*) FROM users u WHERE u.org_id = o.id) AS users
+FROM organisations o ORDER BY o.name;
+
+-- name: insert_device
+INSERT INTO devices (device_id, org_id, display_name, labels, broker, password_hash)
+VALUES (%(device_id)s, %(org_id)s, %(display_name)s, %(labels)s, %(broker)s, %(password_hash)s)
+RETURNING device_id, org_id, display_name, labels, enabled, broker, created_at;
+
+-- name: get_device
+SELECT d.device_id, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker,
+       d.offline_after_s, d.created_at, d.secret_rotated_at,
+       s.online, s.last_seen
+FROM devices d
+JOIN organisations o ON o.id = d.org_id
+LEFT JOIN device_state s ON s.device_id = d.device_id
+WHERE d.device_id = %(device_id)s;
+
+-- name: list_devices
+SELECT d.device_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker, d.created_at,
+       coalesce(s.online, false) AS online, s.last_seen
+FROM devices d
+JOIN organisations o ON o.id = d.org_id
+LEFT JOIN device_state s ON s.device_id = d.device_id
+WHERE (%(org)s::text IS NULL OR o.name = %(org)s)
+ORDER BY d.device_id
+LIMIT %(limit)s;
+
+-- name: set_device_enabled
+UPDATE devices SET enabled = %(enabled)s WHERE device_id = %(device_id)s RETURNING device_id;
+
+-- name: set_device_secret
+UPDATE devices SET password_hash = %(password_hash)s, secret_rotated_at = now()
+WHERE device_id = %(device_id)s RETURNING device_id;
+
+-- name: delete_device_readings
+DELETE FROM readings WHERE device_id = %(device_id)s;
+
+-- name: delete_device
+DELETE FROM devices WHERE device_id = %(device_id)s RETURNING device_id;
+
+-- name: upsert_service_account
+INSERT INTO service_accounts (username, password_hash, acl)
+VALUES (%(username)s, %(password_hash)s, %(acl)s)
+ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, acl = excluded.acl;

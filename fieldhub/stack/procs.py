@@ -1,0 +1,85 @@
+"""Small process helpers shared by the stack modules."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def as_user(user: str, argv: Sequence[str]) -> list[str]:
+    """Prefix argv so it runs as `user` when we are root (PostgreSQL refuses to run as root)."""
+    if not running_as_root():
+        return list(argv)
+    return ["runuser", "-u", user, "--", *argv]
+
+
+def chown_tree(path: Path, user: str) -> None:
+    if not running_as_root():
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def chown(path: Path, user: str) -> None:
+    if running_as_root():
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now (tests start servers on these)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> None:
+    """Poll `condition` until it holds; raise TimeoutError naming `what` if it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    for candidate in (*candidates, name):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise FileNotFoundError(f"{name} not found: run scripts/setup first")
+
+
+def run_checked(argv: Sequence[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a command; on failure raise with its output, which is what a person needs to see."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+        )
+    return result  # type: ignore[no-any-return]

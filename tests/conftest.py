@@ -1,0 +1,89 @@
+"""Session-wide real servers for integration tests.
+
+One PostgreSQL+TimescaleDB cluster and one Mosquitto broker per test session, each on free
+loopback ports and started by the same code as `fieldhub up`. Every test gets a fresh database
+cloned from a migrated template (fast: a file copy, not a re-migration).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from fieldhub.migrate import apply_migrations
+from fieldhub.stack.mosquitto import MosquittoBroker
+from fieldhub.stack.postgres import PostgresCluster
+from fieldhub.stack.procs import free_port
+from fieldhub.tls import ensure_tls
+from tests.support import TestStack
+
+TEMPLATE_DB = "fieldhub_template"
+
+
+def _scratch_dir(prefix: str) -> Path:
+    # Not tmp_path: pytest's base temp dir is private to root, and the postgres/mosquitto
+    # system users need to traverse into their data directories.
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    base = _scratch_dir("fieldhub-test-pg-")
+    cluster = PostgresCluster(base / "cluster", free_port(), base / "password", fast_unsafe=True)
+    cluster.init()
+    cluster.start()
+    try:
+        cluster.create_database(TEMPLATE_DB)
+        apply_migrations(cluster.url(TEMPLATE_DB))
+        yield cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def database_url(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"'.encode())
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[MosquittoBroker]:
+    base = _scratch_dir("fieldhub-test-mqtt-")
+    ensure_tls(base / "tls", ["localhost"])
+    mosquitto = MosquittoBroker(
+        base / "broker",
+        base / "tls",
+        free_port(),
+        free_port(),
+        free_port(),
+        tls_bind="127.0.0.1",
+        autosave_interval=5,
+    )
+    proc = mosquitto.start(base / "mosquitto.log")
+    try:
+        yield mosquitto
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def stack(database_url: str, broker: MosquittoBroker) -> Iterator[TestStack]:
+    """The registry of this test's database, synced into the session's broker."""
+    with TestStack(database_url, broker) as test_stack:
+        yield test_stack
