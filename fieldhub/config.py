@@ -50,6 +50,11 @@ class Settings:
     # tells the broker to reload them.
     mosquitto_dir: Path
     mosquitto_pid_file: Path
+    # Retention horizons of the analysis worker, in days; 0 keeps the data forever.
+    retention_raw_days: int = 30
+    retention_rollup_1m_days: int = 365
+    retention_rollup_1h_days: int = 0
+    retention_dead_letters_days: int = 14
 
     @property
     def production(self) -> bool:
@@ -85,6 +90,10 @@ class Settings:
             mosquitto_pid_file=Path(
                 env.get("FIELDHUB_MOSQUITTO_PID_FILE", str(home / "mosquitto" / "mosquitto.pid"))
             ),
+            retention_raw_days=_days(env, "FIELDHUB_RETENTION_RAW_DAYS", 30),
+            retention_rollup_1m_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1M_DAYS", 365),
+            retention_rollup_1h_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1H_DAYS", 0),
+            retention_dead_letters_days=_days(env, "FIELDHUB_RETENTION_DEAD_LETTERS_DAYS", 14),
         )
         settings.check()
         return settings
@@ -132,3 +141,16 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     if not 0 < port < 65536:
         raise ConfigError(f"{name} must be between 1 and 65535, not {port}")
     return port
+
+
+def _days(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        days = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number of days, not {raw!r}") from None
+    if days < 0:
+        raise ConfigError(f"{name} must be 0 (keep forever) or a positive number of days")
+    return days
