@@ -1,0 +1,374 @@
+"""Commands on the bridge: device acks into the database, queued commands out to the broker.
+
+Two pieces, both used by the bridge process (broker_bridge.app):
+
+* `apply_acks` runs inside the bridge's batch transaction and moves commands along their
+  lifecycle (fieldhub.command_states) from the acks devices publish on
+  `devices/{device_id}/commands/{command_id}/ack`. Acks it cannot use are handed back for the
+  dead letters: a malformed payload, an unknown command, or a command of another device.
+* `CommandDispatcher` is a thread with its own database connection. It LISTENs on `commands`
+  and also sweeps every few seconds, so a command created while the bridge was down goes out
+  when it is back. A sweep expires what ran out of time, publishes every `queued` command as a
+  retained QoS 1 message (oldest first) and marks it `sent` only after the broker's PUBACK,
+  then clears the retained message of every final command. Only one dispatcher works at a
+  time (a PostgreSQL advisory lock), however many bridge instances run.
+
+The device-side contract and every restart case are written down in docs/commands.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from fieldhub.command_states import AckStatus, on_ack, parse_ack_status
+from fieldhub.db import Queries, connect
+
+QUERIES = Queries(Path(__file__).with_name("commands.sql"))
+
+# Any constant unique to the dispatcher; held for the life of the leader's connection.
+DISPATCHER_LOCK_KEY = 0x6668_636F_6D6D_616E  # b"fhcomman"
+# Bounds how long one sweep holds up the loop; the next sweep picks up the rest at once.
+SWEEP_BATCH = 500
+# An error text from a device longer than this is cut; the full ack is not stored elsewhere.
+MAX_ERROR_CHARS = 2000
+
+# (topic, payload, retain, message_expiry_s); blocks until PUBACK, raises on failure.
+Publish = Callable[[str, bytes, bool, int | None], None]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AckMessage:
+    device_id: str  # from the topic, which the broker's ACL ties to the sending device
+    command_id: str  # from the topic, unchecked
+    payload: bytes
+    received_at: float  # time.time() when the bridge received it
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedAck:
+    status: AckStatus
+    result: Any
+    error: str | None
+
+
+def command_topic(device_id: str, command_id: str) -> str:
+    return f"devices/{device_id}/commands/{command_id}"
+
+
+def parse_ack(payload: bytes) -> ParsedAck:
+    """The JSON body of an ack, or ValueError saying what is wrong with it."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"ack is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"ack must be a JSON object, not {type(body).__name__}")
+    status = parse_ack_status(body.get("status"))
+    error = body.get("error")
+    if error is not None and not isinstance(error, str):
+        # Devices send error objects too; keep what they said rather than refusing the ack.
+        error = orjson.dumps(error).decode()
+    if error is not None and len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS] + "…"
+    return ParsedAck(status=status, result=body.get("result"), error=error)
+
+
+def _command_uuid(command_id: str) -> uuid.UUID | None:
+    # Checked here, not by a cast in SQL: a cast error would abort the caller's whole batch.
+    try:
+        return uuid.UUID(command_id)
+    except ValueError:
+        return None
+
+
+def apply_acks(
+    conn: psycopg.Connection[Any], acks: Sequence[AckMessage]
+) -> list[tuple[AckMessage, str, str]]:
+    """Apply device acks inside the caller's open transaction.
+
+    Returns (ack, reason, detail) for every ack to dead-letter. Duplicate, overtaken and late
+    acks are not errors: they change nothing and are not returned. Acks are applied in the
+    order given, so several acks of one command in one batch go through its states in turn
+    and each change is recorded by the table's trigger.
+    """
+    dead: list[tuple[AckMessage, str, str]] = []
+    usable: list[tuple[AckMessage, uuid.UUID, ParsedAck]] = []
+    for ack in acks:
+        command_uuid = _command_uuid(ack.command_id)
+        if command_uuid is None:
+            dead.append((ack, "unknown_command", f"command id {ack.command_id!r} is not a uuid"))
+            continue
+        try:
+            parsed = parse_ack(ack.payload)
+        except ValueError as exc:
+            dead.append((ack, "invalid_ack", str(exc)))
+            continue
+        usable.append((ack, command_uuid, parsed))
+    if not usable:
+        return dead
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        ids = sorted({command_uuid for _, command_uuid, _ in usable})
+        rows = cur.execute(QUERIES["lock_commands"], {"ids": ids}).fetchall()
+        commands: dict[uuid.UUID, dict[str, Any]] = {row["id"]: row for row in rows}
+        for ack, command_uuid, parsed in usable:
+            command = commands.get(command_uuid)
+            if command is None:
+                dead.append((ack, "unknown_command", f"no command {ack.command_id}"))
+                continue
+            if command["device_id"] != ack.device_id:
+                # Do not tell the acking device whose command it is; operators see the topic.
+                dead.append((ack, "foreign_command", "command belongs to another device"))
+                continue
+            outcome = on_ack(command["status"], parsed.status)
+            if outcome.new_status is None:
+                log.debug("ack of %s ignored: %s", ack.command_id, outcome.why)
+                continue
+            cur.execute(
+                QUERIES["set_status_from_ack"],
+                {
+                    "id": command_uuid,
+                    "status": outcome.new_status,
+                    "result": None if parsed.result is None else Jsonb(parsed.result),
+                    "error": parsed.error,
+                },
+            )
+            command["status"] = outcome.new_status
+    return dead
+
+
+def command_payload(row: dict[str, Any]) -> bytes:
+    """The retained message a device receives for one command (docs/commands.md)."""
+    return orjson.dumps(
+        {
+            "id": str(row["id"]),
+            "name": row["name"],
+            "params": row["params"],
+            "created_at": _iso(row["created_at"]),
+            "expires_at": _iso(row["expires_at"]),
+        }
+    )
+
+
+def message_expiry_s(remaining_s: float) -> int:
+    """MQTT v5 Message Expiry Interval for a command with this much time left (at least 1 s)."""
+    return max(1, math.ceil(remaining_s))
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclasses.dataclass
+class SweepResult:
+    expired: int = 0
+    published: int = 0
+    cleared: int = 0
+    # False when a publish failed and the sweep stopped early; the next sweep retries.
+    complete: bool = True
+
+
+class CommandDispatcher:
+    """The thread that publishes queued commands and clears finished ones (see module doc)."""
+
+    def __init__(
+        self,
+        database_url: str,
+        publish: Publish,
+        *,
+        sweep_interval_s: float = 2.0,
+        retry_backoff_s: float = 1.0,
+        batch_size: int = SWEEP_BATCH,
+    ) -> None:
+        self.database_url = database_url
+        self.publish = publish
+        self.sweep_interval_s = sweep_interval_s
+        self.retry_backoff_s = retry_backoff_s
+        self.batch_size = batch_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.is_leader = False
+        self.sweeps = 0  # completed sweeps, for tests and metrics
+        self.last_error: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("dispatcher already started")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name="fieldhub-command-dispatcher", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- the loop --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with connect(
+                    self.database_url,
+                    autocommit=True,
+                    application_name="fieldhub-command-dispatcher",
+                ) as conn:
+                    self._serve(conn)
+            except psycopg.Error as exc:
+                self.is_leader = False
+                self.last_error = f"database: {type(exc).__name__}"
+                log.warning("command dispatcher lost its database connection: %s", exc)
+                self._stop.wait(self.retry_backoff_s)
+            except Exception:
+                self.is_leader = False
+                log.exception("command dispatcher failed; restarting it")
+                self._stop.wait(self.retry_backoff_s)
+        self.is_leader = False
+
+    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+        conn.execute("LISTEN commands")
+        self.is_leader = False
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            if not self.is_leader:
+                self.is_leader = self._try_lead(conn)
+                if self.is_leader:
+                    log.info("command dispatcher is the leader")
+                    # The broker may have lost retained messages while nobody watched (a crash
+                    # between snapshots); devices drop duplicates by id, so resend to be sure.
+                    if self._republish_sent(conn):
+                        next_sweep = 0.0
+            now = time.monotonic()
+            if self.is_leader and now >= next_sweep:
+                result = self.sweep(conn)
+                self.sweeps += 1
+                if result.complete:
+                    busy = result.published >= self.batch_size or result.cleared >= self.batch_size
+                    next_sweep = now if busy else now + self._wait_for_expiry(conn)
+                else:
+                    next_sweep = now + self.retry_backoff_s
+            timeout = max(0.0, min(next_sweep - time.monotonic(), self.sweep_interval_s))
+            if not self.is_leader:
+                timeout = self.sweep_interval_s
+            if self._wait_for_work(conn, timeout):
+                next_sweep = min(next_sweep, time.monotonic())
+
+    def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(QUERIES["try_leader_lock"], {"key": DISPATCHER_LOCK_KEY}).fetchone()
+        return bool(row and row["leader"])
+
+    def _wait_for_expiry(self, conn: psycopg.Connection[Any]) -> float:
+        """Seconds until the next sweep: the interval, or sooner if a command expires first."""
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(QUERIES["next_expiry"]).fetchone()
+        seconds = row["seconds"] if row else None
+        if seconds is None:
+            return self.sweep_interval_s
+        return min(self.sweep_interval_s, max(0.0, float(seconds)))
+
+    def _wait_for_work(self, conn: psycopg.Connection[Any], timeout: float) -> bool:
+        """Wait up to `timeout` (in short slices, to notice stop()); True if there is work."""
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for notify in conn.notifies(timeout=min(remaining, 0.25)):
+                if self._needs_sweep(notify.payload):
+                    return True
+        return False
+
+    @staticmethod
+    def _needs_sweep(payload: str) -> bool:
+        # "<device_id> <command_id> <status>": sent and delivered need nothing from us.
+        status = payload.rsplit(" ", 1)[-1]
+        return status not in ("sent", "delivered")
+
+    # -- one sweep -------------------------------------------------------------------------
+    def sweep(self, conn: psycopg.Connection[Any]) -> SweepResult:
+        """Expire, publish queued, clear final. Public so tests can drive one sweep directly.
+
+        `conn` must be in autocommit mode: each `sent`/`cleared` mark is committed at once,
+        right after its PUBACK, so a crash loses at most the mark of one message in flight.
+        """
+        result = SweepResult()
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(QUERIES["expire_commands"]).fetchone()
+            result.expired = int(row["expired"]) if row else 0
+            queued = cur.execute(QUERIES["queued_to_publish"], {"limit": self.batch_size})
+            for command in queued.fetchall():
+                if not self._publish_command(command):
+                    result.complete = False
+                    return result
+                cur.execute(QUERIES["mark_sent"], {"id": command["id"]})
+                result.published += 1
+            finals = cur.execute(QUERIES["finals_to_clear"], {"limit": self.batch_size})
+            for command in finals.fetchall():
+                topic = command_topic(command["device_id"], str(command["id"]))
+                if not self._try_publish(topic, b"", None):
+                    result.complete = False
+                    return result
+                cur.execute(QUERIES["mark_cleared"], {"id": command["id"]})
+                result.cleared += 1
+        return result
+
+    def _republish_sent(self, conn: psycopg.Connection[Any]) -> int:
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(QUERIES["sent_to_republish"]).fetchall()
+        count = 0
+        for command in rows:
+            if not self._publish_command(command):
+                break
+            count += 1
+        if count:
+            log.info("republished %d sent commands after taking over", count)
+        return count
+
+    def _publish_command(self, command: dict[str, Any]) -> bool:
+        topic = command_topic(command["device_id"], str(command["id"]))
+        expiry = message_expiry_s(float(command["remaining_s"]))
+        return self._try_publish(topic, command_payload(command), expiry)
+
+    def _try_publish(self, topic: str, payload: bytes, expiry_s: int | None) -> bool:
+        try:
+            self.publish(topic, payload, True, expiry_s)
+        except Exception as exc:
+            # Broker down or slow: stop this sweep so later commands of the same device are
+            # not published ahead of this one; the next sweep starts again from the oldest.
+            self.last_error = f"publish: {type(exc).__name__}: {exc}"
+            log.warning("publishing to %s failed: %s", topic, exc)
+            return False
+        return True
+
+
+__all__ = [
+    "AckMessage",
+    "CommandDispatcher",
+    "Publish",
+    "SweepResult",
+    "apply_acks",
+    "command_payload",
+    "command_topic",
+    "message_expiry_s",
+    "parse_ack",
+]
