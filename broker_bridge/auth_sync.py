@@ -19,6 +19,7 @@ import os
 import select
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -116,7 +117,7 @@ def run_forever(
     broker: str = "broker-1",
     debounce_s: float = 0.1,
     sweep_s: float = 30.0,
-    stop: Any = None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Follow the registry: LISTEN for changes, debounce a burst, re-render, SIGHUP.
 
@@ -150,9 +151,16 @@ def _sync_and_reload(
     conn: psycopg.Connection[Any], auth_dir: Path, pid_file: Path, broker: str
 ) -> None:
     started = time.perf_counter()
-    if sync_once(conn, auth_dir, broker=broker):
+    if not sync_once(conn, auth_dir, broker=broker):
+        return
+    try:
         reload_broker(pid_file)
-        log.info(
-            "broker auth files updated and reloaded in %.0f ms",
-            (time.perf_counter() - started) * 1000,
-        )
+    except (OSError, ValueError) as exc:
+        # The broker is not running: it reads the fresh files when it starts, so this is not
+        # an error of the sync, just nothing to reload yet.
+        log.warning("broker auth files updated but the broker was not reloaded: %s", exc)
+        return
+    log.info(
+        "broker auth files updated and reloaded in %.0f ms",
+        (time.perf_counter() - started) * 1000,
+    )

@@ -17,7 +17,11 @@ import psycopg
 from fieldhub.config import ConfigError, Settings
 
 # Each module adds its subcommands with register(subparsers).
-COMMAND_MODULES = ("fieldhub.commands.stack",)
+COMMAND_MODULES = (
+    "fieldhub.commands.stack",
+    "fieldhub.commands.registry",
+    "fieldhub.commands.auth_sync",
+)
 
 
 class CommandError(Exception):

@@ -54,3 +54,22 @@ DELETE FROM devices WHERE device_id = %(device_id)s RETURNING device_id;
 INSERT INTO service_accounts (username, password_hash, acl)
 VALUES (%(username)s, %(password_hash)s, %(acl)s)
 ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, acl = excluded.acl;
+
+-- Bulk provisioning (device import): COPY into a temporary table, then one INSERT, so the
+-- registry trigger fires once and a taken id is skipped instead of aborting the import.
+-- name: create_import_table
+CREATE TEMPORARY TABLE device_import (
+    device_id text NOT NULL,
+    display_name text NOT NULL,
+    labels jsonb NOT NULL,
+    password_hash text NOT NULL
+) ON COMMIT DROP;
+
+-- name: copy_import_table
+COPY device_import (device_id, display_name, labels, password_hash) FROM STDIN;
+
+-- name: insert_imported_devices
+INSERT INTO devices (device_id, org_id, display_name, labels, broker, password_hash)
+SELECT device_id, %(org_id)s, display_name, labels, %(broker)s, password_hash FROM device_import
+ON CONFLICT (device_id) DO NOTHING
+RETURNING device_id;

@@ -1,0 +1,282 @@
+"""Registry subcommands: `fieldhub org ...` and `fieldhub device ...`.
+
+A device's secret is printed exactly once, by `create`, `rotate` or `import` (into a 0600
+credentials file); nothing else can show it again because only its hash is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from tqdm import tqdm
+
+from fieldhub import endpoints, registry
+from fieldhub.cli import CommandError
+from fieldhub.config import Settings
+from fieldhub.db import connect
+from fieldhub.passwords import generate_secret, hash_secrets_parallel
+
+CREDENTIAL_COLUMNS = ("device_id", "username", "password", "mqtt_url", "broker", "org")
+
+
+def register(subparsers: Any) -> None:
+    org = subparsers.add_parser("org", help="organisations (tenants)")
+    org_sub = org.add_subparsers(dest="org_command", required=True, metavar="ACTION")
+    create = org_sub.add_parser("create", help="create an organisation")
+    create.add_argument("name", help="handle: lowercase letters, digits, '_' and '-'")
+    create.add_argument("--display-name", help="name shown to people (default: the handle)")
+    create.set_defaults(handler=cmd_org_create)
+    listing = org_sub.add_parser("list", help="list organisations")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=cmd_org_list)
+
+    device = subparsers.add_parser("device", help="devices and their broker credentials")
+    dev_sub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+
+    create = dev_sub.add_parser("create", help="register a device; prints its secret once")
+    create.add_argument("device_id", metavar="ID")
+    create.add_argument("--org", required=True)
+    create.add_argument("--name", default="", help="display name")
+    create.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    create.add_argument("--broker", default="broker-1", help=argparse.SUPPRESS)
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    create.set_defaults(handler=cmd_device_create)
+
+    listing = dev_sub.add_parser("list", help="list devices")
+    listing.add_argument("--org")
+    listing.add_argument("--limit", type=int, default=1000)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(handler=cmd_device_list)
+
+    show = dev_sub.add_parser("show", help="one device's details (never its secret)")
+    show.add_argument("device_id", metavar="ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=cmd_device_show)
+
+    for action, helptext in (
+        ("disable", "refuse the device at the broker (a connected one is disconnected)"),
+        ("enable", "allow a disabled device again"),
+        ("delete", "delete the device and its stored readings"),
+    ):
+        sub = dev_sub.add_parser(action, help=helptext)
+        sub.add_argument("device_id", metavar="ID")
+        sub.set_defaults(handler=cmd_device_change, action=action)
+
+    rotate = dev_sub.add_parser("rotate", help="issue a new secret; prints it once")
+    rotate.add_argument("device_id", metavar="ID")
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(handler=cmd_device_rotate)
+
+    imp = dev_sub.add_parser("import", help="bulk-provision devices from a CSV file")
+    imp.add_argument(
+        "file", type=Path, metavar="FILE.csv", help="columns: device_id[,name[,k=v;k=v]]"
+    )
+    imp.add_argument("--org", required=True)
+    imp.add_argument(
+        "--out",
+        type=Path,
+        metavar="CREDENTIALS.csv",
+        help="where to write the new secrets (default: FILE-credentials.csv; never overwritten)",
+    )
+    imp.add_argument("--broker", default="broker-1", help=argparse.SUPPRESS)
+    imp.set_defaults(handler=cmd_device_import)
+
+
+@contextmanager
+def _registry(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    with connect(endpoints.database_url(settings), autocommit=True) as conn:
+        yield conn
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+
+def _credentials(settings: Settings, creds: registry.DeviceCredentials, org: str) -> dict[str, str]:
+    return {
+        "device_id": creds.device_id,
+        "username": creds.username,
+        "password": creds.password,
+        "mqtt_url": endpoints.device_mqtt_url(settings),
+        "broker": creds.broker,
+        "org": org,
+    }
+
+
+def cmd_org_create(settings: Settings, args: argparse.Namespace) -> int:
+    with _registry(settings) as conn:
+        org = registry.create_org(conn, args.name, args.display_name)
+    print(f"created organisation {org['name']}")
+    return 0
+
+
+def cmd_org_list(settings: Settings, args: argparse.Namespace) -> int:
+    with _registry(settings) as conn:
+        orgs = registry.list_orgs(conn)
+    if args.json:
+        print(json.dumps([_jsonable(o) for o in orgs]))
+        return 0
+    for org in orgs:
+        print(
+            f"{org['name']:<24} {org['devices']:>8} devices {org['users']:>5} users  "
+            f"{org['display_name']}"
+        )
+    return 0
+
+
+def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
+    labels = registry.parse_labels(args.label)
+    with _registry(settings) as conn:
+        creds = registry.create_device(
+            conn,
+            args.device_id,
+            org=args.org,
+            display_name=args.name,
+            labels=labels,
+            broker=args.broker,
+        )
+    _print_secret(settings, creds, args.org, as_json=args.json, verb="created")
+    return 0
+
+
+def _print_secret(
+    settings: Settings,
+    creds: registry.DeviceCredentials,
+    org: str,
+    *,
+    as_json: bool,
+    verb: str,
+) -> None:
+    data = _credentials(settings, creds, org)
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(f"{verb} device {creds.device_id} (organisation {org})")
+    print(f"  username: {data['username']}")
+    print(f"  password: {data['password']}")
+    print(f"  broker:   {data['mqtt_url']}")
+    print("The password is shown only this once; only its hash is stored.")
+
+
+def cmd_device_list(settings: Settings, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise CommandError("--limit must be at least 1")
+    with _registry(settings) as conn:
+        if args.org:
+            registry.get_org(conn, args.org)  # an unknown org is an error, not an empty list
+        devices = registry.list_devices(conn, org=args.org, limit=args.limit)
+    if args.json:
+        print(json.dumps([_jsonable(d) for d in devices]))
+        return 0
+    for d in devices:
+        state = "enabled " if d["enabled"] else "DISABLED"
+        online = "online " if d["online"] else "offline"
+        print(f"{d['device_id']:<40} {d['org']:<20} {state} {online} {d['display_name']}")
+    return 0
+
+
+def cmd_device_show(settings: Settings, args: argparse.Namespace) -> int:
+    with _registry(settings) as conn:
+        device = registry.get_device(conn, args.device_id)
+    if args.json:
+        print(json.dumps(_jsonable(device)))
+        return 0
+    for key, value in device.items():
+        print(f"{key + ':':<19} {value}")
+    return 0
+
+
+def cmd_device_change(settings: Settings, args: argparse.Namespace) -> int:
+    with _registry(settings) as conn:
+        if args.action == "delete":
+            registry.delete_device(conn, args.device_id)
+        else:
+            registry.set_enabled(conn, args.device_id, args.action == "enable")
+    print(f"{args.action}d device {args.device_id}")
+    return 0
+
+
+def cmd_device_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    with _registry(settings) as conn:
+        creds = registry.rotate_secret(conn, args.device_id)
+        org = registry.get_device(conn, args.device_id)["org"]
+    _print_secret(settings, creds, org, as_json=args.json, verb="new secret for")
+    return 0
+
+
+def cmd_device_import(settings: Settings, args: argparse.Namespace) -> int:
+    source: Path = args.file
+    out: Path = args.out or source.with_name(f"{source.stem}-credentials.csv")
+    if out.exists():
+        raise CommandError(f"{out} already exists; it may hold secrets, so it is never overwritten")
+    try:
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise CommandError(f"cannot read {source}: {exc}") from None
+    good, errors = registry.parse_device_rows(rows)
+
+    # The credentials file is created (0600, never overwriting) before anything is committed:
+    # if it cannot be written, no device must be created whose secret nobody will ever see.
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot create {out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+        try:
+            inserted, secrets = _provision(settings, args, good)
+        except BaseException:
+            out.unlink()
+            raise
+        writer = csv.writer(handle)
+        writer.writerow(CREDENTIAL_COLUMNS)
+        mqtt_url = endpoints.device_mqtt_url(settings)
+        for (_, spec), secret in zip(good, secrets, strict=True):
+            if spec.device_id in inserted:
+                writer.writerow(
+                    (spec.device_id, spec.device_id, secret, mqtt_url, args.broker, args.org)
+                )
+    for line, spec in good:
+        if spec.device_id not in inserted:
+            errors.append(registry.RowError(line, f"device {spec.device_id!r} already exists"))
+    written = len(inserted)
+    for error in sorted(errors, key=lambda e: e.line):
+        print(f"{source}:{error.line}: {error.reason}", file=sys.stderr)
+    print(
+        f"provisioned {written} devices in organisation {args.org}; "
+        f"{len(errors)} rows refused; credentials written to {out} (mode 0600)"
+    )
+    return 1 if errors else 0
+
+
+def _provision(
+    settings: Settings,
+    args: argparse.Namespace,
+    good: list[tuple[int, registry.DeviceSpec]],
+) -> tuple[set[str], list[str]]:
+    with _registry(settings) as conn:
+        registry.get_org(conn, args.org)  # fail before any hashing work
+        secrets = [generate_secret() for _ in good]
+        with tqdm(
+            total=len(good), desc="hashing secrets", unit="dev", file=sys.stderr, leave=False
+        ) as bar:
+            hashes = hash_secrets_parallel(secrets, progress=bar.update)
+        inserted = registry.provision_devices(
+            conn,
+            args.org,
+            [(spec, password_hash) for (_, spec), password_hash in zip(good, hashes, strict=True)],
+            broker=args.broker,
+        )
+    return inserted, secrets
