@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "fieldhub.commands.stack",
     "fieldhub.commands.registry",
     "fieldhub.commands.auth_sync",
+    "fieldhub.commands.command",
 )
 
 
