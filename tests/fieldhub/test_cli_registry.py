@@ -1,0 +1,239 @@
+"""`fieldhub org ...` and `fieldhub device ...` against the test's own database."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from fieldhub.cli import main
+from fieldhub.passwords import verify_secret
+from tests.support import unique_id
+
+pytestmark = pytest.mark.integration
+
+DEVICE_URL = "mqtt://devices.example:8883"
+
+
+@pytest.fixture
+def cli(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> CliRunner:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("MQTT_DEVICE_URL", DEVICE_URL)
+    return CliRunner(database_url, capsys)
+
+
+class CliRunner:
+    def __init__(self, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.database_url = database_url
+        self.capsys = capsys
+
+    def __call__(self, *argv: str, expect: int = 0) -> tuple[str, str]:
+        code = main(list(argv))
+        out, err = self.capsys.readouterr()
+        assert code == expect, f"exit {code}, expected {expect}; stdout={out!r} stderr={err!r}"
+        return out, err
+
+    def refused(self, *argv: str) -> str:
+        """Run a command that must fail with one clear line on stderr; return that line."""
+        with pytest.raises(SystemExit) as caught:
+            main(list(argv))
+        out, err = self.capsys.readouterr()
+        assert caught.value.code != 0
+        assert "Traceback" not in err
+        return err.strip().splitlines()[-1]
+
+    def device_row(self, device_id: str) -> dict[str, object] | None:
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            return conn.execute(
+                "SELECT * FROM devices WHERE device_id = %s", (device_id,)
+            ).fetchone()
+
+
+def _one_error_line(cli: CliRunner, *argv: str) -> str:
+    out, err = cli(*argv, expect=2)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_org_create_and_list(cli: CliRunner) -> None:
+    cli("org", "create", "acme", "--display-name", "ACME Corp")
+    out, _ = cli("org", "list", "--json")
+    orgs = {o["name"]: o for o in json.loads(out)}
+    assert orgs["acme"]["display_name"] == "ACME Corp"
+    assert orgs["acme"]["devices"] == 0
+    assert "already exists" in _one_error_line(cli, "org", "create", "acme")
+    assert "organisation name 'Bad Org'" in _one_error_line(cli, "org", "create", "Bad Org")
+
+
+def test_device_create_prints_credentials_once_and_stores_only_a_hash(cli: CliRunner) -> None:
+    cli("org", "create", "acme")
+    device_id = unique_id()
+    out, _ = cli(
+        "device", "create", device_id, "--org", "acme", "--name", "Boiler",
+        "--label", "site=berlin", "--label", "floor=3", "--json",
+    )  # fmt: skip
+    creds = json.loads(out)
+    assert creds["device_id"] == creds["username"] == device_id
+    assert creds["mqtt_url"] == DEVICE_URL
+    assert creds["org"] == "acme"
+    assert len(creds["password"]) >= 22
+    row = cli.device_row(device_id)
+    assert row is not None
+    assert creds["password"] not in str(row)
+    assert verify_secret(creds["password"], str(row["password_hash"]))
+    assert row["labels"] == {"site": "berlin", "floor": "3"}
+
+    out, _ = cli("device", "show", device_id, "--json")
+    shown = json.loads(out)
+    assert shown["display_name"] == "Boiler"
+    assert shown["org"] == "acme"
+    assert "password" not in out and creds["password"] not in out
+
+    out, _ = cli("device", "list", "--org", "acme", "--json")
+    assert [d["device_id"] for d in json.loads(out)] == [device_id]
+    out, _ = cli("device", "list")
+    assert device_id in out
+
+
+def test_device_create_refuses_bad_input_with_one_line(cli: CliRunner) -> None:
+    cli("org", "create", "acme")
+    assert "'/' (the MQTT topic level separator)" in _one_error_line(
+        cli, "device", "create", "a/b", "--org", "acme"
+    )
+    assert "MQTT wildcard" in _one_error_line(cli, "device", "create", "a+b", "--org", "acme")
+    assert "must not be empty" in _one_error_line(cli, "device", "create", "", "--org", "acme")
+    assert "no organisation named 'nope'" in _one_error_line(
+        cli, "device", "create", "dev-x", "--org", "nope"
+    )
+    assert "key=value" in _one_error_line(
+        cli, "device", "create", "dev-x", "--org", "acme", "--label", "oops"
+    )
+    device_id = unique_id()
+    cli("device", "create", device_id, "--org", "acme")
+    assert "already exists" in _one_error_line(cli, "device", "create", device_id, "--org", "acme")
+    assert cli.device_row("dev-x") is None
+    # argparse's own refusals (missing --org, unknown action) also exit non-zero without a trace
+    assert "--org" in cli.refused("device", "create", "dev-y")
+    assert "invalid choice" in cli.refused("device", "explode", "dev-y")
+
+
+def test_disable_enable_rotate_delete(cli: CliRunner) -> None:
+    cli("org", "create", "acme")
+    device_id = unique_id()
+    first = json.loads(cli("device", "create", device_id, "--org", "acme", "--json")[0])
+
+    cli("device", "disable", device_id)
+    assert cli.device_row(device_id)["enabled"] is False  # type: ignore[index]
+    cli("device", "enable", device_id)
+    assert cli.device_row(device_id)["enabled"] is True  # type: ignore[index]
+
+    rotated = json.loads(cli("device", "rotate", device_id, "--json")[0])
+    assert rotated["password"] != first["password"]
+    stored = str(cli.device_row(device_id)["password_hash"])  # type: ignore[index]
+    assert verify_secret(rotated["password"], stored)
+    assert not verify_secret(first["password"], stored)
+    out, _ = cli("device", "rotate", device_id)
+    assert "shown only this once" in out
+
+    cli("device", "delete", device_id)
+    assert cli.device_row(device_id) is None
+    for action in ("disable", "enable", "rotate", "delete", "show"):
+        assert f"no device '{device_id}'" in _one_error_line(cli, "device", action, device_id)
+
+
+def test_import_provisions_good_rows_reports_bad_ones_and_writes_private_credentials(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    cli("org", "create", "acme")
+    taken = unique_id()
+    cli("device", "create", taken, "--org", "acme")
+    ids = [unique_id() for _ in range(3)]
+    source = tmp_path / "devices.csv"
+    source.write_text(
+        "device_id,name,labels\n"
+        f"{ids[0]},Boiler,site=berlin;floor=3\n"
+        "bad/id,,\n"
+        f"{ids[1]}\n"
+        f"{taken},already there\n"
+        "\n"
+        f"{ids[0]},duplicate in file\n"
+        f"{ids[2]},,nolabel\n"
+    )
+    out_file = tmp_path / "creds.csv"
+    out, err = cli("device", "import", str(source), "--org", "acme", "--out", str(out_file),
+                   expect=1)  # fmt: skip
+    assert "provisioned 2 devices" in out
+    assert "4 rows refused" in out
+    refused = {
+        line.split(":")[1]: line for line in err.splitlines() if line.startswith(str(source))
+    }
+    assert set(refused) == {"3", "5", "7", "8"}
+    assert "'/'" in refused["3"]
+    assert "already exists" in refused["5"]
+    assert "first on line 2" in refused["7"]
+    assert "key=value" in refused["8"]
+
+    assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
+    with out_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["device_id"] for r in rows] == [ids[0], ids[1]]
+    for row in rows:
+        assert row["username"] == row["device_id"]
+        assert row["mqtt_url"] == DEVICE_URL
+        stored = cli.device_row(row["device_id"])
+        assert stored is not None
+        assert verify_secret(row["password"], str(stored["password_hash"]))
+    assert cli.device_row(ids[0])["labels"] == {"site": "berlin", "floor": "3"}  # type: ignore[index]
+    assert cli.device_row(ids[2]) is None
+
+    # The credentials file is never overwritten, and nothing is provisioned when refused.
+    another = unique_id()
+    (tmp_path / "more.csv").write_text(f"{another}\n")
+    line = _one_error_line(
+        cli, "device", "import", str(tmp_path / "more.csv"), "--org", "acme", "--out",
+        str(out_file),
+    )  # fmt: skip
+    assert "never overwritten" in line
+    assert cli.device_row(another) is None
+
+
+def test_import_of_a_clean_file_exits_zero_with_default_output_name(
+    cli: CliRunner, tmp_path: Path
+) -> None:
+    cli("org", "create", "acme")
+    source = tmp_path / "fleet.csv"
+    ids = [unique_id() for _ in range(5)]
+    source.write_text("".join(f"{i}\n" for i in ids))
+    out, _ = cli("device", "import", str(source), "--org", "acme")
+    assert "provisioned 5 devices" in out
+    written = tmp_path / "fleet-credentials.csv"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert len(written.read_text().splitlines()) == 6
+    missing = _one_error_line(cli, "device", "import", str(tmp_path / "nope.csv"), "--org", "acme")
+    assert "cannot read" in missing
+
+
+def test_entry_point_runs_as_a_process(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "fieldhub.cli", "device", "show", "no-such-device"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "fieldhub device: no device 'no-such-device'"
