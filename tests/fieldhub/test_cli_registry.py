@@ -47,7 +47,7 @@ class CliRunner:
         """Run a command that must fail with one clear line on stderr; return that line."""
         with pytest.raises(SystemExit) as caught:
             main(list(argv))
-        out, err = self.capsys.readouterr()
+        _, err = self.capsys.readouterr()
         assert caught.value.code != 0
         assert "Traceback" not in err
         return err.strip().splitlines()[-1]
@@ -60,7 +60,7 @@ class CliRunner:
 
 
 def _one_error_line(cli: CliRunner, *argv: str) -> str:
-    out, err = cli(*argv, expect=2)
+    _, err = cli(*argv, expect=2)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert "Traceback" not in err
@@ -99,7 +99,8 @@ def test_device_create_prints_credentials_once_and_stores_only_a_hash(cli: CliRu
     shown = json.loads(out)
     assert shown["display_name"] == "Boiler"
     assert shown["org"] == "acme"
-    assert "password" not in out and creds["password"] not in out
+    assert "password" not in out
+    assert creds["password"] not in out
 
     out, _ = cli("device", "list", "--org", "acme", "--json")
     assert [d["device_id"] for d in json.loads(out)] == [device_id]
