@@ -1,0 +1,1 @@
+"""Bridge between the MQTT broker and fieldhub storage."""
