@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fieldhub.commands.registry",
     "fieldhub.commands.auth_sync",
     "fieldhub.commands.command",
+    "fieldhub.commands.bridge",
 )
 
 

@@ -3,12 +3,21 @@ that wait for conditions instead of sleeping."""
 
 from __future__ import annotations
 
+import os
 import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -21,6 +30,7 @@ from broker_bridge.auth_sync import sync_once
 from fieldhub import registry
 from fieldhub.passwords import generate_secret
 from fieldhub.stack.mosquitto import MosquittoBroker
+from fieldhub.stack.procs import free_port
 
 BRIDGE_ACCOUNT = "svc.bridge"
 
@@ -180,4 +190,129 @@ def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-__all__ = ["BRIDGE_ACCOUNT", "DeviceClient", "TestStack", "unique_id", "wait_for"]
+__all__ = [
+    "BRIDGE_ACCOUNT",
+    "BridgeProcess",
+    "DeviceClient",
+    "TestStack",
+    "unique_id",
+    "wait_for",
+]
+
+
+class BridgeProcess:
+    """`python -m fieldhub.cli bridge` as a child process against a test's stack.
+
+    start() launches it, wait_ready() waits until it is connected and subscribed (its
+    metrics endpoint reports fieldhub_bridge_ready 1), kill(sig) signals it without waiting,
+    stop() sends SIGTERM and returns the exit code. metrics() parses its /metrics endpoint;
+    log() returns its stderr so far. Usable as a context manager (stopped on exit).
+    """
+
+    def __init__(
+        self,
+        stack: TestStack,
+        *,
+        instance: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.stack = stack
+        self.instance = instance
+        self.metrics_port = free_port()
+        self.home = Path(tempfile.mkdtemp(prefix="fieldhub-test-bridge-"))
+        self.log_path = self.home / f"bridge-{instance}.log"
+        password = quote(stack.bridge_password, safe="")
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": stack.database_url,
+            "MQTT_URL": f"mqtt://{BRIDGE_ACCOUNT}:{password}@127.0.0.1:{stack.broker.mqtt_services}",
+            "FIELDHUB_BRIDGE_METRICS_PORT": str(self.metrics_port),
+            "FIELDHUB_HOME": str(self.home),
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BridgeProcess:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fieldhub.cli",
+                    "bridge",
+                    "--instance",
+                    str(self.instance),
+                    "--metrics-port",
+                    str(self.metrics_port),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> BridgeProcess:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
+            return self.metrics().get("fieldhub_bridge_ready", 0.0) == 1.0
+
+        wait_for(ready, timeout=timeout, interval=0.1, what=f"bridge {self.instance} to be ready")
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        """name{labels} -> value from the bridge's /metrics (empty if not answering yet)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as response:
+                text = response.read().decode()
+        except OSError:
+            return {}
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (flush, commit, ack, disconnect) and the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(
+                    f"bridge ignored SIGTERM for {timeout}s:\n{self.log()}"
+                ) from None
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> BridgeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)

@@ -1,0 +1,461 @@
+"""The bridge process: MQTT in, TimescaleDB out, acknowledgements only after COMMIT.
+
+Threads:
+- paho's network thread runs `_on_message`: parse the topic, decode the payload, append to
+  `Pending`. Nothing else happens per message, so the network thread keeps up with the broker.
+- the writer thread takes whatever accumulated, writes it in one transaction
+  (broker_bridge.ingest) and then acknowledges the QoS 1 messages of that batch.
+- the device directory thread keeps the set of enabled devices fresh (LISTEN registry_changed).
+- the command dispatcher (broker_bridge.commands, owned by the commands team) publishes
+  commands through this bridge's MQTT client.
+
+Packet ids belong to one broker connection. Every (re)connect or disconnect bumps a
+generation number under `_ack_lock`; a batch received on an older connection is still
+committed but never acknowledged, because the broker redelivers it on the new connection and
+the idempotent write absorbs the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from broker_bridge.decode import (
+    DecodeError,
+    decode_senml,
+    decode_status,
+    decode_telemetry,
+    parse_topic,
+)
+from broker_bridge.ingest import (
+    Batch,
+    CommandAck,
+    DeadLetter,
+    DeviceDirectory,
+    IngestWriter,
+    Pending,
+    Status,
+    Telemetry,
+)
+from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
+from fieldhub.endpoints import MqttEndpoint
+
+log = logging.getLogger("broker_bridge")
+
+SHARE_GROUP = "fieldhub-bridge"
+DEVICE_TOPICS = (
+    "devices/+/telemetry",
+    "devices/+/telemetry/senml",
+    "devices/+/status",
+    "devices/+/commands/+/ack",
+)
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+RECEIVE_MAXIMUM = 10_000
+SESSION_EXPIRY_S = 86_400
+SHUTDOWN_FLUSH_S = 20.0
+
+
+def _load_commands() -> Any:
+    """broker_bridge.commands, or None while the commands team's module has not landed."""
+    try:
+        return importlib.import_module("broker_bridge.commands")
+    except ModuleNotFoundError as exc:
+        if exc.name != "broker_bridge.commands":
+            raise
+        return None
+
+
+class Bridge:
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        mqtt_endpoint: MqttEndpoint,
+        instance: int = 1,
+        metrics_port: int = 0,
+        receive_maximum: int = RECEIVE_MAXIMUM,
+    ) -> None:
+        self.database_url = database_url
+        self.endpoint = mqtt_endpoint
+        self.instance = instance
+        self.metrics_port = metrics_port
+        self.receive_maximum = receive_maximum
+        self.metrics = BridgeMetrics(instance)
+        self.pending = Pending()
+        self.directory = DeviceDirectory(database_url)
+        self.problems = RateLimitedLog(log)
+        self.commands = _load_commands()
+        self.writer = IngestWriter(
+            database_url,
+            self.directory,
+            self.metrics,
+            self.commands.apply_acks if self.commands else None,
+            self._make_ack if self.commands else None,
+        )
+        self.stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._ack_lock = threading.Lock()
+        self._generation = 0
+        self._subscribed = threading.Event()
+        self._counts = {"telemetry": 0, "senml": 0, "status": 0, "command_ack": 0, "invalid": 0}
+        self._writer_thread = threading.Thread(target=self._write_loop, name="ingest-writer")
+        self.dispatcher: Any = None
+        self.client = self._make_client()
+
+    # -- MQTT -----------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"fieldhub-bridge-{self.instance}",
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if self.endpoint.username:
+            client.username_pw_set(self.endpoint.username, self.endpoint.password)
+        if self.endpoint.tls:
+            client.tls_set()
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self.problems.warning("connect", "broker refused the connection: %s", reason)
+            return
+        self._new_generation()
+        self.metrics.connected.set(1)
+        log.info(
+            "connected to %s as %s (session present: %s)",
+            self.endpoint.url(),
+            self.endpoint.username,
+            flags.session_present,
+        )
+        # Mosquitto 2.0.11 does not restore a durable session's $share subscriptions, so
+        # subscribe on every connect; without a session the broker would also have nothing.
+        options = SubscribeOptions(qos=1)
+        topics = [(f"$share/{SHARE_GROUP}/{topic}", options) for topic in DEVICE_TOPICS]
+        topics.append((DROPPED_TOPIC, SubscribeOptions(qos=0)))
+        client.subscribe(topics)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        refused = [str(r) for r in reasons[: len(DEVICE_TOPICS)] if r.is_failure]
+        if refused:
+            self.problems.warning("subscribe", "broker refused subscriptions: %s", refused)
+            return
+        self.metrics.ready.set(1)
+        if not self._subscribed.is_set():
+            log.info("bridge %d ready: subscribed to %s", self.instance, SHARE_GROUP)
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._new_generation()
+        self.metrics.connected.set(0)
+        self.metrics.ready.set(0)
+        if not self.stopping.is_set():
+            self.problems.warning("disconnect", "disconnected from the broker: %s", reason)
+
+    def _new_generation(self) -> None:
+        with self._ack_lock:
+            self._generation += 1
+            self.pending.new_generation(self._generation)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if self.stopping.is_set():
+            return  # not acknowledged: the broker keeps it for the next start
+        received_at = time.time()
+        topic = message.topic
+        payload = message.payload
+        info = parse_topic(topic)
+        counts = self._counts
+        item: Any
+        if info is None:
+            if topic == DROPPED_TOPIC:
+                self._broker_dropped(payload)
+                return
+            counts["invalid"] += 1
+            item = DeadLetter(received_at, None, topic, "bad_topic", "", payload)
+        else:
+            kind = info.kind
+            counts[kind] += 1
+            try:
+                if kind == "telemetry":
+                    item = Telemetry(
+                        info.device_id,
+                        decode_telemetry(payload, received_at),
+                        topic,
+                        payload,
+                        received_at,
+                    )
+                elif kind == "senml":
+                    item = Telemetry(
+                        info.device_id,
+                        decode_senml(payload, received_at),
+                        topic,
+                        payload,
+                        received_at,
+                    )
+                elif kind == "status":
+                    item = Status(
+                        info.device_id, decode_status(payload), topic, payload, received_at
+                    )
+                else:
+                    item = CommandAck(
+                        info.device_id, info.command_id or "", topic, payload, received_at
+                    )
+            except DecodeError as exc:
+                item = DeadLetter(
+                    received_at, info.device_id, topic, exc.reason, exc.detail, payload
+                )
+        pending = self.pending
+        with pending.lock:
+            batch = pending.batch
+            if type(item) is Telemetry:
+                batch.telemetry.append(item)
+            elif type(item) is DeadLetter:
+                batch.dead.append(item)
+            elif type(item) is Status:
+                batch.statuses.append(item)
+            else:
+                batch.acks.append(item)
+            if message.qos:
+                batch.mids.append(message.mid)
+            if not batch.messages:
+                batch.first_received = received_at
+            batch.messages += 1
+        if pending.writer_idle:
+            pending.wakeup.set()
+
+    def _broker_dropped(self, payload: bytes) -> None:
+        with contextlib.suppress(ValueError):
+            self.metrics.broker_dropped.set(float(payload))
+
+    def _acknowledge(self, batch: Batch) -> None:
+        with self._ack_lock:
+            if batch.generation != self._generation:
+                return
+            ack = self.client.ack
+            for mid in batch.mids:
+                ack(mid, 1)
+
+    # -- commands ---------------------------------------------------------------------------
+    def _make_ack(self, ack: CommandAck) -> Any:
+        return self.commands.AckMessage(ack.device_id, ack.command_id, ack.payload, ack.received_at)
+
+    def publish(
+        self, topic: str, payload: bytes, retain: bool, message_expiry_s: int | None
+    ) -> None:
+        """Publish at QoS 1 and block until the broker's PUBACK (for the command dispatcher)."""
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if message_expiry_s is not None:
+            properties.MessageExpiryInterval = max(1, int(message_expiry_s))
+        info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        info.wait_for_publish(timeout=10)
+        if not info.is_published():
+            raise TimeoutError(f"no PUBACK for {topic} within 10 s")
+
+    # -- writer -----------------------------------------------------------------------------
+    def _write_loop(self) -> None:
+        batch: Batch | None = None
+        backoff = 0.2
+        flush_deadline: float | None = None
+        pending = self.pending
+        while True:
+            incoming = pending.take()
+            if batch is None:
+                batch = incoming
+            elif incoming is not None:
+                batch.merge(incoming)
+            self.metrics.backlog.set((batch.messages if batch else 0) + pending.size)
+            if batch is None:
+                if self.stopping.is_set():
+                    return
+                pending.writer_idle = True
+                pending.wakeup.wait(0.5)
+                pending.writer_idle = False
+                continue
+            if self.stopping.is_set():
+                flush_deadline = flush_deadline or time.monotonic() + SHUTDOWN_FLUSH_S
+                if time.monotonic() > flush_deadline:
+                    log.warning(
+                        "shutting down with %d messages uncommitted; the broker redelivers them",
+                        batch.messages,
+                    )
+                    return
+            started = time.monotonic()
+            try:
+                result = self.writer.write(batch)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._database_error(exc, batch)
+                self.stopping.wait(backoff) if not self.stopping.is_set() else time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except psycopg.errors.ForeignKeyViolation as exc:
+                # A device was deleted after the directory said it existed: forget what we
+                # know and let the next attempt look every device up again.
+                self._database_error(exc, batch)
+                self.directory.enabled = {}
+                continue
+            except psycopg.Error as exc:
+                self._database_error(exc, batch)
+                if not self._isolate(batch):
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                self._acknowledge(batch)
+                batch = None
+                continue
+            backoff = 0.2
+            elapsed = time.monotonic() - started
+            self._acknowledge(batch)
+            self._record(batch, result.rows, result.dead, result.staged, elapsed)
+            batch = None
+
+    def _isolate(self, batch: Batch) -> bool:
+        """Write a batch the database refused message by message; dead-letter the culprits.
+
+        Returns False on a transient error (then the whole batch is retried later)."""
+        for single in batch.split():
+            try:
+                result = self.writer.write(single)
+                self._record(single, result.rows, result.dead, result.staged, 0.0)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._database_error(exc, batch)
+                return False
+            except psycopg.Error as exc:
+                letter = _as_dead_letter(single, exc)
+                try:
+                    result = self.writer.write(Batch(dead=[letter], messages=1))
+                except psycopg.Error as again:
+                    self._database_error(again, batch)
+                    return False
+                self._record(single, 0, result.dead, False, 0.0)
+        return True
+
+    def _database_error(self, exc: BaseException, batch: Batch) -> None:
+        self.metrics.db_errors.inc()
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            self.writer.close()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        self.problems.warning(
+            type(exc).__name__,
+            "database error (%s), holding %d messages unacknowledged: %s",
+            type(exc).__name__,
+            batch.messages,
+            first,
+        )
+
+    def _record(
+        self, batch: Batch, rows: int, dead: dict[str, int], staged: bool, elapsed: float
+    ) -> None:
+        metrics = self.metrics
+        counts, self._counts = self._counts, dict.fromkeys(self._counts, 0)
+        for kind, count in counts.items():
+            if count:
+                metrics.messages.labels(kind).inc(count)
+        if rows:
+            metrics.rows.inc(rows)
+        for reason, count in dead.items():
+            metrics.dead_letters.labels(reason).inc(count)
+            self.problems.warning(
+                f"dead:{reason}", "dead-lettered %d message(s): %s", count, reason
+            )
+        if staged:
+            metrics.redelivery_batches.inc()
+        if elapsed:
+            metrics.batch_messages.observe(batch.messages)
+            metrics.commit_seconds.observe(elapsed)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.metrics.serve(self.metrics_port)
+        self.directory.start()
+        self._writer_thread.start()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.ReceiveMaximum = self.receive_maximum
+        self.client.connect_async(
+            self.endpoint.host,
+            self.endpoint.port,
+            keepalive=30,
+            clean_start=False,
+            properties=properties,
+        )
+        self.client.loop_start()
+        if self.commands is not None:
+            self.dispatcher = self.commands.CommandDispatcher(self.database_url, self.publish)
+            self.dispatcher.start()
+        else:
+            log.warning("broker_bridge.commands is not installed: commands are not dispatched")
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._subscribed.wait(timeout)
+
+    def stop(self) -> None:
+        """Ask the bridge to stop (safe from a signal handler): run() then flushes and exits."""
+        self.stopping.set()
+        self.pending.wakeup.set()
+
+    def shutdown(self) -> None:
+        """Flush what was received, commit, acknowledge, disconnect."""
+        self.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        if self._writer_thread.is_alive():
+            self._writer_thread.join()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.writer.close()
+        self.directory.stop()
+        self.metrics.close()
+        self._stopped.set()
+        log.info("bridge %d stopped", self.instance)
+
+    def run(self) -> int:
+        self.start()
+        while not self.stopping.wait(1.0):
+            pass
+        self.shutdown()
+        return 0
+
+
+def _as_dead_letter(single: Batch, exc: psycopg.Error) -> DeadLetter:
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+    items: Sequence[Telemetry | Status | CommandAck] = (
+        single.telemetry or single.statuses or single.acks
+    )
+    if items:
+        message = items[0]
+        return DeadLetter(
+            message.received_at,
+            message.device_id,
+            message.topic,
+            "db_rejected",
+            detail,
+            message.payload,
+        )
+    return single.dead[0]._replace(reason="db_rejected", detail=detail)

@@ -1,0 +1,136 @@
+"""`fieldhub bridge` (the telemetry bridge process) and `fieldhub export` (a device's readings)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from fieldhub import db, endpoints
+from fieldhub.config import Settings
+from fieldhub.db import Queries
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    bridge = subparsers.add_parser(
+        "bridge", help="run the MQTT -> TimescaleDB telemetry bridge (until SIGTERM)"
+    )
+    bridge.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        help="instance number; each runs its own durable broker session (default 1)",
+    )
+    bridge.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus metrics port (0 = off; default FIELDHUB_BRIDGE_METRICS_PORT, "
+        "plus instance - 1)",
+    )
+    bridge.set_defaults(handler=cmd_bridge)
+
+    export = subparsers.add_parser(
+        "export", help="print a device's stored readings, one per line, oldest first"
+    )
+    export.add_argument("device_id", metavar="DEVICE")
+    export.add_argument("--from", dest="start", type=parse_time, help="RFC 3339 or epoch seconds")
+    export.add_argument("--to", dest="end", type=parse_time, help="RFC 3339 or epoch seconds")
+    export.add_argument("--format", choices=("csv", "ndjson"), default="csv")
+    export.set_defaults(handler=cmd_export)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """An instant given as RFC 3339 (a missing offset means UTC) or epoch seconds."""
+    try:
+        return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
+    except ValueError:
+        pass
+    try:
+        value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an RFC 3339 time nor epoch seconds"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+
+
+def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
+    from broker_bridge.app import Bridge
+
+    if args.instance < 1:
+        raise ValueError("--instance must be 1 or more")
+    port = args.metrics_port
+    if port is None:
+        port = settings.ports.bridge_metrics + args.instance - 1
+    bridge = Bridge(
+        database_url=endpoints.database_url(settings),
+        mqtt_endpoint=endpoints.bridge_mqtt(settings),
+        instance=args.instance,
+        metrics_port=port,
+    )
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s: flushing and stopping", signal.Signals(signum).name)
+        bridge.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return bridge.run()
+
+
+_EXPORT = Queries(Path(__file__).resolve().parent.parent.parent / "broker_bridge" / "ingest.sql")
+
+
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from fieldhub import registry
+
+    with db.connect(endpoints.read_database_url(settings)) as conn:
+        registry.get_device(conn, registry.check_device_id(args.device_id))
+        with conn.cursor(name="export") as cursor:
+            cursor.itersize = 5000
+            cursor.execute(
+                _EXPORT["export_readings"],
+                {"device_id": args.device_id, "from": args.start, "to": args.end},
+            )
+            write_export(cursor, sys.stdout, args.format)
+    return 0
+
+
+def write_export(rows: Any, out: TextIO, fmt: str) -> int:
+    """Write rows of export_readings; returns how many."""
+    count = 0
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(("time", "metric", "value", "seq"))
+    for row in rows:
+        value: Any
+        if row["text_value"] is not None:
+            value = row["text_value"]
+        elif row["is_bool"]:
+            value = bool(row["value"])
+        else:
+            value = row["value"]
+        time_text = row["time"].astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+        if writer is not None:
+            cell = ("true" if value else "false") if isinstance(value, bool) else value
+            seq = "" if row["seq"] is None else row["seq"]
+            writer.writerow((time_text, row["metric"], cell, seq))
+        else:
+            out.write(
+                orjson.dumps(
+                    {"time": time_text, "metric": row["metric"], "value": value, "seq": row["seq"]}
+                ).decode()
+                + "\n"
+            )
+        count += 1
+    return count
