@@ -1,17 +1,51 @@
-"""Stack subcommands: migrate, tls."""
+"""Stack subcommands: up, down, status, migrate, tls."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
 from fieldhub import endpoints
+from fieldhub.cli import CommandError
 from fieldhub.config import Settings
 from fieldhub.migrate import apply_migrations
+from fieldhub.stack import local
 from fieldhub.tls import ensure_tls
 
 
 def register(subparsers: Any) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="start the local stack (PostgreSQL, Mosquitto, bridge, worker, web) and supervise it",
+        description="Start the stack under $FIELDHUB_HOME (default var/) and keep it running: "
+        "a process that dies is restarted with backoff. DATABASE_URL / MQTT_URL, when set, are "
+        "used instead of local servers. Ctrl-C (or `fieldhub down`) stops everything.",
+    )
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="also create the demo organisation and login and run 12 simulated devices",
+    )
+    up.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background; return once everything is up",
+    )
+    # The detached daemon itself: runs in the foreground of its own session.
+    up.add_argument("--foreground-daemon", action="store_true", help=argparse.SUPPRESS)
+    up.set_defaults(handler=cmd_up)
+
+    down = subparsers.add_parser("down", help="stop the local stack (data is kept)")
+    down.set_defaults(handler=cmd_down)
+
+    status = subparsers.add_parser("status", help="URLs and the state of each process")
+    status.add_argument(
+        "--json", action="store_true", help="print one JSON object (exit code 0 also when down)"
+    )
+    status.set_defaults(handler=cmd_status)
+
     migrate = subparsers.add_parser(
         "migrate", help="apply schema/ migrations (safe to run concurrently)"
     )
@@ -38,3 +72,32 @@ def cmd_tls_ensure(settings: Settings, args: argparse.Namespace) -> int:
     if ensure_tls(settings.tls_dir):
         print(f"created a local CA and server certificate in {settings.tls_dir}")
     return 0
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        if args.detach and not args.foreground_daemon:
+            code, message = local.detach_up(settings, demo=args.demo, verbose=args.verbose)
+            print(message, file=sys.stdout if code == 0 else sys.stderr)
+            return code
+        return local.run_up(settings, demo=args.demo, announce=_announce)
+    except local.StackError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _announce(text: str) -> None:
+    print(text + "Press Ctrl-C to stop.", flush=True)
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    print(local.stop_stack(settings))
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    status = local.stack_status(settings)
+    if args.json:
+        print(json.dumps(status, sort_keys=True))
+        return 0
+    print(local.format_status(status))
+    return 0 if status["running"] else 1

@@ -1,0 +1,553 @@
+"""Simulated devices that follow the device contract exactly, for the demo and for load tests.
+
+Each simulated device is one asyncio MQTT v5 client logged in with its own credentials. It sets
+a retained Last Will `offline` on `devices/{id}/status`, publishes `online` (retained) once
+connected, publishes telemetry `{"ts": ms, "seq": n, "values": {...}}` at QoS 1 every interval
+with values that move plausibly (a temperature random walk, humidity, a door that opens now and
+then, a draining battery), and answers every command on `devices/{id}/commands/+` with
+`accepted` and then `succeeded` on `.../commands/{cid}/ack`.
+
+Many devices are spread over several processes (one asyncio loop each), since a single CPython
+loop tops out at a few thousand MQTT clients; each process raises its open-file limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import queue
+import random
+import resource
+import signal
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeGuard
+
+import aiomqtt
+import orjson
+import psycopg
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from fieldhub import registry
+from fieldhub.passwords import generate_secret, hash_secrets_parallel
+
+log = logging.getLogger("fieldhub.simulate")
+
+SITES = ("north-farm", "river-lab", "depot-3", "greenhouse")
+DEVICES_PER_PROCESS = 2500
+STATS_EVERY_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatedDevice:
+    device_id: str
+    secret: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the simulated devices connect: the broker's device listener."""
+
+    host: str
+    port: int
+    tls: bool = False
+    ca_file: Path | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        return context
+
+
+@dataclasses.dataclass
+class Stats:
+    connected: int = 0  # now
+    connects: int = 0  # successful logins, including reconnects
+    connect_failures: int = 0
+    published: int = 0  # telemetry messages acknowledged by the broker (QoS 1)
+    commands_answered: int = 0
+    last_error: str = ""
+
+    def add(self, other: Stats) -> None:
+        for field in dataclasses.fields(self):
+            if field.name != "last_error":
+                setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        self.last_error = other.last_error or self.last_error
+
+
+# -- pure parts: values, payloads, command answers -----------------------------------------------
+class DeviceModel:
+    """Plausible moving readings of one environmental sensor."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.base_temperature = rng.uniform(18.0, 24.0)
+        self.temperature = self.base_temperature + rng.uniform(-1.0, 1.0)
+        self.humidity = rng.uniform(35.0, 60.0)
+        self.door = False
+        self.battery = rng.uniform(70.0, 100.0)
+
+    def next_values(self) -> dict[str, float | bool]:
+        rng = self.rng
+        # A random walk pulled back towards the device's own base, so it wanders but stays put.
+        self.temperature += rng.gauss(0.0, 0.15) + 0.05 * (self.base_temperature - self.temperature)
+        self.humidity = min(95.0, max(10.0, self.humidity + rng.gauss(0.0, 0.4)))
+        if rng.random() < (0.3 if self.door else 0.05):
+            self.door = not self.door
+        self.battery -= rng.uniform(0.0, 0.02)
+        if self.battery < 5.0:
+            self.battery = 100.0  # someone changed it
+        return {
+            "temperature": round(self.temperature, 2),
+            "humidity": round(self.humidity, 1),
+            "door": self.door,
+            "battery": round(self.battery, 2),
+        }
+
+
+def telemetry_payload(seq: int, values: dict[str, float | bool], ts_ms: int) -> bytes:
+    return orjson.dumps({"ts": ts_ms, "seq": seq, "values": values})
+
+
+def command_id_from_topic(topic: str, device_id: str) -> str | None:
+    prefix = f"devices/{device_id}/commands/"
+    if not topic.startswith(prefix):
+        return None
+    command_id = topic[len(prefix) :]
+    return command_id if command_id and "/" not in command_id else None
+
+
+def answer_command(payload: bytes) -> tuple[bytes, bytes, float | None] | None:
+    """The two acks (accepted, final) for a command payload, and a new interval if asked for.
+
+    None for an empty payload: that is the backend clearing a finished command's retained
+    message, not a command.
+    """
+    if not payload:
+        return None
+    accepted = orjson.dumps({"status": "accepted"})
+    try:
+        command = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return accepted, orjson.dumps({"status": "rejected", "error": "payload is not JSON"}), None
+    if not isinstance(command, dict):
+        return accepted, orjson.dumps({"status": "rejected", "error": "not a JSON object"}), None
+    name = command.get("name")
+    raw_params = command.get("params")
+    params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
+    new_interval = None
+    if name == "set_interval":
+        seconds = params.get("seconds", params.get("interval_s"))
+        if not _is_number(seconds) or not 0.1 <= seconds <= 86400:
+            failed = {"status": "failed", "error": "params.seconds must be 0.1..86400"}
+            return accepted, orjson.dumps(failed), None
+        new_interval = float(seconds)
+    final: dict[str, Any] = {
+        "status": "succeeded",
+        "result": {"handled_by": "fieldhub simulator", "name": name},
+    }
+    return accepted, orjson.dumps(final), new_interval
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def device_ids(prefix: str, count: int) -> list[str]:
+    width = max(2, len(str(count)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(1, count + 1)]
+
+
+# -- one device ---------------------------------------------------------------------------------
+class SimulatedClient:
+    def __init__(
+        self,
+        device: SimulatedDevice,
+        target: Target,
+        interval_s: float,
+        stats: Stats,
+        rng: random.Random,
+    ) -> None:
+        self.device = device
+        self.target = target
+        self.interval_s = interval_s
+        self.stats = stats
+        self.rng = rng
+        self.model = DeviceModel(rng)
+        self.seq = 0
+        self.answered: deque[str] = deque(maxlen=256)
+        self.status_topic = f"devices/{device.device_id}/status"
+
+    async def run(self, stop: asyncio.Event, start_delay: float = 0.0) -> None:
+        """Stay connected until `stop`, reconnecting with backoff."""
+        if start_delay and await _wait(stop, start_delay):
+            return
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                backoff = 1.0
+            except aiomqtt.MqttError as exc:
+                self.stats.connect_failures += 1
+                self.stats.last_error = f"{self.device.device_id}: {exc}"
+                log.debug("%s: %s; reconnecting in %.1f s", self.device.device_id, exc, backoff)
+                if await _wait(stop, backoff * self.rng.uniform(0.5, 1.5)):
+                    return
+                backoff = min(30.0, backoff * 2)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        device_id = self.device.device_id
+        connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect_props.SessionExpiryInterval = 0
+        async with aiomqtt.Client(
+            self.target.host,
+            self.target.port,
+            username=device_id,
+            password=self.device.secret,
+            identifier=device_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=aiomqtt.Will(self.status_topic, b"offline", qos=1, retain=True),
+            keepalive=60,
+            tls_context=self.target.ssl_context(),
+            properties=connect_props,
+            timeout=30,
+        ) as client:
+            self.stats.connects += 1
+            self.stats.connected += 1
+            try:
+                await client.subscribe(f"devices/{device_id}/commands/+", qos=1)
+                await client.publish(self.status_topic, b"online", qos=1, retain=True)
+                commands = asyncio.create_task(self._answer_commands(client))
+                try:
+                    await self._publish_until(client, stop)
+                finally:
+                    commands.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await commands
+                # A clean stop is not a lost device: say so instead of leaving "online".
+                await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            finally:
+                self.stats.connected -= 1
+
+    async def _publish_until(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        topic = f"devices/{self.device.device_id}/telemetry"
+        # Spread the devices over the interval so the broker sees a steady stream, not bursts.
+        if await _wait(stop, self.rng.uniform(0.0, self.interval_s)):
+            return
+        while not stop.is_set():
+            started = time.monotonic()
+            self.seq += 1
+            payload = telemetry_payload(self.seq, self.model.next_values(), int(time.time() * 1000))
+            await client.publish(topic, payload, qos=1)
+            self.stats.published += 1
+            if await _wait(stop, max(0.0, self.interval_s - (time.monotonic() - started))):
+                return
+
+    async def _answer_commands(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            command_id = command_id_from_topic(message.topic.value, self.device.device_id)
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if command_id is None or command_id in self.answered:
+                continue
+            answer = answer_command(payload)
+            if answer is None:
+                continue
+            self.answered.append(command_id)
+            accepted, final, new_interval = answer
+            ack_topic = f"devices/{self.device.device_id}/commands/{command_id}/ack"
+            await client.publish(ack_topic, accepted, qos=1)
+            if new_interval is not None:
+                self.interval_s = new_interval
+            await client.publish(ack_topic, final, qos=1)
+            self.stats.commands_answered += 1
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def run_devices(
+    devices: Sequence[SimulatedDevice],
+    target: Target,
+    interval_s: float,
+    should_stop: Callable[[], bool],
+    *,
+    stats: Stats | None = None,
+    connect_rate: float = 500.0,
+    report: Callable[[Stats], None] | None = None,
+    seed: int | None = None,
+) -> Stats:
+    """Run `devices` in this event loop until `should_stop()` (polled) turns true."""
+    stats = stats if stats is not None else Stats()
+    stop = asyncio.Event()
+    rng = random.Random(seed)  # noqa: S311 - simulated readings, not secrets
+    clients = [
+        SimulatedClient(device, target, interval_s, stats, random.Random(rng.random()))  # noqa: S311
+        for device in devices
+    ]
+    tasks = [
+        asyncio.create_task(client.run(stop, start_delay=index / connect_rate))
+        for index, client in enumerate(clients)
+    ]
+    last_report = time.monotonic()
+    while not should_stop():
+        await asyncio.sleep(0.1)
+        if report is not None and time.monotonic() - last_report >= STATS_EVERY_S:
+            report(stats)
+            last_report = time.monotonic()
+    stop.set()
+    await asyncio.wait(tasks, timeout=15)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if report is not None:
+        report(stats)
+    return stats
+
+
+# -- several processes --------------------------------------------------------------------------
+def raise_open_file_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < needed:
+        log.warning(
+            "open-file limit %d is below the %d this process needs; raise it (ulimit -Hn)",
+            want,
+            needed,
+        )
+
+
+def _worker(
+    index: int,
+    devices: Sequence[SimulatedDevice],
+    target: Target,
+    interval_s: float,
+    stop: Any,
+    reports: Any,
+    connect_rate: float,
+) -> None:
+    # The parent handles Ctrl-C and tells the workers through `stop`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    raise_open_file_limit(len(devices) + 64)
+
+    def report(stats: Stats) -> None:
+        with contextlib.suppress(Exception):
+            reports.put((index, dataclasses.asdict(stats)))
+
+    asyncio.run(
+        run_devices(
+            devices,
+            target,
+            interval_s,
+            stop.is_set,
+            connect_rate=connect_rate,
+            report=report,
+        )
+    )
+
+
+def default_processes(count: int) -> int:
+    return max(1, min(2 * (os.cpu_count() or 1), math.ceil(count / DEVICES_PER_PROCESS)))
+
+
+def run_simulation(
+    devices: Sequence[SimulatedDevice],
+    target: Target,
+    interval_s: float,
+    *,
+    processes: int,
+    should_stop: Callable[[], bool],
+    connect_rate: float = 500.0,
+    log_every_s: float = 10.0,
+) -> Stats:
+    """Run the devices in `processes` worker processes; log totals every `log_every_s`."""
+    context = multiprocessing.get_context("fork")
+    stop = context.Event()
+    reports: Any = context.Queue()
+    shares = [devices[i::processes] for i in range(processes)]
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(i, share, target, interval_s, stop, reports, connect_rate / processes),
+            name=f"simulate-{i}",
+            daemon=True,
+        )
+        for i, share in enumerate(shares)
+        if share
+    ]
+    for worker in workers:
+        worker.start()
+    latest: dict[int, Stats] = {}
+    last_log = time.monotonic()
+    last_published = 0
+
+    def drain(timeout: float) -> None:
+        try:
+            index, values = reports.get(timeout=timeout)
+            latest[index] = Stats(**values)
+            while True:
+                index, values = reports.get_nowait()
+                latest[index] = Stats(**values)
+        except queue.Empty:
+            pass
+
+    def total() -> Stats:
+        result = Stats()
+        for stats in latest.values():
+            result.add(stats)
+        return result
+
+    try:
+        while not should_stop() and any(w.is_alive() for w in workers):
+            drain(0.2)
+            if time.monotonic() - last_log >= log_every_s:
+                now = total()
+                rate = (now.published - last_published) / (time.monotonic() - last_log)
+                log.info(
+                    "%d/%d devices connected, %d messages published (%.1f msg/s), "
+                    "%d commands answered, %d failed connection attempts%s",
+                    now.connected,
+                    len(devices),
+                    now.published,
+                    rate,
+                    now.commands_answered,
+                    now.connect_failures,
+                    f" (last: {now.last_error})" if now.connect_failures else "",
+                )
+                last_log, last_published = time.monotonic(), now.published
+    finally:
+        stop.set()
+        deadline = time.monotonic() + 30
+        for worker in workers:
+            while worker.is_alive() and time.monotonic() < deadline:
+                drain(0.1)
+                worker.join(timeout=0.1)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(5)
+        drain(0.0)
+    return total()
+
+
+# -- credentials --------------------------------------------------------------------------------
+def provision(
+    conn: psycopg.Connection[Any],
+    *,
+    org: str,
+    prefix: str,
+    count: int,
+) -> list[SimulatedDevice]:
+    """Create the simulator's devices (or rotate the secrets of those that exist) and return
+    their credentials. The registry keeps only hashes, so rotating is the only way to learn a
+    secret again; all of it is one transaction, hence one broker reload."""
+    ids = device_ids(prefix, count)
+    for device_id in ids:
+        registry.check_device_id(device_id)
+    try:
+        registry.get_org(conn, org)
+    except registry.NotFound:
+        log.info("creating organisation %r for the simulated devices", org)
+        registry.create_org(conn, org)
+    existing = {d["device_id"] for d in registry.list_devices(conn, org=org, limit=10_000_000)}
+    missing = [d for d in ids if d not in existing]
+    new_secrets = [generate_secret() for _ in missing]
+    hashes = hash_secrets_parallel(new_secrets)
+    devices: dict[str, SimulatedDevice] = {}
+    with conn.transaction():
+        for index, (device_id, secret, password_hash) in enumerate(
+            zip(missing, new_secrets, hashes, strict=True)
+        ):
+            try:
+                registry.create_device(
+                    conn,
+                    device_id,
+                    org=org,
+                    display_name=f"Simulated sensor {device_id}",
+                    labels={"site": SITES[index % len(SITES)], "simulated": "true"},
+                    password_hash=password_hash,
+                    secret=secret,
+                )
+            except registry.RegistryError:
+                raise registry.RegistryError(
+                    f"device {device_id!r} already exists in another organisation; "
+                    f"choose another --prefix"
+                ) from None
+            devices[device_id] = SimulatedDevice(device_id, secret)
+        for device_id in ids:
+            if device_id not in devices:
+                devices[device_id] = SimulatedDevice(
+                    device_id, registry.rotate_secret(conn, device_id).password
+                )
+    log.info(
+        "%d simulated devices ready in organisation %r (%d created, %d secrets rotated)",
+        count,
+        org,
+        len(missing),
+        count - len(missing),
+    )
+    return [devices[d] for d in ids]
+
+
+def can_login(target: Target, device: SimulatedDevice, timeout: float = 10.0) -> bool:
+    async def attempt() -> bool:
+        try:
+            async with aiomqtt.Client(
+                target.host,
+                target.port,
+                username=device.device_id,
+                password=device.secret,
+                identifier=device.device_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                tls_context=target.ssl_context(),
+                timeout=timeout,
+            ):
+                return True
+        except aiomqtt.MqttError:
+            return False
+
+    return asyncio.run(attempt())
+
+
+def wait_until_accepted(
+    target: Target,
+    device: SimulatedDevice,
+    *,
+    timeout: float,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Wait until the broker knows the new secrets (the registry sync runs separately)."""
+    deadline = time.monotonic() + timeout
+    next_hint = time.monotonic() + 10
+    delay = 0.1
+    while not should_stop():
+        if can_login(target, device):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        if time.monotonic() > next_hint:
+            log.info(
+                "waiting for the broker to accept %s (is `fieldhub auth-sync` running?)",
+                device.device_id,
+            )
+            next_hint = time.monotonic() + 10
+        time.sleep(delay)
+        delay = min(2.0, delay * 2)
+    return False

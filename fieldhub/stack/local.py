@@ -1,0 +1,607 @@
+"""The local stack behind `fieldhub up`, `fieldhub status` and `fieldhub down`.
+
+`up` brings the pieces up in dependency order, each one ready before the next starts:
+PostgreSQL (a supervised `postgres` child, run as the `postgres` user when we are root) ->
+database + migrations + the bridge's broker account -> Mosquitto -> a first registry sync ->
+the fieldhub processes (auth-sync, bridge, worker, web, and the simulator with --demo). Which
+fieldhub processes exist is read from the CLI itself, so the stack runs at every stage of the
+project and says which ones are not there yet. With DATABASE_URL / MQTT_URL set, the matching
+local server is not started.
+
+Everything runs under one `Supervisor`; its state file is what `status` and `down` read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from broker_bridge.auth_sync import sync_once
+from fieldhub import endpoints, registry
+from fieldhub.config import PROJECT_ROOT, ConfigError, Settings
+from fieldhub.migrate import apply_migrations
+from fieldhub.stack.mosquitto import MosquittoBroker
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
+from fieldhub.stack.procs import port_open, running_as_root
+from fieldhub.stack.supervisor import (
+    ProcessSpec,
+    StartupError,
+    Supervisor,
+    read_state,
+    same_process_alive,
+    stop_recorded,
+    tail,
+)
+from fieldhub.tls import ensure_tls
+
+log = logging.getLogger("fieldhub.stack")
+
+# fieldhub subcommands the stack runs, in start order, if the CLI has them.
+SERVICE_COMMANDS = ("auth-sync", "bridge", "worker", "web")
+DETACH_TIMEOUT_S = 300.0
+
+
+class StackError(Exception):
+    """`up`/`down` cannot go on; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StackPaths:
+    home: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.log_dir / "supervisor.log"
+
+    @property
+    def detach_log(self) -> Path:
+        return self.log_dir / "up.log"
+
+
+# -- URLs ------------------------------------------------------------------------------------
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print and to store."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def web_url(settings: Settings) -> str:
+    host = settings.web_host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - mapping a bind-all address to loopback
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.ports.web}/"
+
+
+def stack_urls(settings: Settings) -> dict[str, str | None]:
+    try:
+        database = mask_url(endpoints.database_url(settings))
+    except ConfigError:
+        database = mask_url(local_cluster_url(settings))
+    return {
+        "database_url": database,
+        "mqtt_url": _bridge_url(settings),
+        "mqtt_device_url": endpoints.device_mqtt_url(settings),
+        "mqtts_device_url": None
+        if settings.mqtt_device_url or settings.mqtt_url
+        else f"mqtts://localhost:{settings.ports.mqtt_devices_tls}",
+        "web_url": web_url(settings),
+        "bridge_metrics_url": f"http://127.0.0.1:{settings.ports.bridge_metrics}/metrics",
+    }
+
+
+def _bridge_url(settings: Settings) -> str:
+    if settings.mqtt_url:
+        return endpoints.MqttEndpoint.parse(settings.mqtt_url).url()
+    return f"mqtt://127.0.0.1:{settings.ports.mqtt_services}"
+
+
+def local_cluster_url(settings: Settings) -> str:
+    # Before the first `up` there is no password yet; show where the database will be.
+    return f"postgresql://fieldhub:***@127.0.0.1:{settings.ports.postgres}/fieldhub"
+
+
+# -- readiness probes --------------------------------------------------------------------------
+def http_answers(url: str, *, ok_below: int = 500) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own URL
+                return int(response.status) < ok_below
+        except urllib.error.HTTPError as exc:
+            return exc.code < ok_below
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return probe
+
+
+def postgres_accepts(cluster: PostgresCluster) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with psycopg.connect(cluster.url("postgres"), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    return probe
+
+
+def fieldhub_argv(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "fieldhub.cli", *args)
+
+
+def available_commands() -> set[str]:
+    """The subcommands this build's CLI has (other teams add theirs as they land)."""
+    from fieldhub.cli import build_parser
+
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
+
+
+# -- the specs ------------------------------------------------------------------------------
+def postgres_spec(cluster: PostgresCluster) -> ProcessSpec:
+    return ProcessSpec(
+        name="postgres",
+        argv=(str(pg_bindir() / "postgres"), "-D", str(cluster.pgdata)),
+        ready=postgres_accepts(cluster),
+        ready_timeout=60,
+        user=PG_USER,
+        # SIGINT is PostgreSQL's fast shutdown (what `pg_ctl stop -m fast` sends).
+        stop_signal=signal.SIGINT,
+        stop_timeout=60,
+        cwd=cluster.pgdata,
+    )
+
+
+def mosquitto_spec(broker: MosquittoBroker, name: str = "mosquitto") -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        argv=tuple(broker.command()),
+        ready=lambda: port_open(broker.mqtt_services, broker.bind)
+        and port_open(broker.mqtt_devices, broker.bind),
+        ready_timeout=30,
+    )
+
+
+def service_specs(settings: Settings, *, demo: bool, commands: set[str]) -> list[ProcessSpec]:
+    """The fieldhub processes of a one-machine stack (cluster mode extends this list)."""
+    urls = stack_urls(settings)
+    probes: dict[str, tuple[Callable[[], bool] | None, float]] = {
+        "auth-sync": (None, 0),
+        # The bridge's readiness is its metrics endpoint answering.
+        "bridge": (http_answers(str(urls["bridge_metrics_url"])), 30),
+        "worker": (None, 0),
+        "web": (http_answers(str(urls["web_url"])), 60),
+    }
+    specs = []
+    for command in SERVICE_COMMANDS:
+        if command not in commands:
+            continue
+        probe, timeout = probes[command]
+        specs.append(
+            ProcessSpec(
+                name=command,
+                argv=fieldhub_argv(command),
+                ready=probe,
+                ready_timeout=timeout,
+                essential=False,
+                cwd=PROJECT_ROOT,
+            )
+        )
+    if demo and "simulate" in commands:
+        from fieldhub.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
+
+        specs.append(
+            ProcessSpec(
+                name="simulate",
+                argv=fieldhub_argv(
+                    "simulate",
+                    "--devices",
+                    str(DEMO_DEVICES),
+                    "--interval",
+                    str(DEMO_INTERVAL_S),
+                    "--org",
+                    DEMO_ORG,
+                    "--prefix",
+                    DEMO_ORG,
+                ),
+                cwd=PROJECT_ROOT,
+            )
+        )
+    return specs
+
+
+# -- up ---------------------------------------------------------------------------------------
+def raise_open_file_limit() -> None:
+    """Children inherit this: a broker or simulator with 10,000 clients needs the fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def check_home(paths: StackPaths) -> None:
+    paths.home.mkdir(parents=True, exist_ok=True)
+    for directory in (paths.run_dir, paths.log_dir):
+        directory.mkdir(exist_ok=True)
+    if running_as_root():
+        # The postgres and mosquitto users must reach their directories under home.
+        probe = subprocess.run(
+            ["runuser", "-u", PG_USER, "--", "test", "-x", str(paths.home)],
+            capture_output=True,
+            check=False,
+        )
+        if probe.returncode != 0:
+            raise StackError(
+                f"the {PG_USER} user cannot enter {paths.home}; make it and its parent "
+                "directories searchable (chmod o+x) or choose another FIELDHUB_HOME"
+            )
+
+
+def check_ports_free(ports: Sequence[tuple[str, int]]) -> None:
+    busy = [f"{port} ({what})" for what, port in ports if port_open(port)]
+    if busy:
+        raise StackError(
+            "ports already in use: "
+            + ", ".join(busy)
+            + "; is another stack running? (`fieldhub status`), or set the FIELDHUB_*_PORT "
+            "variables (see README)"
+        )
+
+
+def running_state(paths: StackPaths) -> dict[str, Any] | None:
+    state = read_state(paths.state_file)
+    if state and same_process_alive(
+        state.get("supervisor_pid"), state.get("supervisor_start_time")
+    ):
+        return state
+    return None
+
+
+def run_up(settings: Settings, *, demo: bool, announce: Callable[[str], None]) -> int:
+    """Bring the stack up in this process and supervise it until SIGINT/SIGTERM."""
+    paths = StackPaths(settings.home)
+    check_home(paths)
+    state = running_state(paths)
+    if state:
+        raise StackError(
+            f"the stack under {paths.home} is already running (supervisor pid "
+            f"{state['supervisor_pid']}); `fieldhub status` shows it, `fieldhub down` stops it"
+        )
+    clean_leftovers(paths)
+    file_log = logging.FileHandler(paths.supervisor_log)
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(file_log)
+    raise_open_file_limit()
+
+    local_db = settings.database_url is None
+    local_broker = settings.mqtt_url is None
+    ports: list[tuple[str, int]] = [("web", settings.ports.web)]
+    if local_db:
+        ports.append(("PostgreSQL", settings.ports.postgres))
+    if local_broker:
+        ports += [
+            ("MQTT devices", settings.ports.mqtt_devices),
+            ("MQTT devices TLS", settings.ports.mqtt_devices_tls),
+            ("MQTT services", settings.ports.mqtt_services),
+        ]
+    check_ports_free(ports)
+
+    supervisor = Supervisor(
+        log_dir=paths.log_dir,
+        state_file=paths.state_file,
+        info={"home": str(paths.home), "demo": demo, "urls": stack_urls(settings)},
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping the stack", signal.Signals(signum).name)
+        stop.set()
+        supervisor.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _bring_up(settings, supervisor, demo=demo, local_db=local_db, local_broker=local_broker)
+        if stop.is_set():
+            return 130
+        supervisor.info["urls"] = stack_urls(settings)
+        supervisor.set_phase("running")
+        announce(banner(settings, supervisor.snapshot()))
+        stop.wait()
+        return 0
+    except StartupError as exc:
+        if stop.is_set():
+            return 130
+        raise StackError(str(exc)) from None
+    finally:
+        supervisor.stop_all()
+        with contextlib.suppress(FileNotFoundError):
+            paths.state_file.unlink()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("the stack is down")
+        logging.getLogger().removeHandler(file_log)
+        file_log.close()
+
+
+def _bring_up(
+    settings: Settings,
+    supervisor: Supervisor,
+    *,
+    demo: bool,
+    local_db: bool,
+    local_broker: bool,
+) -> None:
+    if local_db:
+        cluster = endpoints.local_cluster(settings)
+        if not cluster.initialised:
+            log.info("creating the PostgreSQL cluster in %s", cluster.data_dir)
+        cluster.init()
+        supervisor.start(postgres_spec(cluster))
+        cluster.create_database("fieldhub")
+    database_url = endpoints.database_url(settings)
+    apply_migrations(database_url)  # logs each migration it applies
+    bridge = endpoints.bridge_mqtt(settings)
+    with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        if bridge.username and bridge.password:
+            registry.ensure_service_account(
+                conn, bridge.username, registry.BRIDGE_ACL, bridge.password
+            )
+        demo_login = None
+        if demo:
+            from fieldhub.demo import ensure_demo
+
+            demo_login = ensure_demo(conn, settings.secrets_dir)
+            supervisor.info["demo_login"] = {
+                "email": demo_login.email,
+                "password_file": str(demo_login.password_file),
+                "user_created": demo_login.created,
+            }
+        if local_broker:
+            ensure_tls(settings.tls_dir)
+            broker = MosquittoBroker(
+                settings.mosquitto_dir,
+                settings.tls_dir,
+                settings.ports.mqtt_devices,
+                settings.ports.mqtt_devices_tls,
+                settings.ports.mqtt_services,
+            )
+            broker.render()
+            supervisor.start(mosquitto_spec(broker))
+            # One sync now, so the bridge can log in even before auth-sync is up.
+            if sync_once(conn, broker.auth_dir):
+                broker.reload()
+    commands = available_commands()
+    for missing in [c for c in SERVICE_COMMANDS if c not in commands]:
+        log.warning("`fieldhub %s` is not available in this build yet; not starting it", missing)
+        supervisor.mark_unavailable(missing, "not available in this build yet")
+    for spec in service_specs(settings, demo=demo, commands=commands):
+        supervisor.start(spec)
+
+
+def banner(settings: Settings, state: dict[str, Any]) -> str:
+    urls = state.get("urls", {})
+    lines = [
+        "",
+        f"fieldhub is up (home {state.get('home')})",
+        f"  web:       {urls.get('web_url')}",
+        f"  devices:   {urls.get('mqtt_device_url')}"
+        + (f"  (TLS: {urls['mqtts_device_url']})" if urls.get("mqtts_device_url") else ""),
+        f"  database:  {urls.get('database_url')}",
+    ]
+    login = state.get("demo_login")
+    if login:
+        password = Path(login["password_file"]).read_text().strip()
+        if login.get("user_created") is None:
+            lines.append("  demo login: not available yet (no user module in this build)")
+        else:
+            lines.append(f"  demo login: {login['email']} / {password}")
+    unavailable = state.get("unavailable") or {}
+    if unavailable:
+        lines.append("  not available yet: " + ", ".join(sorted(unavailable)))
+    lines.append("  `fieldhub status` shows every process; logs are in " + str(settings.log_dir))
+    return "\n".join(lines) + "\n"
+
+
+# -- detach -------------------------------------------------------------------------------------
+def detach_up(settings: Settings, *, demo: bool, verbose: bool) -> tuple[int, str]:
+    """Start `up` as a daemon (own session, output to home/log/up.log); wait until it is up."""
+    paths = StackPaths(settings.home)
+    check_home(paths)
+    state = running_state(paths)
+    if state:
+        raise StackError(
+            f"the stack under {paths.home} is already running (supervisor pid "
+            f"{state['supervisor_pid']}); `fieldhub down` stops it"
+        )
+    argv = [*fieldhub_argv(*(["-v"] if verbose else []), "up", "--foreground-daemon")]
+    if demo:
+        argv.append("--demo")
+    with paths.detach_log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=PROJECT_ROOT,
+        )
+    deadline = time.monotonic() + DETACH_TIMEOUT_S
+    while True:
+        state = read_state(paths.state_file)
+        if state and state.get("supervisor_pid") == proc.pid and state.get("phase") == "running":
+            return 0, banner(settings, state)
+        if proc.poll() is not None:
+            return 1, (
+                f"the stack did not come up (exit {proc.returncode}); from {paths.detach_log}:\n"
+                + tail(paths.detach_log, 30)
+            )
+        if time.monotonic() > deadline:
+            return 1, (
+                f"the stack is still not up after {DETACH_TIMEOUT_S:.0f} s (pid {proc.pid}); "
+                f"see {paths.detach_log}"
+            )
+        time.sleep(0.1)
+
+
+# -- status -------------------------------------------------------------------------------------
+def stack_status(settings: Settings) -> dict[str, Any]:
+    paths = StackPaths(settings.home)
+    state = read_state(paths.state_file)
+    supervisor_alive = bool(
+        state
+        and same_process_alive(state.get("supervisor_pid"), state.get("supervisor_start_time"))
+    )
+    urls = stack_urls(settings)
+    result: dict[str, Any] = {
+        "running": supervisor_alive,
+        "phase": (state or {}).get("phase", "stopped") if supervisor_alive else "stopped",
+        "home": str(paths.home),
+        "supervisor_pid": (state or {}).get("supervisor_pid") if supervisor_alive else None,
+        **{key: value for key, value in urls.items()},
+        "processes": {},
+    }
+    if state:
+        if state.get("demo_login"):
+            result["demo_login"] = {
+                "email": state["demo_login"]["email"],
+                "password_file": state["demo_login"]["password_file"],
+            }
+        for name in state.get("order", []):
+            info = state["processes"][name]
+            alive = same_process_alive(info.get("pid"), info.get("pid_start_time"))
+            recorded = info.get("state", "unknown")
+            if not supervisor_alive:
+                process_state = "orphaned" if alive else "stopped"
+            elif recorded == "running" and not alive:
+                process_state = "exited"  # died since the supervisor last looked
+            else:
+                process_state = recorded
+            result["processes"][name] = {
+                "state": process_state,
+                "pid": info.get("pid") if alive else None,
+                "restarts": info.get("restarts", 0),
+                "last_exit": info.get("last_exit"),
+                "log": info.get("log"),
+            }
+        for name, reason in (state.get("unavailable") or {}).items():
+            result["processes"][name] = {"state": "unavailable", "reason": reason}
+    return result
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"fieldhub stack under {status['home']}: "
+        + (f"running (supervisor pid {status['supervisor_pid']})" if status["running"] else "down"),
+        f"  web:      {status['web_url']}",
+        f"  devices:  {status['mqtt_device_url']}",
+        f"  services: {status['mqtt_url']}",
+        f"  database: {status['database_url']}",
+    ]
+    if status["processes"]:
+        lines.append(f"  {'PROCESS':<12} {'STATE':<12} {'PID':>8} {'RESTARTS':>8}")
+        for name, info in status["processes"].items():
+            pid = info.get("pid") or "-"
+            lines.append(
+                f"  {name:<12} {info['state']:<12} {pid!s:>8} {info.get('restarts', 0)!s:>8}"
+            )
+    return "\n".join(lines)
+
+
+# -- down ---------------------------------------------------------------------------------------
+def stop_stack(settings: Settings, *, timeout: float = 120.0) -> str:
+    paths = StackPaths(settings.home)
+    state = read_state(paths.state_file)
+    if state is None:
+        message = f"no stack is running under {paths.home}"
+    else:
+        pid = int(state["supervisor_pid"])
+        if stop_recorded(pid, state.get("supervisor_start_time"), signal.SIGTERM, timeout):
+            message = f"stopped the stack under {paths.home}"
+        else:
+            message = f"the supervisor under {paths.home} was not running; cleaned up after it"
+    clean_leftovers(paths)
+    if settings.database_url is None:
+        cluster = endpoints.local_cluster(settings)
+        # A postmaster left by a crashed supervisor (or started by hand) is stopped the
+        # documented way.
+        if cluster.initialised and cluster.running():
+            cluster.stop("fast")
+    return message
+
+
+def clean_leftovers(paths: StackPaths) -> None:
+    """Stop processes recorded by a supervisor that is gone (killed, machine crash)."""
+    state = read_state(paths.state_file)
+    if state is None:
+        return
+    if same_process_alive(state.get("supervisor_pid"), state.get("supervisor_start_time")):
+        return
+    for name in reversed(state.get("order", [])):
+        info = state["processes"][name]
+        if info.get("pid") and stop_recorded(
+            int(info["pid"]),
+            info.get("pid_start_time"),
+            int(info.get("stop_signal", signal.SIGTERM)),
+            30,
+        ):
+            log.warning(
+                "stopped %s (pid %s), left behind by a previous supervisor", name, info["pid"]
+            )
+    with contextlib.suppress(FileNotFoundError):
+        paths.state_file.unlink()
+
+
+__all__ = [
+    "StackError",
+    "StackPaths",
+    "available_commands",
+    "banner",
+    "detach_up",
+    "format_status",
+    "mask_url",
+    "run_up",
+    "service_specs",
+    "stack_status",
+    "stop_stack",
+]
