@@ -1,0 +1,304 @@
+"""People who log in: accounts, Argon2id passwords, web sessions, API tokens, login throttling.
+
+Shared by the web app and the CLI (`fieldhub user create`, `fieldhub token create`), so the
+rules (password length, roles, "a password change ends every session") hold on both sides.
+Session cookies and API tokens are 256 random bits; only their SHA-256 is stored, so a copy
+of the database does not let anyone in. Throttling state lives in the database, so it holds
+across every gunicorn worker and every web host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from fieldhub import registry
+from fieldhub.db import Queries
+
+QUERIES = Queries(Path(__file__).with_name("users.sql"))
+
+ROLES = ("operator", "admin", "member", "viewer")
+MIN_PASSWORD_LENGTH = 10
+MAX_PASSWORD_LENGTH = 1024
+EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+")
+SESSION_TTL_S = 7 * 24 * 3600
+API_TOKEN_PREFIX = "fh_"
+
+# argon2-cffi's defaults are Argon2id (RFC 9106 "low memory" profile).
+_HASHER = PasswordHasher()
+# Verifying against this keeps an unknown email as slow as a wrong password, so response
+# times do not tell which addresses have accounts.
+_DUMMY_HASH = _HASHER.hash("not-a-real-password-" + secrets.token_hex(8))
+
+Conn = psycopg.Connection[Any]
+
+
+class UserError(ValueError):
+    """A request about an account that cannot be carried out; the message is for the person."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ThrottlePolicy:
+    """How many failed logins a key may have inside the window before logins are refused."""
+
+    window_s: int = 900
+    per_email: int = 5
+    per_ip: int = 30
+
+
+def check_email(email: str) -> str:
+    email = email.strip()
+    if len(email) > 254 or not EMAIL_PATTERN.fullmatch(email):
+        raise UserError(f"{email!r} is not an email address")
+    return email
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise UserError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    return role
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UserError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UserError(f"a password has at most {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        return _HASHER.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def public(user: Mapping[str, Any]) -> dict[str, Any]:
+    """A user row without its password hash, safe to render or return."""
+    return {k: v for k, v in user.items() if k != "password_hash"}
+
+
+# -- accounts -------------------------------------------------------------------------------
+def create_user(conn: Conn, email: str, *, org: str, role: str, password: str) -> dict[str, Any]:
+    email = check_email(email)
+    check_role(role)
+    check_password(password)
+    org_row = registry.get_org(conn, org)
+    params = {
+        "email": email,
+        "org_id": org_row["id"],
+        "role": role,
+        "password_hash": hash_password(password),
+    }
+    try:
+        with conn.transaction():
+            row = conn.execute(QUERIES["insert_user"], params).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise UserError(f"a user with email {email!r} already exists") from None
+    assert row is not None
+    return {**dict(row), "org": org}
+
+
+def get_user(conn: Conn, email: str) -> dict[str, Any]:
+    row = conn.execute(QUERIES["user_by_email"], {"email": email.strip()}).fetchone()
+    if row is None:
+        raise UserError(f"no user with email {email!r}")
+    return public(row)
+
+
+def list_users(conn: Conn, *, org_id: int | None = None) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(QUERIES["list_users"], {"org_id": org_id})]
+
+
+def delete_user(conn: Conn, user_id: int, *, org_id: int | None = None) -> None:
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["delete_user"], {"user_id": user_id, "org_id": org_id}
+        ).fetchone()
+    if row is None:
+        raise UserError("no such user")
+
+
+def authenticate(conn: Conn, email: str, password: str) -> dict[str, Any] | None:
+    """The user if the password is right, else None (same work either way)."""
+    row = conn.execute(QUERIES["user_by_email"], {"email": email.strip()}).fetchone()
+    if row is None:
+        verify_password(password, _DUMMY_HASH)
+        return None
+    if not verify_password(password, row["password_hash"]):
+        return None
+    with conn.transaction():
+        conn.execute(QUERIES["touch_login"], {"user_id": row["id"]})
+        if _HASHER.check_needs_rehash(row["password_hash"]):
+            conn.execute(
+                QUERIES["set_password_hash"],
+                {"user_id": row["id"], "password_hash": hash_password(password)},
+            )
+    return public(row)
+
+
+def set_password(conn: Conn, user_id: int, new_password: str) -> None:
+    """Set a password and end every session of the user, wherever it is open."""
+    check_password(new_password)
+    with conn.transaction():
+        conn.execute(
+            QUERIES["set_password_hash"],
+            {"user_id": user_id, "password_hash": hash_password(new_password)},
+        )
+        conn.execute(QUERIES["delete_user_sessions"], {"user_id": user_id})
+
+
+def change_password(conn: Conn, user_id: int, old_password: str, new_password: str) -> None:
+    row = conn.execute(QUERIES["user_by_id"], {"user_id": user_id}).fetchone()
+    if row is None or not verify_password(old_password, row["password_hash"]):
+        raise UserError("the current password is not right")
+    if old_password == new_password:
+        raise UserError("the new password must differ from the current one")
+    set_password(conn, user_id, new_password)
+
+
+# -- web sessions ---------------------------------------------------------------------------
+def create_session(conn: Conn, user_id: int, *, ttl_s: int = SESSION_TTL_S) -> str:
+    """Open a session and return the cookie value (the only place it ever exists in clear)."""
+    token = secrets.token_urlsafe(32)
+    with conn.transaction():
+        conn.execute(
+            QUERIES["insert_session"],
+            {
+                "token_hash": hash_token(token),
+                "user_id": user_id,
+                "csrf_token": secrets.token_urlsafe(32),
+                "ttl_s": ttl_s,
+            },
+        )
+    return token
+
+
+def session_user(conn: Conn, token: str, *, ttl_s: int = SESSION_TTL_S) -> dict[str, Any] | None:
+    token_hash = hash_token(token)
+    row = conn.execute(QUERIES["session_user"], {"token_hash": token_hash}).fetchone()
+    if row is None:
+        return None
+    conn.execute(QUERIES["touch_session"], {"token_hash": token_hash, "ttl_s": ttl_s})
+    return dict(row)
+
+
+def delete_session(conn: Conn, token: str) -> None:
+    conn.execute(QUERIES["delete_session"], {"token_hash": hash_token(token)})
+
+
+# -- API tokens -----------------------------------------------------------------------------
+def create_api_token(conn: Conn, email: str, *, name: str = "") -> tuple[str, dict[str, Any]]:
+    """A new API token for the user: (token shown once, its stored row)."""
+    user = get_user(conn, email)
+    token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["insert_api_token"],
+            {"user_id": user["id"], "token_hash": hash_token(token), "name": name},
+        ).fetchone()
+    assert row is not None
+    return token, {**dict(row), "email": user["email"]}
+
+
+def api_token_user(conn: Conn, token: str) -> dict[str, Any] | None:
+    row = conn.execute(QUERIES["api_token_user"], {"token_hash": hash_token(token)}).fetchone()
+    if row is None:
+        return None
+    conn.execute(QUERIES["touch_api_token"], {"token_id": row["token_id"]})
+    return dict(row)
+
+
+# -- login throttling -----------------------------------------------------------------------
+def throttle_keys(email: str, ip: str | None) -> list[str]:
+    keys = ["email:" + email.strip().lower()]
+    if ip:
+        keys.append("ip:" + ip)
+    return keys
+
+
+def throttle_limit(key: str, policy: ThrottlePolicy) -> int:
+    return policy.per_email if key.startswith("email:") else policy.per_ip
+
+
+def blocked_for(
+    failures: Sequence[Mapping[str, Any]], policy: ThrottlePolicy
+) -> float | None:
+    """Seconds until a login may be tried again, or None if it may be tried now."""
+    waits = [
+        max(1.0, float(row["retry_after_s"]))
+        for row in failures
+        if int(row["failures"]) >= throttle_limit(str(row["key"]), policy)
+    ]
+    return max(waits) if waits else None
+
+
+def login_retry_after(
+    conn: Conn, keys: Sequence[str], policy: ThrottlePolicy = ThrottlePolicy()
+) -> float | None:
+    rows = conn.execute(
+        QUERIES["recent_login_failures"], {"keys": list(keys), "window_s": policy.window_s}
+    ).fetchall()
+    return blocked_for(rows, policy)
+
+
+def attempt_login(
+    conn: Conn,
+    email: str,
+    password: str,
+    ip: str | None,
+    policy: ThrottlePolicy = ThrottlePolicy(),
+) -> tuple[dict[str, Any] | None, float | None]:
+    """Check the throttle, then the password: (user or None, seconds to wait if throttled).
+
+    One transaction holding an advisory lock on the account: attempts for one email from any
+    number of workers are counted one after another, so the limit cannot be overrun.
+    """
+    keys = throttle_keys(email, ip)
+    with conn.transaction():
+        conn.execute(QUERIES["lock_login_key"], {"key": keys[0]})
+        wait = login_retry_after(conn, keys, policy)
+        if wait is not None:
+            return None, wait
+        user = authenticate(conn, email, password)
+        if user is None:
+            record_login_failure(conn, keys)
+        else:
+            clear_login_failures(conn, email)
+    return user, None
+
+
+def record_login_failure(conn: Conn, keys: Sequence[str]) -> None:
+    conn.execute(QUERIES["record_login_failure"], {"keys": list(keys)})
+
+
+def clear_login_failures(conn: Conn, email: str) -> None:
+    """A successful login forgives the account's failures (not the address's)."""
+    conn.execute(QUERIES["clear_login_failures"], {"key": throttle_keys(email, None)[0]})
+
+
+def prune(conn: Conn, policy: ThrottlePolicy = ThrottlePolicy()) -> None:
+    conn.execute(QUERIES["prune_login_failures"], {"window_s": policy.window_s})
+    conn.execute(QUERIES["delete_expired_sessions"])

@@ -1,0 +1,82 @@
+"""The fieldhub web app: pages for people, a JSON API for programs, admin, and live updates.
+
+`create_app()` builds the app from `Settings.from_env()`; tests pass `test_config` with the
+database URL of their own database. Each module hooks itself in with `init_app(app)`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from flask import Flask
+from flask.json.provider import DefaultJSONProvider
+
+from fieldhub import endpoints
+from fieldhub.config import Settings
+
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+
+
+class JSONProvider(DefaultJSONProvider):
+    """ISO 8601 times (Flask's default is RFC 822) and UUIDs as strings."""
+
+    sort_keys = False
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        if isinstance(o, datetime):
+            return o.isoformat()
+        if isinstance(o, uuid.UUID | Decimal):
+            return str(o) if isinstance(o, uuid.UUID) else float(o)
+        return DefaultJSONProvider.default(o)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.json = JSONProvider(app)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES,
+        # Flask's own signed cookie carries only flash messages; sessions are server-side.
+        SESSION_COOKIE_NAME="fh_flash",
+        SESSION_COOKIE_SAMESITE="Lax",
+        # Cookies are Secure whenever the request came over TLS (directly or via a proxy
+        # gunicorn trusts); this forces it even on plain HTTP, for TLS-terminating proxies
+        # that are not trusted for X-Forwarded-Proto.
+        COOKIE_SECURE_ALWAYS=False,
+        LOGIN_WINDOW_S=900,
+        LOGIN_MAX_PER_EMAIL=5,
+        LOGIN_MAX_PER_IP=30,
+        PAGE_SIZE=50,
+        LIVE_KEEPALIVE_S=15.0,
+    )
+    if test_config is None:
+        settings = Settings.from_env()
+        app.config.update(
+            DATABASE_URL=endpoints.database_url(settings),
+            READ_DATABASE_URL=endpoints.read_database_url(settings),
+            # Development without a key gets a random one: sessions live in the database
+            # anyway, the key only signs the pre-login CSRF cookie.
+            SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+            COOKIE_SECURE_ALWAYS=settings.production,
+            SESSION_COOKIE_SECURE=settings.production,
+        )
+    else:
+        app.config.update(test_config)
+        app.config.setdefault("READ_DATABASE_URL", app.config["DATABASE_URL"])
+        app.config.setdefault("SECRET_KEY", secrets.token_hex(32))
+
+    from webapp import admin, api, auth, db, errors, live, pages, views
+
+    db.init_app(app)
+    errors.init_app(app)
+    auth.init_app(app)
+    views.init_app(app)
+    live.init_app(app)
+    pages.init_app(app)
+    api.init_app(app)
+    admin.init_app(app)
+    return app

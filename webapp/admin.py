@@ -1,0 +1,263 @@
+"""Admin pages: organisations (operators), users and devices (admins of their organisation).
+
+Device changes go through fieldhub.registry, the same functions as the CLI, so validation
+and "credentials are shown once" hold here too. Pages that show a secret are never cached.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+
+from fieldhub import registry, users
+from fieldhub.passwords import generate_secret, hash_secret
+from webapp import data, db
+from webapp.auth import current_user, has_role, role_required, scope_org_id
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+MAX_IMPORT_ROWS = 20000
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+def _no_store(html: str) -> Response:
+    response = Response(html)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _org_for_new_object() -> str:
+    """The organisation a new user or device goes to: an admin's own, or the operator's pick."""
+    user = current_user()
+    assert user is not None
+    if user["role"] != "operator":
+        return str(user["org"])
+    chosen = request.form.get("org", "").strip()
+    if not chosen:
+        raise registry.RegistryError("choose an organisation")
+    return chosen
+
+
+def _device_or_404(device_id: str) -> dict[str, Any]:
+    try:
+        return data.get_device(db.read(), scope_org_id(), device_id)
+    except data.NotFound:
+        abort(404)
+
+
+@bp.route("/")
+@role_required("admin")
+def index() -> Any:
+    return redirect(url_for("admin.devices"))
+
+
+# -- organisations --------------------------------------------------------------------------
+@bp.route("/orgs", methods=["GET", "POST"])
+@role_required("operator")
+def orgs() -> Any:
+    conn = db.write()
+    if request.method == "POST":
+        try:
+            org = registry.create_org(
+                conn,
+                request.form.get("name", "").strip(),
+                request.form.get("display_name", "").strip() or None,
+            )
+        except registry.RegistryError as exc:
+            flash(str(exc), "error")
+        else:
+            flash(f"Organisation {org['name']} created.", "info")
+        return redirect(url_for("admin.orgs"))
+    return render_template("admin/orgs.html", orgs=data.list_orgs(conn, None))
+
+
+# -- users ----------------------------------------------------------------------------------
+@bp.route("/users", methods=["GET", "POST"])
+@role_required("admin")
+def users_page() -> Any:
+    conn = db.write()
+    org_id = scope_org_id()
+    if request.method == "POST":
+        role = request.form.get("role", "viewer")
+        if role == "operator" and not has_role("operator"):
+            abort(403)
+        password = request.form.get("password", "")
+        generated = not password
+        if generated:
+            password = users.generate_password()
+        try:
+            user = users.create_user(
+                conn,
+                request.form.get("email", ""),
+                org=_org_for_new_object(),
+                role=role,
+                password=password,
+            )
+        except (users.UserError, registry.RegistryError) as exc:
+            flash(str(exc), "error")
+            return redirect(url_for("admin.users_page"))
+        return _no_store(
+            render_template(
+                "admin/user_created.html",
+                user=user,
+                password=password if generated else None,
+            )
+        )
+    return render_template(
+        "admin/users.html",
+        users=users.list_users(conn, org_id=org_id),
+        orgs=data.list_orgs(conn, org_id),
+        roles=users.ROLES if has_role("operator") else users.ROLES[1:],
+    )
+
+
+@bp.route("/users/<int:user_id>/delete", methods=["POST"])
+@role_required("admin")
+def delete_user(user_id: int) -> Any:
+    conn = db.write()
+    org_id = scope_org_id()
+    target = next((u for u in users.list_users(conn, org_id=org_id) if u["id"] == user_id), None)
+    if target is None:
+        abort(404)
+    me = current_user()
+    assert me is not None
+    if target["role"] == "operator" and not has_role("operator"):
+        abort(403)
+    if target["id"] == me["id"]:
+        flash("You cannot delete your own account.", "error")
+        return redirect(url_for("admin.users_page"))
+    users.delete_user(conn, user_id, org_id=org_id)
+    flash(f"User {target['email']} deleted; their sessions and API tokens have ended.", "info")
+    return redirect(url_for("admin.users_page"))
+
+
+# -- devices --------------------------------------------------------------------------------
+@bp.route("/devices", methods=["GET", "POST"])
+@role_required("admin")
+def devices() -> Any:
+    conn = db.write()
+    org_id = scope_org_id()
+    if request.method == "POST":
+        try:
+            labels = registry.parse_labels(
+                [p for p in request.form.get("labels", "").split(",") if p.strip()]
+            )
+            creds = registry.create_device(
+                conn,
+                request.form.get("device_id", "").strip(),
+                org=_org_for_new_object(),
+                display_name=request.form.get("display_name", "").strip(),
+                labels=labels,
+            )
+        except registry.RegistryError as exc:
+            flash(str(exc), "error")
+            return redirect(url_for("admin.devices"))
+        return _no_store(
+            render_template("admin/credentials.html", credentials=[creds], action="created")
+        )
+    search = request.args.get("q", "").strip() or None
+    rows, total = data.list_devices(conn, org_id, data.DeviceFilter(search), limit=200, offset=0)
+    return render_template(
+        "admin/devices.html",
+        devices=rows,
+        total=total,
+        search=search or "",
+        orgs=data.list_orgs(conn, org_id),
+    )
+
+
+@bp.route("/devices/<device_id>/rotate", methods=["POST"])
+@role_required("admin")
+def rotate(device_id: str) -> Any:
+    _device_or_404(device_id)
+    creds = registry.rotate_secret(db.write(), device_id)
+    return _no_store(
+        render_template("admin/credentials.html", credentials=[creds], action="rotated")
+    )
+
+
+@bp.route("/devices/<device_id>/enable", methods=["POST"])
+@role_required("admin")
+def enable(device_id: str) -> Any:
+    _device_or_404(device_id)
+    registry.set_enabled(db.write(), device_id, True)
+    flash(f"Device {device_id} enabled: it can connect again.", "info")
+    return redirect(request.form.get("back") or url_for("admin.devices"))
+
+
+@bp.route("/devices/<device_id>/disable", methods=["POST"])
+@role_required("admin")
+def disable(device_id: str) -> Any:
+    _device_or_404(device_id)
+    registry.set_enabled(db.write(), device_id, False)
+    flash(f"Device {device_id} disabled: the broker refuses it from now on.", "info")
+    return redirect(request.form.get("back") or url_for("admin.devices"))
+
+
+@bp.route("/devices/import", methods=["GET", "POST"])
+@role_required("admin")
+def import_devices() -> Any:
+    conn = db.write()
+    if request.method == "GET":
+        return render_template("admin/import.html", orgs=data.list_orgs(conn, scope_org_id()))
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        flash("Choose a CSV file to upload.", "error")
+        return redirect(url_for("admin.import_devices"))
+    try:
+        org = _org_for_new_object()
+        registry.get_org(conn, org)
+        text = upload.read().decode("utf-8-sig")
+    except registry.RegistryError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("admin.import_devices"))
+    except UnicodeDecodeError:
+        flash("The file is not UTF-8 text; save it as CSV (UTF-8) and upload again.", "error")
+        return redirect(url_for("admin.import_devices"))
+    rows = list(enumerate(csv.reader(io.StringIO(text)), start=1))
+    if len(rows) > MAX_IMPORT_ROWS:
+        flash(f"At most {MAX_IMPORT_ROWS} devices per upload; split the file.", "error")
+        return redirect(url_for("admin.import_devices"))
+    good, errors = registry.parse_device_rows(rows)
+    secrets = {spec.device_id: generate_secret() for _, spec in good}
+    inserted = registry.provision_devices(
+        conn, org, [(spec, hash_secret(secrets[spec.device_id])) for _, spec in good]
+    )
+    for line, spec in good:
+        if spec.device_id not in inserted:
+            errors.append(registry.RowError(line, f"device {spec.device_id!r} already exists"))
+    created = [
+        registry.DeviceCredentials(spec.device_id, spec.device_id, secrets[spec.device_id], "")
+        for _, spec in good
+        if spec.device_id in inserted
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["device_id", "username", "password"])
+    for creds in created:
+        writer.writerow([creds.device_id, creds.username, creds.password])
+    return _no_store(
+        render_template(
+            "admin/import_result.html",
+            created=len(created),
+            errors=sorted(errors, key=lambda e: e.line),
+            credentials_csv=buffer.getvalue(),
+            org=org,
+        )
+    )

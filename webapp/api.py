@@ -1,0 +1,395 @@
+"""The JSON API, /api/v1: bearer tokens, tenant scope, one error format.
+
+Every error is `{"error": {"code": ..., "message": ...}}` with the HTTP status; the OpenAPI
+document (webapp/openapi.py) describes exactly these routes and is checked against them by
+schemathesis in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Flask, abort, g, jsonify, request
+
+from fieldhub import command_requests, registry, users
+from webapp import data, db, history
+from webapp.auth import ROLE_RANK
+from webapp.errors import api_error
+from webapp.openapi import document
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+RAW_LIMIT = 10000
+COMMAND_STATUSES = (
+    "queued",
+    "sent",
+    "delivered",
+    "succeeded",
+    "failed",
+    "rejected",
+    "expired",
+    "cancelled",
+)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+@bp.errorhandler(BadRequest)
+def _bad_request(exc: BadRequest) -> Any:
+    return api_error(exc.status, exc.message)
+
+
+@bp.errorhandler(psycopg.DataError)
+def _data_error(exc: psycopg.DataError) -> Any:
+    # Values PostgreSQL cannot represent (timestamps out of range, ...): the caller's input.
+    return api_error(400, "a parameter is out of the range the database accepts")
+
+
+@bp.before_request
+def _authenticate() -> Any:
+    if request.endpoint == "api.openapi":
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        response = api_error(401, "send an API token as 'Authorization: Bearer <token>'")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub"'
+        return response
+    user = users.api_token_user(db.write(), token.strip())
+    if user is None:
+        response = api_error(401, "that API token is not valid (revoked or mistyped)")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub", error="invalid_token"'
+        return response
+    g.api_user = user
+    return None
+
+
+def _org_id() -> int | None:
+    user = g.api_user
+    return None if user["role"] == "operator" else int(user["org_id"])
+
+
+def _require(minimum: str) -> None:
+    if ROLE_RANK[g.api_user["role"]] < ROLE_RANK[minimum]:
+        raise BadRequest(f"your role ({g.api_user['role']}) cannot do this", 403)
+
+
+def _text_arg(name: str, *, max_len: int = 256) -> str | None:
+    value = request.args.get(name)
+    if value is None or value == "":
+        return None
+    if "\x00" in value or len(value) > max_len:
+        raise BadRequest(f"{name} must be at most {max_len} characters, without NUL")
+    return value
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number, not {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _device(device_id: str) -> dict[str, Any]:
+    if not registry.DEVICE_ID_PATTERN.fullmatch(device_id):
+        abort(404)
+    try:
+        return data.get_device(db.read(), _org_id(), device_id)
+    except data.NotFound:
+        abort(404)
+
+
+def _device_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "device_id": row["device_id"],
+        "org": row["org"],
+        "display_name": row["display_name"],
+        "labels": row["labels"],
+        "enabled": row["enabled"],
+        "online": bool(row["online"]),
+        "last_seen": row["last_seen"],
+        "created_at": row["created_at"],
+    }
+
+
+def _latest_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"metric": r["metric"], "time": r["time"], "value": r["value"]} for r in rows]
+
+
+def _command_json(command: dict[str, Any]) -> dict[str, Any]:
+    result = {
+        key: command.get(key)
+        for key in (
+            "id",
+            "device_id",
+            "name",
+            "params",
+            "status",
+            "created_at",
+            "updated_at",
+            "expires_at",
+            "result",
+            "error",
+        )
+    }
+    if "timeline" in command:
+        result["timeline"] = [
+            {"status": e["status"], "at": e["at"], "detail": e.get("detail")}
+            for e in command["timeline"]
+        ]
+    return result
+
+
+# -- routes ---------------------------------------------------------------------------------
+@bp.route("/openapi.json")
+def openapi() -> Any:
+    return jsonify(document(request.host_url.rstrip("/") + "/api/v1"))
+
+
+@bp.route("/devices")
+def list_devices() -> Any:
+    status = _text_arg("status")
+    if status not in (None, "online", "offline"):
+        raise BadRequest("status must be online or offline")
+    try:
+        labels = data.parse_label_filter(_text_arg("label", max_len=4096))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    limit = _int_arg("limit", 100, 1, 1000)
+    offset = _int_arg("offset", 0, 0, 10_000_000)
+    conn = db.read()
+    rows, total = data.list_devices(
+        conn,
+        _org_id(),
+        data.DeviceFilter(_text_arg("q"), labels, {"online": True, "offline": False}.get(status or "")),
+        limit=limit,
+        offset=offset,
+    )
+    return jsonify(
+        {
+            "devices": [_device_json(r) for r in rows],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+    )
+
+
+@bp.route("/devices/<device_id>")
+def get_device(device_id: str) -> Any:
+    row = _device(device_id)
+    latest = data.latest_values(db.read(), [device_id]).get(device_id, [])
+    return jsonify({**_device_json(row), "latest": _latest_json(latest)})
+
+
+@bp.route("/devices/<device_id>/latest")
+def latest(device_id: str) -> Any:
+    _device(device_id)
+    rows = data.latest_values(db.read(), [device_id]).get(device_id, [])
+    return jsonify({"device_id": device_id, "values": _latest_json(rows)})
+
+
+def _time_arg(name: str) -> datetime | None:
+    raw = _text_arg(name, max_len=64)
+    if raw is None:
+        return None
+    try:
+        value = history.parse_time(raw, name)
+    except history.RangeError as exc:
+        raise BadRequest(str(exc)) from None
+    if not 1970 <= value.astimezone(UTC).year <= 9000:
+        raise BadRequest(f"{name} must be between the years 1970 and 9000")
+    return value
+
+
+@bp.route("/devices/<device_id>/telemetry")
+def telemetry(device_id: str) -> Any:
+    _device(device_id)
+    metric = _text_arg("metric")
+    if metric is None:
+        raise BadRequest("metric is required")
+    now = datetime.now(UTC)
+    end = _time_arg("end") or now
+    start = _time_arg("start") or end - timedelta(hours=1)
+    if end <= start:
+        raise BadRequest("end must be after start")
+    if end - start > history.MAX_CUSTOM_SPAN:
+        raise BadRequest(f"a range spans at most {history.MAX_CUSTOM_SPAN.days} days")
+    span = history.TimeRange(start, end)
+    aggregate = _text_arg("agg") or "avg"
+    if aggregate not in history.AGGREGATES:
+        raise BadRequest(f"agg must be one of {', '.join(history.AGGREGATES)}")
+    bucket_s = _int_arg("bucket", 0, 1, 366 * 86400) if request.args.get("bucket") else 0
+    conn = db.read()
+    if bucket_s == 0:
+        points = conn.execute(
+            db.QUERIES["readings_raw"],
+            {
+                "device_id": device_id,
+                "metric": metric,
+                "start": start,
+                "end": end,
+                "limit": RAW_LIMIT + 1,
+            },
+        ).fetchall()
+        truncated = len(points) > RAW_LIMIT
+        return jsonify(
+            {
+                "device_id": device_id,
+                "metric": metric,
+                "start": start,
+                "end": end,
+                "bucket": None,
+                "aggregate": None,
+                "source": "raw",
+                "truncated": truncated,
+                "points": [{"time": p["time"], "value": p["value"]} for p in points[:RAW_LIMIT]],
+            }
+        )
+    try:
+        history.check_bucket_count(span.span, bucket_s)
+        resolution = history.bucket_resolution(bucket_s)
+    except history.RangeError as exc:
+        raise BadRequest(str(exc)) from None
+    source, rows = data.buckets(conn, device_id, metric, span, resolution)
+    return jsonify(
+        {
+            "device_id": device_id,
+            "metric": metric,
+            "start": start,
+            "end": end,
+            "bucket": bucket_s,
+            "aggregate": aggregate,
+            "source": source,
+            "truncated": False,
+            "points": [{"time": r["bucket"], "value": _number(r[aggregate])} for r in rows],
+        }
+    )
+
+
+def _number(value: Any) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+@bp.route("/devices/<device_id>/commands", methods=["GET"])
+def device_commands(device_id: str) -> Any:
+    _device(device_id)
+    status = _text_arg("status")
+    if status is not None and status not in COMMAND_STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(COMMAND_STATUSES)}")
+    limit = _int_arg("limit", 50, 1, 500)
+    try:
+        commands = command_requests.list_commands(
+            db.read(), device_id=device_id, status=status, org_id=_org_id(), limit=limit
+        )
+    except command_requests.CommandRequestError as exc:
+        raise BadRequest(str(exc)) from None
+    return jsonify({"commands": [_command_json(c) for c in commands]})
+
+
+@bp.route("/devices/<device_id>/commands", methods=["POST"])
+def send_command(device_id: str) -> Any:
+    _device(device_id)
+    _require("member")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("send a JSON object like {\"name\": \"reboot\", \"params\": {}}")
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise BadRequest("name must be a string", 422)
+    params = body.get("params", {})
+    ttl = body.get("ttl_s", 300)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise BadRequest("ttl_s must be a number of seconds", 422)
+    try:
+        command = command_requests.send_command(
+            db.write(),
+            device_id=device_id,
+            name=name,
+            params=params,
+            ttl_s=ttl,  # type: ignore[arg-type]
+            created_by=g.api_user["id"],
+            org_id=_org_id(),
+        )
+    except command_requests.NotFound:
+        abort(404)
+    except command_requests.CommandRequestError as exc:
+        raise BadRequest(str(exc), 422) from None
+    return jsonify(_command_json(command)), 201
+
+
+@bp.route("/commands/<command_id>")
+def get_command(command_id: str) -> Any:
+    if "\x00" in command_id:
+        abort(404)
+    try:
+        command = command_requests.get_command(db.read(), command_id, org_id=_org_id())
+    except command_requests.NotFound:
+        abort(404)
+    return jsonify(_command_json(command))
+
+
+@bp.route("/commands/<command_id>/cancel", methods=["POST"])
+def cancel_command(command_id: str) -> Any:
+    if "\x00" in command_id:
+        abort(404)
+    try:
+        command_requests.get_command(db.read(), command_id, org_id=_org_id())
+    except command_requests.NotFound:
+        abort(404)
+    _require("member")
+    try:
+        command = command_requests.cancel_command(db.write(), command_id, org_id=_org_id())
+    except command_requests.NotFound:
+        abort(404)
+    except command_requests.CommandRequestError as exc:
+        raise BadRequest(str(exc), 409) from None
+    return jsonify(_command_json(command))
+
+
+@bp.route("/alerts")
+def alerts() -> Any:
+    state = _text_arg("state")
+    if state not in (None, "active", "acknowledged", "cleared"):
+        raise BadRequest("state must be active, acknowledged or cleared")
+    device_id = _text_arg("device_id")
+    if device_id is not None:
+        _device(device_id)
+    limit = _int_arg("limit", 100, 1, 1000)
+    rows = data.list_alerts(db.read(), _org_id(), state=state, device_id=device_id, limit=limit)
+    return jsonify({"alerts": rows})
+
+
+@bp.route("/alerts/<int:alert_id>")
+def get_alert(alert_id: int) -> Any:
+    try:
+        return jsonify(data.get_alert(db.read(), _org_id(), alert_id))
+    except data.NotFound:
+        abort(404)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

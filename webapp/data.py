@@ -1,0 +1,204 @@
+"""Tenant-scoped reads shared by the pages, the API and the live stream.
+
+Every function takes `org_id` (None only for operators) and never returns a row of another
+organisation: an object outside the scope is reported exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from fieldhub import registry
+from webapp import history
+from webapp.db import QUERIES, Conn, table_exists
+
+RAW_POINT_LIMIT = 50000
+
+
+class NotFound(LookupError):
+    """The object does not exist or belongs to another organisation."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceFilter:
+    search: str | None = None
+    labels: dict[str, str] | None = None
+    online: bool | None = None
+
+    def params(self) -> dict[str, Any]:
+        like = None
+        if self.search:
+            escaped = (
+                self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            )
+            like = f"%{escaped}%"
+        return {
+            "like": like,
+            "labels": Jsonb(self.labels) if self.labels else None,
+            "online": self.online,
+        }
+
+
+def parse_label_filter(text: str | None) -> dict[str, str] | None:
+    """`key=value` (several separated by commas) into a containment filter."""
+    if not text or not text.strip():
+        return None
+    try:
+        return registry.parse_labels([p for p in text.split(",") if p.strip()])
+    except registry.RegistryError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def list_devices(
+    conn: Conn, org_id: int | None, filt: DeviceFilter, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    params = {"org_id": org_id, **filt.params()}
+    total_row = conn.execute(QUERIES["count_devices"], params).fetchone()
+    rows = conn.execute(
+        QUERIES["list_devices"], {**params, "limit": limit, "offset": offset}
+    ).fetchall()
+    return [dict(r) for r in rows], int(total_row["n"]) if total_row else 0
+
+
+def label_pairs(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(QUERIES["label_pairs"], {"org_id": org_id})]
+
+
+def latest_values(conn: Conn, device_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Callers pass only device ids they have already scoped."""
+    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in conn.execute(QUERIES["latest_for_devices"], {"device_ids": device_ids}):
+        by_device[row["device_id"]].append(dict(row))
+    return dict(by_device)
+
+
+def get_device(conn: Conn, org_id: int | None, device_id: str) -> dict[str, Any]:
+    row = conn.execute(
+        QUERIES["get_device"], {"device_id": device_id, "org_id": org_id}
+    ).fetchone()
+    if row is None:
+        raise NotFound(device_id)
+    return dict(row)
+
+
+def presence_events(conn: Conn, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in conn.execute(QUERIES["presence_events"], {"device_id": device_id, "limit": limit})
+    ]
+
+
+def alerts_available(conn: Conn) -> bool:
+    return table_exists(conn, "alerts") and table_exists(conn, "alert_rules")
+
+
+def device_alerts(
+    conn: Conn, org_id: int | None, device_id: str, limit: int = 20
+) -> list[dict[str, Any]]:
+    if not alerts_available(conn):
+        return []
+    params = {"device_id": device_id, "org_id": org_id, "limit": limit}
+    return [dict(r) for r in conn.execute(QUERIES["device_alerts"], params)]
+
+
+def list_alerts(
+    conn: Conn,
+    org_id: int | None,
+    *,
+    state: str | None = None,
+    device_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    if not alerts_available(conn):
+        return []
+    params = {"org_id": org_id, "state": state, "device_id": device_id, "limit": limit}
+    return [dict(r) for r in conn.execute(QUERIES["list_alerts"], params)]
+
+
+def get_alert(conn: Conn, org_id: int | None, alert_id: int) -> dict[str, Any]:
+    row = None
+    if alerts_available(conn):
+        row = conn.execute(
+            QUERIES["get_alert"], {"alert_id": alert_id, "org_id": org_id}
+        ).fetchone()
+    if row is None:
+        raise NotFound(str(alert_id))
+    return dict(row)
+
+
+def readings_since(conn: Conn, device_id: str, since: datetime) -> list[dict[str, Any]]:
+    return [
+        dict(r)
+        for r in conn.execute(QUERIES["readings_since"], {"device_id": device_id, "since": since})
+    ]
+
+
+def buckets(
+    conn: Conn,
+    device_id: str,
+    metric: str,
+    span: history.TimeRange,
+    resolution: history.Resolution,
+) -> tuple[str, list[dict[str, Any]]]:
+    """Aggregated buckets and the source that answered them (rollups if they exist)."""
+    source = resolution.source
+    if source in ("rollup_1m", "rollup_1h") and not table_exists(conn, source):
+        source = "raw_buckets"
+    query = "buckets_raw" if source in ("raw", "raw_buckets") else f"buckets_{source}"
+    params = {
+        "device_id": device_id,
+        "metric": metric,
+        "start": span.start,
+        "end": span.end,
+        "bucket_s": max(1, resolution.bucket_s),
+    }
+    return source, [dict(r) for r in conn.execute(QUERIES[query], params)]
+
+
+def chart_series(
+    conn: Conn, device_id: str, metric: str, span: history.TimeRange
+) -> dict[str, Any]:
+    """What the device page's chart draws: [times, values] or [times, min, avg, max]."""
+    resolution = history.chart_resolution(span.span)
+    if resolution.source == "raw":
+        rows = conn.execute(
+            QUERIES["readings_raw"],
+            {
+                "device_id": device_id,
+                "metric": metric,
+                "start": span.start,
+                "end": span.end,
+                "limit": RAW_POINT_LIMIT,
+            },
+        ).fetchall()
+        return {
+            "source": "raw",
+            "bucket_s": 0,
+            "t": [r["time"].timestamp() for r in rows],
+            "value": [r["value"] for r in rows],
+            "truncated": len(rows) >= RAW_POINT_LIMIT,
+        }
+    source, rows = buckets(conn, device_id, metric, span, resolution)
+    return {
+        "source": source,
+        "bucket_s": resolution.bucket_s,
+        "t": [r["bucket"].timestamp() for r in rows],
+        "min": [r["min"] for r in rows],
+        "avg": [r["avg"] for r in rows],
+        "max": [r["max"] for r in rows],
+        "truncated": False,
+    }
+
+
+def list_orgs(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(QUERIES["list_orgs"], {"org_id": org_id})]
+
+
+def scoped_device_ids(conn: Conn, org_id: int | None, device_ids: list[str]) -> set[str]:
+    rows = conn.execute(QUERIES["device_orgs"], {"device_ids": device_ids, "org_id": org_id})
+    return {r["device_id"] for r in rows}

@@ -1,0 +1,110 @@
+"""Database connections of a request: one from the read pool, one from the write pool.
+
+Pools are created on first use in each process, never before gunicorn forks (a pool's
+sockets and threads must not be shared between workers). Connections are in autocommit
+mode; writes group their statements with `conn.transaction()`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from flask import Flask, current_app, g
+from psycopg_pool import ConnectionPool
+
+from fieldhub.db import Queries, make_pool
+
+QUERIES = Queries(Path(__file__).with_name("queries.sql"))
+
+Conn = psycopg.Connection[Any]
+
+
+class Pools:
+    def __init__(self, write_url: str, read_url: str, max_size: int) -> None:
+        self.write_url = write_url
+        self.read_url = read_url
+        self.max_size = max_size
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._pools: dict[str, ConnectionPool[Any]] = {}
+
+    def get(self, kind: str) -> ConnectionPool[Any]:
+        url = self.read_url if kind == "read" else self.write_url
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child must not touch its parent's pools.
+                self._pools = {}
+                self._pid = os.getpid()
+            pool = self._pools.get(url)
+            if pool is None:
+                pool = make_pool(url, min_size=1, max_size=self.max_size, name="fieldhub-web")
+                self._pools[url] = pool
+            return pool
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools = {}
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["fieldhub.pools"] = Pools(
+        app.config["DATABASE_URL"],
+        app.config["READ_DATABASE_URL"],
+        int(app.config.get("DB_POOL_SIZE", 10)),
+    )
+    app.teardown_appcontext(_release)
+
+
+def pools() -> Pools:
+    result: Pools = current_app.extensions["fieldhub.pools"]
+    return result
+
+
+def _get(kind: str) -> Conn:
+    key = f"db_{kind}"
+    conn: Conn | None = g.get(key)
+    if conn is None:
+        pool = pools().get(kind)
+        conn = pool.getconn()
+        conn.autocommit = True
+        setattr(g, key, conn)
+        g.setdefault("db_held", []).append((pool, conn))
+    return conn
+
+
+def read() -> Conn:
+    """For queries that may be answered by a replica."""
+    return _get("read")
+
+
+def write() -> Conn:
+    return _get("write")
+
+
+@contextmanager
+def connection(kind: str = "read") -> Iterator[Conn]:
+    """A connection outside the request context (streams, the live hub)."""
+    with pools().get(kind).connection() as conn:
+        conn.autocommit = True
+        yield conn
+
+
+def _release(exc: BaseException | None) -> None:
+    for pool, conn in g.pop("db_held", []):
+        pool.putconn(conn)
+    g.pop("db_read", None)
+    g.pop("db_write", None)
+
+
+def table_exists(conn: Conn, name: str) -> bool:
+    """Whether another team's migration has created `name` yet (rollups, alerts)."""
+    row = conn.execute(QUERIES["table_exists"], {"name": name}).fetchone()
+    return bool(row and row["exists"])

@@ -1,0 +1,225 @@
+"""Live updates: server-sent events fed by PostgreSQL LISTEN.
+
+Each worker process holds ONE listening connection (the hub) that fans notifications out to
+the queues of the streams open in that process; a stream never holds a database connection
+while it waits. Notifications only say *which* device changed; the stream then reads what is
+new with the viewer's own tenant scope, so a notification can never carry another
+organisation's data to anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Flask, Response, abort, current_app, request
+
+from fieldhub import command_requests
+from webapp import data, db
+from webapp.auth import login_required, scope_org_id
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("live", __name__)
+
+CHANNELS = ("telemetry", "presence", "commands", "alerts")
+QUEUE_SIZE = 256
+
+
+class Subscription:
+    def __init__(self, device_ids: frozenset[str], org_id: int | None) -> None:
+        self.device_ids = device_ids
+        self.org_id = org_id
+        self.events: queue.Queue[tuple[str, str]] = queue.Queue(QUEUE_SIZE)
+
+    def offer(self, channel: str, payload: str) -> None:
+        try:
+            self.events.put_nowait((channel, payload))
+        except queue.Full:
+            # A stalled browser must not grow memory; it gets a resync once it reads again.
+            pass
+
+
+def route(channel: str, payload: str, sub: Subscription) -> str | None:
+    """The part of a notification `sub` should see, or None if it is not for it."""
+    if channel == "telemetry":
+        mine = [d for d in payload.split() if d in sub.device_ids]
+        return " ".join(mine) if mine else None
+    if channel in ("presence", "commands"):
+        device = payload.split(" ", 1)[0]
+        return payload if device in sub.device_ids else None
+    if channel == "alerts":
+        org = payload.split(" ", 1)[0]
+        return payload if sub.org_id is None or org == str(sub.org_id) else None
+    return None
+
+
+class Hub:
+    """One LISTEN connection per process, started on the first subscription after a fork."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._lock = threading.Lock()
+        self._subs: set[Subscription] = set()
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+        self._stop = threading.Event()
+
+    def subscribe(self, device_ids: frozenset[str], org_id: int | None) -> Subscription:
+        sub = Subscription(device_ids, org_id)
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._subs = set()
+                self.listening.clear()
+                self._thread = threading.Thread(target=self._run, name="live-hub", daemon=True)
+                self._thread.start()
+            self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs.discard(sub)
+
+    def subscribers(self) -> int:
+        with self._lock:
+            return len(self._subs)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _dispatch(self, channel: str, payload: str) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            part = route(channel, payload, sub)
+            if part is not None:
+                sub.offer(channel, part)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self.database_url, autocommit=True, application_name="fieldhub-web-live"
+                ) as conn:
+                    for channel in CHANNELS:
+                        conn.execute(f"LISTEN {channel}".encode())
+                    self.listening.set()
+                    # Whatever happened while we were not listening: every stream re-reads.
+                    self._dispatch_all("resync")
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self._dispatch(note.channel, note.payload)
+            except psycopg.Error as exc:
+                self.listening.clear()
+                log.warning("live updates: lost the database (%s); reconnecting", exc)
+                time.sleep(1.0)
+
+    def _dispatch_all(self, channel: str) -> None:
+        with self._lock:
+            subs = list(self._subs)
+        for sub in subs:
+            sub.offer(channel, "")
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["fieldhub.live"] = Hub(app.config["DATABASE_URL"])
+    app.register_blueprint(bp)
+
+
+def hub() -> Hub:
+    result: Hub = current_app.extensions["fieldhub.live"]
+    return result
+
+
+def sse(event: str, payload: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(payload, default=str)}\n\n"
+
+
+@bp.route("/devices/<device_id>/live")
+@login_required
+def device_stream(device_id: str) -> Any:
+    org_id = scope_org_id()
+    try:
+        data.get_device(db.read(), org_id, device_id)
+    except data.NotFound:
+        abort(404)
+    since_arg = request.args.get("since")
+    try:
+        since = datetime.fromtimestamp(float(since_arg), UTC) if since_arg else datetime.now(UTC)
+    except (ValueError, OverflowError):
+        since = datetime.now(UTC)
+    pools = db.pools()
+    keepalive = float(current_app.config["LIVE_KEEPALIVE_S"])
+    the_hub = hub()
+    sub = the_hub.subscribe(frozenset([device_id]), org_id)
+
+    def stream() -> Iterator[str]:
+        cursor = since
+        try:
+            yield "retry: 2000\n\n"
+            yield sse("hello", {"device_id": device_id})
+            while True:
+                try:
+                    channel, payload = sub.events.get(timeout=keepalive)
+                except queue.Empty:
+                    yield ": keepalive\n\n"
+                    continue
+                with pools.get("read").connection() as conn:
+                    conn.autocommit = True
+                    if channel in ("telemetry", "resync"):
+                        rows = data.readings_since(conn, device_id, cursor)
+                        if rows:
+                            cursor = rows[-1]["time"]
+                            yield sse(
+                                "readings",
+                                [
+                                    {
+                                        "t": r["time"].timestamp(),
+                                        "metric": r["metric"],
+                                        "value": r["value"],
+                                        "text": r["text_value"],
+                                    }
+                                    for r in rows
+                                ],
+                            )
+                    if channel == "presence":
+                        yield sse("presence", {"online": payload.split()[-1] == "online"})
+                    if channel == "commands":
+                        command_id = payload.split()[1]
+                        try:
+                            command = command_requests.get_command(
+                                conn, command_id, org_id=org_id
+                            )
+                        except command_requests.NotFound:
+                            continue
+                        yield sse(
+                            "command",
+                            {
+                                "id": command["id"],
+                                "name": command["name"],
+                                "status": command["status"],
+                                "updated_at": command["updated_at"],
+                                "error": command.get("error"),
+                            },
+                        )
+                    if channel == "alerts":
+                        alerts = data.device_alerts(conn, org_id, device_id, limit=20)
+                        yield sse("alerts", alerts)
+        finally:
+            the_hub.unsubscribe(sub)
+
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

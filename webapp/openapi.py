@@ -1,0 +1,423 @@
+"""The OpenAPI 3 document of /api/v1, kept next to the code it describes.
+
+tests/webapp/test_openapi.py runs schemathesis against the live API with this document, so a
+route or field that drifts from it fails the suite.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+TIME = {"type": "string", "format": "date-time"}
+DEVICE_ID = {
+    "name": "device_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Device id (lowercase letters, digits, '_' and '-').",
+}
+COMMAND_ID = {
+    "name": "command_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Command id (a UUID).",
+}
+COMMAND_STATUS = {
+    "type": "string",
+    "enum": [
+        "queued",
+        "sent",
+        "delivered",
+        "succeeded",
+        "failed",
+        "rejected",
+        "expired",
+        "cancelled",
+    ],
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {
+        400: "The request's parameters are not valid.",
+        401: "No API token, or not a valid one.",
+        403: "The token's role may not do this.",
+        404: "No such object in the token's organisation.",
+        409: "The command is already final.",
+        422: "The command was refused (name, params, time to live, device state).",
+    }
+    return {str(code): _json(_ref("Error"), texts[code]) for code in codes}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "LatestValue": {
+        "type": "object",
+        "required": ["metric", "time", "value"],
+        "properties": {
+            "metric": {"type": "string"},
+            "time": TIME,
+            "value": {"description": "A number, boolean or string, as the device sent it."},
+        },
+    },
+    "Device": {
+        "type": "object",
+        "required": [
+            "device_id",
+            "org",
+            "display_name",
+            "labels",
+            "enabled",
+            "online",
+            "last_seen",
+            "created_at",
+        ],
+        "properties": {
+            "device_id": {"type": "string"},
+            "org": {"type": "string"},
+            "display_name": {"type": "string"},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "enabled": {"type": "boolean"},
+            "online": {"type": "boolean"},
+            "last_seen": NULLABLE_TIME,
+            "created_at": TIME,
+            "latest": {"type": "array", "items": _ref("LatestValue")},
+        },
+    },
+    "Command": {
+        "type": "object",
+        "required": [
+            "id",
+            "device_id",
+            "name",
+            "params",
+            "status",
+            "created_at",
+            "updated_at",
+            "expires_at",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "device_id": {"type": "string"},
+            "name": {"type": "string"},
+            "params": {"type": "object"},
+            "status": COMMAND_STATUS,
+            "created_at": TIME,
+            "updated_at": TIME,
+            "expires_at": TIME,
+            "result": {"nullable": True},
+            "error": {"type": "string", "nullable": True},
+            "timeline": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["status", "at"],
+                    "properties": {
+                        "status": {"type": "string"},
+                        "at": TIME,
+                        "detail": {"nullable": True},
+                    },
+                },
+            },
+        },
+    },
+    "NewCommand": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
+            "params": {"type": "object"},
+            "ttl_s": {"type": "integer", "minimum": 1},
+        },
+    },
+    "Alert": {
+        "type": "object",
+        "required": ["id", "device_id", "state", "rule", "metric", "severity", "started_at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "device_id": {"type": "string"},
+            "state": {"type": "string", "enum": ["active", "acknowledged", "cleared"]},
+            "rule": {"type": "string"},
+            "metric": {"type": "string"},
+            "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+            "value": {"type": "number", "nullable": True},
+            "message": {"type": "string", "nullable": True},
+            "started_at": TIME,
+            "acknowledged_at": NULLABLE_TIME,
+            "cleared_at": NULLABLE_TIME,
+        },
+    },
+    "Telemetry": {
+        "type": "object",
+        "required": [
+            "device_id",
+            "metric",
+            "start",
+            "end",
+            "bucket",
+            "aggregate",
+            "source",
+            "truncated",
+            "points",
+        ],
+        "properties": {
+            "device_id": {"type": "string"},
+            "metric": {"type": "string"},
+            "start": TIME,
+            "end": TIME,
+            "bucket": {"type": "integer", "nullable": True},
+            "aggregate": {"type": "string", "nullable": True},
+            "source": {
+                "type": "string",
+                "enum": ["raw", "raw_buckets", "rollup_1m", "rollup_1h"],
+            },
+            "truncated": {"type": "boolean"},
+            "points": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["time", "value"],
+                    "properties": {"time": TIME, "value": {"type": "number", "nullable": True}},
+                },
+            },
+        },
+    },
+}
+
+
+def document(server_url: str) -> dict[str, Any]:
+    device_get_errors = _errors(400, 401, 404)
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "fieldhub API",
+            "version": "1",
+            "description": (
+                "Devices, telemetry, commands and alerts of your organisation. Authenticate "
+                "with an API token (`fieldhub token create EMAIL`) as `Authorization: Bearer "
+                "<token>`. Every error has the body `{\"error\": {\"code\", \"message\"}}`."
+            ),
+        },
+        "servers": [{"url": server_url}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": SCHEMAS,
+        },
+        "paths": {
+            "/devices": {
+                "get": {
+                    "operationId": "listDevices",
+                    "summary": "Devices, with online state and last seen time",
+                    "parameters": [
+                        _query("q", {"type": "string"}, "Search in id and display name."),
+                        _query("label", {"type": "string"}, "key=value[,key=value]"),
+                        _query("status", {"type": "string", "enum": ["online", "offline"]}, ""),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
+                        _query("offset", {"type": "integer", "minimum": 0}, ""),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["devices", "total", "limit", "offset"],
+                                "properties": {
+                                    "devices": {"type": "array", "items": _ref("Device")},
+                                    "total": {"type": "integer"},
+                                    "limit": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                },
+                            },
+                            "A page of devices.",
+                        ),
+                        **_errors(400, 401),
+                    },
+                }
+            },
+            "/devices/{device_id}": {
+                "get": {
+                    "operationId": "getDevice",
+                    "parameters": [DEVICE_ID],
+                    "responses": {
+                        "200": _json(_ref("Device"), "The device and its latest values."),
+                        **device_get_errors,
+                    },
+                }
+            },
+            "/devices/{device_id}/latest": {
+                "get": {
+                    "operationId": "getLatest",
+                    "parameters": [DEVICE_ID],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["device_id", "values"],
+                                "properties": {
+                                    "device_id": {"type": "string"},
+                                    "values": {"type": "array", "items": _ref("LatestValue")},
+                                },
+                            },
+                            "The latest value of each metric.",
+                        ),
+                        **device_get_errors,
+                    },
+                }
+            },
+            "/devices/{device_id}/telemetry": {
+                "get": {
+                    "operationId": "getTelemetry",
+                    "summary": "Readings of one metric over a range, raw or bucketed",
+                    "parameters": [
+                        DEVICE_ID,
+                        {**_query("metric", {"type": "string"}, ""), "required": True},
+                        _query("start", TIME, "Default: one hour before end."),
+                        _query("end", TIME, "Default: now."),
+                        _query(
+                            "bucket",
+                            {"type": "integer", "minimum": 1, "maximum": 31622400},
+                            "Bucket width in seconds; omit for raw readings.",
+                        ),
+                        _query(
+                            "agg",
+                            {"type": "string", "enum": ["min", "max", "avg", "count", "last"]},
+                            "Aggregate of each bucket (default avg).",
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Telemetry"), "Points, oldest first."),
+                        **device_get_errors,
+                    },
+                }
+            },
+            "/devices/{device_id}/commands": {
+                "get": {
+                    "operationId": "listCommands",
+                    "parameters": [
+                        DEVICE_ID,
+                        _query("status", COMMAND_STATUS, ""),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, ""),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["commands"],
+                                "properties": {
+                                    "commands": {"type": "array", "items": _ref("Command")}
+                                },
+                            },
+                            "Commands of the device, newest first.",
+                        ),
+                        **device_get_errors,
+                    },
+                },
+                "post": {
+                    "operationId": "sendCommand",
+                    "parameters": [DEVICE_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewCommand")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("Command"), "The command, queued."),
+                        **_errors(400, 401, 403, 404, 422),
+                    },
+                },
+            },
+            "/commands/{command_id}": {
+                "get": {
+                    "operationId": "getCommand",
+                    "parameters": [COMMAND_ID],
+                    "responses": {
+                        "200": _json(_ref("Command"), "The command with its timeline."),
+                        **_errors(401, 404),
+                    },
+                }
+            },
+            "/commands/{command_id}/cancel": {
+                "post": {
+                    "operationId": "cancelCommand",
+                    "parameters": [COMMAND_ID],
+                    "responses": {
+                        "200": _json(_ref("Command"), "The command, cancelled."),
+                        **_errors(401, 403, 404, 409),
+                    },
+                }
+            },
+            "/alerts": {
+                "get": {
+                    "operationId": "listAlerts",
+                    "parameters": [
+                        _query(
+                            "state",
+                            {"type": "string", "enum": ["active", "acknowledged", "cleared"]},
+                            "",
+                        ),
+                        _query("device_id", {"type": "string"}, ""),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["alerts"],
+                                "properties": {
+                                    "alerts": {"type": "array", "items": _ref("Alert")}
+                                },
+                            },
+                            "Alerts, newest first.",
+                        ),
+                        **_errors(400, 401, 404),
+                    },
+                }
+            },
+            "/alerts/{alert_id}": {
+                "get": {
+                    "operationId": "getAlert",
+                    "parameters": [
+                        {
+                            "name": "alert_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(_ref("Alert"), "One alert."),
+                        **_errors(400, 401, 404),
+                    },
+                }
+            },
+        },
+    }

@@ -1,0 +1,298 @@
+"""Pages for people: the device list and the device page (chart, history, export, commands)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    flash,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+
+from fieldhub import command_requests
+from webapp import data, db, history
+from webapp.auth import current_user, login_required, role_required, scope_org_id
+
+bp = Blueprint("pages", __name__)
+
+EXPORT_CHUNK_ROWS = 5000
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)
+
+
+def device_or_404(device_id: str) -> dict[str, Any]:
+    try:
+        return data.get_device(db.read(), scope_org_id(), device_id)
+    except data.NotFound:
+        abort(404)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@bp.route("/")
+@login_required
+def index() -> Any:
+    return redirect(url_for("pages.devices"))
+
+
+@bp.route("/devices")
+@login_required
+def devices() -> Any:
+    page_size = int(current_app.config["PAGE_SIZE"])
+    search = request.args.get("q", "").strip() or None
+    label_text = request.args.get("label", "").strip()
+    status = request.args.get("status", "")
+    online = {"online": True, "offline": False}.get(status)
+    try:
+        page = max(1, int(request.args.get("page", "1")))
+    except ValueError:
+        page = 1
+    error = None
+    try:
+        labels = data.parse_label_filter(label_text)
+    except ValueError as exc:
+        error, labels = str(exc), None
+    conn = db.read()
+    org_id = scope_org_id()
+    rows, total = data.list_devices(
+        conn,
+        org_id,
+        data.DeviceFilter(search, labels, online),
+        limit=page_size,
+        offset=(page - 1) * page_size,
+    )
+    latest = data.latest_values(conn, [r["device_id"] for r in rows])
+    pages = max(1, math.ceil(total / page_size))
+    args = {k: v for k, v in request.args.items() if k != "page" and v}
+    return render_template(
+        "devices.html",
+        devices=rows,
+        latest=latest,
+        total=total,
+        page=page,
+        pages=pages,
+        args=args,
+        search=search or "",
+        label=label_text,
+        status=status,
+        label_pairs=data.label_pairs(conn, org_id),
+        error=error,
+    )
+
+
+@bp.route("/devices/<device_id>")
+@login_required
+def device(device_id: str) -> Any:
+    found = device_or_404(device_id)
+    conn = db.read()
+    org_id = scope_org_id()
+    latest = data.latest_values(conn, [device_id]).get(device_id, [])
+    commands = command_requests.list_commands(
+        conn, device_id=device_id, org_id=org_id, limit=20
+    )
+    return render_template(
+        "device.html",
+        device=found,
+        latest=latest,
+        metrics=[row["metric"] for row in latest if _numeric(row["value"])],
+        presence=data.presence_events(conn, device_id),
+        alerts=data.device_alerts(conn, org_id, device_id),
+        alerts_available=data.alerts_available(conn),
+        commands=commands,
+        ranges=list(history.RANGES),
+    )
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float)
+
+
+def _range_from_args() -> history.TimeRange:
+    try:
+        return history.resolve_range(
+            request.args.get("range"),
+            request.args.get("start") or None,
+            request.args.get("end") or None,
+            now=_now(),
+        )
+    except history.RangeError as exc:
+        abort(400, description=str(exc))
+
+
+@bp.route("/devices/<device_id>/history.json")
+@login_required
+def device_history(device_id: str) -> Any:
+    device_or_404(device_id)
+    metric = request.args.get("metric", "")
+    if not metric:
+        abort(400, description="choose a metric")
+    span = _range_from_args()
+    series = data.chart_series(db.read(), device_id, metric, span)
+    return jsonify(
+        {
+            "device_id": device_id,
+            "metric": metric,
+            "start": span.start.isoformat(),
+            "end": span.end.isoformat(),
+            **series,
+        }
+    )
+
+
+@bp.route("/devices/<device_id>/export.csv")
+@login_required
+def export_csv(device_id: str) -> Any:
+    device_or_404(device_id)
+    span = _range_from_args()
+    metric = request.args.get("metric") or None
+    pools = db.pools()
+    params = {"device_id": device_id, "start": span.start, "end": span.end, "metric": metric}
+
+    def rows() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["time", "metric", "value", "text_value", "seq"])
+        # A server-side cursor streams a month of readings without holding them in memory.
+        with pools.get("read").connection() as conn, conn.transaction():
+            cursor = conn.cursor(name="export")
+            cursor.itersize = EXPORT_CHUNK_ROWS
+            cursor.execute(db.QUERIES["export_readings"], params)
+            for row in cursor:
+                writer.writerow(
+                    [
+                        row["time"].astimezone(UTC).isoformat(),
+                        row["metric"],
+                        "" if row["value"] is None else repr(row["value"]),
+                        row["text_value"] or "",
+                        "" if row["seq"] is None else row["seq"],
+                    ]
+                )
+                if buffer.tell() > 64 * 1024:
+                    yield buffer.getvalue()
+                    buffer.seek(0)
+                    buffer.truncate()
+        yield buffer.getvalue()
+
+    filename = f"{device_id}_{span.start:%Y%m%dT%H%M}_{span.end:%Y%m%dT%H%M}.csv"
+    return Response(
+        stream_with_context(rows()),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+# -- commands --------------------------------------------------------------------------------
+def _command_view(command: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": command["id"],
+        "name": command["name"],
+        "params": command.get("params"),
+        "status": command["status"],
+        "created_at": command["created_at"].isoformat() if command.get("created_at") else None,
+        "updated_at": command["updated_at"].isoformat() if command.get("updated_at") else None,
+        "expires_at": command["expires_at"].isoformat() if command.get("expires_at") else None,
+        "result": command.get("result"),
+        "error": command.get("error"),
+    }
+
+
+@bp.route("/devices/<device_id>/commands.json")
+@login_required
+def device_commands(device_id: str) -> Any:
+    device_or_404(device_id)
+    commands = command_requests.list_commands(
+        db.read(), device_id=device_id, org_id=scope_org_id(), limit=20
+    )
+    return jsonify({"commands": [_command_view(c) for c in commands]})
+
+
+@bp.route("/devices/<device_id>/commands", methods=["POST"])
+@role_required("member")
+def send_command(device_id: str) -> Any:
+    device_or_404(device_id)
+    user = current_user()
+    assert user is not None
+    body = request.get_json(silent=True) if request.is_json else None
+    form: dict[str, Any] = body if isinstance(body, dict) else request.form.to_dict()
+    try:
+        params = form.get("params") or {}
+        if isinstance(params, str):
+            params = command_requests.parse_params(params) if params.strip() else {}
+        ttl = form.get("ttl_s") or 300
+        command = command_requests.send_command(
+            db.write(),
+            device_id=device_id,
+            name=str(form.get("name", "")).strip(),
+            params=params,
+            ttl_s=int(ttl) if str(ttl).strip().isdigit() else ttl,
+            created_by=user["id"],
+            org_id=scope_org_id(),
+        )
+    except command_requests.NotFound:
+        abort(404)
+    except command_requests.CommandRequestError as exc:
+        if request.is_json:
+            return jsonify({"error": {"code": "invalid", "message": str(exc)}}), 422
+        flash(str(exc), "error")
+        return redirect(url_for("pages.device", device_id=device_id) + "#commands")
+    if request.is_json:
+        return jsonify({"command": _command_view(command)}), 201
+    flash(f"Command {command['name']} queued.", "info")
+    return redirect(url_for("pages.device", device_id=device_id) + "#commands")
+
+
+@bp.route("/devices/<device_id>/commands/<command_id>/cancel", methods=["POST"])
+@role_required("member")
+def cancel_command(device_id: str, command_id: str) -> Any:
+    device_or_404(device_id)
+    org_id = scope_org_id()
+    try:
+        found = command_requests.get_command(db.read(), command_id, org_id=org_id)
+        if found["device_id"] != device_id:
+            abort(404)
+        command = command_requests.cancel_command(db.write(), command_id, org_id=org_id)
+    except command_requests.NotFound:
+        abort(404)
+    except command_requests.CommandRequestError as exc:
+        if request.is_json:
+            return jsonify({"error": {"code": "conflict", "message": str(exc)}}), 409
+        flash(str(exc), "error")
+        return redirect(url_for("pages.device", device_id=device_id) + "#commands")
+    if request.is_json:
+        return jsonify({"command": _command_view(command)})
+    flash("Command cancelled.", "info")
+    return redirect(url_for("pages.device", device_id=device_id) + "#commands")
+
+
+@bp.route("/alerts")
+@login_required
+def alerts() -> Any:
+    state = request.args.get("state") or None
+    if state not in (None, "active", "acknowledged", "cleared"):
+        state = None
+    conn = db.read()
+    return render_template(
+        "alerts.html",
+        alerts=data.list_alerts(conn, scope_org_id(), state=state, limit=200),
+        state=state or "",
+        available=data.alerts_available(conn),
+    )

@@ -1,0 +1,176 @@
+-- Named queries of the web app. Every query that touches tenant data takes %(org_id)s:
+-- NULL for an operator (all organisations), otherwise the user's organisation.
+
+-- name: table_exists
+SELECT to_regclass(%(name)s) IS NOT NULL AS exists;
+
+-- name: count_devices
+SELECT count(*) AS n
+FROM devices d
+LEFT JOIN device_state s ON s.device_id = d.device_id
+WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
+  AND (%(like)s::text IS NULL OR d.device_id ILIKE %(like)s OR d.display_name ILIKE %(like)s)
+  AND (%(labels)s::jsonb IS NULL OR d.labels @> %(labels)s::jsonb)
+  AND (%(online)s::boolean IS NULL OR coalesce(s.online, false) = %(online)s);
+
+-- name: list_devices
+SELECT d.device_id, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker,
+       d.created_at, coalesce(s.online, false) AS online, s.last_seen
+FROM devices d
+JOIN organisations o ON o.id = d.org_id
+LEFT JOIN device_state s ON s.device_id = d.device_id
+WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
+  AND (%(like)s::text IS NULL OR d.device_id ILIKE %(like)s OR d.display_name ILIKE %(like)s)
+  AND (%(labels)s::jsonb IS NULL OR d.labels @> %(labels)s::jsonb)
+  AND (%(online)s::boolean IS NULL OR coalesce(s.online, false) = %(online)s)
+ORDER BY d.device_id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: label_pairs
+-- The label filter's suggestions: the most common key=value pairs of the organisation.
+SELECT l.key, l.value, count(*) AS devices
+FROM devices d, jsonb_each_text(d.labels) AS l(key, value)
+WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
+GROUP BY l.key, l.value
+ORDER BY count(*) DESC, l.key, l.value
+LIMIT 50;
+
+-- name: latest_for_devices
+SELECT device_id, metric, time, value
+FROM latest_values
+WHERE device_id = ANY(%(device_ids)s::text[])
+ORDER BY device_id, metric;
+
+-- name: get_device
+SELECT d.device_id, d.org_id, o.name AS org, o.display_name AS org_display_name,
+       d.display_name, d.labels, d.enabled, d.broker, d.offline_after_s, d.created_at,
+       d.secret_rotated_at, coalesce(s.online, false) AS online, s.last_seen, s.status_changed
+FROM devices d
+JOIN organisations o ON o.id = d.org_id
+LEFT JOIN device_state s ON s.device_id = d.device_id
+WHERE d.device_id = %(device_id)s AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s);
+
+-- name: presence_events
+SELECT time, online, source
+FROM presence_events
+WHERE device_id = %(device_id)s
+ORDER BY time DESC
+LIMIT %(limit)s;
+
+-- name: readings_raw
+SELECT time, value
+FROM readings
+WHERE device_id = %(device_id)s AND metric = %(metric)s
+  AND time >= %(start)s AND time < %(end)s AND value IS NOT NULL
+ORDER BY time
+LIMIT %(limit)s;
+
+-- name: readings_since
+SELECT time, metric, value, text_value
+FROM readings
+WHERE device_id = %(device_id)s AND time > %(since)s
+ORDER BY time
+LIMIT 1000;
+
+-- name: buckets_raw
+SELECT time_bucket(make_interval(secs => %(bucket_s)s), time) AS bucket,
+       min(value) AS min, max(value) AS max, avg(value) AS avg, count(*) AS count,
+       last(value, time) AS last
+FROM readings
+WHERE device_id = %(device_id)s AND metric = %(metric)s
+  AND time >= %(start)s AND time < %(end)s AND value IS NOT NULL
+GROUP BY 1
+ORDER BY 1;
+
+-- name: buckets_rollup_1m
+-- Rollups up to the newest rolled-up bucket (aligned down to the requested bucket), raw
+-- readings after it, so the chart reaches "now" even though rollups lag behind ingest.
+WITH mark AS (
+    SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
+    FROM rollup_1m
+    WHERE device_id = %(device_id)s AND metric = %(metric)s
+      AND bucket >= %(start)s AND bucket < %(end)s
+)
+SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
+       min(r.min) AS min, max(r.max) AS max,
+       sum(r.avg * r.count) / nullif(sum(r.count), 0) AS avg, sum(r.count)::bigint AS count,
+       last(r.last, r.last_time) AS last
+FROM rollup_1m r, mark
+WHERE r.device_id = %(device_id)s AND r.metric = %(metric)s
+  AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < mark.upto
+GROUP BY 1
+UNION ALL
+SELECT time_bucket(make_interval(secs => %(bucket_s)s), t.time) AS bucket,
+       min(t.value), max(t.value), avg(t.value), count(*), last(t.value, t.time)
+FROM readings t, mark
+WHERE t.device_id = %(device_id)s AND t.metric = %(metric)s AND t.value IS NOT NULL
+  AND t.time >= greatest(%(start)s, mark.upto) AND t.time < %(end)s
+GROUP BY 1
+ORDER BY 1;
+
+-- name: buckets_rollup_1h
+WITH mark AS (
+    SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
+    FROM rollup_1h
+    WHERE device_id = %(device_id)s AND metric = %(metric)s
+      AND bucket >= %(start)s AND bucket < %(end)s
+)
+SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
+       min(r.min) AS min, max(r.max) AS max,
+       sum(r.avg * r.count) / nullif(sum(r.count), 0) AS avg, sum(r.count)::bigint AS count,
+       last(r.last, r.last_time) AS last
+FROM rollup_1h r, mark
+WHERE r.device_id = %(device_id)s AND r.metric = %(metric)s
+  AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < mark.upto
+GROUP BY 1
+UNION ALL
+SELECT time_bucket(make_interval(secs => %(bucket_s)s), t.time) AS bucket,
+       min(t.value), max(t.value), avg(t.value), count(*), last(t.value, t.time)
+FROM readings t, mark
+WHERE t.device_id = %(device_id)s AND t.metric = %(metric)s AND t.value IS NOT NULL
+  AND t.time >= greatest(%(start)s, mark.upto) AND t.time < %(end)s
+GROUP BY 1
+ORDER BY 1;
+
+-- name: export_readings
+SELECT time, metric, value, text_value, seq
+FROM readings
+WHERE device_id = %(device_id)s AND time >= %(start)s AND time < %(end)s
+  AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+ORDER BY time, metric;
+
+-- name: device_alerts
+SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.message,
+       r.name AS rule, r.metric, r.severity, a.device_id
+FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
+WHERE a.device_id = %(device_id)s AND (%(org_id)s::bigint IS NULL OR a.org_id = %(org_id)s)
+ORDER BY (a.state = 'cleared'), a.started_at DESC
+LIMIT %(limit)s;
+
+-- name: list_alerts
+SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.message,
+       r.name AS rule, r.metric, r.severity, a.device_id
+FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
+WHERE (%(org_id)s::bigint IS NULL OR a.org_id = %(org_id)s)
+  AND (%(state)s::text IS NULL OR a.state = %(state)s)
+  AND (%(device_id)s::text IS NULL OR a.device_id = %(device_id)s)
+ORDER BY a.started_at DESC
+LIMIT %(limit)s;
+
+-- name: get_alert
+SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.message,
+       r.name AS rule, r.metric, r.severity, a.device_id
+FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
+WHERE a.id = %(alert_id)s AND (%(org_id)s::bigint IS NULL OR a.org_id = %(org_id)s);
+
+-- name: list_orgs
+SELECT o.id, o.name, o.display_name, o.created_at,
+       (SELECT count(*) FROM devices d WHERE d.org_id = o.id) AS devices,
+       (SELECT count(*) FROM users u WHERE u.org_id = o.id) AS users
+FROM organisations o
+WHERE (%(org_id)s::bigint IS NULL OR o.id = %(org_id)s)
+ORDER BY o.name;
+
+-- name: device_orgs
+SELECT device_id FROM devices
+WHERE device_id = ANY(%(device_ids)s::text[]) AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
