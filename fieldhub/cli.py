@@ -24,6 +24,8 @@ COMMAND_MODULES = (
     "fieldhub.commands.command",
     "fieldhub.commands.bridge",
     "fieldhub.commands.simulate",
+    "fieldhub.commands.web",
+    "fieldhub.commands.worker",
 )
 
 
