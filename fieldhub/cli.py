@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "fieldhub.commands.simulate",
     "fieldhub.commands.web",
     "fieldhub.commands.worker",
+    "fieldhub.commands.worker",
 )
 
 

@@ -1,0 +1,74 @@
+"""Retention, offline detection and command expiry: small jobs that keep the data honest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from analysis.worker import Conn, JobContext, JobSkipped
+from fieldhub.config import Settings
+from fieldhub.db import Queries
+
+QUERIES = Queries(Path(__file__).with_name("housekeeping.sql"))
+# Operational logs, plain tables: kept long enough to debug last week.
+JOB_RUNS_KEEP_DAYS = 7
+WEBHOOK_DELIVERIES_KEEP_DAYS = 30
+
+log = logging.getLogger(__name__)
+
+
+def retention_horizons(settings: Settings) -> dict[str, int]:
+    """Hypertable -> days kept; tables whose setting is 0 are kept forever and left out."""
+    horizons = {
+        "readings": settings.retention_raw_days,
+        "rollup_1m": settings.retention_rollup_1m_days,
+        "rollup_1h": settings.retention_rollup_1h_days,
+        "dead_letters": settings.retention_dead_letters_days,
+    }
+    return {table: days for table, days in horizons.items() if days > 0}
+
+
+def apply_retention(conn: Conn, horizons: dict[str, int]) -> dict[str, Any]:
+    """Drop the chunks past each horizon. A chunk goes once all of it is past the horizon,
+    so rows are kept at most one chunk interval (1 day for readings) longer than asked."""
+    dropped: dict[str, Any] = {}
+    for table, days in horizons.items():
+        with conn.transaction():
+            row = conn.execute(QUERIES["drop_chunks"], {"table": table, "days": days}).fetchone()
+        dropped[table] = int(row["dropped"]) if row else 0
+    with conn.transaction():
+        dropped["job_runs"] = conn.execute(
+            QUERIES["prune_job_runs"], {"days": JOB_RUNS_KEEP_DAYS}
+        ).rowcount
+        dropped["webhook_deliveries"] = conn.execute(
+            QUERIES["prune_webhook_deliveries"], {"days": WEBHOOK_DELIVERIES_KEEP_DAYS}
+        ).rowcount
+    return {"horizons_days": horizons, "dropped": dropped}
+
+
+def run_retention(context: JobContext) -> dict[str, Any]:
+    return apply_retention(context.conn, retention_horizons(context.settings))
+
+
+def mark_silent_devices_offline(conn: Conn) -> list[str]:
+    with conn.transaction():
+        rows = conn.execute(QUERIES["mark_silent_offline"]).fetchall()
+    device_ids = [row["device_id"] for row in rows]
+    if device_ids:
+        log.info("marked %d silent device(s) offline", len(device_ids))
+    return device_ids
+
+
+def run_offline_detection(context: JobContext) -> dict[str, Any]:
+    device_ids = mark_silent_devices_offline(context.conn)
+    return {"marked_offline": len(device_ids), "devices": device_ids[:20]}
+
+
+def run_command_expiry(context: JobContext) -> dict[str, Any]:
+    row = context.conn.execute(QUERIES["expire_commands_exists"]).fetchone()
+    if row is None or not row["present"]:
+        raise JobSkipped("expire_commands() is not in the schema yet (migration 0005 missing)")
+    with context.conn.transaction():
+        result = context.conn.execute(QUERIES["expire_commands"]).fetchone()
+    return {"expired": int(result["expired"]) if result else 0}

@@ -1,0 +1,35 @@
+-- name: drop_chunks
+-- Whole chunks entirely older than the horizon: no row-by-row DELETE, no bloat.
+SELECT count(*) AS dropped
+FROM drop_chunks(%(table)s::regclass, older_than => make_interval(days => %(days)s))
+
+-- name: prune_job_runs
+DELETE FROM job_runs WHERE started_at < now() - make_interval(days => %(days)s) AND outcome <> 'running'
+
+-- name: prune_webhook_deliveries
+DELETE FROM webhook_deliveries
+WHERE created_at < now() - make_interval(days => %(days)s) AND status <> 'pending'
+
+-- name: mark_silent_offline
+-- Devices online by the books whose last message is older than their own timeout. The UPDATE
+-- re-checks its WHERE if the bridge touches the row meanwhile, so a device that just spoke
+-- is never marked offline by a race.
+WITH silent AS (
+    UPDATE device_state s
+    SET online = false, status_changed = now()
+    FROM devices d
+    WHERE d.device_id = s.device_id
+      AND s.online
+      AND (s.last_seen IS NULL OR s.last_seen < now() - make_interval(secs => d.offline_after_s))
+    RETURNING s.device_id
+), events AS (
+    INSERT INTO presence_events (device_id, online, source)
+    SELECT device_id, false, 'timeout' FROM silent
+)
+SELECT device_id, pg_notify('presence', device_id || ' offline') FROM silent
+
+-- name: expire_commands_exists
+SELECT to_regprocedure('expire_commands()') IS NOT NULL AS present
+
+-- name: expire_commands
+SELECT expire_commands() AS expired

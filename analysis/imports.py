@@ -1,0 +1,279 @@
+"""Running file imports: parse, COPY into a staging table, insert what is new, roll up.
+
+An import is a row in `imports` with its file in `import_files`. Whoever runs it (the
+worker's `imports` job, or `fieldhub import` inline) holds an advisory lock on the import for
+the whole run; batches of ~100,000 rows are committed one by one with the progress, so the
+web app and the CLI can show percent and rows/s, and a crash loses at most one batch (the
+next runner starts again from the top: the readings identity makes that harmless).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import io
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from analysis import import_parse, rollups
+from analysis.worker import Conn, JobContext
+from fieldhub.db import Queries
+
+QUERIES = Queries(Path(__file__).with_name("imports.sql"))
+LOCK_NAMESPACE = 0x494D5054  # "IMPT"
+BATCH_ROWS = 100_000
+MAX_REPORTED_ERRORS = 1000
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class ImportRequestError(ValueError):
+    """A request to import that cannot be accepted; the message says why."""
+
+
+def create_import(
+    conn: Conn,
+    *,
+    org_id: int,
+    content: bytes,
+    filename: str,
+    fmt: str | None = None,
+    device_id: str | None = None,
+    created_by: int | None = None,
+    lock: bool = False,
+) -> dict[str, Any]:
+    """Store an uploaded file as a queued import of the org; returns the imports row.
+
+    `lock=True` takes the run lock inside the creating transaction, so the caller can run it
+    inline with no worker able to grab it in between.
+    """
+    fmt = fmt or import_parse.guess_format(filename)
+    if fmt not in import_parse.FORMATS:
+        raise ImportRequestError(f"format must be one of {', '.join(import_parse.FORMATS)}")
+    if len(content) > MAX_FILE_BYTES:
+        raise ImportRequestError(f"file larger than {MAX_FILE_BYTES // 2**20} MiB")
+    with conn.transaction():
+        if device_id is not None:
+            devices = {
+                r["device_id"] for r in conn.execute(QUERIES["org_devices"], {"org_id": org_id})
+            }
+            if device_id not in devices:
+                raise ImportRequestError(f"unknown device {device_id!r}")
+        row = conn.execute(
+            QUERIES["create_import"],
+            {
+                "org_id": org_id,
+                "device_id": device_id,
+                "filename": filename[:255],
+                "format": fmt,
+                "total_bytes": len(content),
+                "created_by": created_by,
+            },
+        ).fetchone()
+        assert row is not None
+        conn.execute(QUERIES["store_file"], {"id": row["id"], "content": content})
+        if lock:
+            conn.execute(QUERIES["try_lock_import"], {"namespace": LOCK_NAMESPACE, "id": row["id"]})
+    return dict(row)
+
+
+def unlock(conn: Conn, import_id: uuid.UUID) -> None:
+    conn.execute(QUERIES["unlock_import"], {"namespace": LOCK_NAMESPACE, "id": import_id})
+
+
+def _copy_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+@dataclasses.dataclass
+class _Progress:
+    processed_bytes: int = 0
+    processed_rows: int = 0
+    rows_imported: int = 0
+    rows_rejected: int = 0
+    errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def as_params(self, import_id: uuid.UUID) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return {
+            "id": import_id,
+            "processed_bytes": self.processed_bytes,
+            "processed_rows": self.processed_rows,
+            "rows_imported": self.rows_imported,
+            "rows_rejected": self.rows_rejected,
+            "rows_per_s": round(self.processed_rows / elapsed, 1),
+            "errors": Jsonb(self.errors),
+        }
+
+
+def _lines(content: bytes) -> Iterator[bytes]:
+    return iter(io.BytesIO(content))
+
+
+def run_import(
+    conn: Conn, import_row: dict[str, Any], *, on_progress: ProgressCallback | None = None
+) -> dict[str, Any]:
+    """Import the file of a claimed (locked, 'running') import; returns the final row."""
+    import_id = import_row["id"]
+    conn.execute(QUERIES["create_staging"])
+    file_row = conn.execute(QUERIES["load_file"], {"id": import_id}).fetchone()
+    if file_row is None:
+        return _finish(conn, import_id, "failed", "the uploaded file is missing")
+    content: bytes = file_row["content"]
+    allowed = frozenset(
+        r["device_id"]
+        for r in conn.execute(QUERIES["org_devices"], {"org_id": import_row["org_id"]})
+    )
+    progress = _Progress()
+
+    def count_bytes(n: int) -> None:
+        progress.processed_bytes += n
+
+    spans: dict[str, list[float]] = {}
+    batch: list[str] = []
+    batch_rows = 0
+    try:
+        parsed = import_parse.parse(
+            import_row["format"],
+            _lines(content),
+            allowed_devices=allowed,
+            default_device=import_row["device_id"],
+            on_bytes=count_bytes,
+        )
+        for number, result in parsed:
+            if isinstance(result, import_parse.LineError):
+                progress.rows_rejected += 1
+                if len(progress.errors) < MAX_REPORTED_ERRORS:
+                    progress.errors.append({"line": number, "reason": str(result)})
+                continue
+            for row in result:
+                batch.append(_copy_line(row))
+                span = spans.get(row.device_id)
+                if span is None:
+                    spans[row.device_id] = [row.time, row.time]
+                elif row.time < span[0]:
+                    span[0] = row.time
+                elif row.time > span[1]:
+                    span[1] = row.time
+            batch_rows += len(result)
+            progress.processed_rows += len(result)
+            if batch_rows >= BATCH_ROWS:
+                _flush(conn, import_id, batch, progress, on_progress)
+                batch, batch_rows = [], 0
+        _flush(conn, import_id, batch, progress, on_progress)
+    except Exception as exc:
+        log.exception("import %s failed", import_id)
+        return _finish(conn, import_id, "failed", f"{type(exc).__name__}: {exc}"[:500])
+    ranges = [
+        rollups.DeviceRange(
+            device_id,
+            dt.datetime.fromtimestamp(lo, dt.UTC),
+            dt.datetime.fromtimestamp(hi, dt.UTC) + dt.timedelta(microseconds=1),
+        )
+        for device_id, (lo, hi) in sorted(spans.items())
+    ]
+    rollups.recompute_ranges(conn, ranges)
+    return _finish(conn, import_id, "done", None)
+
+
+def _copy_line(row: import_parse.Row) -> str:
+    value = "\\N" if row.value is None else repr(row.value)
+    text = "\\N" if row.text is None else _copy_escape(row.text)
+    flag = "t" if row.is_bool else "f"
+    return f"{row.time!r}\t{row.device_id}\t{row.metric}\t{value}\t{text}\t{flag}\n"
+
+
+def _flush(
+    conn: Conn,
+    import_id: uuid.UUID,
+    batch: list[str],
+    progress: _Progress,
+    on_progress: ProgressCallback | None,
+) -> None:
+    with conn.transaction():
+        if batch:
+            with conn.cursor().copy(QUERIES["copy_staging"]) as copy:
+                copy.write("".join(batch).encode())
+            progress.rows_imported += conn.execute(QUERIES["insert_staged"]).rowcount
+            conn.execute(QUERIES["upsert_latest_staged"])
+        params = progress.as_params(import_id)
+        conn.execute(QUERIES["progress"], params)
+    if on_progress is not None:
+        on_progress(params)
+
+
+def _finish(conn: Conn, import_id: uuid.UUID, status: str, error: str | None) -> dict[str, Any]:
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["finish_import"], {"id": import_id, "status": status, "error": error}
+        ).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def claim_next(conn: Conn) -> dict[str, Any] | None:
+    """Lock and start the oldest queued import, or a running one whose runner died."""
+    for candidate in conn.execute(QUERIES["import_candidates"]).fetchall():
+        params = {"namespace": LOCK_NAMESPACE, "id": candidate["id"]}
+        locked = conn.execute(QUERIES["try_lock_import"], params).fetchone()
+        if not locked or not locked["locked"]:
+            continue
+        with conn.transaction():
+            row = conn.execute(QUERIES["start_import"], {"id": candidate["id"]}).fetchone()
+        if row is not None:
+            return dict(row)
+        unlock(conn, candidate["id"])
+    return None
+
+
+def start_locked(conn: Conn, import_id: uuid.UUID) -> dict[str, Any]:
+    """Start an import whose lock the caller already holds (see create_import(lock=True))."""
+    with conn.transaction():
+        row = conn.execute(QUERIES["start_import"], {"id": import_id}).fetchone()
+    if row is None:
+        raise ImportRequestError(f"import {import_id} is not queued")
+    return dict(row)
+
+
+def run_imports_job(context: JobContext) -> dict[str, Any]:
+    done: list[dict[str, Any]] = []
+    while not context.stopping.is_set():
+        claimed = claim_next(context.conn)
+        if claimed is None:
+            break
+        try:
+            final = run_import(context.conn, claimed)
+        finally:
+            unlock(context.conn, claimed["id"])
+        done.append(
+            {
+                "id": str(final["id"]),
+                "status": final["status"],
+                "imported": final["rows_imported"],
+                "rejected": final["rows_rejected"],
+            }
+        )
+    return {"imports": done}
+
+
+def get_import(
+    conn: Conn, import_id: uuid.UUID | str, *, org_id: int | None
+) -> dict[str, Any] | None:
+    row = conn.execute(QUERIES["get_import"], {"id": str(import_id), "org_id": org_id}).fetchone()
+    return dict(row) if row else None
+
+
+def list_imports(conn: Conn, *, org_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    return [
+        dict(r) for r in conn.execute(QUERIES["list_imports"], {"org_id": org_id, "limit": limit})
+    ]

@@ -1,0 +1,93 @@
+-- name: org_devices
+SELECT device_id FROM devices WHERE org_id = %(org_id)s
+
+-- name: create_import
+INSERT INTO imports (org_id, device_id, filename, format, total_bytes, created_by)
+VALUES (%(org_id)s, %(device_id)s, %(filename)s, %(format)s, %(total_bytes)s, %(created_by)s)
+RETURNING *
+
+-- name: store_file
+INSERT INTO import_files (import_id, content) VALUES (%(id)s, %(content)s)
+
+-- name: try_lock_import
+-- Held by whoever runs the import, for as long as its connection lives: a 'running' import
+-- whose lock is free belongs to a runner that died, and may be resumed by another.
+SELECT pg_try_advisory_lock(%(namespace)s, hashtext(%(id)s::text)) AS locked
+
+-- name: unlock_import
+SELECT pg_advisory_unlock(%(namespace)s, hashtext(%(id)s::text))
+
+-- name: import_candidates
+SELECT id FROM imports WHERE status IN ('queued', 'running') ORDER BY created_at LIMIT 20
+
+-- name: start_import
+UPDATE imports
+SET status = 'running', started_at = now(), processed_bytes = 0, processed_rows = 0,
+    rows_imported = 0, rows_rejected = 0, errors = '[]', error = NULL, finished_at = NULL
+WHERE id = %(id)s AND status IN ('queued', 'running')
+RETURNING *
+
+-- name: load_file
+SELECT content FROM import_files WHERE import_id = %(id)s
+
+-- name: create_staging
+CREATE TEMPORARY TABLE IF NOT EXISTS import_staging (
+    t double precision NOT NULL,
+    device_id text NOT NULL,
+    metric text NOT NULL,
+    value double precision,
+    text_value text,
+    is_bool boolean NOT NULL
+) ON COMMIT DELETE ROWS
+
+-- name: copy_staging
+COPY import_staging (t, device_id, metric, value, text_value, is_bool) FROM STDIN
+
+-- name: insert_staged
+-- The readings identity (device, metric, time) drops what is already there: re-importing a
+-- file, or a file overlapping what the bridge wrote, adds nothing twice.
+INSERT INTO readings (time, device_id, metric, value, text_value)
+SELECT to_timestamp(t), device_id, metric, value, text_value FROM import_staging
+ON CONFLICT (device_id, metric, time) DO NOTHING
+
+-- name: upsert_latest_staged
+-- Devices whose only data comes from a file still list their metrics.
+INSERT INTO latest_values (device_id, metric, time, value)
+SELECT DISTINCT ON (device_id, metric) device_id, metric, to_timestamp(t),
+       CASE WHEN is_bool THEN to_jsonb(value <> 0)
+            WHEN value IS NOT NULL THEN to_jsonb(value)
+            ELSE to_jsonb(text_value) END
+FROM import_staging
+ORDER BY device_id, metric, t DESC
+ON CONFLICT (device_id, metric) DO UPDATE
+SET time = EXCLUDED.time, value = EXCLUDED.value
+WHERE latest_values.time < EXCLUDED.time
+
+-- name: progress
+UPDATE imports
+SET processed_bytes = %(processed_bytes)s, processed_rows = %(processed_rows)s,
+    rows_imported = %(rows_imported)s, rows_rejected = %(rows_rejected)s,
+    rows_per_s = %(rows_per_s)s, errors = %(errors)s
+WHERE id = %(id)s
+
+-- name: finish_import
+UPDATE imports
+SET status = %(status)s, finished_at = now(), error = %(error)s
+WHERE id = %(id)s
+RETURNING *
+
+-- name: get_import
+SELECT id, org_id, device_id, filename, format, status, total_bytes, processed_bytes,
+       processed_rows, rows_imported, rows_rejected, rows_per_s, errors, error, created_by,
+       created_at, started_at, finished_at
+FROM imports
+WHERE id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s)
+
+-- name: list_imports
+SELECT id, org_id, device_id, filename, format, status, total_bytes, processed_bytes,
+       processed_rows, rows_imported, rows_rejected, rows_per_s, error, created_at,
+       started_at, finished_at
+FROM imports
+WHERE org_id = %(org_id)s
+ORDER BY created_at DESC
+LIMIT %(limit)s

@@ -1,0 +1,118 @@
+-- Rollups are recomputed from raw rows per bucket and upserted, so a bucket is always the
+-- aggregate of every raw row in it, however often or late it is recomputed. Text readings
+-- (value IS NULL) are not rolled up. `last` is TimescaleDB's last(value, time).
+
+-- name: readings_span
+-- The whole range of raw data by chunk bounds: readings has no index on time alone.
+SELECT min(range_start) AS first_chunk, now() AS now
+FROM timescaledb_information.chunks
+WHERE hypertable_schema = 'public' AND hypertable_name = 'readings'
+
+-- name: rollup_1m_scan
+-- A large range (first run, catching up): one sequential pass over the chunks.
+INSERT INTO rollup_1m AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
+SELECT time_bucket('1 minute', time), device_id, metric,
+       min(value), max(value), avg(value), count(*), last(value, time), max(time)
+FROM readings
+WHERE time >= %(start)s AND time < %(end)s AND value IS NOT NULL
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE
+SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
+    last = EXCLUDED.last, last_time = EXCLUDED.last_time
+WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
+      IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
+
+-- name: rollup_1m_recent
+-- The incremental pass: only (device, metric) pairs whose latest reading is in the range, each
+-- read by an index range scan of readings_identity instead of a scan of today's whole chunk.
+INSERT INTO rollup_1m AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
+SELECT time_bucket('1 minute', rd.time), rd.device_id, rd.metric,
+       min(rd.value), max(rd.value), avg(rd.value), count(*), last(rd.value, rd.time), max(rd.time)
+FROM latest_values lv
+JOIN readings rd ON rd.device_id = lv.device_id AND rd.metric = lv.metric
+                AND rd.time >= %(start)s AND rd.time < %(end)s
+WHERE lv.time >= %(start)s AND rd.value IS NOT NULL
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE
+SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
+    last = EXCLUDED.last, last_time = EXCLUDED.last_time
+WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
+      IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
+
+-- name: rollup_1m_devices
+-- Given ranges of given devices (late data, imports): index range scans per device.
+INSERT INTO rollup_1m AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
+SELECT time_bucket('1 minute', rd.time), rd.device_id, rd.metric,
+       min(rd.value), max(rd.value), avg(rd.value), count(*), last(rd.value, rd.time), max(rd.time)
+FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+     AS want (device_id, start_time, end_time)
+JOIN readings rd ON rd.device_id = want.device_id
+                AND rd.time >= want.start_time AND rd.time < want.end_time
+WHERE rd.value IS NOT NULL
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE
+SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
+    last = EXCLUDED.last, last_time = EXCLUDED.last_time
+WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
+      IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
+
+-- name: rollup_1h_scan
+-- Hours from their minutes; the average is weighted by each minute's count.
+INSERT INTO rollup_1h AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
+SELECT time_bucket('1 hour', bucket), device_id, metric,
+       min(min), max(max), sum(avg * count) / sum(count), sum(count)::bigint,
+       last(last, last_time), max(last_time)
+FROM rollup_1m
+WHERE bucket >= %(start)s AND bucket < %(end)s
+  AND (%(devices)s::text[] IS NULL OR device_id = ANY(%(devices)s::text[]))
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE
+SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
+    last = EXCLUDED.last, last_time = EXCLUDED.last_time
+WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
+      IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
+
+-- name: rollup_1h_devices
+INSERT INTO rollup_1h AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
+SELECT time_bucket('1 hour', m.bucket), m.device_id, m.metric,
+       min(m.min), max(m.max), sum(m.avg * m.count) / sum(m.count), sum(m.count)::bigint,
+       last(m.last, m.last_time), max(m.last_time)
+FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
+     AS want (device_id, start_time, end_time)
+JOIN rollup_1m m ON m.device_id = want.device_id
+                AND m.bucket >= want.start_time AND m.bucket < want.end_time
+GROUP BY 1, 2, 3
+ON CONFLICT (device_id, metric, bucket) DO UPDATE
+SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
+    last = EXCLUDED.last, last_time = EXCLUDED.last_time
+WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
+      IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
+
+-- name: readings_chunk_inserts
+-- Rows ever inserted into each chunk of readings, from the statistics collector: a chunk whose
+-- counter moved since the last pass may hold late data. Cheap: one row per chunk.
+SELECT c.chunk_name, c.range_start, c.range_end, coalesce(s.n_tup_ins, 0) AS inserted
+FROM timescaledb_information.chunks c
+LEFT JOIN pg_stat_user_tables s ON s.schemaname = c.chunk_schema AND s.relname = c.chunk_name
+WHERE c.hypertable_schema = 'public' AND c.hypertable_name = 'readings'
+ORDER BY c.range_start
+
+-- name: stale_hours
+-- Hours whose raw row count differs from what the 1-minute rollups hold: late rows landed
+-- there. Both sides cover exactly [start, end), which is minute-aligned.
+WITH raw AS (
+    SELECT device_id, metric, time_bucket('1 hour', time) AS hour, count(*) AS n
+    FROM readings
+    WHERE time >= %(start)s AND time < %(end)s AND value IS NOT NULL
+    GROUP BY 1, 2, 3
+), rolled AS (
+    SELECT device_id, metric, time_bucket('1 hour', bucket) AS hour, sum(count) AS n
+    FROM rollup_1m
+    WHERE bucket >= %(start)s AND bucket < %(end)s
+    GROUP BY 1, 2, 3
+)
+SELECT DISTINCT raw.device_id, raw.hour
+FROM raw
+LEFT JOIN rolled USING (device_id, metric, hour)
+WHERE rolled.n IS DISTINCT FROM raw.n
+ORDER BY 1, 2

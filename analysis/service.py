@@ -1,0 +1,215 @@
+"""The analysis features as a small API for the web app and the CLI.
+
+Every function takes an open connection (autocommit or not: each change runs in its own
+`conn.transaction()`) and, for tenant data, the caller's `org_id`: an id of another
+organisation is "not found", never someone else's data. Invalid input raises
+`AnalysisRequestError` (a ValueError) with a message fit for the user; `NotFound` for
+unknown ids.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from analysis import alert_logic, alerts, imports, worker
+from analysis.worker import Conn
+from fieldhub.db import Queries
+
+QUERIES = Queries(Path(__file__).with_name("service.sql"))
+ALERT_STATES = ("active", "acknowledged", "cleared", "open")
+
+
+class AnalysisRequestError(ValueError):
+    pass
+
+
+class NotFound(AnalysisRequestError):
+    pass
+
+
+# -- jobs (operators; not tenant data) -----------------------------------------------------
+def list_job_runs(conn: Conn, *, job: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Recent runs of every job (or one), newest first: id, job, started_at, finished_at,
+    duration_ms, outcome ('running', 'ok', 'error', 'skipped'), error, details, worker."""
+    return worker.recent_runs(conn, job=job, limit=max(1, min(limit, 1000)))
+
+
+# -- imports -------------------------------------------------------------------------------
+def create_import(
+    conn: Conn,
+    *,
+    org_id: int,
+    content: bytes,
+    filename: str,
+    fmt: str | None = None,
+    device_id: str | None = None,
+    created_by: int | None = None,
+) -> dict[str, Any]:
+    """Queue an uploaded file for the worker; returns the imports row (status 'queued').
+    `fmt` is csv, ndjson or senml (guessed from the file name when None)."""
+    try:
+        return imports.create_import(
+            conn,
+            org_id=org_id,
+            content=content,
+            filename=filename,
+            fmt=fmt,
+            device_id=device_id,
+            created_by=created_by,
+        )
+    except ValueError as exc:
+        raise AnalysisRequestError(str(exc)) from None
+
+
+def get_import(conn: Conn, org_id: int, import_id: str | uuid.UUID) -> dict[str, Any]:
+    """One import with its progress: status, total_bytes, processed_bytes (percent =
+    processed/total), processed_rows, rows_imported, rows_rejected, rows_per_s, errors
+    ([{line, reason}]), error."""
+    try:
+        parsed = uuid.UUID(str(import_id))
+    except ValueError:
+        raise NotFound(f"no import {import_id!r}") from None
+    row = imports.get_import(conn, parsed, org_id=org_id)
+    if row is None:
+        raise NotFound(f"no import {import_id!r}")
+    return row
+
+
+def list_imports(conn: Conn, org_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
+    return imports.list_imports(conn, org_id=org_id, limit=max(1, min(limit, 500)))
+
+
+# -- alerts --------------------------------------------------------------------------------
+def list_alerts(
+    conn: Conn,
+    org_id: int,
+    *,
+    state: str | None = None,
+    device_id: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Alerts of the org, newest first; `state` filters (active, acknowledged, cleared, or
+    'open' for everything not cleared)."""
+    if state is not None and state not in ALERT_STATES:
+        raise AnalysisRequestError(f"state must be one of {', '.join(ALERT_STATES)}")
+    params = {"org_id": org_id, "state": state, "device_id": device_id, "limit": limit}
+    return [dict(r) for r in conn.execute(QUERIES["list_alerts"], params)]
+
+
+def acknowledge_alert(
+    conn: Conn, org_id: int, alert_id: int, *, user_id: int | None
+) -> dict[str, Any]:
+    """active -> acknowledged (NOTIFY `alerts` and the webhook event alert.acknowledged)."""
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["acknowledge_alert"], {"id": alert_id, "org_id": org_id, "user_id": user_id}
+        ).fetchone()
+        if row is None:
+            current = conn.execute(
+                QUERIES["get_alert"], {"id": alert_id, "org_id": org_id}
+            ).fetchone()
+            if current is None:
+                raise NotFound(f"no alert {alert_id}")
+            raise AnalysisRequestError(f"alert {alert_id} is {current['state']}, not active")
+        alerts.record_change(conn, dict(row))
+    return dict(row)
+
+
+def list_alert_rules(conn: Conn, org_id: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(QUERIES["list_rules"], {"org_id": org_id})]
+
+
+def get_alert_rule(conn: Conn, org_id: int, rule_id: int) -> dict[str, Any]:
+    row = conn.execute(QUERIES["get_rule"], {"id": rule_id, "org_id": org_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no alert rule {rule_id}")
+    return dict(row)
+
+
+def _checked_rule(conn: Conn, org_id: int, data: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        spec = alert_logic.parse_rule(data)
+    except alert_logic.RuleError as exc:
+        raise AnalysisRequestError(str(exc)) from None
+    if spec.device_id is not None:
+        found = conn.execute(
+            QUERIES["device_in_org"], {"device_id": spec.device_id, "org_id": org_id}
+        ).fetchone()
+        if found is None:
+            raise AnalysisRequestError(f"unknown device {spec.device_id!r}")
+    return {**spec.as_params(), "org_id": org_id}
+
+
+def create_alert_rule(conn: Conn, org_id: int, data: Mapping[str, Any]) -> dict[str, Any]:
+    """data: name, metric, condition (above/below/outside), threshold_low/threshold_high,
+    for_seconds, severity (info/warning/critical), device_id OR label_key+label_value,
+    enabled."""
+    params = _checked_rule(conn, org_id, data)
+    with conn.transaction():
+        row = conn.execute(QUERIES["insert_rule"], params).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def update_alert_rule(
+    conn: Conn, org_id: int, rule_id: int, data: Mapping[str, Any]
+) -> dict[str, Any]:
+    params = _checked_rule(conn, org_id, data)
+    with conn.transaction():
+        row = conn.execute(QUERIES["update_rule"], {**params, "id": rule_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no alert rule {rule_id}")
+    return dict(row)
+
+
+def delete_alert_rule(conn: Conn, org_id: int, rule_id: int) -> None:
+    """Deletes the rule and (cascade) its alerts."""
+    with conn.transaction():
+        if (
+            conn.execute(QUERIES["delete_rule"], {"id": rule_id, "org_id": org_id}).fetchone()
+            is None
+        ):
+            raise NotFound(f"no alert rule {rule_id}")
+
+
+# -- webhooks ------------------------------------------------------------------------------
+def get_webhook(conn: Conn, org_id: int) -> dict[str, Any] | None:
+    """{org_id, url, enabled} or None; the signing secret is only shown when it is set."""
+    row = conn.execute(QUERIES["get_webhook"], {"org_id": org_id}).fetchone()
+    return dict(row) if row else None
+
+
+def set_webhook(
+    conn: Conn, org_id: int, url: str, *, secret: str | None = None, enabled: bool = True
+) -> dict[str, Any]:
+    """Configure the org's webhook; returns the row plus `secret` (generated when None), the
+    HMAC-SHA256 key for the X-Fieldhub-Signature header: show it to the user once."""
+    url = url.strip()
+    if not url.startswith(("http://", "https://")) or len(url) > 2000:
+        raise AnalysisRequestError("the webhook URL must start with http:// or https://")
+    secret = secret or secrets.token_urlsafe(32)
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["put_webhook"],
+            {"org_id": org_id, "url": url, "secret": secret, "enabled": enabled},
+        ).fetchone()
+    assert row is not None
+    return {**dict(row), "secret": secret}
+
+
+def delete_webhook(conn: Conn, org_id: int) -> None:
+    with conn.transaction():
+        conn.execute(QUERIES["delete_webhook"], {"org_id": org_id})
+
+
+def list_webhook_deliveries(conn: Conn, org_id: int, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The delivery log: event, status (pending/delivered/failed), attempt_count, attempts
+    ([{at, status, error, ms}]), last_error, next_attempt_at."""
+    return [
+        dict(r)
+        for r in conn.execute(QUERIES["list_deliveries"], {"org_id": org_id, "limit": limit})
+    ]

@@ -1,0 +1,77 @@
+-- Every query of the web-facing API is scoped to one organisation.
+
+-- name: list_alerts
+SELECT a.id, a.rule_id, r.name AS rule_name, r.severity, r.metric, a.device_id, a.state,
+       a.value, a.message, a.started_at, a.acknowledged_at, a.acknowledged_by, a.cleared_at
+FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
+WHERE a.org_id = %(org_id)s
+  AND (%(state)s::text IS NULL OR a.state = %(state)s
+       OR (%(state)s = 'open' AND a.state <> 'cleared'))
+  AND (%(device_id)s::text IS NULL OR a.device_id = %(device_id)s)
+ORDER BY a.started_at DESC, a.id DESC
+LIMIT %(limit)s
+
+-- name: acknowledge_alert
+UPDATE alerts
+SET state = 'acknowledged', acknowledged_at = now(), acknowledged_by = %(user_id)s
+WHERE id = %(id)s AND org_id = %(org_id)s AND state = 'active'
+RETURNING id, org_id, state
+
+-- name: get_alert
+SELECT id, org_id, state FROM alerts WHERE id = %(id)s AND org_id = %(org_id)s
+
+-- name: list_rules
+SELECT id, org_id, name, metric, device_id, label_key, label_value, condition, threshold_low,
+       threshold_high, for_seconds, severity, enabled, created_at
+FROM alert_rules WHERE org_id = %(org_id)s ORDER BY id
+
+-- name: get_rule
+SELECT id, org_id, name, metric, device_id, label_key, label_value, condition, threshold_low,
+       threshold_high, for_seconds, severity, enabled, created_at
+FROM alert_rules WHERE id = %(id)s AND org_id = %(org_id)s
+
+-- name: device_in_org
+SELECT 1 FROM devices WHERE device_id = %(device_id)s AND org_id = %(org_id)s
+
+-- name: insert_rule
+INSERT INTO alert_rules (org_id, name, metric, device_id, label_key, label_value, condition,
+                         threshold_low, threshold_high, for_seconds, severity, enabled)
+VALUES (%(org_id)s, %(name)s, %(metric)s, %(device_id)s, %(label_key)s, %(label_value)s,
+        %(condition)s, %(threshold_low)s, %(threshold_high)s, %(for_seconds)s, %(severity)s,
+        %(enabled)s)
+RETURNING id, org_id, name, metric, device_id, label_key, label_value, condition,
+          threshold_low, threshold_high, for_seconds, severity, enabled, created_at
+
+-- name: update_rule
+UPDATE alert_rules
+SET name = %(name)s, metric = %(metric)s, device_id = %(device_id)s, label_key = %(label_key)s,
+    label_value = %(label_value)s, condition = %(condition)s, threshold_low = %(threshold_low)s,
+    threshold_high = %(threshold_high)s, for_seconds = %(for_seconds)s,
+    severity = %(severity)s, enabled = %(enabled)s
+WHERE id = %(id)s AND org_id = %(org_id)s
+RETURNING id, org_id, name, metric, device_id, label_key, label_value, condition,
+          threshold_low, threshold_high, for_seconds, severity, enabled, created_at
+
+-- name: delete_rule
+DELETE FROM alert_rules WHERE id = %(id)s AND org_id = %(org_id)s RETURNING id
+
+-- name: get_webhook
+SELECT org_id, url, enabled FROM org_webhooks WHERE org_id = %(org_id)s
+
+-- name: put_webhook
+INSERT INTO org_webhooks (org_id, url, secret, enabled)
+VALUES (%(org_id)s, %(url)s, %(secret)s, %(enabled)s)
+ON CONFLICT (org_id) DO UPDATE
+SET url = EXCLUDED.url, secret = EXCLUDED.secret, enabled = EXCLUDED.enabled
+RETURNING org_id, url, enabled
+
+-- name: delete_webhook
+DELETE FROM org_webhooks WHERE org_id = %(org_id)s RETURNING org_id
+
+-- name: list_deliveries
+SELECT id, alert_id, event, status, attempt_count, next_attempt_at, last_error, attempts,
+       created_at, delivered_at
+FROM webhook_deliveries
+WHERE org_id = %(org_id)s
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
