@@ -26,7 +26,6 @@ COMMAND_MODULES = (
     "fieldhub.commands.simulate",
     "fieldhub.commands.web",
     "fieldhub.commands.worker",
-    "fieldhub.commands.worker",
 )
 
 
