@@ -148,6 +148,9 @@ def _late_pass(
         (now - dt.datetime.fromisoformat(hot_checked_at)).total_seconds() >= hot_chunk_check_s
     )
     first_run = "watermark" not in state
+    if first_run:
+        # The first pass reads everything, today's chunk included.
+        state["hot_checked_at"] = now.isoformat()
     stale: list[tuple[str, dt.datetime]] = []
     checked = 0
     current: dict[str, int] = {}

@@ -1,0 +1,40 @@
+"""Fixtures of the analysis tests: a connection to the test's own database and devices in it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from fieldhub import registry
+
+Conn = psycopg.Connection[dict[str, Any]]
+ORG = "analysis-org"
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Conn]:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def org_id(db: Conn) -> int:
+    return int(registry.create_org(db, ORG)["id"])
+
+
+@pytest.fixture
+def make_devices(db: Conn, org_id: int) -> Callable[..., list[str]]:
+    """Register devices without broker credentials worth hashing (no MQTT in these tests)."""
+
+    def make(*device_ids: str, org: str = ORG, labels: dict[str, str] | None = None) -> list[str]:
+        for device_id in device_ids:
+            registry.create_device(
+                db, device_id, org=org, labels=labels, password_hash="unused", secret="unused"
+            )
+        return list(device_ids)
+
+    return make

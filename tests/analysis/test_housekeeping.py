@@ -1,0 +1,112 @@
+"""Retention and offline detection against the real database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from analysis import housekeeping
+from fieldhub.config import Settings
+from tests.analysis.conftest import Conn
+
+pytestmark = pytest.mark.integration
+
+
+def _now(db: Conn) -> dt.datetime:
+    row = db.execute("SELECT now() AS now").fetchone()
+    assert row is not None
+    return row["now"]  # type: ignore[no-any-return]
+
+
+def test_horizons_come_from_settings() -> None:
+    settings = Settings.from_env(
+        {"FIELDHUB_RETENTION_RAW_DAYS": "7", "FIELDHUB_RETENTION_ROLLUP_1H_DAYS": "0"}
+    )
+    assert housekeeping.retention_horizons(settings) == {
+        "readings": 7,
+        "rollup_1m": 365,
+        "dead_letters": 14,
+    }
+
+
+def _chunk_end(moment: dt.datetime, chunk: dt.timedelta) -> dt.datetime:
+    # TimescaleDB aligns chunks to multiples of the interval since the Unix epoch.
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return moment - ((moment - epoch) % chunk) + chunk
+
+
+def test_retention_drops_exactly_the_chunks_past_the_horizon(
+    db: Conn, make_devices: Callable[..., list[str]]
+) -> None:
+    make_devices("old1")
+    now = _now(db)
+    day = dt.timedelta(days=1)
+    tables = {
+        # table: (time column, chunk interval, horizon in days, ages of rows in days)
+        "readings": ("time", day, 30, [45, 31.5, 30.2, 29.9, 29.5, 1]),
+        "rollup_1m": ("bucket", 7 * day, 365, [900, 380, 366, 364, 200, 1]),
+        "dead_letters": ("received_at", day, 14, [20, 14.6, 14.1, 13, 1]),
+    }
+    for age in tables["readings"][3]:
+        db.execute(
+            "INSERT INTO readings (time, device_id, metric, value) VALUES (%s, 'old1', 't', 1)",
+            (now - age * day,),
+        )
+    for age in tables["rollup_1m"][3]:
+        db.execute(
+            "INSERT INTO rollup_1m (bucket, device_id, metric, count) VALUES (%s, 'old1', 't', 1)",
+            (now - age * day,),
+        )
+    for age in tables["dead_letters"][3]:
+        db.execute(
+            "INSERT INTO dead_letters (received_at, topic, reason, payload)"
+            " VALUES (%s, 'devices/x/telemetry', 'invalid_json', 'x')",
+            (now - age * day,),
+        )
+
+    result = housekeeping.apply_retention(db, {table: spec[2] for table, spec in tables.items()})
+
+    for table, (column, chunk, horizon_days, ages) in tables.items():
+        horizon = now - horizon_days * day
+        times = [now - age * day for age in ages]
+        # Exactly the rows whose whole chunk lies past the horizon are gone.
+        expected = sorted(t for t in times if _chunk_end(t, chunk) > horizon)
+        remaining = [r["t"] for r in db.execute(f"SELECT {column} AS t FROM {table} ORDER BY 1")]
+        assert remaining == expected, table
+        assert all(t in remaining for t in times if t >= horizon), table
+        assert len(remaining) < len(times), table
+        assert result["dropped"][table] >= 1
+
+
+def test_silent_device_is_marked_offline_with_an_event_and_a_notification(
+    db: Conn, database_url: str, make_devices: Callable[..., list[str]]
+) -> None:
+    make_devices("quiet", "chatty", "already-off")
+    db.execute("UPDATE devices SET offline_after_s = 60 WHERE device_id = 'quiet'")
+    db.execute(
+        """
+        INSERT INTO device_state (device_id, online, last_seen) VALUES
+            ('quiet', true, now() - interval '61 seconds'),
+            ('chatty', true, now() - interval '200 seconds'),  -- default timeout is 300 s
+            ('already-off', false, now() - interval '1 day')
+        """
+    )
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute("LISTEN presence")
+        marked = housekeeping.mark_silent_devices_offline(db)
+        assert marked == ["quiet"]
+        notifications = listener.notifies(timeout=5, stop_after=1)
+        payloads = [n.payload for n in notifications]
+    assert payloads == ["quiet offline"]
+    states = {
+        r["device_id"]: r["online"]
+        for r in db.execute("SELECT device_id, online FROM device_state")
+    }
+    assert states == {"quiet": False, "chatty": True, "already-off": False}
+    events = db.execute("SELECT device_id, online, source FROM presence_events").fetchall()
+    assert events == [{"device_id": "quiet", "online": False, "source": "timeout"}]
+    # Marked once: a second pass finds nothing new.
+    assert housekeeping.mark_silent_devices_offline(db) == []
