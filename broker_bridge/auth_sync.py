@@ -61,7 +61,43 @@ def render_acl_file(
 
 
 def operator_rule_files(directory: Path = OPERATOR_ACL_DIR) -> list[tuple[str, str]]:
-    return [(p.name, p.read_text()) for p in sorted(directory.glob("*.acl"))]
+    """The operator's `*.acl` files in name order, leaving out (and logging) any that could
+    grant more than their author meant; leaving a file out only ever removes rights."""
+    files = []
+    for path in sorted(directory.glob("*.acl")):
+        text = path.read_text()
+        problems = check_operator_rules(text)
+        if problems:
+            log.error("ignoring %s: %s", path, "; ".join(problems))
+            continue
+        files.append((path.name, text))
+    return files
+
+
+OPERATOR_DIRECTIVES = ("user", "topic", "pattern")
+
+
+def check_operator_rules(text: str) -> list[str]:
+    """Problems that make an operator ACL file unsafe to append to the generated file.
+
+    A `topic` line before the file's first `user` line would silently attach to whichever
+    account the previous file (or the generated part) ended with, so it is refused, as is
+    anything that is not a rule Mosquitto's acl_file understands.
+    """
+    problems = []
+    seen_user = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        directive, _, rest = line.partition(" ")
+        if directive not in OPERATOR_DIRECTIVES or not rest.strip():
+            problems.append(f"line {number}: expected 'user NAME', 'topic ...' or 'pattern ...'")
+        elif directive == "user":
+            seen_user = True
+        elif directive == "topic" and not seen_user:
+            problems.append(f"line {number}: 'topic' before any 'user' line")
+    return problems
 
 
 def write_atomically(path: Path, text: str, owner_uid: int | None = None) -> bool:
@@ -86,7 +122,13 @@ def write_atomically(path: Path, text: str, owner_uid: int | None = None) -> boo
     return True
 
 
-def sync_once(conn: psycopg.Connection[Any], auth_dir: Path, *, broker: str = "broker-1") -> bool:
+def sync_once(
+    conn: psycopg.Connection[Any],
+    auth_dir: Path,
+    *,
+    broker: str = "broker-1",
+    operator_dir: Path = OPERATOR_ACL_DIR,
+) -> bool:
     """Render both files from the registry; True if anything changed (the broker needs SIGHUP)."""
     with conn.transaction():
         devices = conn.execute(QUERIES["devices_for_broker"], {"broker": broker}).fetchall()
@@ -99,7 +141,7 @@ def sync_once(conn: psycopg.Connection[Any], auth_dir: Path, *, broker: str = "b
     acl = render_acl_file(
         BASE_ACL.read_text(),
         [(r["username"], r["acl"]) for r in accounts],
-        operator_rule_files(),
+        operator_rule_files(operator_dir),
     )
     changed = write_atomically(auth_dir / "acl", acl, uid) or changed
     return changed

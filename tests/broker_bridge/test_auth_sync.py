@@ -1,0 +1,444 @@
+"""Broker security: the registry rendered into Mosquitto's files, and what the broker then
+enforces against real clients.
+
+The render tests need nothing; the rest run against the session's Mosquitto, whose password and
+ACL files each test rewrites from its own database (so every device id here is unique).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from broker_bridge.auth_sync import (
+    BASE_ACL,
+    check_operator_rules,
+    operator_rule_files,
+    render_acl_file,
+    render_password_file,
+    sync_once,
+    write_atomically,
+)
+from fieldhub import registry
+from fieldhub.passwords import generate_secret
+from fieldhub.stack.mosquitto import MosquittoBroker
+from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, unique_id, wait_for
+
+REVOCATION_DEADLINE_S = 2.0
+
+
+# -- rendering (pure) -------------------------------------------------------------------
+
+
+def test_password_file_has_one_line_per_account() -> None:
+    text = render_password_file([("dev-a", "$7$1000$s$h"), ("svc.bridge", "$7$1000$t$i")])
+    assert text == "dev-a:$7$1000$s$h\nsvc.bridge:$7$1000$t$i\n"
+    assert render_password_file([]) == ""
+
+
+def test_acl_file_puts_device_patterns_first_then_accounts_then_operator_files() -> None:
+    text = render_acl_file(
+        "pattern read devices/%u/commands/+\n",
+        [("svc.bridge", ["read devices/+/telemetry"]), ("svc.loadgen", [])],
+        [("10-dash.acl", "user svc.dash\ntopic read devices/+/status\n")],
+    )
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert lines == [
+        "pattern read devices/%u/commands/+",
+        "user svc.bridge",
+        "topic read devices/+/telemetry",
+        "user svc.loadgen",
+        "user svc.dash",
+        "topic read devices/+/status",
+    ]
+    assert "# --- operator rules from acl.d/10-dash.acl" in text
+
+
+def test_base_acl_grants_devices_exactly_the_contract_topics() -> None:
+    rules = [
+        line.split(None, 1)[1]
+        for line in BASE_ACL.read_text().splitlines()
+        if line.startswith("pattern ")
+    ]
+    assert sorted(rules) == sorted(
+        [
+            "write devices/%u/telemetry",
+            "write devices/%u/telemetry/senml",
+            "write devices/%u/status",
+            "write devices/%u/commands/+/ack",
+            "read devices/%u/commands/+",
+        ]
+    )
+    assert not [line for line in BASE_ACL.read_text().splitlines() if line.startswith("topic")]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("topic read #\n", "line 1: 'topic' before any 'user' line"),
+        ("# c\n\npattern read x/%u\ntopic read y\n", "line 4: 'topic' before any 'user'"),
+        ("user svc.a\nbogus thing\n", "line 2: expected"),
+        ("user\n", "line 1: expected"),
+    ],
+)
+def test_unsafe_operator_rules_are_refused(text: str, problem: str) -> None:
+    problems = check_operator_rules(text)
+    assert any(problem in p for p in problems), problems
+
+
+def test_operator_files_are_read_in_name_order_and_unsafe_ones_left_out(tmp_path: Path) -> None:
+    (tmp_path / "20-b.acl").write_text("user svc.b\ntopic read b\n")
+    (tmp_path / "10-a.acl").write_text("# a\nuser svc.a\ntopic read a\npattern read p/%u\n")
+    (tmp_path / "15-bad.acl").write_text("topic read #\n")
+    (tmp_path / "notes.txt").write_text("topic read #\n")
+    assert [name for name, _ in operator_rule_files(tmp_path)] == ["10-a.acl", "20-b.acl"]
+
+
+def test_write_atomically_is_private_and_skips_unchanged_content(tmp_path: Path) -> None:
+    target = tmp_path / "acl"
+    assert write_atomically(target, "one\n")
+    assert target.stat().st_mode & 0o777 == 0o600
+    assert not write_atomically(target, "one\n")
+    assert write_atomically(target, "two\n")
+    assert target.read_text() == "two\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["acl"]
+
+
+# -- the real broker --------------------------------------------------------------------
+
+pytest_integration = pytest.mark.integration
+
+
+def _bridge(stack: TestStack) -> DeviceClient:
+    client = DeviceClient(
+        stack.broker.mqtt_services, BRIDGE_ACCOUNT, stack.bridge_password, client_id=unique_id()
+    )
+    client.connect()
+    return client
+
+
+def _device(stack: TestStack, device_id: str, secret: str, **kwargs: object) -> DeviceClient:
+    client = DeviceClient(stack.broker.mqtt_devices, device_id, secret, **kwargs)  # type: ignore[arg-type]
+    client.connect()
+    return client
+
+
+@pytest.fixture
+def closing() -> Iterator[list[DeviceClient]]:
+    clients: list[DeviceClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+@pytest_integration
+def test_device_receives_nothing_but_its_own_commands_whatever_it_subscribes(
+    stack: TestStack, closing: list[DeviceClient]
+) -> None:
+    a, b = unique_id("a"), unique_id("b")
+    secrets = stack.create_devices([a, b])
+    dev_b = _device(stack, b, secrets[b])
+    closing.append(dev_b)
+    dev_b.subscribe(f"devices/{b}/commands/+")
+    dev_b.publish(f"devices/{b}/status", b"online", retain=True)
+    bridge = _bridge(stack)
+    closing.append(bridge)
+    # Positive controls: what A must not see is really there for an account allowed to read it.
+    bridge.subscribe(f"devices/{b}/status")
+    bridge.subscribe("$SYS/broker/clients/connected")
+    expected = {f"devices/{b}/status", "$SYS/broker/clients/connected"}
+    wait_for(
+        lambda: {m.topic for m in bridge.received} >= expected,
+        what="the bridge to get B's retained status and $SYS",
+    )
+
+    dev_a = _device(stack, a, secrets[a])
+    closing.append(dev_a)
+    for topic in ("#", "devices/+/commands/+", f"devices/{b}/#", "$SYS/#"):
+        dev_a.subscribe(topic)
+    bridge.publish(f"devices/{b}/commands/cmd-b", b'{"name":"reboot"}')
+    wait_for(lambda: dev_b.received, what="B to receive its own command")
+    # Published after B's: once A has its own command, anything of B's would have arrived too.
+    bridge.publish(f"devices/{a}/commands/cmd-a", b'{"name":"ping"}')
+    wait_for(
+        lambda: any(m.topic == f"devices/{a}/commands/cmd-a" for m in dev_a.received),
+        what="A to receive its own command",
+    )
+    foreign = [m.topic for m in dev_a.received if not m.topic.startswith(f"devices/{a}/")]
+    assert foreign == []
+    assert [m.topic for m in dev_b.received] == [f"devices/{b}/commands/cmd-b"]
+    dev_b.publish(f"devices/{b}/status", b"", retain=True)  # the broker outlives this test
+
+
+@pytest_integration
+def test_device_cannot_publish_on_another_devices_topics(
+    stack: TestStack, closing: list[DeviceClient]
+) -> None:
+    a, b = unique_id("a"), unique_id("b")
+    secrets = stack.create_devices([a, b])
+    bridge = _bridge(stack)
+    closing.append(bridge)
+    for topic in (
+        "devices/+/telemetry",
+        "devices/+/telemetry/senml",
+        "devices/+/status",
+        "devices/+/commands/+/ack",
+        "devices/+/commands/+",
+    ):
+        bridge.subscribe(topic)
+    dev_a = _device(stack, a, secrets[a])
+    closing.append(dev_a)
+    for topic in (
+        f"devices/{b}/telemetry",
+        f"devices/{b}/telemetry/senml",
+        f"devices/{b}/status",
+        f"devices/{b}/commands/c1/ack",
+        f"devices/{b}/commands/c1",
+        f"devices/{a}/commands/c1",  # a device cannot command itself either
+    ):
+        dev_a.publish(topic, b'{"spoofed":true}')
+    dev_a.publish(f"devices/{a}/telemetry", b'{"marker":1}')
+    wait_for(
+        lambda: any(m.topic == f"devices/{a}/telemetry" for m in bridge.received),
+        what="the bridge to receive A's own telemetry",
+    )
+    # Retained messages of earlier tests on the shared broker are not this test's business.
+    ours = [m.topic for m in bridge.received if a in m.topic or b in m.topic]
+    assert ours == [f"devices/{a}/telemetry"]
+
+
+@pytest_integration
+def test_claiming_another_devices_client_id_gains_nothing(
+    stack: TestStack, closing: list[DeviceClient]
+) -> None:
+    a, b = unique_id("a"), unique_id("b")
+    secrets = stack.create_devices([a, b])
+    dev_b = _device(stack, b, secrets[b], clean_start=False)
+    closing.append(dev_b)
+    dev_b.subscribe(f"devices/{b}/commands/+")
+    impostor = DeviceClient(stack.broker.mqtt_devices, a, secrets[a], client_id=b)
+    closing.append(impostor)
+    # use_username_as_clientid turns the claimed id back into A's own.
+    assert impostor.connect(raise_on_refusal=False)
+    impostor.subscribe(f"devices/{b}/commands/+")
+    bridge = _bridge(stack)
+    closing.append(bridge)
+    bridge.publish(f"devices/{b}/commands/after-impostor", b"{}")
+    wait_for(lambda: dev_b.received, what="B, still connected, to receive its command")
+    assert not dev_b.disconnected.is_set()
+    assert impostor.received == []
+
+
+@pytest_integration
+@pytest.mark.parametrize("case", ["wrong password", "unknown user", "disabled", "anonymous"])
+def test_bad_credentials_are_refused(stack: TestStack, case: str) -> None:
+    device_id = unique_id()
+    secret = stack.create_devices([device_id])[device_id]
+    assert stack.can_login(device_id, secret)
+    if case == "wrong password":
+        assert not stack.can_login(device_id, generate_secret())
+    elif case == "unknown user":
+        assert not stack.can_login(unique_id("ghost"), secret)
+    elif case == "disabled":
+        registry.set_enabled(stack.conn, device_id, False)
+        stack.sync()
+        assert not stack.can_login(device_id, secret)
+    else:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        result: list[object] = []
+        client.on_connect = lambda c, u, f, reason, p: result.append(reason)
+        client.connect("127.0.0.1", stack.broker.mqtt_devices)
+        client.loop_start()
+        try:
+            wait_for(lambda: result, what="CONNACK")
+        finally:
+            client.loop_stop()
+        assert result[0].is_failure  # type: ignore[attr-defined]
+
+
+def _revoke_and_time(
+    stack: TestStack, change: str, device_id: str, secret: str, closing: list[DeviceClient]
+) -> float:
+    client = _device(stack, device_id, secret)
+    closing.append(client)
+    started = time.monotonic()
+    if change == "disable":
+        registry.set_enabled(stack.conn, device_id, False)
+    elif change == "rotate":
+        registry.rotate_secret(stack.conn, device_id)
+    else:
+        registry.delete_device(stack.conn, device_id)
+    stack.sync()
+    assert client.disconnected.wait(REVOCATION_DEADLINE_S), f"{change}: still connected"
+    return time.monotonic() - started
+
+
+@pytest_integration
+@pytest.mark.parametrize("change", ["disable", "rotate", "delete"])
+def test_revoked_device_is_disconnected_within_2_s_and_refused(
+    stack: TestStack, change: str, closing: list[DeviceClient]
+) -> None:
+    device_id = unique_id()
+    secret = stack.create_devices([device_id])[device_id]
+    elapsed = _revoke_and_time(stack, change, device_id, secret, closing)
+    assert elapsed < REVOCATION_DEADLINE_S
+    assert not stack.can_login(device_id, secret)
+
+
+@pytest_integration
+def test_rotated_device_reconnects_with_its_new_secret(stack: TestStack) -> None:
+    device_id = unique_id()
+    old = stack.create_devices([device_id])[device_id]
+    new = registry.rotate_secret(stack.conn, device_id).password
+    stack.sync()
+    assert wait_for(lambda: stack.can_login(device_id, new), timeout=REVOCATION_DEADLINE_S)
+    assert not stack.can_login(device_id, old)
+
+
+@pytest_integration
+def test_operator_acl_files_are_merged_with_the_generated_rules(
+    stack: TestStack, tmp_path: Path, closing: list[DeviceClient]
+) -> None:
+    device_id = unique_id()
+    secret = stack.create_devices([device_id])[device_id]
+    dash_password = generate_secret()
+    registry.ensure_service_account(stack.conn, "svc.dashboard", [], dash_password)
+    (tmp_path / "50-dashboard.acl").write_text(
+        "# a read-only account for a dashboard\nuser svc.dashboard\ntopic read devices/+/status\n"
+    )
+    if sync_once(stack.conn, stack.broker.auth_dir, operator_dir=tmp_path):
+        stack.broker.reload()
+    dash = DeviceClient(stack.broker.mqtt_services, "svc.dashboard", dash_password)
+    closing.append(dash)
+    wait_for(lambda: dash.connect(raise_on_refusal=False), what="the dashboard account to log in")
+    dash.subscribe("devices/+/status")
+    dash.subscribe("devices/+/telemetry")
+    device = _device(stack, device_id, secret)
+    closing.append(device)
+    device.publish(f"devices/{device_id}/telemetry", b"{}")
+    device.publish(f"devices/{device_id}/status", b"online")
+    wait_for(
+        lambda: any(device_id in m.topic for m in dash.received),
+        what="the dashboard to receive the status",
+    )
+    # Published before the status, so it would have arrived first had it been allowed.
+    assert [m.topic for m in dash.received if device_id in m.topic] == [
+        f"devices/{device_id}/status"
+    ]
+    assert not [m for m in dash.received if "/telemetry" in m.topic]
+
+
+# -- the auth-sync process --------------------------------------------------------------
+
+
+@pytest.fixture
+def auth_sync_process(stack: TestStack, broker: MosquittoBroker) -> Iterator[subprocess.Popen[str]]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": stack.database_url,
+        "FIELDHUB_MOSQUITTO_DIR": str(broker.base_dir),
+        "FIELDHUB_MOSQUITTO_PID_FILE": str(broker.pid_file),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fieldhub.cli", "auth-sync"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest_integration
+def test_auth_sync_process_admits_and_cuts_off_devices_within_2_s(
+    stack: TestStack, auth_sync_process: subprocess.Popen[str], closing: list[DeviceClient]
+) -> None:
+    # The process needs a moment to start; a first device shows when it is following along.
+    warmup = unique_id("warmup")
+    warmup_secret = registry.create_device(stack.conn, warmup, org=stack.org).password
+    wait_for(lambda: stack.can_login(warmup, warmup_secret), timeout=30, what="auth-sync to run")
+
+    device_id = unique_id()
+    created = time.monotonic()
+    secret = registry.create_device(stack.conn, device_id, org=stack.org).password
+    wait_for(
+        lambda: stack.can_login(device_id, secret),
+        timeout=REVOCATION_DEADLINE_S,
+        what="a new device to be admitted",
+    )
+    assert time.monotonic() - created < REVOCATION_DEADLINE_S
+
+    client = _device(stack, device_id, secret)
+    closing.append(client)
+    started = time.monotonic()
+    registry.set_enabled(stack.conn, device_id, False)
+    assert client.disconnected.wait(REVOCATION_DEADLINE_S)
+    assert time.monotonic() - started < REVOCATION_DEADLINE_S
+    assert not stack.can_login(device_id, secret)
+
+    warm = _device(stack, warmup, warmup_secret)
+    closing.append(warm)
+    registry.rotate_secret(stack.conn, warmup)
+    assert warm.disconnected.wait(REVOCATION_DEADLINE_S)
+    assert not stack.can_login(warmup, warmup_secret)
+
+    auth_sync_process.send_signal(signal.SIGTERM)
+    assert auth_sync_process.wait(timeout=10) == 0
+    assert auth_sync_process.stderr is not None
+    assert "Traceback" not in auth_sync_process.stderr.read()
+
+
+# -- TLS --------------------------------------------------------------------------------
+
+
+def _tls_connect(broker: MosquittoBroker, username: str, password: str, ca: Path | None) -> bool:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    client.tls_set_context(context)
+    result: list[object] = []
+    client.on_connect = lambda c, u, f, reason, p: result.append(reason)
+    client.connect("localhost", broker.mqtt_devices_tls)
+    client.loop_start()
+    try:
+        wait_for(lambda: result, what="CONNACK over TLS")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return not result[0].is_failure  # type: ignore[attr-defined]
+
+
+@pytest_integration
+def test_tls_listener_accepts_clients_that_trust_the_ca(stack: TestStack) -> None:
+    device_id = unique_id()
+    secret = stack.create_devices([device_id])[device_id]
+    assert _tls_connect(stack.broker, device_id, secret, stack.broker.tls_dir / "ca.crt")
+    assert not _tls_connect(stack.broker, device_id, "wrong", stack.broker.tls_dir / "ca.crt")
+
+
+@pytest_integration
+def test_tls_handshake_fails_for_a_client_that_does_not_trust_the_ca(
+    stack: TestStack, tmp_path: Path
+) -> None:
+    device_id = unique_id()
+    secret = stack.create_devices([device_id])[device_id]
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_connect(stack.broker, device_id, secret, None)  # the system's CAs only
