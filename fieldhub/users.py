@@ -55,6 +55,18 @@ class ThrottlePolicy:
     per_ip: int = 30
 
 
+def set_hash_cost(*, time_cost: int, memory_cost_kib: int, parallelism: int = 1) -> None:
+    """Change the Argon2id cost of new hashes (existing hashes keep their own parameters).
+
+    For test suites, which create hundreds of users; production keeps argon2-cffi's defaults.
+    """
+    global _HASHER, _DUMMY_HASH
+    _HASHER = PasswordHasher(
+        time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=parallelism
+    )
+    _DUMMY_HASH = _HASHER.hash("not-a-real-password-" + secrets.token_hex(8))
+
+
 def check_email(email: str) -> str:
     email = email.strip()
     if len(email) > 254 or not EMAIL_PATTERN.fullmatch(email):

@@ -58,16 +58,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(
             DATABASE_URL=endpoints.database_url(settings),
             READ_DATABASE_URL=endpoints.read_database_url(settings),
-            # Development without a key gets a random one: sessions live in the database
-            # anyway, the key only signs the pre-login CSRF cookie.
-            SECRET_KEY=settings.secret_key or secrets.token_hex(32),
+            # Sessions live in the database; the key only signs flash messages. Development
+            # without a key uses one kept under $FIELDHUB_HOME, the same for every worker.
+            SECRET_KEY=settings.secret_key or endpoints.service_secret(settings, "web-secret-key"),
             COOKIE_SECURE_ALWAYS=settings.production,
             SESSION_COOKIE_SECURE=settings.production,
         )
     else:
         app.config.update(test_config)
         app.config.setdefault("READ_DATABASE_URL", app.config["DATABASE_URL"])
-        app.config.setdefault("SECRET_KEY", secrets.token_hex(32))
+        if not app.config.get("SECRET_KEY"):
+            app.config["SECRET_KEY"] = secrets.token_hex(32)
 
     from webapp import admin, api, auth, db, errors, live, pages, views
 

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from fieldhub import users
+from tests.webapp.helpers import World, seed
+from webapp import create_app
+
+
+@pytest.fixture(autouse=True, scope="session")
+def cheap_password_hashes() -> None:
+    # Argon2id all the same, at a cost that keeps a suite of many logins fast.
+    users.set_hash_cost(time_cost=1, memory_cost_kib=1024)
+
+
+@pytest.fixture
+def world(database_url: str) -> World:
+    return seed(database_url)
+
+
+@pytest.fixture
+def app(world: World) -> Iterator[Flask]:
+    app = create_app({"DATABASE_URL": world.database_url, "TESTING": True})
+    yield app
+    app.extensions["fieldhub.live"].stop()
+    app.extensions["fieldhub.pools"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()

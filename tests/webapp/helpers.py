@@ -1,0 +1,179 @@
+"""Test helpers of the web app: a seeded two-tenant world, logins, and a real gunicorn."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from flask.testing import FlaskClient
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from fieldhub import command_requests, registry, users
+from fieldhub.stack.procs import free_port
+from tests.support import wait_for
+
+PASSWORD = "correct horse battery"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass
+class World:
+    """Two organisations with one of everything each, plus an operator."""
+
+    database_url: str
+    emails: dict[str, str]  # role key -> email, e.g. "a_admin"
+    devices: dict[str, str]  # "a" / "b" -> device id
+    commands: dict[str, str]  # "a" / "b" -> command id
+    alerts: dict[str, int]
+    user_ids: dict[str, int]
+
+
+def seed(database_url: str) -> World:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        emails: dict[str, str] = {}
+        user_ids: dict[str, int] = {}
+        devices: dict[str, str] = {}
+        commands: dict[str, str] = {}
+        alerts: dict[str, int] = {}
+        for org in ("a", "b"):
+            org_row = registry.create_org(conn, f"org-{org}", f"Organisation {org.upper()}")
+            for role in ("admin", "member", "viewer"):
+                email = f"{role}@{org}.example"
+                user = users.create_user(conn, email, org=f"org-{org}", role=role, password=PASSWORD)
+                emails[f"{org}_{role}"] = email
+                user_ids[f"{org}_{role}"] = user["id"]
+            device_id = f"dev-{org}1"
+            registry.create_device(
+                conn, device_id, org=f"org-{org}", display_name=f"Device {org}", labels={"site": org}
+            )
+            devices[org] = device_id
+            now = datetime.now(UTC)
+            for i in range(30):
+                conn.execute(
+                    "INSERT INTO readings (time, device_id, metric, value) VALUES (%s, %s, %s, %s)",
+                    (now - timedelta(minutes=30 - i), device_id, "temperature", 20.0 + i),
+                )
+            conn.execute(
+                "INSERT INTO latest_values (device_id, metric, time, value) VALUES (%s, %s, %s, %s)",
+                (device_id, "temperature", now - timedelta(minutes=1), Jsonb(49.0)),
+            )
+            conn.execute(
+                "INSERT INTO device_state (device_id, online, last_seen) VALUES (%s, true, %s)",
+                (device_id, now),
+            )
+            command = command_requests.send_command(
+                conn, device_id=device_id, name="reboot", params={}, ttl_s=600
+            )
+            commands[org] = command["id"]
+            rule = conn.execute(
+                "INSERT INTO alert_rules (org_id, name, metric, device_id, condition, threshold_high,"
+                " severity, enabled) VALUES (%s, 'too hot', 'temperature', %s, 'above', 40,"
+                " 'warning', true) RETURNING id",
+                (org_row["id"], device_id),
+            ).fetchone()
+            assert rule is not None
+            alert = conn.execute(
+                "INSERT INTO alerts (rule_id, org_id, device_id, state, value, started_at, message)"
+                " VALUES (%s, %s, %s, 'active', 49, now(), 'temperature above 40') RETURNING id",
+                (rule["id"], org_row["id"], device_id),
+            ).fetchone()
+            assert alert is not None
+            alerts[org] = alert["id"]
+        registry.create_org(conn, "ops", "Operations")
+        operator = users.create_user(conn, "op@ops.example", org="ops", role="operator", password=PASSWORD)
+        emails["operator"] = "op@ops.example"
+        user_ids["operator"] = operator["id"]
+    return World(database_url, emails, devices, commands, alerts, user_ids)
+
+
+def api_token(database_url: str, email: str) -> str:
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        token, _ = users.create_api_token(conn, email)
+    return token
+
+
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
+CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
+
+
+def csrf_from(html: str) -> str:
+    match = CSRF_META.search(html) or CSRF_FIELD.search(html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def login(client: FlaskClient, email: str, password: str = PASSWORD) -> str:
+    """Log in through the form; returns the session's CSRF token."""
+    page = client.get("/login")
+    token = csrf_from(page.get_data(as_text=True))
+    response = client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    return csrf_from(client.get("/devices").get_data(as_text=True))
+
+
+class WebServer:
+    """`fieldhub web` (gunicorn, gevent workers) against a test database."""
+
+    def __init__(self, database_url: str, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.home = Path(tempfile.mkdtemp(prefix="fieldhub-test-web-"))
+        self.log_path = self.home / "web.log"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "FIELDHUB_HOME": str(self.home),
+            "FIELDHUB_SECRET_KEY": "x" * 40,
+            "FIELDHUB_LOG_LEVEL": "WARNING",
+            **(extra_env or {}),
+        }
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> WebServer:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fieldhub.cli", "web", "--workers", str(self.workers),
+                 "--bind", f"127.0.0.1:{self.port}"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+            )
+        wait_for(self._up, timeout=30, interval=0.1, what="gunicorn to answer")
+        return self
+
+    def _up(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"web exited {self.proc.returncode}:\n{self.log()}")
+        try:
+            with urllib.request.urlopen(self.url + "/login", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
