@@ -44,7 +44,7 @@ def test_retention_drops_exactly_the_chunks_past_the_horizon(
     make_devices("old1")
     now = _now(db)
     day = dt.timedelta(days=1)
-    tables = {
+    tables: dict[str, tuple[str, dt.timedelta, int, list[float]]] = {
         # table: (time column, chunk interval, horizon in days, ages of rows in days)
         "readings": ("time", day, 30, [45, 31.5, 30.2, 29.9, 29.5, 1]),
         "rollup_1m": ("bucket", 7 * day, 365, [900, 380, 366, 364, 200, 1]),
