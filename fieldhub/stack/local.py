@@ -165,7 +165,7 @@ def postgres_accepts(cluster: PostgresCluster) -> Callable[[], bool]:
 
 
 def fieldhub_argv(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "fieldhub.cli", *args)
+    return (sys.executable, "-m", "fieldhub", *args)
 
 
 def available_commands() -> set[str]:

@@ -1,0 +1,236 @@
+"""`fieldhub up/status/down` end to end, plus the supervisor's pure parts.
+
+The end-to-end test runs the real command line in a scratch FIELDHUB_HOME on free ports: the
+stack comes up detached with demo data, a process killed with SIGKILL comes back (and the
+supervisor says so in its log), `down` leaves no process and no port behind, and a second `up`
+finds the data of the first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from fieldhub import endpoints, registry
+from fieldhub.config import Settings
+from fieldhub.stack.local import mask_url
+from fieldhub.stack.procs import free_port, port_open
+from fieldhub.stack.supervisor import (
+    Backoff,
+    ProcessSpec,
+    Supervisor,
+    process_start_time,
+    read_state,
+    same_process_alive,
+)
+from tests.support import wait_for
+
+PORT_VARIABLES = (
+    "FIELDHUB_PG_PORT",
+    "FIELDHUB_MQTT_PORT",
+    "FIELDHUB_MQTTS_PORT",
+    "FIELDHUB_MQTT_SERVICE_PORT",
+    "FIELDHUB_WEB_PORT",
+    "FIELDHUB_BRIDGE_METRICS_PORT",
+)
+
+
+# -- unit --------------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_its_maximum() -> None:
+    backoff = Backoff(initial=0.5, maximum=4.0)
+    assert [backoff.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_mask_url_hides_only_the_password() -> None:
+    assert (
+        mask_url("postgresql://fieldhub:s3cr%40t@127.0.0.1:15432/fieldhub")
+        == "postgresql://fieldhub:***@127.0.0.1:15432/fieldhub"
+    )
+    assert mask_url("mqtt://127.0.0.1:1883") == "mqtt://127.0.0.1:1883"
+
+
+def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
+    supervisor = Supervisor(
+        log_dir=tmp_path / "log",
+        state_file=tmp_path / "run" / "stack.json",
+        backoff=Backoff(initial=0.05, maximum=0.2),
+        poll_interval=0.05,
+    )
+    sleeper = ProcessSpec(name="sleeper", argv=("sleep", "600"), stop_timeout=5)
+    supervisor.start(sleeper)
+    try:
+        first = dict(supervisor.children())["sleeper"]
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        second = wait_for(
+            lambda: (pid := dict(supervisor.children())["sleeper"]) != first and pid,
+            what="a new sleeper pid",
+        )
+        state = wait_for(
+            lambda: (s := read_state(supervisor.state_file))
+            and s["processes"]["sleeper"]["pid"] == second
+            and s,
+            what="the state file to show the new pid",
+        )
+        assert state["processes"]["sleeper"]["restarts"] == 1
+        assert state["processes"]["sleeper"]["last_exit"] == -signal.SIGKILL
+    finally:
+        supervisor.stop_all()
+    assert process_start_time(second) is None
+
+
+# -- end to end --------------------------------------------------------------------------------
+def _environment(home: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "READ_DATABASE_URL", "MQTT_URL", "MQTT_DEVICE_URL")
+        and not k.startswith("FIELDHUB_")
+    }
+    env["FIELDHUB_HOME"] = str(home)
+    ports = set()
+    for name in PORT_VARIABLES:
+        port = free_port()
+        while port in ports:
+            port = free_port()
+        ports.add(port)
+        env[name] = str(port)
+    return env
+
+
+def _fieldhub(
+    env: dict[str, str], *args: str, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fieldhub", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _status(env: dict[str, str]) -> dict[str, Any]:
+    result = _fieldhub(env, "status", "--json", timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, "status --json prints exactly one JSON object"
+    status: dict[str, Any] = json.loads(lines[0])
+    return status
+
+
+@pytest.fixture
+def stack_home() -> Iterator[tuple[Path, dict[str, str]]]:
+    # Not tmp_path: the postgres and mosquitto users must be able to enter it.
+    home = Path(tempfile.mkdtemp(prefix="fieldhub-test-up-"))
+    home.chmod(0o755)
+    env = _environment(home)
+    try:
+        yield home, env
+    finally:
+        _fieldhub(env, "down", timeout=180)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.mark.integration
+def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> None:
+    home, env = stack_home
+    settings = Settings.from_env(env)
+
+    started = _fieldhub(env, "up", "--detach", "--demo")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"web:       http://127.0.0.1:{env['FIELDHUB_WEB_PORT']}/" in started.stdout
+    assert "demo login: demo@example.com / " in started.stdout
+
+    status = _status(env)
+    assert status["running"] is True
+    assert status["web_url"] == f"http://127.0.0.1:{env['FIELDHUB_WEB_PORT']}/"
+    assert status["mqtt_url"] == f"mqtt://127.0.0.1:{env['FIELDHUB_MQTT_SERVICE_PORT']}"
+    assert status["mqtt_device_url"] == f"mqtt://127.0.0.1:{env['FIELDHUB_MQTT_PORT']}"
+    db_password = (home / "secrets" / "postgres.password").read_text().strip()
+    assert status["database_url"] == (
+        f"postgresql://fieldhub:***@127.0.0.1:{env['FIELDHUB_PG_PORT']}/fieldhub"
+    )
+    assert db_password not in json.dumps(status)
+    processes = status["processes"]
+    assert {"postgres", "mosquitto", "simulate"} <= processes.keys()
+    for name, info in processes.items():
+        assert info["state"] in ("running", "unavailable"), (name, info)
+        if info["state"] == "running":
+            assert process_start_time(info["pid"]) is not None, name
+
+    database_url = endpoints.database_url(settings)
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        registry.create_org(conn, "made-before-down")
+        if (
+            processes.get("bridge", {}).get("state")
+            == processes.get("auth-sync", {}).get("state")
+            == "running"
+        ):
+            # The demo's point: simulated values arrive within seconds of `up`.
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT count(DISTINCT device_id) FROM latest_values "
+                    "WHERE device_id LIKE 'demo-%'"
+                ).fetchone()
+                == {"count": 12},
+                timeout=30,
+                what="readings from all 12 demo devices",
+            )
+
+    # A supervised process killed outright is restarted, and the supervisor says so.
+    old_pid = processes["mosquitto"]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    restarted = wait_for(
+        lambda: (p := _status(env)["processes"]["mosquitto"])["state"] == "running"
+        and p["pid"] != old_pid
+        and p,
+        timeout=30,
+        what="mosquitto to be restarted with a new pid",
+    )
+    assert restarted["restarts"] == 1
+    assert wait_for(lambda: port_open(int(env["FIELDHUB_MQTT_SERVICE_PORT"])), what="MQTT back")
+    supervisor_log = (home / "log" / "supervisor.log").read_text()
+    assert f"mosquitto (pid {old_pid}) exited with code -9 (SIGKILL)" in supervisor_log
+
+    pids = [
+        info["pid"] for info in _status(env)["processes"].values() if info["state"] == "running"
+    ]
+    pids.append(_status(env)["supervisor_pid"])
+    stopped = _fieldhub(env, "down", timeout=180)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped the stack" in stopped.stdout
+    # A zombie waiting for init to reap it counts as gone.
+    assert [pid for pid in pids if same_process_alive(pid, None)] == []
+    open_ports = [name for name in PORT_VARIABLES if port_open(int(env[name]))]
+    assert open_ports == []
+    status = _status(env)
+    assert status["running"] is False
+    assert _fieldhub(env, "status").returncode == 1
+
+    # Data persists across down/up.
+    again = _fieldhub(env, "up", "--detach")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "demo login" not in again.stdout
+    with psycopg.connect(endpoints.database_url(settings), autocommit=True) as conn:
+        orgs = {row[0] for row in conn.execute("SELECT name FROM organisations")}  # tuples
+    assert {"made-before-down", "demo"} <= orgs
+    assert "simulate" not in _status(env)["processes"]
+
+    # A second `up` while one is running is refused with a clear message.
+    twice = _fieldhub(env, "up", "--detach")
+    assert twice.returncode == 2
+    assert "already running" in twice.stderr
