@@ -10,6 +10,7 @@ passwords use Argon2id instead (webapp).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import multiprocessing
@@ -50,6 +51,7 @@ def verify_secret(secret: str, stored: str) -> bool:
 def hash_secrets_parallel(
     secrets_to_hash: Sequence[str],
     *,
+    iterations: int = ITERATIONS,
     processes: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
@@ -58,7 +60,7 @@ def hash_secrets_parallel(
     `progress(n)` is called as each chunk of `n` hashes completes, for a progress bar.
     """
     if len(secrets_to_hash) < PARALLEL_THRESHOLD:
-        hashes = [hash_secret(s) for s in secrets_to_hash]
+        hashes = [hash_secret(s, iterations=iterations) for s in secrets_to_hash]
         if progress is not None and hashes:
             progress(len(hashes))
         return hashes
@@ -67,12 +69,12 @@ def hash_secrets_parallel(
     results: list[str] = []
     # Fork, not spawn: the workers need nothing but this module and start in milliseconds.
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        for batch_hashes in pool.imap(_hash_batch, batches):
+        for batch_hashes in pool.imap(functools.partial(_hash_batch, iterations), batches):
             results.extend(batch_hashes)
             if progress is not None:
                 progress(len(batch_hashes))
     return results
 
 
-def _hash_batch(batch: Sequence[str]) -> list[str]:
-    return [hash_secret(s) for s in batch]
+def _hash_batch(iterations: int, batch: Sequence[str]) -> list[str]:
+    return [hash_secret(s, iterations=iterations) for s in batch]
