@@ -1,0 +1,110 @@
+"""Live updates through a real gunicorn (gevent workers): a committed reading reaches an open
+event stream within 2 s, and open streams do not block other requests."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+import requests
+
+from tests.webapp.helpers import PASSWORD, World, WebServer, csrf_from
+from webapp.live import Subscription, route
+
+pytestmark = pytest.mark.integration
+
+
+def test_route_gives_each_stream_only_its_own_devices() -> None:
+    mine = Subscription(frozenset({"dev-a1"}), org_id=1)
+    assert route("telemetry", "dev-b1 dev-a1 dev-c", mine) == "dev-a1"
+    assert route("telemetry", "dev-b1", mine) is None
+    assert route("commands", "dev-b1 6f1c... succeeded", mine) is None
+    assert route("commands", "dev-a1 6f1c succeeded", mine) == "dev-a1 6f1c succeeded"
+    assert route("presence", "dev-a10 online", mine) is None
+    assert route("alerts", "2 17 active", mine) is None
+    assert route("alerts", "1 17 active", mine) == "1 17 active"
+
+
+def session_for(server: WebServer, email: str) -> requests.Session:
+    session = requests.Session()
+    page = session.get(server.url + "/login", timeout=10)
+    response = session.post(
+        server.url + "/login",
+        data={"email": email, "password": PASSWORD, "csrf_token": csrf_from(page.text)},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert response.status_code == 302, response.text[:300]
+    return session
+
+
+def read_events(response: requests.Response, events: queue.Queue[tuple[str, object, float]]) -> None:
+    event = None
+    try:
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event:
+                events.put((event, json.loads(line[6:]), time.monotonic()))
+    except (requests.RequestException, AttributeError, ValueError):
+        return
+
+
+def test_reading_reaches_the_stream_within_two_seconds(world: World) -> None:
+    device = world.devices["a"]
+    with WebServer(world.database_url, workers=2) as server:
+        session = session_for(server, world.emails["a_viewer"])
+        # Other organisations' streams do not exist, live or not.
+        other = session.get(f"{server.url}/devices/{world.devices['b']}/live", timeout=10)
+        assert other.status_code == 404
+        response = session.get(f"{server.url}/devices/{device}/live", stream=True, timeout=30)
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events: queue.Queue[tuple[str, object, float]] = queue.Queue()
+        threading.Thread(target=read_events, args=(response, events), daemon=True).start()
+        assert events.get(timeout=10)[0] == "hello"
+        # Wait until this worker's hub listens, then commit a reading the way the bridge does.
+        with psycopg.connect(world.database_url, autocommit=True) as conn:
+            deadline = time.monotonic() + 10
+            while not conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'fieldhub-web-live'"
+            ).fetchone():
+                assert time.monotonic() < deadline, "the live hub never connected"
+                time.sleep(0.05)
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO readings (time, device_id, metric, value) VALUES (%s, %s, 'temperature', 77.5)",
+                    (datetime.now(UTC), device),
+                )
+                conn.execute("SELECT pg_notify('telemetry', %s)", (f"{world.devices['b']} {device}",))
+            committed = time.monotonic()
+        name, payload, at = events.get(timeout=5)
+        while name != "readings":
+            name, payload, at = events.get(timeout=5)
+        assert isinstance(payload, list) and payload[-1]["value"] == 77.5
+        assert at - committed < 2.0
+        # The stream stays open; stopping the server ends it (closing it from this side would
+        # wait for the reader thread's next keepalive).
+
+
+def test_open_streams_do_not_block_other_requests(world: World) -> None:
+    device = world.devices["a"]
+    with WebServer(world.database_url, workers=1) as server:
+        session = session_for(server, world.emails["a_viewer"])
+        streams = []
+        for _ in range(60):
+            stream = session.get(f"{server.url}/devices/{device}/live", stream=True, timeout=30)
+            assert stream.status_code == 200
+            streams.append(stream)
+        started = time.monotonic()
+        page = session.get(f"{server.url}/devices", timeout=10)
+        elapsed = time.monotonic() - started
+        assert page.status_code == 200 and device in page.text
+        assert elapsed < 2.0, f"/devices took {elapsed:.2f}s with 60 open streams on one worker"
+        for stream in streams:
+            stream.close()
