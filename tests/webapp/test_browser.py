@@ -1,0 +1,125 @@
+"""Browser tests: Debian's headless Chromium driven by Playwright against a real gunicorn, the
+real bridge and the real broker. Screenshots of the main pages go to test-artifacts/."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from fieldhub import users
+from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
+from tests.webapp.helpers import PASSWORD, ROOT, WebServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(Path(ARTIFACTS) / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, base: str, email: str) -> None:
+    page.goto(base + "/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("Devices")
+
+
+def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -> None:
+    device_id = "greenhouse-7"
+    secret = stack.create_devices([device_id, "greenhouse-8"])[device_id]
+    stack.conn.execute(
+        "UPDATE devices SET display_name = 'Greenhouse 7', labels = '{\"site\": \"north\"}' "
+        "WHERE device_id = %s",
+        (device_id,),
+    )
+    email = "grower@test.example"
+    users.create_user(stack.conn, email, org=stack.org, role="admin", password=PASSWORD)
+    device = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
+    with BridgeProcess(stack) as bridge, WebServer(stack.database_url) as server:
+        bridge.start().wait_ready()
+        device.connect()
+        device.subscribe(f"devices/{device_id}/commands/+")
+        device.publish(f"devices/{device_id}/telemetry", json.dumps({"values": {"temperature": 21.5, "humidity": 40}}))
+        wait_for(
+            lambda: stack.query("SELECT 1 FROM latest_values WHERE device_id = %s", (device_id,)),
+            what="the first reading stored",
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(server.url + "/devices")
+        expect(page.locator("h1")).to_contain_text("Log in")
+        shot(page, "login")
+        log_in(page, server.url, email)
+        expect(page.locator("a.device-link", has_text=device_id)).to_be_visible()
+        shot(page, "devices")
+
+        page.click(f"a.device-link:has-text('{device_id}')")
+        expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+        expect(page.locator("#metric")).to_have_value("humidity")
+        page.select_option("#metric", "temperature")
+        expect(page.locator("#chart canvas")).to_have_count(1)
+
+        # A reading published over MQTT appears on the chart and the tiles without a reload.
+        device.publish(f"devices/{device_id}/telemetry", json.dumps({"values": {"temperature": 42.5}}))
+        expect(page.locator("#chart")).to_have_attribute("data-last", "42.5", timeout=10000)
+        expect(page.locator(".tile[data-metric=temperature] .v")).to_have_text("42.5")
+
+        # A command sent from the page reaches the device; its ack shows up live.
+        page.fill("#command-form input[name=name]", "open_vent")
+        page.fill("#command-form input[name=params]", '{"percent": 30}')
+        page.click("#command-form button[type=submit]")
+        row = page.locator("#command-list tr[data-command]").first
+        expect(row).to_contain_text("open_vent")
+
+        def received() -> str | None:
+            for message in device.received:
+                if "/commands/" in message.topic and message.payload:
+                    return str(message.topic.rsplit("/", 1)[1])
+            return None
+
+        command_id = wait_for(received, timeout=15, what="the command at the device")
+        assert row.get_attribute("data-command") == command_id
+        device.publish(
+            f"devices/{device_id}/commands/{command_id}/ack",
+            json.dumps({"status": "succeeded", "result": {"percent": 30}}),
+        )
+        expect(row.locator(".status")).to_have_text("succeeded", timeout=10000)
+        shot(page, "device")
+
+        page.goto(server.url + "/admin/devices")
+        expect(page.locator("h2", has_text="New device")).to_be_visible()
+        shot(page, "admin-devices")
+        page.fill("input[name=device_id]", "greenhouse-9")
+        page.fill("input[name=display_name]", "Greenhouse 9")
+        page.click("form:has(input[name=device_id]) button[type=submit]")
+        expect(page.locator("pre.secret")).to_be_visible()
+        shot(page, "admin-credentials")
+        page.goto(server.url + "/devices/no-such-device")
+        shot(page, "not-found")
+        page.close()
+    device.close()
