@@ -545,6 +545,8 @@ def format_status(status: dict[str, Any]) -> str:
             lines.append(
                 f"  {name:<12} {info['state']:<12} {pid!s:>8} {info.get('restarts', 0)!s:>8}"
             )
+    if any(info["state"] == "orphaned" for info in status["processes"].values()):
+        lines.append("  the supervisor is gone but processes remain: `fieldhub down` stops them")
     return "\n".join(lines)
 
 

@@ -215,10 +215,14 @@ class Supervisor:
             with self._lock:
                 restarts = child.restarts
             if restarts >= 3:
-                raise StartupError(
+                message = (
                     f"{spec.name} keeps exiting (last exit code {child.last_exit}); "
-                    f"see {child.log_file}:\n{tail(child.log_file)}"
+                    f"see {child.log_file}"
                 )
+                if spec.essential:
+                    raise StartupError(message + ":\n" + tail(child.log_file))
+                log.warning("%s (continuing: it is restarted with backoff)", message)
+                return
             try:
                 if child.state == "running" and spec.ready():
                     return
