@@ -42,7 +42,8 @@
         height: 320,
         series,
         axes: [{ stroke: "#5b6472", grid: { stroke: "#eef0f3" } }, { stroke: "#5b6472", grid: { stroke: "#eef0f3" }, size: 60 }],
-        scales: { x: { time: true } },
+        // The x axis spans the requested range, not just the data, and grows with live data.
+        scales: { x: { time: true, range: () => [state.xmin, state.xmax] } },
         legend: { live: true },
         cursor: { drag: { x: true, y: false } },
       },
@@ -67,6 +68,8 @@
       return;
     }
     state.raw = body.source === "raw";
+    state.xmin = Date.parse(body.start) / 1000;
+    state.xmax = Date.parse(body.end) / 1000;
     if (state.raw) {
       state.data = [body.t, body.value];
       draw([{}, { label: metric, stroke: "#2563eb", width: 2, points: { show: body.t.length < 200 } }], state.data);
@@ -119,6 +122,8 @@
     if (!mine.length) return;
     const span = state.range === "24h" ? 86400 : 3600;
     const now = Date.now() / 1000;
+    state.xmax = Math.max(state.xmax, now);
+    state.xmin = Math.max(state.xmin, now - span);
     mine.forEach((r) => {
       state.data[0].push(r.t);
       state.data[1].push(r.value);
