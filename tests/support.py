@@ -302,6 +302,22 @@ class BridgeProcess:
                 ) from None
         return self.proc.returncode
 
+    def forget_session(self) -> None:
+        """Discard the instance's durable broker session. A stopped bridge's session stays in
+        the shared-subscription group and keeps taking its share of messages (queued for its
+        return), which would starve the next test's bridge."""
+        client = DeviceClient(
+            self.stack.broker.mqtt_services,
+            BRIDGE_ACCOUNT,
+            self.stack.bridge_password,
+            client_id=f"fieldhub-bridge-{self.instance}",
+            clean_start=True,
+        )
+        try:
+            client.connect()
+        finally:
+            client.close()
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -314,5 +330,6 @@ class BridgeProcess:
     def __exit__(self, *exc: object) -> None:
         try:
             self.stop()
+            self.forget_session()
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
