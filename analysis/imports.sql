@@ -32,33 +32,34 @@ SELECT content FROM import_files WHERE import_id = %(id)s
 
 -- name: create_staging
 CREATE TEMPORARY TABLE IF NOT EXISTS import_staging (
-    t double precision NOT NULL,
+    time timestamptz NOT NULL,
     device_id text NOT NULL,
     metric text NOT NULL,
     value double precision,
-    text_value text,
-    is_bool boolean NOT NULL
+    text_value text
 ) ON COMMIT DELETE ROWS
 
+-- name: copy_readings
+-- The fast path: straight into the hypertable (TimescaleDB batches COPY per chunk). Any row
+-- that already exists fails the whole COPY, and the batch takes the staging path instead.
+COPY readings (time, device_id, metric, value, text_value) FROM STDIN (FORMAT BINARY)
+
 -- name: copy_staging
-COPY import_staging (t, device_id, metric, value, text_value, is_bool) FROM STDIN
+COPY import_staging (time, device_id, metric, value, text_value) FROM STDIN (FORMAT BINARY)
 
 -- name: insert_staged
 -- The readings identity (device, metric, time) drops what is already there: re-importing a
 -- file, or a file overlapping what the bridge wrote, adds nothing twice.
 INSERT INTO readings (time, device_id, metric, value, text_value)
-SELECT to_timestamp(t), device_id, metric, value, text_value FROM import_staging
+SELECT time, device_id, metric, value, text_value FROM import_staging
 ON CONFLICT (device_id, metric, time) DO NOTHING
 
--- name: upsert_latest_staged
+-- name: upsert_latest
 -- Devices whose only data comes from a file still list their metrics.
 INSERT INTO latest_values (device_id, metric, time, value)
-SELECT DISTINCT ON (device_id, metric) device_id, metric, to_timestamp(t),
-       CASE WHEN is_bool THEN to_jsonb(value <> 0)
-            WHEN value IS NOT NULL THEN to_jsonb(value)
-            ELSE to_jsonb(text_value) END
-FROM import_staging
-ORDER BY device_id, metric, t DESC
+SELECT device_id, metric, time, value
+FROM unnest(%(devices)s::text[], %(metrics)s::text[], %(times)s::timestamptz[], %(values)s::jsonb[])
+     AS l (device_id, metric, time, value)
 ON CONFLICT (device_id, metric) DO UPDATE
 SET time = EXCLUDED.time, value = EXCLUDED.value
 WHERE latest_values.time < EXCLUDED.time

@@ -78,6 +78,7 @@ def recompute_range(conn: Conn, start: dt.datetime, end: dt.datetime) -> dict[st
     start, end = floor_to(start, HOUR), ceil_to(end, HOUR)
     query = "rollup_1m_scan" if end - start > SCAN_THRESHOLD else "rollup_1m_recent"
     with conn.transaction():
+        conn.execute(QUERIES["sort_memory"])
         minutes = conn.execute(QUERIES[query], {"start": start, "end": end}).rowcount
         hours = conn.execute(
             QUERIES["rollup_1h_scan"], {"start": start, "end": end, "devices": None}
@@ -98,6 +99,7 @@ def recompute_ranges(conn: Conn, ranges: Sequence[DeviceRange]) -> dict[str, int
         ],
     }
     with conn.transaction():
+        conn.execute(QUERIES["sort_memory"])
         minutes = conn.execute(QUERIES["rollup_1m_devices"], params).rowcount
         hours = conn.execute(QUERIES["rollup_1h_devices"], params).rowcount
     return {"minutes": minutes, "hours": hours}
