@@ -329,6 +329,8 @@ def _finish(conn: Conn, import_id: uuid.UUID, status: str, error: str | None) ->
         row = conn.execute(
             QUERIES["finish_import"], {"id": import_id, "status": status, "error": error}
         ).fetchone()
+        if status == "done":
+            conn.execute(QUERIES["drop_file"], {"id": import_id})
     assert row is not None
     return dict(row)
 

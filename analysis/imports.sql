@@ -77,6 +77,10 @@ SET status = %(status)s, finished_at = now(), error = %(error)s
 WHERE id = %(id)s
 RETURNING *
 
+-- name: drop_file
+-- The readings are in; the upload itself is no longer needed and may be large.
+DELETE FROM import_files WHERE import_id = %(id)s
+
 -- name: get_import
 SELECT id, org_id, device_id, filename, format, status, total_bytes, processed_bytes,
        processed_rows, rows_imported, rows_rejected, rows_per_s, errors, error, created_by,
