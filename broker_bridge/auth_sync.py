@@ -131,13 +131,15 @@ def sync_once(
 ) -> bool:
     """Render both files from the registry; True if anything changed (the broker needs SIGHUP)."""
     with conn.transaction():
-        devices = conn.execute(QUERIES["devices_for_broker"], {"broker": broker}).fetchall()
+        # PostgreSQL assembles the device lines itself: at 100,000 devices that is several
+        # times faster than building a Python row per device (docs/security.md).
+        row = conn.execute(QUERIES["device_password_lines"], {"broker": broker}).fetchone()
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
-    entries = [(r["device_id"], r["password_hash"]) for r in devices]
-    entries += [(r["username"], r["password_hash"]) for r in accounts]
+    device_lines: str = row["lines"] if row else ""
+    account_lines = render_password_file((r["username"], r["password_hash"]) for r in accounts)
     owner = auth_dir.stat().st_uid
     uid = owner if os.geteuid() == 0 else None
-    changed = write_atomically(auth_dir / "passwords", render_password_file(entries), uid)
+    changed = write_atomically(auth_dir / "passwords", device_lines + account_lines, uid)
     acl = render_acl_file(
         BASE_ACL.read_text(),
         [(r["username"], r["acl"]) for r in accounts],

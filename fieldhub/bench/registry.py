@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -262,9 +262,9 @@ def bench_provision(devices: int = 10_000) -> dict[str, Any]:
     }
 
 
-def bench_reconnect_storm(devices: int = 2_000) -> dict[str, Any]:
+def bench_reconnect_storm(devices: int = 2_000, iterations: int = ITERATIONS) -> dict[str, Any]:
     with scratch_servers("fieldhub-bench-storm-") as servers:
-        credentials = provision_direct(servers.database_url, devices, "storm")
+        credentials = provision_direct(servers.database_url, devices, "storm", iterations)
         with connect(servers.database_url, autocommit=True) as conn:
             sync_once(conn, servers.broker.auth_dir)
         servers.broker.reload()
@@ -301,6 +301,7 @@ def bench_reconnect_storm(devices: int = 2_000) -> dict[str, Any]:
         result = asyncio.run(storm())
     return {
         "devices": devices,
+        "hash_iterations": iterations,
         **result,
         "reload_idle_s": round(reload_idle, 3),
         "target_s": 10,
@@ -512,7 +513,7 @@ def bench_auth_mechanism(devices: int = 100_000) -> dict[str, Any]:
 
 # -- command line -----------------------------------------------------------------------
 
-BENCHES = {
+BENCHES: dict[str, tuple[Callable[[int], dict[str, Any]], int, str]] = {
     "provision": (bench_provision, 10_000, "bulk-provision devices until they can log in"),
     "reconnect-storm": (bench_reconnect_storm, 2_000, "devices reconnecting all at once"),
     "auth-mechanism": (bench_auth_mechanism, 100_000, "files+SIGHUP vs Dynamic Security"),
