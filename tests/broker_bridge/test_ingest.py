@@ -132,7 +132,8 @@ def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: Tes
         )
         wait_for(lambda: row_count(stack) == len(poison) + 1, what="good readings")
         metrics = bridge.metrics()
-        assert bridge.proc is not None and bridge.proc.poll() is None
+        assert bridge.proc is not None
+        assert bridge.proc.poll() is None
 
     letters = stack.query(
         "SELECT device_id, topic, reason, payload FROM dead_letters ORDER BY received_at, id"
