@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from psycopg.rows import dict_row
 from analysis import worker
 from analysis.jobs import JOBS
 from analysis.worker import Job, JobContext, JobSkipped, Worker, run_if_due
+from fieldhub import cli
 from fieldhub.config import Settings
 from tests.analysis.conftest import Conn
 from tests.support import wait_for
@@ -156,3 +158,19 @@ def test_command_expiry_runs_or_skips_cleanly(db: Conn) -> None:
     else:
         assert result.outcome == "skipped"
         assert "0005" in (result.error or "")
+
+
+def test_cli_runs_a_job_once_and_lists_runs(
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert cli.main(["worker", "--once", "offline"]) == 0
+    assert capsys.readouterr().out.startswith("offline: ok")
+    assert cli.main(["jobs", "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [(r["job"], r["outcome"]) for r in runs] == [("offline", "ok")]
+    assert runs[0]["details"] == {"marked_offline": 0, "devices": []}
+    assert cli.main(["jobs"]) == 0
+    assert " offline " in capsys.readouterr().out
