@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ GRACE = dt.timedelta(minutes=2)
 # Above this span one sequential scan beats per-(device, metric) index scans.
 SCAN_THRESHOLD = dt.timedelta(hours=6)
 HOT_CHUNK_CHECK_S = 600.0
+CATCH_UP_STEP = dt.timedelta(days=1)
+PASS_BUDGET_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,12 @@ def recompute_ranges(conn: Conn, ranges: Sequence[DeviceRange]) -> dict[str, int
     return {"minutes": minutes, "hours": hours}
 
 
-def run_pass(conn: Conn, *, hot_chunk_check_s: float = HOT_CHUNK_CHECK_S) -> dict[str, Any]:
+def run_pass(
+    conn: Conn,
+    *,
+    hot_chunk_check_s: float = HOT_CHUNK_CHECK_S,
+    pass_budget_s: float = PASS_BUDGET_S,
+) -> dict[str, Any]:
     """One pass of the rollup job; returns what it did for the job run's details."""
     state = load_state(conn, JOB)
     span = conn.execute(QUERIES["readings_span"]).fetchone()
@@ -125,9 +133,24 @@ def run_pass(conn: Conn, *, hot_chunk_check_s: float = HOT_CHUNK_CHECK_S) -> dic
     late = _late_pass(conn, state, chunks, watermark, now, hot_chunk_check_s)
     details.update(late)
 
-    counts = recompute_range(conn, watermark, now)
-    details["minutes_written"] = counts["minutes"]
-    details["hours_written"] = counts["hours"]
+    # Catching up (first run, or after the worker was down): a day per transaction, the
+    # watermark saved after each, and the rest left to the next run once over budget.
+    started = time.monotonic()
+    minutes = hours = 0
+    start = floor_to(watermark, HOUR)
+    while now - start > CATCH_UP_STEP:
+        counts = recompute_range(conn, start, start + CATCH_UP_STEP)
+        minutes, hours = minutes + counts["minutes"], hours + counts["hours"]
+        start += CATCH_UP_STEP
+        state["watermark"] = start.isoformat()
+        save_state(conn, JOB, state)
+        if time.monotonic() - started > pass_budget_s:
+            details.update(minutes_written=minutes, hours_written=hours, catching_up=True)
+            details["watermark"] = state["watermark"]
+            return details
+    counts = recompute_range(conn, start, now)
+    details["minutes_written"] = minutes + counts["minutes"]
+    details["hours_written"] = hours + counts["hours"]
 
     new_watermark = max(watermark, floor_to(now - GRACE, MINUTE))
     state["watermark"] = new_watermark.isoformat()

@@ -173,3 +173,20 @@ def test_explicit_ranges_cover_imported_data(
     minutes = db.execute("SELECT sum(count) AS n FROM rollup_1m WHERE device_id = 'x1'").fetchone()
     assert minutes is not None
     assert minutes["n"] == 300
+
+
+def test_catching_up_is_done_a_day_at_a_time_within_a_budget(
+    db: Conn, make_devices: Callable[..., list[str]]
+) -> None:
+    make_devices("c1")
+    current = now(db)
+    insert_readings(db, "c1", "temp", current - dt.timedelta(days=3), 3 * 24 * 12, 300)
+    first = rollups.run_pass(db, pass_budget_s=0)
+    assert first["catching_up"] is True
+    watermark = dt.datetime.fromisoformat(first["watermark"])
+    assert current - dt.timedelta(days=3) < watermark < current - dt.timedelta(days=1)
+    passes = 1
+    while rollups.run_pass(db, pass_budget_s=0).get("catching_up"):
+        passes += 1
+    assert passes >= 2
+    assert mismatches(db) == []
