@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fieldhub.commands.auth_sync",
     "fieldhub.commands.command",
     "fieldhub.commands.bridge",
+    "fieldhub.commands.bench",
     "fieldhub.commands.simulate",
     "fieldhub.commands.web",
     "fieldhub.commands.worker",

@@ -1,0 +1,547 @@
+"""`fieldhub bench ingest`: MQTT -> TimescaleDB throughput and latency of the bridge.
+
+In one invocation, on scratch servers of its own (a durable PostgreSQL+TimescaleDB cluster and
+a Mosquitto broker, as `fieldhub up` runs them):
+
+1. baseline: a multi-process load generator publishes QoS 1 telemetry (3 numbers per message,
+   1,000 devices) through the `svc.loadgen` service account, and a minimal paho consumer on
+   the bridge's shared subscription only receives and acknowledges it;
+2. the same load through `fieldhub bridge` into TimescaleDB, timed until the bridge has
+   committed every row;
+3. end-to-end latency at a fixed 2,000 msg/s: publish time (the message's own `ts`) to the
+   moment the commit's NOTIFY telemetry reaches a listener that then reads the new rows.
+
+The load generator speaks MQTT 3.1.1 over raw sockets with pre-encoded packets and a window of
+unacknowledged publishes: a paho publisher costs more CPU per message than the bridge itself,
+and on a shared 2-core machine every cycle the generator burns is taken from the system under
+test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import select
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+
+from broker_bridge.auth_sync import sync_once
+from fieldhub import db, registry
+from fieldhub.bench.registry import Servers, scratch_servers
+from fieldhub.config import Settings
+from fieldhub.db import Queries
+from fieldhub.passwords import generate_secret, hash_secret
+from fieldhub.stack.procs import free_port, wait_until
+
+QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
+BENCH_ORG = "bench"
+LOADGEN = "svc.loadgen"
+SHARED_TOPIC = "$share/fieldhub-bridge/devices/+/telemetry"
+VALUES_PER_MESSAGE = 3
+
+
+def register(bench_subparsers: Any) -> None:
+    parser = bench_subparsers.add_parser(
+        "ingest", help="MQTT -> TimescaleDB: bridge vs. a bare consumer, and latency"
+    )
+    parser.add_argument("--messages", type=int, default=300_000, help="per throughput run")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--publishers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--latency-rate", type=int, default=2000, help="msg/s of the latency run")
+    parser.add_argument("--latency-seconds", type=float, default=15.0)
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.set_defaults(handler=cmd_bench_ingest)
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- the load generator ----------------------------------------------------------------------
+
+
+def _varint(length: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out)
+
+
+def _string(value: str) -> bytes:
+    raw = value.encode()
+    return struct.pack("!H", len(raw)) + raw
+
+
+def _connect(port: int, username: str, password: str, client_id: str) -> socket.socket:
+    body = (
+        _string("MQTT")
+        + bytes([4, 0xC2])  # MQTT 3.1.1; username, password, clean session
+        + struct.pack("!H", 300)
+        + _string(client_id)
+        + _string(username)
+        + _string(password)
+    )
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(b"\x10" + _varint(len(body)) + body)
+    connack = b""
+    while len(connack) < 4:
+        chunk = sock.recv(4 - len(connack))
+        if not chunk:
+            raise ConnectionError("broker closed the connection before CONNACK")
+        connack += chunk
+    if connack[0] != 0x20 or connack[3] != 0:
+        raise ConnectionError(f"broker refused {username}: CONNACK {connack.hex()}")
+    sock.settimeout(None)
+    return sock
+
+
+def publisher_process(
+    port: int,
+    password: str,
+    index: int,
+    device_ids: Sequence[str],
+    count: int,
+    rate: float,
+    base_ms: int,
+    start: Any,
+    sent_counter: Synchronized[int],
+) -> None:
+    """Publish `count` QoS 1 messages round-robin over `device_ids`, at most `rate` msg/s
+    (0 = as fast as the broker acknowledges). base_ms > 0: ts = base_ms + per-device sequence
+    (unique rows for the throughput run); base_ms = 0: ts = the wall clock at publish."""
+    sock = _connect(port, LOADGEN, password, f"bench-loadgen-{index}")
+    topics = [_string(f"devices/{d}/telemetry") for d in device_ids]
+    n_devices = len(device_ids)
+    rng = random.Random(index)  # noqa: S311 - load values, not secrets
+    values = [(rng.uniform(-20, 40), rng.randint(0, 1000), rng.uniform(0, 100)) for _ in range(97)]
+    window = 4000
+    chunk = 400
+    inflight = 0
+    sent = 0
+    mid = 0
+    pending_acks = b""
+    start.wait()
+    started = time.monotonic()
+    pack_mid = struct.Struct("!H").pack
+    while sent < count or inflight:
+        can_send = count - sent
+        if rate:
+            can_send = min(can_send, int(rate * (time.monotonic() - started)) + 1 - sent)
+        can_send = min(can_send, window - inflight, chunk)
+        if can_send > 0:
+            parts = []
+            now_ms = int(time.time() * 1000)
+            for i in range(sent, sent + can_send):
+                device = i % n_devices
+                seq = i // n_devices
+                ts = base_ms + seq if base_ms else now_ms
+                v = values[i % 97]
+                payload = b'{"ts":%d,"seq":%d,"values":{"m0":%.3f,"m1":%d,"m2":%.2f}}' % (
+                    ts,
+                    seq,
+                    v[0],
+                    v[1],
+                    v[2],
+                )
+                mid = mid % 65535 + 1
+                topic = topics[device]
+                parts.append(
+                    b"\x32"
+                    + _varint(len(topic) + 2 + len(payload))
+                    + topic
+                    + pack_mid(mid)
+                    + payload
+                )
+            sock.sendall(b"".join(parts))
+            sent += can_send
+            inflight += can_send
+            sent_counter.value = sent
+        wait = 0.0 if (can_send > 0 and inflight < window) else 0.005
+        readable, _, _ = select.select([sock], [], [], wait)
+        if readable:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("broker closed the load generator's connection")
+            pending_acks += data
+            acked = len(pending_acks) // 4
+            if acked:
+                if pending_acks[0] != 0x40:
+                    raise ConnectionError(f"unexpected packet {pending_acks[:4].hex()}")
+                inflight -= acked
+                pending_acks = pending_acks[acked * 4 :]
+    sock.sendall(b"\xe0\x00")
+    sock.close()
+
+
+class LoadGenerator:
+    def __init__(self, port: int, password: str, device_ids: Sequence[str], processes: int) -> None:
+        self.port = port
+        self.password = password
+        self.device_ids = list(device_ids)
+        self.processes = processes
+        self.context = multiprocessing.get_context("spawn")
+
+    def run(self, total: int, *, rate: float = 0.0, base_ms: int = 0) -> tuple[Any, list[Any]]:
+        """Start the publishers; returns (start event, processes). Set the event to begin."""
+        start = self.context.Event()
+        procs = []
+        self.counters = []
+        for index in range(self.processes):
+            devices = self.device_ids[index :: self.processes]
+            count = total // self.processes + (1 if index < total % self.processes else 0)
+            counter = self.context.Value("q", 0, lock=False)
+            self.counters.append(counter)
+            proc = self.context.Process(
+                target=publisher_process,
+                args=(
+                    self.port,
+                    self.password,
+                    index,
+                    devices,
+                    count,
+                    rate / self.processes,
+                    base_ms,
+                    start,
+                    counter,
+                ),
+                daemon=True,
+            )
+            proc.start()
+            procs.append(proc)
+        return start, procs
+
+    def sent(self) -> int:
+        return sum(counter.value for counter in self.counters)
+
+
+# -- the baseline consumer ---------------------------------------------------------------------
+
+
+def consumer_process(
+    port: int, password: str, ready: Any, received: Synchronized[int], last: Any
+) -> None:
+    """The least a QoS 1 subscriber can do: receive and acknowledge (paho acks on return)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="bench-baseline", protocol=mqtt.MQTTv5
+    )
+    client.username_pw_set("svc.bridge", password)
+    count = 0
+    last_time = 0.0
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        nonlocal count, last_time
+        count += 1
+        last_time = time.time()
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        client.subscribe(SHARED_TOPIC, qos=1)
+
+    client.on_message = on_message
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *args: ready.set()
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.ReceiveMaximum = 10_000
+    client.connect("127.0.0.1", port, clean_start=True, properties=properties)
+    while True:
+        client.loop(timeout=0.05)
+        received.value = count
+        last.value = last_time
+
+
+# -- the bench ---------------------------------------------------------------------------------
+
+
+def _prepare(servers: Servers, devices: int) -> tuple[list[str], str, str]:
+    device_ids = [f"bench-{n:04d}" for n in range(devices)]
+    bridge_password = generate_secret()
+    loadgen_password = generate_secret()
+    with db.connect(servers.database_url, autocommit=True) as conn:
+        registry.create_org(conn, BENCH_ORG)
+        registry.ensure_service_account(conn, "svc.bridge", registry.BRIDGE_ACL, bridge_password)
+        registry.ensure_service_account(conn, LOADGEN, registry.LOADGEN_ACL, loadgen_password)
+        # The devices never log in (the load generator publishes for them), so one hash of a
+        # throwaway secret serves all of them and provisioning takes seconds.
+        throwaway = generate_secret()
+        shared_hash = hash_secret(throwaway)
+        for device_id in device_ids:
+            registry.create_device(
+                conn, device_id, org=BENCH_ORG, password_hash=shared_hash, secret=throwaway
+            )
+        sync_once(conn, servers.broker.auth_dir)
+    servers.broker.reload()
+
+    def can_publish() -> bool:
+        try:
+            _connect(servers.broker.mqtt_services, LOADGEN, loadgen_password, "probe").close()
+        except (OSError, ConnectionError):
+            return False
+        return True
+
+    wait_until(can_publish, timeout=30, what="svc.loadgen to be accepted")
+    return device_ids, bridge_password, loadgen_password
+
+
+def _rate_line(label: str, done: int, total: int, started: float) -> str:
+    elapsed = max(time.monotonic() - started, 1e-9)
+    return f"  {label}: {done:,}/{total:,} ({done / elapsed:,.0f}/s)"
+
+
+def run_baseline(servers: Servers, loadgen: LoadGenerator, password: str, total: int) -> float:
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    received = ctx.Value("q", 0, lock=False)
+    last = ctx.Value("d", 0.0, lock=False)
+    consumer = ctx.Process(
+        target=consumer_process,
+        args=(servers.broker.mqtt_services, password, ready, received, last),
+        daemon=True,
+    )
+    consumer.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("the baseline consumer did not subscribe")
+        start, procs = loadgen.run(total, base_ms=int(time.time() * 1000) - 3_000_000)
+        time.sleep(1.0)  # let the publishers connect before the clock starts
+        started_wall = time.time()
+        started = time.monotonic()
+        start.set()
+        next_report = started + 1
+        while received.value < total:
+            if time.monotonic() > started + 300:
+                raise RuntimeError(f"baseline stalled at {received.value} of {total}")
+            if time.monotonic() >= next_report:
+                progress(_rate_line("baseline received", received.value, total, started))
+                next_report += 1
+            time.sleep(0.02)
+        for proc in procs:
+            proc.join(timeout=30)
+        return total / (float(last.value) - started_wall)
+    finally:
+        consumer.kill()
+        consumer.join()
+
+
+class BridgeRunner:
+    def __init__(self, servers: Servers, password: str) -> None:
+        self.metrics_port = free_port()
+        self.log_path = servers.workdir / "bridge.log"
+        self.home = servers.workdir / "bridge-home"
+        self.home.mkdir(exist_ok=True)
+        user = quote("svc.bridge", safe="")
+        env = {
+            **os.environ,
+            "DATABASE_URL": servers.database_url,
+            "MQTT_URL": f"mqtt://{user}:{quote(password, safe='')}@127.0.0.1:"
+            f"{servers.broker.mqtt_services}",
+            "FIELDHUB_HOME": str(self.home),
+        }
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fieldhub.cli",
+                    "bridge",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: self.metric("fieldhub_bridge_ready") == 1.0, timeout=60, what="bridge")
+
+    def metric(self, name: str) -> float:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the bridge exited; see {self.log_path}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as response:
+                text = response.read().decode()
+        except OSError:
+            return -1.0
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_bridge_throughput(
+    servers: Servers, bridge: BridgeRunner, loadgen: LoadGenerator, total: int
+) -> float:
+    expected_rows = total * VALUES_PER_MESSAGE
+    start, procs = loadgen.run(total, base_ms=int(time.time() * 1000) - 2_000_000)
+    time.sleep(1.0)
+    started = time.monotonic()
+    start.set()
+    next_report = started + 1
+    while True:
+        rows = bridge.metric("fieldhub_bridge_rows_total")
+        if rows >= expected_rows:
+            break
+        now = time.monotonic()
+        if now > started + 600:
+            raise RuntimeError(f"the bridge stalled at {rows:,.0f} of {expected_rows:,} rows")
+        if now >= next_report:
+            progress(
+                _rate_line("bridge committed msgs", int(rows) // 3, total, started)
+                + f", published {loadgen.sent():,}"
+            )
+            next_report += 1
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    for proc in procs:
+        proc.join(timeout=30)
+    with db.connect(servers.database_url) as conn:
+        row = conn.execute(QUERIES["count_readings"]).fetchone()
+    stored = row["n"] if row else 0
+    if stored != expected_rows:
+        raise RuntimeError(f"{stored:,} rows stored, expected {expected_rows:,}")
+    return total / elapsed
+
+
+class LatencyProbe(threading.Thread):
+    """LISTEN telemetry; on each commit read the new rows of the devices it names and record
+    now - ts for each (ts is the publish time the load generator put into the message)."""
+
+    def __init__(self, database_url: str, since: float) -> None:
+        super().__init__(name="latency-probe", daemon=True)
+        self.database_url = database_url
+        self.since = since
+        self.latencies_ms: list[float] = []
+        self.stop = threading.Event()
+        self.listening = threading.Event()
+
+    def run(self) -> None:
+        last_seen: dict[str, float] = {}
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute("LISTEN telemetry")
+            self.listening.set()
+            while not self.stop.is_set():
+                devices: set[str] = set()
+                for notify in conn.notifies(timeout=0.2, stop_after=1):
+                    devices.update(notify.payload.split())
+                if not devices:
+                    continue
+                seen_at = time.time()
+                ordered = sorted(devices)
+                rows = conn.execute(
+                    QUERIES["new_rows_since"],
+                    {
+                        "devices": ordered,
+                        "since": [last_seen.get(d, self.since) for d in ordered],
+                    },
+                ).fetchall()
+                for device_id, t in rows:
+                    self.latencies_ms.append((seen_at - t) * 1000)
+                    if t > last_seen.get(device_id, 0.0):
+                        last_seen[device_id] = t
+
+
+def run_latency(
+    servers: Servers, loadgen: LoadGenerator, rate: int, seconds: float
+) -> tuple[float, float, int]:
+    probe = LatencyProbe(servers.database_url, since=time.time())
+    probe.start()
+    probe.listening.wait(10)
+    total = int(rate * seconds)
+    start, procs = loadgen.run(total, rate=rate)
+    time.sleep(1.0)
+    started = time.monotonic()
+    start.set()
+    for proc in procs:
+        while proc.is_alive():
+            proc.join(timeout=1)
+            progress(
+                _rate_line(
+                    f"latency run at {rate:,} msg/s, published", loadgen.sent(), total, started
+                )
+            )
+    wait_until(lambda: len(probe.latencies_ms) >= total, timeout=30, what="the last commits")
+    probe.stop.set()
+    probe.join(timeout=5)
+    samples = sorted(probe.latencies_ms)
+    p50 = statistics.median(samples)
+    p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
+    return p50, p99, len(samples)
+
+
+def cmd_bench_ingest(settings: Settings | None, args: argparse.Namespace) -> int:
+    if args.messages < 1000 or args.devices < 1 or args.publishers < 1:
+        raise ValueError("--messages >= 1000, --devices >= 1 and --publishers >= 1")
+    progress("starting scratch PostgreSQL+TimescaleDB and Mosquitto ...")
+    with scratch_servers("fieldhub-bench-ingest-") as servers:
+        device_ids, bridge_password, loadgen_password = _prepare(servers, args.devices)
+        loadgen = LoadGenerator(
+            servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
+        )
+        progress(f"baseline: {args.messages:,} messages -> a paho consumer that only acks")
+        baseline = run_baseline(servers, loadgen, bridge_password, args.messages)
+        progress(f"  baseline: {baseline:,.0f} msg/s")
+        progress(f"bridge: {args.messages:,} messages -> fieldhub bridge -> TimescaleDB")
+        bridge = BridgeRunner(servers, bridge_password)
+        try:
+            throughput = run_bridge_throughput(servers, bridge, loadgen, args.messages)
+            progress(f"  bridge: {throughput:,.0f} msg/s ({throughput * 3:,.0f} rows/s)")
+            progress(f"latency: {args.latency_rate:,} msg/s for {args.latency_seconds:.0f} s")
+            p50, p99, samples = run_latency(
+                servers, loadgen, args.latency_rate, args.latency_seconds
+            )
+        finally:
+            bridge.stop()
+    result = {
+        "msgs_per_s": round(throughput),
+        "rows_per_s": round(throughput * VALUES_PER_MESSAGE),
+        "baseline_msgs_per_s": round(baseline),
+        "ratio": round(throughput / baseline, 3),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "latency_rate": args.latency_rate,
+        "latency_samples": samples,
+        "messages": args.messages,
+        "devices": args.devices,
+        "publishers": args.publishers,
+    }
+    print(f"baseline (receive + ack only): {result['baseline_msgs_per_s']:>9,} msg/s")
+    print(
+        f"bridge -> TimescaleDB:         {result['msgs_per_s']:>9,} msg/s "
+        f"({result['rows_per_s']:,} rows/s), ratio {result['ratio']:.2f}"
+    )
+    print(f"latency at {args.latency_rate:,} msg/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    if args.json:
+        print(json.dumps(result))
+    return 0
