@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import math
 import multiprocessing
@@ -187,6 +188,7 @@ class SimulatedClient:
         self.seq = 0
         self.answered: deque[str] = deque(maxlen=256)
         self.status_topic = f"devices/{device.device_id}/status"
+        self._sleeping = False
 
     async def run(self, stop: asyncio.Event, start_delay: float = 0.0) -> None:
         """Stay connected until `stop`, reconnecting with backoff."""
@@ -227,31 +229,58 @@ class SimulatedClient:
             try:
                 await client.subscribe(f"devices/{device_id}/commands/+", qos=1)
                 await client.publish(self.status_topic, b"online", qos=1, retain=True)
-                commands = asyncio.create_task(self._answer_commands(client))
-                try:
-                    await self._publish_until(client, stop)
-                finally:
-                    commands.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await commands
+                await self._serve(client, stop)
                 # A clean stop is not a lost device: say so instead of leaving "online".
                 await client.publish(self.status_topic, b"offline", qos=1, retain=True)
             finally:
                 self.stats.connected -= 1
 
-    async def _publish_until(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        """Publish and answer commands until `stop` (return) or a broken connection (raise).
+
+        One wait on `stop` per session, and plain sleeps between readings: thousands of
+        clients each waiting on the event with a timeout per reading would cost O(clients)
+        per wake-up, since every timed-out waiter is removed from the event's list."""
+        stop_waiter = asyncio.create_task(stop.wait())
+        publisher = asyncio.create_task(self._publish_loop(client, stop))
+        commands = asyncio.create_task(self._answer_commands(client))
+        try:
+            done, _ = await asyncio.wait(
+                {stop_waiter, publisher, commands}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                error = None if task is stop_waiter else task.exception()
+                if error is not None:
+                    raise error
+            # Stopping: a reading being published is finished (so the count is exact), a
+            # sleeping publisher is woken.
+            if self._sleeping:
+                publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+        finally:
+            for task in (stop_waiter, publisher, commands):
+                task.cancel()
+            await asyncio.gather(stop_waiter, publisher, commands, return_exceptions=True)
+
+    async def _publish_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         topic = f"devices/{self.device.device_id}/telemetry"
         # Spread the devices over the interval so the broker sees a steady stream, not bursts.
-        if await _wait(stop, self.rng.uniform(0.0, self.interval_s)):
-            return
-        while not stop.is_set():
+        delay = self.rng.uniform(0.0, self.interval_s)
+        while True:
+            self._sleeping = True
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                self._sleeping = False
             started = time.monotonic()
             self.seq += 1
             payload = telemetry_payload(self.seq, self.model.next_values(), int(time.time() * 1000))
             await client.publish(topic, payload, qos=1)
             self.stats.published += 1
-            if await _wait(stop, max(0.0, self.interval_s - (time.monotonic() - started))):
+            if stop.is_set():
                 return
+            delay = max(0.0, self.interval_s - (time.monotonic() - started))
 
     async def _answer_commands(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -270,6 +299,17 @@ class SimulatedClient:
                 self.interval_s = new_interval
             await client.publish(ack_topic, final, qos=1)
             self.stats.commands_answered += 1
+
+
+def _ignore_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    # paho asks the loop (thread-safely, so later) to watch its socket for writing; when the
+    # connection closes first, that late registration fails with EBADF. Nothing is lost: the
+    # client is gone and reconnects (or we are stopping).
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno == errno.EBADF:
+        log.debug("ignored a late socket registration: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
@@ -295,6 +335,7 @@ async def run_devices(
     """Run `devices` in this event loop until `should_stop()` (polled) turns true."""
     stats = stats if stats is not None else Stats()
     stop = asyncio.Event()
+    asyncio.get_running_loop().set_exception_handler(_ignore_closed_sockets)
     rng = random.Random(seed)  # noqa: S311 - simulated readings, not secrets
     clients = [
         SimulatedClient(device, target, interval_s, stats, random.Random(rng.random()))  # noqa: S311
