@@ -77,15 +77,16 @@ def merge_hours(device_hours: Iterable[tuple[str, dt.datetime]]) -> list[DeviceR
 
 
 def recompute_range(conn: Conn, start: dt.datetime, end: dt.datetime) -> dict[str, int]:
-    """Recompute every bucket of every device in [start, end) from raw rows."""
-    start, end = floor_to(start, HOUR), ceil_to(end, HOUR)
-    query = "rollup_1m_scan" if end - start > SCAN_THRESHOLD else "rollup_1m_recent"
+    """Recompute every bucket of every device in [start, end) from raw rows: the minutes
+    touching the range, then the hours containing them (from their minutes)."""
+    minute_range = {"start": floor_to(start, MINUTE), "end": ceil_to(end, MINUTE)}
+    hour_range = {"start": floor_to(start, HOUR), "end": ceil_to(end, HOUR), "devices": None}
+    long_range = end - start > SCAN_THRESHOLD
     with conn.transaction():
         conn.execute(QUERIES["sort_memory"])
-        minutes = conn.execute(QUERIES[query], {"start": start, "end": end}).rowcount
-        hours = conn.execute(
-            QUERIES["rollup_1h_scan"], {"start": start, "end": end, "devices": None}
-        ).rowcount
+        query = "rollup_1m_scan" if long_range else "rollup_1m_recent"
+        minutes = conn.execute(QUERIES[query], minute_range).rowcount
+        hours = conn.execute(QUERIES["rollup_1h_scan"], hour_range).rowcount
     return {"minutes": minutes, "hours": hours}
 
 
@@ -130,14 +131,15 @@ def run_pass(
     chunks = conn.execute(QUERIES["readings_chunk_inserts"]).fetchall()
     details: dict[str, Any] = {"from": watermark.isoformat()}
 
+    late_started = time.monotonic()
     late = _late_pass(conn, state, chunks, watermark, now, hot_chunk_check_s)
-    details.update(late)
+    details.update(late, late_check_s=round(time.monotonic() - late_started, 3))
 
     # Catching up (first run, or after the worker was down): a day per transaction, the
     # watermark saved after each, and the rest left to the next run once over budget.
     started = time.monotonic()
     minutes = hours = 0
-    start = floor_to(watermark, HOUR)
+    start = watermark
     while now - start > CATCH_UP_STEP:
         counts = recompute_range(conn, start, start + CATCH_UP_STEP)
         minutes, hours = minutes + counts["minutes"], hours + counts["hours"]
