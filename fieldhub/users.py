@@ -31,7 +31,7 @@ MIN_PASSWORD_LENGTH = 10
 MAX_PASSWORD_LENGTH = 1024
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+")
 SESSION_TTL_S = 7 * 24 * 3600
-API_TOKEN_PREFIX = "fh_"
+API_TOKEN_PREFIX = "fh_"  # noqa: S105 (a prefix that makes leaked tokens greppable)
 
 # argon2-cffi's defaults are Argon2id (RFC 9106 "low memory" profile).
 _HASHER = PasswordHasher()
@@ -53,6 +53,9 @@ class ThrottlePolicy:
     window_s: int = 900
     per_email: int = 5
     per_ip: int = 30
+
+
+DEFAULT_POLICY = ThrottlePolicy()
 
 
 def set_hash_cost(*, time_cost: int, memory_cost_kib: int, parallelism: int = 1) -> None:
@@ -255,9 +258,7 @@ def throttle_limit(key: str, policy: ThrottlePolicy) -> int:
     return policy.per_email if key.startswith("email:") else policy.per_ip
 
 
-def blocked_for(
-    failures: Sequence[Mapping[str, Any]], policy: ThrottlePolicy
-) -> float | None:
+def blocked_for(failures: Sequence[Mapping[str, Any]], policy: ThrottlePolicy) -> float | None:
     """Seconds until a login may be tried again, or None if it may be tried now."""
     waits = [
         max(1.0, float(row["retry_after_s"]))
@@ -268,7 +269,7 @@ def blocked_for(
 
 
 def login_retry_after(
-    conn: Conn, keys: Sequence[str], policy: ThrottlePolicy = ThrottlePolicy()
+    conn: Conn, keys: Sequence[str], policy: ThrottlePolicy = DEFAULT_POLICY
 ) -> float | None:
     rows = conn.execute(
         QUERIES["recent_login_failures"], {"keys": list(keys), "window_s": policy.window_s}
@@ -281,7 +282,7 @@ def attempt_login(
     email: str,
     password: str,
     ip: str | None,
-    policy: ThrottlePolicy = ThrottlePolicy(),
+    policy: ThrottlePolicy = DEFAULT_POLICY,
 ) -> tuple[dict[str, Any] | None, float | None]:
     """Check the throttle, then the password: (user or None, seconds to wait if throttled).
 
@@ -311,6 +312,6 @@ def clear_login_failures(conn: Conn, email: str) -> None:
     conn.execute(QUERIES["clear_login_failures"], {"key": throttle_keys(email, None)[0]})
 
 
-def prune(conn: Conn, policy: ThrottlePolicy = ThrottlePolicy()) -> None:
+def prune(conn: Conn, policy: ThrottlePolicy = DEFAULT_POLICY) -> None:
     conn.execute(QUERIES["prune_login_failures"], {"window_s": policy.window_s})
     conn.execute(QUERIES["delete_expired_sessions"])

@@ -179,7 +179,9 @@ def list_devices() -> Any:
     rows, total = data.list_devices(
         conn,
         _org_id(),
-        data.DeviceFilter(_text_arg("q"), labels, {"online": True, "offline": False}.get(status or "")),
+        data.DeviceFilter(
+            _text_arg("q"), labels, {"online": True, "offline": False}.get(status or "")
+        ),
         limit=limit,
         offset=offset,
     )
@@ -316,7 +318,7 @@ def send_command(device_id: str) -> Any:
     _require("member")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise BadRequest("send a JSON object like {\"name\": \"reboot\", \"params\": {}}")
+        raise BadRequest('send a JSON object like {"name": "reboot", "params": {}}')
     name = body.get("name")
     if not isinstance(name, str):
         raise BadRequest("name must be a string", 422)
@@ -330,7 +332,7 @@ def send_command(device_id: str) -> Any:
             device_id=device_id,
             name=name,
             params=params,
-            ttl_s=ttl,  # type: ignore[arg-type]
+            ttl_s=ttl,
             created_by=g.api_user["id"],
             org_id=_org_id(),
         )
@@ -389,7 +391,3 @@ def get_alert(alert_id: int) -> Any:
         return jsonify(data.get_alert(db.read(), _org_id(), alert_id))
     except data.NotFound:
         abort(404)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -199,8 +199,8 @@ def login() -> Any:
         flash("That email and password do not match an account.", "error")
         return render_template("login.html", next=next_url, email=email), 401
     token = users.create_session(db.write(), user["id"])
-    response = redirect(_safe_next(next_url))
-    response.set_cookie(
+    done = redirect(_safe_next(next_url))
+    done.set_cookie(
         SESSION_COOKIE,
         token,
         httponly=True,
@@ -208,8 +208,8 @@ def login() -> Any:
         secure=_cookie_secure(),
         max_age=users.SESSION_TTL_S,
     )
-    response.delete_cookie(LOGIN_CSRF_COOKIE)
-    return response
+    done.delete_cookie(LOGIN_CSRF_COOKIE)
+    return done
 
 
 @bp.route("/logout", methods=["POST"])

@@ -33,9 +33,7 @@ class DeviceFilter:
     def params(self) -> dict[str, Any]:
         like = None
         if self.search:
-            escaped = (
-                self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            )
+            escaped = self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             like = f"%{escaped}%"
         return {
             "like": like,
@@ -78,9 +76,7 @@ def latest_values(conn: Conn, device_ids: list[str]) -> dict[str, list[dict[str,
 
 
 def get_device(conn: Conn, org_id: int | None, device_id: str) -> dict[str, Any]:
-    row = conn.execute(
-        QUERIES["get_device"], {"device_id": device_id, "org_id": org_id}
-    ).fetchone()
+    row = conn.execute(QUERIES["get_device"], {"device_id": device_id, "org_id": org_id}).fetchone()
     if row is None:
         raise NotFound(device_id)
     return dict(row)
@@ -149,15 +145,19 @@ def buckets(
     source = resolution.source
     if source in ("rollup_1m", "rollup_1h") and not table_exists(conn, source):
         source = "raw_buckets"
-    query = "buckets_raw" if source in ("raw", "raw_buckets") else f"buckets_{source}"
-    params = {
+    params: dict[str, Any] = {
         "device_id": device_id,
         "metric": metric,
         "start": span.start,
         "end": span.end,
         "bucket_s": max(1, resolution.bucket_s),
     }
-    return source, [dict(r) for r in conn.execute(QUERIES[query], params)]
+    if source in ("raw", "raw_buckets"):
+        return source, [dict(r) for r in conn.execute(QUERIES["buckets_raw"], params)]
+    suffix = source.removeprefix("rollup_")
+    mark = conn.execute(QUERIES[f"rollup_mark_{suffix}"], params).fetchone()
+    params["upto"] = mark["upto"] if mark else span.start
+    return source, [dict(r) for r in conn.execute(QUERIES[f"buckets_{source}"], params)]
 
 
 def chart_series(

@@ -9,6 +9,7 @@ organisation's data to anyone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,11 +42,10 @@ class Subscription:
         self.events: queue.Queue[tuple[str, str]] = queue.Queue(QUEUE_SIZE)
 
     def offer(self, channel: str, payload: str) -> None:
-        try:
+        # A stalled browser must not grow memory: when its queue is full, events are dropped
+        # and the next one it reads makes it re-read everything new since its cursor.
+        with contextlib.suppress(queue.Full):
             self.events.put_nowait((channel, payload))
-        except queue.Full:
-            # A stalled browser must not grow memory; it gets a resync once it reads again.
-            pass
 
 
 def route(channel: str, payload: str, sub: Subscription) -> str | None:
@@ -197,9 +197,7 @@ def device_stream(device_id: str) -> Any:
                     if channel == "commands":
                         command_id = payload.split()[1]
                         try:
-                            command = command_requests.get_command(
-                                conn, command_id, org_id=org_id
-                            )
+                            command = command_requests.get_command(conn, command_id, org_id=org_id)
                         except command_requests.NotFound:
                             continue
                         yield sse(

@@ -225,7 +225,7 @@ def document(server_url: str) -> dict[str, Any]:
             "description": (
                 "Devices, telemetry, commands and alerts of your organisation. Authenticate "
                 "with an API token (`fieldhub token create EMAIL`) as `Authorization: Bearer "
-                "<token>`. Every error has the body `{\"error\": {\"code\", \"message\"}}`."
+                '<token>`. Every error has the body `{"error": {"code", "message"}}`.'
             ),
         },
         "servers": [{"url": server_url}],
@@ -392,9 +392,7 @@ def document(server_url: str) -> dict[str, Any]:
                             {
                                 "type": "object",
                                 "required": ["alerts"],
-                                "properties": {
-                                    "alerts": {"type": "array", "items": _ref("Alert")}
-                                },
+                                "properties": {"alerts": {"type": "array", "items": _ref("Alert")}},
                             },
                             "Alerts, newest first.",
                         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -94,9 +95,28 @@ def devices() -> Any:
         search=search or "",
         label=label_text,
         status=status,
-        label_pairs=data.label_pairs(conn, org_id),
+        label_pairs=_label_suggestions(conn, org_id),
         error=error,
     )
+
+
+LABEL_CACHE_S = 60.0
+
+
+def _label_suggestions(conn: db.Conn, org_id: int | None) -> list[dict[str, Any]]:
+    """The label filter's suggestions. Aggregating every device's labels costs more than the
+    rest of the list page, and suggestions a minute old are fine: each process keeps them for
+    a minute, per organisation."""
+    cache: dict[int | None, tuple[float, list[dict[str, Any]]]] = current_app.extensions.setdefault(
+        "fieldhub.label_cache", {}
+    )
+    now = time.monotonic()
+    cached = cache.get(org_id)
+    if cached is not None and now - cached[0] < LABEL_CACHE_S:
+        return cached[1]
+    pairs = data.label_pairs(conn, org_id)
+    cache[org_id] = (now, pairs)
+    return pairs
 
 
 @bp.route("/devices/<device_id>")
@@ -106,9 +126,7 @@ def device(device_id: str) -> Any:
     conn = db.read()
     org_id = scope_org_id()
     latest = data.latest_values(conn, [device_id]).get(device_id, [])
-    commands = command_requests.list_commands(
-        conn, device_id=device_id, org_id=org_id, limit=20
-    )
+    commands = command_requests.list_commands(conn, device_id=device_id, org_id=org_id, limit=20)
     return render_template(
         "device.html",
         device=found,

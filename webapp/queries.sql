@@ -82,53 +82,52 @@ WHERE device_id = %(device_id)s AND metric = %(metric)s
 GROUP BY 1
 ORDER BY 1;
 
+-- name: rollup_mark_1m
+-- How far the rollups reach, aligned down to the requested bucket: rollups answer before it,
+-- raw readings after it, so the chart reaches "now" although rollups lag behind ingest. A
+-- separate query, so the next one gets it as a constant and TimescaleDB excludes chunks.
+SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
+FROM rollup_1m
+WHERE device_id = %(device_id)s AND metric = %(metric)s AND bucket >= %(start)s AND bucket < %(end)s;
+
+-- name: rollup_mark_1h
+SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
+FROM rollup_1h
+WHERE device_id = %(device_id)s AND metric = %(metric)s AND bucket >= %(start)s AND bucket < %(end)s;
+
 -- name: buckets_rollup_1m
--- Rollups up to the newest rolled-up bucket (aligned down to the requested bucket), raw
--- readings after it, so the chart reaches "now" even though rollups lag behind ingest.
-WITH mark AS (
-    SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
-    FROM rollup_1m
-    WHERE device_id = %(device_id)s AND metric = %(metric)s
-      AND bucket >= %(start)s AND bucket < %(end)s
-)
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
        min(r.min) AS min, max(r.max) AS max,
        sum(r.avg * r.count) / nullif(sum(r.count), 0) AS avg, sum(r.count)::bigint AS count,
        last(r.last, r.last_time) AS last
-FROM rollup_1m r, mark
+FROM rollup_1m r
 WHERE r.device_id = %(device_id)s AND r.metric = %(metric)s
-  AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < mark.upto
+  AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < %(upto)s
 GROUP BY 1
 UNION ALL
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), t.time) AS bucket,
        min(t.value), max(t.value), avg(t.value), count(*), last(t.value, t.time)
-FROM readings t, mark
+FROM readings t
 WHERE t.device_id = %(device_id)s AND t.metric = %(metric)s AND t.value IS NOT NULL
-  AND t.time >= greatest(%(start)s, mark.upto) AND t.time < %(end)s
+  AND t.time >= %(upto)s AND t.time >= %(start)s AND t.time < %(end)s
 GROUP BY 1
 ORDER BY 1;
 
 -- name: buckets_rollup_1h
-WITH mark AS (
-    SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
-    FROM rollup_1h
-    WHERE device_id = %(device_id)s AND metric = %(metric)s
-      AND bucket >= %(start)s AND bucket < %(end)s
-)
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
        min(r.min) AS min, max(r.max) AS max,
        sum(r.avg * r.count) / nullif(sum(r.count), 0) AS avg, sum(r.count)::bigint AS count,
        last(r.last, r.last_time) AS last
-FROM rollup_1h r, mark
+FROM rollup_1h r
 WHERE r.device_id = %(device_id)s AND r.metric = %(metric)s
-  AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < mark.upto
+  AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < %(upto)s
 GROUP BY 1
 UNION ALL
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), t.time) AS bucket,
        min(t.value), max(t.value), avg(t.value), count(*), last(t.value, t.time)
-FROM readings t, mark
+FROM readings t
 WHERE t.device_id = %(device_id)s AND t.metric = %(metric)s AND t.value IS NOT NULL
-  AND t.time >= greatest(%(start)s, mark.upto) AND t.time < %(end)s
+  AND t.time >= %(upto)s AND t.time >= %(start)s AND t.time < %(end)s
 GROUP BY 1
 ORDER BY 1;
 

@@ -13,4 +13,6 @@ import psycopg.waiting
 from webapp import create_app
 
 app = create_app()
-logging.getLogger(__name__).info("psycopg waits with %s", psycopg.waiting.wait.__name__)
+logging.getLogger(__name__).info(
+    "psycopg waits with %s", getattr(psycopg.waiting.wait, "__name__", "?")
+)

@@ -1,4 +1,4 @@
-"""Web subcommands: `fieldhub web` (gunicorn), `fieldhub user create|list`, `fieldhub token create`."""
+"""Web subcommands: `fieldhub web` (gunicorn), `fieldhub user create|list`, `fieldhub token`."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     argv = gunicorn_argv(settings, args.workers, args.bind)
     # Replace this process: gunicorn's master handles SIGTERM (graceful stop) itself, and the
     # workers import psycopg fresh, after gevent's patching.
-    os.execv(argv[0], argv)
+    os.execv(argv[0], argv)  # noqa: S606 (our own interpreter and argument list)
     return 0  # pragma: no cover
 
 

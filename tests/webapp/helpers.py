@@ -50,12 +50,18 @@ def seed(database_url: str) -> World:
             org_row = registry.create_org(conn, f"org-{org}", f"Organisation {org.upper()}")
             for role in ("admin", "member", "viewer"):
                 email = f"{role}@{org}.example"
-                user = users.create_user(conn, email, org=f"org-{org}", role=role, password=PASSWORD)
+                user = users.create_user(
+                    conn, email, org=f"org-{org}", role=role, password=PASSWORD
+                )
                 emails[f"{org}_{role}"] = email
                 user_ids[f"{org}_{role}"] = user["id"]
             device_id = f"dev-{org}1"
             registry.create_device(
-                conn, device_id, org=f"org-{org}", display_name=f"Device {org}", labels={"site": org}
+                conn,
+                device_id,
+                org=f"org-{org}",
+                display_name=f"Device {org}",
+                labels={"site": org},
             )
             devices[org] = device_id
             now = datetime.now(UTC)
@@ -65,7 +71,8 @@ def seed(database_url: str) -> World:
                     (now - timedelta(minutes=30 - i), device_id, "temperature", 20.0 + i),
                 )
             conn.execute(
-                "INSERT INTO latest_values (device_id, metric, time, value) VALUES (%s, %s, %s, %s)",
+                "INSERT INTO latest_values (device_id, metric, time, value)"
+                " VALUES (%s, %s, %s, %s)",
                 (device_id, "temperature", now - timedelta(minutes=1), Jsonb(49.0)),
             )
             conn.execute(
@@ -77,7 +84,8 @@ def seed(database_url: str) -> World:
             )
             commands[org] = command["id"]
             rule = conn.execute(
-                "INSERT INTO alert_rules (org_id, name, metric, device_id, condition, threshold_high,"
+                "INSERT INTO alert_rules (org_id, name, metric, device_id, condition,"
+                " threshold_high,"
                 " severity, enabled) VALUES (%s, 'too hot', 'temperature', %s, 'above', 40,"
                 " 'warning', true) RETURNING id",
                 (org_row["id"], device_id),
@@ -91,7 +99,9 @@ def seed(database_url: str) -> World:
             assert alert is not None
             alerts[org] = alert["id"]
         registry.create_org(conn, "ops", "Operations")
-        operator = users.create_user(conn, "op@ops.example", org="ops", role="operator", password=PASSWORD)
+        operator = users.create_user(
+            conn, "op@ops.example", org="ops", role="operator", password=PASSWORD
+        )
         emails["operator"] = "op@ops.example"
         user_ids["operator"] = operator["id"]
     return World(database_url, emails, devices, commands, alerts, user_ids)
@@ -127,7 +137,9 @@ def login(client: FlaskClient, email: str, password: str = PASSWORD) -> str:
 class WebServer:
     """`fieldhub web` (gunicorn, gevent workers) against a test database."""
 
-    def __init__(self, database_url: str, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, database_url: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.home = Path(tempfile.mkdtemp(prefix="fieldhub-test-web-"))
         self.log_path = self.home / "web.log"
@@ -149,9 +161,20 @@ class WebServer:
     def __enter__(self) -> WebServer:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fieldhub.cli", "web", "--workers", str(self.workers),
-                 "--bind", f"127.0.0.1:{self.port}"],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                [
+                    sys.executable,
+                    "-m",
+                    "fieldhub.cli",
+                    "web",
+                    "--workers",
+                    str(self.workers),
+                    "--bind",
+                    f"127.0.0.1:{self.port}",
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=str(ROOT),
             )
         wait_for(self._up, timeout=30, interval=0.1, what="gunicorn to answer")
         return self
@@ -161,7 +184,7 @@ class WebServer:
         if self.proc.poll() is not None:
             raise AssertionError(f"web exited {self.proc.returncode}:\n{self.log()}")
         try:
-            with urllib.request.urlopen(self.url + "/login", timeout=2) as response:
+            with urllib.request.urlopen(self.url + "/login", timeout=2) as response:  # noqa: S310
                 return bool(response.status == 200)
         except OSError:
             return False

@@ -18,15 +18,19 @@ def test_login_sets_a_server_side_session_with_safe_cookie_flags(app: Flask, wor
     page = client.get("/login")
     token = csrf_from(page.get_data(as_text=True))
     response = client.post(
-        "/login", data={"email": world.emails["a_viewer"], "password": PASSWORD, "csrf_token": token}
+        "/login",
+        data={"email": world.emails["a_viewer"], "password": PASSWORD, "csrf_token": token},
     )
     assert response.status_code == 302
     cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("fh_session="))
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Secure" not in cookie
     value = cookie.split(";")[0].split("=", 1)[1]
     with psycopg.connect(world.database_url) as conn:
         stored = conn.execute("SELECT token_hash FROM web_sessions").fetchall()
-    assert len(stored) == 1 and value.encode() not in stored[0][0]
+    assert len(stored) == 1
+    assert value.encode() not in stored[0][0]
     assert client.get("/devices").status_code == 200
 
 
@@ -43,11 +47,19 @@ def test_cookie_is_secure_over_tls(app: Flask, world: World) -> None:
     assert "Secure" in cookie
 
 
-def test_wrong_password_is_refused_without_saying_which_part_was_wrong(app: Flask, world: World) -> None:
+def test_wrong_password_is_refused_without_saying_which_part_was_wrong(
+    app: Flask, world: World
+) -> None:
     client = app.test_client()
     token = csrf_from(client.get("/login").get_data(as_text=True))
-    wrong = client.post("/login", data={"email": world.emails["a_viewer"], "password": "nope-nope-nope", "csrf_token": token})
-    unknown = client.post("/login", data={"email": "nobody@x.example", "password": "nope-nope-nope", "csrf_token": token})
+    wrong = client.post(
+        "/login",
+        data={"email": world.emails["a_viewer"], "password": "nope-nope-nope", "csrf_token": token},
+    )
+    unknown = client.post(
+        "/login",
+        data={"email": "nobody@x.example", "password": "nope-nope-nope", "csrf_token": token},
+    )
     assert wrong.status_code == unknown.status_code == 401
     assert "do not match an account" in wrong.get_data(as_text=True)
     assert "do not match an account" in unknown.get_data(as_text=True)
@@ -71,8 +83,12 @@ def test_password_change_ends_every_session_of_the_user(app: Flask, world: World
     csrf = login(second, world.emails["a_admin"])
     response = second.post(
         "/account/password",
-        data={"csrf_token": csrf, "current_password": PASSWORD,
-              "new_password": "a brand new secret", "confirm_password": "a brand new secret"},
+        data={
+            "csrf_token": csrf,
+            "current_password": PASSWORD,
+            "new_password": "a brand new secret",
+            "confirm_password": "a brand new secret",
+        },
     )
     assert response.status_code == 302
     assert first.get("/devices").status_code == 302
@@ -80,29 +96,41 @@ def test_password_change_ends_every_session_of_the_user(app: Flask, world: World
     login(first, world.emails["a_admin"], "a brand new secret")
 
 
-def test_state_changing_requests_without_the_csrf_token_are_refused(app: Flask, world: World) -> None:
+def test_state_changing_requests_without_the_csrf_token_are_refused(
+    app: Flask, world: World
+) -> None:
     client = app.test_client()
     csrf = login(client, world.emails["a_member"])
     device = world.devices["a"]
     refused = client.post(f"/devices/{device}/commands", data={"name": "reboot"})
     assert refused.status_code == 400
     assert "expired" in refused.get_data(as_text=True)
-    wrong = client.post(f"/devices/{device}/commands", data={"name": "reboot", "csrf_token": "x" * 43})
+    wrong = client.post(
+        f"/devices/{device}/commands", data={"name": "reboot", "csrf_token": "x" * 43}
+    )
     assert wrong.status_code == 400
-    header = client.post(f"/devices/{device}/commands", json={"name": "reboot"},
-                         headers={"X-CSRF-Token": csrf})
+    header = client.post(
+        f"/devices/{device}/commands", json={"name": "reboot"}, headers={"X-CSRF-Token": csrf}
+    )
     assert header.status_code == 201
     assert client.post("/logout").status_code == 400
     # The login form itself is protected too (no token, no login).
     fresh = app.test_client()
     fresh.get("/login")
-    assert fresh.post("/login", data={"email": world.emails["a_member"], "password": PASSWORD}).status_code == 400
+    assert (
+        fresh.post(
+            "/login", data={"email": world.emails["a_member"], "password": PASSWORD}
+        ).status_code
+        == 400
+    )
 
 
 def _attempt(app: Flask, email: str, password: str) -> int:
     client = app.test_client()
     token = csrf_from(client.get("/login").get_data(as_text=True))
-    return client.post("/login", data={"email": email, "password": password, "csrf_token": token}).status_code
+    return client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": token}
+    ).status_code
 
 
 def test_login_throttling_is_shared_by_every_app_instance(world: World) -> None:

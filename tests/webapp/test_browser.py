@@ -65,7 +65,10 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         bridge.start().wait_ready()
         device.connect()
         device.subscribe(f"devices/{device_id}/commands/+")
-        device.publish(f"devices/{device_id}/telemetry", json.dumps({"values": {"temperature": 21.5, "humidity": 40}}))
+        device.publish(
+            f"devices/{device_id}/telemetry",
+            json.dumps({"values": {"temperature": 21.5, "humidity": 40}}),
+        )
         wait_for(
             lambda: stack.query("SELECT 1 FROM latest_values WHERE device_id = %s", (device_id,)),
             what="the first reading stored",
@@ -85,7 +88,9 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         expect(page.locator("#chart canvas")).to_have_count(1)
 
         # A reading published over MQTT appears on the chart and the tiles without a reload.
-        device.publish(f"devices/{device_id}/telemetry", json.dumps({"values": {"temperature": 42.5}}))
+        device.publish(
+            f"devices/{device_id}/telemetry", json.dumps({"values": {"temperature": 42.5}})
+        )
         expect(page.locator("#chart")).to_have_attribute("data-last", "42.5", timeout=10000)
         expect(page.locator(".tile[data-metric=temperature] .v")).to_have_text("42.5")
 

@@ -14,13 +14,19 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 @pytest.mark.parametrize(
     ("name", "source", "bucket_s"),
-    [("1h", "raw", 0), ("24h", "rollup_1m", 60), ("7d", "rollup_1m", 360), ("30d", "rollup_1h", 3600)],
+    [
+        ("1h", "raw", 0),
+        ("24h", "rollup_1m", 60),
+        ("7d", "rollup_1m", 360),
+        ("30d", "rollup_1h", 3600),
+    ],
 )
 def test_named_ranges_use_raw_data_when_short_and_rollups_when_long(
     name: str, source: str, bucket_s: int
 ) -> None:
     span = history.resolve_range(name, None, None, now=NOW)
-    assert span.end == NOW and span.span == history.RANGES[name]
+    assert span.end == NOW
+    assert span.span == history.RANGES[name]
     resolution = history.chart_resolution(span.span)
     assert (resolution.source, resolution.bucket_s) == (source, bucket_s)
     if bucket_s:
@@ -29,7 +35,8 @@ def test_named_ranges_use_raw_data_when_short_and_rollups_when_long(
 
 def test_custom_range_parses_iso_times_and_refuses_nonsense() -> None:
     span = history.resolve_range("custom", "2026-02-01T00:00", "2026-02-02T00:00:00Z", now=NOW)
-    assert span.start == datetime(2026, 2, 1, tzinfo=UTC) and span.span == timedelta(days=1)
+    assert span.start == datetime(2026, 2, 1, tzinfo=UTC)
+    assert span.span == timedelta(days=1)
     with pytest.raises(history.RangeError, match="after its start"):
         history.resolve_range(None, "2026-02-02T00:00Z", "2026-02-01T00:00Z", now=NOW)
     with pytest.raises(history.RangeError, match="not a time"):

@@ -49,8 +49,9 @@ def test_every_page_of_another_org_is_404(app: Flask, world: World, role: str) -
             r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint
         ):
             continue
-        response = client.open(url, method=method, data={"csrf_token": csrf},
-                               headers={"X-CSRF-Token": csrf})
+        response = client.open(
+            url, method=method, data={"csrf_token": csrf}, headers={"X-CSRF-Token": csrf}
+        )
         body = response.get_data(as_text=True)
         # Admin pages answer 403 to non-admins before looking anything up; everything else,
         # and admin pages for an admin, must not even admit the object exists.
@@ -66,12 +67,20 @@ def test_every_page_of_another_org_is_404(app: Flask, world: World, role: str) -
 def test_pages_without_objects_show_nothing_of_another_org(app: Flask, world: World) -> None:
     client = app.test_client()
     login(client, world.emails["a_admin"])
-    for path in ("/devices", "/alerts", "/admin/devices", "/admin/users", "/devices?q=dev",
-                 "/devices?label=site%3Db", "/admin/devices/import"):
+    for path in (
+        "/devices",
+        "/alerts",
+        "/admin/devices",
+        "/admin/users",
+        "/devices?q=dev",
+        "/devices?label=site%3Db",
+        "/admin/devices/import",
+    ):
         response = client.get(path)
         assert response.status_code == 200, path
         body = response.get_data(as_text=True)
-        assert world.devices["b"] not in body and "b.example" not in body, path
+        assert world.devices["b"] not in body, path
+        assert "b.example" not in body, path
         assert "org-b" not in body, path
 
 
@@ -102,7 +111,8 @@ def test_operator_sees_every_org(app: Flask, world: World) -> None:
     client = app.test_client()
     login(client, world.emails["operator"])
     body = client.get("/devices").get_data(as_text=True)
-    assert world.devices["a"] in body and world.devices["b"] in body
+    assert world.devices["a"] in body
+    assert world.devices["b"] in body
     assert client.get(f"/devices/{world.devices['b']}").status_code == 200
     assert client.get("/admin/orgs").status_code == 200
 
@@ -111,12 +121,25 @@ def test_viewer_cannot_send_or_cancel_commands(app: Flask, world: World) -> None
     client = app.test_client()
     csrf = login(client, world.emails["a_viewer"])
     device, command = world.devices["a"], world.commands["a"]
-    assert client.post(f"/devices/{device}/commands", data={"name": "reboot", "csrf_token": csrf}).status_code == 403
-    assert client.post(f"/devices/{device}/commands/{command}/cancel", data={"csrf_token": csrf}).status_code == 403
+    assert (
+        client.post(
+            f"/devices/{device}/commands", data={"name": "reboot", "csrf_token": csrf}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            f"/devices/{device}/commands/{command}/cancel", data={"csrf_token": csrf}
+        ).status_code
+        == 403
+    )
     assert "command-form" not in client.get(f"/devices/{device}").get_data(as_text=True)
     headers = {"Authorization": "Bearer " + api_token(world.database_url, world.emails["a_viewer"])}
-    sent = app.test_client().post(f"/api/v1/devices/{device}/commands", json={"name": "reboot"}, headers=headers)
-    assert sent.status_code == 403 and sent.get_json()["error"]["code"] == "forbidden"
+    sent = app.test_client().post(
+        f"/api/v1/devices/{device}/commands", json={"name": "reboot"}, headers=headers
+    )
+    assert sent.status_code == 403
+    assert sent.get_json()["error"]["code"] == "forbidden"
     cancel = app.test_client().post(f"/api/v1/commands/{command}/cancel", headers=headers)
     assert cancel.status_code == 403
 

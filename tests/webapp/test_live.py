@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.webapp.helpers import PASSWORD, World, WebServer, csrf_from
+from tests.webapp.helpers import PASSWORD, WebServer, World, csrf_from
 from webapp.live import Subscription, route
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,9 @@ def session_for(server: WebServer, email: str) -> requests.Session:
     return session
 
 
-def read_events(response: requests.Response, events: queue.Queue[tuple[str, object, float]]) -> None:
+def read_events(
+    response: requests.Response, events: queue.Queue[tuple[str, object, float]]
+) -> None:
     event = None
     try:
         for line in response.iter_lines(decode_unicode=True):
@@ -78,15 +80,19 @@ def test_reading_reaches_the_stream_within_two_seconds(world: World) -> None:
                 time.sleep(0.05)
             with conn.transaction():
                 conn.execute(
-                    "INSERT INTO readings (time, device_id, metric, value) VALUES (%s, %s, 'temperature', 77.5)",
+                    "INSERT INTO readings (time, device_id, metric, value)"
+                    " VALUES (%s, %s, 'temperature', 77.5)",
                     (datetime.now(UTC), device),
                 )
-                conn.execute("SELECT pg_notify('telemetry', %s)", (f"{world.devices['b']} {device}",))
+                conn.execute(
+                    "SELECT pg_notify('telemetry', %s)", (f"{world.devices['b']} {device}",)
+                )
             committed = time.monotonic()
         name, payload, at = events.get(timeout=5)
         while name != "readings":
             name, payload, at = events.get(timeout=5)
-        assert isinstance(payload, list) and payload[-1]["value"] == 77.5
+        assert isinstance(payload, list)
+        assert payload[-1]["value"] == 77.5
         assert at - committed < 2.0
         # The stream stays open; stopping the server ends it (closing it from this side would
         # wait for the reader thread's next keepalive).
@@ -104,7 +110,8 @@ def test_open_streams_do_not_block_other_requests(world: World) -> None:
         started = time.monotonic()
         page = session.get(f"{server.url}/devices", timeout=10)
         elapsed = time.monotonic() - started
-        assert page.status_code == 200 and device in page.text
+        assert page.status_code == 200
+        assert device in page.text
         assert elapsed < 2.0, f"/devices took {elapsed:.2f}s with 60 open streams on one worker"
         for stream in streams:
             stream.close()

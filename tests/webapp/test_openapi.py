@@ -36,7 +36,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 @schema.parametrize()
 @settings(
-    max_examples=10,
+    max_examples=6,
     deadline=None,
     suppress_health_check=list(HealthCheck),
 )
@@ -54,9 +54,7 @@ def test_api_matches_its_openapi_document(case: Any, auth_headers: dict[str, str
 
 def test_openapi_document_lists_every_api_route(app: Flask) -> None:
     doc = app.test_client().get("/api/v1/openapi.json").get_json()
-    documented = {
-        (path, method.upper()) for path, item in doc["paths"].items() for method in item
-    }
+    documented = {(path, method.upper()) for path, item in doc["paths"].items() for method in item}
     routed = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith("api.") and rule.endpoint != "api.openapi":
