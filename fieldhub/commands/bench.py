@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCH_MODULES = ("fieldhub.bench.ingest", "fieldhub.bench.commands")
+BENCH_MODULES = ("fieldhub.bench.ingest", "fieldhub.bench.commands", "fieldhub.bench.web")
 
 
 def register(subparsers: Any) -> None:
