@@ -9,7 +9,6 @@ next runner starts again from the top: the readings identity makes that harmless
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import io
@@ -274,9 +273,10 @@ class _Writer:
             raise self.error
 
     def abandon(self) -> None:
+        # The thread drains the queue (skipping batches once it failed), so this never
+        # blocks for long.
         if self.thread.is_alive():
-            with contextlib.suppress(queue.Full):
-                self.queue.put_nowait(None)
+            self.queue.put(None)
             self.thread.join()
 
     def _run(self) -> None:

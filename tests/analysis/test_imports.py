@@ -220,3 +220,25 @@ def test_csv_values_times_and_blank_lines() -> None:
     assert rows == [import_parse.Row(1700000000.5, "d", "t", 1.0, None, True)]
     assert isinstance(parsed[2][1], import_parse.LineError)
     assert str(parsed[2][1]) == "not valid UTF-8"
+
+
+def test_overlapping_file_imports_only_the_new_readings(
+    db: Conn, org_id: int, make_devices: Callable[..., list[str]]
+) -> None:
+    make_devices("imp-a", "imp-b")
+    first = csv_file(200, {})
+    lines = csv_file(300, {}).splitlines(keepends=True)
+    overlapping = lines[0] + b"".join(lines[101:])  # readings 100..299
+    service.create_import(db, org_id=org_id, content=first, filename="a.csv")
+    second = service.create_import(db, org_id=org_id, content=overlapping, filename="b.csv")
+    run_queued(db)
+    done = service.get_import(db, org_id, second["id"])
+    assert done["processed_rows"] == 200
+    assert done["rows_imported"] == 100
+    count = db.execute("SELECT count(*) AS n FROM readings").fetchone()
+    assert count is not None
+    assert count["n"] == 300
+    assert mismatches(db) == []
+    files = db.execute("SELECT count(*) AS n FROM import_files").fetchone()
+    assert files is not None
+    assert files["n"] == 0  # dropped once imported
