@@ -3,9 +3,10 @@
     fieldhub bench import    1,000,000 readings from one CSV file (target: < 20 s)
     fieldhub bench rollups   one day of 1,000 devices at one reading per 10 s (target: < 5 s)
 
-Each run creates a scratch database next to the configured one (same server), migrates it,
-measures, and drops it, so benchmarks never touch real data. Also runnable as
-`python -m fieldhub.bench.analysis import|rollups [--database-url URL]`.
+Each run starts a scratch PostgreSQL+TimescaleDB cluster of its own (durable settings, as
+`fieldhub up` runs it), or with --database-url uses a scratch database on that server, and
+removes it afterwards, so benchmarks never touch real data. Also runnable as
+`python -m fieldhub.bench.analysis import|rollups`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import contextlib
 import datetime as dt
 import io
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +29,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from analysis import imports, rollups
-from fieldhub import endpoints
 from fieldhub.config import Settings
 from fieldhub.db import Queries
 from fieldhub.migrate import apply_migrations
+from fieldhub.stack.postgres import PostgresCluster
+from fieldhub.stack.procs import free_port
 
 Conn = psycopg.Connection[dict[str, Any]]
 ORG = "bench"
@@ -40,14 +44,18 @@ def register(subparsers: Any) -> None:
     imp = subparsers.add_parser("import", help="import 1,000,000 readings from one CSV file")
     imp.add_argument("--readings", type=int, default=1_000_000)
     imp.add_argument("--devices", type=int, default=100)
-    imp.add_argument("--database-url", help="server to create the scratch database on")
+    imp.add_argument(
+        "--database-url", help="use a scratch database on this server instead of a scratch cluster"
+    )
     imp.set_defaults(handler=bench_import)
 
     roll = subparsers.add_parser("rollups", help="rollup job over one day of 1,000 devices")
     roll.add_argument("--devices", type=int, default=1000)
     roll.add_argument("--hours", type=int, default=24)
     roll.add_argument("--interval", type=float, default=10.0, help="seconds between readings")
-    roll.add_argument("--database-url", help="server to create the scratch database on")
+    roll.add_argument(
+        "--database-url", help="use a scratch database on this server instead of a scratch cluster"
+    )
     roll.set_defaults(handler=bench_rollups)
 
 
@@ -57,7 +65,23 @@ def _with_dbname(url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def scratch_database(server_url: str) -> Iterator[str]:
+def scratch_database(server_url: str | None) -> Iterator[str]:
+    """A migrated database of our own: on a scratch cluster (durable settings, like a real
+    stack), or, given `server_url`, a scratch database on that server; removed afterwards."""
+    if server_url is None:
+        base = Path(tempfile.mkdtemp(prefix="fieldhub-bench-analysis-"))
+        base.chmod(0o755)  # the postgres user traverses into it
+        cluster = PostgresCluster(base / "pg", free_port(), base / "pg.password")
+        cluster.init()
+        cluster.start()
+        try:
+            cluster.create_database("fieldhub")
+            apply_migrations(cluster.url("fieldhub"))
+            yield cluster.url("fieldhub")
+        finally:
+            cluster.stop(mode="immediate")
+            shutil.rmtree(base, ignore_errors=True)
+        return
     name = f"bench_analysis_{os.getpid()}"
     admin_url = _with_dbname(server_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as admin:
@@ -87,8 +111,8 @@ def _one(conn: Conn, name: str) -> Any:
     return row["n"]
 
 
-def _server_url(settings: Settings, args: argparse.Namespace) -> str:
-    return str(args.database_url or endpoints.database_url(settings))
+def _server_url(args: argparse.Namespace) -> str | None:
+    return str(args.database_url) if args.database_url else None
 
 
 def _csv(readings: int, devices: list[str], start: float) -> bytes:
@@ -103,7 +127,7 @@ def _csv(readings: int, devices: list[str], start: float) -> bytes:
 
 def bench_import(settings: Settings, args: argparse.Namespace) -> int:
     with (
-        scratch_database(_server_url(settings, args)) as url,
+        scratch_database(_server_url(args)) as url,
         psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn,
     ):
         org_id, devices = _devices(conn, args.devices)
@@ -139,7 +163,7 @@ def bench_import(settings: Settings, args: argparse.Namespace) -> int:
 
 def bench_rollups(settings: Settings, args: argparse.Namespace) -> int:
     with (
-        scratch_database(_server_url(settings, args)) as url,
+        scratch_database(_server_url(args)) as url,
         psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn,
     ):
         _, devices = _devices(conn, args.devices)

@@ -10,7 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCH_MODULES = ("fieldhub.bench.ingest", "fieldhub.bench.commands", "fieldhub.bench.web")
+BENCH_MODULES = (
+    "fieldhub.bench.ingest",
+    "fieldhub.bench.commands",
+    "fieldhub.bench.web",
+    "fieldhub.bench.analysis",
+)
 
 
 def register(subparsers: Any) -> None:
