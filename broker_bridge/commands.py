@@ -306,15 +306,16 @@ class CommandDispatcher:
 
     # -- one sweep -------------------------------------------------------------------------
     def sweep(self, conn: psycopg.Connection[Any]) -> SweepResult:
-        """Expire, publish queued, clear final. Public so tests can drive one sweep directly.
+        """Publish queued, expire, clear final. Public so tests can drive one sweep directly.
 
-        `conn` must be in autocommit mode: each `sent`/`cleared` mark is committed at once,
-        right after its PUBACK, so a crash loses at most the mark of one message in flight.
+        Queued commands go first because a waiting device is what the latency is about; the
+        query skips commands already past their time, and the expiry that follows lets this
+        same sweep clear them. `conn` must be in autocommit mode: each `sent`/`cleared` mark
+        is committed at once, right after its PUBACK, so a crash loses at most the mark of
+        one message in flight.
         """
         result = SweepResult()
         with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(QUERIES["expire_commands"]).fetchone()
-            result.expired = int(row["expired"]) if row else 0
             queued = cur.execute(QUERIES["queued_to_publish"], {"limit": self.batch_size})
             for command in queued.fetchall():
                 if not self._publish_command(command):
@@ -322,6 +323,8 @@ class CommandDispatcher:
                     return result
                 cur.execute(QUERIES["mark_sent"], {"id": command["id"]})
                 result.published += 1
+            row = cur.execute(QUERIES["expire_commands"]).fetchone()
+            result.expired = int(row["expired"]) if row else 0
             finals = cur.execute(QUERIES["finals_to_clear"], {"limit": self.batch_size})
             for command in finals.fetchall():
                 topic = command_topic(command["device_id"], str(command["id"]))

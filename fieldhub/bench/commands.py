@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,10 @@ class EchoDevice:
             f"devices/{DEVICE_ID}/commands/+", qos=1
         )
         self.client.connect("127.0.0.1", port, keepalive=30)
+        # paho leaves Nagle on; a device that answers at once should not wait for its ACK.
+        sock = self.client.socket()
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         if not subscribed.wait(15):
             raise RuntimeError("the bench device could not subscribe to its commands")
