@@ -15,6 +15,7 @@ BENCH_MODULES = (
     "fieldhub.bench.commands",
     "fieldhub.bench.web",
     "fieldhub.bench.analysis",
+    "fieldhub.bench.registry",
 )
 
 
