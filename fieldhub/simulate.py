@@ -39,9 +39,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fieldhub import registry
+from fieldhub.db import Queries
 from fieldhub.passwords import generate_secret, hash_secrets_parallel
 
 log = logging.getLogger("fieldhub.simulate")
+QUERIES = Queries(Path(__file__).with_name("simulate.sql"))
 
 SITES = ("north-farm", "river-lab", "depot-3", "greenhouse")
 DEVICES_PER_PROCESS = 2500
@@ -496,55 +498,56 @@ def provision(
     prefix: str,
     count: int,
 ) -> list[SimulatedDevice]:
-    """Create the simulator's devices (or rotate the secrets of those that exist) and return
-    their credentials. The registry keeps only hashes, so rotating is the only way to learn a
-    secret again; all of it is one transaction, hence one broker reload."""
+    """Create the simulator's devices (or give those that exist new secrets) and return their
+    credentials. The registry keeps only hashes, so a new secret is the only way to learn one
+    again. Hashing runs on every core; creation is one COPY and rotation one UPDATE, so the
+    broker reloads once however many devices there are."""
     ids = device_ids(prefix, count)
     for device_id in ids:
         registry.check_device_id(device_id)
     try:
-        registry.get_org(conn, org)
+        org_row = registry.get_org(conn, org)
     except registry.NotFound:
         log.info("creating organisation %r for the simulated devices", org)
         registry.create_org(conn, org)
-    existing = {d["device_id"] for d in registry.list_devices(conn, org=org, limit=10_000_000)}
-    missing = [d for d in ids if d not in existing]
-    new_secrets = [generate_secret() for _ in missing]
-    hashes = hash_secrets_parallel(new_secrets)
-    devices: dict[str, SimulatedDevice] = {}
+        org_row = registry.get_org(conn, org)
+    secrets = [generate_secret() for _ in ids]
+    hashes = hash_secrets_parallel(secrets)
     with conn.transaction():
-        for index, (device_id, secret, password_hash) in enumerate(
-            zip(missing, new_secrets, hashes, strict=True)
-        ):
-            try:
-                registry.create_device(
-                    conn,
+        rotated = {
+            row["device_id"]
+            for row in conn.execute(
+                QUERIES["set_device_secrets"],
+                {"device_ids": ids, "password_hashes": hashes, "org_id": org_row["id"]},
+            ).fetchall()
+        }
+        to_create = [
+            (
+                registry.DeviceSpec(
                     device_id,
-                    org=org,
-                    display_name=f"Simulated sensor {device_id}",
-                    labels={"site": SITES[index % len(SITES)], "simulated": "true"},
-                    password_hash=password_hash,
-                    secret=secret,
-                )
-            except registry.RegistryError:
-                raise registry.RegistryError(
-                    f"device {device_id!r} already exists in another organisation; "
-                    f"choose another --prefix"
-                ) from None
-            devices[device_id] = SimulatedDevice(device_id, secret)
-        for device_id in ids:
-            if device_id not in devices:
-                devices[device_id] = SimulatedDevice(
-                    device_id, registry.rotate_secret(conn, device_id).password
-                )
+                    f"Simulated sensor {device_id}",
+                    {"site": SITES[index % len(SITES)], "simulated": "true"},
+                ),
+                password_hash,
+            )
+            for index, (device_id, password_hash) in enumerate(zip(ids, hashes, strict=True))
+            if device_id not in rotated
+        ]
+        created = registry.provision_devices(conn, org, to_create) if to_create else set()
+        taken = [spec.device_id for spec, _ in to_create if spec.device_id not in created]
+        if taken:
+            raise registry.RegistryError(
+                f"device {taken[0]!r} already exists in another organisation; "
+                "choose another --prefix"
+            )
     log.info(
         "%d simulated devices ready in organisation %r (%d created, %d secrets rotated)",
         count,
         org,
-        len(missing),
-        count - len(missing),
+        len(created),
+        len(rotated),
     )
-    return [devices[d] for d in ids]
+    return [SimulatedDevice(d, secret) for d, secret in zip(ids, secrets, strict=True)]
 
 
 def can_login(target: Target, device: SimulatedDevice, timeout: float = 10.0) -> bool:
