@@ -64,6 +64,31 @@ def check_service_account_name(username: str) -> str:
     return username
 
 
+ACL_ACCESS = ("read", "write", "readwrite", "deny")
+
+
+def check_acl_rule(rule: str) -> str:
+    """One service-account rule, `<access> <topic filter>`, as Mosquitto's acl_file reads it.
+
+    The rule is written into the broker's ACL file verbatim, so a newline or a malformed filter
+    could smuggle in rules for other accounts; both are refused.
+    """
+    access, _, topic = rule.partition(" ")
+    if access not in ACL_ACCESS:
+        raise RegistryError(f"ACL rule {rule!r} must start with one of {', '.join(ACL_ACCESS)}")
+    if not topic or len(topic) > 512 or any(c.isspace() or c == "\0" for c in topic):
+        raise RegistryError(
+            f"ACL rule {rule!r}: the topic filter must be 1-512 characters without whitespace"
+        )
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            raise RegistryError(f"ACL rule {rule!r}: a wildcard must be a whole topic level")
+        if level == "#" and index != len(levels) - 1:
+            raise RegistryError(f"ACL rule {rule!r}: '#' must be the last topic level")
+    return rule
+
+
 def _check_name(value: str, what: str, limit: int) -> str:
     if not value:
         raise RegistryError(f"{what} must not be empty")
@@ -230,6 +255,8 @@ def delete_device(conn: Conn, device_id: str) -> None:
 def ensure_service_account(conn: Conn, username: str, acl: Sequence[str], password: str) -> None:
     """Create or update one of the backend's broker accounts with the least rights it needs."""
     check_service_account_name(username)
+    for rule in acl:
+        check_acl_rule(rule)
     with conn.transaction():
         conn.execute(
             QUERIES["upsert_service_account"],

@@ -130,3 +130,25 @@ def test_parallel_hashing_keeps_order() -> None:
     hashes = passwords.hash_secrets_parallel(secrets, processes=2, progress=seen.append)
     assert sum(seen) == len(secrets)
     assert all(passwords.verify_secret(s, h) for s, h in zip(secrets, hashes, strict=True))
+
+
+@pytest.mark.parametrize("rule", [*registry.BRIDGE_ACL, *registry.LOADGEN_ACL, "deny #"])
+def test_the_backends_own_acl_rules_are_valid(rule: str) -> None:
+    assert registry.check_acl_rule(rule) == rule
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("publish devices/x", "must start with one of read, write, readwrite, deny"),
+        ("read", "1-512 characters"),
+        ("read devices/+/telemetry\nuser svc.evil", "without whitespace"),
+        ("read a b", "without whitespace"),
+        ("read devices/a+/x", "whole topic level"),
+        ("read devices/#/x", "'#' must be the last"),
+    ],
+)
+def test_bad_acl_rules_are_refused(rule: str, message: str) -> None:
+    with pytest.raises(RegistryError) as caught:
+        registry.check_acl_rule(rule)
+    assert message in str(caught.value)
