@@ -212,12 +212,10 @@ def create_session(conn: Conn, user_id: int, *, ttl_s: int = SESSION_TTL_S) -> s
 
 
 def session_user(conn: Conn, token: str, *, ttl_s: int = SESSION_TTL_S) -> dict[str, Any] | None:
-    token_hash = hash_token(token)
-    row = conn.execute(QUERIES["session_user"], {"token_hash": token_hash}).fetchone()
-    if row is None:
-        return None
-    conn.execute(QUERIES["touch_session"], {"token_hash": token_hash, "ttl_s": ttl_s})
-    return dict(row)
+    row = conn.execute(
+        QUERIES["session_user"], {"token_hash": hash_token(token), "ttl_s": ttl_s}
+    ).fetchone()
+    return None if row is None else dict(row)
 
 
 def delete_session(conn: Conn, token: str) -> None:

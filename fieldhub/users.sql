@@ -36,18 +36,20 @@ INSERT INTO web_sessions (token_hash, user_id, csrf_token, expires_at)
 VALUES (%(token_hash)s, %(user_id)s, %(csrf_token)s, now() + make_interval(secs => %(ttl_s)s));
 
 -- name: session_user
+-- The session's user, and its sliding expiry pushed forward (written at most every few
+-- minutes, so page views are not all writes): one round trip per request.
+WITH touched AS (
+    UPDATE web_sessions
+    SET last_seen_at = now(), expires_at = now() + make_interval(secs => %(ttl_s)s)
+    WHERE token_hash = %(token_hash)s AND expires_at > now()
+      AND last_seen_at < now() - interval '5 minutes'
+)
 SELECT s.csrf_token, s.last_seen_at, s.expires_at,
        u.id, u.email, u.org_id, o.name AS org, o.display_name AS org_display_name, u.role
 FROM web_sessions s
 JOIN users u ON u.id = s.user_id
 JOIN organisations o ON o.id = u.org_id
 WHERE s.token_hash = %(token_hash)s AND s.expires_at > now();
-
--- name: touch_session
--- Sliding expiry, written at most every few minutes so page views are not all writes.
-UPDATE web_sessions
-SET last_seen_at = now(), expires_at = now() + make_interval(secs => %(ttl_s)s)
-WHERE token_hash = %(token_hash)s AND last_seen_at < now() - interval '5 minutes';
 
 -- name: delete_session
 DELETE FROM web_sessions WHERE token_hash = %(token_hash)s;

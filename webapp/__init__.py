@@ -62,6 +62,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             # without a key uses one kept under $FIELDHUB_HOME, the same for every worker.
             SECRET_KEY=settings.secret_key or endpoints.service_secret(settings, "web-secret-key"),
             COOKIE_SECURE_ALWAYS=settings.production,
+            DEVICE_MQTT_URL=endpoints.device_mqtt_url(settings),
             SESSION_COOKIE_SECURE=settings.production,
         )
     else:

@@ -61,6 +61,14 @@ def _device_or_404(device_id: str) -> dict[str, Any]:
         abort(404)
 
 
+def _back() -> str:
+    """Where to return after a change: a path on this site only, never another host."""
+    target = request.form.get("back", "")
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return url_for("admin.devices")
+
+
 @bp.route("/")
 @role_required("admin")
 def index() -> Any:
@@ -198,7 +206,7 @@ def enable(device_id: str) -> Any:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, True)
     flash(f"Device {device_id} enabled: it can connect again.", "info")
-    return redirect(request.form.get("back") or url_for("admin.devices"))
+    return redirect(_back())
 
 
 @bp.route("/devices/<device_id>/disable", methods=["POST"])
@@ -207,7 +215,7 @@ def disable(device_id: str) -> Any:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, False)
     flash(f"Device {device_id} disabled: the broker refuses it from now on.", "info")
-    return redirect(request.form.get("back") or url_for("admin.devices"))
+    return redirect(_back())
 
 
 @bp.route("/devices/import", methods=["GET", "POST"])

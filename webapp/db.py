@@ -104,7 +104,17 @@ def _release(exc: BaseException | None) -> None:
     g.pop("db_write", None)
 
 
+_EXISTING_TABLES: set[tuple[str, str]] = set()
+
+
 def table_exists(conn: Conn, name: str) -> bool:
-    """Whether another team's migration has created `name` yet (rollups, alerts)."""
+    """Whether a migration has created `name` (rollups, alerts). Tables are never dropped, so
+    a yes is remembered per database and costs no round trip afterwards."""
+    key = (conn.info.dsn, name)
+    if key in _EXISTING_TABLES:
+        return True
     row = conn.execute(QUERIES["table_exists"], {"name": name}).fetchone()
-    return bool(row and row["exists"])
+    if row and row["exists"]:
+        _EXISTING_TABLES.add(key)
+        return True
+    return False

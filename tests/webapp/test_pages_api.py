@@ -191,9 +191,12 @@ def test_admin_creates_rotates_and_disables_devices_showing_secrets_once(
     new_secret = re.search(r'<pre class="secret">([^<]+)</pre>', rotated.get_data(as_text=True))
     assert new_secret
     assert new_secret.group(1) != secret.group(1)
-    assert (
-        client.post("/admin/devices/new-one/disable", data={"csrf_token": csrf}).status_code == 302
+    disabled = client.post(
+        "/admin/devices/new-one/disable",
+        data={"csrf_token": csrf, "back": "https://evil.example/"},
     )
+    assert disabled.status_code == 302
+    assert disabled.headers["Location"] == "/admin/devices"
     with psycopg.connect(world.database_url) as conn:
         assert conn.execute(
             "SELECT enabled FROM devices WHERE device_id = 'new-one'"
