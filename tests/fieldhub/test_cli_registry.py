@@ -238,3 +238,13 @@ def test_entry_point_runs_as_a_process(database_url: str) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == "fieldhub device: no device 'no-such-device'"
+
+
+def test_auth_sync_refuses_to_start_without_the_broker_dir(
+    cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDHUB_MOSQUITTO_DIR", str(tmp_path / "nowhere"))
+    assert "start the broker first" in _one_error_line(cli, "auth-sync")
+    monkeypatch.setenv("FIELDHUB_MOSQUITTO_DIR", str(tmp_path))
+    (tmp_path / "auth").mkdir()
+    assert "--sweep must be a positive" in _one_error_line(cli, "auth-sync", "--sweep", "0")
