@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ QUERIES = Queries(Path(__file__).with_name("commands.sql"))
 DISPATCHER_LOCK_KEY = 0x6668_636F_6D6D_616E  # b"fhcomman"
 # Bounds how long one sweep holds up the loop; the next sweep picks up the rest at once.
 SWEEP_BATCH = 500
+# Devices whose queued commands are published in parallel; each device's own commands still
+# go one at a time, in order. One PUBACK at a time overall measured about 180 commands/s.
+PUBLISH_WORKERS = 8
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
 MAX_ERROR_CHARS = 2000
 
@@ -195,12 +199,14 @@ class CommandDispatcher:
         sweep_interval_s: float = 2.0,
         retry_backoff_s: float = 1.0,
         batch_size: int = SWEEP_BATCH,
+        publish_workers: int = PUBLISH_WORKERS,
     ) -> None:
         self.database_url = database_url
         self.publish = publish
         self.sweep_interval_s = sweep_interval_s
         self.retry_backoff_s = retry_backoff_s
         self.batch_size = batch_size
+        self.publish_workers = max(1, publish_workers)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.is_leader = False
@@ -317,12 +323,7 @@ class CommandDispatcher:
         result = SweepResult()
         with conn.cursor(row_factory=dict_row) as cur:
             queued = cur.execute(QUERIES["queued_to_publish"], {"limit": self.batch_size})
-            for command in queued.fetchall():
-                if not self._publish_command(command):
-                    result.complete = False
-                    return result
-                cur.execute(QUERIES["mark_sent"], {"id": command["id"]})
-                result.published += 1
+            result.published, result.complete = self._publish_queued(conn, queued.fetchall())
             row = cur.execute(QUERIES["expire_commands"]).fetchone()
             result.expired = int(row["expired"]) if row else 0
             finals = cur.execute(QUERIES["finals_to_clear"], {"limit": self.batch_size})
@@ -334,6 +335,40 @@ class CommandDispatcher:
                 cur.execute(QUERIES["mark_cleared"], {"id": command["id"]})
                 result.cleared += 1
         return result
+
+    def _publish_queued(
+        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]]
+    ) -> tuple[int, bool]:
+        """Publish and mark `sent`: devices in parallel, each device's commands in order.
+
+        A failed publish stops only that device's remaining commands (so none of them
+        overtakes it); the next sweep starts again from its oldest. Returns (published, all
+        went out).
+        """
+        by_device: dict[str, list[dict[str, Any]]] = {}
+        for command in commands:
+            by_device.setdefault(command["device_id"], []).append(command)
+        if len(by_device) <= 1 or self.publish_workers == 1:
+            outcomes = [self._publish_in_order(conn, queue) for queue in by_device.values()]
+        else:
+            workers = min(self.publish_workers, len(by_device))
+            with ThreadPoolExecutor(workers, thread_name_prefix="command-publish") as pool:
+                outcomes = list(
+                    pool.map(lambda queue: self._publish_in_order(conn, queue), by_device.values())
+                )
+        return sum(count for count, _ in outcomes), all(ok for _, ok in outcomes)
+
+    def _publish_in_order(
+        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]]
+    ) -> tuple[int, bool]:
+        count = 0
+        for command in commands:
+            if not self._publish_command(command):
+                return count, False
+            # psycopg serialises the workers' statements on the one connection.
+            conn.execute(QUERIES["mark_sent"], {"id": command["id"]})
+            count += 1
+        return count, True
 
     def _republish_sent(self, conn: psycopg.Connection[Any]) -> int:
         with conn.cursor(row_factory=dict_row) as cur:

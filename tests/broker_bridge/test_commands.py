@@ -428,6 +428,33 @@ def test_publish_failure_keeps_the_command_queued_until_the_broker_takes_it(
     assert timeline(conn, first) == ["queued", "sent"]
 
 
+def test_devices_are_published_in_parallel_each_in_order_and_a_failing_one_waits_alone(
+    stack: TestStack, publisher: ServicePublisher, dispatchers: list[CommandDispatcher]
+) -> None:
+    devices = [unique_id() for _ in range(4)]
+    stack.create_devices(devices)
+    broken = devices[0]
+    conn: Conn = stack.conn
+    ids = {device: [send(conn, device, f"c{i}") for i in range(5)] for device in devices}
+    lock = threading.Lock()
+    order: list[tuple[str, str]] = []
+
+    def publish(topic: str, payload: bytes, retain: bool, expiry_s: int | None) -> None:
+        _, device_id, _, command_id = topic.split("/")
+        if device_id == broken:
+            raise ConnectionError("this device's publishes fail")
+        publisher(topic, payload, retain, expiry_s)
+        with lock:
+            order.append((device_id, command_id))
+
+    start_dispatcher(dispatchers, stack, publish)
+    healthy = [command for device in devices[1:] for command in ids[device]]
+    wait_for(lambda: all(status(conn, c) == "sent" for c in healthy), what="healthy ones sent")
+    for device in devices[1:]:
+        assert [c for d, c in order if d == device] == ids[device]
+    assert all(status(conn, c) == "queued" for c in ids[broken])
+
+
 # The doomed dispatcher's thread dies of the SystemExit we raise in it, on purpose.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_crash_between_publish_and_marking_sent_republishes(
