@@ -85,6 +85,11 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("--processes must be between 1 and 256")
     target = target_from_url(args.url or endpoints.device_mqtt_url(settings), settings)
 
+    with connect(endpoints.database_url(settings), autocommit=True) as conn:
+        devices = simulate.provision(conn, org=args.org, prefix=args.prefix, count=args.devices)
+
+    # Only now: the hashing pool's workers are forked during provisioning and must keep the
+    # default SIGTERM, or the pool can never terminate them.
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -92,9 +97,6 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-
-    with connect(endpoints.database_url(settings), autocommit=True) as conn:
-        devices = simulate.provision(conn, org=args.org, prefix=args.prefix, count=args.devices)
     if not simulate.wait_until_accepted(
         target, devices[-1], timeout=args.accept_timeout, should_stop=stop.is_set
     ):
