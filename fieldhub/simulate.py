@@ -484,7 +484,7 @@ def run_simulation(
                 drain(0.1)
                 worker.join(timeout=0.1)
             if worker.is_alive():
-                worker.terminate()
+                worker.kill()  # its SIGTERM handler only asks it to stop
                 worker.join(5)
         drain(0.0)
     return total()
