@@ -191,11 +191,11 @@ def _late_pass(
             # Keep the old counter so the change is still pending when the check is due.
             current[name] = seen.get(name, -1)
             continue
-        end = min(chunk["range_end"], watermark)
-        rows = conn.execute(
-            QUERIES["stale_hours"], {"start": chunk["range_start"], "end": end}
-        ).fetchall()
-        stale.extend((row["device_id"], row["hour"]) for row in rows)
+        bounds = {"start": chunk["range_start"], "end": min(chunk["range_end"], watermark)}
+        totals = conn.execute(QUERIES["totals_differ"], bounds).fetchone()
+        if totals is not None and totals["differ"]:
+            rows = conn.execute(QUERIES["stale_hours"], bounds).fetchall()
+            stale.extend((row["device_id"], row["hour"]) for row in rows)
         checked += 1
         if is_hot:
             state["hot_checked_at"] = now.isoformat()

@@ -97,6 +97,15 @@ LEFT JOIN pg_stat_user_tables s ON s.schemaname = c.chunk_schema AND s.relname =
 WHERE c.hypertable_schema = 'public' AND c.hypertable_name = 'readings'
 ORDER BY c.range_start
 
+-- name: totals_differ
+-- The cheap first look at a changed chunk: one count each side, no grouping. Only when the
+-- totals differ is it worth finding the hours (stale_hours).
+SELECT (SELECT count(*) FROM readings
+        WHERE time >= %(start)s AND time < %(end)s AND value IS NOT NULL)
+       IS DISTINCT FROM
+       (SELECT coalesce(sum(count), 0) FROM rollup_1m
+        WHERE bucket >= %(start)s AND bucket < %(end)s) AS differ
+
 -- name: stale_hours
 -- Hours whose raw row count differs from what the 1-minute rollups hold: late rows landed
 -- there. Both sides cover exactly [start, end), which is minute-aligned.
