@@ -193,6 +193,15 @@ def bench_rollups(settings: Settings, args: argparse.Namespace) -> int:
         conn.execute(QUERIES["latest_of_devices"], {"devices": devices, "time": end})
         time.sleep(1.5)  # insert counters reach pg_stat about once a second
         t0 = time.perf_counter()
+        routine = rollups.run_pass(conn, hot_chunk_check_s=0)
+        print(
+            f"rollup job with the routine late-data check of today's chunk (every 10 min; "
+            f"nothing late): {time.perf_counter() - t0:.2f} s "
+            f"(late-data check {routine['late_check_s']:.2f} s)"
+        )
+        conn.execute(QUERIES["last_minute_of_readings"], {"devices": devices})
+        time.sleep(1.5)
+        t0 = time.perf_counter()
         steady = rollups.run_pass(conn, hot_chunk_check_s=3600)
         t_incr = time.perf_counter() - t0
         print(
