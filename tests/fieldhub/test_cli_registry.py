@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from fieldhub.cli import main
 from fieldhub.passwords import verify_secret
-from tests.support import unique_id
+from tests.support import TestStack, unique_id, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +248,23 @@ def test_auth_sync_refuses_to_start_without_the_broker_dir(
     monkeypatch.setenv("FIELDHUB_MOSQUITTO_DIR", str(tmp_path))
     (tmp_path / "auth").mkdir()
     assert "--sweep must be a positive" in _one_error_line(cli, "auth-sync", "--sweep", "0")
+
+
+def test_imported_credentials_log_in_at_the_broker(
+    stack: TestStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", stack.database_url)
+    ids = [unique_id("imp") for _ in range(3)]
+    source = tmp_path / "fleet.csv"
+    source.write_text("".join(f"{i}\n" for i in ids))
+    assert main(["device", "import", str(source), "--org", stack.org]) == 0
+    stack.sync()
+    with (tmp_path / "fleet-credentials.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["username"] for r in rows) == sorted(ids)
+    for row in rows:
+        wait_for(
+            lambda row=row: stack.can_login(row["username"], row["password"]),
+            what=f"{row['username']} to log in",
+        )
+    assert not stack.can_login(ids[0], rows[1]["password"])
