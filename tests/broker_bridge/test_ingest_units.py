@@ -1,0 +1,116 @@
+"""Pure parts of the ingest path: presence replay, NOTIFY payload splitting, the hand-built
+binary COPY encoding and batch bookkeeping. No servers."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from broker_bridge.decode import Reading
+from broker_bridge.ingest import Batch, Pending, encode_copy, notify_payloads
+from broker_bridge.presence import PresenceEvent, replay
+
+
+def test_first_message_of_a_never_seen_device_is_an_online_flip() -> None:
+    outcome = replay(None, [PresenceEvent(10.0, True, "telemetry")])
+    assert outcome.online is True
+    assert outcome.flips == [PresenceEvent(10.0, True, "telemetry")]
+    assert outcome.last_seen == 10.0
+
+
+def test_events_are_replayed_in_receive_order_whatever_order_they_come_in() -> None:
+    # Last Will, then the device is back: its telemetry after the "offline" wins.
+    outcome = replay(
+        True,
+        [PresenceEvent(3.0, True, "telemetry"), PresenceEvent(2.0, False, "status")],
+    )
+    assert outcome.online is True
+    assert [(f.time, f.online) for f in outcome.flips] == [(2.0, False), (3.0, True)]
+
+
+def test_repeated_state_is_not_a_flip() -> None:
+    outcome = replay(True, [PresenceEvent(1.0, True, "status"), PresenceEvent(2.0, True, "status")])
+    assert outcome.flips == []
+    assert outcome.last_seen == 2.0
+
+
+def test_replay_needs_an_event() -> None:
+    with pytest.raises(ValueError, match="at least one event"):
+        replay(True, [])
+
+
+def test_notify_payloads_stay_under_the_limit_and_keep_every_id() -> None:
+    ids = [f"device-{n:05d}-{'x' * 40}" for n in range(1000)]
+    payloads = notify_payloads(ids)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    assert sorted(" ".join(payloads).split()) == sorted(ids)
+    assert notify_payloads([]) == []
+
+
+def _parse_copy(data: bytes) -> list[tuple[object, ...]]:
+    """A minimal reader of PostgreSQL's binary COPY format, for the six readings columns."""
+    assert data.startswith(b"PGCOPY\n\xff\r\n\x00")
+    pos = 19
+    rows = []
+    while True:
+        (fields,) = struct.unpack_from(">h", data, pos)
+        pos += 2
+        if fields == -1:
+            assert pos == len(data)
+            return rows
+        assert fields == 6
+        values: list[object] = []
+        for column in range(6):
+            (length,) = struct.unpack_from(">i", data, pos)
+            pos += 4
+            if length == -1:
+                values.append(None)
+                continue
+            raw = data[pos : pos + length]
+            pos += length
+            if column == 0 or column == 5:
+                values.append(struct.unpack(">q", raw)[0])
+            elif column == 3:
+                values.append(struct.unpack(">d", raw)[0])
+            else:
+                values.append(raw.decode())
+        rows.append(tuple(values))
+
+
+def test_encode_copy_writes_postgres_binary_rows() -> None:
+    readings = [
+        Reading(1_764_237_600.123, "temp", 21.5, None, False, 7),
+        Reading(1_764_237_600.123, "mode", None, "éco", False, None),
+        Reading(946_684_800.0, "door", 1.0, None, True, None),
+    ]
+    data, count = encode_copy([("dev-1", readings)])
+    assert count == 3
+    assert _parse_copy(data) == [
+        # microseconds since 2000-01-01, exact to the millisecond the device sent
+        (817_552_800_123_000, "dev-1", "temp", 21.5, None, 7),
+        (817_552_800_123_000, "dev-1", "mode", None, "éco", None),
+        (0, "dev-1", "door", 1.0, None, None),
+    ]
+
+
+def test_a_new_broker_connection_voids_pending_packet_ids() -> None:
+    pending = Pending()
+    pending.batch.mids.extend([1, 2, 3])
+    pending.batch.messages = 3
+    pending.new_generation(2)
+    batch = pending.take()
+    assert batch is not None
+    assert batch.generation == 2
+    assert batch.mids == []
+    assert pending.take() is None
+
+
+def test_merging_a_batch_from_a_newer_connection_keeps_only_its_packet_ids() -> None:
+    old = Batch(mids=[5, 6], generation=1, messages=2)
+    old.merge(Batch(mids=[1], generation=2, messages=1))
+    assert (old.generation, old.mids, old.messages) == (2, [1], 3)
+    same = Batch(mids=[5], generation=2, messages=1)
+    same.merge(Batch(mids=[6], generation=2, messages=1))
+    assert same.mids == [5, 6]
