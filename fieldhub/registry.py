@@ -348,6 +348,11 @@ def provision_devices(
     return {row["device_id"] for row in inserted}
 
 
+def list_service_accounts(conn: Conn) -> list[dict[str, Any]]:
+    """Backend broker accounts and their rules (never their hashes)."""
+    return [dict(r) for r in conn.execute(QUERIES["list_service_accounts"])]
+
+
 # The rights of each backend account: exactly what its code does, nothing more.
 BRIDGE_ACL = (
     "read devices/+/telemetry",

@@ -73,3 +73,6 @@ INSERT INTO devices (device_id, org_id, display_name, labels, broker, password_h
 SELECT device_id, %(org_id)s, display_name, labels, %(broker)s, password_hash FROM device_import
 ON CONFLICT (device_id) DO NOTHING
 RETURNING device_id;
+
+-- name: list_service_accounts
+SELECT username, acl, created_at FROM service_accounts ORDER BY username;

@@ -39,6 +39,27 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print a JSON array")
     listing.set_defaults(handler=cmd_org_list)
 
+    account = subparsers.add_parser(
+        "service-account", help="broker accounts of the backend and of operators' integrations"
+    )
+    acc_sub = account.add_subparsers(dest="account_command", required=True, metavar="ACTION")
+    acc_set = acc_sub.add_parser(
+        "set", help="create an account or replace its rules and secret; prints the secret once"
+    )
+    acc_set.add_argument("username", metavar="svc.NAME")
+    acc_set.add_argument(
+        "--rule",
+        action="append",
+        default=[],
+        metavar="'ACCESS TOPIC'",
+        help="e.g. 'read devices/+/status' (repeatable; or grant rights in mosquitto/acl.d/)",
+    )
+    acc_set.add_argument("--json", action="store_true")
+    acc_set.set_defaults(handler=cmd_account_set)
+    acc_list = acc_sub.add_parser("list", help="list service accounts and their rules")
+    acc_list.add_argument("--json", action="store_true")
+    acc_list.set_defaults(handler=cmd_account_list)
+
     device = subparsers.add_parser("device", help="devices and their broker credentials")
     dev_sub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 
@@ -132,6 +153,30 @@ def cmd_org_list(settings: Settings, args: argparse.Namespace) -> int:
             f"{org['name']:<24} {org['devices']:>8} devices {org['users']:>5} users  "
             f"{org['display_name']}"
         )
+    return 0
+
+
+def cmd_account_set(settings: Settings, args: argparse.Namespace) -> int:
+    password = generate_secret()
+    with _registry(settings) as conn:
+        registry.ensure_service_account(conn, args.username, args.rule, password)
+    if args.json:
+        print(json.dumps({"username": args.username, "password": password, "rules": args.rule}))
+        return 0
+    print(f"service account {args.username} set with {len(args.rule)} rules")
+    print(f"  password: {password}")
+    print("The password is shown only this once; only its hash is stored.")
+    return 0
+
+
+def cmd_account_list(settings: Settings, args: argparse.Namespace) -> int:
+    with _registry(settings) as conn:
+        accounts = registry.list_service_accounts(conn)
+    if args.json:
+        print(json.dumps([_jsonable(a) for a in accounts]))
+        return 0
+    for account in accounts:
+        print(f"{account['username']:<24} {'; '.join(account['acl']) or '(rules from acl.d only)'}")
     return 0
 
 

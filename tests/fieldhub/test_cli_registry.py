@@ -268,3 +268,28 @@ def test_imported_credentials_log_in_at_the_broker(
             what=f"{row['username']} to log in",
         )
     assert not stack.can_login(ids[0], rows[1]["password"])
+
+
+def test_service_account_set_and_list(cli: CliRunner) -> None:
+    out, _ = cli("service-account", "set", "svc.dashboard", "--rule", "read devices/+/status",
+                 "--json")  # fmt: skip
+    first = json.loads(out)
+    assert first["username"] == "svc.dashboard"
+    listed = json.loads(cli("service-account", "list", "--json")[0])
+    assert [(a["username"], a["acl"]) for a in listed] == [
+        ("svc.dashboard", ["read devices/+/status"])
+    ]
+    assert first["password"] not in json.dumps(listed)
+    second = json.loads(cli("service-account", "set", "svc.dashboard", "--json")[0])
+    assert second["password"] != first["password"]
+    with psycopg.connect(cli.database_url) as conn:
+        row = conn.execute(
+            "SELECT password_hash, acl FROM service_accounts WHERE username = 'svc.dashboard'"
+        ).fetchone()
+    assert row is not None
+    assert verify_secret(second["password"], row[0])
+    assert row[1] == []
+    assert "must start with 'svc.'" in _one_error_line(cli, "service-account", "set", "dash")
+    assert "whole topic level" in _one_error_line(
+        cli, "service-account", "set", "svc.x", "--rule", "read a+/b"
+    )
