@@ -442,15 +442,19 @@ def run_simulation(
     last_log = time.monotonic()
     last_published = 0
 
-    def drain(timeout: float) -> None:
+    def drain(timeout: float) -> int:
+        received = 0
         try:
             index, values = reports.get(timeout=timeout)
             latest[index] = Stats(**values)
+            received += 1
             while True:
                 index, values = reports.get_nowait()
                 latest[index] = Stats(**values)
+                received += 1
         except queue.Empty:
             pass
+        return received
 
     def total() -> Stats:
         result = Stats()
@@ -478,7 +482,8 @@ def run_simulation(
                 last_log, last_published = time.monotonic(), now.published
     finally:
         stop.set()
-        deadline = time.monotonic() + 30
+        # Every device says "offline" and disconnects; thousands take a while on a busy host.
+        deadline = time.monotonic() + 60 + 0.01 * len(devices)
         for worker in workers:
             while worker.is_alive() and time.monotonic() < deadline:
                 drain(0.1)
@@ -486,7 +491,9 @@ def run_simulation(
             if worker.is_alive():
                 worker.kill()  # its SIGTERM handler only asks it to stop
                 worker.join(5)
-        drain(0.0)
+        # A worker's last report may still be in the pipe after it has exited.
+        while drain(0.2):
+            pass
     return total()
 
 
