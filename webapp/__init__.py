@@ -7,11 +7,10 @@ database URL of their own database. Each module hooks itself in with `init_app(a
 from __future__ import annotations
 
 import secrets
-import uuid
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
@@ -22,17 +21,22 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 
 
 class JSONProvider(DefaultJSONProvider):
-    """ISO 8601 times (Flask's default is RFC 822) and UUIDs as strings."""
+    """orjson: ISO 8601 times (Flask's default is RFC 822), UUIDs as strings, and several times
+    faster than the standard library on a month of chart points."""
 
     sort_keys = False
 
     @staticmethod
     def default(o: Any) -> Any:
-        if isinstance(o, datetime):
-            return o.isoformat()
-        if isinstance(o, uuid.UUID | Decimal):
-            return str(o) if isinstance(o, uuid.UUID) else float(o)
+        if isinstance(o, Decimal):
+            return float(o)
         return DefaultJSONProvider.default(o)
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:

@@ -152,12 +152,15 @@ def buckets(
         "end": span.end,
         "bucket_s": max(1, resolution.bucket_s),
     }
+    # Binary results: a month of buckets converts about twice as fast as from text.
     if source in ("raw", "raw_buckets"):
-        return source, [dict(r) for r in conn.execute(QUERIES["buckets_raw"], params)]
+        rows = conn.execute(QUERIES["buckets_raw"], params, binary=True)
+        return source, [dict(r) for r in rows]
     suffix = source.removeprefix("rollup_")
     mark = conn.execute(QUERIES[f"rollup_mark_{suffix}"], params).fetchone()
     params["upto"] = mark["upto"] if mark else span.start
-    return source, [dict(r) for r in conn.execute(QUERIES[f"buckets_{source}"], params)]
+    rows = conn.execute(QUERIES[f"buckets_{source}"], params, binary=True)
+    return source, [dict(r) for r in rows]
 
 
 def chart_series(
@@ -175,6 +178,7 @@ def chart_series(
                 "end": span.end,
                 "limit": RAW_POINT_LIMIT,
             },
+            binary=True,
         ).fetchall()
         return {
             "source": "raw",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import queue
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -115,3 +117,16 @@ def test_open_streams_do_not_block_other_requests(world: World) -> None:
         assert elapsed < 2.0, f"/devices took {elapsed:.2f}s with 60 open streams on one worker"
         for stream in streams:
             stream.close()
+
+
+def test_psycopg_waits_cooperatively_in_a_gevent_worker() -> None:
+    # gunicorn's gevent worker patches before it imports webapp.wsgi; psycopg picks its wait
+    # function at import, and its C wait would block every greenlet of the worker.
+    probe = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import psycopg.waiting; print(psycopg.waiting.wait.__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() != "wait_c"
