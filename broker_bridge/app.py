@@ -222,6 +222,7 @@ class Bridge:
         instance: int = 1,
         metrics_port: int = 0,
         receive_maximum: int = RECEIVE_MAXIMUM,
+        always_stage: bool = False,
     ) -> None:
         self.database_url = database_url
         self.endpoint = mqtt_endpoint
@@ -239,6 +240,7 @@ class Bridge:
             self.metrics,
             self.commands.apply_acks if self.commands else None,
             self._make_ack if self.commands else None,
+            always_stage=always_stage,
         )
         self.stopping = threading.Event()
         self._stopped = threading.Event()

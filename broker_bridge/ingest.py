@@ -312,6 +312,8 @@ class IngestWriter:
         metrics: BridgeMetrics,
         apply_acks: Callable[[Conn, Sequence[Any]], list[tuple[Any, str, str]]] | None,
         make_ack: Callable[[CommandAck], Any] | None,
+        *,
+        always_stage: bool = False,
     ) -> None:
         self.database_url = database_url
         self.directory = directory
@@ -319,7 +321,8 @@ class IngestWriter:
         self.apply_acks = apply_acks
         self.make_ack = make_ack
         self.conn: Conn | None = None
-        self._staged_until = 0.0
+        # always_stage: every batch through the staging table (for measuring the fast path).
+        self._staged_until = float("inf") if always_stage else 0.0
 
     def close(self) -> None:
         if self.conn is not None:

@@ -68,7 +68,15 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument("--latency-rate", type=int, default=2000, help="msg/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=15.0)
     parser.add_argument(
+        "--bridges", type=int, default=1, help="bridge instances sharing the subscription"
+    )
+    parser.add_argument(
         "--skip-baseline", action="store_true", help="only the bridge runs (for profiling)"
+    )
+    parser.add_argument(
+        "--always-stage",
+        action="store_true",
+        help="run the bridge with every batch through its staging table (to compare)",
     )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.set_defaults(handler=cmd_bench_ingest)
@@ -377,10 +385,12 @@ def run_baseline(
 
 
 class BridgeRunner:
-    def __init__(self, servers: Servers, password: str) -> None:
+    def __init__(
+        self, servers: Servers, password: str, *, instance: int = 1, always_stage: bool = False
+    ) -> None:
         self.metrics_port = free_port()
-        self.log_path = servers.workdir / "bridge.log"
-        self.home = servers.workdir / "bridge-home"
+        self.log_path = servers.workdir / f"bridge-{instance}.log"
+        self.home = servers.workdir / f"bridge-home-{instance}"
         self.home.mkdir(exist_ok=True)
         user = quote("svc.bridge", safe="")
         env = {
@@ -397,13 +407,18 @@ class BridgeRunner:
                     "-m",
                     "fieldhub.cli",
                     "bridge",
+                    "--instance",
+                    str(instance),
                     "--metrics-port",
                     str(self.metrics_port),
+                    *(["--always-stage"] if always_stage else []),
                 ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    def wait_ready(self) -> None:
         wait_until(lambda: self.metric("fieldhub_bridge_ready") == 1.0, timeout=60, what="bridge")
 
     def metric(self, name: str) -> float:
@@ -430,12 +445,94 @@ class BridgeRunner:
             self.proc.wait()
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds spent by each part of the benchmark between start() and stop(), and by the
+    whole machine (the others' processes included), so a result says where the cycles went."""
+
+    def __init__(self, servers: Servers, groups: dict[str, list[int]]) -> None:
+        postmaster = int(
+            (servers.workdir / "pg" / "pgdata" / "postmaster.pid").read_text().split()[0]
+        )
+        broker = int(servers.broker.pid_file.read_text().strip())
+        self.groups = {**groups, "mosquitto": [broker], "postgres": [postmaster]}
+        self.postmaster = postmaster
+
+    def _sample(self) -> dict[str, float]:
+        pids = dict(self.groups)
+        pids["postgres"] = [self.postmaster, *_children(self.postmaster)]
+        sample = {name: sum(_cpu_seconds(pid) for pid in group) for name, group in pids.items()}
+        cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        busy = sum(int(v) for v in cpu) - int(cpu[3]) - int(cpu[4])  # minus idle and iowait
+        sample["machine"] = busy / _TICKS
+        return sample
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self.before = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """Cores used by each group on average over the interval."""
+        after = self._sample()
+        elapsed = time.monotonic() - self.started
+        return {
+            name: round((after[name] - self.before.get(name, 0.0)) / elapsed, 2) for name in after
+        }
+
+
+class BridgeFleet:
+    """One or more bridge instances sharing the subscription; metrics are summed."""
+
+    def __init__(self, runners: list[BridgeRunner]) -> None:
+        self.runners = runners
+        for runner in runners:
+            runner.wait_ready()
+
+    def metric(self, name: str) -> float:
+        return sum(runner.metric(name) for runner in self.runners)
+
+    def stop(self) -> None:
+        for runner in self.runners:
+            runner.stop()
+
+
 def run_bridge_throughput(
-    servers: Servers, bridge: BridgeRunner, loadgen: LoadGenerator, total: int
-) -> float:
+    servers: Servers, bridge: BridgeFleet, loadgen: LoadGenerator, total: int
+) -> tuple[float, dict[str, float]]:
     expected_rows = total * VALUES_PER_MESSAGE
     start, procs = loadgen.run(total, base_ms=int(time.time() * 1000) - 2_000_000)
     time.sleep(1.0)
+    meter = CpuMeter(
+        servers,
+        {
+            "bridge": [runner.proc.pid for runner in bridge.runners],
+            "load generator": [proc.pid for proc in procs],
+        },
+    )
+    meter.start()
     started = time.monotonic()
     start.set()
     next_report = started + 1
@@ -455,6 +552,7 @@ def run_bridge_throughput(
         # Each scrape costs the bridge CPU, so poll gently (0.1 s of a multi-second run).
         time.sleep(0.1)
     elapsed = time.monotonic() - started
+    cores = meter.stop()
     for proc in procs:
         proc.join(timeout=30)
     with db.connect(servers.database_url) as conn:
@@ -462,7 +560,7 @@ def run_bridge_throughput(
     stored = row["n"] if row else 0
     if stored != expected_rows:
         raise RuntimeError(f"{stored:,} rows stored, expected {expected_rows:,}")
-    return total / elapsed
+    return total / elapsed, cores
 
 
 class LatencyProbe(threading.Thread):
@@ -510,7 +608,7 @@ class LatencyProbe(threading.Thread):
 
 
 def run_latency(
-    servers: Servers, bridge: BridgeRunner, loadgen: LoadGenerator, rate: int, seconds: float
+    servers: Servers, bridge: BridgeFleet, loadgen: LoadGenerator, rate: int, seconds: float
 ) -> tuple[float, float, float, int]:
     probe = LatencyProbe(servers.database_url, since=time.time())
     probe.start()
@@ -588,11 +686,22 @@ def cmd_bench_ingest(settings: Settings | None, args: argparse.Namespace) -> int
                 servers, loadgen, bridge_password, args.messages, fast=True
             )
             progress(f"  fast-path baseline: {fast_baseline:,.0f} msg/s")
-        progress(f"bridge: {args.messages:,} messages -> fieldhub bridge -> TimescaleDB")
-        bridge = BridgeRunner(servers, bridge_password)
+        progress(
+            f"bridge: {args.messages:,} messages -> {args.bridges} x fieldhub bridge -> TimescaleDB"
+        )
+        bridge = BridgeFleet(
+            [
+                BridgeRunner(servers, bridge_password, instance=n, always_stage=args.always_stage)
+                for n in range(1, args.bridges + 1)
+            ]
+        )
         try:
-            throughput = run_bridge_throughput(servers, bridge, loadgen, args.messages)
+            throughput, cores = run_bridge_throughput(servers, bridge, loadgen, args.messages)
             progress(f"  bridge: {throughput:,.0f} msg/s ({throughput * 3:,.0f} rows/s)")
+            progress(
+                "  CPU cores used meanwhile: "
+                + ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+            )
             progress(f"latency: {args.latency_rate:,} msg/s for {args.latency_seconds:.0f} s")
             p50, p99, all_p99, samples = run_latency(
                 servers, bridge, loadgen, args.latency_rate, args.latency_seconds
@@ -619,6 +728,9 @@ def cmd_bench_ingest(settings: Settings | None, args: argparse.Namespace) -> int
         "messages": args.messages,
         "devices": args.devices,
         "publishers": args.publishers,
+        "always_stage": args.always_stage,
+        "bridges": args.bridges,
+        "cores_during_throughput": cores,
     }
     print(f"baseline (paho, receive + ack):      {baseline:>9,.0f} msg/s")
     print(f"baseline (BridgeClient, receive+ack): {fast_baseline:>9,.0f} msg/s")

@@ -37,6 +37,11 @@ def register(subparsers: Any) -> None:
         help="Prometheus metrics port (0 = off; default FIELDHUB_BRIDGE_METRICS_PORT, "
         "plus instance - 1)",
     )
+    bridge.add_argument(
+        "--always-stage",
+        action="store_true",
+        help=argparse.SUPPRESS,  # benchmarking only: every batch through the staging table
+    )
     bridge.set_defaults(handler=cmd_bridge)
 
     export = subparsers.add_parser(
@@ -77,6 +82,7 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
         mqtt_endpoint=endpoints.bridge_mqtt(settings),
         instance=args.instance,
         metrics_port=port,
+        always_stage=args.always_stage,
     )
 
     def on_signal(signum: int, frame: Any) -> None:
