@@ -33,6 +33,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="run in the background; return once everything is up",
     )
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also a PostgreSQL streaming replica for reads, two bridges, two web servers "
+        "behind nginx (see docs/scaling.md)",
+    )
     # The detached daemon itself: runs in the foreground of its own session.
     up.add_argument("--foreground-daemon", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(handler=cmd_up)
@@ -77,10 +83,12 @@ def cmd_tls_ensure(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.detach and not args.foreground_daemon:
-            code, message = local.detach_up(settings, demo=args.demo, verbose=args.verbose)
+            code, message = local.detach_up(
+                settings, demo=args.demo, verbose=args.verbose, cluster=args.cluster
+            )
             print(message, file=sys.stdout if code == 0 else sys.stderr)
             return code
-        return local.run_up(settings, demo=args.demo, announce=_announce)
+        return local.run_up(settings, demo=args.demo, announce=_announce, cluster=args.cluster)
     except local.StackError as exc:
         raise CommandError(str(exc)) from None
 

@@ -37,6 +37,7 @@ from broker_bridge.auth_sync import sync_once
 from fieldhub import endpoints, registry
 from fieldhub.config import PROJECT_ROOT, ConfigError, Settings
 from fieldhub.migrate import apply_migrations
+from fieldhub.stack import cluster as cluster_mod
 from fieldhub.stack.mosquitto import MosquittoBroker
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 from fieldhub.stack.procs import port_open, running_as_root
@@ -203,31 +204,70 @@ def mosquitto_spec(broker: MosquittoBroker, name: str = "mosquitto") -> ProcessS
     )
 
 
-def service_specs(settings: Settings, *, demo: bool, commands: set[str]) -> list[ProcessSpec]:
-    """The fieldhub processes of a one-machine stack (cluster mode extends this list)."""
+def service_specs(
+    settings: Settings,
+    *,
+    demo: bool,
+    commands: set[str],
+    cluster: bool = False,
+    read_database_url: str | None = None,
+) -> list[ProcessSpec]:
+    """The fieldhub processes of the stack; cluster mode runs bridges and web servers twice
+    (nginx, which fronts the web servers, is started by the caller once they answer)."""
     urls = stack_urls(settings)
-    probes: dict[str, tuple[Callable[[], bool] | None, float]] = {
-        "auth-sync": (None, 0),
-        # The bridge's readiness is its metrics endpoint answering.
-        "bridge": (http_answers(str(urls["bridge_metrics_url"])), 30),
-        "worker": (None, 0),
-        "web": (http_answers(str(urls["web_url"])), 60),
-    }
     specs = []
-    for command in SERVICE_COMMANDS:
-        if command not in commands:
-            continue
-        probe, timeout = probes[command]
+
+    def add(
+        name: str,
+        argv: tuple[str, ...],
+        probe: Callable[[], bool] | None = None,
+        timeout: float = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         specs.append(
             ProcessSpec(
-                name=command,
-                argv=fieldhub_argv(command),
+                name=name,
+                argv=argv,
                 ready=probe,
                 ready_timeout=timeout,
                 essential=False,
+                env=env or {},
                 cwd=PROJECT_ROOT,
             )
         )
+
+    if "auth-sync" in commands:
+        add("auth-sync", fieldhub_argv("auth-sync"))
+    if "bridge" in commands:
+        # A bridge is ready when its metrics endpoint answers.
+        if cluster:
+            for n in range(1, cluster_mod.BRIDGES + 1):
+                metrics = f"http://127.0.0.1:{settings.ports.bridge_metrics + n - 1}/metrics"
+                add(
+                    f"bridge-{n}",
+                    fieldhub_argv("bridge", "--instance", str(n)),
+                    http_answers(metrics),
+                    30,
+                )
+        else:
+            add(
+                "bridge", fieldhub_argv("bridge"), http_answers(str(urls["bridge_metrics_url"])), 30
+            )
+    if "worker" in commands:
+        add("worker", fieldhub_argv("worker"))
+    if "web" in commands:
+        web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else None
+        if cluster:
+            for n, port in enumerate(cluster_mod.web_instance_ports(settings), start=1):
+                add(
+                    f"web-{n}",
+                    fieldhub_argv("web", "--bind", f"127.0.0.1:{port}"),
+                    http_answers(f"http://127.0.0.1:{port}/"),
+                    60,
+                    web_env,
+                )
+        else:
+            add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)
     if demo and "simulate" in commands:
         from fieldhub.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
 
@@ -297,7 +337,13 @@ def running_state(paths: StackPaths) -> dict[str, Any] | None:
     return None
 
 
-def run_up(settings: Settings, *, demo: bool, announce: Callable[[str], None]) -> int:
+def run_up(
+    settings: Settings,
+    *,
+    demo: bool,
+    announce: Callable[[str], None],
+    cluster: bool = False,
+) -> int:
     """Bring the stack up in this process and supervise it until SIGINT/SIGTERM."""
     paths = StackPaths(settings.home)
     check_home(paths)
@@ -318,6 +364,10 @@ def run_up(settings: Settings, *, demo: bool, announce: Callable[[str], None]) -
     ports: list[tuple[str, int]] = [("web", settings.ports.web)]
     if local_db:
         ports.append(("PostgreSQL", settings.ports.postgres))
+    if cluster:
+        if local_db:
+            ports.append(("PostgreSQL replica", cluster_mod.replica_port(settings)))
+        ports += [("web instance", port) for port in cluster_mod.web_instance_ports(settings)]
     if local_broker:
         ports += [
             ("MQTT devices", settings.ports.mqtt_devices),
@@ -329,7 +379,12 @@ def run_up(settings: Settings, *, demo: bool, announce: Callable[[str], None]) -
     supervisor = Supervisor(
         log_dir=paths.log_dir,
         state_file=paths.state_file,
-        info={"home": str(paths.home), "demo": demo, "urls": stack_urls(settings)},
+        info={
+            "home": str(paths.home),
+            "demo": demo,
+            "cluster": cluster,
+            "urls": stack_urls(settings),
+        },
     )
     stop = threading.Event()
 
@@ -340,10 +395,20 @@ def run_up(settings: Settings, *, demo: bool, announce: Callable[[str], None]) -
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _bring_up(settings, supervisor, demo=demo, local_db=local_db, local_broker=local_broker)
+        read_url = _bring_up(
+            settings,
+            supervisor,
+            demo=demo,
+            cluster=cluster,
+            local_db=local_db,
+            local_broker=local_broker,
+        )
         if stop.is_set():
             return 130
-        supervisor.info["urls"] = stack_urls(settings)
+        supervisor.info["urls"] = {
+            **stack_urls(settings),
+            "read_database_url": mask_url(read_url) if read_url else None,
+        }
         supervisor.set_phase("running")
         announce(banner(settings, supervisor.snapshot()))
         stop.wait()
@@ -368,18 +433,28 @@ def _bring_up(
     supervisor: Supervisor,
     *,
     demo: bool,
+    cluster: bool,
     local_db: bool,
     local_broker: bool,
-) -> None:
+) -> str | None:
+    """Start everything in dependency order; return the URL the web app reads from, if it is
+    not the primary."""
+    read_database_url = settings.read_database_url
     if local_db:
-        cluster = endpoints.local_cluster(settings)
-        if not cluster.initialised:
-            log.info("creating the PostgreSQL cluster in %s", cluster.data_dir)
-        cluster.init()
-        supervisor.start(postgres_spec(cluster))
-        cluster.create_database("fieldhub")
+        primary = endpoints.local_cluster(settings)
+        if not primary.initialised:
+            log.info("creating the PostgreSQL cluster in %s", primary.data_dir)
+        primary.init()
+        supervisor.start(postgres_spec(primary))
+        primary.create_database("fieldhub")
     database_url = endpoints.database_url(settings)
     apply_migrations(database_url)  # logs each migration it applies
+    if cluster and local_db and read_database_url is None:
+        replica = cluster_mod.replica_cluster(settings)
+        if cluster_mod.init_replica(primary, replica):
+            log.info("created the streaming replica in %s", replica.data_dir)
+        supervisor.start(cluster_mod.replica_spec(replica))
+        read_database_url = cluster_mod.replica_url(settings)
     bridge = endpoints.bridge_mqtt(settings)
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         if bridge.username and bridge.password:
@@ -414,8 +489,18 @@ def _bring_up(
     for missing in [c for c in SERVICE_COMMANDS if c not in commands]:
         log.warning("`fieldhub %s` is not available in this build yet; not starting it", missing)
         supervisor.mark_unavailable(missing, "not available in this build yet")
-    for spec in service_specs(settings, demo=demo, commands=commands):
+    for spec in service_specs(
+        settings,
+        demo=demo,
+        commands=commands,
+        cluster=cluster,
+        read_database_url=read_database_url,
+    ):
         supervisor.start(spec)
+    if cluster and "web" in commands:
+        conf = cluster_mod.render_nginx(settings, cluster_mod.web_instance_ports(settings))
+        supervisor.start(cluster_mod.nginx_spec(settings, conf, http_answers(web_url(settings))))
+    return read_database_url
 
 
 def banner(settings: Settings, state: dict[str, Any]) -> str:
@@ -428,6 +513,8 @@ def banner(settings: Settings, state: dict[str, Any]) -> str:
         + (f"  (TLS: {urls['mqtts_device_url']})" if urls.get("mqtts_device_url") else ""),
         f"  database:  {urls.get('database_url')}",
     ]
+    if urls.get("read_database_url"):
+        lines.append(f"  reads:     {urls['read_database_url']} (streaming replica)")
     login = state.get("demo_login")
     if login:
         password = Path(login["password_file"]).read_text().strip()
@@ -443,7 +530,9 @@ def banner(settings: Settings, state: dict[str, Any]) -> str:
 
 
 # -- detach -------------------------------------------------------------------------------------
-def detach_up(settings: Settings, *, demo: bool, verbose: bool) -> tuple[int, str]:
+def detach_up(
+    settings: Settings, *, demo: bool, verbose: bool, cluster: bool = False
+) -> tuple[int, str]:
     """Start `up` as a daemon (own session, output to home/log/up.log); wait until it is up."""
     paths = StackPaths(settings.home)
     check_home(paths)
@@ -456,6 +545,8 @@ def detach_up(settings: Settings, *, demo: bool, verbose: bool) -> tuple[int, st
     argv = [*fieldhub_argv(*(["-v"] if verbose else []), "up", "--foreground-daemon")]
     if demo:
         argv.append("--demo")
+    if cluster:
+        argv.append("--cluster")
     with paths.detach_log.open("ab") as out:
         proc = subprocess.Popen(
             argv,
@@ -501,6 +592,9 @@ def stack_status(settings: Settings) -> dict[str, Any]:
         **{key: value for key, value in urls.items()},
         "processes": {},
     }
+    if state and supervisor_alive:
+        result["read_database_url"] = (state.get("urls") or {}).get("read_database_url")
+        result["cluster"] = bool(state.get("cluster"))
     if state:
         if state.get("demo_login"):
             result["demo_login"] = {
@@ -539,11 +633,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"  database: {status['database_url']}",
     ]
     if status["processes"]:
-        lines.append(f"  {'PROCESS':<12} {'STATE':<12} {'PID':>8} {'RESTARTS':>8}")
+        lines.append(f"  {'PROCESS':<18} {'STATE':<12} {'PID':>8} {'RESTARTS':>8}")
         for name, info in status["processes"].items():
             pid = info.get("pid") or "-"
             lines.append(
-                f"  {name:<12} {info['state']:<12} {pid!s:>8} {info.get('restarts', 0)!s:>8}"
+                f"  {name:<18} {info['state']:<12} {pid!s:>8} {info.get('restarts', 0)!s:>8}"
             )
     if any(info["state"] == "orphaned" for info in status["processes"].values()):
         lines.append("  the supervisor is gone but processes remain: `fieldhub down` stops them")

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from psycopg.rows import dict_row
 
 from fieldhub import endpoints, registry
 from fieldhub.config import Settings
-from fieldhub.stack.local import mask_url
+from fieldhub.stack.local import mask_url, stack_status
 from fieldhub.stack.procs import free_port, port_open
 from fieldhub.stack.supervisor import (
     Backoff,
@@ -194,8 +195,9 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
     # A supervised process killed outright is restarted, and the supervisor says so.
     old_pid = processes["mosquitto"]["pid"]
     os.kill(old_pid, signal.SIGKILL)
+    # Polled in-process (what `status` prints), sparing a CLI start-up per poll.
     restarted = wait_for(
-        lambda: (p := _status(env)["processes"]["mosquitto"])["state"] == "running"
+        lambda: (p := stack_status(settings)["processes"]["mosquitto"])["state"] == "running"
         and p["pid"] != old_pid
         and p,
         timeout=30,
@@ -206,10 +208,9 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
     supervisor_log = (home / "log" / "supervisor.log").read_text()
     assert f"mosquitto (pid {old_pid}) exited with code -9 (SIGKILL)" in supervisor_log
 
-    pids = [
-        info["pid"] for info in _status(env)["processes"].values() if info["state"] == "running"
-    ]
-    pids.append(_status(env)["supervisor_pid"])
+    before_down = _status(env)
+    pids = [info["pid"] for info in before_down["processes"].values() if info["state"] == "running"]
+    pids.append(before_down["supervisor_pid"])
     stopped = _fieldhub(env, "down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr
     assert "stopped the stack" in stopped.stdout
@@ -234,3 +235,74 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
     twice = _fieldhub(env, "up", "--detach")
     assert twice.returncode == 2
     assert "already running" in twice.stderr
+
+
+def _http_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our own http URL
+        return int(response.status)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(
+    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+    reason="nginx is not installed (scripts/setup installs it for cluster mode)",
+)
+def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
+    stack_home: tuple[Path, dict[str, str]],
+) -> None:
+    _home, env = stack_home
+    settings = Settings.from_env(env)
+    started = _fieldhub(env, "up", "--detach", "--cluster")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "(streaming replica)" in started.stdout
+
+    status = _status(env)
+    assert status["cluster"] is True
+    replica_port = int(env["FIELDHUB_PG_PORT"]) + 1
+    assert status["read_database_url"] == (
+        f"postgresql://fieldhub:***@127.0.0.1:{replica_port}/fieldhub"
+    )
+    expected = {"postgres", "postgres-replica", "mosquitto", "bridge-1", "bridge-2", "nginx"}
+    assert expected <= status["processes"].keys()
+    assert {"web-1", "web-2"} <= status["processes"].keys() or "web" not in status["processes"]
+    for name, info in status["processes"].items():
+        assert info["state"] in ("running", "unavailable"), (name, info)
+
+    # A write on the primary reaches the replica, which refuses writes of its own.
+    primary_url = endpoints.database_url(settings)
+    replica_url = primary_url.replace(f":{env['FIELDHUB_PG_PORT']}/", f":{replica_port}/")
+    with psycopg.connect(primary_url, autocommit=True, row_factory=dict_row) as conn:
+        registry.create_org(conn, "written-on-primary")
+    with psycopg.connect(replica_url, autocommit=True) as replica:
+        wait_for(
+            lambda: replica.execute(
+                "SELECT 1 FROM organisations WHERE name = 'written-on-primary'"
+            ).fetchone(),
+            what="the replica to replay the primary's write",
+        )
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            replica.execute("CREATE TABLE nope (id int)")
+
+    # nginx answers on the web port for whichever instance is up.
+    web = status["web_url"]
+    if "web-1" in status["processes"]:
+        assert _http_status(web + "login") == 200
+        # With one instance gone, nginx sends every request to the other.
+        os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
+        assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
+
+    # One bridge killed outright comes back; the other never stopped.
+    old = status["processes"]["bridge-1"]["pid"]
+    os.kill(old, signal.SIGKILL)
+    wait_for(
+        lambda: (p := stack_status(settings)["processes"]["bridge-1"])["state"] == "running"
+        and p["pid"] != old,
+        timeout=30,
+        what="bridge-1 to be restarted",
+    )
+    assert stack_status(settings)["processes"]["bridge-2"]["restarts"] == 0
+
+    stopped = _fieldhub(env, "down", timeout=180)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not port_open(int(env["FIELDHUB_WEB_PORT"]))
+    assert not port_open(replica_port)
