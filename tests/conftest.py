@@ -19,7 +19,7 @@ import pytest
 from fieldhub.migrate import apply_migrations
 from fieldhub.stack.mosquitto import MosquittoBroker
 from fieldhub.stack.postgres import PostgresCluster
-from fieldhub.stack.procs import free_port
+from fieldhub.stack.procs import free_port, wait_until
 from fieldhub.tls import ensure_tls
 from tests.support import TestStack
 
@@ -43,10 +43,27 @@ def pg_cluster() -> Iterator[PostgresCluster]:
     try:
         cluster.create_database(TEMPLATE_DB)
         apply_migrations(cluster.url(TEMPLATE_DB))
+        _close_template(cluster)
         yield cluster
     finally:
         cluster.stop(mode="immediate")
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _close_template(cluster: PostgresCluster) -> None:
+    """CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template, and
+    TimescaleDB's background scheduler connects to every database that has the extension.
+    Forbid new connections and end the existing ones; clones still accept connections."""
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{TEMPLATE_DB}" WITH ALLOW_CONNECTIONS false'.encode())
+        wait_until(
+            lambda: not conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                (TEMPLATE_DB,),
+            ).fetchone()[0],  # type: ignore[index]
+            timeout=10,
+            what="the template database to have no connections",
+        )
 
 
 @pytest.fixture
