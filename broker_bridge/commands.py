@@ -254,19 +254,22 @@ class CommandDispatcher:
         conn.execute("LISTEN commands")
         self.is_leader = False
         next_sweep = 0.0
+        to_republish: list[uuid.UUID] = []
         while not self._stop.is_set():
             if not self.is_leader:
                 self.is_leader = self._try_lead(conn)
                 if self.is_leader:
                     log.info("command dispatcher is the leader")
                     # The broker may have lost retained messages while nobody watched (a crash
-                    # between snapshots); devices drop duplicates by id, so resend to be sure.
-                    if self._republish_sent(conn):
-                        next_sweep = 0.0
+                    # between snapshots); devices drop duplicates by id, so resend to be sure,
+                    # right after the first sweep, so new commands do not wait behind them.
+                    to_republish = self._sent_ids(conn)
             now = time.monotonic()
             if self.is_leader and now >= next_sweep:
                 result = self.sweep(conn)
                 self.sweeps += 1
+                if to_republish and result.complete and self._republish_sent(conn, to_republish):
+                    to_republish = []
                 if result.complete:
                     busy = result.published >= self.batch_size or result.cleared >= self.batch_size
                     next_sweep = now if busy else now + self._wait_for_expiry(conn)
@@ -337,7 +340,11 @@ class CommandDispatcher:
         return result
 
     def _publish_queued(
-        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]]
+        self,
+        conn: psycopg.Connection[Any],
+        commands: list[dict[str, Any]],
+        *,
+        mark_sent: bool = True,
     ) -> tuple[int, bool]:
         """Publish and mark `sent`: devices in parallel, each device's commands in order.
 
@@ -349,38 +356,45 @@ class CommandDispatcher:
         for command in commands:
             by_device.setdefault(command["device_id"], []).append(command)
         if len(by_device) <= 1 or self.publish_workers == 1:
-            outcomes = [self._publish_in_order(conn, queue) for queue in by_device.values()]
+            outcomes = [
+                self._publish_in_order(conn, queue, mark_sent) for queue in by_device.values()
+            ]
         else:
             workers = min(self.publish_workers, len(by_device))
             with ThreadPoolExecutor(workers, thread_name_prefix="command-publish") as pool:
                 outcomes = list(
-                    pool.map(lambda queue: self._publish_in_order(conn, queue), by_device.values())
+                    pool.map(
+                        lambda queue: self._publish_in_order(conn, queue, mark_sent),
+                        by_device.values(),
+                    )
                 )
         return sum(count for count, _ in outcomes), all(ok for _, ok in outcomes)
 
     def _publish_in_order(
-        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]]
+        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]], mark_sent: bool
     ) -> tuple[int, bool]:
         count = 0
         for command in commands:
             if not self._publish_command(command):
                 return count, False
-            # psycopg serialises the workers' statements on the one connection.
-            conn.execute(QUERIES["mark_sent"], {"id": command["id"]})
+            if mark_sent:
+                # psycopg serialises the workers' statements on the one connection.
+                conn.execute(QUERIES["mark_sent"], {"id": command["id"]})
             count += 1
         return count, True
 
-    def _republish_sent(self, conn: psycopg.Connection[Any]) -> int:
+    def _sent_ids(self, conn: psycopg.Connection[Any]) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(QUERIES["sent_to_republish"]).fetchall()
-        count = 0
-        for command in rows:
-            if not self._publish_command(command):
-                break
-            count += 1
+            return [row["id"] for row in cur.execute(QUERIES["sent_ids"])]
+
+    def _republish_sent(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> bool:
+        """Publish these commands again if still `sent` (in order per device); True if done."""
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(QUERIES["sent_to_republish"], {"ids": ids}).fetchall()
+        count, complete = self._publish_queued(conn, rows, mark_sent=False)
         if count:
             log.info("republished %d sent commands after taking over", count)
-        return count
+        return complete
 
     def _publish_command(self, command: dict[str, Any]) -> bool:
         topic = command_topic(command["device_id"], str(command["id"]))

@@ -30,11 +30,15 @@ WHERE status = 'queued' AND expires_at > now()
 ORDER BY created_at, id
 LIMIT %(limit)s;
 
+-- name: sent_ids
+-- What was already `sent` when this dispatcher took over (not what it sends itself).
+SELECT id FROM commands WHERE status = 'sent' AND expires_at > now();
+
 -- name: sent_to_republish
 SELECT id, device_id, name, params, created_at, expires_at,
        extract(epoch FROM expires_at - now()) AS remaining_s
 FROM commands
-WHERE status = 'sent' AND expires_at > now()
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'sent' AND expires_at > now()
 ORDER BY created_at, id;
 
 -- name: mark_sent

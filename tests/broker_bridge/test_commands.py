@@ -512,6 +512,26 @@ def test_only_one_dispatcher_works_at_a_time(
     wait_for(lambda: standby.is_leader, what="the standby to take over")
 
 
+def test_a_new_leader_republishes_sent_commands_once(
+    stack: TestStack, publisher: ServicePublisher, dispatchers: list[CommandDispatcher]
+) -> None:
+    device_id = unique_id()
+    stack.create_devices([device_id])
+    conn: Conn = stack.conn
+    waiting = send(conn, device_id, "waiting")
+    first = start_dispatcher(dispatchers, stack, publisher)
+    wait_for(lambda: status(conn, waiting) == "sent", what="sent")
+    first.stop()
+    topic = f"devices/{device_id}/commands/{waiting}"
+    assert [t for t, *_ in publisher.published].count(topic) == 1
+
+    second = start_dispatcher(dispatchers, stack, publisher)
+    wait_for(lambda: second.sweeps >= 3, what="a few sweeps of the new leader")
+    # Once (in case the broker lost it), not on every sweep; still `sent`.
+    assert [t for t, *_ in publisher.published].count(topic) == 2
+    assert timeline(conn, waiting) == ["queued", "sent"]
+
+
 # -- end to end through the real bridge -----------------------------------------------------
 @pytest.fixture
 def bridge(stack: TestStack) -> Iterator[BridgeProcess]:
