@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import socket
 import struct
 import threading
 import time
@@ -281,6 +282,11 @@ class Bridge:
             self.problems.warning("connect", "broker refused the connection: %s", reason)
             return
         self._new_generation()
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # Without it a small PUBACK or command PUBLISH waits for the peer's delayed ACK
+            # (Nagle): about 30 ms per command round trip, measured by the commands team.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.metrics.connected.set(1)
         log.info(
             "connected to %s as %s (session present: %s)",
