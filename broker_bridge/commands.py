@@ -212,6 +212,7 @@ class CommandDispatcher:
         self.is_leader = False
         self.sweeps = 0  # completed sweeps, for tests and metrics
         self.last_error: str | None = None
+        self._publish_failing = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -405,11 +406,17 @@ class CommandDispatcher:
         try:
             self.publish(topic, payload, True, expiry_s)
         except Exception as exc:
-            # Broker down or slow: stop this sweep so later commands of the same device are
-            # not published ahead of this one; the next sweep starts again from the oldest.
+            # Broker down or slow: the caller stops this device's commands for this sweep so
+            # a later one is not published ahead of this one; the next sweep retries.
             self.last_error = f"publish: {type(exc).__name__}: {exc}"
-            log.warning("publishing to %s failed: %s", topic, exc)
+            # One warning per outage, not one per command and retry.
+            level = logging.DEBUG if self._publish_failing else logging.WARNING
+            self._publish_failing = True
+            log.log(level, "publishing to %s failed (retrying every sweep): %s", topic, exc)
             return False
+        if self._publish_failing:
+            self._publish_failing = False
+            log.info("publishing commands works again")
         return True
 
 
