@@ -83,6 +83,7 @@ def create_import(
             },
         ).fetchone()
         assert row is not None
+        conn.execute(QUERIES["fast_compression"])
         conn.execute(QUERIES["store_file"], {"id": row["id"], "content": content})
         if lock:
             conn.execute(QUERIES["try_lock_import"], {"namespace": LOCK_NAMESPACE, "id": row["id"]})

@@ -6,6 +6,11 @@ INSERT INTO imports (org_id, device_id, filename, format, total_bytes, created_b
 VALUES (%(org_id)s, %(device_id)s, %(filename)s, %(format)s, %(total_bytes)s, %(created_by)s)
 RETURNING *
 
+-- name: fast_compression
+-- Uploads compress well; lz4 stores (and reads back) a 35 MiB CSV in a fraction of a second
+-- where the default pglz takes seconds. For this transaction only.
+SET LOCAL default_toast_compression = 'lz4'
+
 -- name: store_file
 INSERT INTO import_files (import_id, content) VALUES (%(id)s, %(content)s)
 
