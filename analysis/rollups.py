@@ -84,8 +84,11 @@ def recompute_range(conn: Conn, start: dt.datetime, end: dt.datetime) -> dict[st
     long_range = end - start > SCAN_THRESHOLD
     with conn.transaction():
         conn.execute(QUERIES["sort_memory"])
-        query = "rollup_1m_scan" if long_range else "rollup_1m_recent"
-        minutes = conn.execute(QUERIES[query], minute_range).rowcount
+        if long_range:
+            conn.execute(QUERIES["stage_1m_scan"], minute_range)
+            minutes = conn.execute(QUERIES["stage_1m_upsert"]).rowcount
+        else:
+            minutes = conn.execute(QUERIES["rollup_1m_recent"], minute_range).rowcount
         hours = conn.execute(QUERIES["rollup_1h_scan"], hour_range).rowcount
     return {"minutes": minutes, "hours": hours}
 
@@ -104,7 +107,8 @@ def recompute_ranges(conn: Conn, ranges: Sequence[DeviceRange]) -> dict[str, int
     }
     with conn.transaction():
         conn.execute(QUERIES["sort_memory"])
-        minutes = conn.execute(QUERIES["rollup_1m_devices"], params).rowcount
+        conn.execute(QUERIES["stage_1m_devices"], params)
+        minutes = conn.execute(QUERIES["stage_1m_upsert"]).rowcount
         hours = conn.execute(QUERIES["rollup_1h_devices"], params).rowcount
     return {"minutes": minutes, "hours": hours}
 

