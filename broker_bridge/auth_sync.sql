@@ -1,5 +1,5 @@
 -- name: device_password_lines
--- The device part of Mosquitto's password file, one `id:hash` line per enabled device of
+-- The device listeners' password file (auth/passwords), one `id:hash` line per enabled device of
 -- this broker (device ids cannot contain ':' or a newline, so no escaping is needed). Sorted
 -- in a subquery, not with string_agg(... ORDER BY): measured 2-3x faster at 100,000 devices,
 -- and a stable order means an unchanged registry renders an unchanged file (no reload).
@@ -12,4 +12,5 @@ FROM (
 ) AS ordered;
 
 -- name: service_accounts
+-- The services listener's accounts (auth/services.passwords and auth/services.acl).
 SELECT username, password_hash, acl FROM service_accounts ORDER BY username;

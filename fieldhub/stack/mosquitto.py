@@ -22,6 +22,14 @@ from fieldhub.stack.procs import (
 TEMPLATE = PROJECT_ROOT / "mosquitto" / "mosquitto.conf.template"
 BROKER_USER = "mosquitto"  # Mosquitto drops to this user when started as root
 
+# The auth files under auth/, written by the broker auth sync. Devices and service accounts
+# have separate files so each listener admits only its own kind of client (docs/security.md).
+DEVICE_PASSWORD_FILE = "passwords"  # noqa: S105 - a file name
+DEVICE_ACL_FILE = "acl"
+SERVICE_PASSWORD_FILE = "services.passwords"  # noqa: S105 - a file name
+SERVICE_ACL_FILE = "services.acl"
+AUTH_FILES = (DEVICE_PASSWORD_FILE, DEVICE_ACL_FILE, SERVICE_PASSWORD_FILE, SERVICE_ACL_FILE)
+
 
 @dataclasses.dataclass
 class MosquittoBroker:
@@ -55,13 +63,16 @@ class MosquittoBroker:
         """Write the config; create empty auth files so the broker can start before the sync."""
         for directory in (self.base_dir, self.auth_dir, self.data_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        for name in ("passwords", "acl"):
+        for name in AUTH_FILES:
             path = self.auth_dir / name
             if not path.exists():
                 path.write_text("")
             path.chmod(0o600)
         values = {
-            "auth_dir": str(self.auth_dir),
+            "device_password_file": str(self.auth_dir / DEVICE_PASSWORD_FILE),
+            "device_acl_file": str(self.auth_dir / DEVICE_ACL_FILE),
+            "service_password_file": str(self.auth_dir / SERVICE_PASSWORD_FILE),
+            "service_acl_file": str(self.auth_dir / SERVICE_ACL_FILE),
             "data_dir": str(self.data_dir),
             "pid_file": str(self.pid_file),
             "tls_dir": str(self.tls_dir),
@@ -103,7 +114,8 @@ class MosquittoBroker:
         return proc
 
     def reload(self) -> None:
-        """SIGHUP: re-read password and ACL files and re-check connected clients."""
+        """SIGHUP: re-read all listeners' password and ACL files and re-check connected
+        clients."""
         pid = int(self.pid_file.read_text().strip())
         os.kill(pid, signal.SIGHUP)
 

@@ -2,7 +2,8 @@
 enforces against real clients.
 
 The render tests need nothing; the rest run against the session's Mosquitto, whose password and
-ACL files each test rewrites from its own database (so every device id here is unique).
+ACL files (one pair for the device listeners, one for the services listener) each test rewrites
+from its own database (so every device id here is unique).
 """
 
 from __future__ import annotations
@@ -22,16 +23,26 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_bridge.auth_sync import (
     BASE_ACL,
+    OperatorRules,
     check_operator_rules,
     operator_rule_files,
-    render_acl_file,
+    render_device_acl,
     render_password_file,
+    render_service_acl,
+    split_operator_rules,
     sync_once,
     write_atomically,
 )
 from fieldhub import registry
 from fieldhub.passwords import generate_secret
-from fieldhub.stack.mosquitto import MosquittoBroker
+from fieldhub.stack.mosquitto import (
+    AUTH_FILES,
+    DEVICE_ACL_FILE,
+    DEVICE_PASSWORD_FILE,
+    SERVICE_ACL_FILE,
+    SERVICE_PASSWORD_FILE,
+    MosquittoBroker,
+)
 from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, unique_id, wait_for
 
 REVOCATION_DEADLINE_S = 2.0
@@ -46,22 +57,72 @@ def test_password_file_has_one_line_per_account() -> None:
     assert render_password_file([]) == ""
 
 
-def test_acl_file_puts_device_patterns_first_then_accounts_then_operator_files() -> None:
-    text = render_acl_file(
-        "pattern read devices/%u/commands/+\n",
-        [("svc.bridge", ["read devices/+/telemetry"]), ("svc.loadgen", [])],
-        [("10-dash.acl", "user svc.dash\ntopic read devices/+/status\n")],
+def _rule_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+DASH_FILE = OperatorRules(
+    "10-dash.acl",
+    devices="pattern read config/%u\n",
+    services="user svc.dash\ntopic read devices/+/status\n",
+)
+
+
+def test_device_acl_has_the_device_patterns_and_the_operators_device_rules_only() -> None:
+    text = render_device_acl("pattern read devices/%u/commands/+\n", [DASH_FILE])
+    assert _rule_lines(text) == ["pattern read devices/%u/commands/+", "pattern read config/%u"]
+    assert "# --- operator rules from acl.d/10-dash.acl" in text
+
+
+def test_service_acl_has_the_accounts_then_the_operators_service_rules_only() -> None:
+    text = render_service_acl(
+        [("svc.bridge", ["read devices/+/telemetry"]), ("svc.loadgen", [])], [DASH_FILE]
     )
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines == [
-        "pattern read devices/%u/commands/+",
+    assert _rule_lines(text) == [
         "user svc.bridge",
         "topic read devices/+/telemetry",
         "user svc.loadgen",
         "user svc.dash",
         "topic read devices/+/status",
     ]
+    assert "pattern" not in text
     assert "# --- operator rules from acl.d/10-dash.acl" in text
+
+
+def test_an_operator_file_with_nothing_for_a_listener_leaves_no_trace_there() -> None:
+    only_services = OperatorRules("20-x.acl", devices="# about x\n", services="user svc.x\n")
+    assert "20-x.acl" not in render_device_acl("", [only_services])
+    assert "20-x.acl" in render_service_acl([], [only_services])
+
+
+def test_operator_rules_are_split_by_listener() -> None:
+    devices, services = split_operator_rules(
+        "# shared header\n"
+        "pattern read config/%u\n"
+        "user svc.dash\n"
+        "topic read devices/+/status\n"
+        "pattern write hello/%u\n"  # patterns are global in Mosquitto, wherever they stand
+        "\n"
+        "user dev-42\n"
+        "topic read firmware/special\n"
+        "user svc.other\n"
+        "topic write devices/+/commands/+\n"
+    )
+    assert devices.splitlines() == [
+        "# shared header",
+        "pattern read config/%u",
+        "pattern write hello/%u",
+        "user dev-42",
+        "topic read firmware/special",
+    ]
+    assert services.splitlines() == [
+        "# shared header",
+        "user svc.dash",
+        "topic read devices/+/status",
+        "",
+        "user svc.other",
+        "topic write devices/+/commands/+",
+    ]
 
 
 def test_base_acl_grants_devices_exactly_the_contract_topics() -> None:
@@ -101,7 +162,10 @@ def test_operator_files_are_read_in_name_order_and_unsafe_ones_left_out(tmp_path
     (tmp_path / "10-a.acl").write_text("# a\nuser svc.a\ntopic read a\npattern read p/%u\n")
     (tmp_path / "15-bad.acl").write_text("topic read #\n")
     (tmp_path / "notes.txt").write_text("topic read #\n")
-    assert [name for name, _ in operator_rule_files(tmp_path)] == ["10-a.acl", "20-b.acl"]
+    files = operator_rule_files(tmp_path)
+    assert [rules.name for rules in files] == ["10-a.acl", "20-b.acl"]
+    assert _rule_lines(files[0].devices) == ["pattern read p/%u"]
+    assert _rule_lines(files[0].services) == ["user svc.a", "topic read a"]
 
 
 def test_write_atomically_is_private_and_skips_unchanged_content(tmp_path: Path) -> None:
@@ -240,6 +304,75 @@ def test_claiming_another_devices_client_id_gains_nothing(
 
 
 @pytest_integration
+def test_sync_writes_devices_and_service_accounts_to_separate_files(stack: TestStack) -> None:
+    device_id = unique_id()
+    stack.create_devices([device_id])
+    files = {name: (stack.broker.auth_dir / name).read_text() for name in AUTH_FILES}
+    assert [line.split(":")[0] for line in files[DEVICE_PASSWORD_FILE].splitlines()] == [device_id]
+    assert [line.split(":")[0] for line in files[SERVICE_PASSWORD_FILE].splitlines()] == [
+        BRIDGE_ACCOUNT
+    ]
+    assert "svc." not in files[DEVICE_ACL_FILE]
+    assert f"user {BRIDGE_ACCOUNT}" in files[SERVICE_ACL_FILE]
+    assert "pattern" not in files[SERVICE_ACL_FILE]
+
+
+@pytest_integration
+def test_device_credentials_are_refused_on_the_services_listener(
+    stack: TestStack, closing: list[DeviceClient]
+) -> None:
+    a, b = unique_id("a"), unique_id("b")
+    secrets = stack.create_devices([a, b])
+    dev_b = _device(stack, b, secrets[b])
+    closing.append(dev_b)
+    dev_b.subscribe(f"devices/{b}/commands/+")
+    # Client ids are not forced on the services listener: were A admitted there with B's
+    # client id, the broker would hand it B's session and disconnect B.
+    for client_id in (a, b):
+        intruder = DeviceClient(stack.broker.mqtt_services, a, secrets[a], client_id=client_id)
+        closing.append(intruder)
+        assert not intruder.connect(raise_on_refusal=False)
+    assert stack.can_login(a, secrets[a])  # the same credentials do work for devices
+    bridge = _bridge(stack)
+    closing.append(bridge)
+    bridge.publish(f"devices/{b}/commands/still-there", b"{}")
+    wait_for(lambda: dev_b.received, what="B, still connected, to receive its command")
+    assert not dev_b.disconnected.is_set()
+
+
+@pytest_integration
+def test_service_account_is_refused_on_the_device_listeners(
+    stack: TestStack, closing: list[DeviceClient]
+) -> None:
+    plain = DeviceClient(
+        stack.broker.mqtt_devices, BRIDGE_ACCOUNT, stack.bridge_password, client_id=unique_id()
+    )
+    closing.append(plain)
+    assert not plain.connect(raise_on_refusal=False)
+    ca = stack.broker.tls_dir / "ca.crt"
+    assert not _tls_connect(stack.broker, BRIDGE_ACCOUNT, stack.bridge_password, ca)
+    # Positive control: the same credentials are good on the services listener.
+    closing.append(_bridge(stack))
+
+
+@pytest_integration
+def test_service_account_with_a_new_password_is_disconnected_from_the_services_listener(
+    stack: TestStack, closing: list[DeviceClient]
+) -> None:
+    old_password = generate_secret()
+    registry.ensure_service_account(stack.conn, "svc.rotating", [], old_password)
+    stack.sync()
+    client = DeviceClient(stack.broker.mqtt_services, "svc.rotating", old_password)
+    closing.append(client)
+    wait_for(lambda: client.connect(raise_on_refusal=False), what="svc.rotating to log in")
+    started = time.monotonic()
+    registry.ensure_service_account(stack.conn, "svc.rotating", [], generate_secret())
+    stack.sync()
+    assert client.disconnected.wait(REVOCATION_DEADLINE_S), "still connected"
+    assert time.monotonic() - started < REVOCATION_DEADLINE_S
+
+
+@pytest_integration
 @pytest.mark.parametrize("case", ["wrong password", "unknown user", "disabled", "anonymous"])
 def test_bad_credentials_are_refused(stack: TestStack, case: str) -> None:
     device_id = unique_id()
@@ -313,8 +446,14 @@ def test_operator_acl_files_are_merged_with_the_generated_rules(
     secret = stack.create_devices([device_id])[device_id]
     dash_password = generate_secret()
     registry.ensure_service_account(stack.conn, "svc.dashboard", [], dash_password)
+    # One file for both listeners: the svc block goes to the services ACL, the pattern (an
+    # extra topic for every device) to the device ACL.
     (tmp_path / "50-dashboard.acl").write_text(
-        "# a read-only account for a dashboard\nuser svc.dashboard\ntopic read devices/+/status\n"
+        "# a read-only account for a dashboard, which also hands out device config\n"
+        "user svc.dashboard\n"
+        "topic read devices/+/status\n"
+        "topic write config/+\n"
+        "pattern read config/%u\n"
     )
     if sync_once(stack.conn, stack.broker.auth_dir, operator_dir=tmp_path):
         stack.broker.reload()
@@ -325,6 +464,7 @@ def test_operator_acl_files_are_merged_with_the_generated_rules(
     dash.subscribe("devices/+/telemetry")
     device = _device(stack, device_id, secret)
     closing.append(device)
+    device.subscribe(f"config/{device_id}")
     device.publish(f"devices/{device_id}/telemetry", b"{}")
     device.publish(f"devices/{device_id}/status", b"online")
     wait_for(
@@ -336,6 +476,11 @@ def test_operator_acl_files_are_merged_with_the_generated_rules(
         f"devices/{device_id}/status"
     ]
     assert not [m for m in dash.received if "/telemetry" in m.topic]
+    dash.publish(f"config/{device_id}", b'{"interval": 60}')
+    wait_for(
+        lambda: any(m.topic == f"config/{device_id}" for m in device.received),
+        what="the device to receive its config through the operator's pattern",
+    )
 
 
 # -- the auth-sync process --------------------------------------------------------------
