@@ -58,6 +58,8 @@ from typing import Final, Literal, NamedTuple
 
 import orjson
 
+from fieldhub.registry import DEVICE_ID_PATTERN
+
 __all__ = [
     "COMMAND_ID_RE",
     "DEVICE_ID_RE",
@@ -120,9 +122,11 @@ SENML_RELATIVE_LIMIT: Final = 2**28
 """RFC 8428 section 4.5.3: a resolved SenML time below 2**28 is relative to
 the time the pack was received."""
 
-DEVICE_ID_RE: Final = re.compile(r"\A[a-z0-9_-]{1,64}\Z")
-"""Device id.  ``\\Z`` rather than ``$`` because ``$`` also matches before a
-trailing newline, which would let ``"dev\\n"`` through."""
+DEVICE_ID_RE: Final = re.compile(rf"\A(?:{DEVICE_ID_PATTERN.pattern})\Z")
+"""Device id: the registry's own rule (``fieldhub.registry.DEVICE_ID_PATTERN``),
+so a topic is accepted for exactly the ids that can be registered.  Anchored
+with ``\\Z`` rather than ``$`` because ``$`` also matches before a trailing
+newline, which would let ``"dev\\n"`` through."""
 
 COMMAND_ID_RE: Final = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 """Command id in an ack topic.  Upper case is allowed because ids are minted
