@@ -118,19 +118,23 @@ def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: Tes
                 good.publish("devices/good-1/telemetry", orjson.dumps({"values": {"n": n}}))
             loadgen.publish("devices/ghost-1/telemetry", b'{"values": {"t": 1}}')
             loadgen.publish("devices/off-1/telemetry", b'{"values": {"t": 1}}')
+            # Valid JSON the database cannot store (text may not hold NUL): the batch around it
+            # is retried message by message and only this one is dead-lettered.
+            bad.publish("devices/bad-1/telemetry", b'{"values": {"mode": "a\\u0000b"}}')
+            good.publish("devices/good-1/telemetry", orjson.dumps({"values": {"n": 98}}))
             bad.publish("devices/bad-1/status", b"sleepy")
             good.publish("devices/good-1/telemetry", orjson.dumps({"values": {"n": 99}}))
         finally:
             for client in (good, bad, loadgen):
                 client.close()
 
-        expected_dead = len(poison) + 3
+        expected_dead = len(poison) + 4
         wait_for(
             lambda: len(stack.query("SELECT 1 FROM dead_letters")) >= expected_dead,
             timeout=20,
             what="dead letters",
         )
-        wait_for(lambda: row_count(stack) == len(poison) + 1, what="good readings")
+        wait_for(lambda: row_count(stack) == len(poison) + 2, what="good readings")
         metrics = bridge.metrics()
         assert bridge.proc is not None
         assert bridge.proc.poll() is None
@@ -141,8 +145,10 @@ def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: Tes
     assert len(letters) == expected_dead
     by_device = [(r["device_id"], r["reason"]) for r in letters]
     assert [reason for device, reason in by_device if device == "bad-1"] == [
-        reason for _payload, reason in poison
-    ] + ["bad_status"]
+        *(reason for _payload, reason in poison),
+        "db_rejected",
+        "bad_status",
+    ]
     assert ("ghost-1", "unknown_device") in by_device
     assert ("off-1", "disabled_device") in by_device
     # The raw payload is kept byte for byte, for replay after a fix.
@@ -154,6 +160,7 @@ def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: Tes
         assert metrics[f'fieldhub_bridge_dead_letters_total{{reason="{reason}"}}'] == count
     assert [r["value"] for r in stack.query("SELECT value FROM readings ORDER BY value")] == [
         *map(float, range(len(poison))),
+        98.0,
         99.0,
     ]
 
