@@ -73,6 +73,14 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
             lambda: stack.query("SELECT 1 FROM latest_values WHERE device_id = %s", (device_id,)),
             what="the first reading stored",
         )
+        # An hour of history, so the chart (and its screenshot) has something to show.
+        stack.conn.execute(
+            "INSERT INTO readings (time, device_id, metric, value) "
+            "SELECT t, %s, 'temperature', 21 + 3 * sin(extract(epoch FROM t) / 600) "
+            "FROM generate_series(now() - interval '59 minutes', now() - interval '1 minute', "
+            "interval '30 seconds') AS t",
+            (device_id,),
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(server.url + "/devices")
         expect(page.locator("h1")).to_contain_text("Log in")
