@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from analysis import housekeeping
-from fieldhub.config import Settings
+from fieldhub.config import ConfigError, Settings
 from tests.analysis.conftest import Conn
 
 pytestmark = pytest.mark.integration
@@ -30,6 +30,12 @@ def test_horizons_come_from_settings() -> None:
         "rollup_1m": 365,
         "dead_letters": 14,
     }
+
+
+@pytest.mark.parametrize("raw", ["-1", "thirty", "1.5"])
+def test_bad_retention_settings_are_refused(raw: str) -> None:
+    with pytest.raises(ConfigError, match="FIELDHUB_RETENTION_RAW_DAYS"):
+        Settings.from_env({"FIELDHUB_RETENTION_RAW_DAYS": raw})
 
 
 def _chunk_end(moment: dt.datetime, chunk: dt.timedelta) -> dt.datetime:
