@@ -308,3 +308,16 @@ def test_cli_user_and_token(world: World) -> None:
     )
     assert token.returncode == 0, token.stderr
     assert json.loads(token.stdout)["token"].startswith("fh_")
+    listed = subprocess.run(
+        [sys.executable, "-m", "fieldhub.cli", "user", "list", "--org", "org-a", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    emails = {row["email"] for row in json.loads(listed.stdout)}
+    assert {"cli@a.example", "pipe@a.example", world.emails["a_admin"]} <= emails
+    assert world.emails["b_admin"] not in emails
+    assert "password" not in listed.stdout
