@@ -40,3 +40,7 @@ SELECT count(*) AS n FROM readings
 
 -- name: rolled_up_readings
 SELECT coalesce(sum(count), 0) AS n FROM rollup_1m
+
+-- name: touch_latest
+-- What the bridge does with every batch: the latest reading time per device and metric.
+UPDATE latest_values SET time = now()
