@@ -63,6 +63,15 @@ def list_devices(
     return [dict(r) for r in rows], int(total_row["n"]) if total_row else 0
 
 
+def list_devices_by_id(
+    conn: Conn, org_id: int | None, device_ids: list[str]
+) -> tuple[list[dict[str, Any]], int]:
+    rows = conn.execute(
+        QUERIES["devices_by_id"], {"org_id": org_id, "device_ids": device_ids}
+    ).fetchall()
+    return [dict(r) for r in rows], len(rows)
+
+
 def label_pairs(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(QUERIES["label_pairs"], {"org_id": org_id})]
 

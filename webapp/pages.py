@@ -100,6 +100,37 @@ def devices() -> Any:
     )
 
 
+MAX_STATE_IDS = 200
+
+
+@bp.route("/devices/state.json")
+@login_required
+def devices_state() -> Any:
+    """Online state, last seen and latest values of the listed devices, for the list page to
+    refresh itself; ids outside the user's organisation are silently left out."""
+    wanted = [i for i in request.args.get("ids", "").split(",") if i][:MAX_STATE_IDS]
+    conn = db.read()
+    rows, _ = data.list_devices_by_id(conn, scope_org_id(), wanted)
+    latest = data.latest_values(conn, [r["device_id"] for r in rows])
+    return jsonify(
+        {
+            "devices": [
+                {
+                    "device_id": r["device_id"],
+                    "online": bool(r["online"]),
+                    "enabled": r["enabled"],
+                    "last_seen": r["last_seen"],
+                    "latest": [
+                        {"metric": v["metric"], "value": v["value"]}
+                        for v in latest.get(r["device_id"], [])[:4]
+                    ],
+                }
+                for r in rows
+            ]
+        }
+    )
+
+
 LABEL_CACHE_S = 60.0
 
 

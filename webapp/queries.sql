@@ -26,6 +26,14 @@ WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
 ORDER BY d.device_id
 LIMIT %(limit)s OFFSET %(offset)s;
 
+-- name: devices_by_id
+SELECT d.device_id, d.enabled, coalesce(s.online, false) AS online, s.last_seen
+FROM devices d
+LEFT JOIN device_state s ON s.device_id = d.device_id
+WHERE d.device_id = ANY(%(device_ids)s::text[])
+  AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
+ORDER BY d.device_id;
+
 -- name: label_pairs
 -- The label filter's suggestions: the most common key=value pairs of the organisation.
 SELECT l.key, l.value, count(*) AS devices

@@ -68,6 +68,7 @@ def test_pages_without_objects_show_nothing_of_another_org(app: Flask, world: Wo
     client = app.test_client()
     login(client, world.emails["a_admin"])
     for path in (
+        f"/devices/state.json?ids={world.devices['b']}",
         "/devices",
         "/alerts",
         "/admin/devices",

@@ -48,6 +48,16 @@ def test_device_list_searches_filters_and_paginates(app: Flask, world: World) ->
     assert "key=value" in bad.get_data(as_text=True)
 
 
+def test_device_list_refreshes_state_of_own_devices_only(app: Flask, world: World) -> None:
+    client = app.test_client()
+    login(client, world.emails["a_viewer"])
+    ids = f"{world.devices['a']},{world.devices['b']},nope"
+    body = client.get(f"/devices/state.json?ids={ids}").get_json()
+    assert [d["device_id"] for d in body["devices"]] == [world.devices["a"]]
+    assert body["devices"][0]["online"] is True
+    assert body["devices"][0]["latest"] == [{"metric": "temperature", "value": 49.0}]
+
+
 def test_history_uses_raw_readings_then_rollups(app: Flask, world: World) -> None:
     device = world.devices["a"]
     now = datetime.now(UTC)
