@@ -82,6 +82,13 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
             (device_id,),
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
+        csp_violations: list[str] = []
+        page.on(
+            "console",
+            lambda msg: csp_violations.append(msg.text)
+            if "Content Security Policy" in msg.text
+            else None,
+        )
         page.goto(server.url + "/devices")
         expect(page.locator("h1")).to_contain_text("Log in")
         shot(page, "login")
@@ -134,5 +141,6 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         shot(page, "admin-credentials")
         page.goto(server.url + "/devices/no-such-device")
         shot(page, "not-found")
+        assert csp_violations == []
         page.close()
     device.close()
