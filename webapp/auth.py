@@ -135,8 +135,7 @@ def _security_headers(response: Response) -> Response:
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault(
         "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-        "frame-ancestors 'none'",
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
     )
     if g.get("login_csrf") and current_user() is None:
         response.set_cookie(
