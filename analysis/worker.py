@@ -149,6 +149,7 @@ class Worker:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        log.info("worker %s stopped", self.name)
 
     def wait(self) -> None:
         while not self._stopping.wait(1.0):

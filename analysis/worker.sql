@@ -9,7 +9,7 @@ SELECT pg_advisory_unlock(%(namespace)s, hashtext(%(job)s)) AS unlocked
 -- name: last_start
 SELECT max(started_at) AS started_at, now() AS now
 FROM job_runs
-WHERE job = %(job)s AND outcome <> 'skipped'
+WHERE job = %(job)s
 
 -- name: abandon_running
 -- Only the lock holder calls this, so a 'running' row here belongs to a worker that died.

@@ -144,6 +144,8 @@ def test_outcomes_are_recorded(db: Conn) -> None:
     assert runs["failing"]["duration_ms"] is not None
     assert runs["skipping"]["outcome"] == "skipped"
     assert runs["skipping"]["error"] == "not today"
+    # A skipped run counts for the schedule: it is not retried on every poll.
+    assert run_if_due(db, Job("skipping", 3600.0, skipping), SETTINGS, worker="w") is None
 
 
 def test_command_expiry_runs_or_skips_cleanly(db: Conn) -> None:
