@@ -43,7 +43,7 @@ from fieldhub.config import Settings
 from fieldhub.db import connect
 from fieldhub.migrate import apply_migrations
 from fieldhub.passwords import ITERATIONS, generate_secret, hash_secret, hash_secrets_parallel
-from fieldhub.stack.mosquitto import MosquittoBroker
+from fieldhub.stack.mosquitto import DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, MosquittoBroker
 from fieldhub.stack.postgres import PostgresCluster
 from fieldhub.stack.procs import chown_tree, free_port, require_binary, wait_until
 from fieldhub.tls import ensure_tls
@@ -219,7 +219,7 @@ def bench_provision(devices: int = 10_000) -> dict[str, Any]:
             [sys.executable, "-m", "fieldhub.cli", "auth-sync"], env=env, stderr=subprocess.DEVNULL
         )
         try:
-            passwords_file = servers.broker.auth_dir / "passwords"
+            passwords_file = servers.broker.auth_dir / SERVICE_PASSWORD_FILE
             wait_until(
                 lambda: "svc.bench:" in passwords_file.read_text(),
                 timeout=30,
@@ -332,7 +332,7 @@ def bench_files_at_scale(
             started = time.perf_counter()
             sync_once(conn, servers.broker.auth_dir)
             render_s = time.perf_counter() - started
-            size = (servers.broker.auth_dir / "passwords").stat().st_size
+            size = (servers.broker.auth_dir / DEVICE_PASSWORD_FILE).stat().st_size
             probe = credentials[0]
             reload_idle = [timed_reload(servers.broker, probe) for _ in range(3)]
             one_change: list[float] = []
