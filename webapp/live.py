@@ -174,7 +174,9 @@ def device_stream(device_id: str) -> Any:
                 except queue.Empty:
                     yield ": keepalive\n\n"
                     continue
-                with pools.get("read").connection() as conn:
+                # The primary: a notification is sent at commit there, and a replica may not
+                # have replayed that commit yet when the stream asks.
+                with pools.get("write").connection() as conn:
                     conn.autocommit = True
                     if channel in ("telemetry", "resync"):
                         rows = data.readings_since(conn, device_id, cursor)
