@@ -245,7 +245,6 @@ class Bridge:
             always_stage=always_stage,
         )
         self.stopping = threading.Event()
-        self._stopped = threading.Event()
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._subscribed = threading.Event()
@@ -394,8 +393,6 @@ class Bridge:
                 batch.acks.append(item)
             if qos:
                 batch.mids.append(mid)
-            if not batch.messages:
-                batch.first_received = received_at
             batch.messages += 1
         if pending.writer_idle:
             pending.wakeup.set()
@@ -535,7 +532,7 @@ class Bridge:
                 f"dead:{reason}", "dead-lettered %d message(s): %s", count, reason
             )
         if staged:
-            metrics.redelivery_batches.inc()
+            metrics.staged_batches.inc()
         if elapsed:
             metrics.batch_messages.observe(batch.messages)
             metrics.commit_seconds.observe(elapsed)
@@ -589,7 +586,6 @@ class Bridge:
         self.writer.close()
         self.directory.stop()
         self.metrics.close()
-        self._stopped.set()
         log.info("bridge %d stopped", self.instance)
 
     def run(self) -> int:

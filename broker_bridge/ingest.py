@@ -103,7 +103,6 @@ class Batch:
     mids: list[int] = dataclasses.field(default_factory=list)
     generation: int = 0
     messages: int = 0
-    first_received: float = 0.0
 
     def merge(self, other: Batch) -> None:
         self.telemetry += other.telemetry
@@ -170,7 +169,6 @@ class DeviceDirectory:
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
         self.enabled: dict[str, bool] = {}
-        self.loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(log)
@@ -187,7 +185,6 @@ class DeviceDirectory:
     def reload(self, conn: Conn) -> None:
         rows = conn.execute(QUERIES["all_devices"]).fetchall()
         self.enabled = {row["device_id"]: row["enabled"] for row in rows}
-        self.loaded.set()
 
     def lookup(self, conn: Conn, device_ids: Iterable[str]) -> None:
         """Ask the database about ids the directory does not know (a device created a moment

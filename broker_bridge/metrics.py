@@ -58,7 +58,7 @@ class BridgeMetrics:
         self.db_errors = Counter(
             "fieldhub_bridge_db_errors", "failed database transactions", registry=reg
         )
-        self.redelivery_batches = Counter(
+        self.staged_batches = Counter(
             "fieldhub_bridge_staged_batches",
             "batches written through the de-duplicating staging path",
             registry=reg,
