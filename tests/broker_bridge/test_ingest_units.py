@@ -114,3 +114,64 @@ def test_merging_a_batch_from_a_newer_connection_keeps_only_its_packet_ids() -> 
     same = Batch(mids=[5], generation=2, messages=1)
     same.merge(Batch(mids=[6], generation=2, messages=1))
     assert same.mids == [5, 6]
+
+
+def _publish_packet(topic: bytes, payload: bytes, *, qos: int, mid: int, props: bytes) -> bytes:
+    body = struct.pack(">H", len(topic)) + topic
+    if qos:
+        body += struct.pack(">H", mid)
+    body += bytes([len(props)]) + props + payload
+    length = len(body)
+    encoded = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        encoded.append(byte | (0x80 if length else 0))
+        if not length:
+            break
+    return bytes([0x30 | (qos << 1)]) + bytes(encoded) + body
+
+
+def test_bridge_client_frames_publishes_across_reads() -> None:
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+    from broker_bridge.app import BridgeClient
+
+    client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=5)
+    got: list[tuple[bytes, bytes, int, int]] = []
+    client.on_publish_packet = lambda topic, payload, qos, mid: got.append(
+        (topic, payload, qos, mid)
+    )
+    big = b"x" * 300_000  # a three-byte remaining length
+    stream = (
+        _publish_packet(b"devices/a/telemetry", b'{"v":1}', qos=1, mid=513, props=b"")
+        + _publish_packet(b"devices/b/status", b"online", qos=0, mid=0, props=b"\x01\x01")
+        + _publish_packet(b"devices/c/telemetry", big, qos=1, mid=7, props=b"\x23\x00\x05")
+    )
+    buffer = bytearray()
+    # Fed in awkward pieces: every packet boundary and length byte gets split somewhere.
+    for start in range(0, len(stream), 9_999):
+        buffer += stream[start : start + 9_999]
+        assert client._frame_packets(buffer) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert buffer == bytearray()
+    assert got == [
+        (b"devices/a/telemetry", b'{"v":1}', 1, 513),
+        (b"devices/b/status", b"online", 0, 0),
+        (b"devices/c/telemetry", big, 1, 7),
+    ]
+    # An incomplete packet stays in the buffer untouched until the rest arrives.
+    partial = _publish_packet(b"devices/d/telemetry", b"{}", qos=1, mid=1, props=b"")[:-1]
+    buffer += partial
+    assert client._frame_packets(buffer) == MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert bytes(buffer) == partial
+    assert len(got) == 3
+
+
+def test_ack_many_queues_one_write_of_pubacks() -> None:
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from broker_bridge.app import BridgeClient
+
+    client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=5)
+    client.ack_many([1, 300, 65535])
+    (packet,) = client._out_packet
+    assert packet["packet"] == bytes.fromhex("400200014002012c4002ffff")
