@@ -8,6 +8,7 @@ cloned from a migrated template (fast: a file copy, not a re-migration).
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -77,26 +78,58 @@ def database_url(pg_cluster: PostgresCluster) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
+class SessionBroker:
+    """The session's Mosquitto and its process, restarted if it died.
+
+    Mosquitto 2.0.11 has crashed here (a segfault in session expiry handling, seen a handful
+    of times over hundreds of bridge restarts); one crash must fail only the test it happened
+    in, not every test after it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.broker = MosquittoBroker(
+            base / "broker",
+            base / "tls",
+            free_port(),
+            free_port(),
+            free_port(),
+            tls_bind="127.0.0.1",
+            autosave_interval=5,
+        )
+        self.log_file = base / "mosquitto.log"
+        self.proc = self.broker.start(self.log_file)
+
+    def ensure_running(self) -> None:
+        if self.proc.poll() is None:
+            return
+        print(
+            f"\n[conftest] mosquitto exited with {self.proc.returncode}; restarting it "
+            f"(log: {self.log_file})",
+            file=sys.stderr,
+        )
+        self.proc = self.broker.start(self.log_file)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
-def broker() -> Iterator[MosquittoBroker]:
+def session_broker() -> Iterator[SessionBroker]:
     base = _scratch_dir("fieldhub-test-mqtt-")
     ensure_tls(base / "tls", ["localhost"])
-    mosquitto = MosquittoBroker(
-        base / "broker",
-        base / "tls",
-        free_port(),
-        free_port(),
-        free_port(),
-        tls_bind="127.0.0.1",
-        autosave_interval=5,
-    )
-    proc = mosquitto.start(base / "mosquitto.log")
+    running = SessionBroker(base)
     try:
-        yield mosquitto
+        yield running
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        running.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(session_broker: SessionBroker) -> MosquittoBroker:
+    session_broker.ensure_running()
+    return session_broker.broker
 
 
 @pytest.fixture
