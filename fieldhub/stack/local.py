@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import resource
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -38,7 +39,7 @@ from fieldhub import endpoints, registry
 from fieldhub.config import PROJECT_ROOT, ConfigError, Settings
 from fieldhub.migrate import apply_migrations
 from fieldhub.stack import cluster as cluster_mod
-from fieldhub.stack.mosquitto import MosquittoBroker
+from fieldhub.stack.mosquitto import BROKER_USER, MosquittoBroker
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 from fieldhub.stack.procs import port_open, running_as_root
 from fieldhub.stack.supervisor import (
@@ -303,18 +304,39 @@ def check_home(paths: StackPaths) -> None:
     paths.home.mkdir(parents=True, exist_ok=True)
     for directory in (paths.run_dir, paths.log_dir):
         directory.mkdir(exist_ok=True)
-    if running_as_root():
-        # The postgres and mosquitto users must reach their directories under home.
-        probe = subprocess.run(
-            ["runuser", "-u", PG_USER, "--", "test", "-x", str(paths.home)],
+    if running_as_root() and not _service_users_can_enter(paths.home):
+        # A clone under /root (mode 0700 on Debian) is the usual case. The servers drop to
+        # their own users and must pass through every parent directory: grant search only
+        # (o+x: enter by exact path, not list), and say so.
+        for directory in [*reversed(paths.home.parents), paths.home]:
+            mode = directory.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                log.warning(
+                    "allowing other users to pass through %s (chmod o+x) so the %s and %s "
+                    "users can reach %s",
+                    directory,
+                    PG_USER,
+                    BROKER_USER,
+                    paths.home,
+                )
+                directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+        if not _service_users_can_enter(paths.home):
+            raise StackError(
+                f"the {PG_USER} or {BROKER_USER} user cannot enter {paths.home}; make it and "
+                "its parent directories searchable (chmod o+x) or choose another FIELDHUB_HOME"
+            )
+
+
+def _service_users_can_enter(directory: Path) -> bool:
+    return all(
+        subprocess.run(
+            ["runuser", "-u", user, "--", "test", "-x", str(directory)],
             capture_output=True,
             check=False,
-        )
-        if probe.returncode != 0:
-            raise StackError(
-                f"the {PG_USER} user cannot enter {paths.home}; make it and its parent "
-                "directories searchable (chmod o+x) or choose another FIELDHUB_HOME"
-            )
+        ).returncode
+        == 0
+        for user in (PG_USER, BROKER_USER)
+    )
 
 
 def check_ports_free(ports: Sequence[tuple[str, int]]) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,29 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
 
 
 # -- end to end --------------------------------------------------------------------------------
+# Cluster mode derives ports from these (replica = PG + 1, web instances = WEB + 1 and + 2,
+# bridge 2 metrics = METRICS + 1), so each gets a block of free ports.
+PORT_BLOCKS = {"FIELDHUB_PG_PORT": 2, "FIELDHUB_WEB_PORT": 3, "FIELDHUB_BRIDGE_METRICS_PORT": 2}
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_block(size: int, taken: set[int]) -> int:
+    while True:
+        first = free_port()
+        block = range(first, first + size)
+        if first + size < 65536 and not taken & set(block) and all(map(_port_free, block)):
+            taken.update(block)
+            return first
+
+
 def _environment(home: Path) -> dict[str, str]:
     env = {
         k: v
@@ -101,13 +125,9 @@ def _environment(home: Path) -> dict[str, str]:
         and not k.startswith("FIELDHUB_")
     }
     env["FIELDHUB_HOME"] = str(home)
-    ports = set()
+    taken: set[int] = set()
     for name in PORT_VARIABLES:
-        port = free_port()
-        while port in ports:
-            port = free_port()
-        ports.add(port)
-        env[name] = str(port)
+        env[name] = str(_free_block(PORT_BLOCKS.get(name, 1), taken))
     return env
 
 
