@@ -118,6 +118,9 @@ def csrf_token() -> str:
 def _check_csrf() -> None:
     if request.method not in UNSAFE_METHODS or request.blueprint == "api":
         return
+    if request.routing_exception is not None:
+        # No such route or method: answer that (404/405), not "form expired".
+        return
     sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token") or ""
     user = current_user()
     expected = user["csrf_token"] if user else request.cookies.get(LOGIN_CSRF_COOKIE, "")
