@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from fieldhub import registry
 from fieldhub.passwords import verify_secret
 from tests.webapp.helpers import PASSWORD, ROOT, World, api_token, login
+from webapp import create_app
 
 pytestmark = pytest.mark.integration
 
@@ -331,3 +332,29 @@ def test_cli_user_and_token(world: World) -> None:
     assert {"cli@a.example", "pipe@a.example", world.emails["a_admin"]} <= emails
     assert world.emails["b_admin"] not in emails
     assert "password" not in listed.stdout
+
+
+def test_errors_are_pages_a_person_can_act_on(world: World) -> None:
+    app = create_app({"DATABASE_URL": world.database_url, "TESTING": False})
+
+    def broken() -> str:
+        raise RuntimeError("secret internals")
+
+    app.add_url_rule("/broken", view_func=broken)
+    app.add_url_rule("/api/v1/broken", view_func=broken)
+    client = app.test_client()
+    login(client, world.emails["a_viewer"])
+    page = client.get("/broken")
+    body = page.get_data(as_text=True)
+    assert page.status_code == 500
+    assert "Something went wrong on our side" in body
+    assert "Traceback" not in body
+    assert "secret internals" not in body
+    missing = client.get("/devices/nope").get_data(as_text=True)
+    assert "Back to devices" in missing
+    api = client.get("/api/v1/broken")
+    assert api.status_code == 500
+    assert api.get_json() == {
+        "error": {"code": "internal_error", "message": "Something went wrong on our side"}
+    }
+    app.extensions["fieldhub.pools"].close()
