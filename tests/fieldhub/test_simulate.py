@@ -187,6 +187,14 @@ def test_provisioning_creates_then_rotates_and_refuses_foreign_ids(stack: TestSt
     target = Target("127.0.0.1", stack.broker.mqtt_devices)
     assert can_login(target, second[0])
     assert not can_login(target, first[0])
+    # Devices in the field use the TLS listener, verified against the stack's own CA.
+    tls = Target(
+        "localhost",
+        stack.broker.mqtt_devices_tls,
+        tls=True,
+        ca_file=stack.broker.tls_dir / "ca.crt",
+    )
+    assert can_login(tls, second[1])
 
     registry.create_org(stack.conn, "other-org")
     with pytest.raises(registry.RegistryError, match="another organisation"):

@@ -257,6 +257,21 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
     assert "already running" in twice.stderr
 
 
+@pytest.mark.integration
+def test_up_refuses_a_busy_port_before_starting_anything(
+    stack_home: tuple[Path, dict[str, str]],
+) -> None:
+    home, env = stack_home
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(env["FIELDHUB_WEB_PORT"])))
+        squatter.listen()
+        result = _fieldhub(env, "up", timeout=60)
+    assert result.returncode == 2
+    assert f"ports already in use: {env['FIELDHUB_WEB_PORT']} (web)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (home / "postgres").exists()
+
+
 def _http_status(url: str) -> int:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - our own http URL
         return int(response.status)
