@@ -8,6 +8,7 @@ finds the data of the first.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from psycopg.rows import dict_row
 
 from fieldhub import endpoints, registry
 from fieldhub.config import Settings
+from fieldhub.simulate import Stats, Target, provision, run_devices, wait_until_accepted
 from fieldhub.stack.local import mask_url, stack_status
 from fieldhub.stack.procs import free_port, port_open
 from fieldhub.stack.supervisor import (
@@ -326,16 +329,51 @@ def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
         os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
         assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
 
-    # One bridge killed outright comes back; the other never stopped.
-    old = status["processes"]["bridge-1"]["pid"]
-    os.kill(old, signal.SIGKILL)
-    wait_for(
-        lambda: (p := stack_status(settings)["processes"]["bridge-1"])["state"] == "running"
-        and p["pid"] != old,
-        timeout=30,
-        what="bridge-1 to be restarted",
-    )
-    assert stack_status(settings)["processes"]["bridge-2"]["restarts"] == 0
+    # A bridge killed outright in the middle of a stream: the other one carries on, the
+    # killed one comes back, and every reading the devices got a PUBACK for is stored once.
+    with psycopg.connect(primary_url, autocommit=True, row_factory=dict_row) as conn:
+        devices = provision(conn, org="stream", prefix="stream", count=20)
+        target = Target("127.0.0.1", int(env["FIELDHUB_MQTT_PORT"]))
+        assert wait_until_accepted(target, devices[-1], timeout=30)
+        stats = Stats()
+        streaming = threading.Event()
+        runner = threading.Thread(
+            target=lambda: asyncio.run(
+                run_devices(devices, target, 0.1, streaming.is_set, stats=stats)
+            ),
+            daemon=True,
+        )
+        runner.start()
+        try:
+            wait_for(lambda: stats.published >= 200, timeout=30, what="the stream to start")
+            old = status["processes"]["bridge-1"]["pid"]
+            os.kill(old, signal.SIGKILL)
+            wait_for(
+                lambda: (p := stack_status(settings)["processes"]["bridge-1"])["state"] == "running"
+                and p["pid"] != old,
+                timeout=30,
+                what="bridge-1 to be restarted",
+            )
+            published_at_restart = stats.published
+            wait_for(
+                lambda: stats.published >= published_at_restart + 200,
+                timeout=30,
+                what="the stream to go on after the restart",
+            )
+        finally:
+            streaming.set()
+            runner.join(timeout=30)
+        assert stack_status(settings)["processes"]["bridge-2"]["restarts"] == 0
+
+        def stored() -> int:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM readings "
+                "WHERE device_id LIKE 'stream-%%' AND metric = 'temperature'"
+            ).fetchone()
+            return int(row["n"]) if row else 0
+
+        wait_for(lambda: stored() >= stats.published, timeout=60, what="every reading stored")
+        assert stored() == stats.published
 
     stopped = _fieldhub(env, "down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr
