@@ -201,6 +201,8 @@ def login() -> Any:
         flash("That email and password do not match an account.", "error")
         return render_template("login.html", next=next_url, email=email), 401
     token = users.create_session(db.write(), user["id"])
+    # Housekeeping rides on logins: expired sessions and failures older than the window go.
+    users.prune(db.write(), _policy())
     done = redirect(_safe_next(next_url))
     done.set_cookie(
         SESSION_COOKIE,
