@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,16 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         )
         expect(row.locator(".status")).to_have_text("succeeded", timeout=10000)
         shot(page, "device")
+
+        # Long ranges come from rollups, custom ranges from the two time fields (UTC).
+        page.click("button.range[data-range='30d']")
+        expect(page.locator("#chart-source")).to_contain_text("Rollups (rollup_1h)")
+        page.click("button.range[data-range='custom']")
+        start = (datetime.now(UTC) - timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M")
+        page.fill("#custom-start", start)
+        page.click("#custom-range button[type=submit]")
+        expect(page.locator("#chart-source")).to_have_text("Raw readings")
+        assert "range=custom" in (page.get_attribute("#export", "href") or "")
 
         page.goto(server.url + "/admin/devices")
         expect(page.locator("h2", has_text="New device")).to_be_visible()
