@@ -77,4 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m fieldhub.cli` would run this file as __main__, a second copy of the module
+    # whose CommandError is not the one subcommands raise; hand over to the real module.
+    from fieldhub.cli import main as real_main
+
+    sys.exit(real_main())
