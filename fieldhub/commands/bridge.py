@@ -8,14 +8,12 @@ import datetime
 import logging
 import signal
 import sys
-from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
 from fieldhub import db, endpoints
 from fieldhub.config import Settings
-from fieldhub.db import Queries
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +92,8 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
     return bridge.run()
 
 
-_EXPORT = Queries(Path(__file__).resolve().parent.parent.parent / "broker_bridge" / "ingest.sql")
-
-
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from broker_bridge.ingest import QUERIES
     from fieldhub import registry
 
     with db.connect(endpoints.read_database_url(settings)) as conn:
@@ -105,7 +101,7 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
         with conn.cursor(name="export") as cursor:
             cursor.itersize = 5000
             cursor.execute(
-                _EXPORT["export_readings"],
+                QUERIES["export_readings"],
                 {"device_id": args.device_id, "from": args.start, "to": args.end},
             )
             write_export(cursor, sys.stdout, args.format)
