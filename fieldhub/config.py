@@ -50,6 +50,12 @@ class Settings:
     # tells the broker to reload them.
     mosquitto_dir: Path
     mosquitto_pid_file: Path
+    # Several brokers (docs/scaling.md): (name, device URL) in FIELDHUB_BROKERS order, the
+    # bridge's service-listener URL per broker (no credentials: those come from MQTT_URL or
+    # the local secret), and how many brokers a local stack runs when FIELDHUB_BROKERS is unset.
+    brokers: tuple[tuple[str, str], ...] = ()
+    broker_service_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    local_brokers: int = 1
     # Retention horizons of the analysis worker, in days; 0 keeps the data forever.
     retention_raw_days: int = 30
     retention_rollup_1m_days: int = 365
@@ -90,6 +96,9 @@ class Settings:
             mosquitto_pid_file=Path(
                 env.get("FIELDHUB_MOSQUITTO_PID_FILE", str(home / "mosquitto" / "mosquitto.pid"))
             ),
+            brokers=_broker_urls(env, "FIELDHUB_BROKERS"),
+            broker_service_urls=dict(_broker_urls(env, "FIELDHUB_BROKER_SERVICE_URLS")),
+            local_brokers=_local_brokers(env),
             retention_raw_days=_days(env, "FIELDHUB_RETENTION_RAW_DAYS", 30),
             retention_rollup_1m_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1M_DAYS", 365),
             retention_rollup_1h_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1H_DAYS", 0),
@@ -98,7 +107,17 @@ class Settings:
         settings.check()
         return settings
 
+    @property
+    def broker_names(self) -> tuple[str, ...]:
+        return broker_names(self.brokers, self.local_brokers)
+
     def check(self) -> None:
+        unknown = sorted(set(self.broker_service_urls) - {name for name, _ in self.brokers})
+        if unknown:
+            raise ConfigError(
+                "FIELDHUB_BROKER_SERVICE_URLS names brokers FIELDHUB_BROKERS does not list: "
+                + ", ".join(unknown)
+            )
         if not self.production:
             return
         missing = [
@@ -128,6 +147,55 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.home / "log"
+
+
+DEFAULT_BROKER = "broker-1"
+BROKER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def broker_names(brokers: tuple[tuple[str, str], ...], local_brokers: int) -> tuple[str, ...]:
+    """The configured brokers' names, or those of the local stack's brokers (broker-1 ...)."""
+    if brokers:
+        return tuple(name for name, _ in brokers)
+    return tuple(f"broker-{n}" for n in range(1, local_brokers + 1))
+
+
+def configured_broker_names(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Just the broker names, for code that homes a new device but gets no Settings (the
+    registry functions, which the CLI, the web app and the simulator all call)."""
+    env = os.environ if environ is None else environ
+    return broker_names(_broker_urls(env, "FIELDHUB_BROKERS"), _local_brokers(env))
+
+
+def _broker_urls(env: Mapping[str, str], name: str) -> tuple[tuple[str, str], ...]:
+    """`broker-1=mqtt://host:1883,broker-2=mqtt://host2:1883` into ((name, url), ...)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    entries: list[tuple[str, str]] = []
+    for item in raw.split(","):
+        broker, sep, url = (part.strip() for part in item.partition("="))
+        if not sep or not broker or not url:
+            raise ConfigError(f"{name}: {item.strip()!r} must look like NAME=mqtt://HOST:PORT")
+        if not set(broker) <= BROKER_NAME_CHARS:
+            raise ConfigError(
+                f"{name}: broker name {broker!r} may hold only lowercase letters, digits, - and _"
+            )
+        if not url.startswith(("mqtt://", "mqtts://")):
+            raise ConfigError(f"{name}: the URL of {broker} must start with mqtt:// or mqtts://")
+        if broker in dict(entries):
+            raise ConfigError(f"{name}: broker {broker} is listed twice")
+        entries.append((broker, url))
+    return tuple(entries)
+
+
+def _local_brokers(env: Mapping[str, str]) -> int:
+    raw = env.get("FIELDHUB_LOCAL_BROKERS", "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or not 1 <= int(raw) <= 9:
+        raise ConfigError(f"FIELDHUB_LOCAL_BROKERS must be a number from 1 to 9, not {raw!r}")
+    return int(raw)
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from fieldhub.config import ConfigError, Settings
+from fieldhub.config import DEFAULT_BROKER, ConfigError, Settings
 from fieldhub.stack.postgres import PostgresCluster
 
 BRIDGE_ACCOUNT = "svc.bridge"
@@ -87,21 +87,97 @@ def read_database_url(settings: Settings) -> str:
     return settings.read_database_url or database_url(settings)
 
 
-def bridge_mqtt(settings: Settings) -> MqttEndpoint:
-    """The bridge's broker account: MQTT_URL (with credentials) or the local service listener."""
-    if settings.mqtt_url:
-        return MqttEndpoint.parse(settings.mqtt_url)
-    return MqttEndpoint(
-        "127.0.0.1",
-        settings.ports.mqtt_services,
-        BRIDGE_ACCOUNT,
-        service_secret(settings, BRIDGE_ACCOUNT),
-        tls=False,
+# A local stack's broker N (N >= 2) listens on each of broker 1's ports plus this times N - 1.
+LOCAL_BROKER_PORT_STEP = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerPorts:
+    devices: int
+    devices_tls: int
+    services: int
+
+
+def local_broker_ports(settings: Settings, broker: str) -> BrokerPorts:
+    """The ports of a broker of the local stack (broker-1 has the FIELDHUB_*_PORT ones)."""
+    offset = LOCAL_BROKER_PORT_STEP * (local_broker_number(broker) - 1)
+    return BrokerPorts(
+        settings.ports.mqtt_devices + offset,
+        settings.ports.mqtt_devices_tls + offset,
+        settings.ports.mqtt_services + offset,
     )
 
 
-def device_mqtt_url(settings: Settings) -> str:
-    """What a device is told to connect to (in its credentials output)."""
-    if settings.mqtt_device_url:
+def local_broker_number(broker: str) -> int:
+    number = broker.removeprefix("broker-")
+    if not number.isdigit() or int(number) < 1:
+        raise ConfigError(
+            f"a local stack's brokers are named broker-1, broker-2, ..., not {broker}"
+        )
+    return int(number)
+
+
+def local_broker_dir(settings: Settings, broker: str) -> Path:
+    """broker-1 keeps the single stack's directory, so growing to a cluster keeps its data."""
+    if broker == DEFAULT_BROKER:
+        return settings.mosquitto_dir
+    return settings.home / f"mosquitto-{broker}"
+
+
+def check_broker(settings: Settings, broker: str | None) -> str:
+    """`broker`, or the only configured one if None; a name not configured is an error."""
+    names = settings.broker_names
+    if broker is None:
+        if len(names) > 1:
+            raise ConfigError(
+                f"{len(names)} brokers are configured ({', '.join(names)}); say which one"
+            )
+        return names[0]
+    if broker not in names:
+        raise ConfigError(
+            f"broker {broker!r} is not configured; the brokers are {', '.join(names)}"
+        )
+    return broker
+
+
+def bridge_mqtt(settings: Settings, broker: str | None = None) -> MqttEndpoint:
+    """The bridge's account on a broker's service listener.
+
+    Credentials come from MQTT_URL (one bridge account for every broker: auth-sync renders
+    the same service accounts into each) or the local stack's secret; the address from
+    FIELDHUB_BROKER_SERVICE_URLS for that broker, else MQTT_URL, else the local stack.
+    """
+    name = check_broker(settings, broker)
+    configured = MqttEndpoint.parse(settings.mqtt_url) if settings.mqtt_url else None
+    username = configured.username if configured else BRIDGE_ACCOUNT
+    password = configured.password if configured else service_secret(settings, BRIDGE_ACCOUNT)
+    service_url = settings.broker_service_urls.get(name)
+    if service_url:
+        address = MqttEndpoint.parse(service_url)
+        return dataclasses.replace(
+            address,
+            username=address.username or username,
+            password=address.password or password,
+        )
+    if configured and name == settings.broker_names[0]:
+        return configured
+    if configured:
+        raise ConfigError(
+            f"FIELDHUB_BROKER_SERVICE_URLS gives no service URL for {name}; the bridge cannot "
+            "reach it"
+        )
+    ports = local_broker_ports(settings, name)
+    return MqttEndpoint("127.0.0.1", ports.services, username, password, tls=False)
+
+
+def device_mqtt_url(settings: Settings, broker: str | None = None) -> str:
+    """What a device homed on `broker` is told to connect to (in its credentials output)."""
+    name = broker or settings.broker_names[0]
+    configured = dict(settings.brokers)
+    if name in configured:
+        return configured[name]
+    if settings.mqtt_device_url and name == settings.broker_names[0]:
         return settings.mqtt_device_url
-    return f"mqtt://127.0.0.1:{settings.ports.mqtt_devices}"
+    if settings.brokers:
+        raise ConfigError(f"broker {name!r} is not in FIELDHUB_BROKERS")
+    return f"mqtt://127.0.0.1:{local_broker_ports(settings, name).devices}"
