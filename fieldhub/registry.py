@@ -17,6 +17,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from fieldhub.brokers import home_broker
+from fieldhub.config import configured_broker_names
 from fieldhub.db import Queries
 from fieldhub.passwords import generate_secret, hash_secret
 
@@ -179,15 +181,18 @@ def create_device(
     org: str,
     display_name: str = "",
     labels: Mapping[str, str] | None = None,
-    broker: str = "broker-1",
+    broker: str | None = None,
     password_hash: str | None = None,
     secret: str | None = None,
 ) -> DeviceCredentials:
     """Register a device and return its credentials; the secret is not kept anywhere.
 
-    `password_hash`/`secret` let bulk provisioning hash in parallel processes beforehand.
+    Without `broker` the device is homed on one of the configured brokers by its id
+    (fieldhub.brokers). `password_hash`/`secret` let bulk provisioning hash in parallel
+    processes beforehand.
     """
     check_device_id(device_id)
+    broker = broker or home_broker(device_id, configured_broker_names())
     org_row = get_org(conn, org)
     if secret is None:
         secret = generate_secret()
@@ -321,15 +326,18 @@ def provision_devices(
     org: str,
     devices: Sequence[tuple[DeviceSpec, str]],
     *,
-    broker: str = "broker-1",
+    broker: str | None = None,
 ) -> set[str]:
     """Insert validated devices with their precomputed password hashes in one transaction.
 
-    Returns the ids actually inserted; an id that already exists is skipped (the caller reports
-    it), so one taken id does not sink a whole import. COPY into a temporary table keeps
-    10,000 devices to one round trip, and the registry trigger fires once for the statement.
+    Each device is homed on `broker`, or without it on a configured broker chosen by its id
+    (as in create_device). Returns the ids actually inserted; an id that already exists is
+    skipped (the caller reports it), so one taken id does not sink a whole import. COPY into
+    a temporary table keeps 10,000 devices to one round trip, and the registry trigger fires
+    once for the statement.
     """
     org_row = get_org(conn, org)
+    brokers = configured_broker_names()
     with conn.transaction():
         conn.execute(QUERIES["create_import_table"])
         with conn.cursor().copy(QUERIES["copy_import_table"]) as copy:
@@ -339,11 +347,12 @@ def provision_devices(
                         spec.device_id,
                         spec.display_name,
                         Jsonb(dict(spec.labels)),
+                        broker or home_broker(spec.device_id, brokers),
                         password_hash,
                     )
                 )
         inserted = conn.execute(
-            QUERIES["insert_imported_devices"], {"org_id": org_row["id"], "broker": broker}
+            QUERIES["insert_imported_devices"], {"org_id": org_row["id"]}
         ).fetchall()
     return {row["device_id"] for row in inserted}
 

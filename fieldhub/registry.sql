@@ -62,15 +62,16 @@ CREATE TEMPORARY TABLE device_import (
     device_id text NOT NULL,
     display_name text NOT NULL,
     labels jsonb NOT NULL,
+    broker text NOT NULL,
     password_hash text NOT NULL
 ) ON COMMIT DROP;
 
 -- name: copy_import_table
-COPY device_import (device_id, display_name, labels, password_hash) FROM STDIN;
+COPY device_import (device_id, display_name, labels, broker, password_hash) FROM STDIN;
 
 -- name: insert_imported_devices
 INSERT INTO devices (device_id, org_id, display_name, labels, broker, password_hash)
-SELECT device_id, %(org_id)s, display_name, labels, %(broker)s, password_hash FROM device_import
+SELECT device_id, %(org_id)s, display_name, labels, broker, password_hash FROM device_import
 ON CONFLICT (device_id) DO NOTHING
 RETURNING device_id;
 

@@ -20,6 +20,7 @@ import psycopg
 from tqdm import tqdm
 
 from fieldhub import endpoints, registry
+from fieldhub.brokers import home_broker
 from fieldhub.cli import CommandError
 from fieldhub.config import Settings
 from fieldhub.db import connect
@@ -70,7 +71,9 @@ def register(subparsers: Any) -> None:
     create.add_argument(
         "--label", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
     )
-    create.add_argument("--broker", default="broker-1", help=argparse.SUPPRESS)
+    create.add_argument(
+        "--broker", help="home it on this broker (default: chosen by its id, docs/scaling.md)"
+    )
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.set_defaults(handler=cmd_device_create)
 
@@ -110,7 +113,9 @@ def register(subparsers: Any) -> None:
         metavar="CREDENTIALS.csv",
         help="where to write the new secrets (default: FILE-credentials.csv; never overwritten)",
     )
-    imp.add_argument("--broker", default="broker-1", help=argparse.SUPPRESS)
+    imp.add_argument(
+        "--broker", help="home them all on this broker (default: each chosen by its id)"
+    )
     imp.set_defaults(handler=cmd_device_import)
 
 
@@ -129,7 +134,7 @@ def _credentials(settings: Settings, creds: registry.DeviceCredentials, org: str
         "device_id": creds.device_id,
         "username": creds.username,
         "password": creds.password,
-        "mqtt_url": endpoints.device_mqtt_url(settings),
+        "mqtt_url": endpoints.device_mqtt_url(settings, creds.broker),
         "broker": creds.broker,
         "org": org,
     }
@@ -182,6 +187,8 @@ def cmd_account_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
     labels = registry.parse_labels(args.label)
+    if args.broker:
+        endpoints.check_broker(settings, args.broker)
     with _registry(settings) as conn:
         creds = registry.create_device(
             conn,
@@ -287,11 +294,13 @@ def cmd_device_import(settings: Settings, args: argparse.Namespace) -> int:
             raise
         writer = csv.writer(handle)
         writer.writerow(CREDENTIAL_COLUMNS)
-        mqtt_url = endpoints.device_mqtt_url(settings)
         for (_, spec), secret in zip(good, secrets, strict=True):
             if spec.device_id in inserted:
+                # The same choice provision_devices made for it.
+                broker = args.broker or home_broker(spec.device_id, settings.broker_names)
+                mqtt_url = endpoints.device_mqtt_url(settings, broker)
                 writer.writerow(
-                    (spec.device_id, spec.device_id, secret, mqtt_url, args.broker, args.org)
+                    (spec.device_id, spec.device_id, secret, mqtt_url, broker, args.org)
                 )
     for line, spec in good:
         if spec.device_id not in inserted:
@@ -311,6 +320,8 @@ def _provision(
     args: argparse.Namespace,
     good: list[tuple[int, registry.DeviceSpec]],
 ) -> tuple[set[str], list[str]]:
+    if args.broker:
+        endpoints.check_broker(settings, args.broker)
     with _registry(settings) as conn:
         registry.get_org(conn, args.org)  # fail before any hashing work
         secrets = [generate_secret() for _ in good]
