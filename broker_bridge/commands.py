@@ -11,7 +11,9 @@ Two pieces, both used by the bridge process (broker_bridge.app):
   when it is back. A sweep expires what ran out of time, publishes every `queued` command as a
   retained QoS 1 message (oldest first) and marks it `sent` only after the broker's PUBACK,
   then clears the retained message of every final command. Only one dispatcher works at a
-  time (a PostgreSQL advisory lock), however many bridge instances run.
+  time (a PostgreSQL advisory lock), however many bridge instances run. With several brokers
+  each bridge process is connected to one broker and its dispatcher is scoped to it: it
+  publishes only the commands of devices homed there, and the lock is one per broker.
 
 The device-side contract and every restart case are written down in docs/commands.md.
 """
@@ -200,8 +202,11 @@ class CommandDispatcher:
         retry_backoff_s: float = 1.0,
         batch_size: int = SWEEP_BATCH,
         publish_workers: int = PUBLISH_WORKERS,
+        broker: str | None = None,
     ) -> None:
         self.database_url = database_url
+        # None: every device's commands (one broker); else only those of devices homed here.
+        self.broker = broker
         self.publish = publish
         self.sweep_interval_s = sweep_interval_s
         self.retry_backoff_s = retry_backoff_s
@@ -260,7 +265,7 @@ class CommandDispatcher:
             if not self.is_leader:
                 self.is_leader = self._try_lead(conn)
                 if self.is_leader:
-                    log.info("command dispatcher is the leader")
+                    log.info("command dispatcher is the leader for %s", self.broker or "every broker")
                     # The broker may have lost retained messages while nobody watched (a crash
                     # between snapshots); devices drop duplicates by id, so resend to be sure,
                     # right after the first sweep, so new commands do not wait behind them.
@@ -284,7 +289,9 @@ class CommandDispatcher:
 
     def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
         with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(QUERIES["try_leader_lock"], {"key": DISPATCHER_LOCK_KEY}).fetchone()
+            row = cur.execute(
+                QUERIES["try_leader_lock"], {"key": DISPATCHER_LOCK_KEY, "broker": self.broker}
+            ).fetchone()
         return bool(row and row["leader"])
 
     def _wait_for_expiry(self, conn: psycopg.Connection[Any]) -> float:
@@ -326,11 +333,15 @@ class CommandDispatcher:
         """
         result = SweepResult()
         with conn.cursor(row_factory=dict_row) as cur:
-            queued = cur.execute(QUERIES["queued_to_publish"], {"limit": self.batch_size})
+            queued = cur.execute(
+                QUERIES["queued_to_publish"], {"limit": self.batch_size, "broker": self.broker}
+            )
             result.published, result.complete = self._publish_queued(conn, queued.fetchall())
             row = cur.execute(QUERIES["expire_commands"]).fetchone()
             result.expired = int(row["expired"]) if row else 0
-            finals = cur.execute(QUERIES["finals_to_clear"], {"limit": self.batch_size})
+            finals = cur.execute(
+                QUERIES["finals_to_clear"], {"limit": self.batch_size, "broker": self.broker}
+            )
             for command in finals.fetchall():
                 topic = command_topic(command["device_id"], str(command["id"]))
                 if not self._try_publish(topic, b"", None):
@@ -386,7 +397,7 @@ class CommandDispatcher:
 
     def _sent_ids(self, conn: psycopg.Connection[Any]) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
-            return [row["id"] for row in cur.execute(QUERIES["sent_ids"])]
+            return [row["id"] for row in cur.execute(QUERIES["sent_ids"], {"broker": self.broker})]
 
     def _republish_sent(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> bool:
         """Publish these commands again if still `sent` (in order per device); True if done."""

@@ -16,7 +16,10 @@ SET status = %(status)s,
 WHERE id = %(id)s;
 
 -- name: try_leader_lock
-SELECT pg_try_advisory_lock(%(key)s) AS leader;
+-- One leader per broker when the dispatcher is scoped to one (several brokers), else one.
+SELECT pg_try_advisory_lock(
+    CASE WHEN %(broker)s::text IS NULL THEN %(key)s::bigint
+         ELSE %(key)s::bigint # hashtextextended(%(broker)s, 0) END) AS leader;
 
 -- name: expire_commands
 SELECT expire_commands() AS expired;
@@ -27,12 +30,16 @@ SELECT id, device_id, name, params, created_at, expires_at,
        extract(epoch FROM expires_at - now()) AS remaining_s
 FROM commands
 WHERE status = 'queued' AND expires_at > now()
+  AND (%(broker)s::text IS NULL OR EXISTS (
+      SELECT 1 FROM devices d WHERE d.device_id = commands.device_id AND d.broker = %(broker)s))
 ORDER BY created_at, id
 LIMIT %(limit)s;
 
 -- name: sent_ids
 -- What was already `sent` when this dispatcher took over (not what it sends itself).
-SELECT id FROM commands WHERE status = 'sent' AND expires_at > now();
+SELECT id FROM commands WHERE status = 'sent' AND expires_at > now()
+  AND (%(broker)s::text IS NULL OR EXISTS (
+      SELECT 1 FROM devices d WHERE d.device_id = commands.device_id AND d.broker = %(broker)s));
 
 -- name: sent_to_republish
 SELECT id, device_id, name, params, created_at, expires_at,
@@ -50,6 +57,8 @@ WHERE id = %(id)s AND status = 'queued';
 SELECT id, device_id FROM commands
 WHERE status IN ('succeeded', 'failed', 'rejected', 'expired', 'cancelled')
   AND NOT retained_cleared
+  AND (%(broker)s::text IS NULL OR EXISTS (
+      SELECT 1 FROM devices d WHERE d.device_id = commands.device_id AND d.broker = %(broker)s))
 ORDER BY created_at, id
 LIMIT %(limit)s;
 
