@@ -225,8 +225,12 @@ class Bridge:
         metrics_port: int = 0,
         receive_maximum: int = RECEIVE_MAXIMUM,
         always_stage: bool = False,
+        broker: str | None = None,
     ) -> None:
         self.database_url = database_url
+        # With several brokers: the one this process is connected to, whose devices' commands
+        # its dispatcher publishes (None: one broker, every device).
+        self.broker = broker
         self.endpoint = mqtt_endpoint
         self.instance = instance
         self.metrics_port = metrics_port
@@ -561,7 +565,9 @@ class Bridge:
         )
         self.client.loop_start()
         if self.commands is not None:
-            self.dispatcher = self.commands.CommandDispatcher(self.database_url, self.publish)
+            self.dispatcher = self.commands.CommandDispatcher(
+                self.database_url, self.publish, broker=self.broker
+            )
             self.dispatcher.start()
         else:
             log.warning("broker_bridge.commands is not installed: commands are not dispatched")

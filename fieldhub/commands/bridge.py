@@ -29,6 +29,11 @@ def register(subparsers: Any) -> None:
         help="instance number; each runs its own durable broker session (default 1)",
     )
     bridge.add_argument(
+        "--broker",
+        default=None,
+        help="with several brokers: the one to connect to (one process per broker and instance)",
+    )
+    bridge.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -77,10 +82,12 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
         port = settings.ports.bridge_metrics + args.instance - 1
     bridge = Bridge(
         database_url=endpoints.database_url(settings),
-        mqtt_endpoint=endpoints.bridge_mqtt(settings),
+        mqtt_endpoint=endpoints.bridge_mqtt(settings, args.broker),
         instance=args.instance,
         metrics_port=port,
         always_stage=args.always_stage,
+        # One broker: its dispatcher serves every device, whatever their broker column says.
+        broker=args.broker if len(settings.broker_names) > 1 else None,
     )
 
     def on_signal(signum: int, frame: Any) -> None:
