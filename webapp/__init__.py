@@ -11,13 +11,17 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from flask import Flask
+from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
 from fieldhub import endpoints
 from fieldhub.config import Settings
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+# Data files for bulk import (a few days of a device's backlog, an export from another
+# system) are far larger than any form; only the import endpoints accept this much.
+IMPORT_MAX_BYTES = 100 * 1024 * 1024
+IMPORT_ENDPOINTS = frozenset({"pages.imports", "api.create_import"})
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -56,6 +60,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         LOGIN_MAX_PER_IP=30,
         PAGE_SIZE=50,
         LIVE_KEEPALIVE_S=15.0,
+        IMPORT_MAX_BYTES=IMPORT_MAX_BYTES,
     )
     if test_config is None:
         settings = Settings.from_env()
@@ -79,6 +84,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     db.init_app(app)
     errors.init_app(app)
+    # Before auth's CSRF check, which is the first to read a posted form.
+    app.before_request(_upload_limit)
     auth.init_app(app)
     views.init_app(app)
     live.init_app(app)
@@ -86,3 +93,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.init_app(app)
     admin.init_app(app)
     return app
+
+
+def _upload_limit() -> None:
+    if request.endpoint in IMPORT_ENDPOINTS:
+        request.max_content_length = int(current_app.config["IMPORT_MAX_BYTES"])

@@ -22,9 +22,11 @@ from flask import (
     url_for,
 )
 
+from analysis import service as analysis
+from analysis.jobs import JOBS
 from fieldhub import registry, users
 from fieldhub.passwords import generate_secret, hash_secret
-from webapp import data, db
+from webapp import analysis_views, data, db
 from webapp.auth import current_user, has_role, role_required, scope_org_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -268,4 +270,140 @@ def import_devices() -> Any:
             credentials_csv=buffer.getvalue(),
             org=org,
         )
+    )
+
+
+# -- alert rules and the webhook (admins of their organisation, operators of any) -----------
+def _acting_org() -> dict[str, Any]:
+    """The organisation a rules or webhook page acts in (an operator picks it by `org`)."""
+    user = current_user()
+    assert user is not None
+    try:
+        return analysis_views.acting_org(db.write(), user, request.values.get("org"))
+    except analysis_views.UnknownOrg:
+        abort(404)
+
+
+def _rule_or_404(rule_id: int) -> tuple[int, dict[str, Any]]:
+    conn = db.write()
+    try:
+        org_id = data.owner_org(conn, "rule", rule_id, scope_org_id())
+        return org_id, analysis.get_alert_rule(conn, org_id, rule_id)
+    except (data.NotFound, analysis.NotFound):
+        abort(404)
+
+
+def _org_by_id(org_id: int) -> dict[str, Any]:
+    return next(o for o in data.list_orgs(db.write(), org_id))
+
+
+def _rules_page(org: dict[str, Any], form: dict[str, Any] | None, status: int = 200) -> Any:
+    return (
+        render_template(
+            "admin/rules.html",
+            org=org,
+            orgs=data.list_orgs(db.write(), scope_org_id()),
+            rules=analysis.list_alert_rules(db.write(), org["id"]),
+            form=form or {"enabled": True, "severity": "warning", "condition": "above"},
+        ),
+        status,
+    )
+
+
+@bp.route("/rules", methods=["GET", "POST"])
+@role_required("admin")
+def rules() -> Any:
+    org = _acting_org()
+    if request.method == "GET":
+        return _rules_page(org, None)
+    form = analysis_views.rule_from_form(request.form)
+    try:
+        rule = analysis.create_alert_rule(db.write(), org["id"], form)
+    except analysis.AnalysisRequestError as exc:
+        flash(str(exc).capitalize() + ".", "error")
+        return _rules_page(org, {**form, "target": request.form.get("target")}, 400)
+    flash(f"Rule {rule['name']} created; it is evaluated within 15 seconds.", "info")
+    return redirect(url_for("admin.rules", org=org["name"]))
+
+
+@bp.route("/rules/<int:rule_id>", methods=["GET", "POST"])
+@role_required("admin")
+def edit_rule(rule_id: int) -> Any:
+    org_id, rule = _rule_or_404(rule_id)
+    org = _org_by_id(org_id)
+    if request.method == "GET":
+        return render_template("admin/rule_edit.html", org=org, rule=rule, form=rule)
+    form = analysis_views.rule_from_form(request.form)
+    try:
+        updated = analysis.update_alert_rule(db.write(), org_id, rule_id, form)
+    except analysis.NotFound:
+        abort(404)
+    except analysis.AnalysisRequestError as exc:
+        flash(str(exc).capitalize() + ".", "error")
+        shown = {**form, "target": request.form.get("target")}
+        return render_template("admin/rule_edit.html", org=org, rule=rule, form=shown), 400
+    flash(f"Rule {updated['name']} saved.", "info")
+    return redirect(url_for("admin.rules", org=org["name"]))
+
+
+@bp.route("/rules/<int:rule_id>/delete", methods=["POST"])
+@role_required("admin")
+def delete_rule(rule_id: int) -> Any:
+    org_id, rule = _rule_or_404(rule_id)
+    try:
+        analysis.delete_alert_rule(db.write(), org_id, rule_id)
+    except analysis.NotFound:
+        abort(404)
+    flash(f"Rule {rule['name']} and its alerts deleted.", "info")
+    return redirect(url_for("admin.rules", org=_org_by_id(org_id)["name"]))
+
+
+@bp.route("/webhook", methods=["GET", "POST"])
+@role_required("admin")
+def webhook() -> Any:
+    org = _acting_org()
+    conn = db.write()
+    if request.method == "POST":
+        try:
+            saved = analysis.set_webhook(
+                conn,
+                org["id"],
+                request.form.get("url", ""),
+                enabled=request.form.get("enabled") in ("on", "true", "1"),
+            )
+        except analysis.AnalysisRequestError as exc:
+            flash(str(exc).capitalize() + ".", "error")
+            return redirect(url_for("admin.webhook", org=org["name"]))
+        return _no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
+    return render_template(
+        "admin/webhook.html",
+        org=org,
+        orgs=data.list_orgs(conn, scope_org_id()),
+        hook=analysis.get_webhook(conn, org["id"]),
+        deliveries=analysis.list_webhook_deliveries(conn, org["id"], limit=100),
+    )
+
+
+@bp.route("/webhook/delete", methods=["POST"])
+@role_required("admin")
+def delete_webhook() -> Any:
+    org = _acting_org()
+    analysis.delete_webhook(db.write(), org["id"])
+    flash("Webhook removed: alerts are no longer sent anywhere.", "info")
+    return redirect(url_for("admin.webhook", org=org["name"]))
+
+
+# -- job runs (operators) ---------------------------------------------------------------------
+@bp.route("/jobs")
+@role_required("operator")
+def jobs() -> Any:
+    job = request.args.get("job", "").strip() or None
+    names = [j.name for j in JOBS]
+    if job not in names:
+        job = None
+    return render_template(
+        "admin/jobs.html",
+        runs=analysis.list_job_runs(db.write(), job=job, limit=200),
+        job=job or "",
+        names=names,
     )

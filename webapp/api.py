@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 from flask import Blueprint, Flask, abort, g, jsonify, request
 
+from analysis import service as analysis
 from fieldhub import command_requests, registry, users
-from webapp import data, db, history
+from webapp import analysis_views, data, db, history
 from webapp.auth import ROLE_RANK
 from webapp.errors import api_error
 from webapp.openapi import document
@@ -391,3 +392,168 @@ def get_alert(alert_id: int) -> Any:
         return jsonify(data.get_alert(db.read(), _org_id(), alert_id))
     except data.NotFound:
         abort(404)
+
+
+@bp.route("/alerts/<int:alert_id>/acknowledge", methods=["POST"])
+def acknowledge_alert(alert_id: int) -> Any:
+    conn = db.write()
+    try:
+        org_id = data.owner_org(conn, "alert", alert_id, _org_id())
+    except data.NotFound:
+        abort(404)
+    _require("member")
+    try:
+        analysis.acknowledge_alert(conn, org_id, alert_id, user_id=g.api_user["id"])
+    except analysis.NotFound:
+        abort(404)
+    except analysis.AnalysisRequestError as exc:
+        raise BadRequest(str(exc), 409) from None
+    return jsonify(data.get_alert(conn, org_id, alert_id))
+
+
+# -- alert rules (admins of their organisation; operators name another with `org`) ------------
+def _acting_org(chosen: str | None) -> int:
+    try:
+        return int(analysis_views.acting_org(db.write(), g.api_user, chosen)["id"])
+    except analysis_views.UnknownOrg as exc:
+        raise BadRequest(f"there is no organisation {exc}", 404) from None
+
+
+def _rule_org(rule_id: int) -> int:
+    try:
+        return data.owner_org(db.write(), "rule", rule_id, _org_id())
+    except data.NotFound:
+        abort(404)
+
+
+def _rule_body() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest(
+            'send a JSON object like {"name": "Too hot", "metric": "temperature", '
+            '"condition": "above", "threshold_high": 40, "device_id": "pump-1"}'
+        )
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise BadRequest("enabled must be true or false", 422)
+    for key in ("name", "metric", "device_id", "label_key", "label_value", "condition"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise BadRequest(f"{key} must be a string", 422)
+    return body
+
+
+@bp.route("/alert-rules", methods=["GET"])
+def list_alert_rules() -> Any:
+    _require("admin")
+    org_id = _acting_org(_text_arg("org"))
+    rules = analysis.list_alert_rules(db.write(), org_id)
+    return jsonify({"rules": [analysis_views.rule_json(r) for r in rules]})
+
+
+@bp.route("/alert-rules", methods=["POST"])
+def create_alert_rule() -> Any:
+    _require("admin")
+    body = _rule_body()
+    chosen = body.get("org")
+    org_id = _acting_org(chosen if isinstance(chosen, str) else None)
+    try:
+        rule = analysis.create_alert_rule(db.write(), org_id, body)
+    except analysis.AnalysisRequestError as exc:
+        raise BadRequest(str(exc), 422) from None
+    return jsonify(analysis_views.rule_json(rule)), 201
+
+
+@bp.route("/alert-rules/<int:rule_id>", methods=["GET"])
+def get_alert_rule(rule_id: int) -> Any:
+    org_id = _rule_org(rule_id)
+    _require("admin")
+    try:
+        rule = analysis.get_alert_rule(db.write(), org_id, rule_id)
+    except analysis.NotFound:
+        abort(404)
+    return jsonify(analysis_views.rule_json(rule))
+
+
+@bp.route("/alert-rules/<int:rule_id>", methods=["PUT"])
+def update_alert_rule(rule_id: int) -> Any:
+    org_id = _rule_org(rule_id)
+    _require("admin")
+    body = _rule_body()
+    try:
+        rule = analysis.update_alert_rule(db.write(), org_id, rule_id, body)
+    except analysis.NotFound:
+        abort(404)
+    except analysis.AnalysisRequestError as exc:
+        raise BadRequest(str(exc), 422) from None
+    return jsonify(analysis_views.rule_json(rule))
+
+
+@bp.route("/alert-rules/<int:rule_id>", methods=["DELETE"])
+def delete_alert_rule(rule_id: int) -> Any:
+    org_id = _rule_org(rule_id)
+    _require("admin")
+    try:
+        analysis.delete_alert_rule(db.write(), org_id, rule_id)
+    except analysis.NotFound:
+        abort(404)
+    return "", 204
+
+
+# -- imports ----------------------------------------------------------------------------------
+@bp.route("/imports", methods=["GET"])
+def list_imports() -> Any:
+    org_id = _acting_org(_text_arg("org"))
+    limit = _int_arg("limit", 50, 1, 500)
+    rows = analysis.list_imports(db.read(), org_id, limit=limit)
+    return jsonify({"imports": [analysis_views.import_json(r) for r in rows]})
+
+
+@bp.route("/imports", methods=["POST"])
+def create_import() -> Any:
+    _require("member")
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadRequest("send the data as a multipart/form-data field named 'file'")
+    device_id = request.form.get("device_id", "").strip() or None
+    fmt = request.form.get("format") or None
+    if fmt is not None and fmt not in analysis_views.IMPORT_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(analysis_views.IMPORT_FORMATS)}")
+    conn = db.write()
+    if device_id is not None:
+        try:
+            org_id = data.owner_org(conn, "device", device_id, _org_id())
+        except data.NotFound:
+            raise BadRequest(f"unknown device {device_id!r}", 422) from None
+    else:
+        org_id = _acting_org(request.form.get("org"))
+    filename = (upload.filename or "").replace("\x00", "")[:255] or "upload"
+    try:
+        created = analysis.create_import(
+            conn,
+            org_id=org_id,
+            content=upload.read(),
+            filename=filename,
+            fmt=fmt,
+            device_id=device_id,
+            created_by=g.api_user["id"],
+        )
+    except analysis.AnalysisRequestError as exc:
+        raise BadRequest(str(exc), 422) from None
+    response = jsonify(analysis_views.import_json(created))
+    response.status_code = 202
+    response.headers["Location"] = f"{request.path}/{created['id']}"
+    return response
+
+
+@bp.route("/imports/<import_id>")
+def get_import(import_id: str) -> Any:
+    parsed = analysis_views.parse_import_id(import_id)
+    if parsed is None:
+        abort(404)
+    conn = db.read()
+    try:
+        org_id = data.owner_org(conn, "import", parsed, _org_id())
+        found = analysis.get_import(conn, org_id, parsed)
+    except (data.NotFound, analysis.NotFound):
+        abort(404)
+    return jsonify(analysis_views.import_json(found))

@@ -215,3 +215,22 @@ def list_orgs(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
 def scoped_device_ids(conn: Conn, org_id: int | None, device_ids: list[str]) -> set[str]:
     rows = conn.execute(QUERIES["device_orgs"], {"device_ids": device_ids, "org_id": org_id})
     return {r["device_id"] for r in rows}
+
+
+_OWNER_QUERIES = {
+    "alert": "alert_org",
+    "rule": "rule_org",
+    "import": "import_org",
+    "device": "device_org",
+}
+
+
+def owner_org(conn: Conn, kind: str, object_id: object, org_id: int | None) -> int:
+    """The organisation of an alert, rule, import or device within the caller's scope; the
+    analysis service acts in one organisation, so an operator acts in the object's own."""
+    row = conn.execute(
+        QUERIES[_OWNER_QUERIES[kind]], {"id": object_id, "org_id": org_id}
+    ).fetchone()
+    if row is None:
+        raise NotFound(str(object_id))
+    return int(row["org_id"])

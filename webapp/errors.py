@@ -26,7 +26,7 @@ PAGES: dict[int, tuple[str, str]] = {
         "Check the address or go back to the device list.",
     ),
     405: ("That action is not available here", "Use the buttons on the page instead."),
-    413: ("That file is too large", "Upload a file under 8 MB, or split it into several."),
+    413: ("That file is too large", "Upload a smaller file, or split it into several."),
     429: ("Too many attempts", "Wait a few minutes before trying again."),
     500: (
         "Something went wrong on our side",
@@ -70,15 +70,27 @@ def _wants_json() -> bool:
     return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
 
 
+def _too_large_advice() -> str:
+    limit = request.max_content_length
+    if not limit:
+        return PAGES[413][1]
+    size = f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
+    return f"Uploads here are limited to {size}: split the file into several."
+
+
 def _http_error(exc: HTTPException) -> Any:
     status = exc.code or 500
     if _wants_json():
         message = exc.description if status in (400, 422) and exc.description else None
+        if status == 413:
+            message = "the upload is too large. " + _too_large_advice()
         response = api_error(status, message or PAGES.get(status, ("Error", ""))[0])
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub"'
         return response
     title, advice = PAGES.get(status, (exc.name, ""))
+    if status == 413:
+        advice = _too_large_advice()
     if status == 400 and exc.description == "csrf":
         title = "This form has expired"
         advice = "Reload the page and submit it again. (Its security token was missing or stale.)"

@@ -223,3 +223,39 @@ def device_stream(device_id: str) -> Any:
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@bp.route("/alerts/live")
+@login_required
+def alerts_stream() -> Any:
+    """Which alert of the viewer's organisation changed and how; the page then re-reads its
+    list with the viewer's own scope. The hub forwards only the viewer's organisation's
+    notifications (all of them to an operator)."""
+    org_id = scope_org_id()
+    keepalive = float(current_app.config["LIVE_KEEPALIVE_S"])
+    the_hub = hub()
+    sub = the_hub.subscribe(frozenset(), org_id)
+
+    def stream() -> Iterator[str]:
+        try:
+            yield "retry: 2000\n\n"
+            yield sse("hello", {"org_id": org_id})
+            while True:
+                try:
+                    channel, payload = sub.events.get(timeout=keepalive)
+                except queue.Empty:
+                    yield ": keepalive\n\n"
+                    continue
+                parts = payload.split()
+                if channel == "alerts" and len(parts) == 3 and parts[1].isdigit():
+                    yield sse("alert", {"id": int(parts[1]), "state": parts[2]})
+                elif channel == "resync":
+                    yield sse("alert", {"id": None, "state": None})
+        finally:
+            the_hub.unsubscribe(sub)
+
+    return Response(
+        stream(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -53,10 +53,44 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "No API token, or not a valid one.",
         403: "The token's role may not do this.",
         404: "No such object in the token's organisation.",
-        409: "The command is already final.",
-        422: "The command was refused (name, params, time to live, device state).",
+        409: "The command is already final, or the alert is not active.",
+        413: "The upload is larger than the limit (100 MiB by default).",
+        422: "The request was refused (the message says which field and why).",
     }
     return {str(code): _json(_ref("Error"), texts[code]) for code in codes}
+
+
+def _path_int(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+IMPORT_ID = {
+    "name": "import_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "Import id (a UUID).",
+}
+ORG_QUERY = {
+    "name": "org",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Operators only: the organisation (handle) to act in; default their own.",
+}
+RULE_PROPERTIES: dict[str, Any] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    "metric": {"type": "string", "minLength": 1, "maxLength": 200},
+    "device_id": {"type": "string", "nullable": True},
+    "label_key": {"type": "string", "nullable": True},
+    "label_value": {"type": "string", "nullable": True},
+    "condition": {"type": "string", "enum": ["above", "below", "outside"]},
+    "threshold_low": {"type": "number", "nullable": True},
+    "threshold_high": {"type": "number", "nullable": True},
+    "for_seconds": {"type": "integer", "minimum": 0, "maximum": 604800},
+    "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
+    "enabled": {"type": "boolean"},
+}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -175,6 +209,84 @@ SCHEMAS: dict[str, Any] = {
             "started_at": TIME,
             "acknowledged_at": NULLABLE_TIME,
             "cleared_at": NULLABLE_TIME,
+        },
+    },
+    "AlertRule": {
+        "type": "object",
+        "required": [
+            "id",
+            "name",
+            "metric",
+            "device_id",
+            "label_key",
+            "label_value",
+            "condition",
+            "threshold_low",
+            "threshold_high",
+            "for_seconds",
+            "severity",
+            "enabled",
+            "created_at",
+        ],
+        "properties": {"id": {"type": "integer"}, **RULE_PROPERTIES, "created_at": TIME},
+    },
+    "NewAlertRule": {
+        "type": "object",
+        "description": (
+            "A rule on one device (device_id) or on every device with a label (label_key and "
+            "label_value): above threshold_high, below threshold_low, or outside both, for at "
+            "least for_seconds."
+        ),
+        "required": ["name", "metric", "condition"],
+        "properties": {
+            **RULE_PROPERTIES,
+            "org": {"type": "string", "description": "Operators only: the organisation."},
+        },
+    },
+    "Import": {
+        "type": "object",
+        "required": [
+            "id",
+            "status",
+            "filename",
+            "format",
+            "device_id",
+            "total_bytes",
+            "processed_bytes",
+            "percent",
+            "processed_rows",
+            "rows_imported",
+            "rows_rejected",
+            "rows_per_s",
+            "errors",
+            "created_at",
+        ],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+            "filename": {"type": "string"},
+            "format": {"type": "string", "enum": ["csv", "ndjson", "senml"]},
+            "device_id": {"type": "string", "nullable": True},
+            "total_bytes": {"type": "integer"},
+            "processed_bytes": {"type": "integer"},
+            "percent": {"type": "number", "minimum": 0, "maximum": 100},
+            "processed_rows": {"type": "integer"},
+            "rows_imported": {"type": "integer"},
+            "rows_rejected": {"type": "integer"},
+            "rows_per_s": {"type": "number"},
+            "errors": {
+                "type": "array",
+                "description": "Bad lines (the first 1,000), 1-based line numbers.",
+                "items": {
+                    "type": "object",
+                    "required": ["line", "reason"],
+                    "properties": {"line": {"type": "integer"}, "reason": {"type": "string"}},
+                },
+            },
+            "error": {"type": "string", "nullable": True},
+            "created_at": TIME,
+            "started_at": NULLABLE_TIME,
+            "finished_at": NULLABLE_TIME,
         },
     },
     "Telemetry": {
@@ -403,17 +515,157 @@ def document(server_url: str) -> dict[str, Any]:
             "/alerts/{alert_id}": {
                 "get": {
                     "operationId": "getAlert",
-                    "parameters": [
-                        {
-                            "name": "alert_id",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "integer"},
-                        }
-                    ],
+                    "parameters": [_path_int("alert_id")],
                     "responses": {
                         "200": _json(_ref("Alert"), "One alert."),
                         **_errors(400, 401, 404),
+                    },
+                }
+            },
+            "/alerts/{alert_id}/acknowledge": {
+                "post": {
+                    "operationId": "acknowledgeAlert",
+                    "summary": "Acknowledge an active alert (member and above)",
+                    "parameters": [_path_int("alert_id")],
+                    "responses": {
+                        "200": _json(_ref("Alert"), "The alert, acknowledged."),
+                        **_errors(401, 403, 404, 409),
+                    },
+                }
+            },
+            "/alert-rules": {
+                "get": {
+                    "operationId": "listAlertRules",
+                    "summary": "Alert rules of the organisation (admin and above)",
+                    "parameters": [ORG_QUERY],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["rules"],
+                                "properties": {
+                                    "rules": {"type": "array", "items": _ref("AlertRule")}
+                                },
+                            },
+                            "The rules, oldest first.",
+                        ),
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+                "post": {
+                    "operationId": "createAlertRule",
+                    "summary": "Create an alert rule (admin and above)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewAlertRule")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("AlertRule"), "The rule, created."),
+                        **_errors(400, 401, 403, 404, 422),
+                    },
+                },
+            },
+            "/alert-rules/{rule_id}": {
+                "get": {
+                    "operationId": "getAlertRule",
+                    "parameters": [_path_int("rule_id")],
+                    "responses": {
+                        "200": _json(_ref("AlertRule"), "One rule."),
+                        **_errors(401, 403, 404),
+                    },
+                },
+                "put": {
+                    "operationId": "updateAlertRule",
+                    "summary": "Replace an alert rule (admin and above)",
+                    "parameters": [_path_int("rule_id")],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewAlertRule")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("AlertRule"), "The rule, saved."),
+                        **_errors(400, 401, 403, 404, 422),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteAlertRule",
+                    "summary": "Delete an alert rule and its alerts (admin and above)",
+                    "parameters": [_path_int("rule_id")],
+                    "responses": {
+                        "204": {"description": "Deleted."},
+                        **_errors(401, 403, 404),
+                    },
+                },
+            },
+            "/imports": {
+                "get": {
+                    "operationId": "listImports",
+                    "parameters": [
+                        ORG_QUERY,
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, ""),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["imports"],
+                                "properties": {
+                                    "imports": {"type": "array", "items": _ref("Import")}
+                                },
+                            },
+                            "Imports, newest first.",
+                        ),
+                        **_errors(400, 401, 404),
+                    },
+                },
+                "post": {
+                    "operationId": "createImport",
+                    "summary": "Upload a CSV, NDJSON or SenML file to import (member and above)",
+                    "description": (
+                        "The file is queued and imported by the analysis worker; follow "
+                        "GET /imports/{import_id} for progress and the bad lines."
+                    ),
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["file"],
+                                    "properties": {
+                                        "file": {"type": "string", "format": "binary"},
+                                        "device_id": {
+                                            "type": "string",
+                                            "description": "The device of every line; omit "
+                                            "when the file has a device_id column.",
+                                        },
+                                        "format": {
+                                            "type": "string",
+                                            "enum": ["csv", "ndjson", "senml"],
+                                            "description": "Default: from the file name.",
+                                        },
+                                        "org": {
+                                            "type": "string",
+                                            "description": "Operators only: the organisation.",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": _json(_ref("Import"), "The import, queued."),
+                        **_errors(400, 401, 403, 404, 413, 422),
+                    },
+                },
+            },
+            "/imports/{import_id}": {
+                "get": {
+                    "operationId": "getImport",
+                    "parameters": [IMPORT_ID],
+                    "responses": {
+                        "200": _json(_ref("Import"), "The import with its progress."),
+                        **_errors(401, 404),
                     },
                 }
             },

@@ -25,9 +25,10 @@ from flask import (
     url_for,
 )
 
+from analysis import service as analysis
 from fieldhub import command_requests
-from webapp import data, db, history
-from webapp.auth import current_user, login_required, role_required, scope_org_id
+from webapp import analysis_views, data, db, history
+from webapp.auth import current_user, has_role, login_required, role_required, scope_org_id
 
 bp = Blueprint("pages", __name__)
 
@@ -345,3 +346,121 @@ def alerts() -> Any:
         state=state or "",
         available=data.alerts_available(conn),
     )
+
+
+def _back(default: str) -> str:
+    """Where to return after a change: a path on this site only, never another host."""
+    target = request.form.get("back", "")
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return default
+
+
+@bp.route("/alerts/<int:alert_id>/acknowledge", methods=["POST"])
+@role_required("member")
+def acknowledge_alert(alert_id: int) -> Any:
+    user = current_user()
+    assert user is not None
+    conn = db.write()
+    try:
+        org_id = data.owner_org(conn, "alert", alert_id, scope_org_id())
+        analysis.acknowledge_alert(conn, org_id, alert_id, user_id=user["id"])
+    except (data.NotFound, analysis.NotFound):
+        abort(404)
+    except analysis.AnalysisRequestError as exc:
+        flash(str(exc).capitalize() + ".", "error")
+    else:
+        flash(f"Alert {alert_id} acknowledged.", "info")
+    return redirect(_back(url_for("pages.alerts")))
+
+
+# -- imports ---------------------------------------------------------------------------------
+def _import_or_404(raw_id: str) -> dict[str, Any]:
+    import_id = analysis_views.parse_import_id(raw_id)
+    if import_id is None:
+        abort(404)
+    conn = db.read()
+    try:
+        org_id = data.owner_org(conn, "import", import_id, scope_org_id())
+        return analysis.get_import(conn, org_id, import_id)
+    except (data.NotFound, analysis.NotFound):
+        abort(404)
+
+
+def _import_page(status: int = 200) -> Any:
+    user = current_user()
+    assert user is not None
+    conn = db.read()
+    chosen = request.values.get("org")
+    try:
+        org = analysis_views.acting_org(conn, user, chosen)
+    except analysis_views.UnknownOrg:
+        abort(404)
+    return (
+        render_template(
+            "imports.html",
+            imports=[analysis_views.import_json(r) for r in analysis.list_imports(conn, org["id"])],
+            org=org,
+            orgs=data.list_orgs(conn, scope_org_id()),
+            formats=analysis_views.IMPORT_FORMATS,
+            limit_mib=current_app.config["IMPORT_MAX_BYTES"] // 2**20,
+        ),
+        status,
+    )
+
+
+@bp.route("/imports", methods=["GET", "POST"])
+@login_required
+def imports() -> Any:
+    if request.method == "GET":
+        return _import_page()
+    if not has_role("member"):
+        abort(403)
+    user = current_user()
+    assert user is not None
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        flash("Choose a CSV, NDJSON or SenML file to upload.", "error")
+        return _import_page(400)
+    device_id = request.form.get("device_id", "").strip() or None
+    fmt = request.form.get("format") or None
+    conn = db.write()
+    try:
+        if device_id is not None:
+            org_id = data.owner_org(conn, "device", device_id, scope_org_id())
+        else:
+            org_id = int(analysis_views.acting_org(conn, user, request.form.get("org"))["id"])
+        created = analysis.create_import(
+            conn,
+            org_id=org_id,
+            content=upload.read(),
+            filename=upload.filename,
+            fmt=fmt if fmt in analysis_views.IMPORT_FORMATS else None,
+            device_id=device_id,
+            created_by=user["id"],
+        )
+    except data.NotFound:
+        flash(f"There is no device {device_id!r} in your organisation.", "error")
+        return _import_page(400)
+    except analysis_views.UnknownOrg as exc:
+        flash(f"There is no organisation {exc}.", "error")
+        return _import_page(400)
+    except analysis.AnalysisRequestError as exc:
+        flash(str(exc).capitalize() + ".", "error")
+        return _import_page(400)
+    return redirect(url_for("pages.import_detail", import_id=str(created["id"])))
+
+
+@bp.route("/imports/<import_id>")
+@login_required
+def import_detail(import_id: str) -> Any:
+    found = analysis_views.import_json(_import_or_404(import_id))
+    return render_template(
+        "import.html", imp=found, final=found["status"] in analysis_views.FINAL_IMPORT_STATES
+    )
+
+
+@bp.route("/imports/<import_id>/progress.json")
+@login_required
+def import_progress(import_id: str) -> Any:
+    return jsonify(analysis_views.import_json(_import_or_404(import_id)))

@@ -181,3 +181,21 @@ ORDER BY o.name;
 -- name: device_orgs
 SELECT device_id FROM devices
 WHERE device_id = ANY(%(device_ids)s::text[]) AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
+
+-- name: alert_org
+-- The organisation of an alert, rule or import the caller may see (the analysis service
+-- takes one organisation; an operator acts in the object's own).
+SELECT org_id FROM alerts
+WHERE id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
+
+-- name: rule_org
+SELECT org_id FROM alert_rules
+WHERE id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
+
+-- name: import_org
+SELECT org_id FROM imports
+WHERE id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
+
+-- name: device_org
+SELECT org_id FROM devices
+WHERE device_id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);

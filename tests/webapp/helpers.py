@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from analysis import service as analysis_service
 from fieldhub import command_requests, registry, users
 from fieldhub.stack.procs import free_port
 from tests.support import wait_for
@@ -37,6 +38,8 @@ class World:
     commands: dict[str, str]  # "a" / "b" -> command id
     alerts: dict[str, int]
     user_ids: dict[str, int]
+    rules: dict[str, int]
+    imports: dict[str, str]
 
 
 def seed(database_url: str) -> World:
@@ -46,6 +49,8 @@ def seed(database_url: str) -> World:
         devices: dict[str, str] = {}
         commands: dict[str, str] = {}
         alerts: dict[str, int] = {}
+        rules: dict[str, int] = {}
+        imports: dict[str, str] = {}
         for org in ("a", "b"):
             org_row = registry.create_org(conn, f"org-{org}", f"Organisation {org.upper()}")
             for role in ("admin", "member", "viewer"):
@@ -98,13 +103,23 @@ def seed(database_url: str) -> World:
             ).fetchone()
             assert alert is not None
             alerts[org] = alert["id"]
+            rules[org] = rule["id"]
+            # Queued and never run here (no worker): an object with a URL of its own.
+            queued = analysis_service.create_import(
+                conn,
+                org_id=org_row["id"],
+                content=b"time,metric,value\n",
+                filename="seed.csv",
+                device_id=device_id,
+            )
+            imports[org] = str(queued["id"])
         registry.create_org(conn, "ops", "Operations")
         operator = users.create_user(
             conn, "op@ops.example", org="ops", role="operator", password=PASSWORD
         )
         emails["operator"] = "op@ops.example"
         user_ids["operator"] = operator["id"]
-    return World(database_url, emails, devices, commands, alerts, user_ids)
+    return World(database_url, emails, devices, commands, alerts, user_ids, rules, imports)
 
 
 def api_token(database_url: str, email: str) -> str:

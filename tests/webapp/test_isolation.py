@@ -14,6 +14,11 @@ from tests.webapp.helpers import World, api_token, login
 pytestmark = pytest.mark.integration
 
 SKIP_ENDPOINTS = {"static", "api.openapi"}
+# Refused by role before the object is looked up (so a viewer learns nothing either way).
+MEMBER_ENDPOINTS = {"pages.send_command", "pages.cancel_command", "pages.acknowledge_alert"}
+# Endpoints without an object in the URL that create one: the probe's body is not a valid
+# request for them, and what matters is that nothing of the other organisation shows.
+CREATING_ENDPOINTS = {"api.create_alert_rule", "api.create_import"}
 
 
 def _urls(app: Flask, world: World, org: str) -> list[tuple[str, str, str]]:
@@ -23,6 +28,8 @@ def _urls(app: Flask, world: World, org: str) -> list[tuple[str, str, str]]:
         "command_id": world.commands[org],
         "alert_id": world.alerts[org],
         "user_id": world.user_ids[f"{org}_viewer"],
+        "rule_id": world.rules[org],
+        "import_id": world.imports[org],
     }
     result = []
     with app.test_request_context():
@@ -56,7 +63,7 @@ def test_every_page_of_another_org_is_404(app: Flask, world: World, role: str) -
         # Admin pages answer 403 to non-admins before looking anything up; everything else,
         # and admin pages for an admin, must not even admit the object exists.
         expected = {403} if endpoint.startswith("admin.") and role != "a_admin" else {404}
-        if endpoint in ("pages.send_command", "pages.cancel_command") and role == "a_viewer":
+        if endpoint in MEMBER_ENDPOINTS and role == "a_viewer":
             expected = {403}
         assert response.status_code in expected, f"{role} {method} {url} -> {response.status_code}"
         assert world.devices["b"] not in body.replace(url, "")
@@ -76,6 +83,9 @@ def test_pages_without_objects_show_nothing_of_another_org(app: Flask, world: Wo
         "/devices?q=dev",
         "/devices?label=site%3Db",
         "/admin/devices/import",
+        "/imports",
+        "/admin/rules",
+        "/admin/webhook",
     ):
         response = client.get(path)
         assert response.status_code == 200, path
@@ -99,6 +109,8 @@ def test_every_api_endpoint_of_another_org_is_404(app: Flask, world: World) -> N
         if "<" in rule:
             assert response.status_code == 404, f"{method} {url} -> {response.status_code}"
             assert response.get_json()["error"]["code"] == "not_found"
+        elif endpoint in CREATING_ENDPOINTS:
+            assert response.status_code in (400, 422), f"{method} {url} -> {response.status_code}"
         else:
             assert response.status_code == 200, f"{method} {url} -> {response.status_code}"
         assert world.devices["b"] not in text

@@ -30,6 +30,8 @@ def api_schema(app: Flask, world: World) -> Any:
         "device_id": world.devices["a"],
         "command_id": world.commands["a"],
         "alert_id": world.alerts["a"],
+        "rule_id": world.rules["a"],
+        "import_id": world.imports["a"],
         "metric": "temperature",
     }
     for item in schema.raw_schema["paths"].values():
@@ -55,6 +57,10 @@ schema = schemathesis.pytest.from_fixture("api_schema")
     suppress_health_check=list(HealthCheck),
 )
 def test_api_matches_its_openapi_document(case: Any, auth_headers: dict[str, str]) -> None:
+    if case.media_type == "multipart/form-data" and not isinstance(case.body, dict):
+        # The coverage phase also tries non-object bodies, which a multipart form cannot
+        # express; schemathesis' WSGI transport crashes building one before any request.
+        return
     case.call_and_validate(
         headers=auth_headers,
         checks=[

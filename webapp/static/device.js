@@ -235,10 +235,23 @@
       list.innerHTML = "";
       JSON.parse(e.data).forEach((a) => {
         const li = document.createElement("li");
-        li.innerHTML = '<span class="pill"></span> <span class="rule"></span>';
+        li.dataset.alert = a.id;
+        li.innerHTML = '<span class="pill"></span> <span class="rule"></span> <span class="alert-state"></span> ';
         li.querySelector(".pill").textContent = a.severity;
         li.querySelector(".pill").classList.add("sev-" + a.severity);
-        li.querySelector(".rule").textContent = `${a.rule} — ${a.state}`;
+        li.querySelector(".rule").textContent = `${a.rule} —`;
+        li.querySelector(".alert-state").textContent = a.state;
+        li.querySelector(".alert-state").classList.add("state-" + a.state);
+        if (a.state === "active" && list.dataset.canAck) {
+          const form = document.createElement("form");
+          form.method = "post";
+          form.className = "inline ack-form";
+          form.action = `${list.dataset.ackBase}/${a.id}/acknowledge`;
+          form.innerHTML = '<input type="hidden" name="csrf_token"><input type="hidden" name="back"><button type="submit" class="link">Acknowledge</button>';
+          form.querySelector('input[name="csrf_token"]').value = csrf;
+          form.querySelector('input[name="back"]').value = list.dataset.back;
+          li.appendChild(form);
+        }
         list.appendChild(li);
       });
     });

@@ -1,0 +1,113 @@
+"""Shapes shared by the pages and the API for the analysis surfaces: alert rules from forms,
+import progress, and the organisation an operator acts in.
+
+The analysis service (analysis/service.py) acts in exactly one organisation. Users of an
+organisation act in their own; an operator acts in the organisation of the object named in
+the URL, or in the one they pick by name (their own when they pick none).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from webapp import data
+from webapp.db import Conn
+
+IMPORT_FORMATS = ("csv", "ndjson", "senml")
+FINAL_IMPORT_STATES = ("done", "failed")
+
+
+class UnknownOrg(LookupError):
+    """An operator named an organisation that does not exist."""
+
+
+def acting_org(conn: Conn, user: Mapping[str, Any], chosen: str | None) -> dict[str, Any]:
+    """The organisation a page or request without an object in its URL acts in: the user's
+    own, or for an operator the one named `chosen` (by handle)."""
+    scope = None if user["role"] == "operator" else int(user["org_id"])
+    orgs = data.list_orgs(conn, scope)
+    if scope is not None:
+        return next(o for o in orgs if o["id"] == scope)
+    wanted = (chosen or "").strip() or str(user["org"])
+    for org in orgs:
+        if org["name"] == wanted:
+            return org
+    raise UnknownOrg(wanted)
+
+
+def parse_import_id(raw: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        return None
+
+
+def rule_from_form(form: Mapping[str, str]) -> dict[str, Any]:
+    """A rule form (target: one device or a label) as the service's rule data."""
+    target = form.get("target", "device")
+    by_device = target == "device"
+    return {
+        "name": form.get("name", ""),
+        "metric": form.get("metric", ""),
+        "condition": form.get("condition", ""),
+        "threshold_low": form.get("threshold_low", ""),
+        "threshold_high": form.get("threshold_high", ""),
+        "for_seconds": form.get("for_seconds", "") or 0,
+        "severity": form.get("severity", ""),
+        "device_id": form.get("device_id", "").strip() if by_device else None,
+        "label_key": None if by_device else form.get("label_key", "").strip(),
+        "label_value": None if by_device else form.get("label_value", "").strip(),
+        "enabled": form.get("enabled") in ("on", "true", "1"),
+    }
+
+
+def rule_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    keys = (
+        "id",
+        "name",
+        "metric",
+        "device_id",
+        "label_key",
+        "label_value",
+        "condition",
+        "threshold_low",
+        "threshold_high",
+        "for_seconds",
+        "severity",
+        "enabled",
+        "created_at",
+    )
+    return {key: row.get(key) for key in keys}
+
+
+def import_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An import with its progress: percent of the file read, rows per second, bad lines."""
+    total = int(row.get("total_bytes") or 0)
+    processed = int(row.get("processed_bytes") or 0)
+    if row["status"] == "done" or total == 0:
+        percent = 100.0 if row["status"] == "done" else 0.0
+    else:
+        percent = round(min(100.0, 100.0 * processed / total), 1)
+    return {
+        "id": str(row["id"]),
+        "status": row["status"],
+        "filename": row.get("filename"),
+        "format": row.get("format"),
+        "device_id": row.get("device_id"),
+        "total_bytes": total,
+        "processed_bytes": processed,
+        "percent": percent,
+        "processed_rows": int(row.get("processed_rows") or 0),
+        "rows_imported": int(row.get("rows_imported") or 0),
+        "rows_rejected": int(row.get("rows_rejected") or 0),
+        "rows_per_s": float(row.get("rows_per_s") or 0.0),
+        "errors": [
+            {"line": int(e["line"]), "reason": str(e["reason"])} for e in row.get("errors") or []
+        ],
+        "error": row.get("error"),
+        "created_at": row.get("created_at"),
+        "started_at": row.get("started_at"),
+        "finished_at": row.get("finished_at"),
+    }
