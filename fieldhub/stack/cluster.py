@@ -1,13 +1,15 @@
 """`fieldhub up --cluster`: the one-machine stack with every tier doubled where this build can.
 
-On top of the single stack: a streaming replica of PostgreSQL that the web app reads from
-(READ_DATABASE_URL), two bridge instances splitting the broker's shared subscription, two
-gunicorn instances and nginx in front of them on the web port. It is the same supervisor
-with more process specs.
+On top of the single stack: a second Mosquitto broker (devices are homed on one of the two by
+their id, each broker has its own auth-sync), a streaming replica of PostgreSQL that the web
+app reads from (READ_DATABASE_URL), two bridge instances splitting each broker's shared
+subscription (one bridge process per instance and broker), two gunicorn instances and nginx in
+front of them on the web port. It is the same supervisor with more process specs.
 
 Ports: the replica listens on FIELDHUB_PG_PORT + 1, the web instances on FIELDHUB_WEB_PORT + 1
 and + 2 (nginx takes FIELDHUB_WEB_PORT itself), bridge N serves metrics on
-FIELDHUB_BRIDGE_METRICS_PORT + N - 1.
+FIELDHUB_BRIDGE_METRICS_PORT + N - 1 for broker-1 and + 2 + N - 1 for broker-2; broker-2
+listens on each of broker-1's MQTT ports + 1000.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fieldhub.stack.supervisor import ProcessSpec
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "fieldhub.conf.template"
 BRIDGES = 2
+BROKERS = 2  # local Mosquitto brokers, broker-N on each broker-1 port + 1000 * (N - 1)
 WEB_INSTANCES = 2
 NGINX_USER = "www-data"  # nginx's workers drop to this user when the master runs as root
 

@@ -129,6 +129,17 @@ def stack_urls(settings: Settings) -> dict[str, str | None]:
     }
 
 
+def broker_urls(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each broker's device URL and (without credentials) the bridge's service URL."""
+    return {
+        name: {
+            "mqtt_device_url": endpoints.device_mqtt_url(settings, name),
+            "mqtt_url": endpoints.bridge_mqtt(settings, name).url(),
+        }
+        for name in settings.broker_names
+    }
+
+
 def _bridge_url(settings: Settings) -> str:
     if settings.mqtt_url:
         return endpoints.MqttEndpoint.parse(settings.mqtt_url).url()
@@ -214,9 +225,17 @@ def service_specs(
     read_database_url: str | None = None,
 ) -> list[ProcessSpec]:
     """The fieldhub processes of the stack; cluster mode runs bridges and web servers twice
-    (nginx, which fronts the web servers, is started by the caller once they answer)."""
+    (nginx, which fronts the web servers, is started by the caller once they answer).
+
+    With several brokers there is one auth-sync per broker and one bridge process per
+    (instance, broker) pair: a bridge instance is the group of its per-broker processes.
+    """
     urls = stack_urls(settings)
     specs = []
+    brokers = settings.broker_names
+    several = len(brokers) > 1
+    # Children see the same broker list as this process, however it was decided (--cluster).
+    broker_env = {"FIELDHUB_LOCAL_BROKERS": str(settings.local_brokers)}
 
     def add(
         name: str,
@@ -232,28 +251,38 @@ def service_specs(
                 ready=probe,
                 ready_timeout=timeout,
                 essential=False,
-                env=env or {},
+                env={**broker_env, **(env or {})},
                 cwd=PROJECT_ROOT,
             )
         )
 
     if "auth-sync" in commands:
-        add("auth-sync", fieldhub_argv("auth-sync"))
+        for broker in brokers:
+            if not several:
+                add("auth-sync", fieldhub_argv("auth-sync"))
+                continue
+            add(
+                f"auth-sync-{broker}",
+                fieldhub_argv("auth-sync", "--broker", broker),
+                env=local_broker_env(settings, broker),
+            )
     if "bridge" in commands:
         # A bridge is ready when its metrics endpoint answers.
-        if cluster:
-            for n in range(1, cluster_mod.BRIDGES + 1):
-                metrics = f"http://127.0.0.1:{settings.ports.bridge_metrics + n - 1}/metrics"
+        instances = cluster_mod.BRIDGES if cluster else 1
+        for n in range(1, instances + 1):
+            for k, broker in enumerate(brokers):
+                port = bridge_metrics_port(settings, n, k, instances)
+                name = "bridge" if instances == 1 and not several else f"bridge-{n}"
+                argv = ["bridge", "--instance", str(n), "--metrics-port", str(port)]
+                if several:
+                    name += f"-{broker}"
+                    argv += ["--broker", broker]
                 add(
-                    f"bridge-{n}",
-                    fieldhub_argv("bridge", "--instance", str(n)),
-                    http_answers(metrics),
+                    name,
+                    fieldhub_argv(*argv),
+                    http_answers(f"http://127.0.0.1:{port}/metrics"),
                     30,
                 )
-        else:
-            add(
-                "bridge", fieldhub_argv("bridge"), http_answers(str(urls["bridge_metrics_url"])), 30
-            )
     if "worker" in commands:
         add("worker", fieldhub_argv("worker"))
     if "web" in commands:
@@ -286,10 +315,54 @@ def service_specs(
                     "--prefix",
                     DEMO_ORG,
                 ),
+                # The simulator connects every device to one broker URL, so it homes its
+                # devices on broker-1 (see docs/scaling.md, "Not in this build yet").
+                env={"FIELDHUB_LOCAL_BROKERS": "1"},
                 cwd=PROJECT_ROOT,
             )
         )
     return specs
+
+
+def bridge_metrics_port(
+    settings: Settings, instance: int, broker_index: int, instances: int
+) -> int:
+    """Instance N of broker 1 keeps METRICS + N - 1; each further broker's bridges follow."""
+    return settings.ports.bridge_metrics + broker_index * instances + instance - 1
+
+
+def local_broker_env(settings: Settings, broker: str) -> dict[str, str]:
+    """Where auth-sync finds one local broker's files (broker-1 keeps the configured ones)."""
+    if broker == settings.broker_names[0]:
+        return {}
+    directory = endpoints.local_broker_dir(settings, broker)
+    return {
+        "FIELDHUB_MOSQUITTO_DIR": str(directory),
+        "FIELDHUB_MOSQUITTO_PID_FILE": str(directory / "mosquitto.pid"),
+    }
+
+
+def local_brokers(settings: Settings) -> list[tuple[str, MosquittoBroker]]:
+    return [
+        (
+            name,
+            MosquittoBroker(
+                endpoints.local_broker_dir(settings, name),
+                settings.tls_dir,
+                endpoints.local_broker_ports(settings, name).devices,
+                endpoints.local_broker_ports(settings, name).devices_tls,
+                endpoints.local_broker_ports(settings, name).services,
+            ),
+        )
+        for name in settings.broker_names
+    ]
+
+
+def with_cluster_brokers(settings: Settings) -> Settings:
+    """`--cluster` runs at least two local brokers (unless the brokers are configured)."""
+    if settings.brokers or settings.mqtt_url or settings.local_brokers >= cluster_mod.BROKERS:
+        return settings
+    return dataclasses.replace(settings, local_brokers=cluster_mod.BROKERS)
 
 
 # -- up ---------------------------------------------------------------------------------------
@@ -367,6 +440,8 @@ def run_up(
     cluster: bool = False,
 ) -> int:
     """Bring the stack up in this process and supervise it until SIGINT/SIGTERM."""
+    if cluster:
+        settings = with_cluster_brokers(settings)
     paths = StackPaths(settings.home)
     check_home(paths)
     state = running_state(paths)
@@ -382,7 +457,7 @@ def run_up(
     raise_open_file_limit()
 
     local_db = settings.database_url is None
-    local_broker = settings.mqtt_url is None
+    local_broker = settings.mqtt_url is None and not settings.brokers
     ports: list[tuple[str, int]] = [("web", settings.ports.web)]
     if local_db:
         ports.append(("PostgreSQL", settings.ports.postgres))
@@ -391,11 +466,13 @@ def run_up(
             ports.append(("PostgreSQL replica", cluster_mod.replica_port(settings)))
         ports += [("web instance", port) for port in cluster_mod.web_instance_ports(settings)]
     if local_broker:
-        ports += [
-            ("MQTT devices", settings.ports.mqtt_devices),
-            ("MQTT devices TLS", settings.ports.mqtt_devices_tls),
-            ("MQTT services", settings.ports.mqtt_services),
-        ]
+        for name in settings.broker_names:
+            broker_ports = endpoints.local_broker_ports(settings, name)
+            ports += [
+                (f"MQTT devices, {name}", broker_ports.devices),
+                (f"MQTT devices TLS, {name}", broker_ports.devices_tls),
+                (f"MQTT services, {name}", broker_ports.services),
+            ]
     check_ports_free(ports)
 
     supervisor = Supervisor(
@@ -406,6 +483,7 @@ def run_up(
             "demo": demo,
             "cluster": cluster,
             "urls": stack_urls(settings),
+            "brokers": broker_urls(settings),
         },
     )
     stop = threading.Event()
@@ -477,7 +555,8 @@ def _bring_up(
             log.info("created the streaming replica in %s", replica.data_dir)
         supervisor.start(cluster_mod.replica_spec(replica))
         read_database_url = cluster_mod.replica_url(settings)
-    bridge = endpoints.bridge_mqtt(settings)
+    # One bridge account for every broker: each broker's auth-sync renders every service account.
+    bridge = endpoints.bridge_mqtt(settings, settings.broker_names[0])
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
         if bridge.username and bridge.password:
             registry.ensure_service_account(
@@ -495,18 +574,14 @@ def _bring_up(
             }
         if local_broker:
             ensure_tls(settings.tls_dir)
-            broker = MosquittoBroker(
-                settings.mosquitto_dir,
-                settings.tls_dir,
-                settings.ports.mqtt_devices,
-                settings.ports.mqtt_devices_tls,
-                settings.ports.mqtt_services,
-            )
-            broker.render()
-            supervisor.start(mosquitto_spec(broker))
-            # One sync now, so the bridge can log in even before auth-sync is up.
-            if sync_once(conn, broker.auth_dir):
-                broker.reload()
+            brokers = local_brokers(settings)
+            for name, broker in brokers:
+                broker.render()
+                spec_name = "mosquitto" if len(brokers) == 1 else f"mosquitto-{name}"
+                supervisor.start(mosquitto_spec(broker, spec_name))
+                # One sync now, so the bridge can log in even before auth-sync is up.
+                if sync_once(conn, broker.auth_dir, broker=name):
+                    broker.reload()
     commands = available_commands()
     for missing in [c for c in SERVICE_COMMANDS if c not in commands]:
         log.warning("`fieldhub %s` is not available in this build yet; not starting it", missing)
@@ -537,6 +612,14 @@ def banner(settings: Settings, state: dict[str, Any]) -> str:
     ]
     if urls.get("read_database_url"):
         lines.append(f"  reads:     {urls['read_database_url']} (streaming replica)")
+    brokers = state.get("brokers") or {}
+    if len(brokers) > 1:
+        for name, broker in brokers.items():
+            lines.append(f"  {name + ':':<10} {broker['mqtt_device_url']} (devices homed there)")
+        lines.append(
+            f"  run CLI commands with FIELDHUB_LOCAL_BROKERS={len(brokers)} so new devices "
+            "are spread over the brokers"
+        )
     login = state.get("demo_login")
     if login:
         password = Path(login["password_file"]).read_text().strip()
@@ -617,6 +700,7 @@ def stack_status(settings: Settings) -> dict[str, Any]:
     if state and supervisor_alive:
         result["read_database_url"] = (state.get("urls") or {}).get("read_database_url")
         result["cluster"] = bool(state.get("cluster"))
+        result["brokers"] = state.get("brokers") or {}
     if state:
         if state.get("demo_login"):
             result["demo_login"] = {

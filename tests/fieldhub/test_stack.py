@@ -23,11 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from fieldhub import endpoints, registry
+from fieldhub.brokers import home_broker
+from fieldhub.command_requests import get_command, send_command
 from fieldhub.config import Settings
 from fieldhub.simulate import Stats, Target, provision, run_devices, wait_until_accepted
 from fieldhub.stack.local import mask_url, stack_status
@@ -40,7 +43,7 @@ from fieldhub.stack.supervisor import (
     read_state,
     same_process_alive,
 )
-from tests.support import wait_for
+from tests.support import DeviceClient, wait_for
 
 PORT_VARIABLES = (
     "FIELDHUB_PG_PORT",
@@ -98,8 +101,11 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
 
 # -- end to end --------------------------------------------------------------------------------
 # Cluster mode derives ports from these (replica = PG + 1, web instances = WEB + 1 and + 2,
-# bridge 2 metrics = METRICS + 1), so each gets a block of free ports.
-PORT_BLOCKS = {"FIELDHUB_PG_PORT": 2, "FIELDHUB_WEB_PORT": 3, "FIELDHUB_BRIDGE_METRICS_PORT": 2}
+# the four bridge processes' metrics = METRICS + 0..3), so each gets a block of free ports;
+# broker-2 listens on each MQTT port + 1000, which must be free too.
+PORT_BLOCKS = {"FIELDHUB_PG_PORT": 2, "FIELDHUB_WEB_PORT": 3, "FIELDHUB_BRIDGE_METRICS_PORT": 4}
+SECOND_BROKER_OFFSET = endpoints.LOCAL_BROKER_PORT_STEP
+MQTT_PORT_VARIABLES = ("FIELDHUB_MQTT_PORT", "FIELDHUB_MQTTS_PORT", "FIELDHUB_MQTT_SERVICE_PORT")
 
 
 def _port_free(port: int) -> bool:
@@ -111,11 +117,13 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_block(size: int, taken: set[int]) -> int:
+def _free_block(size: int, taken: set[int], companion_offset: int = 0) -> int:
     while True:
         first = free_port()
-        block = range(first, first + size)
-        if first + size < 65536 and not taken & set(block) and all(map(_port_free, block)):
+        block = list(range(first, first + size))
+        if companion_offset:
+            block.append(first + companion_offset)
+        if max(block) < 65536 and not taken & set(block) and all(map(_port_free, block)):
             taken.update(block)
             return first
 
@@ -130,7 +138,8 @@ def _environment(home: Path) -> dict[str, str]:
     env["FIELDHUB_HOME"] = str(home)
     taken: set[int] = set()
     for name in PORT_VARIABLES:
-        env[name] = str(_free_block(PORT_BLOCKS.get(name, 1), taken))
+        offset = SECOND_BROKER_OFFSET if name in MQTT_PORT_VARIABLES else 0
+        env[name] = str(_free_block(PORT_BLOCKS.get(name, 1), taken, offset))
     return env
 
 
@@ -285,7 +294,7 @@ def _http_status(url: str) -> int:
     shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
     reason="nginx is not installed (scripts/setup installs it for cluster mode)",
 )
-def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
+def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     stack_home: tuple[Path, dict[str, str]],
 ) -> None:
     _home, env = stack_home
@@ -300,8 +309,12 @@ def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
     assert status["read_database_url"] == (
         f"postgresql://fieldhub:***@127.0.0.1:{replica_port}/fieldhub"
     )
-    expected = {"postgres", "postgres-replica", "mosquitto", "bridge-1", "bridge-2", "nginx"}
-    assert expected <= status["processes"].keys()
+    bridges = {f"bridge-{n}-broker-{k}" for n in (1, 2) for k in (1, 2)}
+    expected = {"postgres", "postgres-replica", "mosquitto-broker-1", "mosquitto-broker-2", "nginx"}
+    assert expected | bridges <= status["processes"].keys()
+    assert {"auth-sync-broker-1", "auth-sync-broker-2"} <= status["processes"].keys()
+    second_port = int(env["FIELDHUB_MQTT_PORT"]) + SECOND_BROKER_OFFSET
+    assert status["brokers"]["broker-2"]["mqtt_device_url"] == f"mqtt://127.0.0.1:{second_port}"
     assert {"web-1", "web-2"} <= status["processes"].keys() or "web" not in status["processes"]
     for name, info in status["processes"].items():
         assert info["state"] in ("running", "unavailable"), (name, info)
@@ -346,10 +359,11 @@ def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
         runner.start()
         try:
             wait_for(lambda: stats.published >= 200, timeout=30, what="the stream to start")
-            old = status["processes"]["bridge-1"]["pid"]
+            old = status["processes"]["bridge-1-broker-1"]["pid"]
             os.kill(old, signal.SIGKILL)
             wait_for(
-                lambda: (p := stack_status(settings)["processes"]["bridge-1"])["state"] == "running"
+                lambda: (p := stack_status(settings)["processes"]["bridge-1-broker-1"])["state"]
+                == "running"
                 and p["pid"] != old,
                 timeout=30,
                 what="bridge-1 to be restarted",
@@ -363,7 +377,7 @@ def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
         finally:
             streaming.set()
             runner.join(timeout=30)
-        assert stack_status(settings)["processes"]["bridge-2"]["restarts"] == 0
+        assert stack_status(settings)["processes"]["bridge-2-broker-1"]["restarts"] == 0
 
         def stored() -> int:
             row = conn.execute(
@@ -375,7 +389,69 @@ def test_cluster_mode_replica_two_bridges_two_webs_behind_nginx(
         wait_for(lambda: stored() >= stats.published, timeout=60, what="every reading stored")
         assert stored() == stats.published
 
+    _device_on_the_second_broker(env, primary_url)
+
     stopped = _fieldhub(env, "down", timeout=180)
     assert stopped.returncode == 0, stopped.stderr
     assert not port_open(int(env["FIELDHUB_WEB_PORT"]))
     assert not port_open(replica_port)
+    assert not port_open(second_port)
+
+
+def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
+    """Created with the CLI, homed on broker-2 by its id: it logs in there and not on broker-1,
+    its telemetry is stored once, and a command sent to it arrives through broker-2."""
+    cli_env = {**env, "FIELDHUB_LOCAL_BROKERS": "2"}
+    device_id = next(
+        d
+        for n in range(100)
+        if home_broker(d := f"far-{n}", ["broker-1", "broker-2"]) == "broker-2"
+    )
+    assert _fieldhub(cli_env, "org", "create", "far").returncode == 0
+    created = _fieldhub(cli_env, "device", "create", device_id, "--org", "far", "--json")
+    assert created.returncode == 0, created.stderr
+    creds = json.loads(created.stdout)
+    second_port = int(env["FIELDHUB_MQTT_PORT"]) + SECOND_BROKER_OFFSET
+    assert creds["broker"] == "broker-2"
+    assert creds["mqtt_url"] == f"mqtt://127.0.0.1:{second_port}"
+
+    def logs_in(port: int) -> bool:
+        client = DeviceClient(port, device_id, creds["password"])
+        try:
+            return client.connect(raise_on_refusal=False)
+        finally:
+            client.close()
+
+    wait_for(lambda: logs_in(second_port), timeout=30, what="broker-2's auth-sync to admit it")
+    # broker-1's files hold only broker-1's devices (and the service accounts).
+    assert not logs_in(int(env["FIELDHUB_MQTT_PORT"]))
+
+    device = DeviceClient(second_port, device_id, creds["password"])
+    device.connect()
+    try:
+        device.subscribe(f"devices/{device_id}/commands/+")
+        for seq in range(1, 21):
+            payload = orjson.dumps({"seq": seq, "values": {"level": float(seq)}})
+            device.publish(f"devices/{device_id}/telemetry", payload)
+        with psycopg.connect(primary_url, autocommit=True, row_factory=dict_row) as conn:
+
+            def stored() -> int:
+                row = conn.execute(
+                    "SELECT count(*) AS n FROM readings WHERE device_id = %s", (device_id,)
+                ).fetchone()
+                return int(row["n"]) if row else 0
+
+            wait_for(lambda: stored() >= 20, timeout=30, what="broker-2's telemetry stored")
+            command = send_command(conn, device_id=device_id, name="ping", params={}, ttl_s=60)
+            message = device.messages.get(timeout=30)
+            assert message.topic == f"devices/{device_id}/commands/{command['id']}"
+            device.publish(f"{message.topic}/ack", b'{"status": "succeeded"}')
+            wait_for(
+                lambda: get_command(conn, str(command["id"]))["status"] == "succeeded",
+                timeout=30,
+                what="the ack to come back through broker-2's bridges",
+            )
+            # Both bridge instances of broker-2 share its subscription: each message once.
+            assert stored() == 20
+    finally:
+        device.close()
