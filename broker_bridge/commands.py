@@ -265,7 +265,9 @@ class CommandDispatcher:
             if not self.is_leader:
                 self.is_leader = self._try_lead(conn)
                 if self.is_leader:
-                    log.info("command dispatcher is the leader for %s", self.broker or "every broker")
+                    log.info(
+                        "command dispatcher is the leader for %s", self.broker or "every broker"
+                    )
                     # The broker may have lost retained messages while nobody watched (a crash
                     # between snapshots); devices drop duplicates by id, so resend to be sure,
                     # right after the first sweep, so new commands do not wait behind them.
