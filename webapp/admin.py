@@ -320,7 +320,7 @@ def rules() -> Any:
     try:
         rule = analysis.create_alert_rule(db.write(), org["id"], form)
     except analysis.AnalysisRequestError as exc:
-        flash(str(exc).capitalize() + ".", "error")
+        flash(analysis_views.sentence(exc), "error")
         return _rules_page(org, {**form, "target": request.form.get("target")}, 400)
     flash(f"Rule {rule['name']} created; it is evaluated within 15 seconds.", "info")
     return redirect(url_for("admin.rules", org=org["name"]))
@@ -339,7 +339,7 @@ def edit_rule(rule_id: int) -> Any:
     except analysis.NotFound:
         abort(404)
     except analysis.AnalysisRequestError as exc:
-        flash(str(exc).capitalize() + ".", "error")
+        flash(analysis_views.sentence(exc), "error")
         shown = {**form, "target": request.form.get("target")}
         return render_template("admin/rule_edit.html", org=org, rule=rule, form=shown), 400
     flash(f"Rule {updated['name']} saved.", "info")
@@ -372,7 +372,7 @@ def webhook() -> Any:
                 enabled=request.form.get("enabled") in ("on", "true", "1"),
             )
         except analysis.AnalysisRequestError as exc:
-            flash(str(exc).capitalize() + ".", "error")
+            flash(analysis_views.sentence(exc), "error")
             return redirect(url_for("admin.webhook", org=org["name"]))
         return _no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
     return render_template(

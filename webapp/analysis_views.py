@@ -37,6 +37,13 @@ def acting_org(conn: Conn, user: Mapping[str, Any], chosen: str | None) -> dict[
     raise UnknownOrg(wanted)
 
 
+def sentence(message: object) -> str:
+    """A service error as a flash message: capitalised (ids and "URL" kept) with a stop."""
+    text = str(message).strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def parse_import_id(raw: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(raw)

@@ -368,7 +368,7 @@ def acknowledge_alert(alert_id: int) -> Any:
     except (data.NotFound, analysis.NotFound):
         abort(404)
     except analysis.AnalysisRequestError as exc:
-        flash(str(exc).capitalize() + ".", "error")
+        flash(analysis_views.sentence(exc), "error")
     else:
         flash(f"Alert {alert_id} acknowledged.", "info")
     return redirect(_back(url_for("pages.alerts")))
@@ -446,7 +446,7 @@ def imports() -> Any:
         flash(f"There is no organisation {exc}.", "error")
         return _import_page(400)
     except analysis.AnalysisRequestError as exc:
-        flash(str(exc).capitalize() + ".", "error")
+        flash(analysis_views.sentence(exc), "error")
         return _import_page(400)
     return redirect(url_for("pages.import_detail", import_id=str(created["id"])))
 
