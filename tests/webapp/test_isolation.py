@@ -6,6 +6,8 @@ test does not know fails the test until someone says which object it names.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from flask import Flask
 
@@ -23,7 +25,7 @@ CREATING_ENDPOINTS = {"api.create_alert_rule", "api.create_import"}
 
 def _urls(app: Flask, world: World, org: str) -> list[tuple[str, str, str]]:
     """(endpoint, method, url) for every route, with the objects of organisation `org`."""
-    values = {
+    values: dict[str, Any] = {
         "device_id": world.devices[org],
         "command_id": world.commands[org],
         "alert_id": world.alerts[org],
