@@ -22,7 +22,7 @@ from tqdm import tqdm
 from fieldhub import endpoints, registry
 from fieldhub.brokers import home_broker
 from fieldhub.cli import CommandError
-from fieldhub.config import Settings
+from fieldhub.config import ConfigError, Settings
 from fieldhub.db import connect
 from fieldhub.passwords import generate_secret, hash_secrets_parallel
 
@@ -129,12 +129,20 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
 
 
-def _credentials(settings: Settings, creds: registry.DeviceCredentials, org: str) -> dict[str, str]:
+def _credentials(
+    settings: Settings, creds: registry.DeviceCredentials, org: str
+) -> dict[str, str | None]:
+    try:
+        mqtt_url: str | None = endpoints.device_mqtt_url(settings, creds.broker)
+    except ConfigError:
+        # A broker this host's FIELDHUB_BROKERS does not list: the secret is already stored,
+        # so it must still be shown; the URL is left out rather than guessed.
+        mqtt_url = None
     return {
         "device_id": creds.device_id,
         "username": creds.username,
         "password": creds.password,
-        "mqtt_url": endpoints.device_mqtt_url(settings, creds.broker),
+        "mqtt_url": mqtt_url,
         "broker": creds.broker,
         "org": org,
     }
@@ -217,7 +225,7 @@ def _print_secret(
     print(f"{verb} device {creds.device_id} (organisation {org})")
     print(f"  username: {data['username']}")
     print(f"  password: {data['password']}")
-    print(f"  broker:   {data['mqtt_url']}")
+    print(f"  broker:   {data['mqtt_url'] or '(URL not configured here)'} ({creds.broker})")
     print("The password is shown only this once; only its hash is stored.")
 
 
