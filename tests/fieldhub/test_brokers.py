@@ -1,13 +1,19 @@
-"""Homing devices on brokers (fieldhub.brokers) and the broker settings; pure, no servers."""
+"""Homing devices on brokers (fieldhub.brokers) and the broker settings: pure unit tests, and
+one CLI test against the real database."""
 
 from __future__ import annotations
 
+import csv
+import json
 from collections import Counter
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from fieldhub import endpoints
 from fieldhub.brokers import home_broker
+from fieldhub.cli import main
 from fieldhub.config import ConfigError, Settings, configured_broker_names
 
 DEVICES = [f"sensor-{n:05d}" for n in range(6000)]
@@ -115,3 +121,50 @@ def test_configured_brokers_give_device_and_service_urls() -> None:
 def test_bad_broker_settings_are_named(variables: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({"FIELDHUB_HOME": "/tmp/fh", **variables})
+
+
+# -- the CLI with two configured brokers (real PostgreSQL) ----------------------------------
+TWO_BROKERS = "broker-1=mqtts://one.example:8883,broker-2=mqtts://two.example:8883"
+
+
+@pytest.mark.integration
+def test_cli_homes_created_and_imported_devices_on_their_brokers(
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("FIELDHUB_BROKERS", TWO_BROKERS)
+    urls = dict(pair.split("=") for pair in TWO_BROKERS.split(","))
+    assert main(["org", "create", "fleet"]) == 0
+    created = {}
+    for device_id in ("pump-1", "pump-2", "pump-3", "pump-4"):
+        capsys.readouterr()
+        assert main(["device", "create", device_id, "--org", "fleet", "--json"]) == 0
+        created[device_id] = json.loads(capsys.readouterr().out)
+    for device_id, creds in created.items():
+        home = home_broker(device_id, ["broker-1", "broker-2"])
+        assert (creds["broker"], creds["mqtt_url"]) == (home, urls[home])
+
+    source = tmp_path / "fleet.csv"
+    source.write_text("".join(f"valve-{n}\n" for n in range(20)))
+    out = tmp_path / "fleet-credentials.csv"
+    assert main(["device", "import", str(source), "--org", "fleet", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {row["broker"] for row in rows} == {"broker-1", "broker-2"}
+    with psycopg.connect(database_url) as conn:
+        stored: dict[str, str] = dict(
+            conn.execute("SELECT device_id, broker FROM devices").fetchall()
+        )
+    for row in rows:
+        assert stored[row["device_id"]] == row["broker"]
+        assert row["mqtt_url"] == urls[row["broker"]]
+    for device_id, creds in created.items():
+        assert stored[device_id] == creds["broker"]
+
+    # --broker overrides the choice, but only with a configured broker.
+    capsys.readouterr()
+    assert main(["device", "create", "pinned", "--org", "fleet", "--broker", "broker-2"]) == 0
+    assert main(["device", "create", "lost", "--org", "fleet", "--broker", "broker-9"]) != 0
+    assert "broker 'broker-9' is not configured" in capsys.readouterr().err
