@@ -738,6 +738,11 @@ def format_status(status: dict[str, Any]) -> str:
         f"  services: {status['mqtt_url']}",
         f"  database: {status['database_url']}",
     ]
+    brokers = status.get("brokers") or {}
+    if len(brokers) > 1:
+        lines[2:3] = [
+            f"  devices:  {broker['mqtt_device_url']} ({name})" for name, broker in brokers.items()
+        ]
     if status["processes"]:
         lines.append(f"  {'PROCESS':<18} {'STATE':<12} {'PID':>8} {'RESTARTS':>8}")
         for name, info in status["processes"].items():

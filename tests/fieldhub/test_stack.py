@@ -33,7 +33,7 @@ from fieldhub.brokers import home_broker
 from fieldhub.command_requests import get_command, send_command
 from fieldhub.config import Settings
 from fieldhub.simulate import Stats, Target, provision, run_devices, wait_until_accepted
-from fieldhub.stack.local import mask_url, stack_status
+from fieldhub.stack.local import format_status, mask_url, stack_status
 from fieldhub.stack.procs import free_port, port_open
 from fieldhub.stack.supervisor import (
     Backoff,
@@ -455,3 +455,24 @@ def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
             assert stored() == 20
     finally:
         device.close()
+
+
+def test_status_text_lists_each_broker_when_there_are_several() -> None:
+    status: dict[str, Any] = {
+        "home": "/srv/fieldhub",
+        "running": True,
+        "supervisor_pid": 42,
+        "web_url": "http://127.0.0.1:8000/",
+        "mqtt_device_url": "mqtt://127.0.0.1:11883",
+        "mqtt_url": "mqtt://127.0.0.1:11884",
+        "database_url": "postgresql://fieldhub:***@127.0.0.1:15432/fieldhub",
+        "brokers": {
+            "broker-1": {"mqtt_device_url": "mqtt://127.0.0.1:11883"},
+            "broker-2": {"mqtt_device_url": "mqtt://127.0.0.1:12883"},
+        },
+        "processes": {},
+    }
+    text = format_status(status)
+    assert "  devices:  mqtt://127.0.0.1:11883 (broker-1)" in text
+    assert "  devices:  mqtt://127.0.0.1:12883 (broker-2)" in text
+    assert "  web:      http://127.0.0.1:8000/" in text
