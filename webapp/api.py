@@ -499,6 +499,71 @@ def delete_alert_rule(rule_id: int) -> Any:
     return "", 204
 
 
+# -- the organisation's webhook (admins; operators name another organisation with `org`) ------
+def _delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "id",
+        "alert_id",
+        "event",
+        "status",
+        "attempt_count",
+        "attempts",
+        "last_error",
+        "next_attempt_at",
+        "created_at",
+        "delivered_at",
+    )
+    return {key: row.get(key) for key in keys}
+
+
+@bp.route("/webhook", methods=["GET"])
+def get_webhook() -> Any:
+    _require("admin")
+    hook = analysis.get_webhook(db.write(), _acting_org(_text_arg("org")))
+    return jsonify(
+        {"webhook": None if hook is None else {"url": hook["url"], "enabled": hook["enabled"]}}
+    )
+
+
+@bp.route("/webhook", methods=["PUT"])
+def put_webhook() -> Any:
+    _require("admin")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("url"), str):
+        raise BadRequest('send a JSON object like {"url": "https://example.com/hook"}')
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise BadRequest("enabled must be true or false", 422)
+    chosen = body.get("org")
+    org_id = _acting_org(chosen if isinstance(chosen, str) else None)
+    try:
+        saved = analysis.set_webhook(db.write(), org_id, body["url"], enabled=enabled)
+    except analysis.AnalysisRequestError as exc:
+        raise BadRequest(str(exc), 422) from None
+    # The signing secret is in this answer only; fieldhub never shows it again.
+    response = jsonify(
+        {"url": saved["url"], "enabled": saved["enabled"], "secret": saved["secret"]}
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.route("/webhook", methods=["DELETE"])
+def delete_webhook() -> Any:
+    _require("admin")
+    analysis.delete_webhook(db.write(), _acting_org(_text_arg("org")))
+    return "", 204
+
+
+@bp.route("/webhook/deliveries")
+def webhook_deliveries() -> Any:
+    _require("admin")
+    org_id = _acting_org(_text_arg("org"))
+    limit = _int_arg("limit", 100, 1, 1000)
+    rows = analysis.list_webhook_deliveries(db.write(), org_id, limit=limit)
+    return jsonify({"deliveries": [_delivery_json(r) for r in rows]})
+
+
 # -- imports ----------------------------------------------------------------------------------
 @bp.route("/imports", methods=["GET"])
 def list_imports() -> Any:

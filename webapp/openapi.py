@@ -289,6 +289,31 @@ SCHEMAS: dict[str, Any] = {
             "finished_at": NULLABLE_TIME,
         },
     },
+    "Webhook": {
+        "type": "object",
+        "required": ["url", "enabled"],
+        "properties": {"url": {"type": "string"}, "enabled": {"type": "boolean"}},
+    },
+    "Delivery": {
+        "type": "object",
+        "required": ["id", "event", "status", "attempt_count", "attempts", "created_at"],
+        "properties": {
+            "id": {"type": "integer"},
+            "alert_id": {"type": "integer", "nullable": True},
+            "event": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempt_count": {"type": "integer"},
+            "attempts": {
+                "type": "array",
+                "description": "Every attempt: {at, status, error, ms}.",
+                "items": {"type": "object"},
+            },
+            "last_error": {"type": "string", "nullable": True},
+            "next_attempt_at": NULLABLE_TIME,
+            "created_at": TIME,
+            "delivered_at": NULLABLE_TIME,
+        },
+    },
     "Telemetry": {
         "type": "object",
         "required": [
@@ -335,7 +360,8 @@ def document(server_url: str) -> dict[str, Any]:
             "title": "fieldhub API",
             "version": "1",
             "description": (
-                "Devices, telemetry, commands and alerts of your organisation. Authenticate "
+                "Devices, telemetry, commands, alerts and their rules, the alert webhook and "
+                "data imports of your organisation. Authenticate "
                 "with an API token (`fieldhub token create EMAIL`) as `Authorization: Bearer "
                 '<token>`. Every error has the body `{"error": {"code", "message"}}`.'
             ),
@@ -596,6 +622,96 @@ def document(server_url: str) -> dict[str, Any]:
                         **_errors(401, 403, 404),
                     },
                 },
+            },
+            "/webhook": {
+                "get": {
+                    "operationId": "getWebhook",
+                    "summary": "Where the organisation's alerts are POSTed (admin and above)",
+                    "parameters": [ORG_QUERY],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["webhook"],
+                                "properties": {"webhook": {**_ref("Webhook"), "nullable": True}},
+                            },
+                            "The webhook, or null when none is set.",
+                        ),
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+                "put": {
+                    "operationId": "setWebhook",
+                    "summary": "Set the webhook URL; answers a new signing secret, shown only once",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["url"],
+                                    "properties": {
+                                        "url": {"type": "string", "format": "uri"},
+                                        "enabled": {"type": "boolean"},
+                                        "org": {
+                                            "type": "string",
+                                            "description": "Operators only: the organisation.",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["url", "enabled", "secret"],
+                                "properties": {
+                                    "url": {"type": "string"},
+                                    "enabled": {"type": "boolean"},
+                                    "secret": {
+                                        "type": "string",
+                                        "description": "HMAC-SHA256 key of X-Fieldhub-Signature.",
+                                    },
+                                },
+                            },
+                            "The webhook and its signing secret.",
+                        ),
+                        **_errors(400, 401, 403, 404, 422),
+                    },
+                },
+                "delete": {
+                    "operationId": "deleteWebhook",
+                    "parameters": [ORG_QUERY],
+                    "responses": {
+                        "204": {"description": "Removed (or there was none)."},
+                        **_errors(400, 401, 403, 404),
+                    },
+                },
+            },
+            "/webhook/deliveries": {
+                "get": {
+                    "operationId": "listWebhookDeliveries",
+                    "summary": "The delivery log, newest first (admin and above)",
+                    "parameters": [
+                        ORG_QUERY,
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["deliveries"],
+                                "properties": {
+                                    "deliveries": {"type": "array", "items": _ref("Delivery")}
+                                },
+                            },
+                            "Deliveries with every attempt.",
+                        ),
+                        **_errors(400, 401, 403, 404),
+                    },
+                }
             },
             "/imports": {
                 "get": {

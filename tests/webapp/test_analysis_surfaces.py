@@ -357,6 +357,41 @@ def test_webhook_secret_is_shown_once_and_deliveries_are_logged(
     assert "No webhook configured" in client.get("/admin/webhook").get_data(as_text=True)
 
 
+def test_webhook_api_returns_the_secret_once_and_logs_deliveries(app: Flask, world: World) -> None:
+    client = app.test_client()
+    admin = _bearer(world, "a_admin")
+    saved = client.put("/api/v1/webhook", json={"url": "https://hooks.example/api"}, headers=admin)
+    assert saved.status_code == 200, saved.get_data(as_text=True)
+    secret = saved.get_json()["secret"]
+    with _db(world) as conn:
+        row = conn.execute(
+            "SELECT secret FROM org_webhooks WHERE org_id = %s", (_org_id(world, "org-a"),)
+        ).fetchone()
+    assert row is not None
+    assert row["secret"] == secret
+    shown = client.get("/api/v1/webhook", headers=admin)
+    assert shown.get_json() == {"webhook": {"url": "https://hooks.example/api", "enabled": True}}
+    assert secret not in shown.get_data(as_text=True)
+    bad = client.put("/api/v1/webhook", json={"url": "gopher://x"}, headers=admin)
+    assert bad.status_code == 422
+
+    ack = client.post(
+        f"/api/v1/alerts/{world.alerts['a']}/acknowledge", headers=_bearer(world, "a_member")
+    )
+    assert ack.status_code == 200
+    deliveries = client.get("/api/v1/webhook/deliveries", headers=admin).get_json()["deliveries"]
+    assert [(d["event"], d["alert_id"], d["status"]) for d in deliveries] == [
+        ("alert.acknowledged", world.alerts["a"], "pending")
+    ]
+
+    other = _bearer(world, "b_admin")
+    assert client.get("/api/v1/webhook", headers=other).get_json() == {"webhook": None}
+    assert client.get("/api/v1/webhook/deliveries", headers=other).get_json() == {"deliveries": []}
+    assert client.get("/api/v1/webhook", headers=_bearer(world, "a_member")).status_code == 403
+    assert client.delete("/api/v1/webhook", headers=admin).status_code == 204
+    assert client.get("/api/v1/webhook", headers=admin).get_json() == {"webhook": None}
+
+
 # -- imports ---------------------------------------------------------------------------------
 def _csv_with_bad_lines(device: str, *, device_column: bool) -> bytes:
     """20 `pressure` readings of `device`, of which lines 5 and 10 are bad (the header is
