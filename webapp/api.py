@@ -16,6 +16,7 @@ from flask import Blueprint, Flask, abort, g, jsonify, request
 
 from analysis import service as analysis
 from fieldhub import command_requests, registry, users
+from fieldhub.command_states import STATUSES
 from webapp import analysis_views, data, db, history
 from webapp.auth import ROLE_RANK
 from webapp.errors import api_error
@@ -24,16 +25,7 @@ from webapp.openapi import document
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 RAW_LIMIT = 10000
-COMMAND_STATUSES = (
-    "queued",
-    "sent",
-    "delivered",
-    "succeeded",
-    "failed",
-    "rejected",
-    "expired",
-    "cancelled",
-)
+COMMAND_STATUSES = STATUSES
 
 
 class BadRequest(Exception):

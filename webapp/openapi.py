@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fieldhub.command_states import STATUSES
+
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 TIME = {"type": "string", "format": "date-time"}
 DEVICE_ID = {
@@ -24,19 +26,7 @@ COMMAND_ID = {
     "schema": {"type": "string"},
     "description": "Command id (a UUID).",
 }
-COMMAND_STATUS = {
-    "type": "string",
-    "enum": [
-        "queued",
-        "sent",
-        "delivered",
-        "succeeded",
-        "failed",
-        "rejected",
-        "expired",
-        "cancelled",
-    ],
-}
+COMMAND_STATUS = {"type": "string", "enum": list(STATUSES)}
 
 
 def _ref(name: str) -> dict[str, str]:
