@@ -71,7 +71,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             # without a key uses one kept under $FIELDHUB_HOME, the same for every worker.
             SECRET_KEY=settings.secret_key or endpoints.service_secret(settings, "web-secret-key"),
             COOKIE_SECURE_ALWAYS=settings.production,
-            DEVICE_MQTT_URL=endpoints.device_mqtt_url(settings),
+            # Each device is homed on one broker; its credentials name that broker's URL.
+            DEVICE_MQTT_URLS={
+                name: endpoints.device_mqtt_url(settings, name) for name in settings.broker_names
+            },
             SESSION_COOKIE_SECURE=settings.production,
         )
     else:
