@@ -26,7 +26,7 @@ from analysis import service as analysis
 from analysis.jobs import JOBS
 from fieldhub import registry, users
 from fieldhub.passwords import generate_secret, hash_secret
-from webapp import analysis_views, data, db
+from webapp import analysis_views, data, db, replication
 from webapp.auth import current_user, has_role, role_required, scope_org_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -406,4 +406,13 @@ def jobs() -> Any:
         runs=analysis.list_job_runs(db.write(), job=job, limit=200),
         job=job or "",
         names=names,
+    )
+
+
+# -- system: where reads come from, replication lag (operators) -------------------------------
+@bp.route("/system")
+@role_required("operator")
+def system() -> Any:
+    return render_template(
+        "admin/system.html", state=replication.replication_state(db.read(), db.write())
     )

@@ -199,3 +199,20 @@ WHERE id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
 -- name: device_org
 SELECT org_id FROM devices
 WHERE device_id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
+
+-- Replication, for the operators' system page. On the read connection: whether it is a
+-- replica, and how far its replay has got.
+-- name: read_side_replication
+SELECT pg_is_in_recovery() AS in_recovery,
+       now() - pg_last_xact_replay_timestamp() AS replay_age,
+       pg_last_wal_receive_lsn()::text AS receive_lsn,
+       pg_last_wal_replay_lsn()::text AS replay_lsn;
+
+-- On the primary: each streaming replica. A role without pg_read_all_stats sees the rows of
+-- other roles' sessions with NULL state and lags.
+-- name: primary_replicas
+SELECT application_name, client_addr::text AS client_addr, state,
+       write_lag, flush_lag, replay_lag,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS bytes_behind
+FROM pg_stat_replication
+ORDER BY application_name, client_addr;
