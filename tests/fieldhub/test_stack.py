@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -341,6 +343,7 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
         # With one instance gone, nginx sends every request to the other.
         os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
         assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
+        _operator_sees_the_replica(env, web)
 
     # A bridge killed outright in the middle of a stream: the other one carries on, the
     # killed one comes back, and every reading the devices got a PUBACK for is stored once.
@@ -396,6 +399,39 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     assert not port_open(int(env["FIELDHUB_WEB_PORT"]))
     assert not port_open(replica_port)
     assert not port_open(second_port)
+
+
+def _operator_sees_the_replica(env: dict[str, str], web: str) -> None:
+    """An operator logged in through nginx sees, on the system page, that reads come from the
+    replica and how many bytes it is behind the primary."""
+    new_user = ["user", "create", "ops@cluster.test", "--org", "written-on-primary"]
+    created = _fieldhub(env, *new_user, "--role", "operator")
+    assert created.returncode == 0, created.stderr
+    password = re.search(r"password \(shown once\): (\S+)", created.stdout)
+    assert password, created.stdout
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+
+    def get(path: str) -> str:
+        with browser.open(web + path, timeout=10) as response:
+            return str(response.read().decode())
+
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', get("login"))
+    assert csrf
+    form = {"email": "ops@cluster.test", "password": password.group(1), "csrf_token": csrf[1]}
+    with browser.open(web + "login", urllib.parse.urlencode(form).encode(), timeout=10) as done:
+        assert not done.url.endswith("/login"), "the operator could not log in"
+
+    def bytes_behind() -> str | None:
+        page = get("admin/system")
+        assert "reads come from a streaming replica" in page
+        shown = re.search(r'<td class="bytes-behind">(\d+)</td>', page)
+        # The digits as text: a caught-up replica is 0 bytes behind, which is falsy.
+        return shown[1] if shown else None
+
+    behind = wait_for(
+        bytes_behind, timeout=30, interval=0.5, what="the replica's bytes behind on the page"
+    )
+    assert int(behind) >= 0
 
 
 def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
