@@ -154,7 +154,7 @@ class DeviceClient:
         self.messages.put(message)
 
     def connect(self, *, raise_on_refusal: bool = True, timeout: float = 5.0) -> bool:
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 0 if self.clean_start else 3600
         self.client.connect(
             "127.0.0.1", self.port, keepalive=30, clean_start=self.clean_start, properties=props
