@@ -1,5 +1,11 @@
 """Database connections of a request: one from the read pool, one from the write pool.
 
+Read-your-writes: reads may be served by a streaming replica that lags the primary. After a
+browser's request that wrote, the primary's WAL position is kept in the browser's signed
+cookie, and that browser's reads go to the primary until the replica has replayed past it (or
+READ_YOUR_WRITES_S has passed, so a replica that stopped cannot pin anyone to the primary for
+ever). A command a user just sent therefore shows at once, whatever the replica's lag.
+
 Pools are created on first use in each process, never before gunicorn forks (a pool's
 sockets and threads must not be shared between workers). Connections are in autocommit
 mode; writes group their statements with `conn.transaction()`.
@@ -9,13 +15,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, request, session
 from psycopg_pool import ConnectionPool
 
 from fieldhub.db import Queries, make_pool
@@ -60,6 +67,8 @@ def init_app(app: Flask) -> None:
         app.config["READ_DATABASE_URL"],
         int(app.config.get("DB_POOL_SIZE", 10)),
     )
+    app.config.setdefault("READ_YOUR_WRITES_S", 30.0)
+    app.after_request(_remember_write)
     app.teardown_appcontext(_release)
 
 
@@ -81,8 +90,54 @@ def _get(kind: str) -> Conn:
 
 
 def read() -> Conn:
-    """For queries that may be answered by a replica."""
+    """For queries that may be answered by a replica (or by the primary, right after this
+    browser wrote something the replica may not have yet)."""
+    if _reads_need_primary():
+        return _get("write")
     return _get("read")
+
+
+_WRITE_MARKER = "rw"  # key in Flask's signed cookie: [primary WAL position, valid until]
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _reads_need_primary() -> bool:
+    decided: bool | None = g.get("db_reads_need_primary")
+    if decided is not None:
+        return decided
+    need = False
+    marker = session.get(_WRITE_MARKER) if _has_replica() else None
+    if marker:
+        lsn, valid_until = marker
+        if time.time() < valid_until:
+            row = _get("read").execute(QUERIES["replica_replayed"], {"lsn": lsn}).fetchone()
+            need = not (row and row["replayed"])
+        if not need:
+            session.pop(_WRITE_MARKER, None)
+    g.db_reads_need_primary = need
+    return need
+
+
+def _has_replica() -> bool:
+    return pools().read_url != pools().write_url
+
+
+def _remember_write(response: Any) -> Any:
+    """After a browser's state-changing request that used the primary, note how far the
+    primary's WAL has got (API clients, which send no cookies, are left alone)."""
+    write_conn: Conn | None = g.get("db_write")
+    window = float(current_app.config["READ_YOUR_WRITES_S"])
+    if (
+        write_conn is not None
+        and request.method not in _SAFE_METHODS
+        and "Authorization" not in request.headers
+        and window > 0
+        and _has_replica()
+    ):
+        row = write_conn.execute(QUERIES["primary_wal_position"]).fetchone()
+        if row:
+            session[_WRITE_MARKER] = [row["lsn"], time.time() + window]
+    return response
 
 
 def write() -> Conn:

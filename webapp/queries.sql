@@ -216,3 +216,12 @@ SELECT application_name, client_addr::text AS client_addr, state,
        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS bytes_behind
 FROM pg_stat_replication
 ORDER BY application_name, client_addr;
+
+-- name: primary_wal_position
+-- Where the primary's WAL is after a request's writes (read-your-writes, webapp/db.py).
+SELECT pg_current_wal_lsn()::text AS lsn;
+
+-- name: replica_replayed
+-- Whether the read side has replayed up to a position; false on a server that is not a
+-- replica, which sends that browser's reads to the primary until the marker expires.
+SELECT coalesce(pg_last_wal_replay_lsn() >= %(lsn)s::pg_lsn, false) AS replayed;
