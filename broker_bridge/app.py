@@ -25,7 +25,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -215,6 +215,26 @@ def _load_commands() -> Any:
         return None
 
 
+class ReceiveClock:
+    """Receive times in whole microseconds that strictly increase.
+
+    Readings without `ts` are stamped with their receive time, and (device, metric, time) is a
+    reading's identity: two messages stamped in the same microsecond (or across a backwards
+    step of the wall clock) would be stored as one. Only the network thread calls stamp().
+    """
+
+    def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
+        self._now_ns = now_ns
+        self._last_us = 0
+
+    def stamp(self) -> float:
+        now_us = self._now_ns() // 1000
+        if now_us <= self._last_us:
+            now_us = self._last_us + 1
+        self._last_us = now_us
+        return now_us / 1_000_000
+
+
 class Bridge:
     def __init__(
         self,
@@ -253,6 +273,7 @@ class Bridge:
         self._generation = 0
         self._subscribed = threading.Event()
         self._counts = {"telemetry": 0, "senml": 0, "status": 0, "command_ack": 0, "invalid": 0}
+        self._clock = ReceiveClock()
         self._writer_thread = threading.Thread(target=self._write_loop, name="ingest-writer")
         self.dispatcher: Any = None
         self.client = self._make_client()
@@ -338,7 +359,7 @@ class Bridge:
     def _on_publish_packet(self, raw_topic: bytes, payload: bytes, qos: int, mid: int) -> None:
         if self.stopping.is_set():
             return  # not acknowledged: the broker keeps it for the next start
-        received_at = time.time()
+        received_at = self._clock.stamp()
         try:
             topic = raw_topic.decode()
         except UnicodeDecodeError:

@@ -193,3 +193,28 @@ def test_status_topic_drives_presence(stack: TestStack) -> None:
         "SELECT online, source FROM presence_events WHERE device_id = 'lamp-1' ORDER BY time, id"
     )
     assert [(e["online"], e["source"]) for e in events] == [(True, "status"), (False, "status")]
+
+
+def test_readings_without_ts_are_each_stored_even_when_they_arrive_together(
+    stack: TestStack,
+) -> None:
+    # Without `ts` a reading is stamped with its receive time, and (device, metric, time) is
+    # its identity: a burst from one device arriving in one socket read must not collapse.
+    secrets = stack.create_devices(["burst-1"])
+    burst = 500
+    messages = [
+        ("burst-1", "devices/burst-1/telemetry", orjson.dumps({"values": {"n": n}}))
+        for n in range(burst)
+    ]
+    with BridgeProcess(stack) as bridge, DevicePublisher(stack, secrets) as publisher:
+        bridge.start().wait_ready()
+        publisher.publish(messages, threads=1)
+        wait_for(
+            lambda: bridge.metrics().get('fieldhub_bridge_messages_total{kind="telemetry"}')
+            == burst
+            and bridge.metrics().get("fieldhub_bridge_backlog_messages") == 0.0,
+            timeout=30,
+            what="the bridge to take the whole burst",
+        )
+    values = [r["value"] for r in stack.query("SELECT value FROM readings ORDER BY time")]
+    assert sorted(values) == [float(n) for n in range(burst)]

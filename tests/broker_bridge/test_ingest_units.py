@@ -175,3 +175,14 @@ def test_ack_many_queues_one_write_of_pubacks() -> None:
     client.ack_many([1, 300, 65535])
     (packet,) = client._out_packet
     assert packet["packet"] == bytes.fromhex("400200014002012c4002ffff")
+
+
+def test_receive_stamps_strictly_increase_even_when_the_clock_does_not() -> None:
+    from broker_bridge.app import ReceiveClock
+
+    readings_ns = iter([5_000_000_000_123_456, 5_000_000_000_123_456, 5_000_000_000_123_999, 4_000])
+    clock = ReceiveClock(lambda: next(readings_ns))
+    stamps = [clock.stamp() for _ in range(4)]
+    micros = [round(s * 1_000_000) for s in stamps]
+    # Same microsecond twice, then a sub-microsecond step, then the wall clock going back.
+    assert micros == [5_000_000_000_123, 5_000_000_000_124, 5_000_000_000_125, 5_000_000_000_126]
