@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -338,12 +339,13 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
 
     # nginx answers on the web port for whichever instance is up.
     web = status["web_url"]
+    operator: urllib.request.OpenerDirector | None = None
     if "web-1" in status["processes"]:
         assert _http_status(web + "login") == 200
         # With one instance gone, nginx sends every request to the other.
         os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
         assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
-        _operator_sees_the_replica(env, web)
+        operator = _operator_sees_the_replica(env, web)
 
     # A bridge killed outright in the middle of a stream: the other one carries on, the
     # killed one comes back, and every reading the devices got a PUBACK for is stored once.
@@ -362,6 +364,8 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
         runner.start()
         try:
             wait_for(lambda: stats.published >= 200, timeout=30, what="the stream to start")
+            if operator is not None:
+                _live_readings_through_nginx(operator, web, devices[0].device_id)
             old = status["processes"]["bridge-1-broker-1"]["pid"]
             os.kill(old, signal.SIGKILL)
             wait_for(
@@ -401,9 +405,22 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     assert not port_open(second_port)
 
 
-def _operator_sees_the_replica(env: dict[str, str], web: str) -> None:
+def _live_readings_through_nginx(
+    browser: urllib.request.OpenerDirector, web: str, device_id: str
+) -> None:
+    """The device page's live stream (server-sent events) works through nginx: readings the
+    bridge commits arrive on it while the device publishes."""
+    deadline = time.monotonic() + 20
+    with browser.open(f"{web}devices/{device_id}/live", timeout=20) as stream:
+        while time.monotonic() < deadline:
+            if stream.readline().startswith(b"event: readings"):
+                return
+    raise AssertionError(f"no live readings for {device_id} through nginx within 20 s")
+
+
+def _operator_sees_the_replica(env: dict[str, str], web: str) -> urllib.request.OpenerDirector:
     """An operator logged in through nginx sees, on the system page, that reads come from the
-    replica and how many bytes it is behind the primary."""
+    replica and how many bytes it is behind the primary. Returns the logged-in browser."""
     new_user = ["user", "create", "ops@cluster.test", "--org", "written-on-primary"]
     created = _fieldhub(env, *new_user, "--role", "operator")
     assert created.returncode == 0, created.stderr
@@ -432,6 +449,7 @@ def _operator_sees_the_replica(env: dict[str, str], web: str) -> None:
         bytes_behind, timeout=30, interval=0.5, what="the replica's bytes behind on the page"
     )
     assert int(behind) >= 0
+    return browser
 
 
 def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
