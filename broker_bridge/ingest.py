@@ -309,8 +309,8 @@ class IngestWriter:
         database_url: str,
         directory: DeviceDirectory,
         metrics: BridgeMetrics,
-        apply_acks: Callable[[Conn, Sequence[Any]], list[tuple[Any, str, str]]] | None,
-        make_ack: Callable[[CommandAck], Any] | None,
+        apply_acks: Callable[[Conn, Sequence[Any]], list[tuple[Any, str, str]]],
+        make_ack: Callable[[CommandAck], Any],
         *,
         always_stage: bool = False,
     ) -> None:
@@ -454,19 +454,13 @@ class IngestWriter:
             else:
                 dead.append(_dead(ack, reason, ""))
         if acks:
-            if self.apply_acks is None or self.make_ack is None:
-                dead.extend(
-                    _dead(ack, "commands_unavailable", "this bridge has no command support")
-                    for ack in acks
-                )
-            else:
-                converted = [(ack, self.make_ack(ack)) for ack in acks]
-                originals = {id(message): ack for ack, message in converted}
-                refused = self.apply_acks(conn, [message for _ack, message in converted])
-                for message, reason, detail in refused:
-                    original = originals.get(id(message))
-                    if original is not None:
-                        dead.append(_dead(original, reason, detail))
+            converted = [(ack, self.make_ack(ack)) for ack in acks]
+            originals = {id(message): ack for ack, message in converted}
+            refused = self.apply_acks(conn, [message for _ack, message in converted])
+            for message, reason, detail in refused:
+                original = originals.get(id(message))
+                if original is not None:
+                    dead.append(_dead(original, reason, detail))
 
         # -- dead letters -----------------------------------------------------------------
         if dead:
