@@ -414,5 +414,5 @@ def jobs() -> Any:
 @role_required("operator")
 def system() -> Any:
     return render_template(
-        "admin/system.html", state=replication.replication_state(db.read(), db.write())
+        "admin/system.html", state=replication.replication_state(db.read_side(), db.write())
     )

@@ -140,6 +140,12 @@ def _remember_write(response: Any) -> Any:
     return response
 
 
+def read_side() -> Conn:
+    """The read pool's connection itself, even right after this browser wrote: for pages that
+    report on the replica (operators' replication status)."""
+    return _get("read")
+
+
 def write() -> Conn:
     return _get("write")
 
