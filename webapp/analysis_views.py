@@ -70,23 +70,26 @@ def rule_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+# An alert rule as the API shows it (webapp/openapi.py's AlertRule requires exactly these).
+RULE_FIELDS = (
+    "id",
+    "name",
+    "metric",
+    "device_id",
+    "label_key",
+    "label_value",
+    "condition",
+    "threshold_low",
+    "threshold_high",
+    "for_seconds",
+    "severity",
+    "enabled",
+    "created_at",
+)
+
+
 def rule_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    keys = (
-        "id",
-        "name",
-        "metric",
-        "device_id",
-        "label_key",
-        "label_value",
-        "condition",
-        "threshold_low",
-        "threshold_high",
-        "for_seconds",
-        "severity",
-        "enabled",
-        "created_at",
-    )
-    return {key: row.get(key) for key in keys}
+    return {key: row.get(key) for key in RULE_FIELDS}
 
 
 def import_json(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fieldhub.command_states import STATUSES
+from webapp.analysis_views import RULE_FIELDS
 
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 TIME = {"type": "string", "format": "date-time"}
@@ -203,21 +204,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "AlertRule": {
         "type": "object",
-        "required": [
-            "id",
-            "name",
-            "metric",
-            "device_id",
-            "label_key",
-            "label_value",
-            "condition",
-            "threshold_low",
-            "threshold_high",
-            "for_seconds",
-            "severity",
-            "enabled",
-            "created_at",
-        ],
+        "required": list(RULE_FIELDS),
         "properties": {"id": {"type": "integer"}, **RULE_PROPERTIES, "created_at": TIME},
     },
     "NewAlertRule": {
