@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import psycopg
@@ -91,6 +91,10 @@ class DeadLetter(NamedTuple):
     reason: str
     detail: str
     payload: bytes
+
+
+# Any message of a batch that came from a device (each is checked against the registry).
+_M = TypeVar("_M", Telemetry, Status, CommandAck)
 
 
 @dataclasses.dataclass
@@ -368,19 +372,19 @@ class IngestWriter:
             directory.lookup(conn, unknown)
             enabled = directory.enabled
 
-        def refusal(device_id: str) -> str | None:
-            state = enabled.get(device_id)
-            if state is True:
-                return None
-            return "unknown_device" if state is None else "disabled_device"
+        def admitted(messages: list[_M]) -> list[_M]:
+            """The messages of enabled devices; the others become dead letters."""
+            kept: list[_M] = []
+            for message in messages:
+                state = enabled.get(message.device_id)
+                if state is True:
+                    kept.append(message)
+                else:
+                    reason = "unknown_device" if state is None else "disabled_device"
+                    dead.append(_dead(message, reason, ""))
+            return kept
 
-        telemetry: list[Telemetry] = []
-        for message in batch.telemetry:
-            reason = refusal(message.device_id)
-            if reason is None:
-                telemetry.append(message)
-            else:
-                dead.append(_dead(message, reason, ""))
+        telemetry = admitted(batch.telemetry)
 
         # -- readings ---------------------------------------------------------------------
         if telemetry:
@@ -415,13 +419,7 @@ class IngestWriter:
             seen = {}
             latest_params = None
 
-        statuses: list[Status] = []
-        for status in batch.statuses:
-            reason = refusal(status.device_id)
-            if reason is None:
-                statuses.append(status)
-            else:
-                dead.append(_dead(status, reason, ""))
+        statuses = admitted(batch.statuses)
 
         # Pipelined: the statements below go to the server together and wait for one reply,
         # which under a loaded CPU saves a scheduling round trip each.
@@ -446,13 +444,7 @@ class IngestWriter:
                 )
 
         # -- command acknowledgements -------------------------------------------------------
-        acks: list[CommandAck] = []
-        for ack in batch.acks:
-            reason = refusal(ack.device_id)
-            if reason is None:
-                acks.append(ack)
-            else:
-                dead.append(_dead(ack, reason, ""))
+        acks = admitted(batch.acks)
         if acks:
             converted = [(ack, self.make_ack(ack)) for ack in acks]
             originals = {id(message): ack for ack, message in converted}
