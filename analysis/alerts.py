@@ -24,7 +24,7 @@ from psycopg.types.json import Jsonb
 
 from analysis import alert_logic
 from analysis.worker import Conn, JobContext
-from fieldhub.db import Queries
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("alerts.sql"))
 WEBHOOK_TIMEOUT_S = 5.0

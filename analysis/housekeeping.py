@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from analysis.worker import Conn, JobContext, JobSkipped
-from fieldhub.config import Settings
-from fieldhub.db import Queries
+from fieldhub.core.config import Settings
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("housekeeping.sql"))
 # Operational logs, plain tables: kept long enough to debug last week.

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from analysis import import_parse, rollups
 from analysis.worker import Conn, JobContext
-from fieldhub.db import Queries
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("imports.sql"))
 LOCK_NAMESPACE = 0x494D5054  # "IMPT"

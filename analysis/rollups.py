@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.worker import Conn, JobContext, load_state, save_state
-from fieldhub.db import Queries
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("rollups.sql"))
 JOB = "rollups"

@@ -17,7 +17,7 @@ from typing import Any
 
 from analysis import alert_logic, alerts, imports, worker
 from analysis.worker import Conn
-from fieldhub.db import Queries
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
 ALERT_STATES = ("active", "acknowledged", "cleared", "open")

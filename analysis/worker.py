@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fieldhub.config import Settings
-from fieldhub.db import Queries, connect
+from fieldhub.core.config import Settings
+from fieldhub.core.db import Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("worker.sql"))
 # First key of the two-int advisory lock space; the job name's hash is the second.

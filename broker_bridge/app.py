@@ -56,7 +56,7 @@ from broker_bridge.ingest import (
 )
 from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
 from broker_bridge.receive import BridgeClient, ReceiveClock
-from fieldhub.endpoints import MqttEndpoint
+from fieldhub.core.endpoints import MqttEndpoint
 
 log = logging.getLogger("broker_bridge")
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import psycopg
 
-from fieldhub.config import PROJECT_ROOT
-from fieldhub.db import Queries
+from fieldhub.core.config import PROJECT_ROOT
+from fieldhub.core.db import Queries
 from fieldhub.stack.mosquitto import (
     DEVICE_ACL_FILE,
     DEVICE_PASSWORD_FILE,

@@ -3,7 +3,7 @@
 Two pieces, both used by the bridge process (broker_bridge.app):
 
 * `apply_acks` runs inside the bridge's batch transaction and moves commands along their
-  lifecycle (fieldhub.command_states) from the acks devices publish on
+  lifecycle (fieldhub.core.command_states) from the acks devices publish on
   `devices/{device_id}/commands/{command_id}/ack`. Acks it cannot use are handed back for the
   dead letters: a malformed payload, an unknown command, or a command of another device.
 * `CommandDispatcher` is a thread with its own database connection. It LISTENs on `commands`
@@ -37,8 +37,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.command_states import AckStatus, on_ack, parse_ack_status
-from fieldhub.db import Queries, connect
+from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
+from fieldhub.core.db import Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("commands.sql"))
 

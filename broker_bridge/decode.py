@@ -58,7 +58,7 @@ from typing import Final, Literal, NamedTuple
 
 import orjson
 
-from fieldhub.registry import DEVICE_ID_PATTERN
+from fieldhub.core.registry import DEVICE_ID_PATTERN
 
 __all__ = [
     "COMMAND_ID_RE",
@@ -123,7 +123,7 @@ SENML_RELATIVE_LIMIT: Final = 2**28
 the time the pack was received."""
 
 DEVICE_ID_RE: Final = re.compile(rf"\A(?:{DEVICE_ID_PATTERN.pattern})\Z")
-"""Device id: the registry's own rule (``fieldhub.registry.DEVICE_ID_PATTERN``),
+"""Device id: the registry's own rule (``fieldhub.core.registry.DEVICE_ID_PATTERN``),
 so a topic is accepted for exactly the ids that can be registered.  Anchored
 with ``\\Z`` rather than ``$`` because ``$`` also matches before a trailing
 newline, which would let ``"dev\\n"`` through."""

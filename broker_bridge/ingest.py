@@ -39,8 +39,8 @@ import psycopg
 from broker_bridge.decode import Reading
 from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
 from broker_bridge.presence import PresenceEvent, replay
-from fieldhub import db
-from fieldhub.db import Queries
+from fieldhub.core import db
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The `fieldhub` command line: one entry point, one module per area of subcommands.
 
-Flags fall back to environment variables, which are read once, in fieldhub.config. A bad
+Flags fall back to environment variables, which are read once, in fieldhub.core.config. A bad
 argument or a refused request exits non-zero with one clear line on stderr, never a traceback.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import psycopg
 
-from fieldhub.config import ConfigError, Settings
+from fieldhub.core.config import ConfigError, Settings
 
 # Each module adds its subcommands with register(subparsers).
 COMMAND_MODULES = (

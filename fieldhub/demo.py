@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from fieldhub import registry
+from fieldhub.core import registry
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ def ensure_demo(conn: psycopg.Connection[Any], secrets_dir: Path) -> DemoLogin:
     password_file = demo_password(secrets_dir)
     password = password_file.read_text().strip()
     try:
-        users: Any = importlib.import_module("fieldhub.users")
+        users: Any = importlib.import_module("fieldhub.core.users")
     except ImportError:
-        log.warning("demo user not created: fieldhub.users is not available in this build")
+        log.warning("demo user not created: fieldhub.core.users is not available in this build")
         return DemoLogin(DEMO_EMAIL, password_file, None)
     try:
         users.create_user(conn, DEMO_EMAIL, org=DEMO_ORG, role=DEMO_ROLE, password=password)

@@ -38,9 +38,9 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fieldhub import registry
-from fieldhub.db import Queries
-from fieldhub.passwords import generate_secret, hash_secrets_parallel
+from fieldhub.core import registry
+from fieldhub.core.db import Queries
+from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 log = logging.getLogger("fieldhub.simulate")
 QUERIES = Queries(Path(__file__).with_name("simulate.sql"))

@@ -17,11 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fieldhub.migrate import apply_migrations
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.procs import free_port, wait_until
+from fieldhub.core.tls import ensure_tls
 from fieldhub.stack.mosquitto import MosquittoBroker
 from fieldhub.stack.postgres import PostgresCluster
-from fieldhub.stack.procs import free_port, wait_until
-from fieldhub.tls import ensure_tls
 from tests.support import TestStack
 
 TEMPLATE_DB = "fieldhub_template"

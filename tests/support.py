@@ -27,10 +27,10 @@ from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
 from broker_bridge.auth_sync import sync_once
-from fieldhub import registry
-from fieldhub.passwords import generate_secret
+from fieldhub.core import registry
+from fieldhub.core.passwords import generate_secret
+from fieldhub.core.procs import free_port
 from fieldhub.stack.mosquitto import MosquittoBroker
-from fieldhub.stack.procs import free_port
 
 BRIDGE_ACCOUNT = "svc.bridge"
 

@@ -14,8 +14,8 @@ import orjson
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from fieldhub import endpoints
-from fieldhub.config import Settings
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 # Data files for bulk import (a few days of a device's backlog, an export from another

@@ -1,6 +1,6 @@
 """Admin pages: organisations (operators), users and devices (admins of their organisation).
 
-Device changes go through fieldhub.registry, the same functions as the CLI, so validation
+Device changes go through fieldhub.core.registry, the same functions as the CLI, so validation
 and "credentials are shown once" hold here too. Pages that show a secret are never cached.
 """
 
@@ -24,8 +24,8 @@ from flask import (
 
 from analysis import service as analysis
 from analysis.jobs import JOBS
-from fieldhub import registry, users
-from fieldhub.passwords import generate_secret, hash_secret
+from fieldhub.core import registry, users
+from fieldhub.core.passwords import generate_secret, hash_secret
 from webapp import analysis_views, data, db, replication
 from webapp.auth import current_user, has_role, role_required, scope_org_id
 

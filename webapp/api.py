@@ -15,8 +15,8 @@ import psycopg
 from flask import Blueprint, Flask, abort, g, jsonify, request
 
 from analysis import service as analysis
-from fieldhub import command_requests, registry, users
-from fieldhub.command_states import STATUSES
+from fieldhub.core import command_requests, registry, users
+from fieldhub.core.command_states import STATUSES
 from webapp import analysis_views, data, db, history
 from webapp.auth import ROLE_RANK
 from webapp.errors import api_error

@@ -31,7 +31,7 @@ from flask import (
     url_for,
 )
 
-from fieldhub import users
+from fieldhub.core import users
 from webapp import db
 
 bp = Blueprint("auth", __name__)

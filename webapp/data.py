@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from fieldhub import registry
+from fieldhub.core import registry
 from webapp import history
 from webapp.db import QUERIES, Conn, table_exists
 

@@ -25,7 +25,7 @@ import psycopg
 from flask import Flask, current_app, g, request, session
 from psycopg_pool import ConnectionPool
 
-from fieldhub.db import Queries, make_pool
+from fieldhub.core.db import Queries, make_pool
 
 QUERIES = Queries(Path(__file__).with_name("queries.sql"))
 

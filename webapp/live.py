@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
-from fieldhub import command_requests
+from fieldhub.core import command_requests
 from webapp import data, db
 from webapp.auth import login_required, scope_org_id
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fieldhub.command_states import STATUSES
+from fieldhub.core.command_states import STATUSES
 from webapp.analysis_views import RULE_FIELDS
 
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}

@@ -26,7 +26,7 @@ from flask import (
 )
 
 from analysis import service as analysis
-from fieldhub import command_requests
+from fieldhub.core import command_requests
 from webapp import analysis_views, data, db, history
 from webapp.auth import current_user, has_role, login_required, role_required, scope_org_id
 

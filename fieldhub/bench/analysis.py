@@ -29,11 +29,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from analysis import imports, rollups
-from fieldhub.config import Settings
-from fieldhub.db import Queries
-from fieldhub.migrate import apply_migrations
+from fieldhub.core.config import Settings
+from fieldhub.core.db import Queries
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.procs import free_port
 from fieldhub.stack.postgres import PostgresCluster
-from fieldhub.stack.procs import free_port
 
 Conn = psycopg.Connection[dict[str, Any]]
 ORG = "bench"

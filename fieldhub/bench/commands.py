@@ -31,13 +31,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_bridge.auth_sync import sync_once
-from fieldhub import registry
 from fieldhub.bench.registry import scratch_servers
-from fieldhub.command_requests import send_command
-from fieldhub.config import PROJECT_ROOT, Settings
-from fieldhub.db import connect
-from fieldhub.passwords import generate_secret
-from fieldhub.stack.procs import free_port, wait_until
+from fieldhub.core import registry
+from fieldhub.core.command_requests import send_command
+from fieldhub.core.config import PROJECT_ROOT, Settings
+from fieldhub.core.db import connect
+from fieldhub.core.passwords import generate_secret
+from fieldhub.core.procs import free_port, wait_until
 
 DEVICE_ID = "bench-cmd-1"
 BRIDGE_ACCOUNT = "svc.bridge"

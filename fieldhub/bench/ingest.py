@@ -43,12 +43,12 @@ from urllib.parse import quote
 import psycopg
 
 from broker_bridge.auth_sync import sync_once
-from fieldhub import db, registry
 from fieldhub.bench.registry import Servers, scratch_servers
-from fieldhub.config import Settings
-from fieldhub.db import Queries
-from fieldhub.passwords import generate_secret, hash_secret
-from fieldhub.stack.procs import free_port, wait_until
+from fieldhub.core import db, registry
+from fieldhub.core.config import Settings
+from fieldhub.core.db import Queries
+from fieldhub.core.passwords import generate_secret, hash_secret
+from fieldhub.core.procs import free_port, wait_until
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 BENCH_ORG = "bench"

@@ -38,15 +38,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker_bridge.auth_sync import sync_once
-from fieldhub import registry
-from fieldhub.config import Settings
-from fieldhub.db import connect
-from fieldhub.migrate import apply_migrations
-from fieldhub.passwords import ITERATIONS, generate_secret, hash_secret, hash_secrets_parallel
+from fieldhub.core import registry
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.passwords import ITERATIONS, generate_secret, hash_secret, hash_secrets_parallel
+from fieldhub.core.procs import chown_tree, free_port, require_binary, wait_until
+from fieldhub.core.tls import ensure_tls
 from fieldhub.stack.mosquitto import DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, MosquittoBroker
 from fieldhub.stack.postgres import PostgresCluster
-from fieldhub.stack.procs import chown_tree, free_port, require_binary, wait_until
-from fieldhub.tls import ensure_tls
 
 BENCH_ORG = "bench"
 DYNSEC_PLUGIN_CANDIDATES = (

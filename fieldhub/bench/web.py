@@ -31,12 +31,12 @@ from urllib.parse import quote
 import requests
 
 from broker_bridge.auth_sync import sync_once
-from fieldhub import registry, users
 from fieldhub.bench.registry import Servers, scratch_servers
-from fieldhub.config import Settings
-from fieldhub.db import connect
-from fieldhub.passwords import generate_secret, hash_secret
-from fieldhub.stack.procs import free_port, wait_until
+from fieldhub.core import registry, users
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
+from fieldhub.core.passwords import generate_secret, hash_secret
+from fieldhub.core.procs import free_port, wait_until
 
 ORG = "bench"
 HOT_DEVICE = "bench-00000"

@@ -10,9 +10,9 @@ from types import FrameType
 from typing import Any
 
 from broker_bridge.auth_sync import run_forever
-from fieldhub import endpoints
 from fieldhub.cli import CommandError
-from fieldhub.config import Settings
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
 
 log = logging.getLogger("fieldhub.auth_sync")
 

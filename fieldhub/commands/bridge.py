@@ -12,8 +12,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from fieldhub import db, endpoints
-from fieldhub.config import Settings
+from fieldhub.core import db, endpoints
+from fieldhub.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from broker_bridge.ingest import QUERIES
-    from fieldhub import registry
+    from fieldhub.core import registry
 
     with db.connect(endpoints.read_database_url(settings)) as conn:
         registry.get_device(conn, registry.check_device_id(args.device_id))

@@ -1,6 +1,6 @@
 """Command subcommands: send, show, list and cancel commands to devices.
 
-These only write to and read from the database (fieldhub.command_requests); the bridge
+These only write to and read from the database (fieldhub.core.command_requests); the bridge
 publishes what they queue. Operators on the command line are not scoped to an organisation.
 """
 
@@ -11,10 +11,10 @@ import json
 from datetime import datetime
 from typing import Any
 
-from fieldhub import command_requests, endpoints
-from fieldhub.command_states import STATUSES
-from fieldhub.config import Settings
-from fieldhub.db import connect
+from fieldhub.core import command_requests, endpoints
+from fieldhub.core.command_states import STATUSES
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
 
 
 def register(subparsers: Any) -> None:

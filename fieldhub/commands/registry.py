@@ -19,12 +19,12 @@ from typing import Any
 import psycopg
 from tqdm import tqdm
 
-from fieldhub import endpoints, registry
-from fieldhub.brokers import home_broker
 from fieldhub.cli import CommandError
-from fieldhub.config import ConfigError, Settings
-from fieldhub.db import connect
-from fieldhub.passwords import generate_secret, hash_secrets_parallel
+from fieldhub.core import endpoints, registry
+from fieldhub.core.brokers import home_broker
+from fieldhub.core.config import ConfigError, Settings
+from fieldhub.core.db import connect
+from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 CREDENTIAL_COLUMNS = ("device_id", "username", "password", "mqtt_url", "broker", "org")
 

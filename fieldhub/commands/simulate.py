@@ -10,10 +10,11 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from fieldhub import endpoints, simulate
+from fieldhub import simulate
 from fieldhub.cli import CommandError
-from fieldhub.config import Settings
-from fieldhub.db import connect
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
 
 log = logging.getLogger("fieldhub.simulate")
 

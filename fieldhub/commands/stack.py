@@ -7,12 +7,12 @@ import json
 import sys
 from typing import Any
 
-from fieldhub import endpoints
 from fieldhub.cli import CommandError
-from fieldhub.config import Settings
-from fieldhub.migrate import apply_migrations
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.tls import ensure_tls
 from fieldhub.stack import local
-from fieldhub.tls import ensure_tls
 
 
 def register(subparsers: Any) -> None:

@@ -8,10 +8,10 @@ import os
 import sys
 from typing import Any
 
-from fieldhub import endpoints, users
 from fieldhub.cli import CommandError
-from fieldhub.config import Settings
-from fieldhub.db import connect
+from fieldhub.core import endpoints, users
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
 
 # gevent: one greenlet per connection, so hundreds of open live streams cost memory, not
 # threads, and never block other requests (psycopg >= 3.1.14 cooperates with gevent's
@@ -108,7 +108,7 @@ def cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
     with connect(endpoints.read_database_url(settings), autocommit=True) as conn:
         org_id = None
         if args.org:
-            from fieldhub import registry
+            from fieldhub.core import registry
 
             org_id = int(registry.get_org(conn, args.org)["id"])
         rows = users.list_users(conn, org_id=org_id)

@@ -17,10 +17,10 @@ from tqdm import tqdm
 from analysis import imports, service
 from analysis.jobs import JOBS, job_named
 from analysis.worker import Worker, default_worker_name, run_if_due
-from fieldhub import endpoints, registry
 from fieldhub.cli import CommandError
-from fieldhub.config import Settings
-from fieldhub.db import connect
+from fieldhub.core import endpoints, registry
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
 
 
 def register(subparsers: Any) -> None:

@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import psycopg
 
-from fieldhub.config import PROJECT_ROOT, Settings
+from fieldhub.core.config import PROJECT_ROOT, Settings
+from fieldhub.core.procs import as_user, chown_tree, require_binary, run_checked, running_as_root
 from fieldhub.stack.postgres import PG_USER, SUPERUSER, PostgresCluster, pg_bindir
-from fieldhub.stack.procs import as_user, chown_tree, require_binary, run_checked, running_as_root
 from fieldhub.stack.supervisor import ProcessSpec
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "fieldhub.conf.template"

@@ -35,13 +35,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from broker_bridge.auth_sync import sync_once
-from fieldhub import endpoints, registry
-from fieldhub.config import PROJECT_ROOT, ConfigError, Settings
-from fieldhub.migrate import apply_migrations
+from fieldhub.core import endpoints, registry
+from fieldhub.core.config import PROJECT_ROOT, ConfigError, Settings
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.procs import port_open, running_as_root
+from fieldhub.core.tls import ensure_tls
 from fieldhub.stack import cluster as cluster_mod
 from fieldhub.stack.mosquitto import BROKER_USER, MosquittoBroker
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
-from fieldhub.stack.procs import port_open, running_as_root
 from fieldhub.stack.supervisor import (
     ProcessSpec,
     StartupError,
@@ -51,7 +52,6 @@ from fieldhub.stack.supervisor import (
     stop_recorded,
     tail,
 )
-from fieldhub.tls import ensure_tls
 
 log = logging.getLogger("fieldhub.stack")
 

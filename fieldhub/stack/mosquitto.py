@@ -9,8 +9,8 @@ import string
 import subprocess
 from pathlib import Path
 
-from fieldhub.config import PROJECT_ROOT
-from fieldhub.stack.procs import (
+from fieldhub.core.config import PROJECT_ROOT
+from fieldhub.core.procs import (
     chown,
     chown_tree,
     port_open,

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from fieldhub.stack.procs import (
+from fieldhub.core.procs import (
     as_user,
     chown,
     chown_tree,

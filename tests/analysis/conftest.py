@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from fieldhub import registry
+from fieldhub.core import registry
 
 Conn = psycopg.Connection[dict[str, Any]]
 ORG = "analysis-org"

@@ -181,7 +181,7 @@ def test_duration_must_hold_before_firing(
 def test_rules_are_validated_and_scoped_to_their_org(
     db: Conn, org_id: int, make_devices: Callable[..., list[str]]
 ) -> None:
-    from fieldhub import registry
+    from fieldhub.core import registry
 
     other = registry.create_org(db, "someone-else")
     registry.create_device(db, "theirs", org="someone-else", password_hash="x", secret="x")

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from analysis import housekeeping
-from fieldhub.config import ConfigError, Settings
+from fieldhub.core.config import ConfigError, Settings
 from tests.analysis.conftest import Conn
 
 pytestmark = pytest.mark.integration

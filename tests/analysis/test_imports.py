@@ -14,7 +14,7 @@ from analysis import import_parse, service
 from analysis.jobs import job_named
 from analysis.worker import run_if_due
 from fieldhub import cli
-from fieldhub.config import Settings
+from fieldhub.core.config import Settings
 from tests.analysis.conftest import ORG, Conn
 from tests.analysis.test_rollups import mismatches
 

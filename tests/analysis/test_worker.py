@@ -16,7 +16,7 @@ from analysis import worker
 from analysis.jobs import JOBS
 from analysis.worker import Job, JobContext, JobSkipped, Worker, run_if_due
 from fieldhub import cli
-from fieldhub.config import Settings
+from fieldhub.core.config import Settings
 from tests.analysis.conftest import Conn
 from tests.support import wait_for
 

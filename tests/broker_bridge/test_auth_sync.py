@@ -33,8 +33,8 @@ from broker_bridge.auth_sync import (
     sync_once,
     write_atomically,
 )
-from fieldhub import registry
-from fieldhub.passwords import generate_secret
+from fieldhub.core import registry
+from fieldhub.core.passwords import generate_secret
 from fieldhub.stack.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,

@@ -30,8 +30,8 @@ from broker_bridge.commands import (
     command_payload,
     message_expiry_s,
 )
-from fieldhub import registry
-from fieldhub.command_requests import cancel_command, get_command, send_command
+from fieldhub.core import registry
+from fieldhub.core.command_requests import cancel_command, get_command, send_command
 from tests.support import (
     BRIDGE_ACCOUNT,
     BridgeProcess,

@@ -15,8 +15,8 @@ import pytest
 from psycopg.rows import dict_row
 
 from broker_bridge.commands import CommandDispatcher
-from fieldhub import registry
-from fieldhub.command_requests import get_command, send_command
+from fieldhub.core import registry
+from fieldhub.core.command_requests import get_command, send_command
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import orjson
 import psycopg
 import pytest
 
-from fieldhub import registry
-from fieldhub.passwords import generate_secret
+from fieldhub.core import registry
+from fieldhub.core.passwords import generate_secret
 from tests.broker_bridge.publishing import DevicePublisher
 from tests.broker_bridge.traffic import row_count, stored_rows, telemetry_mix
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for

@@ -15,7 +15,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.cli import main
-from fieldhub.passwords import verify_secret
+from fieldhub.core.passwords import verify_secret
 from tests.support import TestStack, unique_id, wait_for
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import io
 import orjson
 import pytest
 
-from fieldhub import db, registry
 from fieldhub.cli import main
+from fieldhub.core import db, registry
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from broker_bridge.decode import decode_telemetry
-from fieldhub import registry
+from fieldhub.core import registry
 from fieldhub.simulate import (
     DeviceModel,
     SimulatedDevice,

@@ -6,7 +6,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from fieldhub import users
+from fieldhub.core import users
 from tests.webapp.helpers import World, seed
 from webapp import create_app
 

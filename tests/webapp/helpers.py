@@ -20,8 +20,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from analysis import service as analysis_service
-from fieldhub import command_requests, registry, users
-from fieldhub.stack.procs import free_port
+from fieldhub.core import command_requests, registry, users
+from fieldhub.core.procs import free_port
 from tests.support import wait_for
 
 PASSWORD = "correct horse battery"

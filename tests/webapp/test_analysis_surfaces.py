@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from analysis.jobs import job_named
 from analysis.worker import run_if_due
-from fieldhub.config import Settings
+from fieldhub.core.config import Settings
 from tests.webapp.helpers import World, api_token, login
 from webapp import create_app
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from fieldhub import users
+from fieldhub.core import users
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
 from tests.webapp.helpers import PASSWORD, ROOT, WebServer
 

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 
 from analysis.jobs import job_named
 from analysis.worker import run_if_due
-from fieldhub.config import Settings
+from fieldhub.core.config import Settings
 from tests.webapp.helpers import PASSWORD, ROOT, WebServer, World
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]

@@ -15,8 +15,8 @@ import pytest
 from flask import Flask
 from psycopg.rows import dict_row
 
-from fieldhub import registry
-from fieldhub.passwords import verify_secret
+from fieldhub.core import registry
+from fieldhub.core.passwords import verify_secret
 from tests.webapp.helpers import PASSWORD, ROOT, World, api_token, login
 from webapp import create_app
 

@@ -5,7 +5,7 @@ import threading
 import psycopg
 import pytest
 
-from fieldhub.migrate import MigrationError, apply_migrations, discover
+from fieldhub.core.migrate import MigrationError, apply_migrations, discover
 from fieldhub.stack.postgres import PostgresCluster
 
 pytestmark = pytest.mark.integration

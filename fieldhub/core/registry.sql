@@ -1,4 +1,4 @@
--- Named queries of the registry (fieldhub/registry.py).
+-- Named queries of the registry (fieldhub/core/registry.py).
 
 -- name: insert_org
 INSERT INTO organisations (name, display_name) VALUES (%(name)s, %(display_name)s)

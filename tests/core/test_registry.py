@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fieldhub import passwords, registry
-from fieldhub.registry import RegistryError
+from fieldhub.core import passwords, registry
+from fieldhub.core.registry import RegistryError
 
 
 @pytest.mark.parametrize("device_id", ["a", "sensor-01", "x_y-z", "0" * 64])

@@ -1,4 +1,4 @@
-"""Homing devices on brokers (fieldhub.brokers) and the broker settings: pure unit tests, and
+"""Homing devices on brokers (fieldhub.core.brokers) and the broker settings: pure unit tests, and
 one CLI test against the real database."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fieldhub import endpoints
-from fieldhub.brokers import home_broker
 from fieldhub.cli import main
-from fieldhub.config import ConfigError, Settings, configured_broker_names
+from fieldhub.core import endpoints
+from fieldhub.core.brokers import home_broker
+from fieldhub.core.config import ConfigError, Settings, configured_broker_names
 
 DEVICES = [f"sensor-{n:05d}" for n in range(6000)]
 

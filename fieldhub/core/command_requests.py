@@ -22,8 +22,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.command_states import TransitionRefused, on_cancel, parse_status
-from fieldhub.db import Queries
+from fieldhub.core.command_states import TransitionRefused, on_cancel, parse_status
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("command_requests.sql"))
 

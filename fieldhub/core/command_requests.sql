@@ -1,4 +1,4 @@
--- Named queries of the shared command API (fieldhub/command_requests.py).
+-- Named queries of the shared command API (fieldhub/core/command_requests.py).
 
 -- name: lock_device
 -- Serialises sends to one device, so two concurrent sends cannot both slip under the cap.

@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from fieldhub.config import DEFAULT_BROKER, ConfigError, Settings
+from fieldhub.core.config import DEFAULT_BROKER, ConfigError, Settings
 from fieldhub.stack.postgres import PostgresCluster
 
 BRIDGE_ACCOUNT = "svc.bridge"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fieldhub import cli
-from fieldhub.config import PROJECT_ROOT, ConfigError, Ports, Settings
+from fieldhub.core.config import PROJECT_ROOT, ConfigError, Ports, Settings
 
 PRODUCTION = {
     "FIELDHUB_ENV": "production",

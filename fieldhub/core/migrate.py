@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from fieldhub.config import PROJECT_ROOT
+from fieldhub.core.config import PROJECT_ROOT
 
 SCHEMA_DIR = PROJECT_ROOT / "schema"
 # Any constant unique to fieldhub; two tools sharing a database must not pick the same one.

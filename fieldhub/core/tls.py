@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from fieldhub.stack.procs import run_checked
+from fieldhub.core.procs import run_checked
 
 CA_DAYS = 3650
 SERVER_DAYS = 825  # the longest lifetime clients commonly accept for a server certificate

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from fieldhub import command_requests, registry
 from fieldhub.cli import main
-from fieldhub.command_requests import (
+from fieldhub.core import command_requests, registry
+from fieldhub.core.command_requests import (
     MAX_PENDING_PER_DEVICE,
     CommandRequestError,
     NotFound,

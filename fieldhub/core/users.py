@@ -21,8 +21,8 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from fieldhub import registry
-from fieldhub.db import Queries
+from fieldhub.core import registry
+from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("users.sql"))
 

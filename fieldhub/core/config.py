@@ -14,7 +14,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The source checkout this package runs from. Only the development default of FIELDHUB_HOME
+# (`./var` of the checkout) is derived from it; an installed package finds its own files next
+# to its modules, and a production host sets FIELDHUB_HOME.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConfigError(Exception):

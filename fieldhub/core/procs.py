@@ -1,4 +1,7 @@
-"""Small process helpers shared by the stack modules."""
+"""Small process helpers: root or not, file ownership, ports, polling, running a binary.
+
+Shared by what starts servers: the local stack, a broker host's Mosquitto, TLS material, the
+benchmarks and the tests."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from fieldhub.command_states import (
+from fieldhub.core.command_states import (
     ACK_STATUSES,
     FINAL_STATUSES,
     OPEN_STATUSES,

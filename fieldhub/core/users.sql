@@ -1,4 +1,4 @@
--- Named queries of people, their web sessions, API tokens and login throttling (fieldhub/users.py).
+-- Named queries of people, their web sessions, API tokens and login throttling (fieldhub/core/users.py).
 
 -- name: insert_user
 INSERT INTO users (email, org_id, role, password_hash)

@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fieldhub.brokers import home_broker
-from fieldhub.config import configured_broker_names
-from fieldhub.db import Queries
-from fieldhub.passwords import generate_secret, hash_secret
+from fieldhub.core.brokers import home_broker
+from fieldhub.core.config import configured_broker_names
+from fieldhub.core.db import Queries
+from fieldhub.core.passwords import generate_secret, hash_secret
 
 QUERIES = Queries(Path(__file__).with_name("registry.sql"))
 
@@ -188,7 +188,7 @@ def create_device(
     """Register a device and return its credentials; the secret is not kept anywhere.
 
     Without `broker` the device is homed on one of the configured brokers by its id
-    (fieldhub.brokers). `password_hash`/`secret` let bulk provisioning hash in parallel
+    (fieldhub.core.brokers). `password_hash`/`secret` let bulk provisioning hash in parallel
     processes beforehand.
     """
     check_device_id(device_id)
