@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     status.set_defaults(handler=cmd_status)
 
     migrate = subparsers.add_parser(
-        "migrate", help="apply schema/ migrations (safe to run concurrently)"
+        "migrate", help="apply the schema migrations (safe to run concurrently)"
     )
     migrate.set_defaults(handler=cmd_migrate)
 

@@ -27,7 +27,7 @@ from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("command_requests.sql"))
 
-# Same pattern as the CHECK constraint on commands.name (schema/0003_commands.sql).
+# Same pattern as the CHECK constraint on commands.name (migrations/0003_commands.sql).
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PARAMS_BYTES: Final = 8 * 1024
 MIN_TTL_S: Final = 10

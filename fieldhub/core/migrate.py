@@ -1,4 +1,5 @@
-"""Schema migrations: `schema/NNNN_name.sql`, applied in order, each exactly once.
+"""Schema migrations: `migrations/NNNN_name.sql` beside this module, applied in order, each
+exactly once.
 
 Every run takes a session-level advisory lock first, so concurrent `fieldhub migrate` calls
 (several hosts starting at once) serialise: the first applies, the others find nothing left to
@@ -15,9 +16,8 @@ from pathlib import Path
 
 import psycopg
 
-from fieldhub.core.config import PROJECT_ROOT
-
-SCHEMA_DIR = PROJECT_ROOT / "schema"
+# Package data: installed with the module, so a deployed host migrates without a checkout.
+SCHEMA_DIR = Path(__file__).with_name("migrations")
 # Any constant unique to fieldhub; two tools sharing a database must not pick the same one.
 MIGRATION_LOCK_KEY = 0x6669_656C_6468_7562  # b"fieldhub"
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
