@@ -8,10 +8,10 @@ Formats:
   names a device. Times are epoch seconds, epoch milliseconds or RFC 3339. Values are
   numbers, ``true``/``false``, or text. An empty cell in the wide form is no reading.
 * ``ndjson``: one telemetry payload of the device contract per line
-  (``{"ts": ..., "values": {...}}``, decoded by broker_bridge.decode.decode_telemetry) plus an
+  (``{"ts": ..., "values": {...}}``, decoded by fieldhub.core.decode.decode_telemetry) plus an
   optional ``"device_id"`` key. ``ts`` is required: an import without times is meaningless.
 * ``senml``: one SenML pack (RFC 8428 JSON array) per line, decoded by
-  broker_bridge.decode.decode_senml; the device is the import's device.
+  fieldhub.core.decode.decode_senml; the device is the import's device.
 
 Every line is all-or-nothing, as for MQTT messages: a line with any problem contributes no
 reading and is reported by its number (1-based, the header is line 1 of a CSV file) with the
@@ -31,7 +31,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from broker_bridge.decode import (
+from fieldhub.core.decode import (
     MAX_FUTURE_SKEW_S,
     MAX_STRING_VALUE,
     MIN_TIMESTAMP,

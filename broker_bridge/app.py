@@ -37,13 +37,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from broker_bridge import commands
-from broker_bridge.decode import (
-    DecodeError,
-    decode_senml,
-    decode_status,
-    decode_telemetry,
-    parse_topic,
-)
 from broker_bridge.ingest import (
     Batch,
     CommandAck,
@@ -56,6 +49,13 @@ from broker_bridge.ingest import (
 )
 from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
 from broker_bridge.receive import BridgeClient, ReceiveClock
+from fieldhub.core.decode import (
+    DecodeError,
+    decode_senml,
+    decode_status,
+    decode_telemetry,
+    parse_topic,
+)
 from fieldhub.core.endpoints import MqttEndpoint
 
 log = logging.getLogger("broker_bridge")

@@ -36,11 +36,11 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import psycopg
 
-from broker_bridge.decode import Reading
 from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
 from broker_bridge.presence import PresenceEvent, replay
 from fieldhub.core import db
 from fieldhub.core.db import Queries
+from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 log = logging.getLogger(__name__)

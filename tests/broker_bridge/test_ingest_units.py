@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from broker_bridge.decode import Reading
 from broker_bridge.ingest import Batch, Pending, encode_copy, notify_payloads
 from broker_bridge.presence import PresenceEvent, replay
+from fieldhub.core.decode import Reading
 
 
 def test_first_message_of_a_never_seen_device_is_an_online_flip() -> None:

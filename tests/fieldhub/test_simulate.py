@@ -13,8 +13,8 @@ import uuid
 import orjson
 import pytest
 
-from broker_bridge.decode import decode_telemetry
 from fieldhub.core import registry
+from fieldhub.core.decode import decode_telemetry
 from fieldhub.simulate import (
     DeviceModel,
     SimulatedDevice,

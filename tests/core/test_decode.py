@@ -1,4 +1,4 @@
-"""Unit tests for broker_bridge.decode: the device contract, limits and reasons."""
+"""Unit tests for fieldhub.core.decode: the device contract, limits and reasons."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker_bridge import decode
-from broker_bridge.decode import (
+from fieldhub.core import decode
+from fieldhub.core.decode import (
     DEVICE_ID_RE,
     MAX_FUTURE_SKEW_S,
     MAX_PAYLOAD_BYTES,
