@@ -2,7 +2,9 @@
 
 `fieldhub up` starts a local PostgreSQL and Mosquitto under $FIELDHUB_HOME unless DATABASE_URL
 and MQTT_URL point elsewhere; every other command resolves its endpoints the same way, so
-`fieldhub device create` talks to whatever `fieldhub up` started.
+`fieldhub device create` talks to whatever `fieldhub up` started. The local stack's addresses
+are computed from the settings alone (ports, $FIELDHUB_HOME/secrets), never from the stack's
+code, so every process can resolve them; the end of the module formats them for people.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from fieldhub.core.config import DEFAULT_BROKER, ConfigError, Settings
-from fieldhub.stack.postgres import PostgresCluster
 
 BRIDGE_ACCOUNT = "svc.bridge"
+# The local stack's PostgreSQL (fieldhub/stack/postgres.py creates it with these): its own
+# superuser role, the database the backend uses, its address; local_db_password_file() below
+# says where its password is kept.
+LOCAL_DB_SUPERUSER = "fieldhub"
+LOCAL_DB_NAME = "fieldhub"
+LOCAL_DB_HOST = "127.0.0.1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +59,8 @@ class MqttEndpoint:
         return f"{scheme}://{auth}{self.host}:{self.port}"
 
 
-def local_cluster(settings: Settings) -> PostgresCluster:
-    return PostgresCluster(
-        settings.home / "postgres",
-        settings.ports.postgres,
-        settings.secrets_dir / "postgres.password",
-    )
+def local_db_password_file(settings: Settings) -> Path:
+    return settings.secrets_dir / "postgres.password"
 
 
 def service_secret(settings: Settings, name: str) -> str:
@@ -74,13 +77,17 @@ def service_secret(settings: Settings, name: str) -> str:
 def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    cluster = local_cluster(settings)
-    if not cluster.password_file.exists():
+    password_file = local_db_password_file(settings)
+    if not password_file.exists():
         raise ConfigError(
             f"no local database under {settings.home} and DATABASE_URL is not set; "
             "start the stack first (`fieldhub up --detach`)"
         )
-    return cluster.url()
+    password = quote(password_file.read_text().strip(), safe="")
+    return (
+        f"postgresql://{LOCAL_DB_SUPERUSER}:{password}@{LOCAL_DB_HOST}:{settings.ports.postgres}"
+        f"/{LOCAL_DB_NAME}"
+    )
 
 
 def read_database_url(settings: Settings) -> str:
@@ -181,3 +188,68 @@ def device_mqtt_url(settings: Settings, broker: str | None = None) -> str:
     if settings.brokers:
         raise ConfigError(f"broker {name!r} is not in FIELDHUB_BROKERS")
     return f"mqtt://127.0.0.1:{local_broker_ports(settings, name).devices}"
+
+
+# -- URLs to show people (status, banner, the supervisor's state file) ---------------------------
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to print and to store."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def web_url(settings: Settings) -> str:
+    host = settings.web_host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - mapping a bind-all address to loopback
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.ports.web}/"
+
+
+def stack_urls(settings: Settings) -> dict[str, str | None]:
+    try:
+        database = mask_url(database_url(settings))
+    except ConfigError:
+        database = mask_url(local_cluster_url(settings))
+    return {
+        "database_url": database,
+        "mqtt_url": _bridge_url(settings),
+        "mqtt_device_url": device_mqtt_url(settings),
+        "mqtts_device_url": None
+        if settings.mqtt_device_url or settings.mqtt_url
+        else f"mqtts://localhost:{settings.ports.mqtt_devices_tls}",
+        "web_url": web_url(settings),
+        "bridge_metrics_url": f"http://127.0.0.1:{settings.ports.bridge_metrics}/metrics",
+    }
+
+
+def broker_urls(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each broker's device URL and (without credentials) the bridge's service URL."""
+    return {
+        name: {
+            "mqtt_device_url": device_mqtt_url(settings, name),
+            "mqtt_url": bridge_mqtt(settings, name).url(),
+        }
+        for name in settings.broker_names
+    }
+
+
+def _bridge_url(settings: Settings) -> str:
+    if settings.mqtt_url:
+        return MqttEndpoint.parse(settings.mqtt_url).url()
+    return f"mqtt://127.0.0.1:{settings.ports.mqtt_services}"
+
+
+def local_cluster_url(settings: Settings) -> str:
+    # Before the first `up` there is no password yet; show where the database will be.
+    return (
+        f"postgresql://{LOCAL_DB_SUPERUSER}:***@{LOCAL_DB_HOST}:{settings.ports.postgres}"
+        f"/{LOCAL_DB_NAME}"
+    )

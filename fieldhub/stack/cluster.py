@@ -23,8 +23,9 @@ from urllib.parse import quote
 import psycopg
 
 from fieldhub.core.config import PROJECT_ROOT, Settings
+from fieldhub.core.endpoints import LOCAL_DB_NAME, LOCAL_DB_SUPERUSER, local_db_password_file
 from fieldhub.core.procs import as_user, chown_tree, require_binary, run_checked, running_as_root
-from fieldhub.stack.postgres import PG_USER, SUPERUSER, PostgresCluster, pg_bindir
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 from fieldhub.stack.supervisor import ProcessSpec
 
 NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "fieldhub.conf.template"
@@ -47,7 +48,7 @@ def replica_cluster(settings: Settings) -> PostgresCluster:
     return PostgresCluster(
         settings.home / "postgres-replica",
         replica_port(settings),
-        settings.secrets_dir / "postgres.password",
+        local_db_password_file(settings),
     )
 
 
@@ -76,7 +77,7 @@ def init_replica(primary: PostgresCluster, replica: PostgresCluster) -> bool:
                 "--port",
                 str(primary.port),
                 "--username",
-                SUPERUSER,
+                LOCAL_DB_SUPERUSER,
                 "--write-recovery-conf",
                 "--wal-method=stream",
                 "--checkpoint=fast",
@@ -119,7 +120,7 @@ def replica_spec(replica: PostgresCluster) -> ProcessSpec:
 def replica_url(settings: Settings) -> str:
     replica = replica_cluster(settings)
     password = quote(replica.password, safe="")
-    return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{replica.port}/fieldhub"
+    return f"postgresql://{LOCAL_DB_SUPERUSER}:{password}@127.0.0.1:{replica.port}/{LOCAL_DB_NAME}"
 
 
 def render_nginx(settings: Settings, upstream_ports: list[int]) -> Path:

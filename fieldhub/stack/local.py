@@ -30,19 +30,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
 from broker_bridge.auth_sync import sync_once
 from fieldhub.core import endpoints, registry
-from fieldhub.core.config import PROJECT_ROOT, ConfigError, Settings
+from fieldhub.core.config import PROJECT_ROOT, Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import port_open, running_as_root
 from fieldhub.core.tls import ensure_tls
 from fieldhub.stack import cluster as cluster_mod
 from fieldhub.stack.mosquitto import BROKER_USER, MosquittoBroker
-from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, local_cluster, pg_bindir
 from fieldhub.stack.supervisor import (
     ProcessSpec,
     StartupError,
@@ -87,68 +86,6 @@ class StackPaths:
     @property
     def detach_log(self) -> Path:
         return self.log_dir / "up.log"
-
-
-# -- URLs ------------------------------------------------------------------------------------
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, safe to print and to store."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def web_url(settings: Settings) -> str:
-    host = settings.web_host
-    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - mapping a bind-all address to loopback
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.ports.web}/"
-
-
-def stack_urls(settings: Settings) -> dict[str, str | None]:
-    try:
-        database = mask_url(endpoints.database_url(settings))
-    except ConfigError:
-        database = mask_url(local_cluster_url(settings))
-    return {
-        "database_url": database,
-        "mqtt_url": _bridge_url(settings),
-        "mqtt_device_url": endpoints.device_mqtt_url(settings),
-        "mqtts_device_url": None
-        if settings.mqtt_device_url or settings.mqtt_url
-        else f"mqtts://localhost:{settings.ports.mqtt_devices_tls}",
-        "web_url": web_url(settings),
-        "bridge_metrics_url": f"http://127.0.0.1:{settings.ports.bridge_metrics}/metrics",
-    }
-
-
-def broker_urls(settings: Settings) -> dict[str, dict[str, str]]:
-    """Each broker's device URL and (without credentials) the bridge's service URL."""
-    return {
-        name: {
-            "mqtt_device_url": endpoints.device_mqtt_url(settings, name),
-            "mqtt_url": endpoints.bridge_mqtt(settings, name).url(),
-        }
-        for name in settings.broker_names
-    }
-
-
-def _bridge_url(settings: Settings) -> str:
-    if settings.mqtt_url:
-        return endpoints.MqttEndpoint.parse(settings.mqtt_url).url()
-    return f"mqtt://127.0.0.1:{settings.ports.mqtt_services}"
-
-
-def local_cluster_url(settings: Settings) -> str:
-    # Before the first `up` there is no password yet; show where the database will be.
-    return f"postgresql://fieldhub:***@127.0.0.1:{settings.ports.postgres}/fieldhub"
 
 
 # -- readiness probes --------------------------------------------------------------------------
@@ -230,7 +167,7 @@ def service_specs(
     With several brokers there is one auth-sync per broker and one bridge process per
     (instance, broker) pair: a bridge instance is the group of its per-broker processes.
     """
-    urls = stack_urls(settings)
+    urls = endpoints.stack_urls(settings)
     specs = []
     brokers = settings.broker_names
     several = len(brokers) > 1
@@ -482,8 +419,8 @@ def run_up(
             "home": str(paths.home),
             "demo": demo,
             "cluster": cluster,
-            "urls": stack_urls(settings),
-            "brokers": broker_urls(settings),
+            "urls": endpoints.stack_urls(settings),
+            "brokers": endpoints.broker_urls(settings),
         },
     )
     stop = threading.Event()
@@ -506,8 +443,8 @@ def run_up(
         if stop.is_set():
             return 130
         supervisor.info["urls"] = {
-            **stack_urls(settings),
-            "read_database_url": mask_url(read_url) if read_url else None,
+            **endpoints.stack_urls(settings),
+            "read_database_url": endpoints.mask_url(read_url) if read_url else None,
         }
         supervisor.set_phase("running")
         announce(banner(settings, supervisor.snapshot()))
@@ -541,12 +478,12 @@ def _bring_up(
     not the primary."""
     read_database_url = settings.read_database_url
     if local_db:
-        primary = endpoints.local_cluster(settings)
+        primary = local_cluster(settings)
         if not primary.initialised:
             log.info("creating the PostgreSQL cluster in %s", primary.data_dir)
         primary.init()
         supervisor.start(postgres_spec(primary))
-        primary.create_database("fieldhub")
+        primary.create_database(endpoints.LOCAL_DB_NAME)
     database_url = endpoints.database_url(settings)
     apply_migrations(database_url)  # logs each migration it applies
     if cluster and local_db and read_database_url is None:
@@ -596,7 +533,9 @@ def _bring_up(
         supervisor.start(spec)
     if cluster and "web" in commands:
         conf = cluster_mod.render_nginx(settings, cluster_mod.web_instance_ports(settings))
-        supervisor.start(cluster_mod.nginx_spec(settings, conf, http_answers(web_url(settings))))
+        supervisor.start(
+            cluster_mod.nginx_spec(settings, conf, http_answers(endpoints.web_url(settings)))
+        )
     return read_database_url
 
 
@@ -688,7 +627,7 @@ def stack_status(settings: Settings) -> dict[str, Any]:
         state
         and same_process_alive(state.get("supervisor_pid"), state.get("supervisor_start_time"))
     )
-    urls = stack_urls(settings)
+    urls = endpoints.stack_urls(settings)
     result: dict[str, Any] = {
         "running": supervisor_alive,
         "phase": (state or {}).get("phase", "stopped") if supervisor_alive else "stopped",
@@ -769,7 +708,7 @@ def stop_stack(settings: Settings, *, timeout: float = 120.0) -> str:
             message = f"the supervisor under {paths.home} was not running; cleaned up after it"
     clean_leftovers(paths)
     if settings.database_url is None:
-        cluster = endpoints.local_cluster(settings)
+        cluster = local_cluster(settings)
         # A postmaster left by a crashed supervisor (or started by hand) is stopped the
         # documented way.
         if cluster.initialised and cluster.running():
@@ -806,7 +745,6 @@ __all__ = [
     "banner",
     "detach_up",
     "format_status",
-    "mask_url",
     "run_up",
     "service_specs",
     "stack_status",

@@ -13,6 +13,13 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
+from fieldhub.core.config import Settings
+from fieldhub.core.endpoints import (
+    LOCAL_DB_HOST,
+    LOCAL_DB_NAME,
+    LOCAL_DB_SUPERUSER,
+    local_db_password_file,
+)
 from fieldhub.core.procs import (
     as_user,
     chown,
@@ -24,7 +31,6 @@ from fieldhub.core.procs import (
 )
 
 PG_USER = "postgres"  # the system user that owns clusters when we run as root
-SUPERUSER = "fieldhub"  # the cluster's own superuser role
 
 
 def pg_bindir() -> Path:
@@ -37,12 +43,21 @@ def pg_bindir() -> Path:
     return versions[-1].parent
 
 
+def local_cluster(settings: Settings) -> PostgresCluster:
+    """The local stack's cluster under $FIELDHUB_HOME (endpoints.database_url connects to it)."""
+    return PostgresCluster(
+        settings.home / "postgres",
+        settings.ports.postgres,
+        local_db_password_file(settings),
+    )
+
+
 @dataclasses.dataclass
 class PostgresCluster:
     data_dir: Path
     port: int
     password_file: Path
-    host: str = "127.0.0.1"
+    host: str = LOCAL_DB_HOST
     # Test clusters trade durability for speed; a real stack never does.
     fast_unsafe: bool = False
     extra_settings: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -51,9 +66,9 @@ class PostgresCluster:
     def password(self) -> str:
         return self.password_file.read_text().strip()
 
-    def url(self, dbname: str = "fieldhub") -> str:
+    def url(self, dbname: str = LOCAL_DB_NAME) -> str:
         password = quote(self.password, safe="")
-        return f"postgresql://{SUPERUSER}:{password}@{self.host}:{self.port}/{dbname}"
+        return f"postgresql://{LOCAL_DB_SUPERUSER}:{password}@{self.host}:{self.port}/{dbname}"
 
     @property
     def initialised(self) -> bool:
@@ -92,7 +107,7 @@ class PostgresCluster:
                         "-D",
                         str(self.pgdata),
                         "-U",
-                        SUPERUSER,
+                        LOCAL_DB_SUPERUSER,
                         f"--pwfile={pw_path}",
                         "--auth-host=scram-sha-256",
                         "--auth-local=peer",
