@@ -17,10 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port, wait_until
 from fieldhub.core.tls import ensure_tls
-from fieldhub.stack.mosquitto import MosquittoBroker
 from fieldhub.stack.postgres import PostgresCluster
 from tests.support import TestStack
 

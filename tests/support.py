@@ -26,11 +26,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
-from broker_bridge.auth_sync import sync_once
+from fieldhub.broker.auth_sync import sync_once
+from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port
-from fieldhub.stack.mosquitto import MosquittoBroker
 
 BRIDGE_ACCOUNT = "svc.bridge"
 

@@ -30,8 +30,8 @@ from urllib.parse import quote
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker_bridge.auth_sync import sync_once
 from fieldhub.bench.registry import scratch_servers
+from fieldhub.broker.auth_sync import sync_once
 from fieldhub.core import registry
 from fieldhub.core.command_requests import send_command
 from fieldhub.core.config import PROJECT_ROOT, Settings

@@ -42,8 +42,8 @@ from urllib.parse import quote
 
 import psycopg
 
-from broker_bridge.auth_sync import sync_once
 from fieldhub.bench.registry import Servers, scratch_servers
+from fieldhub.broker.auth_sync import sync_once
 from fieldhub.core import db, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Queries

@@ -37,7 +37,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker_bridge.auth_sync import sync_once
+from fieldhub.broker.auth_sync import sync_once
+from fieldhub.broker.mosquitto import DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, MosquittoBroker
 from fieldhub.core import registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
@@ -45,7 +46,6 @@ from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.passwords import ITERATIONS, generate_secret, hash_secret, hash_secrets_parallel
 from fieldhub.core.procs import chown_tree, free_port, require_binary, wait_until
 from fieldhub.core.tls import ensure_tls
-from fieldhub.stack.mosquitto import DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, MosquittoBroker
 from fieldhub.stack.postgres import PostgresCluster
 
 BENCH_ORG = "bench"

@@ -9,7 +9,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from broker_bridge.auth_sync import run_forever
+from fieldhub.broker.auth_sync import run_forever
 from fieldhub.cli import CommandError
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="re-render at least this often, e.g. to pick up edited mosquitto/acl.d files",
+        help="re-render at least this often, e.g. to pick up edited acl.d files",
     )
     sync.set_defaults(handler=cmd_auth_sync)
 
@@ -62,6 +62,7 @@ def cmd_auth_sync(settings: Settings, args: argparse.Namespace) -> int:
             auth_dir,
             settings.mosquitto_pid_file,
             broker=args.broker,
+            operator_dir=settings.acl_dir,
             sweep_s=args.sweep,
             stop=stop,
         )

@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="'ACCESS TOPIC'",
-        help="e.g. 'read devices/+/status' (repeatable; or grant rights in mosquitto/acl.d/)",
+        help="e.g. 'read devices/+/status' (repeatable; or grant rights in an acl.d/ file)",
     )
     acc_set.add_argument("--json", action="store_true")
     acc_set.set_defaults(handler=cmd_account_set)

@@ -53,6 +53,8 @@ class Settings:
     # tells the broker to reload them.
     mosquitto_dir: Path
     mosquitto_pid_file: Path
+    # Operators' extra ACL files (*.acl), merged by the auth sync into what it renders.
+    acl_dir: Path
     # Several brokers (docs/scaling.md): (name, device URL) in FIELDHUB_BROKERS order, the
     # bridge's service-listener URL per broker (no credentials: those come from MQTT_URL or
     # the local secret), and how many brokers a local stack runs when FIELDHUB_BROKERS is unset.
@@ -99,6 +101,7 @@ class Settings:
             mosquitto_pid_file=Path(
                 env.get("FIELDHUB_MOSQUITTO_PID_FILE", str(home / "mosquitto" / "mosquitto.pid"))
             ),
+            acl_dir=Path(env.get("FIELDHUB_ACL_DIR", str(home / "acl.d"))),
             brokers=_broker_urls(env, "FIELDHUB_BROKERS"),
             broker_service_urls=dict(_broker_urls(env, "FIELDHUB_BROKER_SERVICE_URLS")),
             local_brokers=_local_brokers(env),

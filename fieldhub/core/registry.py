@@ -1,7 +1,7 @@
 """The registry: organisations, devices and the backend's broker accounts.
 
 The database is the single source of truth for who may connect to the broker; the broker auth
-sync (broker_bridge.auth_sync) turns these rows into Mosquitto's password and ACL files. Both
+sync (fieldhub.broker.auth_sync) turns these rows into Mosquitto's password and ACL files. Both
 the CLI and the web app's admin pages go through these functions, so validation and the
 "secret shown once" rule hold wherever a device is created.
 """

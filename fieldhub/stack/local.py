@@ -33,14 +33,14 @@ from typing import Any
 
 import psycopg
 
-from broker_bridge.auth_sync import sync_once
+from fieldhub.broker.auth_sync import sync_once
+from fieldhub.broker.mosquitto import BROKER_USER, MosquittoBroker
 from fieldhub.core import endpoints, registry
 from fieldhub.core.config import PROJECT_ROOT, Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import port_open, running_as_root
 from fieldhub.core.tls import ensure_tls
 from fieldhub.stack import cluster as cluster_mod
-from fieldhub.stack.mosquitto import BROKER_USER, MosquittoBroker
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, local_cluster, pg_bindir
 from fieldhub.stack.supervisor import (
     ProcessSpec,
@@ -517,7 +517,7 @@ def _bring_up(
                 spec_name = "mosquitto" if len(brokers) == 1 else f"mosquitto-{name}"
                 supervisor.start(mosquitto_spec(broker, spec_name))
                 # One sync now, so the bridge can log in even before auth-sync is up.
-                if sync_once(conn, broker.auth_dir, broker=name):
+                if sync_once(conn, broker.auth_dir, broker=name, operator_dir=settings.acl_dir):
                     broker.reload()
     commands = available_commands()
     for missing in [c for c in SERVICE_COMMANDS if c not in commands]:

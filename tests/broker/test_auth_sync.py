@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker_bridge.auth_sync import (
+from fieldhub.broker.auth_sync import (
     BASE_ACL,
     OperatorRules,
     check_operator_rules,
@@ -33,9 +33,7 @@ from broker_bridge.auth_sync import (
     sync_once,
     write_atomically,
 )
-from fieldhub.core import registry
-from fieldhub.core.passwords import generate_secret
-from fieldhub.stack.mosquitto import (
+from fieldhub.broker.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,
     DEVICE_PASSWORD_FILE,
@@ -43,6 +41,8 @@ from fieldhub.stack.mosquitto import (
     SERVICE_PASSWORD_FILE,
     MosquittoBroker,
 )
+from fieldhub.core import registry
+from fieldhub.core.passwords import generate_secret
 from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, unique_id, wait_for
 
 REVOCATION_DEADLINE_S = 2.0

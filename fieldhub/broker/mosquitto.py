@@ -1,4 +1,5 @@
-"""A project-local Mosquitto broker rendered from `mosquitto/mosquitto.conf.template`."""
+"""A Mosquitto broker rendered from `mosquitto.conf.template` beside this module, and the names
+of the auth files the broker auth sync writes for it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import string
 import subprocess
 from pathlib import Path
 
-from fieldhub.core.config import PROJECT_ROOT
 from fieldhub.core.procs import (
     chown,
     chown_tree,
@@ -19,7 +19,7 @@ from fieldhub.core.procs import (
     wait_until,
 )
 
-TEMPLATE = PROJECT_ROOT / "mosquitto" / "mosquitto.conf.template"
+TEMPLATE = Path(__file__).with_name("mosquitto.conf.template")
 BROKER_USER = "mosquitto"  # Mosquitto drops to this user when started as root
 
 # The auth files under auth/, written by the broker auth sync. Devices and service accounts
