@@ -255,7 +255,7 @@ def consumer_process(
     """The least a QoS 1 subscriber can do: receive and acknowledge.
 
     fast=False: stock paho (it acknowledges when on_message returns). fast=True: the bridge's
-    own receive path (broker_bridge.receive.BridgeClient, batched acknowledgements) without the
+    own receive path (fieldhub.bridge.receive.BridgeClient, batched acknowledgements) without the
     decoding and the database, i.e. the ceiling of the bridge's design in Python.
     """
     import paho.mqtt.client as mqtt
@@ -263,7 +263,7 @@ def consumer_process(
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from broker_bridge.receive import BridgeClient
+    from fieldhub.bridge.receive import BridgeClient
 
     client_class = BridgeClient if fast else mqtt.Client
     client: Any = client_class(

@@ -73,7 +73,7 @@ def parse_time(text: str) -> datetime.datetime:
 
 
 def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
-    from broker_bridge.app import Bridge
+    from fieldhub.bridge.app import Bridge
 
     if args.instance < 1:
         raise ValueError("--instance must be 1 or more")
@@ -100,7 +100,7 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
-    from broker_bridge.ingest import QUERIES
+    from fieldhub.bridge.ingest import QUERIES
     from fieldhub.core import registry
 
     with db.connect(endpoints.read_database_url(settings)) as conn:

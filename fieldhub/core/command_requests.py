@@ -2,7 +2,7 @@
 
 The web app and the command line both call these functions, so the validation and the tenant
 scoping hold wherever a command comes from. They only write to the database; the bridge's
-dispatcher (broker_bridge.commands) notices new rows and publishes them.
+dispatcher (fieldhub.bridge.commands) notices new rows and publishes them.
 
 With `org_id` given, everything is scoped to that organisation: a device or command of another
 organisation is reported exactly like one that does not exist.

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from broker_bridge.ingest import Batch, Pending, encode_copy, notify_payloads
-from broker_bridge.presence import PresenceEvent, replay
+from fieldhub.bridge.ingest import Batch, Pending, encode_copy, notify_payloads
+from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.core.decode import Reading
 
 
@@ -134,7 +134,7 @@ def _publish_packet(topic: bytes, payload: bytes, *, qos: int, mid: int, props: 
 def test_bridge_client_frames_publishes_across_reads() -> None:
     from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-    from broker_bridge.receive import BridgeClient
+    from fieldhub.bridge.receive import BridgeClient
 
     client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=5)
     got: list[tuple[bytes, bytes, int, int]] = []
@@ -169,7 +169,7 @@ def test_bridge_client_frames_publishes_across_reads() -> None:
 def test_ack_many_queues_one_write_of_pubacks() -> None:
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from broker_bridge.receive import BridgeClient
+    from fieldhub.bridge.receive import BridgeClient
 
     client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=5)
     client.ack_many([1, 300, 65535])
@@ -178,7 +178,7 @@ def test_ack_many_queues_one_write_of_pubacks() -> None:
 
 
 def test_receive_stamps_strictly_increase_even_when_the_clock_does_not() -> None:
-    from broker_bridge.receive import ReceiveClock
+    from fieldhub.bridge.receive import ReceiveClock
 
     readings_ns = iter([5_000_000_000_123_456, 5_000_000_000_123_456, 5_000_000_000_123_999, 4_000])
     clock = ReceiveClock(lambda: next(readings_ns))

@@ -36,8 +36,8 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import psycopg
 
-from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
-from broker_bridge.presence import PresenceEvent, replay
+from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
+from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.core import db
 from fieldhub.core.db import Queries
 from fieldhub.core.decode import Reading

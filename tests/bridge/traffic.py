@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from tests.broker_bridge.publishing import Message
+from tests.bridge.publishing import Message
 from tests.support import TestStack
 
 # (device_id, metric, epoch milliseconds, value as stored: float or str)

@@ -11,8 +11,8 @@ import pytest
 
 from fieldhub.core import registry
 from fieldhub.core.passwords import generate_secret
-from tests.broker_bridge.publishing import DevicePublisher
-from tests.broker_bridge.traffic import row_count, stored_rows, telemetry_mix
+from tests.bridge.publishing import DevicePublisher
+from tests.bridge.traffic import row_count, stored_rows, telemetry_mix
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
--- Named queries of the bridge's command handling (broker_bridge/commands.py).
+-- Named queries of the bridge's command handling (fieldhub/bridge/commands.py).
 
 -- name: lock_commands
 -- Rows are locked in id order so two bridge instances applying acks never deadlock.

@@ -1,7 +1,7 @@
 """The bridge's receive side: an MQTT client that keeps up with tens of thousands of QoS 1
 messages per second, and the clock that stamps what it receives.
 
-broker_bridge.app owns the process and decides when to acknowledge (after COMMIT); this module
+fieldhub.bridge.app owns the process and decides when to acknowledge (after COMMIT); this module
 only frames packets and writes PUBACKs.
 """
 

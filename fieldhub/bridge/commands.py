@@ -1,6 +1,6 @@
 """Commands on the bridge: device acks into the database, queued commands out to the broker.
 
-Two pieces, both used by the bridge process (broker_bridge.app):
+Two pieces, both used by the bridge process (fieldhub.bridge.app):
 
 * `apply_acks` runs inside the bridge's batch transaction and moves commands along their
   lifecycle (fieldhub.core.command_states) from the acks devices publish on

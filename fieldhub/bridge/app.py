@@ -4,13 +4,13 @@ Threads:
 - paho's network thread runs `_on_message`: parse the topic, decode the payload, append to
   `Pending`. Nothing else happens per message, so the network thread keeps up with the broker.
 - the writer thread takes whatever accumulated, writes it in one transaction
-  (broker_bridge.ingest) and then acknowledges the QoS 1 messages of that batch.
+  (fieldhub.bridge.ingest) and then acknowledges the QoS 1 messages of that batch.
 - the device directory thread keeps the set of enabled devices fresh (LISTEN registry_changed).
-- the command dispatcher (broker_bridge.commands) publishes commands through this bridge's
+- the command dispatcher (fieldhub.bridge.commands) publishes commands through this bridge's
   MQTT client.
 
 The receive side (BridgeClient: paho with a fast path for PUBLISH and batched PUBACKs, and the
-receive clock) lives in broker_bridge.receive.
+receive clock) lives in fieldhub.bridge.receive.
 
 Packet ids belong to one broker connection. Every (re)connect or disconnect bumps a
 generation number under `_ack_lock`; a batch received on an older connection is still
@@ -36,8 +36,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from broker_bridge import commands
-from broker_bridge.ingest import (
+from fieldhub.bridge import commands
+from fieldhub.bridge.ingest import (
     Batch,
     CommandAck,
     DeadLetter,
@@ -47,8 +47,8 @@ from broker_bridge.ingest import (
     Status,
     Telemetry,
 )
-from broker_bridge.metrics import BridgeMetrics, RateLimitedLog
-from broker_bridge.receive import BridgeClient, ReceiveClock
+from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
+from fieldhub.bridge.receive import BridgeClient, ReceiveClock
 from fieldhub.core.decode import (
     DecodeError,
     decode_senml,
@@ -58,7 +58,7 @@ from fieldhub.core.decode import (
 )
 from fieldhub.core.endpoints import MqttEndpoint
 
-log = logging.getLogger("broker_bridge")
+log = logging.getLogger("fieldhub.bridge")
 
 SHARE_GROUP = "fieldhub-bridge"
 DEVICE_TOPICS = (

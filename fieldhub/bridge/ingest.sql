@@ -1,4 +1,4 @@
--- Named queries of the telemetry ingest path (broker_bridge/ingest.py) and of
+-- Named queries of the telemetry ingest path (fieldhub/bridge/ingest.py) and of
 -- `fieldhub export` (fieldhub/commands/bridge.py).
 
 -- name: copy_readings

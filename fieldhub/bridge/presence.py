@@ -1,6 +1,6 @@
 """Presence: how one batch of status and telemetry messages moves a device's online flag.
 
-Pure logic, apart from the SQL that applies it (broker_bridge/ingest.py). A device's status
+Pure logic, apart from the SQL that applies it (fieldhub/bridge/ingest.py). A device's status
 topic carries its own word ("online" after connecting, its retained Last Will "offline"); any
 telemetry also proves it is online. Within a batch the events of one device are replayed in
 receive order, so "offline" followed by telemetry means the device came back, and telemetry

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from broker_bridge.commands import CommandDispatcher
+from fieldhub.bridge.commands import CommandDispatcher
 from fieldhub.core import registry
 from fieldhub.core.command_requests import get_command, send_command
 from tests.support import wait_for

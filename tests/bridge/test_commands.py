@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
-from broker_bridge.commands import (
+from fieldhub.bridge.commands import (
     AckMessage,
     CommandDispatcher,
     apply_acks,

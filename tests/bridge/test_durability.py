@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from fieldhub.stack.postgres import PostgresCluster
-from tests.broker_bridge.publishing import DevicePublisher, Message
-from tests.broker_bridge.traffic import numeric_stream
+from tests.bridge.publishing import DevicePublisher, Message
+from tests.bridge.traffic import numeric_stream
 from tests.support import BridgeProcess, TestStack, wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,1 +1,0 @@
-"""Bridge between the MQTT broker and fieldhub storage."""
