@@ -22,8 +22,8 @@ from flask import (
     url_for,
 )
 
-from analysis import service as analysis
-from analysis.jobs import JOBS
+from fieldhub.analysis import service as analysis
+from fieldhub.analysis.jobs import JOBS
 from fieldhub.core import registry, users
 from fieldhub.core.passwords import generate_secret, hash_secret
 from webapp import analysis_views, data, db, replication

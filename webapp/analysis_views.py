@@ -1,7 +1,7 @@
 """Shapes shared by the pages and the API for the analysis surfaces: alert rules from forms,
 import progress, and the organisation an operator acts in.
 
-The analysis service (analysis/service.py) acts in exactly one organisation. Users of an
+The analysis service (fieldhub/analysis/service.py) acts in exactly one organisation. Users of an
 organisation act in their own; an operator acts in the organisation of the object named in
 the URL, or in the one they pick by name (their own when they pick none).
 """

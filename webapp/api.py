@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 from flask import Blueprint, Flask, abort, g, jsonify, request
 
-from analysis import service as analysis
+from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, registry, users
 from fieldhub.core.command_states import STATUSES
 from webapp import analysis_views, data, db, history

@@ -25,7 +25,7 @@ from flask import (
     url_for,
 )
 
-from analysis import service as analysis
+from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests
 from webapp import analysis_views, data, db, history
 from webapp.auth import current_user, has_role, login_required, role_required, scope_org_id

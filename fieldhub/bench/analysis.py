@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.rows import dict_row
 
-from analysis import imports, rollups
+from fieldhub.analysis import imports, rollups
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Queries
 from fieldhub.core.migrate import apply_migrations

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 from tqdm import tqdm
 
-from analysis import imports, service
-from analysis.jobs import JOBS, job_named
-from analysis.worker import Worker, default_worker_name, run_if_due
+from fieldhub.analysis import imports, service
+from fieldhub.analysis.jobs import JOBS, job_named
+from fieldhub.analysis.worker import Worker, default_worker_name, run_if_due
 from fieldhub.cli import CommandError
 from fieldhub.core import endpoints, registry
 from fieldhub.core.config import Settings

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from analysis import alert_logic, alerts, service
+from fieldhub.analysis import alert_logic, alerts, service
 from tests.analysis.conftest import Conn
 from tests.support import wait_for
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from analysis import housekeeping
+from fieldhub.analysis import housekeeping
 from fieldhub.core.config import ConfigError, Settings
 from tests.analysis.conftest import Conn
 

@@ -10,10 +10,10 @@ from typing import Any
 import orjson
 import pytest
 
-from analysis import import_parse, service
-from analysis.jobs import job_named
-from analysis.worker import run_if_due
 from fieldhub import cli
+from fieldhub.analysis import import_parse, service
+from fieldhub.analysis.jobs import job_named
+from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
 from tests.analysis.conftest import ORG, Conn
 from tests.analysis.test_rollups import mismatches

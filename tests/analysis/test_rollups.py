@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from analysis import rollups
+from fieldhub.analysis import rollups
 from tests.analysis.conftest import Conn
 from tests.support import wait_for
 

@@ -12,10 +12,10 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from analysis import worker
-from analysis.jobs import JOBS
-from analysis.worker import Job, JobContext, JobSkipped, Worker, run_if_due
 from fieldhub import cli
+from fieldhub.analysis import worker
+from fieldhub.analysis.jobs import JOBS
+from fieldhub.analysis.worker import Job, JobContext, JobSkipped, Worker, run_if_due
 from fieldhub.core.config import Settings
 from tests.analysis.conftest import Conn
 from tests.support import wait_for

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from analysis import service as analysis_service
+from fieldhub.analysis import service as analysis_service
 from fieldhub.core import command_requests, registry, users
 from fieldhub.core.procs import free_port
 from tests.support import wait_for

@@ -18,8 +18,8 @@ from flask.testing import FlaskClient
 from markupsafe import escape
 from psycopg.rows import dict_row
 
-from analysis.jobs import job_named
-from analysis.worker import run_if_due
+from fieldhub.analysis.jobs import job_named
+from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
 from tests.webapp.helpers import World, api_token, login
 from webapp import create_app

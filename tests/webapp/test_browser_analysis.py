@@ -14,8 +14,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from psycopg.rows import dict_row
 
-from analysis.jobs import job_named
-from analysis.worker import run_if_due
+from fieldhub.analysis.jobs import job_named
+from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
 from tests.webapp.helpers import PASSWORD, ROOT, WebServer, World
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis.worker import Conn, JobContext, load_state, save_state
+from fieldhub.analysis.worker import Conn, JobContext, load_state, save_state
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("rollups.sql"))

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from analysis import alert_logic, alerts, imports, worker
-from analysis.worker import Conn
+from fieldhub.analysis import alert_logic, alerts, imports, worker
+from fieldhub.analysis.worker import Conn
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))

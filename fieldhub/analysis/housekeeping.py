@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from analysis.worker import Conn, JobContext, JobSkipped
+from fieldhub.analysis.worker import Conn, JobContext, JobSkipped
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Queries
 

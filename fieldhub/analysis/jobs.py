@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from analysis import alerts, housekeeping, imports, rollups
-from analysis.worker import Job
+from fieldhub.analysis import alerts, housekeeping, imports, rollups
+from fieldhub.analysis.worker import Job
 
 JOBS: tuple[Job, ...] = (
     Job("rollups", 60.0, rollups.run_job),

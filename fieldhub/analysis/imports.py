@@ -24,8 +24,8 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from analysis import import_parse, rollups
-from analysis.worker import Conn, JobContext
+from fieldhub.analysis import import_parse, rollups
+from fieldhub.analysis.worker import Conn, JobContext
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("imports.sql"))

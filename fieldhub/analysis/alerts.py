@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 from psycopg.types.json import Jsonb
 
-from analysis import alert_logic
-from analysis.worker import Conn, JobContext
+from fieldhub.analysis import alert_logic
+from fieldhub.analysis.worker import Conn, JobContext
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("alerts.sql"))
