@@ -16,7 +16,7 @@ from fieldhub.core.db import connect
 # gevent: one greenlet per connection, so hundreds of open live streams cost memory, not
 # threads, and never block other requests (psycopg >= 3.1.14 cooperates with gevent's
 # monkey-patching when it is imported after the patch, which gunicorn's gevent worker does
-# before it imports webapp.wsgi).
+# before it imports fieldhub.web.wsgi).
 WORKER_CLASS = "gevent"
 WORKER_CONNECTIONS = 1000
 
@@ -76,7 +76,7 @@ def gunicorn_argv(settings: Settings, workers: int, bind: str | None) -> list[st
         settings.log_level.lower(),
         "--access-logfile",
         "-",
-        "webapp.wsgi:app",
+        "fieldhub.web.wsgi:app",
     ]
 
 

@@ -2,7 +2,8 @@
 
 The registry keeps only `$7$<iterations>$<salt>$<hash>` (PBKDF2-HMAC-SHA512), the format
 Mosquitto's password file reads, so one stored hash serves both the database and the broker
-and no plaintext secret is kept anywhere. People's passwords use Argon2id instead (webapp).
+and no plaintext secret is kept anywhere. People's passwords use Argon2id instead
+(fieldhub.core.users).
 
 Why 101 iterations, Mosquitto's own default (mosquitto_passwd, Dynamic Security): the broker
 pays one hash per login and, on every SIGHUP reload, one per *connected* client. Measured in

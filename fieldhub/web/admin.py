@@ -26,8 +26,8 @@ from fieldhub.analysis import service as analysis
 from fieldhub.analysis.jobs import JOBS
 from fieldhub.core import registry, users
 from fieldhub.core.passwords import generate_secret, hash_secret
-from webapp import analysis_views, data, db, replication
-from webapp.auth import current_user, has_role, role_required, scope_org_id
+from fieldhub.web import analysis_views, data, db, replication
+from fieldhub.web.auth import current_user, has_role, role_required, scope_org_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

@@ -17,8 +17,8 @@ from psycopg.rows import dict_row
 
 from fieldhub.core import registry
 from fieldhub.core.passwords import verify_secret
-from tests.webapp.helpers import PASSWORD, ROOT, World, api_token, login
-from webapp import create_app
+from fieldhub.web import create_app
+from tests.web.helpers import PASSWORD, ROOT, World, api_token, login
 
 pytestmark = pytest.mark.integration
 

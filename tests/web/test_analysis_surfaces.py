@@ -21,8 +21,8 @@ from psycopg.rows import dict_row
 from fieldhub.analysis.jobs import job_named
 from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
-from tests.webapp.helpers import World, api_token, login
-from webapp import create_app
+from fieldhub.web import create_app
+from tests.web.helpers import World, api_token, login
 
 pytestmark = pytest.mark.integration
 

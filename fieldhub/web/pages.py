@@ -27,8 +27,8 @@ from flask import (
 
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests
-from webapp import analysis_views, data, db, history
-from webapp.auth import current_user, has_role, login_required, role_required, scope_org_id
+from fieldhub.web import analysis_views, data, db, history
+from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
 
 bp = Blueprint("pages", __name__)
 

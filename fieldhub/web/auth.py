@@ -32,7 +32,7 @@ from flask import (
 )
 
 from fieldhub.core import users
-from webapp import db
+from fieldhub.web import db
 
 bp = Blueprint("auth", __name__)
 

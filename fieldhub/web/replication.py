@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from webapp.db import QUERIES, Conn
+from fieldhub.web.db import QUERIES, Conn
 
 
 @dataclasses.dataclass(frozen=True)

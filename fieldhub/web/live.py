@@ -24,8 +24,8 @@ import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
 from fieldhub.core import command_requests
-from webapp import data, db
-from webapp.auth import login_required, scope_org_id
+from fieldhub.web import data, db
+from fieldhub.web.auth import login_required, scope_org_id
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 import requests
 
-from tests.webapp.helpers import PASSWORD, WebServer, World, csrf_from
-from webapp.live import Subscription, route
+from fieldhub.web.live import Subscription, route
+from tests.web.helpers import PASSWORD, WebServer, World, csrf_from
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_open_streams_do_not_block_other_requests(world: World) -> None:
 
 
 def test_psycopg_waits_cooperatively_in_a_gevent_worker() -> None:
-    # gunicorn's gevent worker patches before it imports webapp.wsgi; psycopg picks its wait
+    # gunicorn's gevent worker patches before it imports fieldhub.web.wsgi; psycopg picks its wait
     # function at import, and its C wait would block every greenlet of the worker.
     probe = (
         "from gevent import monkey; monkey.patch_all()\n"

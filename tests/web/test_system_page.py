@@ -15,8 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.conninfo import make_conninfo
 
-from tests.webapp.helpers import World, login
-from webapp import create_app
+from fieldhub.web import create_app
+from tests.web.helpers import World, login
 
 pytestmark = pytest.mark.integration
 

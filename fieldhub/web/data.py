@@ -14,8 +14,8 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.core import registry
-from webapp import history
-from webapp.db import QUERIES, Conn, table_exists
+from fieldhub.web import history
+from fieldhub.web.db import QUERIES, Conn, table_exists
 
 RAW_POINT_LIMIT = 50000
 

@@ -1,7 +1,8 @@
 """The fieldhub web app: pages for people, a JSON API for programs, admin, and live updates.
 
 `create_app()` builds the app from `Settings.from_env()`; tests pass `test_config` with the
-database URL of their own database. Each module hooks itself in with `init_app(app)`.
+database URL of their own database. Each module hooks itself in with `init_app(app)`. Builds
+on fieldhub.core and the analysis service; templates/ and static/ are package data beside it.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if not app.config.get("SECRET_KEY"):
             app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from webapp import admin, api, auth, db, errors, live, pages, views
+    from fieldhub.web import admin, api, auth, db, errors, live, pages, views
 
     db.init_app(app)
     errors.init_app(app)

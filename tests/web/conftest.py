@@ -7,8 +7,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from fieldhub.core import users
-from tests.webapp.helpers import World, seed
-from webapp import create_app
+from fieldhub.web import create_app
+from tests.web.helpers import World, seed
 
 
 @pytest.fixture(autouse=True, scope="session")

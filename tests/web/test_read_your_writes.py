@@ -15,9 +15,9 @@ import pytest
 from flask import Flask
 
 from fieldhub.stack.postgres import PostgresCluster
+from fieldhub.web import create_app
 from tests.conftest import TEMPLATE_DB
-from tests.webapp.helpers import World, login
-from webapp import create_app
+from tests.web.helpers import World, login
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from tests.webapp.helpers import World, api_token, login
+from tests.web.helpers import World, api_token, login
 
 pytestmark = pytest.mark.integration
 

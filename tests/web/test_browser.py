@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from fieldhub.core import users
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
-from tests.webapp.helpers import PASSWORD, ROOT, WebServer
+from tests.web.helpers import PASSWORD, ROOT, WebServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

@@ -1,4 +1,4 @@
-"""The WSGI entry point gunicorn loads in each worker: `webapp.wsgi:app`.
+"""The WSGI entry point gunicorn loads in each worker: `fieldhub.web.wsgi:app`.
 
 Imported only inside workers, after gevent has monkey-patched the standard library, so
 psycopg picks its cooperative wait function (it chooses once, at import time).
@@ -10,7 +10,7 @@ import logging
 
 import psycopg.waiting
 
-from webapp import create_app
+from fieldhub.web import create_app
 
 app = create_app()
 logging.getLogger(__name__).info(

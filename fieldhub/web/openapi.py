@@ -1,6 +1,6 @@
 """The OpenAPI 3 document of /api/v1, kept next to the code it describes.
 
-tests/webapp/test_openapi.py runs schemathesis against the live API with this document, so a
+tests/web/test_openapi.py runs schemathesis against the live API with this document, so a
 route or field that drifts from it fails the suite.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fieldhub.core.command_states import STATUSES
-from webapp.analysis_views import RULE_FIELDS
+from fieldhub.web.analysis_views import RULE_FIELDS
 
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 TIME = {"type": "string", "format": "date-time"}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fieldhub.core import users
-from webapp import history
+from fieldhub.web import history
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from fieldhub.analysis.jobs import job_named
 from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
-from tests.webapp.helpers import PASSWORD, ROOT, WebServer, World
+from tests.web.helpers import PASSWORD, ROOT, WebServer, World
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 

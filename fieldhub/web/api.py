@@ -1,7 +1,7 @@
 """The JSON API, /api/v1: bearer tokens, tenant scope, one error format.
 
 Every error is `{"error": {"code": ..., "message": ...}}` with the HTTP status; the OpenAPI
-document (webapp/openapi.py) describes exactly these routes and is checked against them by
+document (fieldhub/web/openapi.py) describes exactly these routes and is checked against them by
 schemathesis in the tests.
 """
 
@@ -17,10 +17,10 @@ from flask import Blueprint, Flask, abort, g, jsonify, request
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, registry, users
 from fieldhub.core.command_states import STATUSES
-from webapp import analysis_views, data, db, history
-from webapp.auth import ROLE_RANK
-from webapp.errors import api_error
-from webapp.openapi import document
+from fieldhub.web import analysis_views, data, db, history
+from fieldhub.web.auth import ROLE_RANK
+from fieldhub.web.errors import api_error
+from fieldhub.web.openapi import document
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 

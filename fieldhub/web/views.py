@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from webapp.auth import csrf_token, current_user, has_role
+from fieldhub.web.auth import csrf_token, current_user, has_role
 
 
 def init_app(app: Flask) -> None:

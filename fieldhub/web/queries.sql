@@ -218,7 +218,7 @@ FROM pg_stat_replication
 ORDER BY application_name, client_addr;
 
 -- name: primary_wal_position
--- Where the primary's WAL is after a request's writes (read-your-writes, webapp/db.py).
+-- Where the primary's WAL is after a request's writes (read-your-writes, fieldhub/web/db.py).
 SELECT pg_current_wal_lsn()::text AS lsn;
 
 -- name: replica_replayed

@@ -6,8 +6,8 @@ import psycopg
 import pytest
 from flask import Flask
 
-from tests.webapp.helpers import PASSWORD, World, csrf_from, login
-from webapp import create_app
+from fieldhub.web import create_app
+from tests.web.helpers import PASSWORD, World, csrf_from, login
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from webapp import data
-from webapp.db import Conn
+from fieldhub.web import data
+from fieldhub.web.db import Conn
 
 IMPORT_FORMATS = ("csv", "ndjson", "senml")
 FINAL_IMPORT_STATES = ("done", "failed")
@@ -70,7 +70,7 @@ def rule_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-# An alert rule as the API shows it (webapp/openapi.py's AlertRule requires exactly these).
+# An alert rule as the API shows it (fieldhub/web/openapi.py's AlertRule requires exactly these).
 RULE_FIELDS = (
     "id",
     "name",

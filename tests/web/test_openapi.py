@@ -16,7 +16,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.webapp.helpers import World, api_token
+from tests.web.helpers import World, api_token
 
 pytestmark = pytest.mark.integration
 
