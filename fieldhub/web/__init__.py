@@ -84,14 +84,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if not app.config.get("SECRET_KEY"):
             app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from fieldhub.web import admin, api, auth, db, errors, live, pages, views
+    from fieldhub.web import admin, api, auth, db, errors, live, pages, template_helpers
 
     db.init_app(app)
     errors.init_app(app)
     # Before auth's CSRF check, which is the first to read a posted form.
     app.before_request(_upload_limit)
     auth.init_app(app)
-    views.init_app(app)
+    template_helpers.init_app(app)
     live.init_app(app)
     pages.init_app(app)
     api.init_app(app)

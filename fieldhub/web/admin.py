@@ -26,7 +26,7 @@ from fieldhub.analysis import service as analysis
 from fieldhub.analysis.jobs import JOBS
 from fieldhub.core import registry, users
 from fieldhub.core.passwords import generate_secret, hash_secret
-from fieldhub.web import analysis_views, data, db, replication
+from fieldhub.web import data, db, replication, serializers
 from fieldhub.web.auth import current_user, has_role, role_required, scope_org_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -279,8 +279,8 @@ def _acting_org() -> dict[str, Any]:
     user = current_user()
     assert user is not None
     try:
-        return analysis_views.acting_org(db.write(), user, request.values.get("org"))
-    except analysis_views.UnknownOrg:
+        return serializers.acting_org(db.write(), user, request.values.get("org"))
+    except serializers.UnknownOrg:
         abort(404)
 
 
@@ -316,11 +316,11 @@ def rules() -> Any:
     org = _acting_org()
     if request.method == "GET":
         return _rules_page(org, None)
-    form = analysis_views.rule_from_form(request.form)
+    form = serializers.rule_from_form(request.form)
     try:
         rule = analysis.create_alert_rule(db.write(), org["id"], form)
     except analysis.AnalysisRequestError as exc:
-        flash(analysis_views.sentence(exc), "error")
+        flash(serializers.sentence(exc), "error")
         return _rules_page(org, {**form, "target": request.form.get("target")}, 400)
     flash(f"Rule {rule['name']} created; it is evaluated within 15 seconds.", "info")
     return redirect(url_for("admin.rules", org=org["name"]))
@@ -333,13 +333,13 @@ def edit_rule(rule_id: int) -> Any:
     org = _org_by_id(org_id)
     if request.method == "GET":
         return render_template("admin/rule_edit.html", org=org, rule=rule, form=rule)
-    form = analysis_views.rule_from_form(request.form)
+    form = serializers.rule_from_form(request.form)
     try:
         updated = analysis.update_alert_rule(db.write(), org_id, rule_id, form)
     except analysis.NotFound:
         abort(404)
     except analysis.AnalysisRequestError as exc:
-        flash(analysis_views.sentence(exc), "error")
+        flash(serializers.sentence(exc), "error")
         shown = {**form, "target": request.form.get("target")}
         return render_template("admin/rule_edit.html", org=org, rule=rule, form=shown), 400
     flash(f"Rule {updated['name']} saved.", "info")
@@ -372,7 +372,7 @@ def webhook() -> Any:
                 enabled=request.form.get("enabled") in ("on", "true", "1"),
             )
         except analysis.AnalysisRequestError as exc:
-            flash(analysis_views.sentence(exc), "error")
+            flash(serializers.sentence(exc), "error")
             return redirect(url_for("admin.webhook", org=org["name"]))
         return _no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
     return render_template(

@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, abort, g, jsonify, request
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, registry, users
 from fieldhub.core.command_states import STATUSES
-from fieldhub.web import analysis_views, data, db, history
+from fieldhub.web import data, db, history, serializers
 from fieldhub.web.auth import ROLE_RANK
 from fieldhub.web.errors import api_error
 from fieldhub.web.openapi import document
@@ -406,8 +406,8 @@ def acknowledge_alert(alert_id: int) -> Any:
 # -- alert rules (admins of their organisation; operators name another with `org`) ------------
 def _acting_org(chosen: str | None) -> int:
     try:
-        return int(analysis_views.acting_org(db.write(), g.api_user, chosen)["id"])
-    except analysis_views.UnknownOrg as exc:
+        return int(serializers.acting_org(db.write(), g.api_user, chosen)["id"])
+    except serializers.UnknownOrg as exc:
         raise BadRequest(f"there is no organisation {exc}", 404) from None
 
 
@@ -439,7 +439,7 @@ def list_alert_rules() -> Any:
     _require("admin")
     org_id = _acting_org(_text_arg("org"))
     rules = analysis.list_alert_rules(db.write(), org_id)
-    return jsonify({"rules": [analysis_views.rule_json(r) for r in rules]})
+    return jsonify({"rules": [serializers.rule_json(r) for r in rules]})
 
 
 @bp.route("/alert-rules", methods=["POST"])
@@ -452,7 +452,7 @@ def create_alert_rule() -> Any:
         rule = analysis.create_alert_rule(db.write(), org_id, body)
     except analysis.AnalysisRequestError as exc:
         raise BadRequest(str(exc), 422) from None
-    return jsonify(analysis_views.rule_json(rule)), 201
+    return jsonify(serializers.rule_json(rule)), 201
 
 
 @bp.route("/alert-rules/<int:rule_id>", methods=["GET"])
@@ -463,7 +463,7 @@ def get_alert_rule(rule_id: int) -> Any:
         rule = analysis.get_alert_rule(db.write(), org_id, rule_id)
     except analysis.NotFound:
         abort(404)
-    return jsonify(analysis_views.rule_json(rule))
+    return jsonify(serializers.rule_json(rule))
 
 
 @bp.route("/alert-rules/<int:rule_id>", methods=["PUT"])
@@ -477,7 +477,7 @@ def update_alert_rule(rule_id: int) -> Any:
         abort(404)
     except analysis.AnalysisRequestError as exc:
         raise BadRequest(str(exc), 422) from None
-    return jsonify(analysis_views.rule_json(rule))
+    return jsonify(serializers.rule_json(rule))
 
 
 @bp.route("/alert-rules/<int:rule_id>", methods=["DELETE"])
@@ -562,7 +562,7 @@ def list_imports() -> Any:
     org_id = _acting_org(_text_arg("org"))
     limit = _int_arg("limit", 50, 1, 500)
     rows = analysis.list_imports(db.read(), org_id, limit=limit)
-    return jsonify({"imports": [analysis_views.import_json(r) for r in rows]})
+    return jsonify({"imports": [serializers.import_json(r) for r in rows]})
 
 
 @bp.route("/imports", methods=["POST"])
@@ -573,8 +573,8 @@ def create_import() -> Any:
         raise BadRequest("send the data as a multipart/form-data field named 'file'")
     device_id = request.form.get("device_id", "").strip() or None
     fmt = request.form.get("format") or None
-    if fmt is not None and fmt not in analysis_views.IMPORT_FORMATS:
-        raise BadRequest(f"format must be one of {', '.join(analysis_views.IMPORT_FORMATS)}")
+    if fmt is not None and fmt not in serializers.IMPORT_FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(serializers.IMPORT_FORMATS)}")
     conn = db.write()
     if device_id is not None:
         try:
@@ -596,7 +596,7 @@ def create_import() -> Any:
         )
     except analysis.AnalysisRequestError as exc:
         raise BadRequest(str(exc), 422) from None
-    response = jsonify(analysis_views.import_json(created))
+    response = jsonify(serializers.import_json(created))
     response.status_code = 202
     response.headers["Location"] = f"{request.path}/{created['id']}"
     return response
@@ -604,7 +604,7 @@ def create_import() -> Any:
 
 @bp.route("/imports/<import_id>")
 def get_import(import_id: str) -> Any:
-    parsed = analysis_views.parse_import_id(import_id)
+    parsed = serializers.parse_import_id(import_id)
     if parsed is None:
         abort(404)
     conn = db.read()
@@ -613,4 +613,4 @@ def get_import(import_id: str) -> Any:
         found = analysis.get_import(conn, org_id, parsed)
     except (data.NotFound, analysis.NotFound):
         abort(404)
-    return jsonify(analysis_views.import_json(found))
+    return jsonify(serializers.import_json(found))

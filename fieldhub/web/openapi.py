@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from fieldhub.core.command_states import STATUSES
-from fieldhub.web.analysis_views import RULE_FIELDS
+from fieldhub.web.serializers import RULE_FIELDS
 
 NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
 TIME = {"type": "string", "format": "date-time"}

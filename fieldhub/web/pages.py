@@ -27,7 +27,7 @@ from flask import (
 
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests
-from fieldhub.web import analysis_views, data, db, history
+from fieldhub.web import data, db, history, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
 
 bp = Blueprint("pages", __name__)
@@ -368,7 +368,7 @@ def acknowledge_alert(alert_id: int) -> Any:
     except (data.NotFound, analysis.NotFound):
         abort(404)
     except analysis.AnalysisRequestError as exc:
-        flash(analysis_views.sentence(exc), "error")
+        flash(serializers.sentence(exc), "error")
     else:
         flash(f"Alert {alert_id} acknowledged.", "info")
     return redirect(_back(url_for("pages.alerts")))
@@ -376,7 +376,7 @@ def acknowledge_alert(alert_id: int) -> Any:
 
 # -- imports ---------------------------------------------------------------------------------
 def _import_or_404(raw_id: str) -> dict[str, Any]:
-    import_id = analysis_views.parse_import_id(raw_id)
+    import_id = serializers.parse_import_id(raw_id)
     if import_id is None:
         abort(404)
     conn = db.read()
@@ -393,16 +393,16 @@ def _import_page(status: int = 200) -> Any:
     conn = db.read()
     chosen = request.values.get("org")
     try:
-        org = analysis_views.acting_org(conn, user, chosen)
-    except analysis_views.UnknownOrg:
+        org = serializers.acting_org(conn, user, chosen)
+    except serializers.UnknownOrg:
         abort(404)
     return (
         render_template(
             "imports.html",
-            imports=[analysis_views.import_json(r) for r in analysis.list_imports(conn, org["id"])],
+            imports=[serializers.import_json(r) for r in analysis.list_imports(conn, org["id"])],
             org=org,
             orgs=data.list_orgs(conn, scope_org_id()),
-            formats=analysis_views.IMPORT_FORMATS,
+            formats=serializers.IMPORT_FORMATS,
             limit_mib=current_app.config["IMPORT_MAX_BYTES"] // 2**20,
         ),
         status,
@@ -429,24 +429,24 @@ def imports() -> Any:
         if device_id is not None:
             org_id = data.owner_org(conn, "device", device_id, scope_org_id())
         else:
-            org_id = int(analysis_views.acting_org(conn, user, request.form.get("org"))["id"])
+            org_id = int(serializers.acting_org(conn, user, request.form.get("org"))["id"])
         created = analysis.create_import(
             conn,
             org_id=org_id,
             content=upload.read(),
             filename=upload.filename,
-            fmt=fmt if fmt in analysis_views.IMPORT_FORMATS else None,
+            fmt=fmt if fmt in serializers.IMPORT_FORMATS else None,
             device_id=device_id,
             created_by=user["id"],
         )
     except data.NotFound:
         flash(f"There is no device {device_id!r} in your organisation.", "error")
         return _import_page(400)
-    except analysis_views.UnknownOrg as exc:
+    except serializers.UnknownOrg as exc:
         flash(f"There is no organisation {exc}.", "error")
         return _import_page(400)
     except analysis.AnalysisRequestError as exc:
-        flash(analysis_views.sentence(exc), "error")
+        flash(serializers.sentence(exc), "error")
         return _import_page(400)
     return redirect(url_for("pages.import_detail", import_id=str(created["id"])))
 
@@ -454,13 +454,13 @@ def imports() -> Any:
 @bp.route("/imports/<import_id>")
 @login_required
 def import_detail(import_id: str) -> Any:
-    found = analysis_views.import_json(_import_or_404(import_id))
+    found = serializers.import_json(_import_or_404(import_id))
     return render_template(
-        "import.html", imp=found, final=found["status"] in analysis_views.FINAL_IMPORT_STATES
+        "import.html", imp=found, final=found["status"] in serializers.FINAL_IMPORT_STATES
     )
 
 
 @bp.route("/imports/<import_id>/progress.json")
 @login_required
 def import_progress(import_id: str) -> Any:
-    return jsonify(analysis_views.import_json(_import_or_404(import_id)))
+    return jsonify(serializers.import_json(_import_or_404(import_id)))
