@@ -10,11 +10,11 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from fieldhub import simulate
 from fieldhub.cli import CommandError
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
+from fieldhub.sim import simulate
 
 log = logging.getLogger("fieldhub.simulate")
 

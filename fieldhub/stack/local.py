@@ -236,7 +236,7 @@ def service_specs(
         else:
             add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)
     if demo and "simulate" in commands:
-        from fieldhub.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
+        from fieldhub.sim.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
 
         specs.append(
             ProcessSpec(
@@ -501,7 +501,7 @@ def _bring_up(
             )
         demo_login = None
         if demo:
-            from fieldhub.demo import ensure_demo
+            from fieldhub.sim.demo import ensure_demo
 
             demo_login = ensure_demo(conn, settings.secrets_dir)
             supervisor.info["demo_login"] = {

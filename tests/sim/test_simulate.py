@@ -15,7 +15,7 @@ import pytest
 
 from fieldhub.core import registry
 from fieldhub.core.decode import decode_telemetry
-from fieldhub.simulate import (
+from fieldhub.sim.simulate import (
     DeviceModel,
     SimulatedDevice,
     Target,

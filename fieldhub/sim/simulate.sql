@@ -1,4 +1,4 @@
--- Named queries of the device simulator (fieldhub/simulate.py).
+-- Named queries of the device simulator (fieldhub/sim/simulate.py).
 
 -- Learn the secrets of the simulator's own devices again (only hashes are stored) in one
 -- statement: one registry notification, one broker reload, even for 10,000 devices.
