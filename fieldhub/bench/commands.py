@@ -34,7 +34,7 @@ from fieldhub.bench.registry import scratch_servers
 from fieldhub.broker.auth_sync import sync_once
 from fieldhub.core import registry
 from fieldhub.core.command_requests import send_command
-from fieldhub.core.config import PROJECT_ROOT, Settings
+from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port, wait_until
@@ -150,7 +150,6 @@ def bench_commands(count: int = 1000) -> dict[str, Any]:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=str(PROJECT_ROOT),
             )
         listener = connect(servers.database_url, autocommit=True)
         device: EchoDevice | None = None

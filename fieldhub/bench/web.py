@@ -41,7 +41,6 @@ from fieldhub.core.procs import free_port, wait_until
 ORG = "bench"
 HOT_DEVICE = "bench-00000"
 PASSWORD = "bench password 123"  # noqa: S105 (a throwaway scratch database)
-ROOT = Path(__file__).resolve().parents[2]
 
 SEED_SQL = [
     # Device state and three latest values per device, as a running installation has them.
@@ -128,7 +127,7 @@ def seed(servers: Servers, devices: int) -> tuple[str, str]:
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -22,13 +22,13 @@ from urllib.parse import quote
 
 import psycopg
 
-from fieldhub.core.config import PROJECT_ROOT, Settings
+from fieldhub.core.config import Settings
 from fieldhub.core.endpoints import LOCAL_DB_NAME, LOCAL_DB_SUPERUSER, local_db_password_file
 from fieldhub.core.procs import as_user, chown_tree, require_binary, run_checked, running_as_root
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 from fieldhub.stack.supervisor import ProcessSpec
 
-NGINX_TEMPLATE = PROJECT_ROOT / "nginx" / "fieldhub.conf.template"
+NGINX_TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 BRIDGES = 2
 BROKERS = 2  # local Mosquitto brokers, broker-N on each broker-1 port + 1000 * (N - 1)
 WEB_INSTANCES = 2

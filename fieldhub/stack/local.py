@@ -36,7 +36,7 @@ import psycopg
 from fieldhub.broker.auth_sync import sync_once
 from fieldhub.broker.mosquitto import BROKER_USER, MosquittoBroker
 from fieldhub.core import endpoints, registry
-from fieldhub.core.config import PROJECT_ROOT, Settings
+from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import port_open, running_as_root
 from fieldhub.core.tls import ensure_tls
@@ -189,7 +189,6 @@ def service_specs(
                 ready_timeout=timeout,
                 essential=False,
                 env={**broker_env, **(env or {})},
-                cwd=PROJECT_ROOT,
             )
         )
 
@@ -255,7 +254,6 @@ def service_specs(
                 # The simulator connects every device to one broker URL, so it homes its
                 # devices on broker-1 (see docs/scaling.md, "Not in this build yet").
                 env={"FIELDHUB_LOCAL_BROKERS": "1"},
-                cwd=PROJECT_ROOT,
             )
         )
     return specs
@@ -599,7 +597,6 @@ def detach_up(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
-            cwd=PROJECT_ROOT,
         )
     deadline = time.monotonic() + DETACH_TIMEOUT_S
     while True:
