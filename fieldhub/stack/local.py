@@ -3,17 +3,14 @@
 `up` brings the pieces up in dependency order, each one ready before the next starts:
 PostgreSQL (a supervised `postgres` child, run as the `postgres` user when we are root) ->
 database + migrations + the bridge's broker account -> Mosquitto -> a first registry sync ->
-the fieldhub processes (auth-sync, bridge, worker, web, and the simulator with --demo). Which
-fieldhub processes exist is read from the CLI itself, so the stack runs at every stage of the
-project and says which ones are not there yet. With DATABASE_URL / MQTT_URL set, the matching
-local server is not started.
+the fieldhub processes (auth-sync, bridge, worker, web, and the simulator with --demo), a
+fixed list. With DATABASE_URL / MQTT_URL set, the matching local server is not started.
 
 Everything runs under one `Supervisor`; its state file is what `status` and `down` read.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -54,8 +51,6 @@ from fieldhub.stack.supervisor import (
 
 log = logging.getLogger("fieldhub.stack")
 
-# fieldhub subcommands the stack runs, in start order, if the CLI has them.
-SERVICE_COMMANDS = ("auth-sync", "bridge", "worker", "web")
 DETACH_TIMEOUT_S = 300.0
 
 
@@ -118,16 +113,6 @@ def fieldhub_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "fieldhub", *args)
 
 
-def available_commands() -> set[str]:
-    """The subcommands this build's CLI has (other teams add theirs as they land)."""
-    from fieldhub.cli import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
-
-
 # -- the specs ------------------------------------------------------------------------------
 def postgres_spec(cluster: PostgresCluster) -> ProcessSpec:
     return ProcessSpec(
@@ -157,7 +142,6 @@ def service_specs(
     settings: Settings,
     *,
     demo: bool,
-    commands: set[str],
     cluster: bool = False,
     read_database_url: str | None = None,
 ) -> list[ProcessSpec]:
@@ -192,49 +176,45 @@ def service_specs(
             )
         )
 
-    if "auth-sync" in commands:
-        for broker in brokers:
-            if not several:
-                add("auth-sync", fieldhub_argv("auth-sync"))
-                continue
+    for broker in brokers:
+        if not several:
+            add("auth-sync", fieldhub_argv("auth-sync"))
+            continue
+        add(
+            f"auth-sync-{broker}",
+            fieldhub_argv("auth-sync", "--broker", broker),
+            env=local_broker_env(settings, broker),
+        )
+    # A bridge is ready when its metrics endpoint answers.
+    instances = cluster_mod.BRIDGES if cluster else 1
+    for n in range(1, instances + 1):
+        for k, broker in enumerate(brokers):
+            port = bridge_metrics_port(settings, n, k, instances)
+            name = "bridge" if instances == 1 and not several else f"bridge-{n}"
+            argv = ["bridge", "--instance", str(n), "--metrics-port", str(port)]
+            if several:
+                name += f"-{broker}"
+                argv += ["--broker", broker]
             add(
-                f"auth-sync-{broker}",
-                fieldhub_argv("auth-sync", "--broker", broker),
-                env=local_broker_env(settings, broker),
+                name,
+                fieldhub_argv(*argv),
+                http_answers(f"http://127.0.0.1:{port}/metrics"),
+                30,
             )
-    if "bridge" in commands:
-        # A bridge is ready when its metrics endpoint answers.
-        instances = cluster_mod.BRIDGES if cluster else 1
-        for n in range(1, instances + 1):
-            for k, broker in enumerate(brokers):
-                port = bridge_metrics_port(settings, n, k, instances)
-                name = "bridge" if instances == 1 and not several else f"bridge-{n}"
-                argv = ["bridge", "--instance", str(n), "--metrics-port", str(port)]
-                if several:
-                    name += f"-{broker}"
-                    argv += ["--broker", broker]
-                add(
-                    name,
-                    fieldhub_argv(*argv),
-                    http_answers(f"http://127.0.0.1:{port}/metrics"),
-                    30,
-                )
-    if "worker" in commands:
-        add("worker", fieldhub_argv("worker"))
-    if "web" in commands:
-        web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else None
-        if cluster:
-            for n, port in enumerate(cluster_mod.web_instance_ports(settings), start=1):
-                add(
-                    f"web-{n}",
-                    fieldhub_argv("web", "--bind", f"127.0.0.1:{port}"),
-                    http_answers(f"http://127.0.0.1:{port}/"),
-                    60,
-                    web_env,
-                )
-        else:
-            add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)
-    if demo and "simulate" in commands:
+    add("worker", fieldhub_argv("worker"))
+    web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else None
+    if cluster:
+        for n, port in enumerate(cluster_mod.web_instance_ports(settings), start=1):
+            add(
+                f"web-{n}",
+                fieldhub_argv("web", "--bind", f"127.0.0.1:{port}"),
+                http_answers(f"http://127.0.0.1:{port}/"),
+                60,
+                web_env,
+            )
+    else:
+        add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)
+    if demo:
         from fieldhub.sim.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
 
         specs.append(
@@ -517,19 +497,14 @@ def _bring_up(
                 # One sync now, so the bridge can log in even before auth-sync is up.
                 if sync_once(conn, broker.auth_dir, broker=name, operator_dir=settings.acl_dir):
                     broker.reload()
-    commands = available_commands()
-    for missing in [c for c in SERVICE_COMMANDS if c not in commands]:
-        log.warning("`fieldhub %s` is not available in this build yet; not starting it", missing)
-        supervisor.mark_unavailable(missing, "not available in this build yet")
     for spec in service_specs(
         settings,
         demo=demo,
-        commands=commands,
         cluster=cluster,
         read_database_url=read_database_url,
     ):
         supervisor.start(spec)
-    if cluster and "web" in commands:
+    if cluster:
         conf = cluster_mod.render_nginx(settings, cluster_mod.web_instance_ports(settings))
         supervisor.start(
             cluster_mod.nginx_spec(settings, conf, http_answers(endpoints.web_url(settings)))
@@ -738,7 +713,6 @@ def clean_leftovers(paths: StackPaths) -> None:
 __all__ = [
     "StackError",
     "StackPaths",
-    "available_commands",
     "banner",
     "detach_up",
     "format_status",
