@@ -12,7 +12,10 @@ from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.tls import ensure_tls
-from fieldhub.stack import local
+from fieldhub.stack.down import stop_stack
+from fieldhub.stack.preflight import StackError
+from fieldhub.stack.status import format_status, stack_status
+from fieldhub.stack.up import detach_up, run_up
 
 
 def register(subparsers: Any) -> None:
@@ -83,13 +86,13 @@ def cmd_tls_ensure(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.detach and not args.foreground_daemon:
-            code, message = local.detach_up(
+            code, message = detach_up(
                 settings, demo=args.demo, verbose=args.verbose, cluster=args.cluster
             )
             print(message, file=sys.stdout if code == 0 else sys.stderr)
             return code
-        return local.run_up(settings, demo=args.demo, announce=_announce, cluster=args.cluster)
-    except local.StackError as exc:
+        return run_up(settings, demo=args.demo, announce=_announce, cluster=args.cluster)
+    except StackError as exc:
         raise CommandError(str(exc)) from None
 
 
@@ -98,14 +101,14 @@ def _announce(text: str) -> None:
 
 
 def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
-    print(local.stop_stack(settings))
+    print(stop_stack(settings))
     return 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    status = local.stack_status(settings)
+    status = stack_status(settings)
     if args.json:
         print(json.dumps(status, sort_keys=True))
         return 0
-    print(local.format_status(status))
+    print(format_status(status))
     return 0 if status["running"] else 1

@@ -38,7 +38,7 @@ from fieldhub.core.config import Settings
 from fieldhub.core.endpoints import mask_url
 from fieldhub.core.procs import free_port, port_open
 from fieldhub.sim.simulate import Stats, Target, provision, run_devices, wait_until_accepted
-from fieldhub.stack.local import format_status, stack_status
+from fieldhub.stack.status import format_status, stack_status
 from fieldhub.stack.supervisor import (
     Backoff,
     ProcessSpec,

@@ -1,0 +1,188 @@
+"""What the local stack runs: a process spec for each server and fieldhub process, with the
+ports, environment and readiness probe each one gets. Building them starts nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+from collections.abc import Callable
+
+from fieldhub.broker.mosquitto import MosquittoBroker
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
+from fieldhub.core.procs import port_open
+from fieldhub.stack import cluster as cluster_mod
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
+from fieldhub.stack.probes import http_answers, postgres_accepts
+from fieldhub.stack.supervisor import ProcessSpec
+
+
+def fieldhub_argv(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "fieldhub", *args)
+
+
+def postgres_spec(cluster: PostgresCluster) -> ProcessSpec:
+    return ProcessSpec(
+        name="postgres",
+        argv=(str(pg_bindir() / "postgres"), "-D", str(cluster.pgdata)),
+        ready=postgres_accepts(cluster),
+        ready_timeout=60,
+        user=PG_USER,
+        # SIGINT is PostgreSQL's fast shutdown (what `pg_ctl stop -m fast` sends).
+        stop_signal=signal.SIGINT,
+        stop_timeout=60,
+        cwd=cluster.pgdata,
+    )
+
+
+def mosquitto_spec(broker: MosquittoBroker, name: str = "mosquitto") -> ProcessSpec:
+    return ProcessSpec(
+        name=name,
+        argv=tuple(broker.command()),
+        ready=lambda: port_open(broker.mqtt_services, broker.bind)
+        and port_open(broker.mqtt_devices, broker.bind),
+        ready_timeout=30,
+    )
+
+
+def service_specs(
+    settings: Settings,
+    *,
+    demo: bool,
+    cluster: bool = False,
+    read_database_url: str | None = None,
+) -> list[ProcessSpec]:
+    """The fieldhub processes of the stack; cluster mode runs bridges and web servers twice
+    (nginx, which fronts the web servers, is started by the caller once they answer).
+
+    With several brokers there is one auth-sync per broker and one bridge process per
+    (instance, broker) pair: a bridge instance is the group of its per-broker processes.
+    """
+    urls = endpoints.stack_urls(settings)
+    specs = []
+    brokers = settings.broker_names
+    several = len(brokers) > 1
+    # Children see the same broker list as this process, however it was decided (--cluster).
+    broker_env = {"FIELDHUB_LOCAL_BROKERS": str(settings.local_brokers)}
+
+    def add(
+        name: str,
+        argv: tuple[str, ...],
+        probe: Callable[[], bool] | None = None,
+        timeout: float = 0,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        specs.append(
+            ProcessSpec(
+                name=name,
+                argv=argv,
+                ready=probe,
+                ready_timeout=timeout,
+                essential=False,
+                env={**broker_env, **(env or {})},
+            )
+        )
+
+    for broker in brokers:
+        if not several:
+            add("auth-sync", fieldhub_argv("auth-sync"))
+            continue
+        add(
+            f"auth-sync-{broker}",
+            fieldhub_argv("auth-sync", "--broker", broker),
+            env=local_broker_env(settings, broker),
+        )
+    # A bridge is ready when its metrics endpoint answers.
+    instances = cluster_mod.BRIDGES if cluster else 1
+    for n in range(1, instances + 1):
+        for k, broker in enumerate(brokers):
+            port = bridge_metrics_port(settings, n, k, instances)
+            name = "bridge" if instances == 1 and not several else f"bridge-{n}"
+            argv = ["bridge", "--instance", str(n), "--metrics-port", str(port)]
+            if several:
+                name += f"-{broker}"
+                argv += ["--broker", broker]
+            add(
+                name,
+                fieldhub_argv(*argv),
+                http_answers(f"http://127.0.0.1:{port}/metrics"),
+                30,
+            )
+    add("worker", fieldhub_argv("worker"))
+    web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else None
+    if cluster:
+        for n, port in enumerate(cluster_mod.web_instance_ports(settings), start=1):
+            add(
+                f"web-{n}",
+                fieldhub_argv("web", "--bind", f"127.0.0.1:{port}"),
+                http_answers(f"http://127.0.0.1:{port}/"),
+                60,
+                web_env,
+            )
+    else:
+        add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)
+    if demo:
+        from fieldhub.sim.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
+
+        specs.append(
+            ProcessSpec(
+                name="simulate",
+                argv=fieldhub_argv(
+                    "simulate",
+                    "--devices",
+                    str(DEMO_DEVICES),
+                    "--interval",
+                    str(DEMO_INTERVAL_S),
+                    "--org",
+                    DEMO_ORG,
+                    "--prefix",
+                    DEMO_ORG,
+                ),
+                # The simulator connects every device to one broker URL, so it homes its
+                # devices on broker-1 (see docs/scaling.md, "Not in this build yet").
+                env={"FIELDHUB_LOCAL_BROKERS": "1"},
+            )
+        )
+    return specs
+
+
+def bridge_metrics_port(
+    settings: Settings, instance: int, broker_index: int, instances: int
+) -> int:
+    """Instance N of broker 1 keeps METRICS + N - 1; each further broker's bridges follow."""
+    return settings.ports.bridge_metrics + broker_index * instances + instance - 1
+
+
+def local_broker_env(settings: Settings, broker: str) -> dict[str, str]:
+    """Where auth-sync finds one local broker's files (broker-1 keeps the configured ones)."""
+    if broker == settings.broker_names[0]:
+        return {}
+    directory = endpoints.local_broker_dir(settings, broker)
+    return {
+        "FIELDHUB_MOSQUITTO_DIR": str(directory),
+        "FIELDHUB_MOSQUITTO_PID_FILE": str(directory / "mosquitto.pid"),
+    }
+
+
+def local_brokers(settings: Settings) -> list[tuple[str, MosquittoBroker]]:
+    return [
+        (
+            name,
+            MosquittoBroker(
+                endpoints.local_broker_dir(settings, name),
+                settings.tls_dir,
+                endpoints.local_broker_ports(settings, name).devices,
+                endpoints.local_broker_ports(settings, name).devices_tls,
+                endpoints.local_broker_ports(settings, name).services,
+            ),
+        )
+        for name in settings.broker_names
+    ]
+
+
+def with_cluster_brokers(settings: Settings) -> Settings:
+    """`--cluster` runs at least two local brokers (unless the brokers are configured)."""
+    if settings.brokers or settings.mqtt_url or settings.local_brokers >= cluster_mod.BROKERS:
+        return settings
+    return dataclasses.replace(settings, local_brokers=cluster_mod.BROKERS)
