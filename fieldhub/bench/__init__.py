@@ -1,2 +1,2 @@
-"""Benchmarks behind `fieldhub bench ...` (see fieldhub/commands/bench.py and
+"""Benchmarks behind `fieldhub bench ...` (see fieldhub/cli/bench.py and
 docs/benchmarks.md). Each module registers its subcommands with register(bench_subparsers)."""

@@ -1,5 +1,5 @@
 -- Named queries of the telemetry ingest path (fieldhub/bridge/ingest.py) and of
--- `fieldhub export` (fieldhub/commands/bridge.py).
+-- `fieldhub export` (fieldhub/cli/export.py).
 
 -- name: copy_readings
 -- The fast path: a batch that holds no redelivered message goes straight into the hypertable.

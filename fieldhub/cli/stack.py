@@ -1,4 +1,4 @@
-"""Stack subcommands: up, down, status, migrate, tls."""
+"""`fieldhub up`, `fieldhub down` and `fieldhub status`: the local stack."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import sys
 from typing import Any
 
 from fieldhub.cli import CommandError
-from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
-from fieldhub.core.migrate import apply_migrations
-from fieldhub.core.tls import ensure_tls
 from fieldhub.stack.down import stop_stack
 from fieldhub.stack.preflight import StackError
 from fieldhub.stack.status import format_status, stack_status
@@ -54,33 +51,6 @@ def register(subparsers: Any) -> None:
         "--json", action="store_true", help="print one JSON object (exit code 0 also when down)"
     )
     status.set_defaults(handler=cmd_status)
-
-    migrate = subparsers.add_parser(
-        "migrate", help="apply the schema migrations (safe to run concurrently)"
-    )
-    migrate.set_defaults(handler=cmd_migrate)
-
-    tls = subparsers.add_parser("tls", help="TLS material for the device listener")
-    tls_sub = tls.add_subparsers(dest="tls_command", required=True)
-    ensure = tls_sub.add_parser(
-        "ensure", help="create a local CA and server certificate if missing"
-    )
-    ensure.set_defaults(handler=cmd_tls_ensure)
-
-
-def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    applied = apply_migrations(endpoints.database_url(settings))
-    for migration in applied:
-        print(f"applied {migration.version:04d}_{migration.name}")
-    if not applied:
-        print("schema is up to date")
-    return 0
-
-
-def cmd_tls_ensure(settings: Settings, args: argparse.Namespace) -> int:
-    if ensure_tls(settings.tls_dir):
-        print(f"created a local CA and server certificate in {settings.tls_dir}")
-    return 0
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,7 +1,10 @@
-"""The `fieldhub` command line: one entry point, one module per area of subcommands.
+"""The `fieldhub` command line: one entry point, one module per noun (org, device, user, ...)
+or per process it runs (bridge, web, worker, ...).
 
 Flags fall back to environment variables, which are read once, in fieldhub.core.config. A bad
 argument or a refused request exits non-zero with one clear line on stderr, never a traceback.
+The command line sits on top of everything else: it imports the apps, the local stack, the
+simulator and the benchmarks; none of them imports it.
 """
 
 from __future__ import annotations
@@ -10,28 +13,55 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
+from fieldhub.core import endpoints
 from fieldhub.core.config import ConfigError, Settings
+from fieldhub.core.db import connect
 
-# Each module adds its subcommands with register(subparsers).
+# Each module adds its subcommands with register(subparsers), in this order (`fieldhub --help`
+# lists them so). They are imported here, when the parser is built, because they import
+# CommandError from this module.
 COMMAND_MODULES = (
-    "fieldhub.commands.stack",
-    "fieldhub.commands.registry",
-    "fieldhub.commands.auth_sync",
-    "fieldhub.commands.command",
-    "fieldhub.commands.bridge",
-    "fieldhub.commands.bench",
-    "fieldhub.commands.simulate",
-    "fieldhub.commands.web",
-    "fieldhub.commands.worker",
+    "fieldhub.cli.stack",
+    "fieldhub.cli.migrate",
+    "fieldhub.cli.tls",
+    "fieldhub.cli.org",
+    "fieldhub.cli.service_account",
+    "fieldhub.cli.device",
+    "fieldhub.cli.auth_sync",
+    "fieldhub.cli.command",
+    "fieldhub.cli.bridge",
+    "fieldhub.cli.export",
+    "fieldhub.cli.bench",
+    "fieldhub.cli.simulate",
+    "fieldhub.cli.web",
+    "fieldhub.cli.user",
+    "fieldhub.cli.token",
+    "fieldhub.cli.worker",
+    "fieldhub.cli.jobs",
+    "fieldhub.cli.imports",
 )
 
 
 class CommandError(Exception):
     """A request the command refuses; the message is the one line the user sees."""
+
+
+@contextmanager
+def connect_registry(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the primary database, where the registry lives."""
+    with connect(endpoints.database_url(settings), autocommit=True) as conn:
+        yield conn
+
+
+def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    """A registry row with its times as ISO 8601 strings, for --json output."""
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,11 +104,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return result or 0
-
-
-if __name__ == "__main__":
-    # `python -m fieldhub.cli` would run this file as __main__, a second copy of the module
-    # whose CommandError is not the one subcommands raise; hand over to the real module.
-    from fieldhub.cli import main as real_main
-
-    sys.exit(real_main())

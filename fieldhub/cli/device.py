@@ -1,4 +1,4 @@
-"""Registry subcommands: `fieldhub org ...` and `fieldhub device ...`.
+"""`fieldhub device ...`: devices and their broker credentials.
 
 A device's secret is printed exactly once, by `create`, `rotate` or `import` (into a 0600
 credentials file); nothing else can show it again because only its hash is stored.
@@ -11,56 +11,21 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from tqdm import tqdm
 
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, connect_registry, jsonable
 from fieldhub.core import endpoints, registry
 from fieldhub.core.brokers import home_broker
 from fieldhub.core.config import ConfigError, Settings
-from fieldhub.core.db import connect
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 CREDENTIAL_COLUMNS = ("device_id", "username", "password", "mqtt_url", "broker", "org")
 
 
 def register(subparsers: Any) -> None:
-    org = subparsers.add_parser("org", help="organisations (tenants)")
-    org_sub = org.add_subparsers(dest="org_command", required=True, metavar="ACTION")
-    create = org_sub.add_parser("create", help="create an organisation")
-    create.add_argument("name", help="handle: lowercase letters, digits, '_' and '-'")
-    create.add_argument("--display-name", help="name shown to people (default: the handle)")
-    create.set_defaults(handler=cmd_org_create)
-    listing = org_sub.add_parser("list", help="list organisations")
-    listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(handler=cmd_org_list)
-
-    account = subparsers.add_parser(
-        "service-account", help="broker accounts of the backend and of operators' integrations"
-    )
-    acc_sub = account.add_subparsers(dest="account_command", required=True, metavar="ACTION")
-    acc_set = acc_sub.add_parser(
-        "set", help="create an account or replace its rules and secret; prints the secret once"
-    )
-    acc_set.add_argument("username", metavar="svc.NAME")
-    acc_set.add_argument(
-        "--rule",
-        action="append",
-        default=[],
-        metavar="'ACCESS TOPIC'",
-        help="e.g. 'read devices/+/status' (repeatable; or grant rights in an acl.d/ file)",
-    )
-    acc_set.add_argument("--json", action="store_true")
-    acc_set.set_defaults(handler=cmd_account_set)
-    acc_list = acc_sub.add_parser("list", help="list service accounts and their rules")
-    acc_list.add_argument("--json", action="store_true")
-    acc_list.set_defaults(handler=cmd_account_list)
-
     device = subparsers.add_parser("device", help="devices and their broker credentials")
     dev_sub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 
@@ -119,16 +84,6 @@ def register(subparsers: Any) -> None:
     imp.set_defaults(handler=cmd_device_import)
 
 
-@contextmanager
-def _registry(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    with connect(endpoints.database_url(settings), autocommit=True) as conn:
-        yield conn
-
-
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
-
-
 def _credentials(
     settings: Settings, creds: registry.DeviceCredentials, org: str
 ) -> dict[str, str | None]:
@@ -148,56 +103,11 @@ def _credentials(
     }
 
 
-def cmd_org_create(settings: Settings, args: argparse.Namespace) -> int:
-    with _registry(settings) as conn:
-        org = registry.create_org(conn, args.name, args.display_name)
-    print(f"created organisation {org['name']}")
-    return 0
-
-
-def cmd_org_list(settings: Settings, args: argparse.Namespace) -> int:
-    with _registry(settings) as conn:
-        orgs = registry.list_orgs(conn)
-    if args.json:
-        print(json.dumps([_jsonable(o) for o in orgs]))
-        return 0
-    for org in orgs:
-        print(
-            f"{org['name']:<24} {org['devices']:>8} devices {org['users']:>5} users  "
-            f"{org['display_name']}"
-        )
-    return 0
-
-
-def cmd_account_set(settings: Settings, args: argparse.Namespace) -> int:
-    password = generate_secret()
-    with _registry(settings) as conn:
-        registry.ensure_service_account(conn, args.username, args.rule, password)
-    if args.json:
-        print(json.dumps({"username": args.username, "password": password, "rules": args.rule}))
-        return 0
-    print(f"service account {args.username} set with {len(args.rule)} rules")
-    print(f"  password: {password}")
-    print("The password is shown only this once; only its hash is stored.")
-    return 0
-
-
-def cmd_account_list(settings: Settings, args: argparse.Namespace) -> int:
-    with _registry(settings) as conn:
-        accounts = registry.list_service_accounts(conn)
-    if args.json:
-        print(json.dumps([_jsonable(a) for a in accounts]))
-        return 0
-    for account in accounts:
-        print(f"{account['username']:<24} {'; '.join(account['acl']) or '(rules from acl.d only)'}")
-    return 0
-
-
 def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
     labels = registry.parse_labels(args.label)
     if args.broker:
         endpoints.check_broker(settings, args.broker)
-    with _registry(settings) as conn:
+    with connect_registry(settings) as conn:
         creds = registry.create_device(
             conn,
             args.device_id,
@@ -232,12 +142,12 @@ def _print_secret(
 def cmd_device_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
-    with _registry(settings) as conn:
+    with connect_registry(settings) as conn:
         if args.org:
             registry.get_org(conn, args.org)  # an unknown org is an error, not an empty list
         devices = registry.list_devices(conn, org=args.org, limit=args.limit)
     if args.json:
-        print(json.dumps([_jsonable(d) for d in devices]))
+        print(json.dumps([jsonable(d) for d in devices]))
         return 0
     for d in devices:
         state = "enabled " if d["enabled"] else "DISABLED"
@@ -247,10 +157,10 @@ def cmd_device_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_device_show(settings: Settings, args: argparse.Namespace) -> int:
-    with _registry(settings) as conn:
+    with connect_registry(settings) as conn:
         device = registry.get_device(conn, args.device_id)
     if args.json:
-        print(json.dumps(_jsonable(device)))
+        print(json.dumps(jsonable(device)))
         return 0
     for key, value in device.items():
         print(f"{key + ':':<19} {value}")
@@ -258,7 +168,7 @@ def cmd_device_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_device_change(settings: Settings, args: argparse.Namespace) -> int:
-    with _registry(settings) as conn:
+    with connect_registry(settings) as conn:
         if args.action == "delete":
             registry.delete_device(conn, args.device_id)
         else:
@@ -268,7 +178,7 @@ def cmd_device_change(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_device_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    with _registry(settings) as conn:
+    with connect_registry(settings) as conn:
         creds = registry.rotate_secret(conn, args.device_id)
         org = registry.get_device(conn, args.device_id)["org"]
     _print_secret(settings, creds, org, as_json=args.json, verb="new secret for")
@@ -330,7 +240,7 @@ def _provision(
 ) -> tuple[set[str], list[str]]:
     if args.broker:
         endpoints.check_broker(settings, args.broker)
-    with _registry(settings) as conn:
+    with connect_registry(settings) as conn:
         registry.get_org(conn, args.org)  # fail before any hashing work
         secrets = [generate_secret() for _ in good]
         with tqdm(

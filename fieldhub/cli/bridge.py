@@ -1,0 +1,70 @@
+"""`fieldhub bridge`: the telemetry bridge process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from typing import Any
+
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    bridge = subparsers.add_parser(
+        "bridge", help="run the MQTT -> TimescaleDB telemetry bridge (until SIGTERM)"
+    )
+    bridge.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        help="instance number; each runs its own durable broker session (default 1)",
+    )
+    bridge.add_argument(
+        "--broker",
+        default=None,
+        help="with several brokers: the one to connect to (one process per broker and instance)",
+    )
+    bridge.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="Prometheus metrics port (0 = off; default FIELDHUB_BRIDGE_METRICS_PORT, "
+        "plus instance - 1)",
+    )
+    bridge.add_argument(
+        "--always-stage",
+        action="store_true",
+        help=argparse.SUPPRESS,  # benchmarking only: every batch through the staging table
+    )
+    bridge.set_defaults(handler=cmd_bridge)
+
+
+def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
+    from fieldhub.bridge.app import Bridge
+
+    if args.instance < 1:
+        raise ValueError("--instance must be 1 or more")
+    port = args.metrics_port
+    if port is None:
+        port = settings.ports.bridge_metrics + args.instance - 1
+    bridge = Bridge(
+        database_url=endpoints.database_url(settings),
+        mqtt_endpoint=endpoints.bridge_mqtt(settings, args.broker),
+        instance=args.instance,
+        metrics_port=port,
+        always_stage=args.always_stage,
+        # One broker: its dispatcher serves every device, whatever their broker column says.
+        broker=args.broker if len(settings.broker_names) > 1 else None,
+    )
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s: flushing and stopping", signal.Signals(signum).name)
+        bridge.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return bridge.run()

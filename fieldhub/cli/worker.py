@@ -1,0 +1,58 @@
+"""`fieldhub worker`: the analysis jobs, on a schedule or one of them once."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from typing import Any
+
+import orjson
+
+from fieldhub.analysis.jobs import JOBS, job_named
+from fieldhub.analysis.worker import Worker, default_worker_name, run_if_due
+from fieldhub.cli import CommandError
+from fieldhub.core import endpoints
+from fieldhub.core.config import Settings
+from fieldhub.core.db import connect
+
+
+def register(subparsers: Any) -> None:
+    worker = subparsers.add_parser(
+        "worker", help="run the analysis jobs (rollups, retention, alerts, imports, ...)"
+    )
+    worker.add_argument(
+        "--once",
+        metavar="JOB",
+        choices=[job.name for job in JOBS],
+        help="run this job once now and exit (unless another worker is running it)",
+    )
+    worker.add_argument("--name", help="this worker's name in job runs (default host:pid)")
+    worker.set_defaults(handler=cmd_worker)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    url = endpoints.database_url(settings)
+    name = args.name or default_worker_name()
+    if args.once:
+        with connect(url, autocommit=True, application_name=f"worker:{args.once}") as conn:
+            result = run_if_due(conn, job_named(args.once), settings, worker=name, force=True)
+        if result is None:
+            raise CommandError(f"job {args.once} is running on another worker right now")
+        print(f"{args.once}: {result.outcome}" + (f" ({result.error})" if result.error else ""))
+        print(orjson.dumps(result.details, option=orjson.OPT_INDENT_2).decode())
+        return 0 if result.outcome in ("ok", "skipped") else 1
+
+    runner = Worker(url, JOBS, settings, name=name)
+    stopped = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runner.start()
+    while not stopped.wait(1.0):
+        pass
+    runner.stop()
+    return 0

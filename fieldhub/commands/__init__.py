@@ -1,1 +1,0 @@
-"""`fieldhub` subcommands, one module per area. Each module has `register(subparsers)`."""
