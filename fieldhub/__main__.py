@@ -1,5 +1,5 @@
-"""`python -m fieldhub`: the CLI, imported as `fieldhub.cli` (not run as `__main__`), so the
-CommandError that subcommand modules import is the very class that main() catches."""
+"""`python -m fieldhub`: the command line, fieldhub.cli (the local stack starts its processes
+this way)."""
 
 import sys
 
