@@ -10,6 +10,7 @@ a startup error, never a silent default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 # (`./var` of the checkout) is derived from it; an installed package finds its own files next
 # to its modules, and a production host sets FIELDHUB_HOME.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -66,6 +69,9 @@ class Settings:
     retention_rollup_1m_days: int = 365
     retention_rollup_1h_days: int = 0
     retention_dead_letters_days: int = 14
+    # Networks webhooks may reach although they are loopback, private, link-local or otherwise
+    # refused (docs/analysis.md, "Webhook targets"); empty refuses all of those.
+    webhook_allowed_networks: tuple[IPNetwork, ...] = ()
 
     @property
     def production(self) -> bool:
@@ -109,6 +115,7 @@ class Settings:
             retention_rollup_1m_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1M_DAYS", 365),
             retention_rollup_1h_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1H_DAYS", 0),
             retention_dead_letters_days=_days(env, "FIELDHUB_RETENTION_DEAD_LETTERS_DAYS", 14),
+            webhook_allowed_networks=_networks(env, "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS"),
         )
         settings.check()
         return settings
@@ -228,3 +235,24 @@ def _days(env: Mapping[str, str], name: str, default: int) -> int:
     if days < 0:
         raise ConfigError(f"{name} must be 0 (keep forever) or a positive number of days")
     return days
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """`127.0.0.0/8, fd12:3456::/48, 10.1.2.3` (a bare address is its /32 or /128)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    networks: list[IPNetwork] = []
+    for item in raw.split(","):
+        text = item.strip()
+        if not text:
+            raise ConfigError(f"{name}: an empty entry; separate networks with single commas")
+        try:
+            networks.append(ipaddress.ip_network(text))
+        except ValueError as exc:
+            # ip_network's own message says what is wrong ("has host bits set", "does not
+            # appear to be an IPv4 or IPv6 network"); the variable and the entry come first.
+            raise ConfigError(
+                f"{name}: {text!r} is not a network in CIDR form like 10.0.0.0/8 ({exc})"
+            ) from None
+    return tuple(networks)

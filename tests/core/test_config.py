@@ -102,3 +102,31 @@ def test_cli_reports_a_configuration_error_in_one_line(
     assert err.startswith("fieldhub: configuration error: production mode needs")
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_webhook_allowed_networks_are_parsed_cidrs() -> None:
+    assert Settings.from_env({}).webhook_allowed_networks == ()
+    settings = Settings.from_env(
+        {"FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": " 127.0.0.0/8, fd12:3456::/48 ,10.1.2.3"}
+    )
+    assert [str(n) for n in settings.webhook_allowed_networks] == [
+        "127.0.0.0/8",
+        "fd12:3456::/48",
+        "10.1.2.3/32",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        ("10.0.0.1/8", "has host bits set"),
+        ("localhost", "not a network in CIDR form"),
+        ("10.0.0.0/33", "not a network in CIDR form"),
+        ("10.0.0.0/8,,192.168.0.0/16", "an empty entry"),
+    ],
+)
+def test_a_malformed_webhook_network_is_a_clear_startup_error(raw: str, says: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": raw})
+    assert "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS" in str(error.value)
+    assert says in str(error.value)
