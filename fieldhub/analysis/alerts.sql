@@ -81,26 +81,3 @@ SELECT w.org_id, %(alert_id)s, %(event)s, %(payload)s
 FROM org_webhooks w
 WHERE w.org_id = %(org_id)s AND w.enabled
 RETURNING id
-
--- name: due_deliveries
-SELECT d.id, d.org_id, d.event, d.payload, d.attempt_count, w.url, w.secret
-FROM webhook_deliveries d
-JOIN org_webhooks w ON w.org_id = d.org_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-ORDER BY d.next_attempt_at
-LIMIT %(limit)s
-
--- name: delivery_succeeded
-UPDATE webhook_deliveries
-SET status = 'delivered', delivered_at = now(), attempt_count = attempt_count + 1,
-    attempts = attempts || %(attempt)s, last_error = NULL
-WHERE id = %(id)s
-
--- name: delivery_failed
-UPDATE webhook_deliveries
-SET status = CASE WHEN attempt_count + 1 >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-    attempt_count = attempt_count + 1,
-    next_attempt_at = now() + make_interval(secs => %(retry_in_s)s),
-    attempts = attempts || %(attempt)s, last_error = %(error)s
-WHERE id = %(id)s
-RETURNING status

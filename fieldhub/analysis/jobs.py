@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fieldhub.analysis import alerts, housekeeping, imports, rollups
+from fieldhub.analysis import alerts, housekeeping, imports, rollups, webhooks
 from fieldhub.analysis.worker import Job
 
 JOBS: tuple[Job, ...] = (
@@ -10,7 +10,7 @@ JOBS: tuple[Job, ...] = (
     Job("retention", 3600.0, housekeeping.run_retention),
     Job("offline", 15.0, housekeeping.run_offline_detection),
     Job("alerts", 15.0, alerts.run_evaluation),
-    Job("webhooks", 5.0, alerts.run_delivery),
+    Job("webhooks", 5.0, webhooks.run_delivery),
     Job("command_expiry", 10.0, housekeeping.run_command_expiry),
     Job("imports", 5.0, imports.run_imports_job),
 )

@@ -9,14 +9,14 @@ unknown ids.
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fieldhub.analysis import alert_logic, alerts, imports, worker
+from fieldhub.analysis import alert_logic, alerts, imports, webhook_rules, webhooks, worker
 from fieldhub.analysis.worker import Conn
+from fieldhub.core.config import IPNetwork
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
@@ -178,24 +178,36 @@ def delete_alert_rule(conn: Conn, org_id: int, rule_id: int) -> None:
 
 # -- webhooks ------------------------------------------------------------------------------
 def get_webhook(conn: Conn, org_id: int) -> dict[str, Any] | None:
-    """{org_id, url, enabled} or None; the signing secret is only shown when it is set."""
+    """{org_id, url, enabled, legacy_signature} or None; the signing secret is never shown
+    again after `set_webhook`. `legacy_signature`: a hook from before migration 0009 that
+    still gets X-Fieldhub-Signature (docs/analysis.md, "Signing")."""
     row = conn.execute(QUERIES["get_webhook"], {"org_id": org_id}).fetchone()
     return dict(row) if row else None
 
 
 def set_webhook(
-    conn: Conn, org_id: int, url: str, *, secret: str | None = None, enabled: bool = True
+    conn: Conn,
+    org_id: int,
+    url: str,
+    *,
+    allowed_networks: Sequence[IPNetwork],
+    enabled: bool = True,
 ) -> dict[str, Any]:
-    """Configure the org's webhook; returns the row plus `secret` (generated when None), the
-    HMAC-SHA256 key for the X-Fieldhub-Signature header: show it to the user once."""
-    url = url.strip()
-    if not url.startswith(("http://", "https://")) or len(url) > 2000:
-        raise AnalysisRequestError("the webhook URL must start with http:// or https://")
-    secret = secret or secrets.token_urlsafe(32)
+    """Configure the org's webhook; returns the row plus `secret`, a new Standard Webhooks
+    signing secret (`whsec_...`): show it to the user once.
+
+    The URL must be http(s) and every address its host resolves to now must be a permitted
+    target (`webhook_rules.refusal`; `allowed_networks` is FIELDHUB_WEBHOOK_ALLOWED_NETWORKS),
+    else AnalysisRequestError says why. Each delivery checks again."""
+    try:
+        target = webhooks.check_url(url, allowed_networks)
+    except webhook_rules.TargetError as exc:
+        raise AnalysisRequestError(str(exc)) from None
+    secret = webhook_rules.new_secret()
     with conn.transaction():
         row = conn.execute(
             QUERIES["put_webhook"],
-            {"org_id": org_id, "url": url, "secret": secret, "enabled": enabled},
+            {"org_id": org_id, "url": target.url, "secret": secret, "enabled": enabled},
         ).fetchone()
     assert row is not None
     return {**dict(row), "secret": secret}

@@ -56,14 +56,17 @@ RETURNING id, org_id, name, metric, device_id, label_key, label_value, condition
 DELETE FROM alert_rules WHERE id = %(id)s AND org_id = %(org_id)s RETURNING id
 
 -- name: get_webhook
-SELECT org_id, url, enabled FROM org_webhooks WHERE org_id = %(org_id)s
+SELECT org_id, url, enabled, legacy_signature FROM org_webhooks WHERE org_id = %(org_id)s
 
 -- name: put_webhook
-INSERT INTO org_webhooks (org_id, url, secret, enabled)
-VALUES (%(org_id)s, %(url)s, %(secret)s, %(enabled)s)
+-- Saving always sets a new secret, which ends the legacy signature of a hook from before
+-- migration 0009: its receiver must be reconfigured anyway.
+INSERT INTO org_webhooks (org_id, url, secret, enabled, legacy_signature)
+VALUES (%(org_id)s, %(url)s, %(secret)s, %(enabled)s, false)
 ON CONFLICT (org_id) DO UPDATE
-SET url = EXCLUDED.url, secret = EXCLUDED.secret, enabled = EXCLUDED.enabled
-RETURNING org_id, url, enabled
+SET url = EXCLUDED.url, secret = EXCLUDED.secret, enabled = EXCLUDED.enabled,
+    legacy_signature = false
+RETURNING org_id, url, enabled, legacy_signature
 
 -- name: delete_webhook
 DELETE FROM org_webhooks WHERE org_id = %(org_id)s RETURNING org_id

@@ -234,23 +234,28 @@ def status_error(status: int, *, location: str | None = None, detail: str = "") 
 
 # -- fairness ----------------------------------------------------------------------------------
 def pick_orgs(
-    due: Sequence[tuple[int, dt.datetime]],
-    attempted: Mapping[int, int],
-    busy: Collection[int],
+    due: Sequence[tuple[int, dt.datetime | None, dt.datetime]],
     *,
+    busy: Collection[int],
+    served: Mapping[int, int],
+    lane_s: Mapping[int, float],
     per_org: int,
     slots: int,
-) -> list[tuple[int, int]]:
-    """Which organisations get the free delivery slots now, and how many deliveries each.
+) -> list[int]:
+    """Which organisations get the `slots` free lanes now, one delivery each.
 
-    `due`: (org, when its longest-waiting delivery fell due) of every org with something due;
-    `attempted`: deliveries already handed out per org in this pass; `busy`: orgs with
-    deliveries in flight (one lane per org, so its events go out in order). Round-robin: the
-    orgs served least in this pass first, then the one waiting longest; none beyond `per_org`
-    in a pass, so one org's backlog cannot take every slot."""
+    `due`: (org, when its last attempt ended or None, since when its longest-waiting delivery
+    has been due) of every org with something due; `busy`: orgs with an attempt in flight
+    (one at a time per org, so its events go out in order); `served`: attempts per org in
+    this pass, at most `per_org`; `lane_s`: the seconds its attempts held a lane in this pass.
+
+    Round-robin weighted by lane time: the org that has held lanes least in this pass goes
+    first, so a receiver that answers in milliseconds is never queued behind receivers that
+    take their whole timeout, and those take turns among themselves. Ties (the start of a
+    pass): the org whose last turn ended longest ago (never first), then the longest waiting."""
     candidates = sorted(
-        (attempted.get(org, 0), oldest, org)
-        for org, oldest in due
-        if org not in busy and attempted.get(org, 0) < per_org
+        (lane_s.get(org, 0.0), last is not None, last or oldest, oldest, org)
+        for org, last, oldest in due
+        if org not in busy and served.get(org, 0) < per_org
     )
-    return [(org, per_org - served) for served, _, org in candidates[: max(0, slots)]]
+    return [org for *_, org in candidates[: max(0, slots)]]

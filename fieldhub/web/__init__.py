@@ -62,6 +62,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         PAGE_SIZE=50,
         LIVE_KEEPALIVE_S=15.0,
         IMPORT_MAX_BYTES=IMPORT_MAX_BYTES,
+        # FIELDHUB_WEBHOOK_ALLOWED_NETWORKS: what a webhook URL may reach besides the public
+        # internet; none unless configured.
+        WEBHOOK_ALLOWED_NETWORKS=(),
     )
     if test_config is None:
         settings = Settings.from_env()
@@ -77,6 +80,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                 name: endpoints.device_mqtt_url(settings, name) for name in settings.broker_names
             },
             SESSION_COOKIE_SECURE=settings.production,
+            WEBHOOK_ALLOWED_NETWORKS=settings.webhook_allowed_networks,
         )
     else:
         app.config.update(test_config)

@@ -15,6 +15,7 @@ from flask import (
     Flask,
     Response,
     abort,
+    current_app,
     flash,
     redirect,
     render_template,
@@ -363,24 +364,37 @@ def delete_rule(rule_id: int) -> Any:
 def webhook() -> Any:
     org = _acting_org()
     conn = db.write()
-    if request.method == "POST":
-        try:
-            saved = analysis.set_webhook(
-                conn,
-                org["id"],
-                request.form.get("url", ""),
-                enabled=request.form.get("enabled") in ("on", "true", "1"),
-            )
-        except analysis.AnalysisRequestError as exc:
-            flash(serializers.sentence(exc), "error")
-            return redirect(url_for("admin.webhook", org=org["name"]))
-        return _no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
-    return render_template(
-        "admin/webhook.html",
-        org=org,
-        orgs=data.list_orgs(conn, scope_org_id()),
-        hook=analysis.get_webhook(conn, org["id"]),
-        deliveries=analysis.list_webhook_deliveries(conn, org["id"], limit=100),
+    if request.method == "GET":
+        return _webhook_page(org, None)
+    url = request.form.get("url", "")
+    try:
+        saved = analysis.set_webhook(
+            conn,
+            org["id"],
+            url,
+            allowed_networks=current_app.config["WEBHOOK_ALLOWED_NETWORKS"],
+            enabled=request.form.get("enabled") in ("on", "true", "1"),
+        )
+    except analysis.AnalysisRequestError as exc:
+        # The page again, with what was typed and why it is refused (a refused target, a
+        # host that does not resolve): 422 like the API.
+        flash(serializers.sentence(exc), "error")
+        return _webhook_page(org, url, 422)
+    return _no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
+
+
+def _webhook_page(org: dict[str, Any], typed_url: str | None, status: int = 200) -> Any:
+    conn = db.write()
+    return (
+        render_template(
+            "admin/webhook.html",
+            org=org,
+            orgs=data.list_orgs(conn, scope_org_id()),
+            hook=analysis.get_webhook(conn, org["id"]),
+            typed_url=typed_url,
+            deliveries=analysis.list_webhook_deliveries(conn, org["id"], limit=100),
+        ),
+        status,
     )
 
 

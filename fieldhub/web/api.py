@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from flask import Blueprint, Flask, abort, g, jsonify, request
+from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
 
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, registry, users
@@ -512,9 +512,10 @@ def _delivery_json(row: dict[str, Any]) -> dict[str, Any]:
 def get_webhook() -> Any:
     _require("admin")
     hook = analysis.get_webhook(db.write(), _acting_org(_text_arg("org")))
-    return jsonify(
-        {"webhook": None if hook is None else {"url": hook["url"], "enabled": hook["enabled"]}}
-    )
+    if hook is None:
+        return jsonify({"webhook": None})
+    keys = ("url", "enabled", "legacy_signature")
+    return jsonify({"webhook": {key: hook[key] for key in keys}})
 
 
 @bp.route("/webhook", methods=["PUT"])
@@ -529,7 +530,13 @@ def put_webhook() -> Any:
     chosen = body.get("org")
     org_id = _acting_org(chosen if isinstance(chosen, str) else None)
     try:
-        saved = analysis.set_webhook(db.write(), org_id, body["url"], enabled=enabled)
+        saved = analysis.set_webhook(
+            db.write(),
+            org_id,
+            body["url"],
+            allowed_networks=current_app.config["WEBHOOK_ALLOWED_NETWORKS"],
+            enabled=enabled,
+        )
     except analysis.AnalysisRequestError as exc:
         raise BadRequest(str(exc), 422) from None
     # The signing secret is in this answer only; fieldhub never shows it again.

@@ -268,8 +268,16 @@ SCHEMAS: dict[str, Any] = {
     },
     "Webhook": {
         "type": "object",
-        "required": ["url", "enabled"],
-        "properties": {"url": {"type": "string"}, "enabled": {"type": "boolean"}},
+        "required": ["url", "enabled", "legacy_signature"],
+        "properties": {
+            "url": {"type": "string"},
+            "enabled": {"type": "boolean"},
+            "legacy_signature": {
+                "type": "boolean",
+                "description": "Set up before deliveries were signed with a timestamp: also "
+                "gets the replayable X-Fieldhub-Signature header until saved again.",
+            },
+        },
     },
     "Delivery": {
         "type": "object",
@@ -620,6 +628,10 @@ def document(server_url: str) -> dict[str, Any]:
                 "put": {
                     "operationId": "setWebhook",
                     "summary": "Set the webhook URL; answers a new signing secret, shown only once",
+                    "description": "The URL must be http(s) and its host must resolve to public "
+                    "addresses only: loopback, private, link-local, shared (CGNAT), multicast, "
+                    "reserved and cloud metadata addresses are refused (422) unless the "
+                    "operator allows them with FIELDHUB_WEBHOOK_ALLOWED_NETWORKS.",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -649,7 +661,8 @@ def document(server_url: str) -> dict[str, Any]:
                                     "enabled": {"type": "boolean"},
                                     "secret": {
                                         "type": "string",
-                                        "description": "HMAC-SHA256 key of X-Fieldhub-Signature.",
+                                        "description": "whsec_<base64 key>: the Standard "
+                                        "Webhooks secret that verifies webhook-signature.",
                                     },
                                 },
                             },

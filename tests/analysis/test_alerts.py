@@ -2,56 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
-import http.server
+import ipaddress
 import json
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from fieldhub.analysis import alert_logic, alerts, service
+from fieldhub.analysis import alert_logic, alerts, service, webhook_rules, webhooks
 from tests.analysis.conftest import Conn
+from tests.analysis.receivers import HTTPReceiver
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-class Receiver:
-    """An HTTP endpoint on 127.0.0.1 that fails the first `fail_first` requests."""
-
-    def __init__(self, fail_first: int) -> None:
-        self.fail_first = fail_first
-        self.requests: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.requests.append({"headers": dict(self.headers), "body": body})
-                failing = len(receiver.requests) <= receiver.fail_first
-                self.send_response(503 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+# The receiver runs on loopback: allowed here as an operator would allow a network.
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(fail_first=1)
+def receiver() -> Iterator[HTTPReceiver]:
+    r = HTTPReceiver(fail_first=1)
     yield r
     r.close()
 
@@ -75,11 +49,11 @@ def test_alert_fires_once_stays_one_clears_and_is_delivered_with_a_retry(
     database_url: str,
     org_id: int,
     make_devices: Callable[..., list[str]],
-    receiver: Receiver,
+    receiver: HTTPReceiver,
 ) -> None:
     make_devices("boiler-1", "boiler-2", labels={"kind": "boiler"})
     make_devices("other")
-    hook = service.set_webhook(db, org_id, receiver.url)
+    hook = service.set_webhook(db, org_id, receiver.url(), allowed_networks=LOOPBACK)
     rule = service.create_alert_rule(
         db,
         org_id,
@@ -114,17 +88,23 @@ def test_alert_fires_once_stays_one_clears_and_is_delivered_with_a_retry(
     assert open_alerts(db) == [alert]
 
     # The first delivery attempt gets a 503, the retry (after the backoff) a 204.
-    assert alerts.deliver_due(db, backoff_base_s=0.2) == {"delivered": 0, "failed_attempts": 1}
+    limits = webhooks.DeliveryLimits(backoff_base_s=0.2)
+    first = webhooks.deliver_due(db, allowed_networks=LOOPBACK, limits=limits)
+    assert (first["delivered"], first["failed_attempts"], first["orgs"]) == (0, 1, 1)
     wait_for(
-        lambda: alerts.deliver_due(db, backoff_base_s=0.2)["delivered"] == 1,
+        lambda: webhooks.deliver_due(db, allowed_networks=LOOPBACK, limits=limits)["delivered"],
         timeout=10,
         what="the retried webhook delivery",
     )
     assert len(receiver.requests) == 2
-    body = receiver.requests[1]["body"]
-    headers = receiver.requests[1]["headers"]
-    expected = hmac.new(hook["secret"].encode(), body, hashlib.sha256).hexdigest()
-    assert headers["X-Fieldhub-Signature"] == f"sha256={expected}"
+    body = receiver.requests[1].body
+    headers = receiver.requests[1].headers
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    key = webhook_rules.secret_key(hook["secret"])
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{expected}"
+    # Both attempts are one message: the same id.
+    assert receiver.requests[0].headers["webhook-id"] == headers["webhook-id"]
     event = json.loads(body)
     assert event["event"] == "alert.active"
     assert event["alert"]["id"] == alert["id"]

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -156,16 +157,27 @@ def test_only_2xx_is_delivered_and_redirects_are_not_followed() -> None:
     assert webhook_rules.status_error(401, detail="bad\n  signature") == "HTTP 401: bad signature"
 
 
-def test_round_robin_serves_the_least_served_org_first() -> None:
+def test_lanes_go_to_the_org_that_held_them_least_then_round_robin() -> None:
     t0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-    minute = dt.timedelta(minutes=1)
-    due = [(1, t0), (2, t0 + minute), (3, t0 + 2 * minute), (4, t0 + 3 * minute)]
-    # Nobody served yet: the longest waiting first, as many as there are free lanes.
-    assert webhook_rules.pick_orgs(due, {}, set(), per_org=5, slots=2) == [(1, 5), (2, 5)]
-    # Org 1 already had 3 in this pass, org 2 is in flight: 3 and 4 before 1, and 1 gets the
-    # rest of its share only.
-    picks = webhook_rules.pick_orgs(due, {1: 3}, {2}, per_org=5, slots=3)
-    assert picks == [(3, 5), (4, 5), (1, 2)]
+
+    def at(minutes: int) -> dt.datetime:
+        return t0 + dt.timedelta(minutes=minutes)
+
+    def pick(due: list[tuple[int, dt.datetime | None, dt.datetime]], **kw: Any) -> list[int]:
+        options = {"busy": set(), "served": {}, "lane_s": {}, "per_org": 5, "slots": 8, **kw}
+        return webhook_rules.pick_orgs(due, **options)
+
+    never = [(1, None, at(0)), (2, None, at(1)), (3, None, at(2))]
+    # Never attempted: the longest waiting first, as many as there are free lanes.
+    assert pick(never, slots=2) == [1, 2]
+    # Orgs 1 and 2 had their turn, 1's ended last: the org never served goes first, then 2,
+    # then 1, however long their deliveries have waited.
+    turns = [(1, at(30), at(0)), (2, at(20), at(1)), (3, None, at(25))]
+    assert pick(turns) == [3, 2, 1]
+    # In a pass, lane time decides: 1 answers in milliseconds, 2 and 3 took their timeouts.
+    assert pick(turns, lane_s={1: 0.2, 2: 10.0, 3: 10.0}) == [1, 3, 2]
+    # One attempt at a time per org: an org in flight is not picked.
+    assert pick(turns, busy={3}) == [2, 1]
     # A share used up is used up for the pass.
-    assert webhook_rules.pick_orgs(due, {1: 5, 2: 5, 3: 5, 4: 5}, set(), per_org=5, slots=8) == []
-    assert webhook_rules.pick_orgs(due, {}, set(), per_org=5, slots=0) == []
+    assert pick(turns, served={1: 5, 2: 5, 3: 4}) == [3]
+    assert pick(turns, slots=0) == []

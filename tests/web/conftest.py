@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +25,14 @@ def world(database_url: str) -> World:
 
 @pytest.fixture
 def app(world: World) -> Iterator[Flask]:
-    app = create_app({"DATABASE_URL": world.database_url, "TESTING": True})
+    app = create_app(
+        {
+            "DATABASE_URL": world.database_url,
+            "TESTING": True,
+            # Test webhook receivers run on loopback; an operator allows networks like this.
+            "WEBHOOK_ALLOWED_NETWORKS": (ipaddress.ip_network("127.0.0.0/8"),),
+        }
+    )
     yield app
     app.extensions["fieldhub.live"].stop()
     app.extensions["fieldhub.pools"].close()

@@ -164,6 +164,8 @@ class WebServer:
             "FIELDHUB_HOME": str(self.home),
             "FIELDHUB_SECRET_KEY": "x" * 40,
             "FIELDHUB_LOG_LEVEL": "WARNING",
+            # Test webhook receivers run on loopback.
+            "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
             **(extra_env or {}),
         }
         self.workers = workers

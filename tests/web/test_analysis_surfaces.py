@@ -320,7 +320,7 @@ def test_webhook_secret_is_shown_once_and_deliveries_are_logged(
     csrf = login(client, world.emails["a_admin"])
     saved = client.post(
         "/admin/webhook",
-        data={"url": "https://hooks.example/fieldhub", "enabled": "on", "csrf_token": csrf},
+        data={"url": "http://127.0.0.1:8765/fieldhub", "enabled": "on", "csrf_token": csrf},
     )
     assert saved.status_code == 200
     assert saved.headers["Cache-Control"] == "no-store"
@@ -330,10 +330,10 @@ def test_webhook_secret_is_shown_once_and_deliveries_are_logged(
             (_org_id(world, "org-a"),),
         ).fetchone()
     assert row is not None
-    assert (row["url"], row["enabled"]) == ("https://hooks.example/fieldhub", True)
+    assert (row["url"], row["enabled"]) == ("http://127.0.0.1:8765/fieldhub", True)
     assert row["secret"] in saved.get_data(as_text=True)
     page = client.get("/admin/webhook").get_data(as_text=True)
-    assert "https://hooks.example/fieldhub" in page
+    assert "http://127.0.0.1:8765/fieldhub" in page
     assert row["secret"] not in page
 
     # Acknowledging queues a delivery to the org's webhook: it shows in the log.
@@ -343,14 +343,22 @@ def test_webhook_secret_is_shown_once_and_deliveries_are_logged(
     assert "pending" in log
 
     refused = client.post("/admin/webhook", data={"url": "ftp://x", "csrf_token": csrf})
-    assert refused.status_code == 302
-    assert "must start with http" in client.get("/admin/webhook").get_data(as_text=True)
+    assert refused.status_code == 422
+    assert "must start with http" in refused.get_data(as_text=True)
+    # A refused target: the page says why, keeps what was typed, and the saved hook stays.
+    metadata = "http://169.254.169.254/latest/meta-data/iam"
+    refused = client.post("/admin/webhook", data={"url": metadata, "csrf_token": csrf})
+    assert refused.status_code == 422
+    page = refused.get_data(as_text=True)
+    assert str(escape("169.254.169.254 is link-local, where cloud metadata services")) in page
+    assert f'value="{metadata}"' in page
+    assert "http://127.0.0.1:8765/fieldhub" in page
 
     # The other organisation's admin sees neither the URL nor the delivery.
     other = client.application.test_client()
     login(other, world.emails["b_admin"])
     theirs = other.get("/admin/webhook").get_data(as_text=True)
-    assert "hooks.example" not in theirs
+    assert "8765/fieldhub" not in theirs
     assert "alert.acknowledged" not in theirs
 
     assert client.post("/admin/webhook/delete", data={"csrf_token": csrf}).status_code == 302
@@ -360,7 +368,7 @@ def test_webhook_secret_is_shown_once_and_deliveries_are_logged(
 def test_webhook_api_returns_the_secret_once_and_logs_deliveries(app: Flask, world: World) -> None:
     client = app.test_client()
     admin = _bearer(world, "a_admin")
-    saved = client.put("/api/v1/webhook", json={"url": "https://hooks.example/api"}, headers=admin)
+    saved = client.put("/api/v1/webhook", json={"url": "http://127.0.0.1:8765/api"}, headers=admin)
     assert saved.status_code == 200, saved.get_data(as_text=True)
     secret = saved.get_json()["secret"]
     with _db(world) as conn:
@@ -369,11 +377,28 @@ def test_webhook_api_returns_the_secret_once_and_logs_deliveries(app: Flask, wor
         ).fetchone()
     assert row is not None
     assert row["secret"] == secret
+    assert secret.startswith("whsec_")
     shown = client.get("/api/v1/webhook", headers=admin)
-    assert shown.get_json() == {"webhook": {"url": "https://hooks.example/api", "enabled": True}}
+    assert shown.get_json() == {
+        "webhook": {"url": "http://127.0.0.1:8765/api", "enabled": True, "legacy_signature": False}
+    }
     assert secret not in shown.get_data(as_text=True)
     bad = client.put("/api/v1/webhook", json={"url": "gopher://x"}, headers=admin)
     assert bad.status_code == 422
+    for url, says in (
+        ("http://10.0.0.5/hook", "10.0.0.5 is private (RFC 1918)"),
+        ("http://[::ffff:a9fe:a9fe]/", "::ffff:a9fe:a9fe (169.254.169.254) is link-local"),
+        ("http://[::1]:8765/", "::1 is loopback"),
+        ("http://100.64.1.1/", "carrier-grade NAT"),
+    ):
+        refused = client.put("/api/v1/webhook", json={"url": url}, headers=admin)
+        assert refused.status_code == 422, url
+        message = refused.get_json()["error"]["message"]
+        assert says in message, message
+        assert "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS" in message
+    assert client.get("/api/v1/webhook", headers=admin).get_json()["webhook"]["url"] == (
+        "http://127.0.0.1:8765/api"
+    )
 
     ack = client.post(
         f"/api/v1/alerts/{world.alerts['a']}/acknowledge", headers=_bearer(world, "a_member")
@@ -390,6 +415,23 @@ def test_webhook_api_returns_the_secret_once_and_logs_deliveries(app: Flask, wor
     assert client.get("/api/v1/webhook", headers=_bearer(world, "a_member")).status_code == 403
     assert client.delete("/api/v1/webhook", headers=admin).status_code == 204
     assert client.get("/api/v1/webhook", headers=admin).get_json() == {"webhook": None}
+
+
+def test_loopback_webhooks_need_the_operators_allowance(world: World) -> None:
+    """The app as deployed without FIELDHUB_WEBHOOK_ALLOWED_NETWORKS."""
+    app = create_app({"DATABASE_URL": world.database_url, "TESTING": True})
+    try:
+        client = app.test_client()
+        refused = client.put(
+            "/api/v1/webhook",
+            json={"url": "http://127.0.0.1:8765/api"},
+            headers=_bearer(world, "a_admin"),
+        )
+        assert refused.status_code == 422
+        assert "127.0.0.1 is loopback" in refused.get_json()["error"]["message"]
+    finally:
+        app.extensions["fieldhub.live"].stop()
+        app.extensions["fieldhub.pools"].close()
 
 
 # -- imports ---------------------------------------------------------------------------------
