@@ -4,7 +4,8 @@
 
 -- The message id (`webhook-id`): the same for every attempt of one delivery, so receivers
 -- de-duplicate on it; random, so it tells one organisation nothing about how many deliveries
--- other organisations get (the bigint id would).
+-- other organisations get (the bigint id would). The volatile default rewrites the table
+-- once; it holds at most 30 days of finished deliveries (retention) and the pending ones.
 ALTER TABLE webhook_deliveries ADD COLUMN message_id uuid NOT NULL DEFAULT gen_random_uuid();
 
 -- Hooks configured before this migration keep working: their receivers know the old secret,
