@@ -21,7 +21,7 @@ import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from fieldhub.core import registry
+from fieldhub.core import registry, time_zones
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("users.sql"))
@@ -192,6 +192,19 @@ def change_password(conn: Conn, user_id: int, old_password: str, new_password: s
     if old_password == new_password:
         raise UserError("the new password must differ from the current one")
     set_password(conn, user_id, new_password)
+
+
+def set_time_zone(conn: Conn, user_id: int, choice: str | None) -> str | None:
+    """Keep the person's time zone: an IANA name, or None/"browser" for the browser's own.
+    Returns what was stored; a name the zone database does not know raises UserError."""
+    try:
+        zone = time_zones.parse_choice(choice)
+    except time_zones.TimeZoneError as exc:
+        raise UserError(str(exc)) from None
+    row = conn.execute(QUERIES["set_time_zone"], {"user_id": user_id, "time_zone": zone}).fetchone()
+    if row is None:
+        raise UserError(f"there is no user {user_id}")
+    return zone
 
 
 # -- web sessions ---------------------------------------------------------------------------

@@ -24,6 +24,10 @@ ORDER BY o.name, lower(u.email);
 -- name: set_password_hash
 UPDATE users SET password_hash = %(password_hash)s WHERE id = %(user_id)s RETURNING id;
 
+-- name: set_time_zone
+-- A person's own preference: one row by primary key, last write wins.
+UPDATE users SET time_zone = %(time_zone)s WHERE id = %(user_id)s RETURNING id;
+
 -- name: touch_login
 UPDATE users SET last_login_at = now() WHERE id = %(user_id)s;
 
@@ -45,7 +49,8 @@ WITH touched AS (
       AND last_seen_at < now() - interval '5 minutes'
 )
 SELECT s.csrf_token, s.last_seen_at, s.expires_at,
-       u.id, u.email, u.org_id, o.name AS org, o.display_name AS org_display_name, u.role
+       u.id, u.email, u.org_id, o.name AS org, o.display_name AS org_display_name, u.role,
+       u.time_zone
 FROM web_sessions s
 JOIN users u ON u.id = s.user_id
 JOIN organisations o ON o.id = u.org_id
