@@ -88,7 +88,17 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if not app.config.get("SECRET_KEY"):
             app.config["SECRET_KEY"] = secrets.token_hex(32)
 
-    from fieldhub.web import admin, api, auth, db, errors, live, pages, template_helpers
+    from fieldhub.web import (
+        account,
+        admin,
+        api,
+        auth,
+        db,
+        errors,
+        live,
+        pages,
+        template_helpers,
+    )
 
     db.init_app(app)
     errors.init_app(app)
@@ -98,6 +108,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     template_helpers.init_app(app)
     live.init_app(app)
     pages.init_app(app)
+    account.init_app(app)
     api.init_app(app)
     admin.init_app(app)
     return app

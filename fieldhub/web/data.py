@@ -84,6 +84,21 @@ def latest_values(conn: Conn, device_ids: list[str]) -> dict[str, list[dict[str,
     return dict(by_device)
 
 
+def metric_types(conn: Conn, device_id: str) -> dict[str, str]:
+    """Each metric's JSON type; callers pass only a device id they have already scoped."""
+    rows = conn.execute(QUERIES["metric_types"], {"device_id": device_id})
+    return {r["metric"]: r["type"] for r in rows}
+
+
+def reading_value(row: dict[str, Any], types: dict[str, str]) -> float | bool | None:
+    """A stored reading's number as the device sent it (None for text): a boolean stored as
+    1/0 goes back to true/false, so it reads the same live as in the latest values."""
+    value: float | None = row["value"]
+    if value is not None and types.get(row["metric"]) == "boolean":
+        return value != 0
+    return value
+
+
 def get_device(conn: Conn, org_id: int | None, device_id: str) -> dict[str, Any]:
     row = conn.execute(QUERIES["get_device"], {"device_id": device_id, "org_id": org_id}).fetchone()
     if row is None:

@@ -165,6 +165,7 @@ def device_stream(device_id: str) -> Any:
 
     def stream() -> Iterator[str]:
         cursor = since
+        types: dict[str, str] = {}
         try:
             yield "retry: 2000\n\n"
             yield sse("hello", {"device_id": device_id})
@@ -182,13 +183,15 @@ def device_stream(device_id: str) -> Any:
                         rows = data.readings_since(conn, device_id, cursor)
                         if rows:
                             cursor = rows[-1]["time"]
+                            if any(r["metric"] not in types for r in rows):
+                                types = data.metric_types(conn, device_id)
                             yield sse(
                                 "readings",
                                 [
                                     {
                                         "t": r["time"].timestamp(),
                                         "metric": r["metric"],
-                                        "value": r["value"],
+                                        "value": data.reading_value(r, types),
                                         "text": r["text_value"],
                                     }
                                     for r in rows

@@ -196,11 +196,14 @@ def device_history(device_id: str) -> Any:
     if not metric:
         abort(400, description="choose a metric")
     span = _range_from_args()
-    series = data.chart_series(db.read(), device_id, metric, span)
+    conn = db.read()
+    series = data.chart_series(conn, device_id, metric, span)
     return jsonify(
         {
             "device_id": device_id,
             "metric": metric,
+            # 'boolean' metrics are charted as 1/0 and read as true/false.
+            "type": data.metric_types(conn, device_id).get(metric, "number"),
             "start": span.start.isoformat(),
             "end": span.end.isoformat(),
             **series,

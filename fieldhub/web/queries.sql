@@ -49,6 +49,14 @@ FROM latest_values
 WHERE device_id = ANY(%(device_ids)s::text[])
 ORDER BY device_id, metric;
 
+-- name: metric_types
+-- The JSON type of each of a device's metrics ('number', 'boolean', 'string'): booleans are
+-- stored as 1/0 in readings.value, and only latest_values keeps the type. A primary-key
+-- prefix read of a handful of rows.
+SELECT metric, jsonb_typeof(value) AS type
+FROM latest_values
+WHERE device_id = %(device_id)s;
+
 -- name: get_device
 SELECT d.device_id, d.org_id, o.name AS org, o.display_name AS org_display_name,
        d.display_name, d.labels, d.enabled, d.broker, d.offline_after_s, d.created_at,

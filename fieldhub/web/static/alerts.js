@@ -13,7 +13,10 @@
     if (!resp.ok) return;
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const fresh = doc.querySelector("#alert-table tbody");
-    if (fresh) table.tBodies[0].replaceWith(fresh);
+    if (fresh) {
+      window.fieldhub.format.render(fresh);
+      table.tBodies[0].replaceWith(fresh);
+    }
     table.dataset.refreshed = String(Date.now());
   }
 

@@ -1,8 +1,10 @@
-// The device page: history chart (uPlot), live updates over server-sent events, commands.
+// The device page: history chart (uPlot) and table, live updates over server-sent events,
+// commands. Times and values are written by static/format.js, in the person's time zone.
 "use strict";
 (() => {
   const card = document.getElementById("chart-card");
   if (!card) return;
+  const format = window.fieldhub.format;
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const metricSelect = document.getElementById("metric");
   const chartEl = document.getElementById("chart");
@@ -10,9 +12,15 @@
   const liveDot = document.getElementById("live-state");
   const exportLink = document.getElementById("export");
   const customForm = document.getElementById("custom-range");
-  const state = { range: "1h", start: null, end: null, plot: null, data: null, raw: true, since: Date.now() / 1000 };
-
-  const fmt = (v) => (v == null ? "—" : typeof v === "number" ? Number(v.toPrecision(4)).toString() : String(v));
+  const customStart = document.getElementById("custom-start");
+  const customEnd = document.getElementById("custom-end");
+  const historyTable = document.getElementById("history-table");
+  const historyNote = document.getElementById("history-note");
+  const HISTORY_ROWS = 200;
+  const state = {
+    range: "1h", start: null, end: null, plot: null, data: null, raw: true, bool: false,
+    metric: "", xmin: 0, xmax: 0, since: Date.now() / 1000,
+  };
 
   function isLive() {
     return state.range !== "custom" && state.raw;
@@ -33,23 +41,151 @@
     exportLink.href = card.dataset.exportUrl + "?" + p.toString();
   }
 
-  function draw(series, data) {
+  // A boolean metric arrives as true/false (live) or 1/0 (history, where it is charted).
+  const shown = (v) => (state.bool && typeof v === "number" && state.raw ? format.value(v !== 0) : format.value(v));
+
+  // -- chart ---------------------------------------------------------------------------------
+  // Colours come from the stylesheet's custom properties, so the chart follows dark mode.
+  function colour(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+
+  function seriesSpec() {
+    const line = colour("--chart-line");
+    const band = colour("--chart-band");
+    const value = (u, v) => shown(v);
+    if (state.raw) {
+      return [{ label: state.metric, stroke: line, width: 2, value, points: { show: state.data[0].length < 200, fill: line } }];
+    }
+    return [
+      { label: "min", stroke: band, dash: [4, 4], value },
+      { label: "avg", stroke: line, width: 2, value },
+      { label: "max", stroke: band, dash: [4, 4], value },
+    ];
+  }
+
+  // A tooltip at the cursor: the reading's time in the person's zone and its value(s).
+  function tooltipPlugin() {
+    const tip = document.createElement("div");
+    tip.className = "chart-tip hidden";
+    tip.id = "chart-tip";
+    return {
+      hooks: {
+        init: (u) => u.over.appendChild(tip),
+        setCursor: (u) => {
+          const i = u.cursor.idx;
+          if (i == null || u.cursor.left < 0) {
+            tip.classList.add("hidden");
+            return;
+          }
+          const time = document.createElement("div");
+          time.className = "tip-time";
+          time.textContent = format.time(u.data[0][i] * 1000);
+          const parts = u.series.slice(1).map((s, k) => {
+            const row = document.createElement("div");
+            row.className = "tip-value";
+            row.textContent = (u.series.length > 2 ? s.label + " " : "") + shown(u.data[k + 1][i]);
+            return row;
+          });
+          tip.replaceChildren(time, ...parts);
+          tip.classList.remove("hidden");
+          const x = Math.min(u.cursor.left + 12, u.over.clientWidth - tip.offsetWidth);
+          tip.style.transform = `translate(${Math.max(0, x)}px, ${Math.max(0, u.cursor.top - tip.offsetHeight - 8)}px)`;
+        },
+      },
+    };
+  }
+
+  // Axis labels on a 24-hour clock with ISO dates, like every other time on the page (uPlot's
+  // default is US style). Rows: tick step, label, then the label where a larger unit changes.
+  const D = "{YYYY}-{MM}-{DD}";
+  const X_LABELS = [
+    [3600 * 24 * 365, "{YYYY}", null, null, null, null, null, null, 1],
+    [3600 * 24 * 28, "{YYYY}-{MM}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600 * 24, "{MM}-{DD}", "\n{YYYY}", null, null, null, null, null, 1],
+    [3600, "{HH}:{mm}", `\n${D}`, null, "\n{MM}-{DD}", null, null, null, 1],
+    [60, "{HH}:{mm}", `\n${D}`, null, "\n{MM}-{DD}", null, null, null, 1],
+    [1, ":{ss}", `\n${D} {HH}:{mm}`, null, "\n{MM}-{DD} {HH}:{mm}", null, "\n{HH}:{mm}", null, 1],
+  ];
+
+  function draw() {
     if (state.plot) state.plot.destroy();
-    const width = chartEl.clientWidth || 800;
+    chartEl.dataset.xmin = String(state.xmin);
+    chartEl.dataset.xmax = String(state.xmax);
+    const axis = colour("--chart-axis");
+    const grid = { stroke: colour("--chart-grid") };
+    const ticks = { stroke: colour("--chart-grid") };
+    const yAxis = { stroke: axis, grid, ticks, size: 60 };
+    if (state.bool && state.raw) {
+      yAxis.splits = () => [0, 1];
+      yAxis.values = (u, splits) => splits.map((v) => format.value(v !== 0));
+    }
     state.plot = new uPlot(
       {
-        width,
+        width: chartEl.clientWidth || 800,
         height: 320,
-        series,
-        axes: [{ stroke: "#5b6472", grid: { stroke: "#eef0f3" } }, { stroke: "#5b6472", grid: { stroke: "#eef0f3" }, size: 60 }],
+        // Axis ticks in the person's zone; the legend and tooltip use the same formatter.
+        tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), format.zone),
+        series: [{ value: (u, ts) => (ts == null ? "—" : format.time(ts * 1000)) }, ...seriesSpec()],
+        axes: [{ stroke: axis, grid, ticks, values: X_LABELS }, yAxis],
         // The x axis spans the requested range, not just the data, and grows with live data.
-        scales: { x: { time: true, range: () => [state.xmin, state.xmax] } },
+        scales: {
+          x: { time: true, range: () => [state.xmin, state.xmax] },
+          y: state.bool && state.raw ? { range: [-0.1, 1.1] } : {},
+        },
         legend: { live: true },
-        cursor: { drag: { x: true, y: false } },
+        cursor: { drag: { x: true, y: false, setScale: false }, points: { size: 7 } },
+        plugins: [tooltipPlugin()],
+        hooks: { setSelect: [selectRange] },
       },
-      data,
+      state.data,
       chartEl
     );
+  }
+
+  // Dragging across the chart chooses that span as a custom range (shown in the two fields).
+  function selectRange(u) {
+    if (u.select.width < 4) return;
+    const from = u.posToVal(u.select.left, "x");
+    const to = u.posToVal(u.select.left + u.select.width, "x");
+    u.setSelect({ left: 0, width: 0, top: 0, height: 0 }, false);
+    showCustom(from * 1000, to * 1000);
+    applyCustom();
+  }
+
+  // -- history table -------------------------------------------------------------------------
+  function historyRow(i) {
+    const tr = document.createElement("tr");
+    const td = document.createElement("td");
+    td.append(format.timeElement(new Date(state.data[0][i] * 1000).toISOString()));
+    tr.append(td);
+    for (let k = 1; k < state.data.length; k += 1) {
+      const cell = document.createElement("td");
+      cell.className = "num";
+      cell.textContent = shown(state.data[k][i]);
+      tr.append(cell);
+    }
+    return tr;
+  }
+
+  function renderHistory() {
+    const n = state.data[0].length;
+    const head = document.createElement("tr");
+    ["Time", ...(state.raw ? [state.metric] : ["min", "avg", "max"])].forEach((label) => {
+      const th = document.createElement("th");
+      th.textContent = label;
+      head.append(th);
+    });
+    historyTable.tHead.replaceChildren(head);
+    const rows = [];
+    for (let i = n - 1; i >= Math.max(0, n - HISTORY_ROWS); i -= 1) rows.push(historyRow(i));
+    historyTable.tBodies[0].replaceChildren(...rows);
+    const what = state.raw ? "reading" : "bucket";
+    historyNote.textContent = !n
+      ? `No ${what}s in this range.`
+      : n > HISTORY_ROWS
+        ? `The newest ${HISTORY_ROWS} of ${n} ${what}s; the export has them all.`
+        : `${n} ${what}${n === 1 ? "" : "s"}, newest first.`;
   }
 
   async function load() {
@@ -68,35 +204,30 @@
       return;
     }
     state.raw = body.source === "raw";
+    state.bool = body.type === "boolean";
+    state.metric = metric;
     state.xmin = Date.parse(body.start) / 1000;
     state.xmax = Date.parse(body.end) / 1000;
-    if (state.raw) {
-      state.data = [body.t, body.value];
-      draw([{}, { label: metric, stroke: "#2563eb", width: 2, points: { show: body.t.length < 200 } }], state.data);
-    } else {
-      state.data = [body.t, body.min, body.avg, body.max];
-      draw(
-        [
-          {},
-          { label: "min", stroke: "#93c5fd", dash: [4, 4] },
-          { label: "avg", stroke: "#2563eb", width: 2 },
-          { label: "max", stroke: "#93c5fd", dash: [4, 4] },
-        ],
-        state.data
-      );
-    }
+    state.data = state.raw ? [body.t, body.value] : [body.t, body.min, body.avg, body.max];
+    draw();
+    renderHistory();
     const bucket = body.bucket_s ? ` in ${body.bucket_s >= 3600 ? body.bucket_s / 3600 + " h" : body.bucket_s / 60 + " min"} buckets` : "";
     sourceNote.textContent = `${state.raw ? "Raw readings" : "Rollups (" + body.source + ")" + bucket}` + (body.truncated ? " · truncated" : "") + (isLive() ? " · live" : "");
   }
+
+  window.matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    if (state.plot) draw();
+  });
 
   function appendReadings(readings) {
     const metric = metricSelect.value;
     readings.forEach((r) => {
       const tile = document.querySelector(`.tile[data-metric="${CSS.escape(r.metric)}"]`);
       const value = r.value != null ? r.value : r.text;
+      const when = format.timeElement(new Date(r.t * 1000).toISOString(), "ago");
       if (tile) {
-        tile.querySelector(".v").textContent = fmt(value);
-        tile.querySelector(".t").textContent = "just now";
+        tile.querySelector(".v").textContent = format.value(value);
+        tile.querySelector(".t").replaceChildren(when);
       } else {
         const grid = document.getElementById("latest");
         const empty = document.getElementById("no-latest");
@@ -104,9 +235,10 @@
         const div = document.createElement("div");
         div.className = "tile";
         div.dataset.metric = r.metric;
-        div.innerHTML = '<div class="k"></div><div class="v"></div><div class="t muted small">just now</div>';
+        div.innerHTML = '<div class="k"></div><div class="v"></div><div class="t muted small"></div>';
         div.querySelector(".k").textContent = r.metric;
-        div.querySelector(".v").textContent = fmt(value);
+        div.querySelector(".v").textContent = format.value(value);
+        div.querySelector(".t").append(when);
         grid.appendChild(div);
       }
       if (r.value != null && ![...metricSelect.options].some((o) => o.value === r.metric)) {
@@ -126,15 +258,16 @@
     state.xmin = Math.max(state.xmin, now - span);
     mine.forEach((r) => {
       state.data[0].push(r.t);
-      state.data[1].push(r.value);
+      state.data[1].push(Number(r.value));
     });
     while (state.data[0].length && state.data[0][0] < now - span) {
       state.data[0].shift();
       state.data[1].shift();
     }
     state.plot.setData(state.data);
+    renderHistory();
     chartEl.dataset.points = String(state.data[0].length);
-    chartEl.dataset.last = String(mine[mine.length - 1].value);
+    chartEl.dataset.last = format.value(mine[mine.length - 1].value);
   }
 
   // -- commands ------------------------------------------------------------------------------
@@ -262,14 +395,36 @@
     };
   }
 
+  // -- ranges --------------------------------------------------------------------------------
+  // The two fields show and take times in the person's zone; the server gets UTC.
+  function showCustom(fromMs, toMs) {
+    document.querySelectorAll("button.range").forEach((b) => b.classList.toggle("selected", b.dataset.range === "custom"));
+    customForm.classList.remove("hidden");
+    customStart.value = format.inputValue(fromMs);
+    customEnd.value = format.inputValue(toMs);
+  }
+
+  function applyCustom() {
+    const start = format.fromInput(customStart.value);
+    const end = customEnd.value ? format.fromInput(customEnd.value) : null;
+    if (Number.isNaN(start) || Number.isNaN(end)) {
+      sourceNote.textContent = "Enter a start (and optionally an end) time.";
+      return;
+    }
+    state.range = "custom";
+    state.start = new Date(start).toISOString();
+    state.end = end == null ? null : new Date(end).toISOString();
+    load();
+  }
+
   document.querySelectorAll("button.range").forEach((button) => {
     button.addEventListener("click", () => {
-      document.querySelectorAll("button.range").forEach((b) => b.classList.remove("selected"));
-      button.classList.add("selected");
       if (button.dataset.range === "custom") {
-        customForm.classList.remove("hidden");
+        // Start from what the chart shows now.
+        showCustom(state.xmin * 1000, state.xmax * 1000);
         return;
       }
+      document.querySelectorAll("button.range").forEach((b) => b.classList.toggle("selected", b === button));
       customForm.classList.add("hidden");
       state.range = button.dataset.range;
       load();
@@ -277,13 +432,7 @@
   });
   customForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    const start = document.getElementById("custom-start").value;
-    const end = document.getElementById("custom-end").value;
-    if (!start) return;
-    state.range = "custom";
-    state.start = start + "Z";
-    state.end = end ? end + "Z" : null;
-    load();
+    applyCustom();
   });
   metricSelect.addEventListener("change", load);
   window.addEventListener("resize", () => {

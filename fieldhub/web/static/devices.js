@@ -6,16 +6,7 @@
   const rows = [...table.querySelectorAll("tr[data-device]")];
   if (!rows.length) return;
   const ids = rows.map((r) => r.dataset.device).join(",");
-  const fmt = (v) => (typeof v === "number" ? Number(v.toPrecision(4)).toString() : String(v));
-
-  function ago(iso) {
-    if (!iso) return "never";
-    const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-    if (s < 60) return `${Math.floor(s)} s ago`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-    if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-    return `${Math.floor(s / 86400)} d ago`;
-  }
+  const format = window.fieldhub.format;
 
   async function refresh() {
     if (document.hidden) return;
@@ -29,7 +20,7 @@
       pill.className = "pill " + (!d.enabled ? "disabled" : d.online ? "online" : "offline");
       pill.textContent = !d.enabled ? "disabled" : d.online ? "online" : "offline";
       row.querySelector(".state").replaceChildren(pill);
-      row.querySelector(".seen").textContent = ago(d.last_seen);
+      row.querySelector(".seen").replaceChildren(format.timeElement(d.last_seen, "ago"));
       const values = row.querySelector(".values");
       values.replaceChildren(
         ...d.latest.map((v) => {
@@ -38,7 +29,7 @@
           const key = document.createElement("span");
           key.className = "k";
           key.textContent = v.metric;
-          span.append(key, " " + fmt(v.value));
+          span.append(key, " " + format.value(v.value));
           return span;
         })
       );
