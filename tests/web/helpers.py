@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 from flask.testing import FlaskClient
+from playwright.sync_api import Page, expect
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -26,6 +27,7 @@ from tests.support import wait_for
 
 PASSWORD = "correct horse battery"
 ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
 
 
 @dataclasses.dataclass
@@ -217,3 +219,18 @@ class WebServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# -- browser tests -----------------------------------------------------------------------------
+def shot(page: Page, name: str) -> None:
+    """A full-page screenshot in test-artifacts/, for people to look at."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, base: str, email: str) -> None:
+    page.goto(base + "/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("Devices")

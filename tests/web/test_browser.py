@@ -4,51 +4,16 @@ real bridge and the real broker. Screenshots of the main pages go to test-artifa
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
 from fieldhub.core import users
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
-from tests.web.helpers import PASSWORD, ROOT, WebServer
+from tests.web.helpers import PASSWORD, WebServer, log_in, shot
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
-
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(Path(ARTIFACTS) / f"{name}.png"), full_page=True)
-
-
-def log_in(page: Page, base: str, email: str) -> None:
-    page.goto(base + "/login")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page.locator("h1")).to_contain_text("Devices")
 
 
 def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -> None:
@@ -132,11 +97,12 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         expect(row.locator(".status")).to_have_text("succeeded", timeout=10000)
         shot(page, "device")
 
-        # Long ranges come from rollups, custom ranges from the two time fields (UTC).
+        # Long ranges come from rollups, custom ranges from the two time fields (in the
+        # browser's zone, which is this process's: tests/web/test_browser_view.py sets others).
         page.click("button.range[data-range='30d']")
         expect(page.locator("#chart-source")).to_contain_text("Rollups (rollup_1h)")
         page.click("button.range[data-range='custom']")
-        start = (datetime.now(UTC) - timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M")
+        start = (datetime.now().astimezone() - timedelta(minutes=90)).strftime("%Y-%m-%dT%H:%M")
         page.fill("#custom-start", start)
         page.click("#custom-range button[type=submit]")
         expect(page.locator("#chart-source")).to_have_text("Raw readings")

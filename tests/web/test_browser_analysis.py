@@ -6,39 +6,19 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from psycopg.rows import dict_row
 
 from fieldhub.analysis.jobs import job_named
 from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
-from tests.web.helpers import PASSWORD, ROOT, WebServer, World
+from tests.web.helpers import PASSWORD, WebServer, World, shot
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
-
-ARTIFACTS = ROOT / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
-        )
-        yield chromium
-        chromium.close()
-
-
-def _shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(Path(ARTIFACTS) / f"{name}.png"), full_page=True)
 
 
 def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_path: Path) -> None:
@@ -87,7 +67,7 @@ def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_
         row = page.locator(f'tr[data-alert="{alert["id"]}"]')
         expect(row).to_contain_text("Frost", timeout=5000)
         expect(row.locator(".alert-state")).to_have_text("active")
-        _shot(page, "alerts-live")
+        shot(page, "alerts-live")
         row.get_by_role("button", name="Acknowledge").click()
         expect(page.locator(".flash-info")).to_contain_text(f"Alert {alert['id']} acknowledged")
         expect(page.locator(f'tr[data-alert="{alert["id"]}"] .alert-state')).to_have_text(
@@ -104,7 +84,7 @@ def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_
         page.fill("input[name=device_id]", device)
         page.get_by_role("button", name="Upload and import").click()
         expect(page.locator("#import-status")).to_have_text("queued")
-        _shot(page, "import-queued")
+        shot(page, "import-queued")
         result = run_if_due(
             conn, job_named("imports"), Settings.from_env({}), worker="browser", force=True
         )
@@ -114,7 +94,7 @@ def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_
         expect(page.locator("#import-status")).to_have_text("done", timeout=10000)
         expect(page.locator("#import-imported")).to_have_text("49")
         expect(page.locator("#bad-lines")).to_contain_text(re.compile(r"8\s*\S"))
-        _shot(page, "import-done")
+        shot(page, "import-done")
 
         admin = browser.new_page(viewport={"width": 1280, "height": 900})
         admin.on(
@@ -138,12 +118,12 @@ def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_
         admin.get_by_role("button", name="Create rule").click()
         expect(admin.locator(".flash-info")).to_contain_text("Rule Dry air created")
         expect(admin.locator("#rule-list")).to_contain_text("site=a")
-        _shot(admin, "alert-rules")
+        shot(admin, "alert-rules")
         admin.goto(server.url + "/admin/webhook")
         admin.fill("input[name=url]", "http://127.0.0.1:8765/in")
         admin.get_by_role("button", name="Save and generate a new signing secret").click()
         expect(admin.locator("#webhook-secret")).not_to_be_empty()
         admin.goto(server.url + "/admin/webhook")
         expect(admin.locator("#webhook-url")).to_have_text("http://127.0.0.1:8765/in")
-        _shot(admin, "webhook")
+        shot(admin, "webhook")
         assert csp_violations == []
