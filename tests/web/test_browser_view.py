@@ -25,11 +25,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 CASES: dict[str, Any] = json.loads(
     (Path(__file__).with_name("display_cases.json")).read_text(encoding="utf-8")
 )
-# Neither UTC nor the server's zone (WebServer runs with TZ=Europe/Lisbon below), and half an
-# hour off whole-hour zones, so a time shifted by a zone mix-up cannot pass by accident.
+# Three zones that differ all year, two of them half an hour off whole-hour zones, so a time
+# shifted by a zone mix-up cannot pass by accident: the browser's, the account's, and the web
+# server process's own (which must never matter).
 BROWSER_ZONE = "Australia/Adelaide"
 ACCOUNT_ZONE = "America/St_Johns"
-SERVER_ENV = {"TZ": "Europe/Lisbon"}
+SERVER_ENV = {"TZ": "Asia/Tokyo"}
 
 
 def csp_guard(page: Page, violations: list[str]) -> None:
