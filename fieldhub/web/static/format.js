@@ -7,20 +7,28 @@ window.fieldhub = window.fieldhub || {};
 window.fieldhub.format = (() => {
   const root = document.documentElement;
   const browserZone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-  const fromAccount = root.dataset.timeZoneSource === "account";
-  const zone = fromAccount ? root.dataset.timeZone : browserZone;
   const ZONE_NAME = /^[A-Za-z][A-Za-z0-9_+/-]{0,63}$/;
-
-  const wallFormat = new Intl.DateTimeFormat("en-US", {
-    timeZone: zone,
-    hourCycle: "h23",
-    year: "numeric",
-    month: "2-digit",
-    day: "2-digit",
-    hour: "2-digit",
-    minute: "2-digit",
-    second: "2-digit",
-  });
+  const wallFormatIn = (timeZone) =>
+    new Intl.DateTimeFormat("en-US", {
+      timeZone,
+      hourCycle: "h23",
+      year: "numeric",
+      month: "2-digit",
+      day: "2-digit",
+      hour: "2-digit",
+      minute: "2-digit",
+      second: "2-digit",
+    });
+  let fromAccount = root.dataset.timeZoneSource === "account";
+  let wallFormat;
+  try {
+    wallFormat = wallFormatIn(fromAccount ? root.dataset.timeZone : browserZone);
+  } catch (err) {
+    // A zone newer than this browser's zone data: the browser's own is the best it can do.
+    fromAccount = false;
+    wallFormat = wallFormatIn(browserZone);
+  }
+  const zone = wallFormat.resolvedOptions().timeZone;
 
   // The wall clock of `zone` at an instant (epoch milliseconds), as numbers.
   function wall(ms) {
