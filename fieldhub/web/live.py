@@ -10,7 +10,6 @@ organisation's data to anyone.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -20,11 +19,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
 from fieldhub.core import command_requests
-from fieldhub.web import data, db
+from fieldhub.web import JSONProvider, data, db
 from fieldhub.web.auth import login_required, scope_org_id
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,9 @@ def hub() -> Hub:
 
 
 def sse(event: str, payload: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(payload, default=str)}\n\n"
+    """One event; times in it as ISO 8601 (UTC), like every JSON answer of the app."""
+    data = orjson.dumps(payload, default=JSONProvider.default, option=orjson.OPT_NON_STR_KEYS)
+    return f"event: {event}\ndata: {data.decode()}\n\n"
 
 
 @bp.route("/devices/<device_id>/live")
