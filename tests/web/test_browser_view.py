@@ -113,6 +113,21 @@ def test_one_reading_shows_one_local_time_in_table_tooltip_and_range(
         expect(page.locator("#zone-name")).to_have_text(BROWSER_ZONE)
         check_one_time(page, marked, BROWSER_ZONE)
 
+        # An alert that changes while the page is open arrives as ISO 8601 over the live
+        # stream and is drawn by format.js in the same zone.
+        expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+        with psycopg.connect(world.database_url, autocommit=True) as conn:
+            moved = conn.execute(
+                "UPDATE alerts SET started_at = %s WHERE id = %s RETURNING org_id",
+                (marked, world.alerts["a"]),
+            ).fetchone()
+            assert moved is not None
+            conn.execute(
+                "SELECT pg_notify('alerts', %s)", (f"{moved[0]} {world.alerts['a']} active",)
+            )
+        started = page.locator(f'#alert-list li[data-alert="{world.alerts["a"]}"] time')
+        expect(started).to_have_attribute("title", local(marked, BROWSER_ZONE))
+
         # The custom range's fields start from what the chart shows, in the same zone...
         chart = page.locator("#chart")
         shown_from = datetime.fromtimestamp(float(chart.get_attribute("data-xmin") or 0), UTC)

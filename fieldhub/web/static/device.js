@@ -369,12 +369,13 @@
       JSON.parse(e.data).forEach((a) => {
         const li = document.createElement("li");
         li.dataset.alert = a.id;
-        li.innerHTML = '<span class="pill"></span> <span class="rule"></span> <span class="alert-state"></span> ';
+        li.innerHTML = '<span class="pill"></span> <span class="rule"></span> <span class="alert-state"></span> <span class="muted small"></span>';
         li.querySelector(".pill").textContent = a.severity;
         li.querySelector(".pill").classList.add("sev-" + a.severity);
         li.querySelector(".rule").textContent = `${a.rule} —`;
         li.querySelector(".alert-state").textContent = a.state;
         li.querySelector(".alert-state").classList.add("state-" + a.state);
+        li.querySelector(".small").append(format.timeElement(a.started_at, "ago"));
         if (a.state === "active" && list.dataset.canAck) {
           const form = document.createElement("form");
           form.method = "post";
