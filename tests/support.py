@@ -32,7 +32,8 @@ from fieldhub.core import registry
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port
 
-BRIDGE_ACCOUNT = "svc.bridge"
+# The account of bridge instance 1; instance N is registry.bridge_account(N).
+BRIDGE_ACCOUNT = registry.bridge_account(1)
 
 
 def wait_for(
@@ -63,9 +64,7 @@ class TestStack:
         self.broker = broker
         self.conn = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
         self.bridge_password = generate_secret()
-        registry.ensure_service_account(
-            self.conn, BRIDGE_ACCOUNT, registry.BRIDGE_ACL, self.bridge_password
-        )
+        registry.ensure_bridge_accounts(self.conn, self.bridge_password, 1)
         self.org = "test-org"
         registry.create_org(self.conn, self.org)
         self.sync()
@@ -93,12 +92,42 @@ class TestStack:
         wait_for(lambda: self.can_login(last, secrets[last]), what=f"{last} to be accepted")
         return secrets
 
-    def can_login(self, username: str, password: str) -> bool:
-        client = DeviceClient(self.broker.mqtt_devices, username, password)
+    def can_login(self, username: str, password: str, *, services: bool = False) -> bool:
+        port = self.broker.mqtt_services if services else self.broker.mqtt_devices
+        client = DeviceClient(port, username, password)
         try:
             return client.connect(raise_on_refusal=False)
         finally:
             client.close()
+
+    def service_account(
+        self, prefix: str = "svc.test", acl: Iterable[str] = registry.BRIDGE_ACL
+    ) -> str:
+        """A new svc.* account with `acl` (default: the bridge's rights) and the stack's bridge
+        password, accepted by the broker. The services listener names each session after its
+        account, so every connection a test holds at once needs an account of its own."""
+        username = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        registry.ensure_service_account(self.conn, username, list(acl), self.bridge_password)
+        self.sync()
+        wait_for(
+            lambda: self.can_login(username, self.bridge_password, services=True),
+            what=f"{username} to be accepted",
+        )
+        return username
+
+    def ensure_bridge_account(self, instance: int) -> str:
+        """Bridge instance `instance`'s account (`fieldhub service-account bridges` does this
+        for a deployment), accepted by the broker."""
+        username = registry.bridge_account(instance)
+        if registry.ensure_service_account(
+            self.conn, username, registry.BRIDGE_ACL, self.bridge_password
+        ):
+            self.sync()
+            wait_for(
+                lambda: self.can_login(username, self.bridge_password, services=True),
+                what=f"{username} to be accepted",
+            )
+        return username
 
     @property
     def mqtt_url(self) -> str:
@@ -186,6 +215,17 @@ class DeviceClient:
             self.client.loop_stop()
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL if it is still there after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -195,6 +235,7 @@ __all__ = [
     "BridgeProcess",
     "DeviceClient",
     "TestStack",
+    "stop_process",
     "unique_id",
     "wait_for",
 ]
@@ -218,6 +259,7 @@ class BridgeProcess:
     ) -> None:
         self.stack = stack
         self.instance = instance
+        self.username = stack.ensure_bridge_account(instance)
         self.metrics_port = free_port()
         self.home = Path(tempfile.mkdtemp(prefix="fieldhub-test-bridge-"))
         self.log_path = self.home / f"bridge-{instance}.log"
@@ -225,7 +267,8 @@ class BridgeProcess:
         self.env = {
             **os.environ,
             "DATABASE_URL": stack.database_url,
-            "MQTT_URL": f"mqtt://{BRIDGE_ACCOUNT}:{password}@127.0.0.1:{stack.broker.mqtt_services}",
+            "MQTT_URL": f"mqtt://{registry.BRIDGE_ACCOUNT_BASE}:{password}@127.0.0.1:"
+            f"{stack.broker.mqtt_services}",
             "FIELDHUB_BRIDGE_METRICS_PORT": str(self.metrics_port),
             "FIELDHUB_HOME": str(self.home),
             "PYTHONUNBUFFERED": "1",
@@ -308,9 +351,8 @@ class BridgeProcess:
         return), which would starve the next test's bridge."""
         client = DeviceClient(
             self.stack.broker.mqtt_services,
-            BRIDGE_ACCOUNT,
+            self.username,
             self.stack.bridge_password,
-            client_id=f"fieldhub-bridge-{self.instance}",
             clean_start=True,
         )
         try:

@@ -40,7 +40,7 @@ from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port, wait_until
 
 DEVICE_ID = "bench-cmd-1"
-BRIDGE_ACCOUNT = "svc.bridge"
+BRIDGE_ACCOUNT = registry.BRIDGE_ACCOUNT_BASE
 TARGET_P95_MS = 500.0
 
 
@@ -121,7 +121,7 @@ def bench_commands(count: int = 1000) -> dict[str, Any]:
     with scratch_servers("fieldhub-bench-commands-") as servers:
         admin = connect(servers.database_url, autocommit=True)
         bridge_password = generate_secret()
-        registry.ensure_service_account(admin, BRIDGE_ACCOUNT, registry.BRIDGE_ACL, bridge_password)
+        registry.ensure_bridge_accounts(admin, bridge_password, 1, base=BRIDGE_ACCOUNT)
         registry.create_org(admin, "bench")
         device_password = registry.create_device(admin, DEVICE_ID, org="bench").password
         if sync_once(admin, servers.broker.auth_dir):

@@ -53,6 +53,17 @@ from fieldhub.core.procs import free_port, wait_until
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 BENCH_ORG = "bench"
 LOADGEN = "svc.loadgen"
+# The baseline consumer stands in for a bridge with the bridge's rights, under its own name
+# (the services listener binds a session to its account).
+BASELINE_CONSUMER = "svc.bench-consumer"
+
+
+def loadgen_account(index: int) -> str:
+    """Publisher process `index`'s account: one per process, or the broker (which names each
+    session after its account) would have them take each other's session."""
+    return f"{LOADGEN}-{index + 1}"
+
+
 SHARED_TOPIC = "$share/fieldhub-bridge/devices/+/telemetry"
 VALUES_PER_MESSAGE = 3
 WARMUP_S = 2.0
@@ -141,7 +152,7 @@ def publisher_process(
     """Publish `count` QoS 1 messages round-robin over `device_ids`, at most `rate` msg/s
     (0 = as fast as the broker acknowledges). base_ms > 0: ts = base_ms + per-device sequence
     (unique rows for the throughput run); base_ms = 0: ts = the wall clock at publish."""
-    sock = _connect(port, LOADGEN, password, f"bench-loadgen-{index}")
+    sock = _connect(port, loadgen_account(index), password, f"bench-loadgen-{index}")
     topics = [_string(f"devices/{d}/telemetry") for d in device_ids]
     n_devices = len(device_ids)
     rng = random.Random(index)  # noqa: S311 - load values, not secrets
@@ -272,7 +283,7 @@ def consumer_process(
         protocol=mqtt.MQTTv5,
         manual_ack=fast,
     )
-    client.username_pw_set("svc.bridge", password)
+    client.username_pw_set(BASELINE_CONSUMER, password)
     count = 0
     last_time = 0.0
     mids: list[int] = []
@@ -311,14 +322,22 @@ def consumer_process(
 # -- the bench ---------------------------------------------------------------------------------
 
 
-def _prepare(servers: Servers, devices: int) -> tuple[list[str], str, str]:
+def _prepare(
+    servers: Servers, devices: int, publishers: int, bridges: int
+) -> tuple[list[str], str, str]:
     device_ids = [f"bench-{n:04d}" for n in range(devices)]
     bridge_password = generate_secret()
     loadgen_password = generate_secret()
     with db.connect(servers.database_url, autocommit=True) as conn:
         registry.create_org(conn, BENCH_ORG)
-        registry.ensure_service_account(conn, "svc.bridge", registry.BRIDGE_ACL, bridge_password)
-        registry.ensure_service_account(conn, LOADGEN, registry.LOADGEN_ACL, loadgen_password)
+        registry.ensure_bridge_accounts(conn, bridge_password, bridges)
+        registry.ensure_service_account(
+            conn, BASELINE_CONSUMER, registry.BRIDGE_ACL, bridge_password
+        )
+        for index in range(publishers):
+            registry.ensure_service_account(
+                conn, loadgen_account(index), registry.LOADGEN_ACL, loadgen_password
+            )
         # The devices never log in (the load generator publishes for them), so one hash of a
         # throwaway secret serves all of them and provisioning takes seconds.
         throwaway = generate_secret()
@@ -332,7 +351,9 @@ def _prepare(servers: Servers, devices: int) -> tuple[list[str], str, str]:
 
     def can_publish() -> bool:
         try:
-            _connect(servers.broker.mqtt_services, LOADGEN, loadgen_password, "probe").close()
+            _connect(
+                servers.broker.mqtt_services, loadgen_account(0), loadgen_password, "probe"
+            ).close()
         except (OSError, ConnectionError):
             return False
         return True
@@ -392,7 +413,7 @@ class BridgeRunner:
         self.log_path = servers.workdir / f"bridge-{instance}.log"
         self.home = servers.workdir / f"bridge-home-{instance}"
         self.home.mkdir(exist_ok=True)
-        user = quote("svc.bridge", safe="")
+        user = quote(registry.BRIDGE_ACCOUNT_BASE, safe="")
         env = {
             **os.environ,
             "DATABASE_URL": servers.database_url,
@@ -673,7 +694,9 @@ def cmd_bench_ingest(settings: Settings | None, args: argparse.Namespace) -> int
         raise ValueError("--messages >= 1000, --devices >= 1 and --publishers >= 1")
     progress("starting scratch PostgreSQL+TimescaleDB and Mosquitto ...")
     with scratch_servers("fieldhub-bench-ingest-") as servers:
-        device_ids, bridge_password, loadgen_password = _prepare(servers, args.devices)
+        device_ids, bridge_password, loadgen_password = _prepare(
+            servers, args.devices, args.publishers, args.bridges
+        )
         loadgen = LoadGenerator(
             servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
         )

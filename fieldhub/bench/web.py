@@ -118,7 +118,7 @@ def seed(servers: Servers, devices: int) -> tuple[str, str]:
             conn.execute(sql.encode(), {"device": HOT_DEVICE} if "%(device)s" in sql else None)
         users.create_user(conn, "bench@bench.example", org=ORG, role="member", password=PASSWORD)
         token, _ = users.create_api_token(conn, "bench@bench.example")
-        registry.ensure_service_account(conn, "svc.bridge", registry.BRIDGE_ACL, bridge_password)
+        registry.ensure_bridge_accounts(conn, bridge_password, 1)
         if sync_once(conn, servers.broker.auth_dir):
             servers.broker.reload()
     os.environ["FIELDHUB_BENCH_BRIDGE_PASSWORD"] = bridge_password

@@ -119,7 +119,9 @@ class Bridge:
     def _make_client(self) -> BridgeClient:
         client = BridgeClient(
             CallbackAPIVersion.VERSION2,
-            client_id=f"fieldhub-bridge-{self.instance}",
+            # The services listener replaces the client id with the username (it binds the
+            # durable session to the account), so send the same and the logs agree.
+            client_id=self.endpoint.username or f"fieldhub-bridge-{self.instance}",
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
@@ -141,7 +143,14 @@ class Bridge:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            self.problems.warning("connect", "broker refused the connection: %s", reason)
+            self.problems.warning(
+                "connect",
+                "broker refused the connection as %s: %s (an account missing from the registry"
+                " is added with `fieldhub service-account bridges --instances %d`)",
+                self.endpoint.username,
+                reason,
+                self.instance,
+            )
             return
         self._new_generation()
         sock = client.socket()

@@ -3,9 +3,9 @@
 There are two pairs of files, one per kind of listener (per_listener_settings in
 mosquitto.conf.template beside this module): `passwords` + `acl` for the device listeners (plain and
 TLS) hold the devices only, `services.passwords` + `services.acl` for the loopback services
-listener hold the svc.* accounts only. The services listener does not force client ids (bridge
-instances share one account), so a device's secret must not open it: there it could claim
-another device's client id and take over that device's session.
+listener hold the svc.* accounts only, one account per process (svc.bridge-1, ...), since that
+listener names each session after its account (use_username_as_clientid): a device's secret
+must not open it, and no process may share another's session.
 
 Why files and SIGHUP rather than the Dynamic Security plugin (docs/security.md has the
 measurements): the registry already lives in PostgreSQL, a full render of 100,000 devices is a
@@ -13,6 +13,10 @@ single query and a file write, and on SIGHUP Mosquitto 2.0 re-reads both files a
 every connected client's password, so a disabled, deleted or rotated device is disconnected at
 once. Dynamic Security rewrites its whole JSON file on every single change, which makes bulk
 provisioning quadratic.
+
+Before the broker is told to read them (SIGHUP), the files are checked with Mosquitto's own
+parse rules (fieldhub.broker.auth_files): a broken ACL file at SIGHUP turns ACL checking off.
+A reload that cannot be sent is retried until the broker runs with the files (PendingReload).
 
 Device rights come from `pattern` rules in acl.base beside this module (%u = the device id);
 service accounts carry their own rules in the registry; operators add theirs in *.acl files in
@@ -27,7 +31,6 @@ import dataclasses
 import logging
 import os
 import select
-import signal
 import tempfile
 import threading
 import time
@@ -37,12 +40,21 @@ from typing import Any
 
 import psycopg
 
+from fieldhub.broker.auth_files import acl_line_problem
 from fieldhub.broker.mosquitto import (
+    AUTH_FILES,
     DEVICE_ACL_FILE,
     DEVICE_PASSWORD_FILE,
     SERVICE_ACL_FILE,
     SERVICE_PASSWORD_FILE,
+    BrokerNotRunning,
+    auth_dir_problems,
+    auth_file_problems,
+    broker_process,
+    describe_problems,
+    send_reload,
 )
+from fieldhub.broker.reload_state import PendingReload, started_after
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
@@ -132,11 +144,11 @@ def _join_lines(lines: list[str]) -> str:
 
 def operator_rule_files(directory: Path) -> list[OperatorRules]:
     """The operator's `*.acl` files in name order, split by listener, leaving out (and
-    logging) any that could grant more than their author meant; leaving a file out only ever
-    removes rights."""
+    logging) any that could grant more than their author meant or that Mosquitto would refuse;
+    leaving a file out only ever removes rights."""
     files = []
     for path in sorted(directory.glob("*.acl")):
-        text = path.read_text()
+        text = normalise_operator_rules(path.read_text())
         problems = check_operator_rules(text)
         if problems:
             log.error("ignoring %s: %s", path, "; ".join(problems))
@@ -146,15 +158,22 @@ def operator_rule_files(directory: Path) -> list[OperatorRules]:
     return files
 
 
+def normalise_operator_rules(text: str) -> str:
+    """Each line without its surrounding whitespace: indentation means nothing in an ACL
+    file except that Mosquitto refuses an indented comment (and with it the whole file)."""
+    return "".join(f"{line.strip()}\n" for line in text.splitlines())
+
+
 OPERATOR_DIRECTIVES = ("user", "topic", "pattern")
 
 
 def check_operator_rules(text: str) -> list[str]:
     """Problems that make an operator ACL file unsafe to append to the generated file.
 
-    A `topic` line before the file's first `user` line would silently attach to whichever
-    account the previous file (or the generated part) ended with, so it is refused, as is
-    anything that is not a rule Mosquitto's acl_file understands.
+    Any line Mosquitto would refuse (auth_files.acl_line_problem) is one: a single bad line
+    makes the broker drop ACL checking on the listener. A `topic` line before the file's first
+    `user` line would silently attach to whichever account the previous file (or the generated
+    part) ended with, so it is refused too.
     """
     problems = []
     seen_user = False
@@ -165,6 +184,10 @@ def check_operator_rules(text: str) -> list[str]:
         directive, _, rest = line.partition(" ")
         if directive not in OPERATOR_DIRECTIVES or not rest.strip():
             problems.append(f"line {number}: expected 'user NAME', 'topic ...' or 'pattern ...'")
+            continue
+        problem = acl_line_problem(line)
+        if problem:
+            problems.append(f"line {number}: {problem}")
         elif directive == "user":
             seen_user = True
         elif directive == "topic" and not seen_user:
@@ -172,9 +195,15 @@ def check_operator_rules(text: str) -> list[str]:
     return problems
 
 
+class InvalidAuthFiles(Exception):
+    """Auth files the broker must not be shown; the message lists each file's problems."""
+
+
 def write_atomically(path: Path, text: str, owner_uid: int | None = None) -> bool:
-    """Replace `path` with `text` (rename, so the broker never reads half a file).
-    Returns False when the content is already the same, which saves a reload."""
+    """Replace `path` with `text`: a temporary file, fsync, rename, so the broker never reads
+    half a file and a crash leaves the old or the new one. Returns False when the content is
+    already the same, which saves a reload. The caller fsyncs the directory (sync_directory)
+    to make the rename itself durable."""
     try:
         if path.read_text() == text:
             return False
@@ -184,6 +213,8 @@ def write_atomically(path: Path, text: str, owner_uid: int | None = None) -> boo
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o600)
         if owner_uid is not None:
             os.chown(tmp, owner_uid, -1)
@@ -194,15 +225,18 @@ def write_atomically(path: Path, text: str, owner_uid: int | None = None) -> boo
     return True
 
 
-def sync_once(
-    conn: psycopg.Connection[Any],
-    auth_dir: Path,
-    *,
-    broker: str = "broker-1",
-    operator_dir: Path | None = None,
-) -> bool:
-    """Render the four auth files from the registry; True if anything changed (the broker
-    needs SIGHUP). `operator_dir` holds the operators' *.acl files (none without it)."""
+def sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def render_auth_files(
+    conn: psycopg.Connection[Any], broker: str, operator_dir: Path | None
+) -> dict[str, str]:
+    """The four auth files' content for `broker`, from the registry and the operator files."""
     with conn.transaction():
         # PostgreSQL assembles the device lines itself: at 100,000 devices that is several
         # times faster than building a Python row per device (docs/security.md).
@@ -210,7 +244,7 @@ def sync_once(
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
     device_lines: str = row["lines"] if row else ""
     operator_rules = operator_rule_files(operator_dir) if operator_dir is not None else []
-    files = {
+    return {
         DEVICE_PASSWORD_FILE: device_lines,
         DEVICE_ACL_FILE: render_device_acl(BASE_ACL.read_text(), operator_rules),
         SERVICE_PASSWORD_FILE: render_password_file(
@@ -220,14 +254,31 @@ def sync_once(
             [(r["username"], r["acl"]) for r in accounts], operator_rules
         ),
     }
+
+
+def sync_once(
+    conn: psycopg.Connection[Any],
+    auth_dir: Path,
+    *,
+    broker: str = "broker-1",
+    operator_dir: Path | None = None,
+) -> bool:
+    """Render the four auth files from the registry; True if anything changed (the broker
+    needs SIGHUP). `operator_dir` holds the operators' *.acl files (none without it).
+
+    A render the broker would refuse is not written at all (InvalidAuthFiles): the broker
+    keeps the files it has.
+    """
+    files = render_auth_files(conn, broker, operator_dir)
+    problems = {name: auth_file_problems(name, text) for name, text in files.items()}
+    if any(problems.values()):
+        raise InvalidAuthFiles(describe_problems(problems))
     owner = auth_dir.stat().st_uid
     uid = owner if os.geteuid() == 0 else None
     changed = [write_atomically(auth_dir / name, text, uid) for name, text in files.items()]
+    if any(changed):
+        sync_directory(auth_dir)
     return any(changed)
-
-
-def reload_broker(pid_file: Path) -> None:
-    os.kill(int(pid_file.read_text().strip()), signal.SIGHUP)
 
 
 def run_forever(
@@ -244,8 +295,14 @@ def run_forever(
     """Follow the registry: LISTEN for changes, debounce a burst, re-render, SIGHUP.
 
     A periodic sweep re-renders even without a notification, so a missed notification (the
-    connection dropped at the wrong moment) costs at most `sweep_s` seconds.
+    connection dropped at the wrong moment) costs at most `sweep_s` seconds. Files the broker
+    has not been shown stay pending (PendingReload) and the reload is retried with a short
+    backoff until the broker runs with them, whether or not the registry changes again: with
+    the database down too. At start the files on disk count as pending: a sync that stopped
+    between its write and its SIGHUP left the broker with older ones.
     """
+    pending = PendingReload()
+    pending.files_written(newest_write(auth_dir), time.monotonic())
     while stop is None or not stop.is_set():
         try:
             with psycopg.connect(
@@ -255,38 +312,93 @@ def run_forever(
                 application_name="fieldhub-auth-sync",
             ) as conn:
                 conn.execute("LISTEN registry_changed")
-                _sync_and_reload(conn, auth_dir, pid_file, broker, operator_dir)
+                last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
                 while stop is None or not stop.is_set():
-                    ready = select.select([conn.fileno()], [], [], sweep_s)[0]
+                    reload_if_due(pending, pid_file, auth_dir)
+                    now = time.monotonic()
+                    timeout = min(pending.wait_s(now, sweep_s), max(0.0, last_sync + sweep_s - now))
+                    ready = select.select([conn.fileno()], [], [], timeout)[0]
                     if ready:
                         # Let a burst of changes (bulk import) settle into one render.
                         time.sleep(debounce_s)
                         for _ in conn.notifies(timeout=0):
                             pass
-                    _sync_and_reload(conn, auth_dir, pid_file, broker, operator_dir)
+                    elif time.monotonic() < last_sync + sweep_s:
+                        continue  # woken for a reload retry only
+                    last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
         except psycopg.OperationalError as exc:
             log.warning("auth sync lost the database (%s); retrying in 2 s", exc)
-            time.sleep(2)
+            # Files already written still reach the broker while the database is away.
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and (stop is None or not stop.is_set()):
+                reload_if_due(pending, pid_file, auth_dir)
+                time.sleep(0.1)
 
 
-def _sync_and_reload(
+def newest_write(auth_dir: Path) -> float:
+    """When the newest of the auth files on disk was written (0 if there are none)."""
+    times = [(auth_dir / name).stat().st_mtime for name in AUTH_FILES if (auth_dir / name).exists()]
+    return max(times, default=0.0)
+
+
+def _sync(
     conn: psycopg.Connection[Any],
     auth_dir: Path,
-    pid_file: Path,
     broker: str,
     operator_dir: Path | None,
-) -> None:
-    started = time.perf_counter()
-    if not sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir):
-        return
+    pending: PendingReload,
+) -> float:
+    """One render; new files become pending. Returns when it ran (monotonic)."""
+    started = time.monotonic()
     try:
-        reload_broker(pid_file)
-    except (OSError, ValueError) as exc:
-        # The broker is not running: it reads the fresh files when it starts, so this is not
-        # an error of the sync, just nothing to reload yet.
-        log.warning("broker auth files updated but the broker was not reloaded: %s", exc)
-        return
+        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir):
+            pending.files_written(time.time(), time.monotonic())
+            log.info("broker auth files updated in %.0f ms", (time.monotonic() - started) * 1000)
+    except InvalidAuthFiles as exc:
+        log.error("broker auth files NOT updated, the broker keeps its current ones: %s", exc)
+    return started
+
+
+def reload_if_due(pending: PendingReload, pid_file: Path, auth_dir: Path) -> bool:
+    """Make the broker run with the files on disk if they are pending and a try is due:
+    nothing if it started after they were written, else SIGHUP once it can take one and the
+    files pass the broker's own parse rules. True once the broker runs with them."""
+    now = time.monotonic()
+    if not pending.due(now):
+        return not pending.pending
+    assert pending.written_at is not None
+    problems = auth_dir_problems(auth_dir)
+    if problems:
+        _reload_failed(pending, now, f"the files on disk would break the broker: {problems}")
+        return False
+    try:
+        process = broker_process(pid_file)
+    except BrokerNotRunning as exc:
+        _reload_failed(pending, now, str(exc))
+        return False
+    if started_after(process.started_at, pending.written_at):
+        log.info("the broker (pid %d) started after the auth files were written", process.pid)
+        pending.applied()
+        return True
+    if not process.catches_sighup:
+        _reload_failed(pending, now, f"the broker (pid {process.pid}) is still starting")
+        return False
+    try:
+        send_reload(process)
+    except OSError as exc:
+        _reload_failed(pending, now, f"SIGHUP to pid {process.pid} failed: {exc}")
+        return False
     log.info(
-        "broker auth files updated and reloaded in %.0f ms",
-        (time.perf_counter() - started) * 1000,
+        "broker (pid %d) reloaded%s",
+        process.pid,
+        f" after {pending.failures} failed tries" if pending.failures else "",
     )
+    pending.applied()
+    return True
+
+
+def _reload_failed(pending: PendingReload, now: float, reason: str) -> None:
+    # The first failure is worth a warning; the retries every few seconds are not.
+    level = logging.WARNING if pending.failures == 0 else logging.DEBUG
+    wait = pending.failed(now)
+    log.log(level, "broker not reloaded yet (%s); retrying in %.1f s", reason, wait)

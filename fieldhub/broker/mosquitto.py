@@ -8,8 +8,10 @@ import os
 import signal
 import string
 import subprocess
+import time
 from pathlib import Path
 
+from fieldhub.broker.auth_files import acl_file_problems, password_file_problems
 from fieldhub.core.procs import (
     chown,
     chown_tree,
@@ -29,6 +31,37 @@ DEVICE_ACL_FILE = "acl"
 SERVICE_PASSWORD_FILE = "services.passwords"  # noqa: S105 - a file name
 SERVICE_ACL_FILE = "services.acl"
 AUTH_FILES = (DEVICE_PASSWORD_FILE, DEVICE_ACL_FILE, SERVICE_PASSWORD_FILE, SERVICE_ACL_FILE)
+PASSWORD_FILES = (DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE)
+
+
+def auth_file_problems(name: str, text: str) -> list[str]:
+    """What Mosquitto 2.0.11 would refuse in the auth file `name` holding `text`."""
+    if name in PASSWORD_FILES:
+        return password_file_problems(text)
+    return acl_file_problems(text)
+
+
+def auth_dir_problems(auth_dir: Path) -> str:
+    """The auth files as they are on disk, checked before the broker is told to read them: a
+    missing password file disconnects every client of its listener and a missing or broken
+    ACL file turns ACL checking off (docs/security.md). Empty if all four are good."""
+    problems: dict[str, list[str]] = {}
+    for name in AUTH_FILES:
+        try:
+            problems[name] = auth_file_problems(name, (auth_dir / name).read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            problems[name] = [f"cannot be read: {exc}"]
+    return describe_problems(problems)
+
+
+def describe_problems(problems: dict[str, list[str]], shown: int = 3) -> str:
+    """'file: problem; problem (and N more)' for each file that has any."""
+    parts = []
+    for name, found in problems.items():
+        if found:
+            more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
+            parts.append(f"{name}: {'; '.join(found[:shown])}{more}")
+    return " | ".join(parts)
 
 
 @dataclasses.dataclass
@@ -113,11 +146,82 @@ class MosquittoBroker:
             raise RuntimeError(f"mosquitto exited {proc.returncode}; see {log_file}")
         return proc
 
-    def reload(self) -> None:
+    def reload(self, timeout: float = 15.0) -> None:
         """SIGHUP: re-read all listeners' password and ACL files and re-check connected
-        clients."""
-        pid = int(self.pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
+        clients. Refuses files the broker would misread; waits (up to `timeout`) until the
+        broker is far enough into its start to survive the signal."""
+        problems = auth_dir_problems(self.auth_dir)
+        if problems:
+            raise RuntimeError(f"not reloading the broker: {problems}")
+        found: list[BrokerProcess] = []
+
+        def ready() -> bool:
+            try:
+                process = broker_process(self.pid_file)
+            except BrokerNotRunning:
+                return False
+            found[:] = [process]
+            return process.catches_sighup
+
+        wait_until(ready, timeout=timeout, what=f"the broker of {self.pid_file} to take SIGHUP")
+        send_reload(found[0])
+
+
+class BrokerNotRunning(Exception):
+    """No Mosquitto process behind the pid file; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BrokerProcess:
+    """The running broker as /proc describes it."""
+
+    pid: int
+    started_at: float  # wall clock, to 10 ms
+    # Mosquitto installs its SIGHUP handler last in its start (src/mosquitto.c: after writing
+    # its pid file, loading mosquitto.db and the auth files, and opening its listeners); a
+    # SIGHUP before that takes the default action and kills it.
+    catches_sighup: bool
+
+
+SIGHUP_MASK = 1 << (signal.SIGHUP - 1)
+
+
+def broker_process(pid_file: Path) -> BrokerProcess:
+    """The Mosquitto process named by `pid_file`, or BrokerNotRunning.
+
+    A pid file can outlive its broker (kill -9) and its pid can be reused by anything else,
+    which SIGHUP would kill: the process must be a mosquitto.
+    """
+    try:
+        text = pid_file.read_text().strip()
+    except OSError as exc:
+        raise BrokerNotRunning(f"no pid file {pid_file} ({exc.strerror})") from None
+    if not text.isdigit():
+        raise BrokerNotRunning(f"{pid_file} does not hold a process id") from None
+    pid = int(text)
+    proc = Path("/proc") / str(pid)
+    try:
+        name = (proc / "comm").read_text().strip()
+        stat = (proc / "stat").read_text()
+        status = (proc / "status").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except FileNotFoundError:
+        raise BrokerNotRunning(f"no process {pid} (stale pid file {pid_file})") from None
+    except OSError as exc:
+        raise BrokerNotRunning(f"cannot inspect process {pid}: {exc}") from None
+    if name != "mosquitto":
+        raise BrokerNotRunning(f"process {pid} of {pid_file} is {name!r}, not mosquitto")
+    # Field 22 of /proc/PID/stat, counted after the parenthesised command name (field 2).
+    start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    started_at = time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    caught = next(
+        (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0"
+    )
+    return BrokerProcess(pid, started_at, bool(int(caught, 16) & SIGHUP_MASK))
+
+
+def send_reload(process: BrokerProcess) -> None:
+    os.kill(process.pid, signal.SIGHUP)
 
 
 def owner_fix(path: Path) -> None:

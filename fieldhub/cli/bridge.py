@@ -21,7 +21,8 @@ def register(subparsers: Any) -> None:
         "--instance",
         type=int,
         default=1,
-        help="instance number; each runs its own durable broker session (default 1)",
+        help="instance number (default 1): instance N logs in as svc.bridge-N (MQTT_URL's user "
+        "plus -N), whose durable broker session is its own; never run two with the same N",
     )
     bridge.add_argument(
         "--broker",
@@ -53,7 +54,7 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
         port = settings.ports.bridge_metrics + args.instance - 1
     bridge = Bridge(
         database_url=endpoints.database_url(settings),
-        mqtt_endpoint=endpoints.bridge_mqtt(settings, args.broker),
+        mqtt_endpoint=endpoints.bridge_mqtt(settings, args.broker, args.instance),
         instance=args.instance,
         metrics_port=port,
         always_stage=args.always_stage,

@@ -7,8 +7,8 @@ import argparse
 import json
 from typing import Any
 
-from fieldhub.cli import connect_registry, jsonable
-from fieldhub.core import registry
+from fieldhub.cli import CommandError, connect_registry, jsonable
+from fieldhub.core import endpoints, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.passwords import generate_secret
 
@@ -31,6 +31,16 @@ def register(subparsers: Any) -> None:
     )
     acc_set.add_argument("--json", action="store_true")
     acc_set.set_defaults(handler=cmd_account_set)
+    bridges = acc_sub.add_parser(
+        "bridges",
+        help="create or refresh the bridge instances' accounts svc.bridge-1 .. -N, with the "
+        "password of MQTT_URL (or the local stack's secret)",
+    )
+    bridges.add_argument(
+        "--instances", type=int, required=True, metavar="N", help="how many bridge instances run"
+    )
+    bridges.add_argument("--json", action="store_true")
+    bridges.set_defaults(handler=cmd_account_bridges)
     acc_list = acc_sub.add_parser("list", help="list service accounts and their rules")
     acc_list.add_argument("--json", action="store_true")
     acc_list.set_defaults(handler=cmd_account_list)
@@ -46,6 +56,21 @@ def cmd_account_set(settings: Settings, args: argparse.Namespace) -> int:
     print(f"service account {args.username} set with {len(args.rule)} rules")
     print(f"  password: {password}")
     print("The password is shown only this once; only its hash is stored.")
+    return 0
+
+
+def cmd_account_bridges(settings: Settings, args: argparse.Namespace) -> int:
+    if args.instances < 1:
+        raise CommandError("--instances must be 1 or more")
+    base, password = endpoints.bridge_credentials(settings)
+    if not password:
+        raise CommandError("MQTT_URL has no password for the bridge accounts")
+    with connect_registry(settings) as conn:
+        names = registry.ensure_bridge_accounts(conn, password, args.instances, base=base)
+    if args.json:
+        print(json.dumps({"usernames": names}))
+        return 0
+    print(f"bridge accounts: {', '.join(names)} (password from MQTT_URL or the local secret)")
     return 0
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from fieldhub.core.config import DEFAULT_BROKER, ConfigError, Settings
+from fieldhub.core.registry import BRIDGE_ACCOUNT_BASE, RegistryError, bridge_account
 
-BRIDGE_ACCOUNT = "svc.bridge"
 # The local stack's PostgreSQL (fieldhub/stack/postgres.py creates it with these): its own
 # superuser role, the database the backend uses, its address; local_db_password_file() below
 # says where its password is kept.
@@ -147,34 +147,47 @@ def check_broker(settings: Settings, broker: str | None) -> str:
     return broker
 
 
-def bridge_mqtt(settings: Settings, broker: str | None = None) -> MqttEndpoint:
-    """The bridge's account on a broker's service listener.
+def bridge_credentials(settings: Settings) -> tuple[str, str | None]:
+    """(base of the bridge accounts' names, their shared password): MQTT_URL's user and
+    password, else `svc.bridge` and the local stack's secret. Instance N logs in as
+    `<base>-N` (registry.bridge_account)."""
+    if settings.mqtt_url:
+        configured = MqttEndpoint.parse(settings.mqtt_url)
+        return configured.username or BRIDGE_ACCOUNT_BASE, configured.password
+    # The local stack's bridge accounts share this secret, kept in secrets/svc.bridge.password.
+    return BRIDGE_ACCOUNT_BASE, service_secret(settings, BRIDGE_ACCOUNT_BASE)
 
-    Credentials come from MQTT_URL (one bridge account for every broker: auth-sync renders
-    the same service accounts into each) or the local stack's secret; the address from
-    FIELDHUB_BROKER_SERVICE_URLS for that broker, else MQTT_URL, else the local stack.
+
+def bridge_mqtt(settings: Settings, broker: str | None = None, instance: int = 1) -> MqttEndpoint:
+    """Bridge instance `instance`'s account on a broker's service listener.
+
+    Credentials come from MQTT_URL or the local stack's secret (bridge_credentials; the same
+    accounts on every broker: auth-sync renders every service account into each), or from
+    the broker's FIELDHUB_BROKER_SERVICE_URLS entry if it has them; the address from that
+    entry, else MQTT_URL (the first broker only), else the local stack.
     """
     name = check_broker(settings, broker)
-    configured = MqttEndpoint.parse(settings.mqtt_url) if settings.mqtt_url else None
-    username = configured.username if configured else BRIDGE_ACCOUNT
-    password = configured.password if configured else service_secret(settings, BRIDGE_ACCOUNT)
+    base, password = bridge_credentials(settings)
     service_url = settings.broker_service_urls.get(name)
     if service_url:
         address = MqttEndpoint.parse(service_url)
-        return dataclasses.replace(
-            address,
-            username=address.username or username,
-            password=address.password or password,
-        )
-    if configured and name == settings.broker_names[0]:
-        return configured
-    if configured:
+        base = address.username or base
+        password = address.password or password
+    elif settings.mqtt_url and name == settings.broker_names[0]:
+        address = MqttEndpoint.parse(settings.mqtt_url)
+    elif settings.mqtt_url:
         raise ConfigError(
             f"FIELDHUB_BROKER_SERVICE_URLS gives no service URL for {name}; the bridge cannot "
             "reach it"
         )
-    ports = local_broker_ports(settings, name)
-    return MqttEndpoint("127.0.0.1", ports.services, username, password, tls=False)
+    else:
+        port = local_broker_ports(settings, name).services
+        address = MqttEndpoint("127.0.0.1", port, None, None, tls=False)
+    try:
+        username = bridge_account(instance, base)
+    except RegistryError as exc:
+        raise ConfigError(f"the bridge's broker account: {exc}") from None
+    return dataclasses.replace(address, username=username, password=password)
 
 
 def device_mqtt_url(settings: Settings, broker: str | None = None) -> str:

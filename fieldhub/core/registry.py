@@ -20,7 +20,7 @@ from psycopg.types.json import Jsonb
 from fieldhub.core.brokers import home_broker
 from fieldhub.core.config import configured_broker_names
 from fieldhub.core.db import Queries
-from fieldhub.core.passwords import generate_secret, hash_secret
+from fieldhub.core.passwords import generate_secret, hash_secret, verify_secret
 
 QUERIES = Queries(Path(__file__).with_name("registry.sql"))
 
@@ -257,15 +257,73 @@ def delete_device(conn: Conn, device_id: str) -> None:
         conn.execute(QUERIES["delete_device_readings"], {"device_id": device_id})
 
 
-def ensure_service_account(conn: Conn, username: str, acl: Sequence[str], password: str) -> None:
-    """Create or update one of the backend's broker accounts with the least rights it needs."""
+def ensure_service_account(conn: Conn, username: str, acl: Sequence[str], password: str) -> bool:
+    """Create or update one of the backend's broker accounts with the least rights it needs.
+
+    An account that already has these rules and this password is left as it is (False): a new
+    hash of the same password would still change the broker's password file and cost a reload
+    that re-checks every connected client.
+    """
     check_service_account_name(username)
     for rule in acl:
         check_acl_rule(rule)
+    current = conn.execute(QUERIES["get_service_account"], {"username": username}).fetchone()
+    if (
+        current is not None
+        and list(current["acl"]) == list(acl)
+        and verify_secret(password, current["password_hash"])
+    ):
+        return False
     with conn.transaction():
         conn.execute(
             QUERIES["upsert_service_account"],
             {"username": username, "password_hash": hash_secret(password), "acl": list(acl)},
+        )
+    return True
+
+
+# The bridges' broker accounts are this prefix plus the instance number: svc.bridge-1, ...
+BRIDGE_ACCOUNT_BASE = "svc.bridge"
+
+
+def bridge_account(instance: int, base: str = BRIDGE_ACCOUNT_BASE) -> str:
+    """The broker account of bridge instance `instance`.
+
+    The services listener forces the client id to the username, so the account *is* the name
+    of the instance's durable session: one account per instance, or two processes would take
+    the session from each other at every reconnect. The instances of one deployment share the
+    password (`base` and the password come from MQTT_URL); they are one program with one set of
+    rights, and what must differ is the session. Across brokers one instance keeps its name:
+    each broker has its own sessions.
+    """
+    if instance < 1:
+        raise RegistryError(f"a bridge instance is numbered from 1, not {instance}")
+    name = f"{base}-{instance}"
+    check_service_account_name(name)
+    return name
+
+
+def ensure_bridge_accounts(
+    conn: Conn, password: str, instances: int, *, base: str = BRIDGE_ACCOUNT_BASE
+) -> list[str]:
+    """Accounts for bridge instances 1..`instances`, each with BRIDGE_ACL and `password`.
+
+    The bare `base` account (one account shared by every instance, before client ids were
+    bound to accounts) is removed: its rights are the bridge's and nothing uses it any more.
+    Accounts of higher instances are kept; a process may still run as one.
+    """
+    names = [bridge_account(n, base) for n in range(1, instances + 1)]
+    for name in names:
+        ensure_service_account(conn, name, BRIDGE_ACL, password)
+    delete_service_account(conn, base)
+    return names
+
+
+def delete_service_account(conn: Conn, username: str) -> bool:
+    with conn.transaction():
+        return (
+            conn.execute(QUERIES["delete_service_account"], {"username": username}).fetchone()
+            is not None
         )
 
 

@@ -50,6 +50,14 @@ DELETE FROM readings WHERE device_id = %(device_id)s;
 -- name: delete_device
 DELETE FROM devices WHERE device_id = %(device_id)s RETURNING device_id;
 
+-- name: get_service_account
+-- One account as stored, so ensure_service_account can leave an unchanged one alone.
+SELECT username, password_hash, acl FROM service_accounts WHERE username = %(username)s;
+
+-- name: delete_service_account
+-- The registry trigger tells every auth-sync; the broker then refuses the account's login.
+DELETE FROM service_accounts WHERE username = %(username)s RETURNING username;
+
 -- name: upsert_service_account
 INSERT INTO service_accounts (username, password_hash, acl)
 VALUES (%(username)s, %(password_hash)s, %(acl)s)

@@ -94,7 +94,7 @@ def service_specs(
             env=local_broker_env(settings, broker),
         )
     # A bridge is ready when its metrics endpoint answers.
-    instances = cluster_mod.BRIDGES if cluster else 1
+    instances = bridge_instances(cluster)
     for n in range(1, instances + 1):
         for k, broker in enumerate(brokers):
             port = bridge_metrics_port(settings, n, k, instances)
@@ -145,6 +145,11 @@ def service_specs(
             )
         )
     return specs
+
+
+def bridge_instances(cluster: bool) -> int:
+    """How many bridge instances the stack runs (each has its own broker account)."""
+    return cluster_mod.BRIDGES if cluster else 1
 
 
 def bridge_metrics_port(

@@ -40,6 +40,7 @@ from fieldhub.stack.preflight import (
 )
 from fieldhub.stack.probes import http_answers
 from fieldhub.stack.specs import (
+    bridge_instances,
     fieldhub_argv,
     local_brokers,
     mosquitto_spec,
@@ -179,12 +180,13 @@ def _bring_up(
             log.info("created the streaming replica in %s", replica.data_dir)
         supervisor.start(cluster_mod.replica_spec(replica))
         read_database_url = cluster_mod.replica_url(settings)
-    # One bridge account for every broker: each broker's auth-sync renders every service account.
-    bridge = endpoints.bridge_mqtt(settings, settings.broker_names[0])
+    # One account per bridge instance (its durable session is named after it), the same on
+    # every broker: each broker's auth-sync renders every service account.
+    bridge_base, bridge_password = endpoints.bridge_credentials(settings)
     with psycopg.connect(database_url, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
-        if bridge.username and bridge.password:
-            registry.ensure_service_account(
-                conn, bridge.username, registry.BRIDGE_ACL, bridge.password
+        if bridge_password:
+            registry.ensure_bridge_accounts(
+                conn, bridge_password, bridge_instances(cluster), base=bridge_base
             )
         demo_login = None
         if demo:

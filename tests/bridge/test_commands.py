@@ -33,7 +33,6 @@ from fieldhub.bridge.commands import (
 from fieldhub.core import registry
 from fieldhub.core.command_requests import cancel_command, get_command, send_command
 from tests.support import (
-    BRIDGE_ACCOUNT,
     BridgeProcess,
     DeviceClient,
     TestStack,
@@ -54,7 +53,7 @@ class ServicePublisher:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=unique_id("test-pub"), protocol=mqtt.MQTTv5
         )
-        self.client.username_pw_set(BRIDGE_ACCOUNT, stack.bridge_password)
+        self.client.username_pw_set(stack.service_account("svc.test-pub"), stack.bridge_password)
         self.reason_codes: dict[int, Any] = {}
         self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", stack.broker.mqtt_services, keepalive=30)
@@ -90,7 +89,7 @@ class AckCollector:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=unique_id("test-acks"), protocol=mqtt.MQTTv5
         )
-        self.client.username_pw_set(BRIDGE_ACCOUNT, stack.bridge_password)
+        self.client.username_pw_set(stack.service_account("svc.test-acks"), stack.bridge_password)
         self.acks: list[AckMessage] = []
         self._lock = threading.Lock()
         subscribed = threading.Event()

@@ -43,7 +43,14 @@ from fieldhub.broker.mosquitto import (
 )
 from fieldhub.core import registry
 from fieldhub.core.passwords import generate_secret
-from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, unique_id, wait_for
+from tests.support import (
+    BRIDGE_ACCOUNT,
+    DeviceClient,
+    TestStack,
+    stop_process,
+    unique_id,
+    wait_for,
+)
 
 REVOCATION_DEADLINE_S = 2.0
 
@@ -184,8 +191,9 @@ pytest_integration = pytest.mark.integration
 
 
 def _bridge(stack: TestStack) -> DeviceClient:
+    """A connection with the bridge's rights, on an account of its own."""
     client = DeviceClient(
-        stack.broker.mqtt_services, BRIDGE_ACCOUNT, stack.bridge_password, client_id=unique_id()
+        stack.broker.mqtt_services, stack.service_account("svc.observer"), stack.bridge_password
     )
     client.connect()
     return client
@@ -326,8 +334,8 @@ def test_device_credentials_are_refused_on_the_services_listener(
     dev_b = _device(stack, b, secrets[b])
     closing.append(dev_b)
     dev_b.subscribe(f"devices/{b}/commands/+")
-    # Client ids are not forced on the services listener: were A admitted there with B's
-    # client id, the broker would hand it B's session and disconnect B.
+    # Sessions are broker-wide: were A admitted on the services listener with B's client id
+    # (and that listener did not bind ids to accounts), it would get B's session.
     for client_id in (a, b):
         intruder = DeviceClient(stack.broker.mqtt_services, a, secrets[a], client_id=client_id)
         closing.append(intruder)
@@ -503,13 +511,7 @@ def auth_sync_process(stack: TestStack, broker: MosquittoBroker) -> Iterator[sub
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest_integration

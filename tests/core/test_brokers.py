@@ -99,9 +99,12 @@ def test_configured_brokers_give_device_and_service_urls() -> None:
     assert (west.host, west.port, west.username, west.password) == (
         "10.0.0.2",
         1884,
-        "svc.bridge",
+        "svc.bridge-1",
         "s3cret",
     )
+    # Each instance logs in as an account of its own (its durable session), on every broker.
+    assert endpoints.bridge_mqtt(settings, "east", 3).username == "svc.bridge-3"
+    assert endpoints.bridge_mqtt(settings, "west", 3).username == "svc.bridge-3"
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from fieldhub.sim.simulate import (
     run_devices,
     telemetry_payload,
 )
-from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, unique_id, wait_for
+from tests.support import DeviceClient, TestStack, unique_id, wait_for
 
 
 # -- unit --------------------------------------------------------------------------------------
@@ -96,10 +96,7 @@ def test_simulated_devices_publish_telemetry_and_answer_commands(stack: TestStac
     secrets = stack.create_devices([f"{prefix}-{i}" for i in range(3)])
     devices = [SimulatedDevice(d, s) for d, s in secrets.items()]
     observer = DeviceClient(
-        stack.broker.mqtt_services,
-        BRIDGE_ACCOUNT,
-        stack.bridge_password,
-        client_id=f"observer-{uuid.uuid4().hex[:8]}",
+        stack.broker.mqtt_services, stack.service_account("svc.observer"), stack.bridge_password
     )
     observer.connect()
     for topic in ("devices/+/telemetry", "devices/+/status", "devices/+/commands/+/ack"):
