@@ -1,4 +1,4 @@
-"""`fieldhub user create|list`: people who log in to the web app."""
+"""`fieldhub user create|list|disable|enable`: people who log in to the web app."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from fieldhub.cli import connect_registry, jsonable
 from fieldhub.core import endpoints, users
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
@@ -29,6 +30,14 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--org", help="only this organisation")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=cmd_user_list)
+    disable = user_sub.add_parser(
+        "disable", help="stop a user logging in; ends their sessions and revokes their tokens"
+    )
+    disable.add_argument("email")
+    disable.set_defaults(handler=cmd_user_disable, disabled=True)
+    enable = user_sub.add_parser("enable", help="let a disabled user log in again")
+    enable.add_argument("email")
+    enable.set_defaults(handler=cmd_user_disable, disabled=False)
 
 
 def cmd_user_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -55,11 +64,23 @@ def cmd_user_list(settings: Settings, args: argparse.Namespace) -> int:
             org_id = int(registry.get_org(conn, args.org)["id"])
         rows = users.list_users(conn, org_id=org_id)
     if args.json:
-        print(json.dumps(rows, default=str))
+        print(json.dumps([jsonable(row) for row in rows]))
         return 0
     for row in rows:
         last = row["last_login_at"].isoformat() if row["last_login_at"] else "never"
-        print(f"{row['email']}\t{row['org']}\t{row['role']}\tlast login {last}")
+        state = "\tDISABLED" if row["disabled_at"] else ""
+        print(f"{row['email']}\t{row['org']}\t{row['role']}\tlast login {last}{state}")
     if not rows:
         print("no users", file=sys.stderr)
+    return 0
+
+
+def cmd_user_disable(settings: Settings, args: argparse.Namespace) -> int:
+    with connect_registry(settings) as conn:
+        user = users.get_user(conn, args.email)
+        users.set_disabled(conn, user["id"], args.disabled)
+    if args.disabled:
+        print(f"disabled {user['email']}: their sessions ended and their API tokens are revoked")
+    else:
+        print(f"enabled {user['email']}: they can log in again (revoked tokens stay revoked)")
     return 0

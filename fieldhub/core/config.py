@@ -64,6 +64,9 @@ class Settings:
     brokers: tuple[tuple[str, str], ...] = ()
     broker_service_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
     local_brokers: int = 1
+    # Reverse proxies in front of the web app whose X-Forwarded-For is believed (none: the
+    # direct peer is the client). fieldhub.web.proxies applies it.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
     # Retention horizons of the analysis worker, in days; 0 keeps the data forever.
     retention_raw_days: int = 30
     retention_rollup_1m_days: int = 365
@@ -111,6 +114,7 @@ class Settings:
             brokers=_broker_urls(env, "FIELDHUB_BROKERS"),
             broker_service_urls=dict(_broker_urls(env, "FIELDHUB_BROKER_SERVICE_URLS")),
             local_brokers=_local_brokers(env),
+            trusted_proxies=_networks(env, "FIELDHUB_TRUSTED_PROXIES"),
             retention_raw_days=_days(env, "FIELDHUB_RETENTION_RAW_DAYS", 30),
             retention_rollup_1m_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1M_DAYS", 365),
             retention_rollup_1h_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1H_DAYS", 0),

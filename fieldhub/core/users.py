@@ -1,7 +1,9 @@
 """People who log in: accounts, Argon2id passwords, web sessions, API tokens, login throttling.
 
-Shared by the web app and the CLI (`fieldhub user create`, `fieldhub token create`), so the
-rules (password length, roles, "a password change ends every session") hold on both sides.
+Shared by the web app and the CLI (`fieldhub user create|disable`, `fieldhub token
+create|list|revoke`), so the rules hold on both sides: password length, roles, "a password
+change or a disabled account ends every session and revokes every API token", tokens that
+expire.
 Session cookies and API tokens are 256 random bits; only their SHA-256 is stored, so a copy
 of the database does not let anyone in. Throttling state lives in the database, so it holds
 across every gunicorn worker and every web host.
@@ -14,6 +16,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,35 @@ Conn = psycopg.Connection[Any]
 
 class UserError(ValueError):
     """A request about an account that cannot be carried out; the message is for the person."""
+
+
+class AccountDisabled(UserError):
+    """The password was right, but the account is disabled."""
+
+
+class TokenExpired(Exception):
+    def __init__(self, expires_at: datetime) -> None:
+        super().__init__(f"the API token expired at {expires_at.isoformat(timespec='seconds')}")
+        self.expires_at = expires_at
+
+
+# How long a new API token may live: from an hour to ten years; none means until revoked.
+TOKEN_EXPIRY_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+MAX_TOKEN_LIFETIME = timedelta(days=3650)
+
+
+def parse_expires_in(text: str) -> timedelta:
+    """`12h`, `30d`, `2w` into a lifetime, with a message that says what is wrong."""
+    value = text.strip().lower()
+    number, unit = value[:-1], value[-1:]
+    if not number.isdigit() or unit not in TOKEN_EXPIRY_UNITS or int(number) < 1:
+        raise UserError(
+            f"expiry {text!r} must be a whole number of hours, days or weeks, like 12h, 30d or 2w"
+        )
+    lifetime = int(number) * TOKEN_EXPIRY_UNITS[unit]
+    if lifetime > MAX_TOKEN_LIFETIME:
+        raise UserError(f"expiry {text!r} is longer than the limit of {MAX_TOKEN_LIFETIME.days}d")
+    return lifetime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +175,25 @@ def get_user(conn: Conn, email: str) -> dict[str, Any]:
     return public(row)
 
 
+def set_disabled(
+    conn: Conn, user_id: int, disabled: bool, *, org_id: int | None = None
+) -> dict[str, Any]:
+    """Disable (or enable) a user within `org_id` (None: any). Disabling ends every session of
+    the user and revokes every API token in the same transaction, so nothing they hold works
+    after the commit; enabling brings none of them back."""
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["set_user_disabled"],
+            {"user_id": user_id, "disabled": disabled, "org_id": org_id},
+        ).fetchone()
+        if row is None:
+            raise UserError("no such user")
+        if disabled:
+            conn.execute(QUERIES["delete_user_sessions"], {"user_id": user_id})
+            conn.execute(QUERIES["delete_user_tokens"], {"user_id": user_id})
+    return dict(row)
+
+
 def list_users(conn: Conn, *, org_id: int | None = None) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(QUERIES["list_users"], {"org_id": org_id})]
 
@@ -157,13 +208,17 @@ def delete_user(conn: Conn, user_id: int, *, org_id: int | None = None) -> None:
 
 
 def authenticate(conn: Conn, email: str, password: str) -> dict[str, Any] | None:
-    """The user if the password is right, else None (same work either way)."""
+    """The user if the password is right, else None (same work either way). A disabled
+    account with the right password raises AccountDisabled: only who knows the password
+    learns that the account exists and is disabled."""
     row = conn.execute(QUERIES["user_by_email"], {"email": email.strip()}).fetchone()
     if row is None:
         verify_password(password, _DUMMY_HASH)
         return None
     if not verify_password(password, row["password_hash"]):
         return None
+    if row["disabled_at"] is not None:
+        raise AccountDisabled("this account is disabled; ask your administrator")
     with conn.transaction():
         conn.execute(QUERIES["touch_login"], {"user_id": row["id"]})
         if _HASHER.check_needs_rehash(row["password_hash"]):
@@ -175,7 +230,9 @@ def authenticate(conn: Conn, email: str, password: str) -> dict[str, Any] | None
 
 
 def set_password(conn: Conn, user_id: int, new_password: str) -> None:
-    """Set a password and end every session of the user, wherever it is open."""
+    """Set a password, end every session of the user wherever it is open and revoke every API
+    token: a password change is what someone does who fears their account was used by another,
+    and a token made by that other would otherwise survive it."""
     check_password(new_password)
     with conn.transaction():
         conn.execute(
@@ -183,6 +240,7 @@ def set_password(conn: Conn, user_id: int, new_password: str) -> None:
             {"user_id": user_id, "password_hash": hash_password(new_password)},
         )
         conn.execute(QUERIES["delete_user_sessions"], {"user_id": user_id})
+        conn.execute(QUERIES["delete_user_tokens"], {"user_id": user_id})
 
 
 def change_password(conn: Conn, user_id: int, old_password: str, new_password: str) -> None:
@@ -231,29 +289,78 @@ def session_user(conn: Conn, token: str, *, ttl_s: int = SESSION_TTL_S) -> dict[
     return None if row is None else dict(row)
 
 
+def session_valid(conn: Conn, token: str) -> bool:
+    """Whether the session still lets its user in (not ended, expired or disabled), without
+    touching it."""
+    return (
+        conn.execute(QUERIES["session_valid"], {"token_hash": hash_token(token)}).fetchone()
+        is not None
+    )
+
+
 def delete_session(conn: Conn, token: str) -> None:
     conn.execute(QUERIES["delete_session"], {"token_hash": hash_token(token)})
 
 
 # -- API tokens -----------------------------------------------------------------------------
-def create_api_token(conn: Conn, email: str, *, name: str = "") -> tuple[str, dict[str, Any]]:
-    """A new API token for the user: (token shown once, its stored row)."""
+MAX_TOKEN_NAME = 100
+
+
+def create_api_token(
+    conn: Conn, email: str, *, name: str = "", expires_in: timedelta | None = None
+) -> tuple[str, dict[str, Any]]:
+    """A new API token for the user: (token shown once, its stored row). `expires_in` None:
+    valid until revoked."""
     user = get_user(conn, email)
+    name = name.strip()
+    if len(name) > MAX_TOKEN_NAME or "\0" in name:
+        raise UserError(f"a token's name has at most {MAX_TOKEN_NAME} characters")
+    if expires_in is not None and not timedelta(0) < expires_in <= MAX_TOKEN_LIFETIME:
+        raise UserError(f"a token lives from an hour to {MAX_TOKEN_LIFETIME.days} days")
     token = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
     with conn.transaction():
         row = conn.execute(
             QUERIES["insert_api_token"],
-            {"user_id": user["id"], "token_hash": hash_token(token), "name": name},
+            {
+                "user_id": user["id"],
+                "token_hash": hash_token(token),
+                "name": name,
+                "expires_in": expires_in,
+            },
         ).fetchone()
-    assert row is not None
+    if row is None:
+        raise UserError(f"{user['email']} is disabled; enable the account first")
     return token, {**dict(row), "email": user["email"]}
 
 
 def api_token_user(conn: Conn, token: str) -> dict[str, Any] | None:
+    """The user a bearer token speaks for; None if it is unknown, revoked or its user is
+    disabled; TokenExpired if it ran out."""
     row = conn.execute(QUERIES["api_token_user"], {"token_hash": hash_token(token)}).fetchone()
     if row is None:
         return None
+    if row["expired"]:
+        raise TokenExpired(row["expires_at"])
     conn.execute(QUERIES["touch_api_token"], {"token_id": row["token_id"]})
+    return dict(row)
+
+
+def list_api_tokens(conn: Conn, user_id: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(QUERIES["list_api_tokens"], {"user_id": user_id})]
+
+
+def revoke_api_token(
+    conn: Conn, token_id: int, *, user_id: int | None = None, org_id: int | None = None
+) -> dict[str, Any]:
+    """Delete a token within a scope: `user_id` (one's own), `org_id` (an organisation's
+    admin) or neither (operators, the CLI). Outside the scope it is "no such token"."""
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["delete_api_token"],
+            {"token_id": token_id, "user_id": user_id, "org_id": org_id},
+        ).fetchone()
+    if row is None:
+        raise UserError(f"no API token {token_id}")
     return dict(row)
 
 
@@ -326,3 +433,4 @@ def clear_login_failures(conn: Conn, email: str) -> None:
 def prune(conn: Conn, policy: ThrottlePolicy = DEFAULT_POLICY) -> None:
     conn.execute(QUERIES["prune_login_failures"], {"window_s": policy.window_s})
     conn.execute(QUERIES["delete_expired_sessions"])
+    conn.execute(QUERIES["delete_long_expired_tokens"])

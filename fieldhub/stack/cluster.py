@@ -33,6 +33,9 @@ BRIDGES = 2
 BROKERS = 2  # local Mosquitto brokers, broker-N on each broker-1 port + 1000 * (N - 1)
 WEB_INSTANCES = 2
 NGINX_USER = "www-data"  # nginx's workers drop to this user when the master runs as root
+# The addresses nginx connects to the web instances from (upstreams on 127.0.0.1): the web
+# instances trust its X-Forwarded-For (fieldhub.web.proxies).
+NGINX_PEERS = ("127.0.0.1/32", "::1/128")
 
 
 def replica_port(settings: Settings) -> int:

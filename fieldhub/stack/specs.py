@@ -110,15 +110,17 @@ def service_specs(
                 30,
             )
     add("worker", fieldhub_argv("worker"))
-    web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else None
+    web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else {}
     if cluster:
+        # nginx reaches the instances over loopback and says who the client is.
+        proxies = [str(n) for n in settings.trusted_proxies] + list(cluster_mod.NGINX_PEERS)
         for n, port in enumerate(cluster_mod.web_instance_ports(settings), start=1):
             add(
                 f"web-{n}",
                 fieldhub_argv("web", "--bind", f"127.0.0.1:{port}"),
                 http_answers(f"http://127.0.0.1:{port}/"),
                 60,
-                web_env,
+                {**web_env, "FIELDHUB_TRUSTED_PROXIES": ",".join(dict.fromkeys(proxies))},
             )
     else:
         add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)

@@ -65,6 +65,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # FIELDHUB_WEBHOOK_ALLOWED_NETWORKS: what a webhook URL may reach besides the public
         # internet; none unless configured.
         WEBHOOK_ALLOWED_NETWORKS=(),
+        # Peers whose X-Forwarded-For names the client (fieldhub.web.proxies).
+        TRUSTED_PROXIES=(),
     )
     if test_config is None:
         settings = Settings.from_env()
@@ -81,6 +83,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             },
             SESSION_COOKIE_SECURE=settings.production,
             WEBHOOK_ALLOWED_NETWORKS=settings.webhook_allowed_networks,
+            TRUSTED_PROXIES=settings.trusted_proxies,
         )
     else:
         app.config.update(test_config)
@@ -99,7 +102,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         pages,
         template_helpers,
     )
+    from fieldhub.web.proxies import TrustedProxies
 
+    # Outermost, so every part of the app and gunicorn's access log see the client's address.
+    app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
+        app.wsgi_app, app.config["TRUSTED_PROXIES"]
+    )
     db.init_app(app)
     errors.init_app(app)
     # Before auth's CSRF check, which is the first to read a posted form.

@@ -13,7 +13,6 @@ from typing import Any
 from flask import (
     Blueprint,
     Flask,
-    Response,
     abort,
     current_app,
     flash,
@@ -28,7 +27,7 @@ from fieldhub.analysis.jobs import JOBS
 from fieldhub.core import registry, users
 from fieldhub.core.passwords import generate_secret, hash_secret
 from fieldhub.web import data, db, replication, serializers
-from fieldhub.web.auth import current_user, has_role, role_required, scope_org_id
+from fieldhub.web.auth import current_user, has_role, no_store, role_required, scope_org_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -37,12 +36,6 @@ MAX_IMPORT_ROWS = 20000
 
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-
-
-def _no_store(html: str) -> Response:
-    response = Response(html)
-    response.headers["Cache-Control"] = "no-store"
-    return response
 
 
 def _org_for_new_object() -> str:
@@ -123,7 +116,7 @@ def users_page() -> Any:
         except (users.UserError, registry.RegistryError) as exc:
             flash(str(exc), "error")
             return redirect(url_for("admin.users_page"))
-        return _no_store(
+        return no_store(
             render_template(
                 "admin/user_created.html",
                 user=user,
@@ -138,24 +131,80 @@ def users_page() -> Any:
     )
 
 
+def _user_in_scope(user_id: int) -> dict[str, Any]:
+    """A user this admin may manage: of their organisation (any, for an operator), and an
+    operator only for an operator. 404 outside the organisation, 403 above one's role."""
+    target = next(
+        (u for u in users.list_users(db.write(), org_id=scope_org_id()) if u["id"] == user_id),
+        None,
+    )
+    if target is None:
+        abort(404)
+    if target["role"] == "operator" and not has_role("operator"):
+        abort(403)
+    return target
+
+
+def _is_me(target: dict[str, Any]) -> bool:
+    me = current_user()
+    assert me is not None
+    return bool(target["id"] == me["id"])
+
+
 @bp.route("/users/<int:user_id>/delete", methods=["POST"])
 @role_required("admin")
 def delete_user(user_id: int) -> Any:
-    conn = db.write()
-    org_id = scope_org_id()
-    target = next((u for u in users.list_users(conn, org_id=org_id) if u["id"] == user_id), None)
-    if target is None:
-        abort(404)
-    me = current_user()
-    assert me is not None
-    if target["role"] == "operator" and not has_role("operator"):
-        abort(403)
-    if target["id"] == me["id"]:
+    target = _user_in_scope(user_id)
+    if _is_me(target):
         flash("You cannot delete your own account.", "error")
         return redirect(url_for("admin.users_page"))
-    users.delete_user(conn, user_id, org_id=org_id)
+    users.delete_user(db.write(), user_id, org_id=scope_org_id())
     flash(f"User {target['email']} deleted; their sessions and API tokens have ended.", "info")
     return redirect(url_for("admin.users_page"))
+
+
+@bp.route("/users/<int:user_id>/disable", methods=["POST"])
+@role_required("admin")
+def disable_user(user_id: int) -> Any:
+    target = _user_in_scope(user_id)
+    if _is_me(target):
+        flash("You cannot disable your own account.", "error")
+        return redirect(url_for("admin.users_page"))
+    users.set_disabled(db.write(), user_id, True, org_id=scope_org_id())
+    flash(f"User {target['email']} disabled: logged out everywhere, API tokens revoked.", "info")
+    return redirect(url_for("admin.users_page"))
+
+
+@bp.route("/users/<int:user_id>/enable", methods=["POST"])
+@role_required("admin")
+def enable_user(user_id: int) -> Any:
+    target = _user_in_scope(user_id)
+    users.set_disabled(db.write(), user_id, False, org_id=scope_org_id())
+    flash(f"User {target['email']} enabled: they can log in again.", "info")
+    return redirect(url_for("admin.users_page"))
+
+
+@bp.route("/users/<int:user_id>/tokens")
+@role_required("admin")
+def user_tokens(user_id: int) -> Any:
+    target = _user_in_scope(user_id)
+    return render_template(
+        "admin/user_tokens.html",
+        user=target,
+        tokens=users.list_api_tokens(db.write(), user_id),
+    )
+
+
+@bp.route("/users/<int:user_id>/tokens/<int:token_id>/revoke", methods=["POST"])
+@role_required("admin")
+def revoke_user_token(user_id: int, token_id: int) -> Any:
+    target = _user_in_scope(user_id)
+    try:
+        row = users.revoke_api_token(db.write(), token_id, user_id=user_id, org_id=scope_org_id())
+    except users.UserError:
+        abort(404)
+    flash(f"API token {row['name'] or row['id']} of {target['email']} revoked.", "info")
+    return redirect(url_for("admin.user_tokens", user_id=user_id))
 
 
 # -- devices --------------------------------------------------------------------------------
@@ -179,7 +228,7 @@ def devices() -> Any:
         except registry.RegistryError as exc:
             flash(str(exc), "error")
             return redirect(url_for("admin.devices"))
-        return _no_store(
+        return no_store(
             render_template("admin/credentials.html", credentials=[creds], action="created")
         )
     search = request.args.get("q", "").strip() or None
@@ -198,7 +247,7 @@ def devices() -> Any:
 def rotate(device_id: str) -> Any:
     _device_or_404(device_id)
     creds = registry.rotate_secret(db.write(), device_id)
-    return _no_store(
+    return no_store(
         render_template("admin/credentials.html", credentials=[creds], action="rotated")
     )
 
@@ -263,7 +312,7 @@ def import_devices() -> Any:
     writer.writerow(["device_id", "username", "password"])
     for creds in created:
         writer.writerow([creds.device_id, creds.username, creds.password])
-    return _no_store(
+    return no_store(
         render_template(
             "admin/import_result.html",
             created=len(created),
@@ -380,7 +429,7 @@ def webhook() -> Any:
         # host that does not resolve): 422 like the API.
         flash(serializers.sentence(exc), "error")
         return _webhook_page(org, url, 422)
-    return _no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
+    return no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
 
 
 def _webhook_page(org: dict[str, Any], typed_url: str | None, status: int = 200) -> Any:

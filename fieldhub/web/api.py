@@ -60,13 +60,20 @@ def _authenticate() -> Any:
         response = api_error(401, "send an API token as 'Authorization: Bearer <token>'")
         response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub"'
         return response
-    user = users.api_token_user(db.write(), token.strip())
+    try:
+        user = users.api_token_user(db.write(), token.strip())
+    except users.TokenExpired as exc:
+        return _invalid_token(f"{exc}; create a new one")
     if user is None:
-        response = api_error(401, "that API token is not valid (revoked or mistyped)")
-        response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub", error="invalid_token"'
-        return response
+        return _invalid_token("that API token is not valid (revoked or mistyped)")
     g.api_user = user
     return None
+
+
+def _invalid_token(message: str) -> Any:
+    response = api_error(401, message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub", error="invalid_token"'
+    return response
 
 
 def _org_id() -> int | None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+import psycopg
 from flask import (
     Blueprint,
     Flask,
@@ -33,8 +35,10 @@ from flask import (
 
 from fieldhub.core import users
 from fieldhub.web import db
+from fieldhub.web.proxies import client_address
 
 bp = Blueprint("auth", __name__)
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "fh_session"
 LOGIN_CSRF_COOKIE = "fh_login_csrf"
@@ -104,6 +108,15 @@ def _load_user() -> None:
         g.user = users.session_user(db.write(), token)
 
 
+def credential_check() -> Callable[[psycopg.Connection[Any]], bool]:
+    """How something that outlives this request (a live stream) checks, later, that the
+    credential the request came with still lets its user in."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return lambda conn: False
+    return lambda conn: users.session_valid(conn, token)
+
+
 def csrf_token() -> str:
     user = current_user()
     if user is not None:
@@ -152,6 +165,13 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+def no_store(html: str) -> Response:
+    """A page that shows a secret once: never kept by a browser cache or a proxy."""
+    response = Response(html)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _safe_next(target: str | None) -> str:
     """Only same-site paths, so a login link cannot bounce a user to another site."""
     if not target:
@@ -184,8 +204,14 @@ def login() -> Any:
     if not email or not password:
         flash("Enter your email and password.", "error")
         return render_template("login.html", next=next_url, email=email), 400
-    user, wait = users.attempt_login(db.write(), email, password, request.remote_addr, _policy())
+    address = client_address()
+    try:
+        user, wait = users.attempt_login(db.write(), email, password, address, _policy())
+    except users.AccountDisabled as exc:
+        flash(str(exc).capitalize() + ".", "error")
+        return render_template("login.html", next=next_url, email=email), 403
     if wait is not None:
+        log.warning("login for %r from %s refused: too many failed attempts", email, address)
         minutes = max(1, round(wait / 60))
         flash(
             f"Too many failed attempts. Try again in about {minutes} minute"
@@ -246,5 +272,5 @@ def change_password() -> Any:
     # Every session of the user has ended, this one included: log in afresh.
     response = redirect(url_for("auth.login"))
     response.delete_cookie(SESSION_COOKIE)
-    flash("Password changed. Log in with the new password.", "info")
+    flash("Password changed; your API tokens were revoked. Log in with the new password.", "info")
     return response

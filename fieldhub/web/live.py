@@ -5,6 +5,11 @@ the queues of the streams open in that process; a stream never holds a database 
 while it waits. Notifications only say *which* device changed; the stream then reads what is
 new with the viewer's own tenant scope, so a notification can never carry another
 organisation's data to anyone.
+
+A stream outlives the request that opened it, so it checks the credential it was opened with
+(the session) again before every event it sends and at least every REVALIDATE_S seconds while
+idle: once the session is gone (logout, a password change, a disabled user, expiry) the browser
+gets an `end` event saying so and the stream closes, instead of streaming on for hours.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +30,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, request
 
 from fieldhub.core import command_requests
 from fieldhub.web import JSONProvider, data, db
-from fieldhub.web.auth import login_required, scope_org_id
+from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,10 @@ bp = Blueprint("live", __name__)
 
 CHANNELS = ("telemetry", "presence", "commands", "alerts")
 QUEUE_SIZE = 256
+# The longest an idle stream goes without checking that its session still exists.
+REVALIDATE_S = 30.0
+KEEPALIVE = ": keepalive\n\n"
+SESSION_ENDED = "Your session has ended (logged out, password changed or account disabled)."
 
 
 class Subscription:
@@ -147,6 +156,34 @@ def sse(event: str, payload: Any) -> str:
     return f"event: {event}\ndata: {data.decode()}\n\n"
 
 
+Conn = psycopg.Connection[Any]
+Event = tuple[str, str, Conn]
+
+
+def guarded_events(
+    sub: Subscription, pools: db.Pools, still_valid: Callable[[Conn], bool], keepalive_s: float
+) -> Iterator[Event | str]:
+    """The subscription's events, each with a primary connection (a notification is sent at
+    commit there; a replica may not have replayed it yet), each after `still_valid` found the
+    stream's credential alive; a keepalive comment when idle, after the same check. Once the
+    credential is gone: an `end` event, and the iteration stops (the stream closes)."""
+    wait_s = min(keepalive_s, REVALIDATE_S)
+    while True:
+        try:
+            event: tuple[str, str] | None = sub.events.get(timeout=wait_s)
+        except queue.Empty:
+            event = None
+        with pools.get("write").connection() as conn:
+            conn.autocommit = True
+            if not still_valid(conn):
+                yield sse("end", {"reason": SESSION_ENDED})
+                return
+            if event is not None:
+                yield (*event, conn)
+        if event is None:
+            yield KEEPALIVE
+
+
 @bp.route("/devices/<device_id>/live")
 @login_required
 def device_stream(device_id: str) -> Any:
@@ -162,6 +199,7 @@ def device_stream(device_id: str) -> Any:
         since = datetime.now(UTC)
     pools = db.pools()
     keepalive = float(current_app.config["LIVE_KEEPALIVE_S"])
+    still_valid = credential_check()
     the_hub = hub()
     sub = the_hub.subscribe(frozenset([device_id]), org_id)
 
@@ -171,55 +209,50 @@ def device_stream(device_id: str) -> Any:
         try:
             yield "retry: 2000\n\n"
             yield sse("hello", {"device_id": device_id})
-            while True:
-                try:
-                    channel, payload = sub.events.get(timeout=keepalive)
-                except queue.Empty:
-                    yield ": keepalive\n\n"
+            for item in guarded_events(sub, pools, still_valid, keepalive):
+                if isinstance(item, str):
+                    yield item
                     continue
-                # The primary: a notification is sent at commit there, and a replica may not
-                # have replayed that commit yet when the stream asks.
-                with pools.get("write").connection() as conn:
-                    conn.autocommit = True
-                    if channel in ("telemetry", "resync"):
-                        rows = data.readings_since(conn, device_id, cursor)
-                        if rows:
-                            cursor = rows[-1]["time"]
-                            if any(r["metric"] not in types for r in rows):
-                                types = data.metric_types(conn, device_id)
-                            yield sse(
-                                "readings",
-                                [
-                                    {
-                                        "t": r["time"].timestamp(),
-                                        "metric": r["metric"],
-                                        "value": data.reading_value(r, types),
-                                        "text": r["text_value"],
-                                    }
-                                    for r in rows
-                                ],
-                            )
-                    if channel == "presence":
-                        yield sse("presence", {"online": payload.split()[-1] == "online"})
-                    if channel == "commands":
-                        command_id = payload.split()[1]
-                        try:
-                            command = command_requests.get_command(conn, command_id, org_id=org_id)
-                        except command_requests.NotFound:
-                            continue
+                channel, payload, conn = item
+                if channel in ("telemetry", "resync"):
+                    rows = data.readings_since(conn, device_id, cursor)
+                    if rows:
+                        cursor = rows[-1]["time"]
+                        if any(r["metric"] not in types for r in rows):
+                            types = data.metric_types(conn, device_id)
                         yield sse(
-                            "command",
-                            {
-                                "id": command["id"],
-                                "name": command["name"],
-                                "status": command["status"],
-                                "updated_at": command["updated_at"],
-                                "error": command.get("error"),
-                            },
+                            "readings",
+                            [
+                                {
+                                    "t": r["time"].timestamp(),
+                                    "metric": r["metric"],
+                                    "value": data.reading_value(r, types),
+                                    "text": r["text_value"],
+                                }
+                                for r in rows
+                            ],
                         )
-                    if channel == "alerts":
-                        alerts = data.device_alerts(conn, org_id, device_id, limit=20)
-                        yield sse("alerts", alerts)
+                if channel == "presence":
+                    yield sse("presence", {"online": payload.split()[-1] == "online"})
+                if channel == "commands":
+                    command_id = payload.split()[1]
+                    try:
+                        command = command_requests.get_command(conn, command_id, org_id=org_id)
+                    except command_requests.NotFound:
+                        continue
+                    yield sse(
+                        "command",
+                        {
+                            "id": command["id"],
+                            "name": command["name"],
+                            "status": command["status"],
+                            "updated_at": command["updated_at"],
+                            "error": command.get("error"),
+                        },
+                    )
+                if channel == "alerts":
+                    alerts = data.device_alerts(conn, org_id, device_id, limit=20)
+                    yield sse("alerts", alerts)
         finally:
             the_hub.unsubscribe(sub)
 
@@ -237,7 +270,9 @@ def alerts_stream() -> Any:
     list with the viewer's own scope. The hub forwards only the viewer's organisation's
     notifications (all of them to an operator)."""
     org_id = scope_org_id()
+    pools = db.pools()
     keepalive = float(current_app.config["LIVE_KEEPALIVE_S"])
+    still_valid = credential_check()
     the_hub = hub()
     sub = the_hub.subscribe(frozenset(), org_id)
 
@@ -245,12 +280,11 @@ def alerts_stream() -> Any:
         try:
             yield "retry: 2000\n\n"
             yield sse("hello", {"org_id": org_id})
-            while True:
-                try:
-                    channel, payload = sub.events.get(timeout=keepalive)
-                except queue.Empty:
-                    yield ": keepalive\n\n"
+            for item in guarded_events(sub, pools, still_valid, keepalive):
+                if isinstance(item, str):
+                    yield item
                     continue
+                channel, payload, _conn = item
                 parts = payload.split()
                 if channel == "alerts" and len(parts) == 3 and parts[1].isdigit():
                     yield sse("alert", {"id": int(parts[1]), "state": parts[2]})

@@ -41,7 +41,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {
         400: "The request's parameters are not valid.",
-        401: "No API token, or not a valid one.",
+        401: "No API token, or not a valid one (unknown, revoked, expired, or its user "
+        "disabled or their password changed).",
         403: "The token's role may not do this.",
         404: "No such object in the token's organisation.",
         409: "The command is already final, or the alert is not active.",

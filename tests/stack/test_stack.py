@@ -48,6 +48,7 @@ from fieldhub.stack.supervisor import (
     same_process_alive,
 )
 from tests.support import DeviceClient, wait_for
+from tests.web.helpers import SourceClient
 
 PORT_VARIABLES = (
     "FIELDHUB_PG_PORT",
@@ -301,7 +302,7 @@ def _http_status(url: str) -> int:
 def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     stack_home: tuple[Path, dict[str, str]],
 ) -> None:
-    _home, env = stack_home
+    home, env = stack_home
     settings = Settings.from_env(env)
     started = _fieldhub(env, "up", "--detach", "--cluster")
     assert started.returncode == 0, started.stdout + started.stderr
@@ -338,6 +339,17 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             replica.execute("CREATE TABLE nope (id int)")
 
+    # Each bridge instance logs in as an account of its own on both brokers: the services
+    # listener names its durable session after it, so no two processes share one.
+    for n in (1, 2):
+        for k in (1, 2):
+            log_file = home / "log" / f"bridge-{n}-broker-{k}.log"
+            wait_for(
+                lambda f=log_file, n=n: f"as svc.bridge-{n} (session present" in f.read_text(),
+                timeout=30,
+                what=f"bridge-{n}-broker-{k} to log in as svc.bridge-{n}",
+            )
+
     # nginx answers on the web port for whichever instance is up.
     web = status["web_url"]
     operator: urllib.request.OpenerDirector | None = None
@@ -347,6 +359,7 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
         os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
         assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
         operator = _operator_sees_the_replica(env, web)
+        _nginx_passes_the_client_address(web, primary_url)
 
     # A bridge killed outright in the middle of a stream: the other one carries on, the
     # killed one comes back, and every reading the devices got a PUBACK for is stored once.
@@ -386,6 +399,12 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
             streaming.set()
             runner.join(timeout=30)
         assert stack_status(settings)["processes"]["bridge-2-broker-1"]["restarts"] == 0
+        # The restarted bridge-1 took back its own session only: bridge-2 was never kicked.
+        for k in (1, 2):
+            assert (
+                "disconnected from the broker"
+                not in (home / "log" / f"bridge-2-broker-{k}.log").read_text()
+            )
 
         def stored() -> int:
             row = conn.execute(
@@ -417,6 +436,18 @@ def _live_readings_through_nginx(
             if stream.readline().startswith(b"event: readings"):
                 return
     raise AssertionError(f"no live readings for {device_id} through nginx within 20 s")
+
+
+def _nginx_passes_the_client_address(web: str, primary_url: str) -> None:
+    """The web instances trust the stack's nginx: a failed login through it counts against the
+    client's address, not nginx's (which would lock every user out after 30 failures)."""
+    port = urllib.parse.urlsplit(web).port
+    assert port is not None
+    client = SourceClient(port, "127.0.0.9")
+    assert client.login("nobody@cluster.test", "not the password") == 401
+    with psycopg.connect(primary_url, autocommit=True) as conn:
+        keys = [r[0] for r in conn.execute("SELECT key FROM login_failures WHERE key LIKE 'ip:%'")]
+    assert keys == ["ip:127.0.0.9"]
 
 
 def _operator_sees_the_replica(env: dict[str, str], web: str) -> urllib.request.OpenerDirector:

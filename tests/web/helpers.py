@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 from flask.testing import FlaskClient
@@ -42,6 +44,7 @@ class World:
     user_ids: dict[str, int]
     rules: dict[str, int]
     imports: dict[str, str]
+    tokens: dict[str, int]  # "a" / "b" -> the id of an API token of that organisation's admin
 
 
 def seed(database_url: str) -> World:
@@ -53,6 +56,7 @@ def seed(database_url: str) -> World:
         alerts: dict[str, int] = {}
         rules: dict[str, int] = {}
         imports: dict[str, str] = {}
+        tokens: dict[str, int] = {}
         for org in ("a", "b"):
             org_row = registry.create_org(conn, f"org-{org}", f"Organisation {org.upper()}")
             for role in ("admin", "member", "viewer"):
@@ -62,6 +66,7 @@ def seed(database_url: str) -> World:
                 )
                 emails[f"{org}_{role}"] = email
                 user_ids[f"{org}_{role}"] = user["id"]
+            tokens[org] = users.create_api_token(conn, f"admin@{org}.example", name="seed")[1]["id"]
             device_id = f"dev-{org}1"
             registry.create_device(
                 conn,
@@ -121,7 +126,7 @@ def seed(database_url: str) -> World:
         )
         emails["operator"] = "op@ops.example"
         user_ids["operator"] = operator["id"]
-    return World(database_url, emails, devices, commands, alerts, user_ids, rules, imports)
+    return World(database_url, emails, devices, commands, alerts, user_ids, rules, imports, tokens)
 
 
 def api_token(database_url: str, email: str) -> str:
@@ -219,6 +224,45 @@ class WebServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class SourceClient:
+    """One browser at one source address (any 127.x.y.z reaches loopback servers), to be a
+    client of its own: cookies, the login form and its CSRF token."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.port = port
+        self.source = source
+        self.cookies: dict[str, str] = {}
+
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, **headers: str
+    ) -> tuple[int, str]:
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", self.port, source_address=(self.source, 0), timeout=20
+        )
+        sent = {k.replace("_", "-"): v for k, v in headers.items()}
+        if self.cookies:
+            sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            conn.request(method, path, body, sent)
+            response = conn.getresponse()
+            text = response.read().decode()
+            for cookie in response.headers.get_all("Set-Cookie") or []:
+                name, _, value = cookie.split(";", 1)[0].partition("=")
+                self.cookies[name] = value
+            return response.status, text
+        finally:
+            conn.close()
+
+    def login(self, email: str, password: str, **headers: str) -> int:
+        _, page = self.request("GET", "/login", **headers)
+        form = {"email": email, "password": password, "csrf_token": csrf_from(page)}
+        return self.request("POST", "/login", form, **headers)[0]
 
 
 # -- browser tests -----------------------------------------------------------------------------

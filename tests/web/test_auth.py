@@ -7,7 +7,7 @@ import pytest
 from flask import Flask
 
 from fieldhub.web import create_app
-from tests.web.helpers import PASSWORD, World, csrf_from, login
+from tests.web.helpers import PASSWORD, World, api_token, csrf_from, login
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,9 @@ def test_logout_ends_the_session_in_the_database(app: Flask, world: World) -> No
     assert replay.get("/devices").status_code == 302
 
 
-def test_password_change_ends_every_session_of_the_user(app: Flask, world: World) -> None:
+def test_password_change_ends_every_session_and_token_of_the_user(app: Flask, world: World) -> None:
+    mine = api_token(world.database_url, world.emails["a_admin"])
+    theirs = api_token(world.database_url, world.emails["a_member"])
     first, second = app.test_client(), app.test_client()
     login(first, world.emails["a_admin"])
     csrf = login(second, world.emails["a_admin"])
@@ -94,6 +96,11 @@ def test_password_change_ends_every_session_of_the_user(app: Flask, world: World
     assert first.get("/devices").status_code == 302
     assert second.get("/devices").status_code == 302
     login(first, world.emails["a_admin"], "a brand new secret")
+    # A token made by whoever the change locks out would otherwise outlive it.
+    bearer = {"Authorization": f"Bearer {mine}"}
+    assert first.get("/api/v1/devices", headers=bearer).status_code == 401
+    bearer = {"Authorization": f"Bearer {theirs}"}
+    assert first.get("/api/v1/devices", headers=bearer).status_code == 200
 
 
 def test_state_changing_requests_without_the_csrf_token_are_refused(

@@ -32,6 +32,7 @@ def _urls(app: Flask, world: World, org: str) -> list[tuple[str, str, str]]:
         "user_id": world.user_ids[f"{org}_viewer"],
         "rule_id": world.rules[org],
         "import_id": world.imports[org],
+        "token_id": world.tokens[org],
     }
     result = []
     with app.test_request_context():

@@ -1,5 +1,6 @@
 """Live updates through a real gunicorn (gevent workers): a committed reading reaches an open
-event stream within 2 s, and open streams do not block other requests."""
+event stream within 2 s, open streams do not block other requests, and a stream ends (telling
+the browser) when the session that opened it does."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 import requests
+from psycopg.rows import dict_row
 
+from fieldhub.core import users
 from fieldhub.web.live import Subscription, route
+from tests.support import wait_for
 from tests.web.helpers import PASSWORD, WebServer, World, csrf_from
 
 pytestmark = pytest.mark.integration
@@ -48,6 +52,7 @@ def session_for(server: WebServer, email: str) -> requests.Session:
 def read_events(
     response: requests.Response, events: queue.Queue[tuple[str, object, float]]
 ) -> None:
+    """Each event as (name, data, when); ("closed", None, when) once the server ends it."""
     event = None
     try:
         for line in response.iter_lines(decode_unicode=True):
@@ -57,6 +62,7 @@ def read_events(
                 events.put((event, json.loads(line[6:]), time.monotonic()))
     except (requests.RequestException, AttributeError, ValueError):
         return
+    events.put(("closed", None, time.monotonic()))
 
 
 def test_reading_reaches_the_stream_within_two_seconds(world: World) -> None:
@@ -130,3 +136,86 @@ def test_psycopg_waits_cooperatively_in_a_gevent_worker() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() != "wait_c"
+
+
+def _open_stream(
+    session: requests.Session, url: str
+) -> tuple[requests.Response, queue.Queue[tuple[str, object, float]]]:
+    response = session.get(url, stream=True, timeout=60)
+    assert response.status_code == 200
+    events: queue.Queue[tuple[str, object, float]] = queue.Queue()
+    threading.Thread(target=read_events, args=(response, events), daemon=True).start()
+    assert events.get(timeout=10)[0] == "hello"
+    return response, events
+
+
+def _next_other_than(
+    events: queue.Queue[tuple[str, object, float]],
+    skip: set[str],
+    timeout: float,
+    skipped: list[object] | None = None,
+) -> tuple[str, object, float]:
+    """The next event not named in `skip` (what a stream sends when it (re)subscribes); the
+    payloads passed over go to `skipped`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        name, payload, at = events.get(timeout=max(0.01, deadline - time.monotonic()))
+        if name not in skip:
+            return name, payload, at
+        if skipped is not None:
+            skipped.append(payload)
+
+
+def test_a_stream_ends_when_its_session_does(world: World) -> None:
+    device = world.devices["a"]
+    url_path = f"/devices/{device}/live"
+    with WebServer(world.database_url, workers=1) as server:
+        viewer = session_for(server, world.emails["a_viewer"])
+        member = session_for(server, world.emails["a_member"])
+        _, viewer_events = _open_stream(viewer, server.url + url_path)
+        _, member_events = _open_stream(member, server.url + url_path)
+        alerts_response = member.get(f"{server.url}/alerts/live", stream=True, timeout=60)
+        alert_events: queue.Queue[tuple[str, object, float]] = queue.Queue()
+        threading.Thread(
+            target=read_events, args=(alerts_response, alert_events), daemon=True
+        ).start()
+        assert alert_events.get(timeout=10)[0] == "hello"
+        with psycopg.connect(world.database_url, autocommit=True, row_factory=dict_row) as conn:
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'fieldhub-web-live'"
+                ).fetchone(),
+                what="the live hub to listen",
+            )
+            # The viewer logs out in another tab: the same session, ended.
+            csrf = csrf_from(viewer.get(server.url + "/devices", timeout=10).text)
+            viewer.post(server.url + "/logout", data={"csrf_token": csrf}, timeout=10)
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO readings (time, device_id, metric, value)"
+                    " VALUES (%s, %s, 'temperature', 12.5)",
+                    (datetime.now(UTC), device),
+                )
+                conn.execute("SELECT pg_notify('telemetry', %s)", (device,))
+            # The next event ends the viewer's stream, told why, instead of carrying data.
+            passed_over: list[object] = []
+            name, payload, _ = _next_other_than(viewer_events, {"readings"}, 5, passed_over)
+            assert name == "end"
+            assert "12.5" not in json.dumps(passed_over)
+            assert isinstance(payload, dict)
+            assert "session has ended" in payload["reason"]
+            assert viewer_events.get(timeout=5)[0] == "closed"
+            # Another user's stream of the same device goes on.
+            name, payload, _ = _next_other_than(member_events, set(), timeout=5)
+            assert name == "readings"
+            assert isinstance(payload, list)
+            assert payload[-1]["value"] == 12.5
+
+            # No event at all: disabling the member ends both of its streams within 30 s.
+            disabled_at = time.monotonic()
+            users.set_disabled(conn, world.user_ids["a_member"], True)
+            for events in (member_events, alert_events):
+                name, payload, at = _next_other_than(events, {"readings", "alert"}, timeout=35)
+                assert name == "end", (name, payload)
+                assert at - disabled_at < 30.0
+                assert events.get(timeout=5)[0] == "closed"

@@ -29,6 +29,7 @@
     // A burst of changes (one evaluation opening many alerts) costs one re-read.
     if (!pending) pending = setTimeout(refresh, 200);
   });
+  source.addEventListener("end", (e) => window.fieldhubLiveEnded(source, e, dot));
   source.onerror = () => {
     dot.classList.remove("on");
     document.body.dataset.live = "reconnecting";

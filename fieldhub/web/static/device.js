@@ -351,6 +351,7 @@
       appendReadings(readings);
     });
     source.addEventListener("command", (e) => commandRow(JSON.parse(e.data)));
+    source.addEventListener("end", (e) => window.fieldhubLiveEnded(source, e, liveDot));
     source.addEventListener("presence", (e) => {
       const online = JSON.parse(e.data).online;
       const pill = document.getElementById("presence");
