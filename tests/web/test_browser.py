@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from fieldhub.core import users
-from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
+from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
 from tests.web.helpers import PASSWORD, WebServer, log_in, shot
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -121,3 +121,40 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         assert csp_violations == []
         page.close()
     device.close()
+
+
+def test_the_device_page_is_told_when_its_session_ends(stack: TestStack, browser: Browser) -> None:
+    device_id = unique_id("leaving")
+    stack.create_devices([device_id])
+    email = "leaver@test.example"
+    user = users.create_user(stack.conn, email, org=stack.org, role="viewer", password=PASSWORD)
+    with WebServer(stack.database_url) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        log_in(page, server.url, email)
+        # The account page makes a token (shown once) and lists it.
+        page.click("a:has-text('Account')")
+        page.fill("input[name=name]", "grafana")
+        page.select_option("select[name=expires_in]", "30d")
+        page.click("form:has(input[name=name]) button[type=submit]")
+        expect(page.locator("pre.secret")).to_contain_text("fh_")
+        page.click("a:has-text('Back to your account')")
+        expect(page.locator("table.tokens tbody tr")).to_contain_text("grafana")
+        shot(page, "account")
+        page.goto(f"{server.url}/devices/{device_id}")
+        expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+        wait_for(
+            lambda: stack.query(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'fieldhub-web-live'"
+            ),
+            what="the live hub to listen",
+        )
+        # An admin disables the account while the page is open; the next event ends the stream.
+        users.set_disabled(stack.conn, user["id"], True)
+        stack.conn.execute("SELECT pg_notify('telemetry', %s)", (device_id,))
+        expect(page.locator("body[data-live=ended]")).to_have_count(1, timeout=10000)
+        note = page.locator("#live-ended")
+        expect(note).to_contain_text("Your session has ended")
+        expect(note.locator("a")).to_have_attribute("href", f"/login?next=%2Fdevices%2F{device_id}")
+        expect(page.locator("#live-state")).not_to_have_class("live-dot on")
+        shot(page, "live-ended")
+        page.close()
