@@ -73,10 +73,16 @@ def test_no_other_account_can_take_over_a_bridges_session(stack: TestStack) -> N
             # a resumed one would have dropped what the intruder may not read).
             with BridgeProcess(stack, instance=41) as back:
                 back.start().wait_ready()
-                wait_for(
-                    lambda: _stored(stack, sensor) == [1.0, 2.0, 3.0, 4.0, 5.0],
-                    what="the readings queued while the bridge was down",
-                )
+                try:
+                    wait_for(
+                        lambda: _stored(stack, sensor) == [1.0, 2.0, 3.0, 4.0, 5.0],
+                        timeout=20,
+                        what="the readings queued while the bridge was down",
+                    )
+                except AssertionError as exc:
+                    raise AssertionError(
+                        f"{exc}: stored {_stored(stack, sensor)}\n{back.log()[-3000:]}"
+                    ) from None
                 assert f"as {back.username} (session present: True)" in back.log()
     finally:
         publisher.close()
