@@ -20,9 +20,8 @@ import pytest
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port, wait_until
-from fieldhub.core.tls import ensure_tls
 from fieldhub.stack.postgres import PostgresCluster
-from tests.support import TestStack
+from tests.support import TestStack, loopback_broker
 
 TEMPLATE_DB = "fieldhub_template"
 
@@ -87,15 +86,7 @@ class SessionBroker:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.broker = MosquittoBroker(
-            base / "broker",
-            base / "tls",
-            free_port(),
-            free_port(),
-            free_port(),
-            tls_bind="127.0.0.1",
-            autosave_interval=5,
-        )
+        self.broker = loopback_broker(base, autosave_interval=5)
         self.log_file = base / "mosquitto.log"
         self.proc = self.broker.start(self.log_file)
 
@@ -117,7 +108,6 @@ class SessionBroker:
 @pytest.fixture(scope="session")
 def session_broker() -> Iterator[SessionBroker]:
     base = _scratch_dir("fieldhub-test-mqtt-")
-    ensure_tls(base / "tls", ["localhost"])
     running = SessionBroker(base)
     try:
         yield running

@@ -31,6 +31,7 @@ from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port
+from fieldhub.core.tls import ensure_tls
 
 # The account of bridge instance 1; instance N is registry.bridge_account(N).
 BRIDGE_ACCOUNT = registry.bridge_account(1)
@@ -226,6 +227,21 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
         proc.wait()
 
 
+def loopback_broker(base: Path, *, autosave_interval: int = 5) -> MosquittoBroker:
+    """A broker under `base` on free loopback ports, with its own TLS material (not started)."""
+    if not (base / "tls" / "ca.crt").exists():
+        ensure_tls(base / "tls", ["localhost"])
+    return MosquittoBroker(
+        base / "broker",
+        base / "tls",
+        free_port(),
+        free_port(),
+        free_port(),
+        tls_bind="127.0.0.1",
+        autosave_interval=autosave_interval,
+    )
+
+
 def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -235,6 +251,7 @@ __all__ = [
     "BridgeProcess",
     "DeviceClient",
     "TestStack",
+    "loopback_broker",
     "stop_process",
     "unique_id",
     "wait_for",

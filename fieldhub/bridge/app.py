@@ -46,6 +46,7 @@ from fieldhub.bridge.ingest import (
     Pending,
     Status,
     Telemetry,
+    TwinReport,
 )
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.receive import BridgeClient, ReceiveClock
@@ -57,6 +58,8 @@ from fieldhub.core.decode import (
     parse_topic,
 )
 from fieldhub.core.endpoints import MqttEndpoint
+from fieldhub.core.twin_documents import INVALID as TWIN_INVALID
+from fieldhub.core.twin_documents import TwinDocumentError, parse_report
 
 log = logging.getLogger("fieldhub.bridge")
 
@@ -66,6 +69,7 @@ DEVICE_TOPICS = (
     "devices/+/telemetry/senml",
     "devices/+/status",
     "devices/+/commands/+/ack",
+    "devices/+/twin/reported",
 )
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 RECEIVE_MAXIMUM = 10_000
@@ -109,10 +113,19 @@ class Bridge:
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._subscribed = threading.Event()
-        self._counts = {"telemetry": 0, "senml": 0, "status": 0, "command_ack": 0, "invalid": 0}
+        self._counts = {
+            "telemetry": 0,
+            "senml": 0,
+            "status": 0,
+            "command_ack": 0,
+            "twin_reported": 0,
+            "invalid": 0,
+        }
         self._clock = ReceiveClock()
         self._writer_thread = threading.Thread(target=self._write_loop, name="ingest-writer")
         self.dispatcher: Any = None
+        # PUBACK reason codes of our own publishes that the broker refused, by packet id.
+        self._refused: dict[int, str] = {}
         self.client = self._make_client()
 
     # -- MQTT -----------------------------------------------------------------------------
@@ -137,7 +150,15 @@ class Bridge:
         client.on_message = self._on_message
         client.on_publish_packet = self._on_publish_packet
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         return client
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        # Runs before paho marks the message published, so publish() finds it.
+        if reason.is_failure:
+            self._refused[mid] = str(reason)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -171,6 +192,9 @@ class Bridge:
         topics = [(f"$share/{SHARE_GROUP}/{topic}", options) for topic in DEVICE_TOPICS]
         topics.append((DROPPED_TOPIC, SubscribeOptions(qos=0)))
         client.subscribe(topics)
+        if self.dispatcher is not None:
+            # A broker that restarted has only what its last snapshot held.
+            self.dispatcher.broker_reconnected()
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
@@ -243,6 +267,8 @@ class Bridge:
                     item = Status(
                         info.device_id, decode_status(payload), topic, payload, received_at
                     )
+                elif kind == "twin_reported":
+                    item = _twin_report(info.device_id, topic, payload, received_at)
                 else:
                     item = CommandAck(
                         info.device_id, info.command_id or "", topic, payload, received_at
@@ -260,6 +286,8 @@ class Bridge:
                 batch.dead.append(item)
             elif type(item) is Status:
                 batch.statuses.append(item)
+            elif type(item) is TwinReport:
+                batch.twin_reports.append(item)
             else:
                 batch.acks.append(item)
             if qos:
@@ -295,6 +323,11 @@ class Bridge:
         info.wait_for_publish(timeout=10)
         if not info.is_published():
             raise TimeoutError(f"no PUBACK for {topic} within 10 s")
+        refused = self._refused.pop(info.mid, None)
+        if refused is not None:
+            # Not delivered: an ACL without this topic (MQTT 5 answers 0x87) must not pass
+            # for a published command or twin.
+            raise PermissionError(f"the broker refused {topic}: {refused}")
 
     # -- writer -----------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -466,10 +499,20 @@ class Bridge:
         return 0
 
 
+def _twin_report(
+    device_id: str, topic: str, payload: bytes, received_at: float
+) -> TwinReport | DeadLetter:
+    try:
+        report = parse_report(payload)
+    except TwinDocumentError as exc:
+        return DeadLetter(received_at, device_id, topic, TWIN_INVALID, str(exc), payload)
+    return TwinReport(device_id, report, topic, payload, received_at)
+
+
 def _as_dead_letter(single: Batch, exc: psycopg.Error) -> DeadLetter:
     detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
-    items: Sequence[Telemetry | Status | CommandAck] = (
-        single.telemetry or single.statuses or single.acks
+    items: Sequence[Telemetry | Status | CommandAck | TwinReport] = (
+        single.telemetry or single.statuses or single.acks or single.twin_reports
     )
     if items:
         message = items[0]

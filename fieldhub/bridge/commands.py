@@ -14,6 +14,10 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   time (a PostgreSQL advisory lock), however many bridge instances run. With several brokers
   each bridge process is connected to one broker and its dispatcher is scoped to it: it
   publishes only the commands of devices homed there, and the lock is one per broker.
+  The same thread, under the same lock, publishes the retained twin documents
+  (fieldhub.bridge.twin.TwinPublisher), and after taking over and after every reconnect to
+  the broker it publishes every live retained message again (sent commands, twins): a broker
+  restarted from its snapshot has lost what arrived since its last autosave.
 
 The device-side contract and every restart case are written down in docs/commands.md.
 """
@@ -37,6 +41,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from fieldhub.bridge.twin import TwinPublisher
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
 from fieldhub.core.db import Queries, connect
 
@@ -186,6 +191,7 @@ class SweepResult:
     expired: int = 0
     published: int = 0
     cleared: int = 0
+    twins: int = 0  # twins whose retained documents went out
     # False when a publish failed and the sweep stopped early; the next sweep retries.
     complete: bool = True
 
@@ -218,6 +224,16 @@ class CommandDispatcher:
         self.sweeps = 0  # completed sweeps, for tests and metrics
         self.last_error: str | None = None
         self._publish_failing = False
+        self.twins = TwinPublisher(
+            self._publish_logged,
+            broker=broker,
+            batch_size=batch_size,
+            workers=self.publish_workers,
+        )
+        # Set by the bridge on every (re)connect: the broker may have restarted without the
+        # retained messages of its last seconds.
+        self._reconnected = threading.Event()
+        self._reconnected.set()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -234,6 +250,13 @@ class CommandDispatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def broker_reconnected(self) -> None:
+        """The bridge's broker connection is new: publish every retained message again.
+
+        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own.
+        """
+        self._reconnected.set()
 
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
@@ -258,6 +281,7 @@ class CommandDispatcher:
 
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("LISTEN commands")
+        conn.execute("LISTEN twins")
         self.is_leader = False
         next_sweep = 0.0
         to_republish: list[uuid.UUID] = []
@@ -268,10 +292,16 @@ class CommandDispatcher:
                     log.info(
                         "command dispatcher is the leader for %s", self.broker or "every broker"
                     )
-                    # The broker may have lost retained messages while nobody watched (a crash
-                    # between snapshots); devices drop duplicates by id, so resend to be sure,
-                    # right after the first sweep, so new commands do not wait behind them.
-                    to_republish = self._sent_ids(conn)
+                    self._reconnected.set()
+            if self.is_leader and self._reconnected.is_set():
+                self._reconnected.clear()
+                # The broker may have lost retained messages while nobody watched (a crash
+                # between snapshots, a restart); devices drop duplicates by id (commands) or
+                # version (twins), so resend to be sure, sent commands right after the first
+                # sweep so that new commands do not wait behind them.
+                to_republish = self._sent_ids(conn)
+                self.twins.forget(conn)
+                next_sweep = 0.0
             now = time.monotonic()
             if self.is_leader and now >= next_sweep:
                 result = self.sweep(conn)
@@ -279,7 +309,11 @@ class CommandDispatcher:
                 if to_republish and result.complete and self._republish_sent(conn, to_republish):
                     to_republish = []
                 if result.complete:
-                    busy = result.published >= self.batch_size or result.cleared >= self.batch_size
+                    busy = (
+                        result.published >= self.batch_size
+                        or result.cleared >= self.batch_size
+                        or result.twins >= self.batch_size
+                    )
                     next_sweep = now if busy else now + self._wait_for_expiry(conn)
                 else:
                     next_sweep = now + self.retry_backoff_s
@@ -313,12 +347,16 @@ class CommandDispatcher:
             if remaining <= 0:
                 return False
             for notify in conn.notifies(timeout=min(remaining, 0.25)):
-                if self._needs_sweep(notify.payload):
+                if self._needs_sweep(notify.channel, notify.payload):
                     return True
+            if self.is_leader and self._reconnected.is_set():
+                return True
         return False
 
     @staticmethod
-    def _needs_sweep(payload: str) -> bool:
+    def _needs_sweep(channel: str, payload: str) -> bool:
+        if channel == "twins":
+            return True
         # "<device_id> <command_id> <status>": sent and delivered need nothing from us.
         status = payload.rsplit(" ", 1)[-1]
         return status not in ("sent", "delivered")
@@ -351,6 +389,8 @@ class CommandDispatcher:
                     return result
                 cur.execute(QUERIES["mark_cleared"], {"id": command["id"]})
                 result.cleared += 1
+        result.twins, complete = self.twins.sweep(conn)
+        result.complete = result.complete and complete
         return result
 
     def _publish_queued(
@@ -417,20 +457,28 @@ class CommandDispatcher:
 
     def _try_publish(self, topic: str, payload: bytes, expiry_s: int | None) -> bool:
         try:
-            self.publish(topic, payload, True, expiry_s)
-        except Exception as exc:
+            self._publish_logged(topic, payload, True, expiry_s)
+        except Exception:
             # Broker down or slow: the caller stops this device's commands for this sweep so
             # a later one is not published ahead of this one; the next sweep retries.
+            return False
+        return True
+
+    def _publish_logged(
+        self, topic: str, payload: bytes, retain: bool, expiry_s: int | None
+    ) -> None:
+        """`publish`, with one warning per outage rather than one per message and retry."""
+        try:
+            self.publish(topic, payload, retain, expiry_s)
+        except Exception as exc:
             self.last_error = f"publish: {type(exc).__name__}: {exc}"
-            # One warning per outage, not one per command and retry.
             level = logging.DEBUG if self._publish_failing else logging.WARNING
             self._publish_failing = True
             log.log(level, "publishing to %s failed (retrying every sweep): %s", topic, exc)
-            return False
+            raise
         if self._publish_failing:
             self._publish_failing = False
-            log.info("publishing commands works again")
-        return True
+            log.info("publishing to the broker works again")
 
 
 __all__ = [

@@ -14,8 +14,8 @@ writes it in one transaction:
    that path directly, since redeliveries come in runs. (Measured: staging every batch
    carries less than half the throughput, docs/benchmarks.md.)
 3. latest_values, device_state/presence_events and NOTIFY telemetry (delivered at commit)
-   follow in one pipelined round trip; command acks and dead letters in the same
-   transaction.
+   follow in one pipelined round trip; command acks, twin reports (fieldhub.bridge.twin) and
+   dead letters in the same transaction.
 4. Only after COMMIT are the batch's QoS 1 messages acknowledged. On a database error nothing
    is acknowledged: the batch is kept, retried with backoff, and grows with what arrives
    meanwhile (bounded by the Receive Maximum the bridge announces to the broker).
@@ -38,6 +38,7 @@ import psycopg
 
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
+from fieldhub.bridge.twin import TwinReport, apply_reports
 from fieldhub.core import db
 from fieldhub.core.db import Queries
 from fieldhub.core.decode import Reading
@@ -94,7 +95,7 @@ class DeadLetter(NamedTuple):
 
 
 # Any message of a batch that came from a device (each is checked against the registry).
-_M = TypeVar("_M", Telemetry, Status, CommandAck)
+_M = TypeVar("_M", Telemetry, Status, CommandAck, TwinReport)
 
 
 @dataclasses.dataclass
@@ -104,6 +105,7 @@ class Batch:
     telemetry: list[Telemetry] = dataclasses.field(default_factory=list)
     statuses: list[Status] = dataclasses.field(default_factory=list)
     acks: list[CommandAck] = dataclasses.field(default_factory=list)
+    twin_reports: list[TwinReport] = dataclasses.field(default_factory=list)
     dead: list[DeadLetter] = dataclasses.field(default_factory=list)
     # Packet ids of the QoS 1 messages, valid only on the broker connection `generation`.
     mids: list[int] = dataclasses.field(default_factory=list)
@@ -114,6 +116,7 @@ class Batch:
         self.telemetry += other.telemetry
         self.statuses += other.statuses
         self.acks += other.acks
+        self.twin_reports += other.twin_reports
         self.dead += other.dead
         if other.generation != self.generation:
             # Packet ids of an older connection are void: the broker redelivers those
@@ -134,6 +137,8 @@ class Batch:
             singles.append(Batch(statuses=[status], messages=1))
         for ack in self.acks:
             singles.append(Batch(acks=[ack], messages=1))
+        for report in self.twin_reports:
+            singles.append(Batch(twin_reports=[report], messages=1))
         for dead in self.dead:
             singles.append(Batch(dead=[dead], messages=1))
         return singles
@@ -366,6 +371,7 @@ class IngestWriter:
         device_ids = {m.device_id for m in batch.telemetry}
         device_ids.update(m.device_id for m in batch.statuses)
         device_ids.update(m.device_id for m in batch.acks)
+        device_ids.update(m.device_id for m in batch.twin_reports)
         enabled = directory.enabled
         unknown = [d for d in device_ids if d not in enabled]
         if unknown:
@@ -454,6 +460,12 @@ class IngestWriter:
                 if original is not None:
                     dead.append(_dead(original, reason, detail))
 
+        # -- twin reports: after everything else of the batch, in receive order -------------
+        reports = admitted(batch.twin_reports)
+        if reports:
+            for report, reason, detail in apply_reports(conn, reports):
+                dead.append(_dead(report, reason, detail))
+
         # -- dead letters -----------------------------------------------------------------
         if dead:
             with conn.cursor() as cur, cur.copy(QUERIES["copy_dead_letters"]) as copy:
@@ -519,7 +531,9 @@ class IngestWriter:
             ).fetchall()
 
 
-def _dead(message: Telemetry | Status | CommandAck, reason: str, detail: str) -> DeadLetter:
+def _dead(
+    message: Telemetry | Status | CommandAck | TwinReport, reason: str, detail: str
+) -> DeadLetter:
     return DeadLetter(
         message.received_at, message.device_id, message.topic, reason, detail, message.payload
     )
@@ -543,6 +557,7 @@ __all__ = [
     "Pending",
     "Status",
     "Telemetry",
+    "TwinReport",
     "encode_copy",
     "notify_payloads",
 ]

@@ -26,6 +26,7 @@ Topics (see :func:`parse_topic`)::
     devices/{device_id}/telemetry/senml             SenML pack (RFC 8428)
     devices/{device_id}/status                      "online" / "offline"
     devices/{device_id}/commands/{command_id}/ack   command acknowledgement
+    devices/{device_id}/twin/reported               twin report (fieldhub.core.twin_documents)
 
 Telemetry payload (see :func:`decode_telemetry`): one reading object
 ``{"ts": T, "seq": N, "values": {"temp": 21.5, "door": true}}`` or a JSON
@@ -137,7 +138,7 @@ METRIC_NAME_RE: Final = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}\Z")
 """Metric name.  ``/`` and ``:`` are allowed because SenML names are often
 ``urn:dev:...:temp`` or ``3303/0/5700``."""
 
-TopicKind = Literal["telemetry", "senml", "status", "command_ack"]
+TopicKind = Literal["telemetry", "senml", "status", "command_ack", "twin_reported"]
 
 DecodeReason = Literal[
     "invalid_utf8",
@@ -281,9 +282,12 @@ def parse_topic(topic: str) -> TopicInfo | None:
         else:
             return None
     elif n == 4:
-        if parts[2] != "telemetry" or parts[3] != "senml":
+        if parts[2] == "telemetry" and parts[3] == "senml":
+            kind = "senml"
+        elif parts[2] == "twin" and parts[3] == "reported":
+            kind = "twin_reported"
+        else:
             return None
-        kind = "senml"
     else:
         if parts[2] != "commands" or parts[4] != "ack":
             return None

@@ -427,6 +427,9 @@ BRIDGE_ACL = (
     "read devices/+/status",
     "read devices/+/commands/+/ack",
     "write devices/+/commands/+",
+    "read devices/+/twin/reported",
+    "write devices/+/twin/desired",
+    "write devices/+/twin/delta",
     "read $SYS/broker/publish/messages/dropped",
     "read $SYS/broker/clients/connected",
 )

@@ -145,6 +145,9 @@ def test_base_acl_grants_devices_exactly_the_contract_topics() -> None:
             "write devices/%u/status",
             "write devices/%u/commands/+/ack",
             "read devices/%u/commands/+",
+            "write devices/%u/twin/reported",
+            "read devices/%u/twin/desired",
+            "read devices/%u/twin/delta",
         ]
     )
     assert not [line for line in BASE_ACL.read_text().splitlines() if line.startswith("topic")]
@@ -266,6 +269,9 @@ def test_device_cannot_publish_on_another_devices_topics(
         "devices/+/status",
         "devices/+/commands/+/ack",
         "devices/+/commands/+",
+        "devices/+/twin/reported",
+        "devices/+/twin/desired",
+        "devices/+/twin/delta",
     ):
         bridge.subscribe(topic)
     dev_a = _device(stack, a, secrets[a])
@@ -277,6 +283,9 @@ def test_device_cannot_publish_on_another_devices_topics(
         f"devices/{b}/commands/c1/ack",
         f"devices/{b}/commands/c1",
         f"devices/{a}/commands/c1",  # a device cannot command itself either
+        f"devices/{b}/twin/reported",
+        f"devices/{a}/twin/desired",  # nor set its own desired state
+        f"devices/{a}/twin/delta",
     ):
         dev_a.publish(topic, b'{"spoofed":true}')
     dev_a.publish(f"devices/{a}/telemetry", b'{"marker":1}')
