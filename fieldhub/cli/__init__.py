@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -35,6 +37,7 @@ COMMAND_MODULES = (
     "fieldhub.cli.device",
     "fieldhub.cli.auth_sync",
     "fieldhub.cli.command",
+    "fieldhub.cli.twin",
     "fieldhub.cli.bridge",
     "fieldhub.cli.export",
     "fieldhub.cli.bench",
@@ -62,6 +65,17 @@ def connect_registry(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
     """A registry row with its times as ISO 8601 strings, for --json output."""
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+
+
+def to_json(value: Any) -> str:
+    """Any JSON-like value with datetimes in it as one line of JSON (ISO 8601 times)."""
+    return json.dumps(value, default=_json_default, sort_keys=True)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,10 +7,10 @@ publishes what they queue. Operators on the command line are not scoped to an or
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime
 from typing import Any
 
+from fieldhub.cli import to_json
 from fieldhub.core import command_requests, endpoints
 from fieldhub.core.command_states import STATUSES
 from fieldhub.core.config import Settings
@@ -59,7 +59,7 @@ def cmd_send(settings: Settings, args: argparse.Namespace) -> int:
             conn, device_id=args.device, name=args.name, params=params, ttl_s=args.ttl
         )
     if args.json:
-        print(_json(command))
+        print(to_json(command))
     else:
         print(
             f"queued {command['id']} {command['name']} for {command['device_id']} "
@@ -72,22 +72,22 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     with connect(endpoints.database_url(settings), autocommit=True) as conn:
         command = command_requests.get_command(conn, args.id)
     if args.json:
-        print(_json(command))
+        print(to_json(command))
         return 0
     print(f"id:       {command['id']}")
     print(f"device:   {command['device_id']}")
     print(f"name:     {command['name']}")
-    print(f"params:   {_json(command['params'])}")
+    print(f"params:   {to_json(command['params'])}")
     print(f"status:   {command['status']}")
     print(f"created:  {_time(command['created_at'])}")
     print(f"expires:  {_time(command['expires_at'])}")
     if command["result"] is not None:
-        print(f"result:   {_json(command['result'])}")
+        print(f"result:   {to_json(command['result'])}")
     if command["error"] is not None:
         print(f"error:    {command['error']}")
     print("timeline:")
     for event in command["timeline"]:
-        detail = f"  {_json(event['detail'])}" if event["detail"] else ""
+        detail = f"  {to_json(event['detail'])}" if event["detail"] else ""
         print(f"  {_time(event['at'])}  {event['status']}{detail}")
     return 0
 
@@ -116,13 +116,3 @@ def cmd_cancel(settings: Settings, args: argparse.Namespace) -> int:
 
 def _time(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=_json_default, sort_keys=True)
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -12,59 +12,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from fieldhub.cli import main
 from fieldhub.core.passwords import verify_secret
+from tests.cli.conftest import DEVICE_URL, CliRunner, one_error_line
 from tests.support import TestStack, unique_id, wait_for
 
 pytestmark = pytest.mark.integration
-
-DEVICE_URL = "mqtt://devices.example:8883"
-
-
-@pytest.fixture
-def cli(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> CliRunner:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("MQTT_DEVICE_URL", DEVICE_URL)
-    return CliRunner(database_url, capsys)
-
-
-class CliRunner:
-    def __init__(self, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.database_url = database_url
-        self.capsys = capsys
-
-    def __call__(self, *argv: str, expect: int = 0) -> tuple[str, str]:
-        code = main(list(argv))
-        out, err = self.capsys.readouterr()
-        assert code == expect, f"exit {code}, expected {expect}; stdout={out!r} stderr={err!r}"
-        return out, err
-
-    def refused(self, *argv: str) -> str:
-        """Run a command that must fail with one clear line on stderr; return that line."""
-        with pytest.raises(SystemExit) as caught:
-            main(list(argv))
-        _, err = self.capsys.readouterr()
-        assert caught.value.code != 0
-        assert "Traceback" not in err
-        return err.strip().splitlines()[-1]
-
-    def device_row(self, device_id: str) -> dict[str, object] | None:
-        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
-            return conn.execute(
-                "SELECT * FROM devices WHERE device_id = %s", (device_id,)
-            ).fetchone()
-
-
-def _one_error_line(cli: CliRunner, *argv: str) -> str:
-    _, err = cli(*argv, expect=2)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_org_create_and_list(cli: CliRunner) -> None:
@@ -73,8 +27,8 @@ def test_org_create_and_list(cli: CliRunner) -> None:
     orgs = {o["name"]: o for o in json.loads(out)}
     assert orgs["acme"]["display_name"] == "ACME Corp"
     assert orgs["acme"]["devices"] == 0
-    assert "already exists" in _one_error_line(cli, "org", "create", "acme")
-    assert "organisation name 'Bad Org'" in _one_error_line(cli, "org", "create", "Bad Org")
+    assert "already exists" in one_error_line(cli, "org", "create", "acme")
+    assert "organisation name 'Bad Org'" in one_error_line(cli, "org", "create", "Bad Org")
 
 
 def test_device_create_prints_credentials_once_and_stores_only_a_hash(cli: CliRunner) -> None:
@@ -110,20 +64,20 @@ def test_device_create_prints_credentials_once_and_stores_only_a_hash(cli: CliRu
 
 def test_device_create_refuses_bad_input_with_one_line(cli: CliRunner) -> None:
     cli("org", "create", "acme")
-    assert "'/' (the MQTT topic level separator)" in _one_error_line(
+    assert "'/' (the MQTT topic level separator)" in one_error_line(
         cli, "device", "create", "a/b", "--org", "acme"
     )
-    assert "MQTT wildcard" in _one_error_line(cli, "device", "create", "a+b", "--org", "acme")
-    assert "must not be empty" in _one_error_line(cli, "device", "create", "", "--org", "acme")
-    assert "no organisation named 'nope'" in _one_error_line(
+    assert "MQTT wildcard" in one_error_line(cli, "device", "create", "a+b", "--org", "acme")
+    assert "must not be empty" in one_error_line(cli, "device", "create", "", "--org", "acme")
+    assert "no organisation named 'nope'" in one_error_line(
         cli, "device", "create", "dev-x", "--org", "nope"
     )
-    assert "key=value" in _one_error_line(
+    assert "key=value" in one_error_line(
         cli, "device", "create", "dev-x", "--org", "acme", "--label", "oops"
     )
     device_id = unique_id()
     cli("device", "create", device_id, "--org", "acme")
-    assert "already exists" in _one_error_line(cli, "device", "create", device_id, "--org", "acme")
+    assert "already exists" in one_error_line(cli, "device", "create", device_id, "--org", "acme")
     assert cli.device_row("dev-x") is None
     # argparse's own refusals (missing --org, unknown action) also exit non-zero without a trace
     assert "--org" in cli.refused("device", "create", "dev-y")
@@ -151,7 +105,7 @@ def test_disable_enable_rotate_delete(cli: CliRunner) -> None:
     cli("device", "delete", device_id)
     assert cli.device_row(device_id) is None
     for action in ("disable", "enable", "rotate", "delete", "show"):
-        assert f"no device '{device_id}'" in _one_error_line(cli, "device", action, device_id)
+        assert f"no device '{device_id}'" in one_error_line(cli, "device", action, device_id)
 
 
 def test_import_provisions_good_rows_reports_bad_ones_and_writes_private_credentials(
@@ -202,7 +156,7 @@ def test_import_provisions_good_rows_reports_bad_ones_and_writes_private_credent
     # The credentials file is never overwritten, and nothing is provisioned when refused.
     another = unique_id()
     (tmp_path / "more.csv").write_text(f"{another}\n")
-    line = _one_error_line(
+    line = one_error_line(
         cli, "device", "import", str(tmp_path / "more.csv"), "--org", "acme", "--out",
         str(out_file),
     )  # fmt: skip
@@ -222,7 +176,7 @@ def test_import_of_a_clean_file_exits_zero_with_default_output_name(
     written = tmp_path / "fleet-credentials.csv"
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     assert len(written.read_text().splitlines()) == 6
-    missing = _one_error_line(cli, "device", "import", str(tmp_path / "nope.csv"), "--org", "acme")
+    missing = one_error_line(cli, "device", "import", str(tmp_path / "nope.csv"), "--org", "acme")
     assert "cannot read" in missing
 
 
@@ -244,10 +198,10 @@ def test_auth_sync_refuses_to_start_without_the_broker_dir(
     cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FIELDHUB_MOSQUITTO_DIR", str(tmp_path / "nowhere"))
-    assert "start the broker first" in _one_error_line(cli, "auth-sync")
+    assert "start the broker first" in one_error_line(cli, "auth-sync")
     monkeypatch.setenv("FIELDHUB_MOSQUITTO_DIR", str(tmp_path))
     (tmp_path / "auth").mkdir()
-    assert "--sweep must be a positive" in _one_error_line(cli, "auth-sync", "--sweep", "0")
+    assert "--sweep must be a positive" in one_error_line(cli, "auth-sync", "--sweep", "0")
 
 
 def test_imported_credentials_log_in_at_the_broker(
@@ -289,7 +243,7 @@ def test_service_account_set_and_list(cli: CliRunner) -> None:
     assert row is not None
     assert verify_secret(second["password"], row[0])
     assert row[1] == []
-    assert "must start with 'svc.'" in _one_error_line(cli, "service-account", "set", "dash")
-    assert "whole topic level" in _one_error_line(
+    assert "must start with 'svc.'" in one_error_line(cli, "service-account", "set", "dash")
+    assert "whole topic level" in one_error_line(
         cli, "service-account", "set", "svc.x", "--rule", "read a+/b"
     )

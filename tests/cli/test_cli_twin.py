@@ -1,0 +1,56 @@
+"""`fieldhub twin ...` against the test's own database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.conftest import CliRunner, one_error_line
+
+pytestmark = pytest.mark.integration
+
+
+def test_twin_set_and_show(cli: CliRunner) -> None:
+    cli("org", "create", "acme")
+    cli("device", "create", "boiler-1", "--org", "acme")
+    out, _ = cli("twin", "show", "boiler-1")
+    assert "desired:   v0  {}" in out
+    assert "reported:  nothing yet" in out
+    assert "delta:     none: in sync" in out
+
+    out, _ = cli("twin", "set", "boiler-1", "--desired", '{"setpoint": 21.5, "eco": {"on": true}}')
+    assert "desired state of boiler-1 is at version 1" in out
+    out, _ = cli("twin", "set", "boiler-1", "--desired", '{"eco": null}', "--if-version", "1")
+    assert "version 2" in out
+
+    shown = json.loads(cli("twin", "show", "boiler-1", "--json")[0])
+    assert shown["desired"]["version"] == 2
+    assert shown["desired"]["state"] == {"setpoint": 21.5}
+    assert shown["delta"] == {"version": 2, "state": {"setpoint": 21.5}}
+    assert shown["reported"]["version"] == 0
+    assert [h["version"] for h in shown["history"]] == [2, 1]
+    assert shown["history"][0]["source"] == "cli"
+    assert shown["history"][0]["actor"].startswith("command line (")
+    assert shown["history"][0]["patch"] == {"eco": None}
+    out, _ = cli("twin", "show", "boiler-1")
+    assert "desired changed by:" in out
+    assert '{"eco": null}' in out
+
+
+def test_twin_set_refuses_bad_input_and_stale_versions_with_one_line(cli: CliRunner) -> None:
+    cli("org", "create", "acme")
+    cli("device", "create", "boiler-2", "--org", "acme")
+    cli("twin", "set", "boiler-2", "--desired", '{"a": 1}')
+    assert "at version 1, not 0" in one_error_line(
+        cli, "twin", "set", "boiler-2", "--desired", '{"a": 2}', "--if-version", "0"
+    )
+    assert "not valid JSON" in one_error_line(cli, "twin", "set", "boiler-2", "--desired", "{a")
+    assert "must be a JSON object, not an array" in one_error_line(
+        cli, "twin", "set", "boiler-2", "--desired", "[1]"
+    )
+    assert "NUL" in one_error_line(cli, "twin", "set", "boiler-2", "--desired", '{"a": "\\u0000"}')
+    assert "unknown device 'nope'" in one_error_line(cli, "twin", "show", "nope")
+    assert "unknown device 'nope'" in one_error_line(cli, "twin", "set", "nope", "--desired", "{}")
+    shown = json.loads(cli("twin", "show", "boiler-2", "--json")[0])
+    assert shown["desired"] == {**shown["desired"], "version": 1, "state": {"a": 1}}
