@@ -157,6 +157,27 @@ def delta(desired: Mapping[str, JsonValue], reported: Mapping[str, JsonValue]) -
     return out
 
 
+def patch_between(old: Mapping[str, JsonValue], new: Mapping[str, JsonValue]) -> Document:
+    """The smallest merge patch that turns `old` into `new` (a removed key becomes null).
+
+    The web page edits the whole desired document; what is stored and shown as the change is
+    this patch, the same kind of change the API and the command line make.
+    """
+    patch: Document = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            inner = patch_between(before, value)
+            if inner:
+                patch[key] = inner
+        elif key not in old or not json_equal(before, value):
+            patch[key] = value
+    return patch
+
+
 def json_equal(a: JsonValue, b: JsonValue) -> bool:
     """Equality as JSON means it: true is not 1 (Python says it is), 1 is 1.0."""
     if isinstance(a, bool) or isinstance(b, bool):
@@ -291,5 +312,6 @@ __all__ = [
     "merge_patch",
     "message",
     "parse_report",
+    "patch_between",
     "seq_after",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -26,7 +27,8 @@ from flask import (
 )
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests
+from fieldhub.core import command_requests, twins
+from fieldhub.core.twin_documents import patch_between
 from fieldhub.web import data, db, history, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
 
@@ -154,12 +156,19 @@ def _label_suggestions(conn: db.Conn, org_id: int | None) -> list[dict[str, Any]
 @bp.route("/devices/<device_id>")
 @login_required
 def device(device_id: str) -> Any:
+    return _device_page(device_id)
+
+
+def _device_page(
+    device_id: str, *, twin_text: str | None = None, twin_error: str | None = None
+) -> Any:
     found = device_or_404(device_id)
     conn = db.read()
     org_id = scope_org_id()
     latest = data.latest_values(conn, [device_id]).get(device_id, [])
     commands = command_requests.list_commands(conn, device_id=device_id, org_id=org_id, limit=20)
-    return render_template(
+    twin = twins.get_twin(conn, device_id, org_id=org_id)
+    html = render_template(
         "device.html",
         device=found,
         latest=latest,
@@ -169,7 +178,61 @@ def device(device_id: str) -> Any:
         alerts_available=data.alerts_available(conn),
         commands=commands,
         ranges=list(history.RANGES),
+        twin=twin,
+        twin_history=[
+            {
+                **change,
+                "patch_text": json.dumps(change["patch"], sort_keys=True, ensure_ascii=False),
+            }
+            for change in twins.desired_history(conn, device_id, org_id=org_id, limit=10)
+        ],
+        twin_text=twin_text if twin_text is not None else _pretty(twin.desired),
+        twin_reported=_pretty(twin.reported),
+        twin_delta=_pretty(twin.delta),
+        twin_error=twin_error,
     )
+    return html if twin_error is None else (html, 422)
+
+
+def _pretty(document: Any) -> str:
+    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+# -- twin ------------------------------------------------------------------------------------
+@bp.route("/devices/<device_id>/twin", methods=["POST"])
+@role_required("member")
+def set_desired(device_id: str) -> Any:
+    """The page's editor holds the whole desired document; the change stored is the merge
+    patch from the version it was based on, refused if someone changed it meanwhile."""
+    device_or_404(device_id)
+    user = current_user()
+    assert user is not None
+    text = request.form.get("desired", "")
+    org_id = scope_org_id()
+    try:
+        base = int(request.form.get("version", ""))
+    except ValueError:
+        return _device_page(device_id, twin_text=text, twin_error="the form lost its version")
+    try:
+        document = twins.parse_patch(text)
+        current = twins.get_twin(db.write(), device_id, org_id=org_id)
+        twin = twins.update_desired(
+            db.write(),
+            device_id,
+            patch_between(current.desired, document),
+            actor=twins.Actor(str(user["email"]), "web", int(user["id"])),
+            if_version=base,
+            org_id=org_id,
+        )
+    except twins.NotFound:
+        abort(404)
+    except twins.TwinRequestError as exc:
+        return _device_page(device_id, twin_text=text, twin_error=str(exc))
+    if twin.desired_version == base:
+        flash("The desired state is unchanged.", "info")
+    else:
+        flash(f"Desired state saved as version {twin.desired_version}.", "info")
+    return redirect(url_for("pages.device", device_id=device_id) + "#twin")
 
 
 def _numeric(value: Any) -> bool:

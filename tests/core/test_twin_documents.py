@@ -23,6 +23,7 @@ from fieldhub.core.twin_documents import (
     merge_patch,
     message,
     parse_report,
+    patch_between,
     seq_after,
 )
 
@@ -78,6 +79,20 @@ def test_applying_the_delta_brings_reported_in_sync(
             assert value  # an object in sync is left out, not sent empty
         else:
             assert key not in reported or not json_equal(reported[key], desired[key])
+
+
+@given(json_docs, json_docs)
+def test_the_patch_between_two_documents_turns_one_into_the_other(
+    old: dict[str, Any], new: dict[str, Any]
+) -> None:
+    assert json_equal(merge_patch(old, patch_between(old, new)), new)
+    assert patch_between(new, new) == {}
+
+
+def test_patch_between_names_only_what_changed() -> None:
+    old = {"a": 1, "net": {"ssid": "x", "pw": "y"}, "gone": True}
+    new = {"a": 1, "net": {"ssid": "z", "pw": "y"}, "added": [1]}
+    assert patch_between(old, new) == {"gone": None, "net": {"ssid": "z"}, "added": [1]}
 
 
 def test_delta_is_recursive_and_ignores_keys_only_reported() -> None:

@@ -17,7 +17,12 @@ pytestmark = pytest.mark.integration
 
 SKIP_ENDPOINTS = {"static", "api.openapi"}
 # Refused by role before the object is looked up (so a viewer learns nothing either way).
-MEMBER_ENDPOINTS = {"pages.send_command", "pages.cancel_command", "pages.acknowledge_alert"}
+MEMBER_ENDPOINTS = {
+    "pages.send_command",
+    "pages.cancel_command",
+    "pages.acknowledge_alert",
+    "pages.set_desired",
+}
 # Endpoints without an object in the URL that create one: the probe's body is not a valid
 # request for them, and what matters is that nothing of the other organisation shows.
 CREATING_ENDPOINTS = {"api.create_alert_rule", "api.create_import", "api.put_webhook"}
