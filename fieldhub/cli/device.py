@@ -22,7 +22,15 @@ from fieldhub.core.brokers import home_broker
 from fieldhub.core.config import ConfigError, Settings
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
-CREDENTIAL_COLUMNS = ("device_id", "username", "password", "mqtt_url", "broker", "org")
+CREDENTIAL_COLUMNS = (
+    "device_id",
+    "username",
+    "password",
+    "mqtt_url",
+    "broker",
+    "org",
+    "mqtt_urls",
+)
 
 
 def register(subparsers: Any) -> None:
@@ -62,6 +70,17 @@ def register(subparsers: Any) -> None:
         sub.add_argument("device_id", metavar="ID")
         sub.set_defaults(handler=cmd_device_change, action=action)
 
+    attach = dev_sub.add_parser(
+        "attach", help="let a gateway device act for this device through its own connection"
+    )
+    attach.add_argument("device_id", metavar="CHILD")
+    attach.add_argument("--gateway", required=True, metavar="GW", help="the gateway's device id")
+    attach.set_defaults(handler=cmd_device_attach)
+
+    detach = dev_sub.add_parser("detach", help="take the device away from its gateway")
+    detach.add_argument("device_id", metavar="CHILD")
+    detach.set_defaults(handler=cmd_device_detach)
+
     rotate = dev_sub.add_parser("rotate", help="issue a new secret; prints it once")
     rotate.add_argument("device_id", metavar="ID")
     rotate.add_argument("--json", action="store_true")
@@ -86,7 +105,7 @@ def register(subparsers: Any) -> None:
 
 def _credentials(
     settings: Settings, creds: registry.DeviceCredentials, org: str
-) -> dict[str, str | None]:
+) -> dict[str, str | None | list[str]]:
     try:
         mqtt_url: str | None = endpoints.device_mqtt_url(settings, creds.broker)
     except ConfigError:
@@ -98,6 +117,8 @@ def _credentials(
         "username": creds.username,
         "password": creds.password,
         "mqtt_url": mqtt_url,
+        # Home first, then the standbys: devices fall back along this list (docs/devices.md).
+        "mqtt_urls": endpoints.device_mqtt_urls(settings, creds.device_id, creds.broker),
         "broker": creds.broker,
         "org": org,
     }
@@ -136,6 +157,9 @@ def _print_secret(
     print(f"  username: {data['username']}")
     print(f"  password: {data['password']}")
     print(f"  broker:   {data['mqtt_url'] or '(URL not configured here)'} ({creds.broker})")
+    standbys = [url for url in data["mqtt_urls"] or [] if url != data["mqtt_url"]]
+    if standbys:
+        print(f"  standby:  {', '.join(standbys)}")
     print("The password is shown only this once; only its hash is stored.")
 
 
@@ -159,6 +183,9 @@ def cmd_device_list(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_device_show(settings: Settings, args: argparse.Namespace) -> int:
     with connect_registry(settings) as conn:
         device = registry.get_device(conn, args.device_id)
+        device["children"] = [
+            c["device_id"] for c in registry.gateway_children(conn, args.device_id)
+        ]
     if args.json:
         print(json.dumps(jsonable(device)))
         return 0
@@ -174,6 +201,26 @@ def cmd_device_change(settings: Settings, args: argparse.Namespace) -> int:
         else:
             registry.set_enabled(conn, args.device_id, args.action == "enable")
     print(f"{args.action}d device {args.device_id}")
+    return 0
+
+
+def cmd_device_attach(settings: Settings, args: argparse.Namespace) -> int:
+    with connect_registry(settings) as conn:
+        registry.attach_gateway(conn, args.device_id, args.gateway)
+    print(
+        f"attached {args.device_id} to gateway {args.gateway}; the broker lets the gateway act "
+        "for it once auth-sync has reloaded it (well under a second)"
+    )
+    return 0
+
+
+def cmd_device_detach(settings: Settings, args: argparse.Namespace) -> int:
+    with connect_registry(settings) as conn:
+        gateway = registry.detach_gateway(conn, args.device_id)
+    if gateway is None:
+        print(f"{args.device_id} has no gateway; nothing changed")
+    else:
+        print(f"detached {args.device_id} from gateway {gateway}")
     return 0
 
 
@@ -217,8 +264,17 @@ def cmd_device_import(settings: Settings, args: argparse.Namespace) -> int:
                 # The same choice provision_devices made for it.
                 broker = args.broker or home_broker(spec.device_id, settings.broker_names)
                 mqtt_url = endpoints.device_mqtt_url(settings, broker)
+                urls = endpoints.device_mqtt_urls(settings, spec.device_id, broker)
                 writer.writerow(
-                    (spec.device_id, spec.device_id, secret, mqtt_url, broker, args.org)
+                    (
+                        spec.device_id,
+                        spec.device_id,
+                        secret,
+                        mqtt_url,
+                        broker,
+                        args.org,
+                        " ".join(urls),
+                    )
                 )
     for line, spec in good:
         if spec.device_id not in inserted:

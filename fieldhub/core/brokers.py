@@ -11,7 +11,7 @@ never moves an existing device by itself (its credentials name its broker).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def _score(broker: str, device_id: str) -> int:
@@ -29,4 +29,25 @@ def home_broker(device_id: str, brokers: Sequence[str]) -> str:
     return max(brokers, key=lambda broker: (_score(broker, device_id), broker))
 
 
-__all__ = ["home_broker"]
+def broker_preference(device_id: str, home: str, brokers: Sequence[str]) -> list[str]:
+    """The order in which `device_id` tries brokers: its home, then the others by score.
+
+    The same scores that pick a home rank the standbys, so when a broker is lost its devices
+    spread over all the others (each goes to its own next-highest) instead of all falling
+    onto whichever broker is listed first. `home` need not be in `brokers`.
+    """
+    others = sorted(
+        (broker for broker in brokers if broker != home),
+        key=lambda broker: (_score(broker, device_id), broker),
+        reverse=True,
+    )
+    return [home, *others]
+
+
+def urls_in_preference(device_id: str, home: str, urls: Mapping[str, str]) -> list[str]:
+    """The device URLs of `urls` (broker name -> URL) in the device's order of preference:
+    what its credentials list as `mqtt_urls`. Brokers without a URL are left out."""
+    return [urls[name] for name in broker_preference(device_id, home, list(urls)) if name in urls]
+
+
+__all__ = ["broker_preference", "home_broker", "urls_in_preference"]

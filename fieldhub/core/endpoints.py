@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from fieldhub.core.brokers import urls_in_preference
 from fieldhub.core.config import DEFAULT_BROKER, ConfigError, Settings
 from fieldhub.core.registry import BRIDGE_ACCOUNT_BASE, RegistryError, bridge_account
 
@@ -201,6 +202,18 @@ def device_mqtt_url(settings: Settings, broker: str | None = None) -> str:
     if settings.brokers:
         raise ConfigError(f"broker {name!r} is not in FIELDHUB_BROKERS")
     return f"mqtt://127.0.0.1:{local_broker_ports(settings, name).devices}"
+
+
+def device_mqtt_urls(settings: Settings, device_id: str, broker: str) -> list[str]:
+    """Every broker URL a device may use, in the order it should try them (docs/devices.md):
+    its home broker's first, then each other configured broker's as a standby. A home broker
+    this host's configuration does not list is left out rather than guessed."""
+    return urls_in_preference(device_id, broker, device_mqtt_url_map(settings))
+
+
+def device_mqtt_url_map(settings: Settings) -> dict[str, str]:
+    """Broker name -> the URL devices use for it, for every configured broker, in order."""
+    return {name: device_mqtt_url(settings, name) for name in settings.broker_names}
 
 
 # -- URLs to show people (status, banner, the supervisor's state file) ---------------------------

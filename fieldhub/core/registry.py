@@ -257,6 +257,87 @@ def delete_device(conn: Conn, device_id: str) -> None:
         conn.execute(QUERIES["delete_device_readings"], {"device_id": device_id})
 
 
+# A gateway's ACL block holds a rule per contract topic per child, and Mosquitto tries a
+# client's rules one by one on every publish and delivery; docs/devices.md ("Gateways") has
+# what 500 children cost per message.
+MAX_CHILDREN_PER_GATEWAY = 500
+
+
+def attach_gateway(
+    conn: Conn, device_id: str, gateway_id: str, *, org_id: int | None = None
+) -> dict[str, Any]:
+    """Attach `device_id` to `gateway_id`; the gateway may then act for it at the broker.
+
+    Both must be of one organisation (and of `org_id` when given: a device of another one is
+    reported as unknown), homed on one broker (the gateway's broker is where the child's
+    commands and twin are published), and one level only: a gateway is not attached to
+    another, and an attached device is not a gateway. Attaching a device to another gateway
+    moves it; attaching it again to the same one changes nothing. Returns the child's row.
+    """
+    if device_id == gateway_id:
+        raise RegistryError(f"device {device_id!r} cannot be its own gateway")
+    pair = {"device_ids": [device_id, gateway_id], "org_id": org_id}
+    with conn.transaction():
+        locked = {row["device_id"] for row in conn.execute(QUERIES["lock_gateway_pair"], pair)}
+        rows = {
+            row["device_id"]: row
+            for row in conn.execute(QUERIES["gateway_pair"], pair).fetchall()
+            if row["device_id"] in locked
+        }
+        for wanted in (device_id, gateway_id):
+            if wanted not in rows:
+                raise NotFound(f"no device {wanted!r}")
+        child, gateway = rows[device_id], rows[gateway_id]
+        if child["gateway_id"] == gateway_id:
+            return get_device(conn, device_id)
+        if child["org_id"] != gateway["org_id"]:
+            raise RegistryError(
+                f"device {device_id!r} is in organisation {child['org']!r} and {gateway_id!r} "
+                f"in {gateway['org']!r}; a gateway acts only for devices of its own organisation"
+            )
+        if gateway["gateway_id"] is not None:
+            raise RegistryError(
+                f"{gateway_id!r} is itself attached to gateway {gateway['gateway_id']!r}; "
+                "gateways do not nest"
+            )
+        if child["has_children"]:
+            raise RegistryError(
+                f"{device_id!r} is the gateway of other devices; detach them first "
+                "(gateways do not nest)"
+            )
+        if child["broker"] != gateway["broker"]:
+            raise RegistryError(
+                f"{device_id!r} is homed on {child['broker']} and gateway {gateway_id!r} on "
+                f"{gateway['broker']}; a child must be homed on its gateway's broker, where its "
+                "commands and desired state are published"
+            )
+        count = conn.execute(QUERIES["count_children"], {"gateway_id": gateway_id}).fetchone()
+        if count is not None and int(count["children"]) >= MAX_CHILDREN_PER_GATEWAY:
+            raise RegistryError(
+                f"gateway {gateway_id!r} already has {count['children']} devices attached; "
+                f"the limit is {MAX_CHILDREN_PER_GATEWAY}"
+            )
+        conn.execute(QUERIES["set_gateway"], {"device_id": device_id, "gateway_id": gateway_id})
+    return get_device(conn, device_id)
+
+
+def detach_gateway(conn: Conn, device_id: str, *, org_id: int | None = None) -> str | None:
+    """Detach a device from its gateway; returns the gateway it had (None: it had none)."""
+    with conn.transaction():
+        row = conn.execute(
+            QUERIES["detach_gateway"], {"device_id": device_id, "org_id": org_id}
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"no device {device_id!r}")
+    gateway: str | None = row["gateway_id"]
+    return gateway
+
+
+def gateway_children(conn: Conn, gateway_id: str) -> list[dict[str, Any]]:
+    """The devices attached to a gateway (id and whether enabled), by id."""
+    return [dict(r) for r in conn.execute(QUERIES["gateway_children"], {"gateway_id": gateway_id})]
+
+
 def ensure_service_account(conn: Conn, username: str, acl: Sequence[str], password: str) -> bool:
     """Create or update one of the backend's broker accounts with the least rights it needs.
 

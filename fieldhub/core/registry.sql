@@ -20,7 +20,7 @@ RETURNING device_id, org_id, display_name, labels, enabled, broker, created_at;
 
 -- name: get_device
 SELECT d.device_id, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker,
-       d.offline_after_s, d.created_at, d.secret_rotated_at,
+       d.offline_after_s, d.created_at, d.secret_rotated_at, d.gateway_id,
        s.online, s.last_seen
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
@@ -29,7 +29,7 @@ WHERE d.device_id = %(device_id)s;
 
 -- name: list_devices
 SELECT d.device_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker, d.created_at,
-       coalesce(s.online, false) AS online, s.last_seen
+       d.gateway_id, coalesce(s.online, false) AS online, s.last_seen
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
 LEFT JOIN device_state s ON s.device_id = d.device_id
@@ -85,3 +85,40 @@ RETURNING device_id;
 
 -- name: list_service_accounts
 SELECT username, acl, created_at FROM service_accounts ORDER BY username;
+
+-- Gateways (attach_gateway, detach_gateway).
+-- name: lock_gateway_pair
+-- Both rows, in id order, so attaching A to B and B to C at the same time serialise on B
+-- instead of deadlocking. org_id NULL: any.
+SELECT d.device_id FROM devices d
+WHERE d.device_id = ANY(%(device_ids)s::text[])
+  AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s::bigint)
+ORDER BY d.device_id
+FOR NO KEY UPDATE;
+
+-- name: gateway_pair
+-- A statement of its own after the locks: under READ COMMITTED it sees what the transaction
+-- we waited for committed (a child attached to one of the two meanwhile), which a subquery
+-- of the locking statement, evaluated in that statement's older snapshot, would not.
+SELECT d.device_id, d.org_id, o.name AS org, d.broker, d.gateway_id,
+       EXISTS (SELECT 1 FROM devices c WHERE c.gateway_id = d.device_id) AS has_children
+FROM devices d
+JOIN organisations o ON o.id = d.org_id
+WHERE d.device_id = ANY(%(device_ids)s::text[]);
+
+-- name: count_children
+SELECT count(*) AS children FROM devices WHERE gateway_id = %(gateway_id)s;
+
+-- name: set_gateway
+UPDATE devices SET gateway_id = %(gateway_id)s WHERE device_id = %(device_id)s;
+
+-- name: detach_gateway
+-- Returns the gateway it had (NULL: none) for the caller to report; scoped like the rest.
+UPDATE devices d SET gateway_id = NULL
+FROM devices old
+WHERE d.device_id = %(device_id)s AND old.device_id = d.device_id
+  AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s::bigint)
+RETURNING old.gateway_id;
+
+-- name: gateway_children
+SELECT device_id, enabled FROM devices WHERE gateway_id = %(gateway_id)s ORDER BY device_id;

@@ -78,9 +78,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             SECRET_KEY=settings.secret_key or endpoints.service_secret(settings, "web-secret-key"),
             COOKIE_SECURE_ALWAYS=settings.production,
             # Each device is homed on one broker; its credentials name that broker's URL.
-            DEVICE_MQTT_URLS={
-                name: endpoints.device_mqtt_url(settings, name) for name in settings.broker_names
-            },
+            DEVICE_MQTT_URLS=endpoints.device_mqtt_url_map(settings),
             SESSION_COOKIE_SECURE=settings.production,
             WEBHOOK_ALLOWED_NETWORKS=settings.webhook_allowed_networks,
             TRUSTED_PROXIES=settings.trusted_proxies,

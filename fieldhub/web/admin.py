@@ -25,6 +25,7 @@ from flask import (
 from fieldhub.analysis import service as analysis
 from fieldhub.analysis.jobs import JOBS
 from fieldhub.core import registry, users
+from fieldhub.core.brokers import urls_in_preference
 from fieldhub.core.passwords import generate_secret, hash_secret
 from fieldhub.web import data, db, replication, serializers
 from fieldhub.web.auth import current_user, has_role, no_store, role_required, scope_org_id
@@ -208,6 +209,13 @@ def revoke_user_token(user_id: int, token_id: int) -> Any:
 
 
 # -- devices --------------------------------------------------------------------------------
+def device_urls(creds: registry.DeviceCredentials) -> list[str]:
+    """The broker URLs a device tries in order: home first, then the standbys (as the CLI's
+    `mqtt_urls`); brokers this web host has no URL for are left out."""
+    known: dict[str, str] = current_app.config.get("DEVICE_MQTT_URLS") or {}
+    return urls_in_preference(creds.device_id, creds.broker, known)
+
+
 @bp.route("/devices", methods=["GET", "POST"])
 @role_required("admin")
 def devices() -> Any:
@@ -229,7 +237,12 @@ def devices() -> Any:
             flash(str(exc), "error")
             return redirect(url_for("admin.devices"))
         return no_store(
-            render_template("admin/credentials.html", credentials=[creds], action="created")
+            render_template(
+                "admin/credentials.html",
+                credentials=[creds],
+                urls=device_urls(creds),
+                action="created",
+            )
         )
     search = request.args.get("q", "").strip() or None
     rows, total = data.list_devices(conn, org_id, data.DeviceFilter(search), limit=200, offset=0)
@@ -248,7 +261,9 @@ def rotate(device_id: str) -> Any:
     _device_or_404(device_id)
     creds = registry.rotate_secret(db.write(), device_id)
     return no_store(
-        render_template("admin/credentials.html", credentials=[creds], action="rotated")
+        render_template(
+            "admin/credentials.html", credentials=[creds], urls=device_urls(creds), action="rotated"
+        )
     )
 
 
@@ -267,6 +282,32 @@ def disable(device_id: str) -> Any:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, False)
     flash(f"Device {device_id} disabled: the broker refuses it from now on.", "info")
+    return redirect(_back())
+
+
+@bp.route("/devices/<device_id>/attach", methods=["POST"])
+@role_required("admin")
+def attach(device_id: str) -> Any:
+    _device_or_404(device_id)
+    gateway_id = request.form.get("gateway_id", "").strip()
+    try:
+        registry.attach_gateway(db.write(), device_id, gateway_id, org_id=scope_org_id())
+    except registry.NotFound:
+        flash(f"There is no device {gateway_id!r} in this organisation.", "error")
+    except registry.RegistryError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"{device_id} is attached to gateway {gateway_id}.", "info")
+    return redirect(_back())
+
+
+@bp.route("/devices/<device_id>/detach", methods=["POST"])
+@role_required("admin")
+def detach(device_id: str) -> Any:
+    _device_or_404(device_id)
+    gateway = registry.detach_gateway(db.write(), device_id, org_id=scope_org_id())
+    if gateway is not None:
+        flash(f"{device_id} is detached from gateway {gateway}.", "info")
     return redirect(_back())
 
 

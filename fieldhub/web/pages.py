@@ -27,7 +27,7 @@ from flask import (
 )
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, twins
+from fieldhub.core import command_requests, registry, twins
 from fieldhub.core.twin_documents import patch_between
 from fieldhub.web import data, db, history, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
@@ -168,6 +168,7 @@ def _device_page(
     latest = data.latest_values(conn, [device_id]).get(device_id, [])
     commands = command_requests.list_commands(conn, device_id=device_id, org_id=org_id, limit=20)
     twin = twins.get_twin(conn, device_id, org_id=org_id)
+    children = registry.gateway_children(conn, device_id)
     html = render_template(
         "device.html",
         device=found,
@@ -189,6 +190,7 @@ def _device_page(
         twin_text=twin_text if twin_text is not None else _pretty(twin.desired),
         twin_reported=_pretty(twin.reported),
         twin_delta=_pretty(twin.delta),
+        children=children,
         twin_error=twin_error,
     )
     return html if twin_error is None else (html, 422)

@@ -15,7 +15,7 @@ WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
 
 -- name: list_devices
 SELECT d.device_id, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker,
-       d.created_at, coalesce(s.online, false) AS online, s.last_seen
+       d.created_at, d.gateway_id, coalesce(s.online, false) AS online, s.last_seen
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
 LEFT JOIN device_state s ON s.device_id = d.device_id
@@ -60,7 +60,8 @@ WHERE device_id = %(device_id)s;
 -- name: get_device
 SELECT d.device_id, d.org_id, o.name AS org, o.display_name AS org_display_name,
        d.display_name, d.labels, d.enabled, d.broker, d.offline_after_s, d.created_at,
-       d.secret_rotated_at, coalesce(s.online, false) AS online, s.last_seen, s.status_changed
+       d.secret_rotated_at, d.gateway_id, coalesce(s.online, false) AS online, s.last_seen,
+       s.status_changed
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
 LEFT JOIN device_state s ON s.device_id = d.device_id

@@ -41,6 +41,7 @@ def test_device_create_prints_credentials_once_and_stores_only_a_hash(cli: CliRu
     creds = json.loads(out)
     assert creds["device_id"] == creds["username"] == device_id
     assert creds["mqtt_url"] == DEVICE_URL
+    assert creds["mqtt_urls"] == [DEVICE_URL]
     assert creds["org"] == "acme"
     assert len(creds["password"]) >= 22
     row = cli.device_row(device_id)

@@ -13,7 +13,7 @@ import pytest
 
 from fieldhub.cli import main
 from fieldhub.core import endpoints
-from fieldhub.core.brokers import home_broker
+from fieldhub.core.brokers import broker_preference, home_broker
 from fieldhub.core.config import ConfigError, Settings, configured_broker_names
 
 DEVICES = [f"sensor-{n:05d}" for n in range(6000)]
@@ -58,6 +58,44 @@ def test_one_broker_takes_every_device_and_none_is_an_error() -> None:
     assert {home_broker(d, ["broker-1"]) for d in DEVICES[:100]} == {"broker-1"}
     with pytest.raises(ValueError, match="no brokers"):
         home_broker("x", [])
+
+
+def test_standbys_spread_a_lost_brokers_devices_over_all_the_others() -> None:
+    brokers = ["b1", "b2", "b3", "b4"]
+    orders = {d: broker_preference(d, home_broker(d, brokers), brokers) for d in DEVICES[:4000]}
+    for device_id, order in orders.items():
+        assert sorted(order) == sorted(brokers)
+        assert order[0] == home_broker(device_id, brokers)
+    # The devices of b1 fall back to b2, b3 and b4 about equally, not all onto one of them.
+    fallback = [order[1] for order in orders.values() if order[0] == "b1"]
+    shares = {b: fallback.count(b) / len(fallback) for b in ("b2", "b3", "b4")}
+    assert all(0.25 < share < 0.42 for share in shares.values()), shares
+    # A device homed by hand keeps that home first, and the order is stable.
+    assert broker_preference("x", "b3", brokers)[0] == "b3"
+    assert broker_preference("x", "b3", brokers) == broker_preference("x", "b3", brokers)
+    assert (
+        broker_preference("x", "elsewhere", brokers)[1:]
+        == broker_preference("x", "b9", brokers)[1:]
+    )
+
+
+def test_device_urls_list_home_first_then_every_other_broker() -> None:
+    env = {
+        "FIELDHUB_HOME": "/tmp/fh",
+        "FIELDHUB_BROKERS": "east=mqtts://east.example:8883,west=mqtts://west.example:8883",
+    }
+    settings = Settings.from_env(env)
+    assert endpoints.device_mqtt_urls(settings, "d1", "west") == [
+        "mqtts://west.example:8883",
+        "mqtts://east.example:8883",
+    ]
+    # A home this host does not know is left out, the standbys are still given.
+    assert sorted(endpoints.device_mqtt_urls(settings, "d1", "north")) == [
+        "mqtts://east.example:8883",
+        "mqtts://west.example:8883",
+    ]
+    single = Settings.from_env({"FIELDHUB_HOME": "/tmp/fh"})
+    assert endpoints.device_mqtt_urls(single, "d1", "broker-1") == ["mqtt://127.0.0.1:11883"]
 
 
 # -- settings ---------------------------------------------------------------------------------

@@ -500,6 +500,11 @@ def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
     second_port = int(env["FIELDHUB_MQTT_PORT"]) + SECOND_BROKER_OFFSET
     assert creds["broker"] == "broker-2"
     assert creds["mqtt_url"] == f"mqtt://127.0.0.1:{second_port}"
+    # Its standby is the other broker: the order devices fall back in (docs/devices.md).
+    assert creds["mqtt_urls"] == [
+        creds["mqtt_url"],
+        f"mqtt://127.0.0.1:{env['FIELDHUB_MQTT_PORT']}",
+    ]
 
     def logs_in(port: int) -> bool:
         client = DeviceClient(port, device_id, creds["password"])
