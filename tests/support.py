@@ -209,6 +209,17 @@ class DeviceClient:
         if qos:
             info.wait_for_publish(timeout=10)
 
+    def publish_reason(self, topic: str, payload: bytes | str) -> str:
+        """Publish at QoS 1 and return the broker's PUBACK reason ("Success", "Not
+        authorized", ...): MQTT 5 says why a publish was refused."""
+        reasons: dict[int, str] = {}
+        self.client.on_publish = lambda c, u, mid, reason, props: reasons.__setitem__(
+            mid, str(reason)
+        )
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(timeout=10)
+        return reasons.get(info.mid, "no PUBACK")
+
     def close(self) -> None:
         try:
             self.client.disconnect()

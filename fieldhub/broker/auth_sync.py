@@ -18,7 +18,8 @@ Before the broker is told to read them (SIGHUP), the files are checked with Mosq
 parse rules (fieldhub.broker.auth_files): a broken ACL file at SIGHUP turns ACL checking off.
 A reload that cannot be sent is retried until the broker runs with the files (PendingReload).
 
-Device rights come from `pattern` rules in acl.base beside this module (%u = the device id);
+Device rights come from `pattern` rules in acl.base beside this module (%u = the device id); a
+gateway gets a `user` block with the same rules for each device attached to it (gateway_block);
 service accounts carry their own rules in the registry; operators add theirs in *.acl files in
 their own directory (FIELDHUB_ACL_DIR, default $FIELDHUB_HOME/acl.d), whose `user svc.*` blocks
 go to the services ACL and everything else (other `user` blocks, all `pattern` lines) to the
@@ -80,12 +81,39 @@ class OperatorRules:
     services: str
 
 
-def render_device_acl(base_rules: str, operator_rules: Iterable[OperatorRules]) -> str:
-    """The device listeners' ACL: base device patterns first, then the operator files' device
-    parts, each marked with where it came from."""
+def render_device_acl(
+    base_rules: str,
+    operator_rules: Iterable[OperatorRules],
+    gateways: Iterable[tuple[str, Sequence[str]]] = (),
+) -> str:
+    """The device listeners' ACL: base device patterns first, then one `user` block per
+    gateway, then the operator files' device parts, each marked with where it came from."""
     parts = [ACL_HEADER, base_rules.rstrip("\n") + "\n"]
+    blocks = [gateway_block(base_rules, gateway, children) for gateway, children in gateways]
+    if blocks:
+        parts.append(
+            "\n# --- gateways: each acts for the devices attached to it (fieldhub device attach)\n"
+        )
+        parts.extend(blocks)
     parts.extend(_operator_part(rules.name, rules.devices) for rules in operator_rules)
     return "".join(parts)
+
+
+def gateway_block(base_rules: str, gateway: str, children: Sequence[str]) -> str:
+    """`user <gateway>` with, for each child, exactly the rights a device has on its own
+    topics: every `pattern` of the base rules with %u replaced by the child's id. Grants in a
+    user block add to the gateway's own pattern rights (Mosquitto: first match of the user's
+    block, then the patterns), so the gateway keeps its own topics too. Device ids are
+    `[a-z0-9_-]` (the registry's rule), so they cannot smuggle wildcards or lines in."""
+    patterns = [
+        line.split(None, 1)[1]
+        for line in base_rules.splitlines()
+        if line.startswith("pattern ") and "%u" in line
+    ]
+    lines = [f"\nuser {gateway}\n"]
+    for child in children:
+        lines.extend(f"topic {rule.replace('%u', child)}\n" for rule in patterns)
+    return "".join(lines)
 
 
 def render_service_acl(
@@ -242,11 +270,17 @@ def render_auth_files(
         # times faster than building a Python row per device (docs/security.md).
         row = conn.execute(QUERIES["device_password_lines"], {"broker": broker}).fetchone()
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
+        attached = conn.execute(QUERIES["gateway_children"], {"broker": broker}).fetchall()
     device_lines: str = row["lines"] if row else ""
+    gateways: dict[str, list[str]] = {}
+    for pair in attached:
+        gateways.setdefault(pair["gateway"], []).append(pair["child"])
     operator_rules = operator_rule_files(operator_dir) if operator_dir is not None else []
     return {
         DEVICE_PASSWORD_FILE: device_lines,
-        DEVICE_ACL_FILE: render_device_acl(BASE_ACL.read_text(), operator_rules),
+        DEVICE_ACL_FILE: render_device_acl(
+            BASE_ACL.read_text(), operator_rules, list(gateways.items())
+        ),
         SERVICE_PASSWORD_FILE: render_password_file(
             (r["username"], r["password_hash"]) for r in accounts
         ),

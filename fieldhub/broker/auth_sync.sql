@@ -14,3 +14,13 @@ FROM (
 -- name: service_accounts
 -- The services listener's accounts (auth/services.passwords and auth/services.acl).
 SELECT username, password_hash, acl FROM service_accounts ORDER BY username;
+
+-- name: gateway_children
+-- Each enabled gateway of this broker with its enabled children (a disabled child is refused
+-- by the bridge anyway; least privilege keeps it out of the broker's rules too). Sorted, so an
+-- unchanged registry renders an unchanged file.
+SELECT g.device_id AS gateway, c.device_id AS child
+FROM devices c
+JOIN devices g ON g.device_id = c.gateway_id
+WHERE c.enabled AND g.enabled AND g.broker = %(broker)s
+ORDER BY g.device_id, c.device_id;
