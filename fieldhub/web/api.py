@@ -15,7 +15,7 @@ import psycopg
 from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, registry, users
+from fieldhub.core import command_requests, registry, twins, users
 from fieldhub.core.command_states import STATUSES
 from fieldhub.web import data, db, history, serializers
 from fieldhub.web.auth import ROLE_RANK
@@ -127,6 +127,7 @@ def _device_json(row: dict[str, Any]) -> dict[str, Any]:
         "online": bool(row["online"]),
         "last_seen": row["last_seen"],
         "created_at": row["created_at"],
+        "gateway_id": row.get("gateway_id"),
     }
 
 
@@ -341,6 +342,97 @@ def send_command(device_id: str) -> Any:
     except command_requests.CommandRequestError as exc:
         raise BadRequest(str(exc), 422) from None
     return jsonify(_command_json(command)), 201
+
+
+# -- twin -------------------------------------------------------------------------------------
+def _twin_response(twin: twins.Twin) -> Any:
+    response = jsonify(twin.as_json())
+    # The desired version is what If-Match names: `PATCH ... If-Match: "3"`.
+    response.headers["ETag"] = f'"{twin.desired_version}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _if_match() -> int | None:
+    """The desired version of an If-Match header: `"3"` (or W/"3", or 3); None without one."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    tag = raw.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit() or len(tag) > 18:
+        raise BadRequest('If-Match must name a desired version, like If-Match: "3"')
+    return int(tag)
+
+
+@bp.route("/devices/<device_id>/twin", methods=["GET"])
+def get_twin(device_id: str) -> Any:
+    _device(device_id)
+    try:
+        return _twin_response(twins.get_twin(db.read(), device_id, org_id=_org_id()))
+    except twins.NotFound:
+        abort(404)
+
+
+@bp.route("/devices/<device_id>/twin", methods=["PATCH"])
+def patch_twin(device_id: str) -> Any:
+    _device(device_id)
+    _require("member")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"desired"}:
+        raise BadRequest(
+            'send a JSON object like {"desired": {"interval": 30, "led": null}} '
+            "(a JSON merge patch of the desired state)"
+        )
+    user = g.api_user
+    try:
+        twin = twins.update_desired(
+            db.write(),
+            device_id,
+            body["desired"],
+            actor=twins.Actor(str(user["email"]), "api", int(user["id"])),
+            if_version=_if_match(),
+            org_id=_org_id(),
+        )
+    except twins.NotFound:
+        abort(404)
+    except twins.VersionMismatch as exc:
+        return api_error(412, str(exc), current_version=exc.current)
+    except twins.TwinRequestError as exc:
+        raise BadRequest(str(exc), 422) from None
+    return _twin_response(twin)
+
+
+@bp.route("/devices/<device_id>/twin/history")
+def twin_history(device_id: str) -> Any:
+    _device(device_id)
+    limit = _int_arg("limit", 50, 1, twins.MAX_HISTORY)
+    changes = twins.desired_history(db.read(), device_id, org_id=_org_id(), limit=limit)
+    return jsonify({"changes": changes})
+
+
+# -- gateways (admins of the organisation) ----------------------------------------------------
+@bp.route("/devices/<device_id>/gateway", methods=["PUT"])
+def attach_gateway(device_id: str) -> Any:
+    _device(device_id)
+    _require("admin")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("gateway_id"), str):
+        raise BadRequest('send a JSON object like {"gateway_id": "gateway-7"}')
+    try:
+        registry.attach_gateway(db.write(), device_id, body["gateway_id"], org_id=_org_id())
+    except registry.NotFound:
+        raise BadRequest(f"there is no device {body['gateway_id']!r}", 422) from None
+    except registry.RegistryError as exc:
+        raise BadRequest(str(exc), 422) from None
+    return jsonify(_device_json(data.get_device(db.write(), _org_id(), device_id)))
+
+
+@bp.route("/devices/<device_id>/gateway", methods=["DELETE"])
+def detach_gateway(device_id: str) -> Any:
+    _device(device_id)
+    _require("admin")
+    registry.detach_gateway(db.write(), device_id, org_id=_org_id())
+    return "", 204
 
 
 @bp.route("/commands/<command_id>")

@@ -46,6 +46,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "The token's role may not do this.",
         404: "No such object in the token's organisation.",
         409: "The command is already final, or the alert is not active.",
+        412: "If-Match named a desired version the twin is no longer at (the error's "
+        "current_version says which it is at).",
         413: "The upload is larger than the limit (100 MiB by default).",
         422: "The request was refused (the message says which field and why).",
     }
@@ -137,7 +139,78 @@ SCHEMAS: dict[str, Any] = {
             "online": {"type": "boolean"},
             "last_seen": NULLABLE_TIME,
             "created_at": TIME,
+            "gateway_id": {
+                "type": "string",
+                "nullable": True,
+                "description": "The gateway device this device speaks through, if any.",
+            },
             "latest": {"type": "array", "items": _ref("LatestValue")},
+        },
+    },
+    "TwinDocument": {
+        "type": "object",
+        "description": "A JSON object of at most 16 KiB, nested at most 8 levels deep.",
+        "additionalProperties": True,
+    },
+    "Twin": {
+        "type": "object",
+        "required": ["device_id", "desired", "reported", "delta"],
+        "properties": {
+            "device_id": {"type": "string"},
+            "desired": {
+                "type": "object",
+                "required": ["version", "state", "updated_at"],
+                "properties": {
+                    "version": {"type": "integer", "minimum": 0},
+                    "state": _ref("TwinDocument"),
+                    "updated_at": NULLABLE_TIME,
+                },
+            },
+            "reported": {
+                "type": "object",
+                "required": ["version", "seq", "state", "updated_at"],
+                "properties": {
+                    "version": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "The desired version the device says it has applied.",
+                    },
+                    "seq": {"type": "integer", "nullable": True},
+                    "state": _ref("TwinDocument"),
+                    "updated_at": {**NULLABLE_TIME, "description": "When the last report came."},
+                },
+            },
+            "delta": {
+                "type": "object",
+                "required": ["version", "state"],
+                "description": "The desired values the device has not reported (yet).",
+                "properties": {
+                    "version": {"type": "integer", "minimum": 0},
+                    "state": _ref("TwinDocument"),
+                },
+            },
+        },
+    },
+    "TwinPatch": {
+        "type": "object",
+        "required": ["desired"],
+        "additionalProperties": False,
+        "properties": {
+            "desired": {
+                **_ref("TwinDocument"),
+                "description": "A JSON merge patch (RFC 7396): null removes a key.",
+            }
+        },
+    },
+    "TwinChange": {
+        "type": "object",
+        "required": ["version", "patch", "actor", "source", "changed_at"],
+        "properties": {
+            "version": {"type": "integer"},
+            "patch": _ref("TwinDocument"),
+            "actor": {"type": "string", "description": "Who: an e-mail address or the CLI."},
+            "source": {"type": "string", "enum": ["web", "api", "cli"]},
+            "changed_at": TIME,
         },
     },
     "Command": {
@@ -476,6 +549,97 @@ def document(server_url: str) -> dict[str, Any]:
                     "responses": {
                         "201": _json(_ref("Command"), "The command, queued."),
                         **_errors(400, 401, 403, 404, 422),
+                    },
+                },
+            },
+            "/devices/{device_id}/twin": {
+                "get": {
+                    "operationId": "getTwin",
+                    "summary": "Desired and reported state, and their delta",
+                    "parameters": [DEVICE_ID],
+                    "responses": {
+                        "200": _json(
+                            _ref("Twin"),
+                            "The twin; its ETag is the desired version, for If-Match.",
+                        ),
+                        **device_get_errors,
+                    },
+                },
+                "patch": {
+                    "operationId": "patchTwin",
+                    "summary": "Change desired state with a JSON merge patch",
+                    "parameters": [
+                        DEVICE_ID,
+                        {
+                            "name": "If-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": 'Only if the desired state is at this version: "3".',
+                        },
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("TwinPatch")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("Twin"), "The twin after the change."),
+                        **_errors(400, 401, 403, 404, 412, 422),
+                    },
+                },
+            },
+            "/devices/{device_id}/twin/history": {
+                "get": {
+                    "operationId": "twinHistory",
+                    "summary": "Who changed desired state and when, newest first",
+                    "parameters": [
+                        DEVICE_ID,
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["changes"],
+                                "properties": {
+                                    "changes": {"type": "array", "items": _ref("TwinChange")}
+                                },
+                            },
+                            "One entry per desired version.",
+                        ),
+                        **device_get_errors,
+                    },
+                },
+            },
+            "/devices/{device_id}/gateway": {
+                "put": {
+                    "operationId": "attachGateway",
+                    "summary": "Let a gateway device act for this device (admins)",
+                    "parameters": [DEVICE_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["gateway_id"],
+                                    "properties": {"gateway_id": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("Device"), "The device, attached."),
+                        **_errors(400, 401, 403, 404, 422),
+                    },
+                },
+                "delete": {
+                    "operationId": "detachGateway",
+                    "summary": "Take the device away from its gateway (admins)",
+                    "parameters": [DEVICE_ID],
+                    "responses": {
+                        "204": {"description": "Detached (or it had no gateway)."},
+                        **_errors(400, 401, 403, 404),
                     },
                 },
             },
