@@ -11,8 +11,8 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   and the delta on `devices/{id}/twin/delta`, both retained at QoS 1, and records what the
   broker now holds only after its PUBACK. `forget` makes every twin go out again: after a
   dispatcher takeover and after every reconnect to the broker, since a broker that restarted
-  may have lost up to its last autosave interval of retained messages
-  (/work/research/mosquitto REPORT, question 7) and the database is the source of truth.
+  may have lost up to its last autosave interval of retained messages (the broker research's
+  question 7, docs/security.md) and the database is the source of truth.
 
 The device contract is in docs/devices.md, "Twin".
 """

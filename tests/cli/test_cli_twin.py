@@ -54,3 +54,26 @@ def test_twin_set_refuses_bad_input_and_stale_versions_with_one_line(cli: CliRun
     assert "unknown device 'nope'" in one_error_line(cli, "twin", "set", "nope", "--desired", "{}")
     shown = json.loads(cli("twin", "show", "boiler-2", "--json")[0])
     assert shown["desired"] == {**shown["desired"], "version": 1, "state": {"a": 1}}
+
+
+def test_device_attach_show_and_detach(cli: CliRunner) -> None:
+    cli("org", "create", "acme")
+    cli("org", "create", "other")
+    for device_id in ("gw-7", "kid-1"):
+        cli("device", "create", device_id, "--org", "acme")
+    cli("device", "create", "alien-1", "--org", "other")
+    out, _ = cli("device", "attach", "kid-1", "--gateway", "gw-7")
+    assert "attached kid-1 to gateway gw-7" in out
+    assert json.loads(cli("device", "show", "kid-1", "--json")[0])["gateway_id"] == "gw-7"
+    assert json.loads(cli("device", "show", "gw-7", "--json")[0])["children"] == ["kid-1"]
+    assert "its own organisation" in one_error_line(
+        cli, "device", "attach", "alien-1", "--gateway", "gw-7"
+    )
+    assert "gateways do not nest" in one_error_line(
+        cli, "device", "attach", "gw-7", "--gateway", "kid-1"
+    )
+    out, _ = cli("device", "detach", "kid-1")
+    assert "detached kid-1 from gateway gw-7" in out
+    out, _ = cli("device", "detach", "kid-1")
+    assert "has no gateway" in out
+    assert json.loads(cli("device", "show", "gw-7", "--json")[0])["children"] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import psycopg
 import pytest
 from flask import Flask
@@ -68,3 +70,20 @@ def test_members_cannot_attach(app: Flask, world: World) -> None:
         f"/admin/devices/{child}/attach", data={"csrf_token": csrf, "gateway_id": child}
     )
     assert response.status_code == 403
+
+
+def test_the_credentials_page_lists_every_broker_url_home_first(app: Flask, world: World) -> None:
+    app.config["DEVICE_MQTT_URLS"] = {
+        "broker-1": "mqtts://one.example:8883",
+        "broker-2": "mqtts://two.example:8883",
+    }
+    client = app.test_client()
+    csrf = login(client, world.emails["a_admin"])
+    page = client.post(
+        "/admin/devices", data={"csrf_token": csrf, "device_id": "new-dev", "org": "org-a"}
+    ).get_data(as_text=True)
+    urls = re.findall(r"<li><code>(mqtts://[^<]+)</code>", page)
+    with psycopg.connect(world.database_url, autocommit=True, row_factory=dict_row) as conn:
+        home = registry.get_device(conn, "new-dev")["broker"]
+    assert urls[0] == app.config["DEVICE_MQTT_URLS"][home]
+    assert sorted(urls) == sorted(app.config["DEVICE_MQTT_URLS"].values())
