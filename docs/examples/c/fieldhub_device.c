@@ -396,6 +396,19 @@ static int load_credentials(const char *path, struct device *dev) {
     return dev->n_urls > 0;
 }
 
+static void free_device(struct device *dev) {
+    int i;
+    free(dev->device_id);
+    free(dev->username);
+    free(dev->password);
+    for (i = 0; i < dev->n_urls; i++) {
+        free(dev->urls[i]);
+    }
+    for (i = 0; i < REMEMBERED_COMMANDS; i++) {
+        free(dev->answered[i].ack_json);
+    }
+}
+
 int main(int argc, char **argv) {
     struct device dev;
     struct sigaction action;
@@ -404,6 +417,7 @@ int main(int argc, char **argv) {
     if (argc != 2 || !load_credentials(argv[1], &dev)) {
         fprintf(stderr, "usage: %s CREDENTIALS.json (from fieldhub device create --json)\n",
                 argv[0]);
+        free_device(&dev);
         return 2;
     }
     dev.interval_s = DEFAULT_INTERVAL_S;
@@ -438,6 +452,7 @@ int main(int argc, char **argv) {
         mosquitto_destroy(mosq);
     }
     mosquitto_lib_cleanup();
+    free_device(&dev);
     say("stopped");
     return 0;
 }
