@@ -1,11 +1,12 @@
 """The bridge process: MQTT in, TimescaleDB out, acknowledgements only after COMMIT.
 
 Threads:
-- paho's network thread runs `_on_message`: parse the topic, decode the payload, append to
+- paho's network thread runs `_on_publish_packet`: stamp, parse the topic, decode the payload,
+  attribute it to the device's key (from the device directory, at receive time), append to
   `Pending`. Nothing else happens per message, so the network thread keeps up with the broker.
 - the writer thread takes whatever accumulated, writes it in one transaction
   (fieldhub.bridge.ingest) and then acknowledges the QoS 1 messages of that batch.
-- the device directory thread keeps the set of enabled devices fresh (LISTEN registry_changed).
+- the device directory thread keeps device id -> (key, enabled) fresh (LISTEN registry_changed).
 - the command dispatcher (fieldhub.bridge.commands) publishes commands through this bridge's
   MQTT client.
 
@@ -47,6 +48,7 @@ from fieldhub.bridge.ingest import (
     Status,
     Telemetry,
     TwinReport,
+    WriteResult,
 )
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.receive import BridgeClient, ReceiveClock
@@ -54,7 +56,7 @@ from fieldhub.core.decode import (
     DecodeError,
     decode_senml,
     decode_status,
-    decode_telemetry,
+    decode_telemetry_stamped,
     parse_topic,
 )
 from fieldhub.core.endpoints import MqttEndpoint
@@ -102,12 +104,7 @@ class Bridge:
         self.directory = DeviceDirectory(database_url)
         self.problems = RateLimitedLog(log)
         self.writer = IngestWriter(
-            database_url,
-            self.directory,
-            self.metrics,
-            commands.apply_acks,
-            self._make_ack,
-            always_stage=always_stage,
+            database_url, self.directory, self.metrics, always_stage=always_stage
         )
         self.stopping = threading.Event()
         self._ack_lock = threading.Lock()
@@ -242,22 +239,25 @@ class Bridge:
                 self._broker_dropped(payload)
                 return
             counts["invalid"] += 1
-            item = DeadLetter(received_at, None, topic, "bad_topic", "", payload)
+            item = DeadLetter(received_at, None, None, topic, "bad_topic", "", payload)
         else:
             kind = info.kind
             counts[kind] += 1
+            device_id = info.device_id
+            # Attributed now, at receipt: a device deleted before this is written can never
+            # lend its messages to a later device of the same id (ingest.py).
+            entry = self.directory.devices.get(device_id)
+            key = None if entry is None else entry.key
             try:
                 if kind == "telemetry":
-                    item = Telemetry(
-                        info.device_id,
-                        decode_telemetry(payload, received_at),
-                        topic,
-                        payload,
-                        received_at,
-                    )
+                    readings, last_stamp = decode_telemetry_stamped(payload, received_at)
+                    if last_stamp != received_at:
+                        self._clock.advance_past(last_stamp)
+                    item = Telemetry(device_id, key, readings, topic, payload, received_at)
                 elif kind == "senml":
                     item = Telemetry(
-                        info.device_id,
+                        device_id,
+                        key,
                         decode_senml(payload, received_at),
                         topic,
                         payload,
@@ -265,17 +265,17 @@ class Bridge:
                     )
                 elif kind == "status":
                     item = Status(
-                        info.device_id, decode_status(payload), topic, payload, received_at
+                        device_id, key, decode_status(payload), topic, payload, received_at
                     )
                 elif kind == "twin_reported":
-                    item = _twin_report(info.device_id, topic, payload, received_at)
+                    item = _twin_report(device_id, key, topic, payload, received_at)
                 else:
                     item = CommandAck(
-                        info.device_id, info.command_id or "", topic, payload, received_at
+                        device_id, key, info.command_id or "", topic, payload, received_at
                     )
             except DecodeError as exc:
                 item = DeadLetter(
-                    received_at, info.device_id, topic, exc.reason, exc.detail, payload
+                    received_at, device_id, key, topic, exc.reason, exc.detail, payload
                 )
         pending = self.pending
         with pending.lock:
@@ -307,9 +307,6 @@ class Bridge:
             self.client.ack_many(batch.mids)
 
     # -- commands ---------------------------------------------------------------------------
-    def _make_ack(self, ack: CommandAck) -> Any:
-        return commands.AckMessage(ack.device_id, ack.command_id, ack.payload, ack.received_at)
-
     def publish(
         self, topic: str, payload: bytes, retain: bool, message_expiry_s: int | None
     ) -> None:
@@ -365,12 +362,6 @@ class Bridge:
                 self.stopping.wait(backoff) if not self.stopping.is_set() else time.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            except psycopg.errors.ForeignKeyViolation as exc:
-                # A device was deleted after the directory said it existed: forget what we
-                # know and let the next attempt look every device up again.
-                self._database_error(exc, batch)
-                self.directory.enabled = {}
-                continue
             except psycopg.Error as exc:
                 self._database_error(exc, batch)
                 if not self._isolate(batch):
@@ -383,7 +374,7 @@ class Bridge:
             backoff = 0.2
             elapsed = time.monotonic() - started
             self._acknowledge(batch)
-            self._record(batch, result.rows, result.dead, result.staged, elapsed)
+            self._record(batch, result, elapsed)
             batch = None
 
     def _isolate(self, batch: Batch) -> bool:
@@ -393,7 +384,7 @@ class Bridge:
         for single in batch.split():
             try:
                 result = self.writer.write(single)
-                self._record(single, result.rows, result.dead, result.staged, 0.0)
+                self._record(single, result, 0.0)
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 self._database_error(exc, batch)
                 return False
@@ -404,7 +395,7 @@ class Bridge:
                 except psycopg.Error as again:
                     self._database_error(again, batch)
                     return False
-                self._record(single, 0, result.dead, False, 0.0)
+                self._record(single, result, 0.0)
         return True
 
     def _database_error(self, exc: BaseException, batch: Batch) -> None:
@@ -420,22 +411,24 @@ class Bridge:
             first,
         )
 
-    def _record(
-        self, batch: Batch, rows: int, dead: dict[str, int], staged: bool, elapsed: float
-    ) -> None:
+    def _record(self, batch: Batch, result: WriteResult, elapsed: float) -> None:
         metrics = self.metrics
         counts, self._counts = self._counts, dict.fromkeys(self._counts, 0)
         for kind, count in counts.items():
             if count:
                 metrics.messages.labels(kind).inc(count)
-        if rows:
-            metrics.rows.inc(rows)
-        for reason, count in dead.items():
+        if result.rows:
+            metrics.rows.inc(result.rows)
+        if result.duplicates:
+            metrics.duplicate_readings.inc(result.duplicates)
+        if result.conflicts:
+            metrics.conflicts.inc(result.conflicts)
+        for reason, count in result.dead.items():
             metrics.dead_letters.labels(reason).inc(count)
             self.problems.warning(
                 f"dead:{reason}", "dead-lettered %d message(s): %s", count, reason
             )
-        if staged:
+        if result.staged:
             metrics.staged_batches.inc()
         if elapsed:
             metrics.batch_messages.observe(batch.messages)
@@ -500,13 +493,13 @@ class Bridge:
 
 
 def _twin_report(
-    device_id: str, topic: str, payload: bytes, received_at: float
+    device_id: str, key: int | None, topic: str, payload: bytes, received_at: float
 ) -> TwinReport | DeadLetter:
     try:
         report = parse_report(payload)
     except TwinDocumentError as exc:
-        return DeadLetter(received_at, device_id, topic, TWIN_INVALID, str(exc), payload)
-    return TwinReport(device_id, report, topic, payload, received_at)
+        return DeadLetter(received_at, device_id, key, topic, TWIN_INVALID, str(exc), payload)
+    return TwinReport(device_id, key, report, topic, payload, received_at)
 
 
 def _as_dead_letter(single: Batch, exc: psycopg.Error) -> DeadLetter:
@@ -519,6 +512,7 @@ def _as_dead_letter(single: Batch, exc: psycopg.Error) -> DeadLetter:
         return DeadLetter(
             message.received_at,
             message.device_id,
+            message.device_key,
             message.topic,
             "db_rejected",
             detail,

@@ -2,10 +2,11 @@
 
 Two pieces, both used by the bridge process (fieldhub.bridge.app):
 
-* `apply_acks` runs inside the bridge's batch transaction and moves commands along their
-  lifecycle (fieldhub.core.command_states) from the acks devices publish on
-  `devices/{device_id}/commands/{command_id}/ack`. Acks it cannot use are handed back for the
-  dead letters: a malformed payload, an unknown command, or a command of another device.
+* `apply_acks` runs inside the bridge's batch transaction (fieldhub.bridge.ingest calls it)
+  and moves commands along their lifecycle (fieldhub.core.command_states) from the acks
+  devices publish on `devices/{device_id}/commands/{command_id}/ack`. Acks it cannot use are
+  handed back for the dead letters: a malformed payload (including text PostgreSQL cannot
+  store), an unknown command, or a command of another device.
 * `CommandDispatcher` is a thread with its own database connection. It LISTENs on `commands`
   and also sweeps every few seconds, so a command created while the bridge was down goes out
   when it is back. A sweep expires what ran out of time, publishes every `queued` command as a
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import psycopg
@@ -63,6 +64,22 @@ Publish = Callable[[str, bytes, bool, int | None], None]
 log = logging.getLogger(__name__)
 
 
+class Ack(Protocol):
+    """What apply_acks needs of an ack message (the bridge's CommandAck, or AckMessage)."""
+
+    @property
+    def device_id(self) -> str: ...  # from the topic, which the broker's ACL ties to the device
+
+    @property
+    def command_id(self) -> str: ...  # from the topic, unchecked
+
+    @property
+    def payload(self) -> bytes: ...
+
+
+A = TypeVar("A", bound=Ack)
+
+
 @dataclasses.dataclass(frozen=True)
 class AckMessage:
     device_id: str  # from the topic, which the broker's ACL ties to the sending device
@@ -83,13 +100,20 @@ def command_topic(device_id: str, command_id: str) -> str:
 
 
 def parse_ack(payload: bytes) -> ParsedAck:
-    """The JSON body of an ack, or ValueError saying what is wrong with it."""
+    """The JSON body of an ack, or ValueError saying what is wrong with it.
+
+    A NUL (U+0000) anywhere in it is refused: `error` is stored as text and `result` as
+    jsonb, and PostgreSQL accepts neither with a NUL; letting it through would fail the
+    bridge's whole batch instead of this one ack."""
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"ack is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ValueError(f"ack must be a JSON object, not {type(body).__name__}")
+    # JSON can only carry a NUL as the escape \u0000, so a payload without one needs no walk.
+    if b"\\u0000" in payload and _has_nul(body):
+        raise ValueError("ack contains a NUL character (U+0000), which cannot be stored")
     status = parse_ack_status(body.get("status"))
     error = body.get("error")
     if error is not None and not isinstance(error, str):
@@ -100,6 +124,17 @@ def parse_ack(payload: bytes) -> ParsedAck:
     return ParsedAck(status=status, result=body.get("result"), error=error)
 
 
+def _has_nul(value: object) -> bool:
+    """Whether a NUL is in any string (or object key) of a parsed JSON value."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def _command_uuid(command_id: str) -> uuid.UUID | None:
     # Checked here, not by a cast in SQL: a cast error would abort the caller's whole batch.
     try:
@@ -108,9 +143,7 @@ def _command_uuid(command_id: str) -> uuid.UUID | None:
         return None
 
 
-def apply_acks(
-    conn: psycopg.Connection[Any], acks: Sequence[AckMessage]
-) -> list[tuple[AckMessage, str, str]]:
+def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[A]) -> list[tuple[A, str, str]]:
     """Apply device acks inside the caller's open transaction.
 
     Returns (ack, reason, detail) for every ack to dead-letter. Duplicate, overtaken and late
@@ -118,8 +151,8 @@ def apply_acks(
     order given, so several acks of one command in one batch go through its states in turn
     and each change is recorded by the table's trigger.
     """
-    dead: list[tuple[AckMessage, str, str]] = []
-    usable: list[tuple[AckMessage, uuid.UUID, ParsedAck]] = []
+    dead: list[tuple[A, str, str]] = []
+    usable: list[tuple[A, uuid.UUID, ParsedAck]] = []
     for ack in acks:
         command_uuid = _command_uuid(ack.command_id)
         if command_uuid is None:
@@ -482,6 +515,7 @@ class CommandDispatcher:
 
 
 __all__ = [
+    "Ack",
     "AckMessage",
     "CommandDispatcher",
     "Publish",

@@ -1,21 +1,30 @@
 """The bridge's database side: batch -> COPY -> commit -> NOTIFY -> acknowledge.
 
-The paho network thread only decodes and appends to `Pending`; one writer thread takes
-everything that accumulated while it was committing the previous batch (group commit: batches
-grow with load, so latency stays low at low rates and throughput rises at high ones) and
-writes it in one transaction:
+The paho network thread only decodes, attributes each message to a device key and appends to
+`Pending`; one writer thread takes everything that accumulated while it was committing the
+previous batch (group commit: batches grow with load, so latency stays low at low rates and
+throughput rises at high ones) and writes it in one transaction:
 
-1. Which devices exist and are enabled comes from an in-memory `DeviceDirectory` kept fresh by
-   LISTEN registry_changed; only ids it has never seen cost a query.
-2. Readings go in with one binary COPY straight into the hypertable. A redelivered message
-   (after a crash or an outage) collides with the unique index readings_identity; then the
-   transaction is rolled back and the batch is redone through a temp table and
-   INSERT ... ON CONFLICT DO NOTHING. After a collision the next few seconds of batches take
-   that path directly, since redeliveries come in runs. (Measured: staging every batch
-   carries less than half the throughput, docs/benchmarks.md.)
+1. Which devices exist, their keys and whether they are enabled come from an in-memory
+   `DeviceDirectory` kept fresh by LISTEN registry_changed. The network thread attributes a
+   message to its device's key when it RECEIVES it; only ids it has never seen cost a query,
+   at write time. A message whose key is gone by then (the device was deleted, perhaps
+   registered again: a new key) is dead-lettered `deleted_device`, never attributed to the
+   new device.
+2. Readings go in through fieldhub.core.readings: one binary COPY straight into the
+   hypertable. A batch that repeats a stored reading (a redelivery after a crash or an
+   outage) collides with readings_identity; then the transaction is rolled back and the batch
+   is redone staged (temp table + INSERT ... ON CONFLICT DO NOTHING), which also finds the
+   conflicts: a message that sends a stored reading's identity with other content is
+   dead-lettered `conflict` (its other readings are stored). After a collision the next few
+   seconds of batches take the staged path directly, since redeliveries come in runs.
+   (Measured: staging every batch carries less than half the throughput,
+   docs/benchmarks.md.)
 3. latest_values, device_state/presence_events and NOTIFY telemetry (delivered at commit)
    follow in one pipelined round trip; command acks, twin reports (fieldhub.bridge.twin) and
-   dead letters in the same transaction.
+   dead letters in the same transaction. A foreign-key violation there means a device was
+   deleted after the directory said it existed: the directory is reloaded and the batch
+   redone, its messages dead-lettered.
 4. Only after COMMIT are the batch's QoS 1 messages acknowledged. On a database error nothing
    is acknowledged: the batch is kept, retried with backoff, and grows with what arrives
    meanwhile (bounded by the Receive Maximum the bridge announces to the broker).
@@ -26,20 +35,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import orjson
 import psycopg
 
+from fieldhub.bridge import commands
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
-from fieldhub.core import db
+from fieldhub.core import db, readings
 from fieldhub.core.db import Queries
 from fieldhub.core.decode import Reading
 
@@ -48,21 +56,20 @@ log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[Any]
 
-# PostgreSQL's binary timestamptz is microseconds since 2000-01-01 UTC.
-_PG_EPOCH_S = 946_684_800.0
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-_COPY_TRAILER = struct.pack(">h", -1)
-_NULL = struct.pack(">i", -1)
-_ROW_TIME = struct.Struct(">hiq")  # field count, then the time field (length 8, int64)
-_FLOAT8 = struct.Struct(">id")
-_INT8 = struct.Struct(">iq")
-_LENGTH = struct.Struct(">i")
 _NOTIFY_LIMIT = 7900  # bytes per NOTIFY payload (PostgreSQL's limit is 8000)
 _STAGED_AFTER_CONFLICT_S = 5.0
+# A batch is redone after a unique violation (staged) or a foreign-key violation (directory
+# reloaded); more attempts than this means something else is wrong.
+_WRITE_ATTEMPTS = 4
+# Conflicting readings named in one dead letter's detail (the count is always given).
+_CONFLICTS_IN_DETAIL = 3
 
 
 class Telemetry(NamedTuple):
     device_id: str
+    # The device's key when the message was received; None: the id was unknown then (looked
+    # up at write time).
+    device_key: int | None
     readings: list[Reading]
     topic: str
     payload: bytes
@@ -71,6 +78,7 @@ class Telemetry(NamedTuple):
 
 class Status(NamedTuple):
     device_id: str
+    device_key: int | None
     online: bool
     topic: str
     payload: bytes
@@ -79,6 +87,7 @@ class Status(NamedTuple):
 
 class CommandAck(NamedTuple):
     device_id: str
+    device_key: int | None
     command_id: str
     topic: str
     payload: bytes
@@ -88,6 +97,7 @@ class CommandAck(NamedTuple):
 class DeadLetter(NamedTuple):
     received_at: float
     device_id: str | None
+    device_key: int | None  # None: unknown device, or deleted when it arrived
     topic: str
     reason: str
     detail: str
@@ -172,14 +182,24 @@ class Pending:
         return self.batch.messages
 
 
+class DeviceEntry(NamedTuple):
+    key: int
+    enabled: bool
+
+
 class DeviceDirectory:
-    """device id -> enabled, for every registered device, refreshed on registry_changed."""
+    """device id -> (device key, enabled) for every registered device, refreshed on
+    registry_changed.
+
+    `devices` is replaced whole, never changed in place, so the network thread can read it
+    without a lock while the writer or the directory thread reloads it.
+    """
 
     REFRESH_S = 60.0
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
-        self.enabled: dict[str, bool] = {}
+        self.devices: dict[str, DeviceEntry] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(log)
@@ -193,18 +213,27 @@ class DeviceDirectory:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def key_of(self, device_id: str) -> int | None:
+        """The key the id belongs to now (None: unknown to the directory)."""
+        entry = self.devices.get(device_id)
+        return None if entry is None else entry.key
+
     def reload(self, conn: Conn) -> None:
         rows = conn.execute(QUERIES["all_devices"]).fetchall()
-        self.enabled = {row["device_id"]: row["enabled"] for row in rows}
+        self.devices = {
+            row["device_id"]: DeviceEntry(row["device_key"], row["enabled"]) for row in rows
+        }
 
     def lookup(self, conn: Conn, device_ids: Iterable[str]) -> None:
         """Ask the database about ids the directory does not know (a device created a moment
         ago, before its registry_changed notification arrived)."""
         rows = conn.execute(QUERIES["lookup_devices"], {"device_ids": list(device_ids)}).fetchall()
         if rows:
-            updated = dict(self.enabled)
-            updated.update((row["device_id"], row["enabled"]) for row in rows)
-            self.enabled = updated
+            updated = dict(self.devices)
+            updated.update(
+                (row["device_id"], DeviceEntry(row["device_key"], row["enabled"])) for row in rows
+            )
+            self.devices = updated
 
     def _run(self) -> None:
         backoff = 0.5
@@ -234,77 +263,23 @@ class DeviceDirectory:
 class WriteResult:
     rows: int = 0
     staged: bool = False
+    duplicates: int = 0
+    conflicts: int = 0
     dead: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def encode_copy(rows: Iterable[tuple[str, Sequence[Reading]]]) -> tuple[bytes, int]:
-    """Binary COPY data for readings of (device_id, readings) pairs; returns (data, row count).
-
-    Hand-built rather than through psycopg's row writer: it skips a datetime object per row,
-    which is most of the cost of the fast path.
-    """
-    parts: list[bytes] = [_COPY_HEADER]
-    append = parts.append
-    device_cache: dict[str, bytes] = {}
-    metric_cache: dict[str, bytes] = {}
-    pack_time = _ROW_TIME.pack
-    pack_float = _FLOAT8.pack
-    pack_int = _INT8.pack
-    pack_len = _LENGTH.pack
-    null = _NULL
-    count = 0
-    for device_id, readings in rows:
-        device = device_cache.get(device_id)
-        if device is None:
-            raw = device_id.encode()
-            device = device_cache[device_id] = pack_len(len(raw)) + raw
-        last_t = None
-        head = b""
-        for t, metric, value, text, _is_bool, seq in readings:
-            if t != last_t:
-                head = pack_time(6, 8, round((t - _PG_EPOCH_S) * 1_000_000)) + device
-                last_t = t
-            name = metric_cache.get(metric)
-            if name is None:
-                raw = metric.encode()
-                name = metric_cache[metric] = pack_len(len(raw)) + raw
-            if text is None:
-                tail = null if seq is None else pack_int(8, seq)
-                append(head + name + pack_float(8, value) + null + tail)
-            else:
-                raw = text.encode()
-                append(
-                    head
-                    + name
-                    + null
-                    + pack_len(len(raw))
-                    + raw
-                    + (null if seq is None else pack_int(8, seq))
-                )
-            count += 1
-    append(_COPY_TRAILER)
-    return b"".join(parts), count
-
-
-def _json_value(reading: Reading) -> str:
-    if reading.text is not None:
-        return orjson.dumps(reading.text).decode()
-    if reading.is_bool:
-        return "true" if reading.value else "false"
-    return orjson.dumps(reading.value).decode()
-
-
-def notify_payloads(device_ids: Iterable[str]) -> list[str]:
-    """Space-separated device ids, split so that each NOTIFY payload stays under the limit."""
+def notify_payloads(device_keys: Iterable[int]) -> list[str]:
+    """Space-separated device keys, split so that each NOTIFY payload stays under the limit."""
     payloads: list[str] = []
     current: list[str] = []
     size = 0
-    for device_id in sorted(device_ids):
-        if current and size + len(device_id) + 1 > _NOTIFY_LIMIT:
+    for key in sorted(device_keys):
+        text = str(key)
+        if current and size + len(text) + 1 > _NOTIFY_LIMIT:
             payloads.append(" ".join(current))
             current, size = [], 0
-        current.append(device_id)
-        size += len(device_id) + 1
+        current.append(text)
+        size += len(text) + 1
     if current:
         payloads.append(" ".join(current))
     return payloads
@@ -318,16 +293,12 @@ class IngestWriter:
         database_url: str,
         directory: DeviceDirectory,
         metrics: BridgeMetrics,
-        apply_acks: Callable[[Conn, Sequence[Any]], list[tuple[Any, str, str]]],
-        make_ack: Callable[[CommandAck], Any],
         *,
         always_stage: bool = False,
     ) -> None:
         self.database_url = database_url
         self.directory = directory
         self.metrics = metrics
-        self.apply_acks = apply_acks
-        self.make_ack = make_ack
         self.conn: Conn | None = None
         # always_stage: every batch through the staging table (for measuring the fast path).
         self._staged_until = float("inf") if always_stage else 0.0
@@ -340,30 +311,36 @@ class IngestWriter:
     def connection(self) -> Conn:
         if self.conn is None or self.conn.closed:
             conn = db.connect(self.database_url, application_name="fieldhub-bridge")
-            conn.execute(QUERIES["create_staging"])
+            readings.create_staging(conn)
             conn.commit()
             self.conn = conn
         return self.conn
 
     def write(self, batch: Batch) -> WriteResult:
         conn = self.connection()
-        staged = time.monotonic() < self._staged_until
-        try:
-            result = WriteResult(staged=staged)
-            with conn.transaction():
-                self._write(conn, batch, result)
-            return result
-        except psycopg.errors.UniqueViolation:
-            # Only the fast path's COPY can collide: the batch holds a redelivered message.
-            # Redo it de-duplicating (no savepoint around the COPY: one round trip less per
-            # batch on the common path), and keep de-duplicating for a while.
-            if staged:
-                raise
-            self._staged_until = time.monotonic() + _STAGED_AFTER_CONFLICT_S
-        result = WriteResult(staged=True)
-        with conn.transaction():
-            self._write(conn, batch, result)
-        return result
+        attempt = 0
+        while True:
+            attempt += 1
+            staged = time.monotonic() < self._staged_until
+            try:
+                result = WriteResult(staged=staged)
+                with conn.transaction():
+                    self._write(conn, batch, result)
+                return result
+            except psycopg.errors.UniqueViolation:
+                # Only the fast path's COPY can collide: the batch repeats a stored reading.
+                # Redo it staged (no savepoint around the COPY: one round trip less per batch
+                # on the common path), and keep staging for a while.
+                if staged or attempt >= _WRITE_ATTEMPTS:
+                    raise
+                self._staged_until = time.monotonic() + _STAGED_AFTER_CONFLICT_S
+            except psycopg.errors.ForeignKeyViolation:
+                # A device of the batch was deleted after the directory said it existed: with
+                # the directory reloaded, its messages are dead-lettered on the next attempt.
+                if attempt >= _WRITE_ATTEMPTS:
+                    raise
+                self.directory.reload(conn)
+                conn.commit()
 
     def _write(self, conn: Conn, batch: Batch, result: WriteResult) -> None:
         directory = self.directory
@@ -372,99 +349,84 @@ class IngestWriter:
         device_ids.update(m.device_id for m in batch.statuses)
         device_ids.update(m.device_id for m in batch.acks)
         device_ids.update(m.device_id for m in batch.twin_reports)
-        enabled = directory.enabled
-        unknown = [d for d in device_ids if d not in enabled]
+        devices = directory.devices
+        unknown = [d for d in device_ids if d not in devices]
         if unknown:
             directory.lookup(conn, unknown)
-            enabled = directory.enabled
+            devices = directory.devices
 
-        def admitted(messages: list[_M]) -> list[_M]:
-            """The messages of enabled devices; the others become dead letters."""
-            kept: list[_M] = []
+        def admitted(messages: list[_M]) -> list[tuple[int, _M]]:
+            """(key, message) for the messages of enabled devices; the others become dead
+            letters."""
+            kept: list[tuple[int, _M]] = []
             for message in messages:
-                state = enabled.get(message.device_id)
-                if state is True:
-                    kept.append(message)
+                entry = devices.get(message.device_id)
+                received_key = message.device_key
+                if entry is None or (received_key is not None and received_key != entry.key):
+                    # Attributed at receipt to a key that is gone: never to another device.
+                    reason = "unknown_device" if received_key is None else "deleted_device"
+                    dead.append(_dead(message, reason, "", None))
+                elif not entry.enabled:
+                    dead.append(_dead(message, "disabled_device", "", entry.key))
+                elif received_key is None:
+                    kept.append((entry.key, message._replace(device_key=entry.key)))
                 else:
-                    reason = "unknown_device" if state is None else "disabled_device"
-                    dead.append(_dead(message, reason, ""))
+                    kept.append((received_key, message))
             return kept
 
         telemetry = admitted(batch.telemetry)
 
         # -- readings ---------------------------------------------------------------------
+        seen: dict[int, float] = {}
+        latest: dict[tuple[int, str, str], Reading] = {}
         if telemetry:
-            data, count = encode_copy((m.device_id, m.readings) for m in telemetry)
-            result.rows = count
-            with conn.cursor() as cur:
-                if result.staged:
-                    with cur.copy(QUERIES["copy_staging"]) as copy:
-                        copy.write(data)
-                    cur.execute(QUERIES["insert_from_staging"])
-                else:
-                    with cur.copy(QUERIES["copy_readings"]) as copy:
-                        copy.write(data)
-
-            latest: dict[tuple[str, str], Reading] = {}
-            seen: dict[str, float] = {}
-            for message in telemetry:
-                device_id = message.device_id
-                seen[device_id] = message.received_at
-                for reading in message.readings:
-                    key = (device_id, reading.metric)
-                    previous = latest.get(key)
-                    if previous is None or reading.time >= previous.time:
-                        latest[key] = reading
-            latest_params = {
-                "devices": [key[0] for key in latest],
-                "metrics": [key[1] for key in latest],
-                "times": [r.time for r in latest.values()],
-                "values": [_json_value(r) for r in latest.values()],
-            }
-        else:
-            seen = {}
-            latest_params = None
+            messages = [(key, m.readings) for key, m in telemetry]
+            written = readings.write(conn, messages, staged=result.staged, savepoint=False)
+            result.rows = written.rows
+            result.duplicates = written.duplicates
+            result.conflicts = len(written.conflicts)
+            if written.conflicts:
+                by_message: dict[int, list[readings.Conflict]] = {}
+                for conflict in written.conflicts:
+                    by_message.setdefault(conflict.ordinal, []).append(conflict)
+                for ordinal, found in by_message.items():
+                    key, message = telemetry[ordinal]
+                    dead.append(_dead(message, "conflict", _conflict_detail(found), key))
+            latest = readings.newest(messages, skip=written.conflicts)
+            for key, message in telemetry:
+                seen[key] = message.received_at
 
         statuses = admitted(batch.statuses)
 
         # Pipelined: the statements below go to the server together and wait for one reply,
         # which under a loaded CPU saves a scheduling round trip each.
         with conn.pipeline():
-            if latest_params is not None:
-                conn.execute(QUERIES["upsert_latest_values"], latest_params)
+            readings.upsert_latest(conn, latest)
             # -- presence -----------------------------------------------------------------
             if statuses:
                 self._apply_statuses(conn, statuses, seen)
-                for status in statuses:
-                    seen.pop(status.device_id, None)
+                for key, _status in statuses:
+                    seen.pop(key, None)
             if seen:
-                devices = sorted(seen)
-                conn.execute(
-                    QUERIES["mark_seen"],
-                    {"devices": devices, "times": [seen[d] for d in devices]},
-                )
+                keys = sorted(seen)
+                conn.execute(QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]})
             if telemetry:
                 conn.execute(
                     QUERIES["notify_telemetry"],
-                    {"payloads": notify_payloads({m.device_id for m in telemetry})},
+                    {"payloads": notify_payloads({key for key, _m in telemetry})},
                 )
 
         # -- command acknowledgements -------------------------------------------------------
-        acks = admitted(batch.acks)
+        acks = [ack for _key, ack in admitted(batch.acks)]
         if acks:
-            converted = [(ack, self.make_ack(ack)) for ack in acks]
-            originals = {id(message): ack for ack, message in converted}
-            refused = self.apply_acks(conn, [message for _ack, message in converted])
-            for message, reason, detail in refused:
-                original = originals.get(id(message))
-                if original is not None:
-                    dead.append(_dead(original, reason, detail))
+            for ack, reason, detail in commands.apply_acks(conn, acks):
+                dead.append(_dead(ack, reason, detail, ack.device_key))
 
         # -- twin reports: after everything else of the batch, in receive order -------------
-        reports = admitted(batch.twin_reports)
+        reports = [report for _key, report in admitted(batch.twin_reports)]
         if reports:
             for report, reason, detail in apply_reports(conn, reports):
-                dead.append(_dead(report, reason, detail))
+                dead.append(_dead(report, reason, detail, report.device_key))
 
         # -- dead letters -----------------------------------------------------------------
         if dead:
@@ -474,6 +436,7 @@ class IngestWriter:
                         (
                             _timestamp(letter.received_at),
                             letter.device_id,
+                            letter.device_key,
                             letter.topic,
                             letter.reason,
                             letter.detail,
@@ -483,47 +446,49 @@ class IngestWriter:
             for letter in dead:
                 result.dead[letter.reason] = result.dead.get(letter.reason, 0) + 1
 
-    def _apply_statuses(self, conn: Conn, statuses: list[Status], seen: dict[str, float]) -> None:
+    def _apply_statuses(
+        self, conn: Conn, statuses: list[tuple[int, Status]], seen: dict[int, float]
+    ) -> None:
         """The rare path: devices with a status message in this batch, replayed in order."""
-        events: dict[str, list[PresenceEvent]] = {}
-        for status in statuses:
-            events.setdefault(status.device_id, []).append(
+        events: dict[int, list[PresenceEvent]] = {}
+        for key, status in statuses:
+            events.setdefault(key, []).append(
                 PresenceEvent(status.received_at, status.online, "status")
             )
-        for device_id, device_events in events.items():
-            if device_id in seen:
-                device_events.append(PresenceEvent(seen[device_id], True, "telemetry"))
-        devices = sorted(events)
+        for key, device_events in events.items():
+            if key in seen:
+                device_events.append(PresenceEvent(seen[key], True, "telemetry"))
+        keys = sorted(events)
         previous = {
-            row["device_id"]: row["online"]
-            for row in conn.execute(QUERIES["lock_device_state"], {"device_ids": devices})
+            row["device_key"]: row["online"]
+            for row in conn.execute(QUERIES["lock_device_state"], {"keys": keys})
         }
         online: list[bool] = []
         last_seen: list[float] = []
         changed: list[bool] = []
-        flip_devices: list[str] = []
+        flip_keys: list[int] = []
         flip_online: list[bool] = []
         flip_times: list[float] = []
         flip_sources: list[str] = []
-        for device_id in devices:
-            outcome = replay(previous.get(device_id), events[device_id])
+        for key in keys:
+            outcome = replay(previous.get(key), events[key])
             online.append(outcome.online)
             last_seen.append(outcome.last_seen)
             changed.append(bool(outcome.flips))
             for flip in outcome.flips:
-                flip_devices.append(device_id)
+                flip_keys.append(key)
                 flip_online.append(flip.online)
                 flip_times.append(flip.time)
                 flip_sources.append(flip.source)
         conn.execute(
             QUERIES["set_presence"],
-            {"devices": devices, "online": online, "times": last_seen, "changed": changed},
+            {"keys": keys, "online": online, "times": last_seen, "changed": changed},
         )
-        if flip_devices:
+        if flip_keys:
             conn.execute(
                 QUERIES["insert_presence_events"],
                 {
-                    "devices": flip_devices,
+                    "keys": flip_keys,
                     "online": flip_online,
                     "times": flip_times,
                     "sources": flip_sources,
@@ -531,11 +496,30 @@ class IngestWriter:
             ).fetchall()
 
 
+def _conflict_detail(found: list[readings.Conflict]) -> str:
+    named = "; ".join(c.describe() for c in found[:_CONFLICTS_IN_DETAIL])
+    more = len(found) - _CONFLICTS_IN_DETAIL
+    suffix = f"; and {more} more" if more > 0 else ""
+    return (
+        f"{len(found)} reading(s) already stored with other content (the stored ones are "
+        f"kept, the message's other readings were stored): {named}{suffix}"
+    )
+
+
 def _dead(
-    message: Telemetry | Status | CommandAck | TwinReport, reason: str, detail: str
+    message: Telemetry | Status | CommandAck | TwinReport,
+    reason: str,
+    detail: str,
+    device_key: int | None,
 ) -> DeadLetter:
     return DeadLetter(
-        message.received_at, message.device_id, message.topic, reason, detail, message.payload
+        message.received_at,
+        message.device_id,
+        device_key,
+        message.topic,
+        reason,
+        detail,
+        message.payload,
     )
 
 
@@ -553,11 +537,12 @@ __all__ = [
     "CommandAck",
     "DeadLetter",
     "DeviceDirectory",
+    "DeviceEntry",
     "IngestWriter",
     "Pending",
     "Status",
     "Telemetry",
     "TwinReport",
-    "encode_copy",
+    "WriteResult",
     "notify_payloads",
 ]

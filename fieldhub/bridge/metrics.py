@@ -32,6 +32,17 @@ class BridgeMetrics:
         self.rows = Counter(
             "fieldhub_bridge_rows", "readings rows committed (before de-duplication)", registry=reg
         )
+        self.duplicate_readings = Counter(
+            "fieldhub_bridge_duplicate_readings",
+            "readings received again with the same identity and content (stored once)",
+            registry=reg,
+        )
+        self.conflicts = Counter(
+            "fieldhub_bridge_conflicts",
+            "readings received with a stored reading's identity but other content (the stored "
+            "one is kept; the message is dead-lettered as conflict)",
+            registry=reg,
+        )
         self.dead_letters = Counter(
             "fieldhub_bridge_dead_letters",
             "messages dead-lettered, by reason",

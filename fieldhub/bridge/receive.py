@@ -153,9 +153,12 @@ class BridgeClient(mqtt.Client):
 class ReceiveClock:
     """Receive times in whole microseconds that strictly increase.
 
-    Readings without `ts` are stamped with their receive time, and (device, metric, time) is a
+    Readings without `ts` are stamped with their receive time, and the time is part of a
     reading's identity: two messages stamped in the same microsecond (or across a backwards
-    step of the wall clock) would be stored as one. Only the network thread calls stamp().
+    step of the wall clock) would be stored as one. A message is stamped once; the objects of
+    an array without `ts` take the stamps after it, one microsecond each
+    (fieldhub.core.decode.decode_telemetry_stamped), and `advance_past` then moves the clock
+    beyond the last of them. Only the network thread calls stamp() and advance_past().
     """
 
     def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
@@ -168,3 +171,10 @@ class ReceiveClock:
             now_us = self._last_us + 1
         self._last_us = now_us
         return now_us / 1_000_000
+
+    def advance_past(self, stamp: float) -> None:
+        """The next stamp() is later than `stamp` (a stamp this clock gave out, plus whole
+        microseconds)."""
+        used_us = round(stamp * 1_000_000)
+        if used_us > self._last_us:
+            self._last_us = used_us

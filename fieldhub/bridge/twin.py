@@ -70,6 +70,9 @@ class TwinReport(NamedTuple):
     """A decoded report as the bridge received it (the raw payload is kept for dead letters)."""
 
     device_id: str
+    # The device's key when the bridge received the report (None: unknown then), as for every
+    # message of the bridge (fieldhub.bridge.ingest).
+    device_key: int | None
     report: Report
     topic: str
     payload: bytes

@@ -290,6 +290,23 @@ def test_unusable_acks_are_returned_for_the_dead_letters(conn: Conn) -> None:
     assert timeline(conn, theirs) == ["queued"]
 
 
+def test_acks_with_a_nul_are_invalid_not_a_failed_batch(conn: Conn) -> None:
+    # PostgreSQL stores neither text nor jsonb with U+0000; before, such an ack failed the
+    # bridge's whole batch. Now it is an invalid ack and the rest of the batch goes on.
+    command_id = send(conn, "valve-1")
+    acks = acks_of(
+        "valve-1",
+        command_id,
+        b'{"status": "failed", "error": "jammed\\u0000"}',
+        b'{"status": "succeeded", "result": {"note": ["ok", "\\u0000"]}}',
+        b'{"status": "succeeded", "result": {"k\\u0000": 1}}',
+        {"status": "accepted", "result": {"text": "\\u0000 is fine as text"}},
+    )
+    dead = apply(conn, acks)
+    assert [(reason, "NUL" in detail) for _, reason, detail in dead] == [("invalid_ack", True)] * 3
+    assert status(conn, command_id) == "delivered"
+
+
 def test_acks_roll_back_with_the_callers_transaction(conn: Conn) -> None:
     command_id = send(conn, "valve-1")
 

@@ -33,7 +33,10 @@ def count_rows(database_url: str) -> int:
 
 def per_device_counts(database_url: str) -> dict[str, int]:
     with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT device_id, count(*) FROM readings GROUP BY device_id")
+        rows = conn.execute(
+            "SELECT device_id, count(*) FROM readings JOIN devices USING (device_key)"
+            " GROUP BY device_id"
+        )
         return {device_id: count for device_id, count in rows}
 
 

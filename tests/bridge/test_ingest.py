@@ -57,7 +57,9 @@ def test_every_reading_of_a_mixed_stream_is_stored_exactly_once(stack: TestStack
     # latest_values holds each device's newest value per metric, with its JSON type.
     latest = {
         (r["device_id"], r["metric"]): r["value"]
-        for r in stack.query("SELECT device_id, metric, value FROM latest_values")
+        for r in stack.query(
+            "SELECT device_id, metric, value FROM latest_values JOIN devices USING (device_key)"
+        )
     }
     newest: dict[tuple[str, str], tuple[int, object]] = {}
     for device_id, metric, ms, value in expected:
@@ -70,18 +72,24 @@ def test_every_reading_of_a_mixed_stream_is_stored_exactly_once(stack: TestStack
         if key[1] != "door":
             assert latest[key] == value, key
 
-    state = stack.query("SELECT device_id, online, last_seen FROM device_state")
+    state = stack.query(
+        "SELECT device_id, online, last_seen FROM device_state JOIN devices USING (device_key)"
+    )
     assert {r["device_id"] for r in state if r["online"]} == set(devices)
-    events = stack.query("SELECT device_id, online, source FROM presence_events")
+    events = stack.query(
+        "SELECT device_id, online, source FROM presence_events JOIN devices USING (device_key)"
+    )
     assert sorted((e["device_id"], e["online"], e["source"]) for e in events) == [
         (d, True, "telemetry") for d in devices
     ]
 
+    # NOTIFY telemetry names device keys.
     notified: set[str] = set()
     for notify in listener.notifies(timeout=1.0):
         notified.update(notify.payload.split())
     listener.close()
-    assert notified == set(devices)
+    keys = {str(r["device_key"]): r["device_id"] for r in stack.query("SELECT * FROM devices")}
+    assert {keys[k] for k in notified} == set(devices)
 
 
 def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: TestStack) -> None:
@@ -120,8 +128,8 @@ def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: Tes
                 good.publish("devices/good-1/telemetry", orjson.dumps({"values": {"n": n}}))
             loadgen.publish("devices/ghost-1/telemetry", b'{"values": {"t": 1}}')
             loadgen.publish("devices/off-1/telemetry", b'{"values": {"t": 1}}')
-            # Valid JSON the database cannot store (text may not hold NUL): the batch around it
-            # is retried message by message and only this one is dead-lettered.
+            # Valid JSON the database could not store (text may not hold NUL): refused by the
+            # decoder, so it never reaches the database and the batch stays whole.
             bad.publish("devices/bad-1/telemetry", b'{"values": {"mode": "a\\u0000b"}}')
             good.publish("devices/good-1/telemetry", orjson.dumps({"values": {"n": 98}}))
             bad.publish("devices/bad-1/status", b"sleepy")
@@ -148,9 +156,11 @@ def test_poison_messages_are_dead_lettered_and_good_ones_keep_flowing(stack: Tes
     by_device = [(r["device_id"], r["reason"]) for r in letters]
     assert [reason for device, reason in by_device if device == "bad-1"] == [
         *(reason for _payload, reason in poison),
-        "db_rejected",
+        "bad_string",
         "bad_status",
     ]
+    # Nothing reached the database that it refused: no batch was isolated message by message.
+    assert metrics.get("fieldhub_bridge_db_errors_total", 0.0) == 0.0
     assert ("ghost-1", "unknown_device") in by_device
     assert ("off-1", "disabled_device") in by_device
     # The raw payload is kept byte for byte, for replay after a fix.
@@ -181,7 +191,10 @@ def test_status_topic_drives_presence(stack: TestStack) -> None:
         lamp.publish("devices/lamp-1/status", b"online", retain=True)
 
         def state() -> bool | None:
-            rows = stack.query("SELECT online FROM device_state WHERE device_id = 'lamp-1'")
+            rows = stack.query(
+                "SELECT online FROM device_state JOIN devices USING (device_key)"
+                " WHERE device_id = 'lamp-1'"
+            )
             return rows[0]["online"] if rows else None
 
         wait_for(lambda: state() is True, what="lamp-1 online")
@@ -190,7 +203,8 @@ def test_status_topic_drives_presence(stack: TestStack) -> None:
         lamp.client.socket().close()  # type: ignore[union-attr]
         wait_for(lambda: state() is False, timeout=30, what="lamp-1 offline by its Last Will")
     events = stack.query(
-        "SELECT online, source FROM presence_events WHERE device_id = 'lamp-1' ORDER BY time, id"
+        "SELECT online, source FROM presence_events JOIN devices USING (device_key)"
+        " WHERE device_id = 'lamp-1' ORDER BY time, id"
     )
     assert [(e["online"], e["source"]) for e in events] == [(True, "status"), (False, "status")]
 

@@ -1,5 +1,6 @@
-"""Pure parts of the ingest path: presence replay, NOTIFY payload splitting, the hand-built
-binary COPY encoding and batch bookkeeping. No servers."""
+"""Pure parts of the ingest path: presence replay, NOTIFY payload splitting, batch
+bookkeeping, the receive client and clock. No servers. (The COPY encoding is in
+tests/core/test_readings.py.)"""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import struct
 
 import pytest
 
-from fieldhub.bridge.ingest import Batch, Pending, encode_copy, notify_payloads
+from fieldhub.bridge.ingest import Batch, Pending, notify_payloads
 from fieldhub.bridge.presence import PresenceEvent, replay
-from fieldhub.core.decode import Reading
+from fieldhub.core.decode import decode_telemetry_stamped
 
 
 def test_first_message_of_a_never_seen_device_is_an_online_flip() -> None:
@@ -40,59 +41,13 @@ def test_replay_needs_an_event() -> None:
         replay(True, [])
 
 
-def test_notify_payloads_stay_under_the_limit_and_keep_every_id() -> None:
-    ids = [f"device-{n:05d}-{'x' * 40}" for n in range(1000)]
-    payloads = notify_payloads(ids)
+def test_notify_payloads_stay_under_the_limit_and_keep_every_key() -> None:
+    keys = [2**40 + n for n in range(5000)]
+    payloads = notify_payloads(keys)
     assert len(payloads) > 1
     assert all(len(p.encode()) < 8000 for p in payloads)
-    assert sorted(" ".join(payloads).split()) == sorted(ids)
+    assert sorted(int(k) for k in " ".join(payloads).split()) == keys
     assert notify_payloads([]) == []
-
-
-def _parse_copy(data: bytes) -> list[tuple[object, ...]]:
-    """A minimal reader of PostgreSQL's binary COPY format, for the six readings columns."""
-    assert data.startswith(b"PGCOPY\n\xff\r\n\x00")
-    pos = 19
-    rows = []
-    while True:
-        (fields,) = struct.unpack_from(">h", data, pos)
-        pos += 2
-        if fields == -1:
-            assert pos == len(data)
-            return rows
-        assert fields == 6
-        values: list[object] = []
-        for column in range(6):
-            (length,) = struct.unpack_from(">i", data, pos)
-            pos += 4
-            if length == -1:
-                values.append(None)
-                continue
-            raw = data[pos : pos + length]
-            pos += length
-            if column == 0 or column == 5:
-                values.append(struct.unpack(">q", raw)[0])
-            elif column == 3:
-                values.append(struct.unpack(">d", raw)[0])
-            else:
-                values.append(raw.decode())
-        rows.append(tuple(values))
-
-
-def test_encode_copy_writes_postgres_binary_rows() -> None:
-    readings = [
-        Reading(1_764_237_600.123, "temp", 21.5, None, False, 7),
-        Reading(1_764_237_600.123, "mode", None, "éco", False, None),
-        Reading(946_684_800.0, "door", 1.0, None, True, None),
-    ]
-    data, count = encode_copy([("dev-1", readings)])
-    assert count == 3
-    assert _parse_copy(data) == [
-        # microseconds since 2000-01-01, exact to the millisecond the device sent
-        (817_552_800_123_000, "dev-1", "temp", 21.5, None, 7),
-        (817_552_800_123_000, "dev-1", "mode", None, "éco", None),
-        (0, "dev-1", "door", 1.0, None, None),
-    ]
 
 
 def test_a_new_broker_connection_voids_pending_packet_ids() -> None:
@@ -186,3 +141,23 @@ def test_receive_stamps_strictly_increase_even_when_the_clock_does_not() -> None
     micros = [round(s * 1_000_000) for s in stamps]
     # Same microsecond twice, then a sub-microsecond step, then the wall clock going back.
     assert micros == [5_000_000_000_123, 5_000_000_000_124, 5_000_000_000_125, 5_000_000_000_126]
+
+
+def test_the_clock_moves_past_the_stamps_an_array_without_ts_took() -> None:
+    from fieldhub.bridge.receive import ReceiveClock
+
+    now_ns = iter([1_764_237_600_000_000_000] * 2 + [1_764_237_600_000_010_000])
+    clock = ReceiveClock(lambda: next(now_ns))
+    received_at = clock.stamp()
+    # Three objects without ts: the message's stamp and the two microseconds after it.
+    readings, last = decode_telemetry_stamped(
+        b'[{"values": {"n": 1}}, {"values": {"n": 2}}, {"values": {"n": 3}}]', received_at
+    )
+    micros = [round(r.time * 1_000_000) for r in readings]
+    assert micros == [1_764_237_600_000_000, 1_764_237_600_000_001, 1_764_237_600_000_002]
+    clock.advance_past(last)
+    # The wall clock has not moved: the next message still comes after the last stamp used.
+    assert round(clock.stamp() * 1_000_000) == 1_764_237_600_000_003
+    # Advancing to the past changes nothing; a later wall clock wins as before.
+    clock.advance_past(received_at)
+    assert round(clock.stamp() * 1_000_000) == 1_764_237_600_000_010

@@ -240,7 +240,7 @@ def conn(database_url: str) -> Iterator[Conn]:
 def as_bridge(conn: Conn, device_id: str, *reports: Report) -> list[tuple[TwinReport, str, str]]:
     """One bridge's batch: its own transaction, committed."""
     items = [
-        TwinReport(device_id, r, f"devices/{device_id}/twin/reported", b"{}", time.time())
+        TwinReport(device_id, None, r, f"devices/{device_id}/twin/reported", b"{}", time.time())
         for r in reports
     ]
     with conn.transaction():

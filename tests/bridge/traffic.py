@@ -84,7 +84,7 @@ def numeric_stream(device_ids: list[str], per_device: int) -> tuple[list[Message
 def stored_rows(stack: TestStack) -> list[Row]:
     rows = stack.query(
         "SELECT device_id, metric, round(extract(epoch FROM time) * 1000)::bigint AS ms, "
-        "value, text_value FROM readings"
+        "value, text_value FROM readings JOIN devices USING (device_key)"
     )
     return [
         (

@@ -22,6 +22,7 @@ from fieldhub.core.decode import (
     MAX_READINGS_PER_MESSAGE,
     MAX_SEQ,
     MAX_STRING_VALUE,
+    MAX_UNIT_LENGTH,
     MAX_VALUES_PER_READING,
     METRIC_NAME_RE,
     MIN_TIMESTAMP,
@@ -31,6 +32,7 @@ from fieldhub.core.decode import (
     decode_senml,
     decode_status,
     decode_telemetry,
+    decode_telemetry_stamped,
     parse_topic,
     valid_device_id,
     valid_metric_name,
@@ -476,7 +478,8 @@ def test_array_of_readings_keeps_order_and_per_reading_fields() -> None:
         Reading(1_795_770_000.0, "temp", 20.0, None, False, 1),
         Reading(1_795_770_000.0, "hum", 40.0, None, False, 1),
         Reading(1_795_770_001.0, "temp", 20.5, None, False, 2),
-        Reading(NOW, "door", 1.0, None, True, None),
+        # Without ts: the receive stamp plus the object's index in microseconds.
+        Reading(NOW + 2e-6, "door", 1.0, None, True, None),
     ]
 
 
@@ -641,11 +644,12 @@ def test_senml_rfc_example_with_base_fields() -> None:
         {"n": "door", "t": 10, "vb": True},
         {"n": "mode", "vs": "eco"},
     ]
+    # The base unit applies to every record without a unit of its own.
     assert decode_senml(dumps(pack), NOW) == [
-        Reading(1_795_770_000.0, bn + "humidity", 20.0, None, False, None),
-        Reading(1_795_770_005.0, bn + "temp", 23.5, None, False, None),
-        Reading(1_795_770_010.0, bn + "door", 1.0, None, True, None),
-        Reading(1_795_770_000.0, bn + "mode", None, "eco", False, None),
+        Reading(1_795_770_000.0, bn + "humidity", 20.0, None, False, None, "%RH"),
+        Reading(1_795_770_005.0, bn + "temp", 23.5, None, False, None, "%RH"),
+        Reading(1_795_770_010.0, bn + "door", 1.0, None, True, None, "%RH"),
+        Reading(1_795_770_000.0, bn + "mode", None, "eco", False, None, "%RH"),
     ]
 
 
@@ -803,6 +807,161 @@ def test_senml_record_limit() -> None:
     assert senml_reason(pack) == "too_many_readings"
 
 
+# --- the identity of a reading: units, one receive stamp per object --------------------
+
+
+def test_senml_records_that_differ_only_by_unit_are_three_readings() -> None:
+    # RFC 8428 section 5.1.5: one name, one time, three units.
+    pack = [
+        {"bn": "urn:dev:ow:10e2073a01080063", "u": "%RH", "v": 20},
+        {"u": "lon", "v": 24.30621},
+        {"u": "lat", "v": 60.07965},
+    ]
+    got = [(r.metric, r.time, r.unit, r.value) for r in decode_senml(dumps(pack), NOW)]
+    assert got == [
+        ("urn:dev:ow:10e2073a01080063", NOW, "%RH", 20.0),
+        ("urn:dev:ow:10e2073a01080063", NOW, "lon", 24.30621),
+        ("urn:dev:ow:10e2073a01080063", NOW, "lat", 60.07965),
+    ]
+
+
+def test_senml_unit_overrides_the_base_unit_and_plain_telemetry_has_none() -> None:
+    pack = [{"bu": "Cel", "n": "a", "v": 1}, {"n": "b", "u": "°F", "v": 2}, {"n": "c", "v": 3}]
+    assert [r.unit for r in decode_senml(dumps(pack), NOW)] == ["Cel", "°F", "Cel"]
+    assert [r.unit for r in decode_senml(dumps([{"n": "a", "v": 1}]), NOW)] == [""]
+    assert one({"u": "Cel", "values": {"a": 1}}).unit == ""  # not a field of telemetry
+
+
+@pytest.mark.parametrize(
+    ("unit", "reason"),
+    [
+        (1, "senml_invalid"),
+        (["m"], "senml_invalid"),
+        ({}, "senml_invalid"),
+        ("", "senml_invalid"),
+        ("x" * (MAX_UNIT_LENGTH + 1), "senml_invalid"),
+        ("m\n", "senml_invalid"),
+        ("\x7f", "senml_invalid"),
+        ("m\u200b", "senml_invalid"),
+        ("%R\x00H", "bad_string"),
+    ],
+)
+def test_senml_bad_units(unit: Any, reason: str) -> None:
+    assert senml_reason([{"n": "a", "u": unit, "v": 1}]) == reason
+    assert senml_reason([{"bu": unit, "n": "a", "v": 1}]) == reason
+
+
+def test_an_array_without_ts_keeps_every_reading_of_a_repeated_metric() -> None:
+    payload = [
+        {"values": {"n": 1}},
+        {"ts": 1_795_770_000, "values": {"n": 2}},
+        {"values": {"n": 3}},
+    ]
+    readings, last = decode_telemetry_stamped(dumps(payload), NOW)
+    # Object i without ts gets the message's receive stamp plus i microseconds.
+    assert [(round(r.time * 1e6), r.value) for r in readings] == [
+        (round(NOW * 1e6), 1.0),
+        (1_795_770_000_000_000, 2.0),
+        (round(NOW * 1e6) + 2, 3.0),
+    ]
+    assert round(last * 1e6) == round(NOW * 1e6) + 2
+    # Nothing after the first object used a stamp: the clock need not move.
+    assert decode_telemetry_stamped(dumps(payload[:2]), NOW)[1] == NOW
+    assert decode_telemetry_stamped(dumps(payload[0]), NOW)[1] == NOW
+
+
+@settings(deadline=None)
+@given(st.floats(min_value=MIN_TIMESTAMP, max_value=4e9), st.integers(0, 999))
+def test_property_receive_stamps_are_exact_microseconds(seconds: float, index: int) -> None:
+    received_at = round(seconds * 1e6) / 1e6  # what ReceiveClock hands out
+    payload = dumps([{"values": {"n": i}} for i in range(index + 1)])
+    readings, last = decode_telemetry_stamped(payload, received_at)
+    micros = [round((r.time - 946_684_800.0) * 1_000_000) for r in readings]
+    first = round(received_at * 1e6) - 946_684_800_000_000
+    assert micros == list(range(first, first + index + 1))
+    assert round(last * 1e6) == round(received_at * 1e6) + index
+
+
+# --- every field the decoder returns is accepted by PostgreSQL -----------------------
+# A reading that reaches the database must not fail the bridge's whole batch: each field is
+# held to its column's domain here, one test per field.
+
+
+def fits_postgres(r: Reading, received_at: float = NOW) -> bool:
+    """What the readings columns accept, as fieldhub.core.readings sends them."""
+    text_ok = all(
+        "\x00" not in s and s.encode("utf-8", "strict") is not None
+        for s in (r.metric, r.unit, r.text or "")
+    )
+    return (
+        math.isfinite(r.time)
+        and MIN_TIMESTAMP <= r.time <= received_at + MAX_FUTURE_SKEW_S  # timestamptz, sane
+        and (r.value is None or math.isfinite(r.value))  # float8, no NaN/Infinity
+        and (r.seq is None or 0 <= r.seq <= 2**63 - 1)  # int8
+        and type(r.is_bool) is bool
+        and (r.value is None) != (r.text is None)
+        and text_ok
+        and len(r.unit) <= MAX_UNIT_LENGTH
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"ts": 1e300, "values": {"a": 1}}, "ts_in_future"),
+        ({"ts": -1, "values": {"a": 1}}, "ts_invalid"),
+        ({"ts": "9999-12-31T23:59:59Z", "values": {"a": 1}}, "ts_in_future"),
+        ({"ts": "0001-01-01T00:00:00Z", "values": {"a": 1}}, "ts_invalid"),
+        ({"ts": "2026-11-27T10:00:00+24:00", "values": {"a": 1}}, "ts_invalid"),
+    ],
+)
+def test_field_time_stays_in_the_timestamptz_range(payload: Any, reason: str) -> None:
+    assert telemetry_reason(payload) == reason
+    assert senml_reason([{"bt": 1e308, "t": 1e308, "n": "a", "v": 1}]) == "ts_invalid"
+    assert senml_reason([{"bt": -1e308, "n": "a", "v": 1}]) == "ts_invalid"
+
+
+def test_field_value_is_a_finite_double() -> None:
+    assert telemetry_reason(b'{"values": {"a": 1e400}}') == "not_finite"
+    assert telemetry_reason(b'{"values": {"a": -Infinity}}') == "not_finite"
+    assert senml_reason([{"bv": 1e308, "n": "a", "v": 1e308}]) == "not_finite"
+    huge = one({"values": {"a": 2**64 - 1}})
+    assert fits_postgres(huge)
+
+
+@pytest.mark.parametrize("seq", [-1, 2**63, 1.0, "1", True, None])
+def test_field_seq_fits_a_bigint(seq: Any) -> None:
+    assert telemetry_reason({"seq": seq, "values": {"a": 1}}) == "seq_invalid"
+    assert one({"seq": 2**63 - 1, "values": {"a": 1}}).seq == 2**63 - 1
+
+
+@pytest.mark.parametrize("value", ["\x00", "a\x00b", "eco\x00"])
+def test_field_text_has_no_nul(value: str) -> None:
+    assert telemetry_reason({"values": {"mode": value}}) == "bad_string"
+    assert senml_reason([{"n": "mode", "vs": value}]) == "bad_string"
+    # Lone surrogates (no UTF-8 form) never become text: the JSON itself is refused.
+    assert telemetry_reason(b'{"values": {"mode": "\\ud800"}}') == "invalid_json"
+    assert senml_reason(b'[{"n": "mode", "vs": "\\udfff"}]') == "invalid_json"
+
+
+def test_field_metric_is_a_clean_name() -> None:
+    assert telemetry_reason({"values": {"a\x00": 1}}) == "bad_metric_name"
+    assert senml_reason([{"bn": "a\x00", "n": "b", "v": 1}]) == "bad_metric_name"
+
+
+def test_field_unit_is_short_printable_text() -> None:
+    assert senml_reason([{"n": "a", "u": "\x00", "v": 1}]) == "bad_string"
+    assert senml_reason([{"n": "a", "u": "\x1b[31m", "v": 1}]) == "senml_invalid"
+    longest = decode_senml(dumps([{"n": "a", "u": "é" * MAX_UNIT_LENGTH, "v": 1}]), NOW)
+    assert all(fits_postgres(r) for r in longest)
+
+
+def test_field_is_bool_says_which_numbers_are_booleans() -> None:
+    readings = decode_senml(dumps([{"n": "a", "vb": False}, {"n": "b", "v": 0}]), NOW)
+    assert [(r.value, r.is_bool) for r in readings] == [(0.0, True), (0.0, False)]
+    assert one({"values": {"a": True}}).is_bool is True
+
+
 # --- properties -----------------------------------------------------------------------
 
 metric_names = st.from_regex(METRIC_NAME_RE, fullmatch=True)
@@ -810,7 +969,11 @@ json_values = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(min_value=-(2**63), max_value=2**64 - 1),
     st.booleans(),
-    st.text(max_size=MAX_STRING_VALUE),
+    # Text PostgreSQL can store: no NUL (bad_string has tests of its own above).
+    st.text(
+        st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+        max_size=MAX_STRING_VALUE,
+    ),
 )
 timestamps = st.one_of(
     st.none(),
@@ -836,7 +999,7 @@ def test_property_valid_readings_round_trip(
 ) -> None:
     payload = []
     expected = []
-    for ts, seq, values in readings:
+    for index, (ts, seq, values) in enumerate(readings):
         reading: dict[str, Any] = {"values": values}
         if ts is not None:
             reading["ts"] = ts
@@ -844,7 +1007,7 @@ def test_property_valid_readings_round_trip(
             reading["seq"] = seq
         payload.append(reading)
         if ts is None:
-            t = NOW
+            t = (round(NOW * 1e6) + index) / 1e6
         elif ts > 1e11:
             t = ts / 1000
         else:
@@ -879,7 +1042,9 @@ json_docs = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(
-        st.sampled_from(["ts", "seq", "values", "bn", "bt", "n", "v", "vb", "vs", "t", "x"]),
+        st.sampled_from(
+            ["ts", "seq", "values", "bn", "bt", "bu", "n", "u", "v", "vb", "vs", "t", "x"]
+        ),
         children,
         max_size=4,
     ),
@@ -899,9 +1064,7 @@ def test_property_arbitrary_json_only_raises_decode_error(doc: Any) -> None:
         except DecodeError:
             continue
         for r in readings:
-            assert MIN_TIMESTAMP <= r.time <= NOW + MAX_FUTURE_SKEW_S
-            assert (r.value is None) != (r.text is None)
-            assert r.value is None or math.isfinite(r.value)
+            assert fits_postgres(r, NOW + len(readings) * 1e-6)
             assert valid_metric_name(r.metric)
 
 
