@@ -1,10 +1,12 @@
 -- name: rule_targets
 -- Every enabled rule with each enabled device it covers, the metric's latest reading, the
 -- reading that was current `for_seconds` ago (the anchor) and whether every reading since the
--- anchor breaches. All three are index range scans of readings_identity.
+-- anchor breaches. Readings are the device's by its key (never an earlier device's of the
+-- same id), of the rule's metric in whatever unit the device sends it. All three are index
+-- range scans of readings_identity's (device_key, metric, time) prefix.
 WITH targets AS (
     SELECT r.id AS rule_id, r.org_id, r.name, r.metric, r.condition, r.threshold_low,
-           r.threshold_high, r.for_seconds, r.severity, d.device_id
+           r.threshold_high, r.for_seconds, r.severity, d.device_id, d.device_key
     FROM alert_rules r
     JOIN devices d ON d.org_id = r.org_id AND d.enabled
      AND (d.device_id = r.device_id
@@ -18,12 +20,12 @@ SELECT t.*, latest.time AS latest_time, latest.value AS latest_value,
 FROM targets t
 JOIN LATERAL (
     SELECT time, value FROM readings
-    WHERE device_id = t.device_id AND metric = t.metric AND value IS NOT NULL
+    WHERE device_key = t.device_key AND metric = t.metric AND value IS NOT NULL
     ORDER BY time DESC LIMIT 1
 ) latest ON true
 LEFT JOIN LATERAL (
     SELECT time, value FROM readings
-    WHERE device_id = t.device_id AND metric = t.metric AND value IS NOT NULL
+    WHERE device_key = t.device_key AND metric = t.metric AND value IS NOT NULL
       AND time <= now() - make_interval(secs => t.for_seconds)
     ORDER BY time DESC LIMIT 1
 ) anchor ON true
@@ -33,7 +35,7 @@ LEFT JOIN LATERAL (
                         WHEN 'below' THEN value < t.threshold_low
                         ELSE value < t.threshold_low OR value > t.threshold_high END) AS all_breach
     FROM readings
-    WHERE device_id = t.device_id AND metric = t.metric AND value IS NOT NULL
+    WHERE device_key = t.device_key AND metric = t.metric AND value IS NOT NULL
       AND time > anchor.time
 ) since ON true
 LEFT JOIN alerts open_alert

@@ -14,19 +14,20 @@ WHERE created_at < now() - make_interval(days => %(days)s) AND status <> 'pendin
 -- Devices online by the books whose last message is older than their own timeout. The UPDATE
 -- re-checks its WHERE if the bridge touches the row meanwhile, so a device that just spoke
 -- is never marked offline by a race.
+-- `presence` carries the device key, like the bridge's notifications.
 WITH silent AS (
     UPDATE device_state s
     SET online = false, status_changed = now()
     FROM devices d
-    WHERE d.device_id = s.device_id
+    WHERE d.device_key = s.device_key
       AND s.online
       AND (s.last_seen IS NULL OR s.last_seen < now() - make_interval(secs => d.offline_after_s))
-    RETURNING s.device_id
+    RETURNING s.device_key, d.device_id
 ), events AS (
-    INSERT INTO presence_events (device_id, online, source)
-    SELECT device_id, false, 'timeout' FROM silent
+    INSERT INTO presence_events (device_key, online, source)
+    SELECT device_key, false, 'timeout' FROM silent
 )
-SELECT device_id, pg_notify('presence', device_id || ' offline') FROM silent
+SELECT device_id, pg_notify('presence', device_key || ' offline') FROM silent
 
 -- name: expire_commands_exists
 SELECT to_regprocedure('expire_commands()') IS NOT NULL AS present

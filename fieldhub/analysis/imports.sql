@@ -1,5 +1,6 @@
 -- name: org_devices
-SELECT device_id FROM devices WHERE org_id = %(org_id)s
+-- An import resolves the organisation's device ids to their keys once, when it starts.
+SELECT device_id, device_key FROM devices WHERE org_id = %(org_id)s
 
 -- name: create_import
 INSERT INTO imports (org_id, device_id, filename, format, total_bytes, created_by)
@@ -34,40 +35,6 @@ RETURNING *
 
 -- name: load_file
 SELECT content FROM import_files WHERE import_id = %(id)s
-
--- name: create_staging
-CREATE TEMPORARY TABLE IF NOT EXISTS import_staging (
-    time timestamptz NOT NULL,
-    device_id text NOT NULL,
-    metric text NOT NULL,
-    value double precision,
-    text_value text
-) ON COMMIT DELETE ROWS
-
--- name: copy_readings
--- The fast path: straight into the hypertable (TimescaleDB batches COPY per chunk). Any row
--- that already exists fails the whole COPY, and the batch takes the staging path instead.
-COPY readings (time, device_id, metric, value, text_value) FROM STDIN (FORMAT BINARY)
-
--- name: copy_staging
-COPY import_staging (time, device_id, metric, value, text_value) FROM STDIN (FORMAT BINARY)
-
--- name: insert_staged
--- The readings identity (device, metric, time) drops what is already there: re-importing a
--- file, or a file overlapping what the bridge wrote, adds nothing twice.
-INSERT INTO readings (time, device_id, metric, value, text_value)
-SELECT time, device_id, metric, value, text_value FROM import_staging
-ON CONFLICT (device_id, metric, time) DO NOTHING
-
--- name: upsert_latest
--- Devices whose only data comes from a file still list their metrics.
-INSERT INTO latest_values (device_id, metric, time, value)
-SELECT device_id, metric, time, value
-FROM unnest(%(devices)s::text[], %(metrics)s::text[], %(times)s::timestamptz[], %(values)s::jsonb[])
-     AS l (device_id, metric, time, value)
-ON CONFLICT (device_id, metric) DO UPDATE
-SET time = EXCLUDED.time, value = EXCLUDED.value
-WHERE latest_values.time < EXCLUDED.time
 
 -- name: progress
 UPDATE imports

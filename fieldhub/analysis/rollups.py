@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DeviceRange:
-    device_id: str
+    device_key: int
     start: dt.datetime
     end: dt.datetime
 
@@ -64,15 +64,15 @@ def ceil_to(moment: dt.datetime, step: dt.timedelta) -> dt.datetime:
     return floored if floored == moment else floored + step
 
 
-def merge_hours(device_hours: Iterable[tuple[str, dt.datetime]]) -> list[DeviceRange]:
+def merge_hours(device_hours: Iterable[tuple[int, dt.datetime]]) -> list[DeviceRange]:
     """Adjacent hours of one device become one range, so recomputing is one query each."""
     ranges: list[DeviceRange] = []
-    for device_id, hour in sorted(device_hours):
+    for device_key, hour in sorted(device_hours):
         last = ranges[-1] if ranges else None
-        if last is not None and last.device_id == device_id and last.end >= hour:
-            ranges[-1] = DeviceRange(device_id, last.start, max(last.end, hour + HOUR))
+        if last is not None and last.device_key == device_key and last.end >= hour:
+            ranges[-1] = DeviceRange(device_key, last.start, max(last.end, hour + HOUR))
         else:
-            ranges.append(DeviceRange(device_id, hour, hour + HOUR))
+            ranges.append(DeviceRange(device_key, hour, hour + HOUR))
     return ranges
 
 
@@ -80,7 +80,7 @@ def recompute_range(conn: Conn, start: dt.datetime, end: dt.datetime) -> dict[st
     """Recompute every bucket of every device in [start, end) from raw rows: the minutes
     touching the range, then the hours containing them (from their minutes)."""
     minute_range = {"start": floor_to(start, MINUTE), "end": ceil_to(end, MINUTE)}
-    hour_range = {"start": floor_to(start, HOUR), "end": ceil_to(end, HOUR), "devices": None}
+    hour_range = {"start": floor_to(start, HOUR), "end": ceil_to(end, HOUR), "keys": None}
     long_range = end - start > SCAN_THRESHOLD
     with conn.transaction():
         conn.execute(QUERIES["sort_memory"])
@@ -98,7 +98,7 @@ def recompute_ranges(conn: Conn, ranges: Sequence[DeviceRange]) -> dict[str, int
     if not ranges:
         return {"minutes": 0, "hours": 0}
     params = {
-        "devices": [r.device_id for r in ranges],
+        "keys": [r.device_key for r in ranges],
         "starts": [floor_to(r.start, HOUR) for r in ranges],
         "ends": [
             ceil_to(r.end, HOUR) if r.end > r.start else floor_to(r.start, HOUR) + HOUR
@@ -182,7 +182,7 @@ def _late_pass(
     if first_run:
         # The first pass reads everything, today's chunk included.
         state["hot_checked_at"] = now.isoformat()
-    stale: list[tuple[str, dt.datetime]] = []
+    stale: list[tuple[int, dt.datetime]] = []
     checked = 0
     current: dict[str, int] = {}
     for chunk in chunks:
@@ -199,7 +199,7 @@ def _late_pass(
         totals = conn.execute(QUERIES["totals_differ"], bounds).fetchone()
         if totals is not None and totals["differ"]:
             rows = conn.execute(QUERIES["stale_hours"], bounds).fetchall()
-            stale.extend((row["device_id"], row["hour"]) for row in rows)
+            stale.extend((row["device_key"], row["hour"]) for row in rows)
         checked += 1
         if is_hot:
             state["hot_checked_at"] = now.isoformat()

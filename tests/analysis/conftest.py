@@ -38,3 +38,12 @@ def make_devices(db: Conn, org_id: int) -> Callable[..., list[str]]:
         return list(device_ids)
 
     return make
+
+
+def key_of(conn: Conn, device_id: str) -> int:
+    """The device key a device's data is stored under."""
+    row = conn.execute(
+        "SELECT device_key FROM devices WHERE device_id = %s", (device_id,)
+    ).fetchone()
+    assert row is not None, device_id
+    return int(row["device_key"])

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from fieldhub.analysis import alert_logic, alerts, service, webhook_rules, webhooks
-from tests.analysis.conftest import Conn
+from tests.analysis.conftest import Conn, key_of
 from tests.analysis.receivers import HTTPReceiver
 from tests.support import wait_for
 
@@ -32,9 +32,9 @@ def receiver() -> Iterator[HTTPReceiver]:
 
 def add_reading(db: Conn, device_id: str, value: float, seconds_ago: float = 0) -> None:
     db.execute(
-        "INSERT INTO readings (time, device_id, metric, value)"
+        "INSERT INTO readings (time, device_key, metric, value)"
         " VALUES (now() - make_interval(secs => %s), %s, 'temp', %s)",
-        (seconds_ago, device_id, value),
+        (seconds_ago, key_of(db, device_id), value),
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fieldhub.analysis import housekeeping
 from fieldhub.core.config import ConfigError, Settings
-from tests.analysis.conftest import Conn
+from tests.analysis.conftest import Conn, key_of
 
 pytestmark = pytest.mark.integration
 
@@ -56,15 +56,16 @@ def test_retention_drops_exactly_the_chunks_past_the_horizon(
         "rollup_1m": ("bucket", 7 * day, 365, [900, 380, 366, 364, 200, 1]),
         "dead_letters": ("received_at", day, 14, [20, 14.6, 14.1, 13, 1]),
     }
+    old1 = key_of(db, "old1")
     for age in tables["readings"][3]:
         db.execute(
-            "INSERT INTO readings (time, device_id, metric, value) VALUES (%s, 'old1', 't', 1)",
-            (now - age * day,),
+            "INSERT INTO readings (time, device_key, metric, value) VALUES (%s, %s, 't', 1)",
+            (now - age * day, old1),
         )
     for age in tables["rollup_1m"][3]:
         db.execute(
-            "INSERT INTO rollup_1m (bucket, device_id, metric, count) VALUES (%s, 'old1', 't', 1)",
-            (now - age * day,),
+            "INSERT INTO rollup_1m (bucket, device_key, metric, count) VALUES (%s, %s, 't', 1)",
+            (now - age * day, old1),
         )
     for age in tables["dead_letters"][3]:
         db.execute(
@@ -94,10 +95,13 @@ def test_silent_device_is_marked_offline_with_an_event_and_a_notification(
     db.execute("UPDATE devices SET offline_after_s = 60 WHERE device_id = 'quiet'")
     db.execute(
         """
-        INSERT INTO device_state (device_id, online, last_seen) VALUES
+        INSERT INTO device_state (device_key, online, last_seen)
+        SELECT d.device_key, s.online, s.last_seen
+        FROM devices d JOIN (VALUES
             ('quiet', true, now() - interval '61 seconds'),
             ('chatty', true, now() - interval '200 seconds'),  -- default timeout is 300 s
             ('already-off', false, now() - interval '1 day')
+        ) AS s (device_id, online, last_seen) USING (device_id)
         """
     )
     with psycopg.connect(database_url, autocommit=True) as listener:
@@ -106,13 +110,18 @@ def test_silent_device_is_marked_offline_with_an_event_and_a_notification(
         assert marked == ["quiet"]
         notifications = listener.notifies(timeout=5, stop_after=1)
         payloads = [n.payload for n in notifications]
-    assert payloads == ["quiet offline"]
+    # Presence notifications name the device key, as the bridge's do.
+    assert payloads == [f"{key_of(db, 'quiet')} offline"]
     states = {
         r["device_id"]: r["online"]
-        for r in db.execute("SELECT device_id, online FROM device_state")
+        for r in db.execute(
+            "SELECT device_id, online FROM device_state JOIN devices USING (device_key)"
+        )
     }
     assert states == {"quiet": False, "chatty": True, "already-off": False}
-    events = db.execute("SELECT device_id, online, source FROM presence_events").fetchall()
+    events = db.execute(
+        "SELECT device_id, online, source FROM presence_events JOIN devices USING (device_key)"
+    ).fetchall()
     assert events == [{"device_id": "quiet", "online": False, "source": "timeout"}]
     # Marked once: a second pass finds nothing new.
     assert housekeeping.mark_silent_devices_offline(db) == []

@@ -15,6 +15,7 @@ from fieldhub.analysis import import_parse, service
 from fieldhub.analysis.jobs import job_named
 from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
+from fieldhub.core.decode import Reading
 from tests.analysis.conftest import ORG, Conn
 from tests.analysis.test_rollups import mismatches
 
@@ -124,7 +125,8 @@ def test_ndjson_and_senml_files(
     assert sm["rows_imported"] == 1
     assert [e["line"] for e in sm["errors"]] == [2]
     rows = db.execute(
-        "SELECT device_id, metric, value, text_value FROM readings ORDER BY device_id, metric"
+        "SELECT device_id, metric, value, text_value FROM readings JOIN devices USING (device_key)"
+        " ORDER BY device_id, metric"
     ).fetchall()
     assert [(r["device_id"], r["metric"], r["value"], r["text_value"]) for r in rows] == [
         ("nd-1", "on", 1.0, None),
@@ -177,6 +179,7 @@ def test_cli_import_runs_inline_and_reports_bad_lines(
         ("2026-13-01,d,t,1", "is not epoch seconds/milliseconds or RFC 3339"),
         ("1700000000,,t,1", "no device"),
         ("1700000000,e,t,1", "unknown device 'e'"),
+        ("1700000000,d,t,a\x00b", "bad_string: text value contains NUL (U+0000)"),
     ],
 )
 def test_csv_line_errors(line: str, reason: str) -> None:
@@ -213,11 +216,8 @@ def test_csv_values_times_and_blank_lines() -> None:
         )
     )
     assert [n for n, _ in parsed] == [3, 4, 5]
-    rows = parsed[0][1]
-    assert isinstance(rows, list)
-    assert rows == [import_parse.Row(1700000000.123, "d", "t", None, "a,b", False)]
-    rows = parsed[1][1]
-    assert rows == [import_parse.Row(1700000000.5, "d", "t", 1.0, None, True)]
+    assert parsed[0][1] == ("d", (Reading(1700000000.123, "t", None, "a,b", False, None, ""),))
+    assert parsed[1][1] == ("d", (Reading(1700000000.5, "t", 1.0, None, True, None, ""),))
     assert isinstance(parsed[2][1], import_parse.LineError)
     assert str(parsed[2][1]) == "not valid UTF-8"
 
@@ -242,3 +242,33 @@ def test_overlapping_file_imports_only_the_new_readings(
     files = db.execute("SELECT count(*) AS n FROM import_files").fetchone()
     assert files is not None
     assert files["n"] == 0  # dropped once imported
+
+
+def test_a_line_that_contradicts_a_stored_reading_is_a_conflict_line_error(
+    db: Conn, org_id: int, make_devices: Callable[..., list[str]]
+) -> None:
+    make_devices("imp-a", "imp-b")
+    service.create_import(db, org_id=org_id, content=csv_file(10, {}), filename="a.csv")
+    run_queued(db)
+    # Line 4 sends reading 2 (imp-b, temp, BASE + 20) with another value; line 12 is new.
+    again = csv_file(11, {4: f"{BASE + 20},imp-b,temp,99"})
+    second = service.create_import(db, org_id=org_id, content=again, filename="b.csv")
+    run_queued(db)
+    done = service.get_import(db, org_id, second["id"])
+    assert done["status"] == "done"
+    assert done["rows_imported"] == 1
+    assert done["rows_rejected"] == 1
+    [error] = done["errors"]
+    assert error["line"] == 4
+    assert error["reason"].startswith("conflict: ")
+    assert "stored 0.5, sent 99.0" in error["reason"]
+    # The first stored value stays, and it is also what latest_values kept.
+    values = db.execute(
+        "SELECT value FROM readings JOIN devices USING (device_key)"
+        " WHERE device_id = 'imp-b' AND time = to_timestamp(%s)",
+        (BASE + 20,),
+    ).fetchall()
+    assert values == [{"value": 0.5}]
+    count = db.execute("SELECT count(*) AS n FROM readings").fetchone()
+    assert count is not None
+    assert count["n"] == 11

@@ -10,22 +10,25 @@ from typing import Any
 import pytest
 
 from fieldhub.analysis import rollups
-from tests.analysis.conftest import Conn
+from tests.analysis.conftest import Conn, key_of
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
 
 RAW_1M = """
-SELECT time_bucket('1 minute', time) AS bucket, device_id, metric, min(value) AS min,
+SELECT time_bucket('1 minute', time) AS bucket, device_key, metric, unit, min(value) AS min,
        max(value) AS max, avg(value) AS avg, count(*) AS count,
        last(value, time) AS last, max(time) AS last_time
-FROM readings WHERE value IS NOT NULL GROUP BY 1, 2, 3
+FROM readings WHERE value IS NOT NULL GROUP BY 1, 2, 3, 4
 """
 RAW_1H = RAW_1M.replace("'1 minute'", "'1 hour'")
 
 
 def _table(conn: Conn, sql: str) -> dict[tuple[Any, ...], dict[str, Any]]:
-    return {(r["device_id"], r["metric"], r["bucket"]): r for r in conn.execute(sql.encode())}
+    return {
+        (r["device_key"], r["metric"], r["unit"], r["bucket"]): r
+        for r in conn.execute(sql.encode())
+    }
 
 
 def mismatches(conn: Conn) -> list[str]:
@@ -48,29 +51,43 @@ def mismatches(conn: Conn) -> list[str]:
 
 
 def insert_readings(
-    conn: Conn, device_id: str, metric: str, start: dt.datetime, count: int, step_s: float
+    conn: Conn,
+    device_id: str,
+    metric: str,
+    start: dt.datetime,
+    count: int,
+    step_s: float,
+    unit: str = "",
 ) -> None:
     """`count` readings every `step_s` seconds from `start`, with varied values."""
+    params = {
+        "start": start,
+        "step": step_s,
+        "key": key_of(conn, device_id),
+        "metric": metric,
+        "unit": unit,
+        "count": count,
+    }
     conn.execute(
         """
-        INSERT INTO readings (time, device_id, metric, value)
-        SELECT %(start)s + make_interval(secs => i * %(step)s), %(device)s, %(metric)s,
+        INSERT INTO readings (time, device_key, metric, unit, value)
+        SELECT %(start)s + make_interval(secs => i * %(step)s), %(key)s, %(metric)s, %(unit)s,
                sin(i) * 100 + i %% 7
         FROM generate_series(0, %(count)s - 1) AS i
         ON CONFLICT DO NOTHING
         """,
-        {"start": start, "step": step_s, "device": device_id, "metric": metric, "count": count},
+        params,
     )
     # What the bridge maintains; the incremental pass finds new data through it.
     conn.execute(
         """
-        INSERT INTO latest_values (device_id, metric, time, value)
-        SELECT device_id, metric, max(time), '0' FROM readings
-        WHERE device_id = %(device)s AND metric = %(metric)s GROUP BY 1, 2
-        ON CONFLICT (device_id, metric) DO UPDATE SET time = EXCLUDED.time
+        INSERT INTO latest_values (device_key, metric, unit, time, value)
+        SELECT device_key, metric, unit, max(time), '0' FROM readings
+        WHERE device_key = %(key)s AND metric = %(metric)s AND unit = %(unit)s GROUP BY 1, 2, 3
+        ON CONFLICT (device_key, metric, unit) DO UPDATE SET time = EXCLUDED.time
         WHERE latest_values.time < EXCLUDED.time
         """,
-        {"device": device_id, "metric": metric},
+        params,
     )
 
 
@@ -86,12 +103,12 @@ def test_pure_bucket_arithmetic() -> None:
     assert rollups.ceil_to(moment, rollups.MINUTE) == dt.datetime(2026, 1, 2, 3, 5, tzinfo=dt.UTC)
     hour = dt.datetime(2026, 1, 2, 3, tzinfo=dt.UTC)
     merged = rollups.merge_hours(
-        [("b", hour), ("a", hour + rollups.HOUR), ("a", hour), ("a", hour + 3 * rollups.HOUR)]
+        [(2, hour), (1, hour + rollups.HOUR), (1, hour), (1, hour + 3 * rollups.HOUR)]
     )
     assert merged == [
-        rollups.DeviceRange("a", hour, hour + 2 * rollups.HOUR),
-        rollups.DeviceRange("a", hour + 3 * rollups.HOUR, hour + 4 * rollups.HOUR),
-        rollups.DeviceRange("b", hour, hour + rollups.HOUR),
+        rollups.DeviceRange(1, hour, hour + 2 * rollups.HOUR),
+        rollups.DeviceRange(1, hour + 3 * rollups.HOUR, hour + 4 * rollups.HOUR),
+        rollups.DeviceRange(2, hour, hour + rollups.HOUR),
     ]
 
 
@@ -103,10 +120,12 @@ def test_rollups_match_raw_aggregates_incrementally_and_after_late_data(
     # Two days of history (two chunks at least), text readings that must not be rolled up.
     insert_readings(db, "r1", "temp", current - dt.timedelta(days=2), 2000, 60)
     insert_readings(db, "r2", "hum", current - dt.timedelta(hours=3), 500, 13)
+    # The same metric in another unit (SenML) is a series of its own, never mixed in.
+    insert_readings(db, "r2", "hum", current - dt.timedelta(hours=3), 200, 29, unit="%RH")
     db.execute(
-        "INSERT INTO readings (time, device_id, metric, text_value)"
-        " VALUES (%s, 'r1', 'mode', 'eco')",
-        (current - dt.timedelta(hours=1),),
+        "INSERT INTO readings (time, device_key, metric, text_value)"
+        " VALUES (%s, %s, 'mode', 'eco')",
+        (current - dt.timedelta(hours=1), key_of(db, "r1")),
     )
 
     first = rollups.run_pass(db)
@@ -165,12 +184,15 @@ def test_explicit_ranges_cover_imported_data(
     insert_readings(db, "x1", "temp", current - dt.timedelta(days=5), 300, 45)
     insert_readings(db, "x2", "temp", current - dt.timedelta(days=5), 300, 45)
     start = current - dt.timedelta(days=5)
+    x1 = key_of(db, "x1")
     rollups.recompute_ranges(
-        db, [rollups.DeviceRange("x1", start, start + dt.timedelta(seconds=300 * 45))]
+        db, [rollups.DeviceRange(x1, start, start + dt.timedelta(seconds=300 * 45))]
     )
-    rows = db.execute("SELECT DISTINCT device_id FROM rollup_1h").fetchall()
-    assert [r["device_id"] for r in rows] == ["x1"]
-    minutes = db.execute("SELECT sum(count) AS n FROM rollup_1m WHERE device_id = 'x1'").fetchone()
+    rows = db.execute("SELECT DISTINCT device_key FROM rollup_1h").fetchall()
+    assert [r["device_key"] for r in rows] == [x1]
+    minutes = db.execute(
+        "SELECT sum(count) AS n FROM rollup_1m WHERE device_key = %s", (x1,)
+    ).fetchone()
     assert minutes is not None
     assert minutes["n"] == 300
 
