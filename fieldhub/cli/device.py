@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
     for action, helptext in (
         ("disable", "refuse the device at the broker (a connected one is disconnected)"),
         ("enable", "allow a disabled device again"),
-        ("delete", "delete the device and its stored readings"),
+        ("delete", "delete the device; its stored data becomes unreachable at once"),
     ):
         sub = dev_sub.add_parser(action, help=helptext)
         sub.add_argument("device_id", metavar="ID")

@@ -41,16 +41,15 @@ def parse_time(text: str) -> datetime.datetime:
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
-    from fieldhub.bridge.ingest import QUERIES
-    from fieldhub.core import registry
+    from fieldhub.core import readings, registry
 
     with db.connect(endpoints.read_database_url(settings)) as conn:
-        registry.get_device(conn, registry.check_device_id(args.device_id))
+        device = registry.get_device(conn, registry.check_device_id(args.device_id))
         with conn.cursor(name="export") as cursor:
             cursor.itersize = 5000
             cursor.execute(
-                QUERIES["export_readings"],
-                {"device_id": args.device_id, "from": args.start, "to": args.end},
+                readings.QUERIES["export_readings"],
+                {"device_key": device["device_key"], "from": args.start, "to": args.end},
             )
             write_export(cursor, sys.stdout, args.format)
     return 0
@@ -61,7 +60,7 @@ def write_export(rows: Any, out: TextIO, fmt: str) -> int:
     count = 0
     writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(("time", "metric", "value", "seq"))
+        writer.writerow(("time", "metric", "value", "seq", "unit"))
     for row in rows:
         value: Any
         if row["text_value"] is not None:
@@ -74,13 +73,11 @@ def write_export(rows: Any, out: TextIO, fmt: str) -> int:
         if writer is not None:
             cell = ("true" if value else "false") if isinstance(value, bool) else value
             seq = "" if row["seq"] is None else row["seq"]
-            writer.writerow((time_text, row["metric"], cell, seq))
+            writer.writerow((time_text, row["metric"], cell, seq, row["unit"]))
         else:
-            out.write(
-                orjson.dumps(
-                    {"time": time_text, "metric": row["metric"], "value": value, "seq": row["seq"]}
-                ).decode()
-                + "\n"
-            )
+            line = {"time": time_text, "metric": row["metric"], "value": value, "seq": row["seq"]}
+            if row["unit"]:
+                line["unit"] = row["unit"]
+            out.write(orjson.dumps(line).decode() + "\n")
         count += 1
     return count

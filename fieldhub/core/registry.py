@@ -249,12 +249,13 @@ def rotate_secret(conn: Conn, device_id: str) -> DeviceCredentials:
 
 
 def delete_device(conn: Conn, device_id: str) -> None:
-    """Delete a device and its stored readings (so a later device of the same id in another
-    organisation can never see them)."""
+    """Delete a device. Its data belongs to its device key, which no later device (of the
+    same id, in any organisation) ever gets, so none of it is reachable from then on; the
+    readings and rollups themselves are not deleted here (a DELETE through a hypertable in
+    this transaction would hold up ingest), they age out with retention."""
     with conn.transaction():
         if conn.execute(QUERIES["delete_device"], {"device_id": device_id}).fetchone() is None:
             raise NotFound(f"no device {device_id!r}")
-        conn.execute(QUERIES["delete_device_readings"], {"device_id": device_id})
 
 
 # A gateway's ACL block holds a rule per contract topic per child, and Mosquitto tries a

@@ -19,12 +19,13 @@ VALUES (%(device_id)s, %(org_id)s, %(display_name)s, %(labels)s, %(broker)s, %(p
 RETURNING device_id, org_id, display_name, labels, enabled, broker, created_at;
 
 -- name: get_device
-SELECT d.device_id, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker,
-       d.offline_after_s, d.created_at, d.secret_rotated_at, d.gateway_id,
+-- device_key is internal: operators see it (`fieldhub device show`), tenants never do.
+SELECT d.device_id, d.device_key, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled,
+       d.broker, d.offline_after_s, d.created_at, d.secret_rotated_at, d.gateway_id,
        s.online, s.last_seen
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
-LEFT JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN device_state s ON s.device_key = d.device_key
 WHERE d.device_id = %(device_id)s;
 
 -- name: list_devices
@@ -32,7 +33,7 @@ SELECT d.device_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker
        d.gateway_id, coalesce(s.online, false) AS online, s.last_seen
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
-LEFT JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN device_state s ON s.device_key = d.device_key
 WHERE (%(org)s::text IS NULL OR o.name = %(org)s)
 ORDER BY d.device_id
 LIMIT %(limit)s;
@@ -44,10 +45,10 @@ UPDATE devices SET enabled = %(enabled)s WHERE device_id = %(device_id)s RETURNI
 UPDATE devices SET password_hash = %(password_hash)s, secret_rotated_at = now()
 WHERE device_id = %(device_id)s RETURNING device_id;
 
--- name: delete_device_readings
-DELETE FROM readings WHERE device_id = %(device_id)s;
-
 -- name: delete_device
+-- Cascades to what is keyed to the device row (latest values, state, presence, commands,
+-- alerts); readings and rollups stay under the deleted key, which no device will ever have
+-- again, so nothing of them is reachable (docs/devices.md, "Device keys").
 DELETE FROM devices WHERE device_id = %(device_id)s RETURNING device_id;
 
 -- name: get_service_account

@@ -22,18 +22,17 @@ def device_with_readings(database_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         registry.create_device(conn, "meter-1", org="exp")
         registry.create_device(conn, "meter-2", org="exp")
         conn.execute(
-            "INSERT INTO readings (time, device_id, metric, value, text_value, seq) VALUES "
-            "('2026-01-01T00:00:01Z', 'meter-1', 'temp', 21.5, NULL, 7),"
-            "('2026-01-01T00:00:00Z', 'meter-1', 'door', 1, NULL, NULL),"
-            "('2026-01-01T00:00:02Z', 'meter-1', 'mode', NULL, 'eco', 8),"
-            "('2026-01-01T00:00:03.25Z', 'meter-1', 'door', 0, NULL, NULL),"
-            "('2026-01-01T00:00:00Z', 'meter-2', 'temp', 99, NULL, NULL)"
-        )
-        conn.execute(
-            "INSERT INTO latest_values (device_id, metric, time, value) VALUES "
-            "('meter-1', 'door', '2026-01-01T00:00:03.25Z', 'false'),"
-            "('meter-1', 'temp', '2026-01-01T00:00:01Z', '21.5'),"
-            "('meter-1', 'mode', '2026-01-01T00:00:02Z', '\"eco\"')"
+            "INSERT INTO readings (time, device_key, metric, unit, value, text_value, is_bool,"
+            " seq) SELECT r.time::timestamptz, d.device_key, r.metric, r.unit, r.value::float8,"
+            " r.text_value, r.is_bool, r.seq::bigint FROM devices d JOIN (VALUES "
+            "('2026-01-01T00:00:01Z', 'meter-1', 'temp', '', 21.5, NULL, false, 7),"
+            "('2026-01-01T00:00:00Z', 'meter-1', 'door', '', 1, NULL, true, NULL),"
+            "('2026-01-01T00:00:02Z', 'meter-1', 'mode', '', NULL, 'eco', false, 8),"
+            "('2026-01-01T00:00:03.25Z', 'meter-1', 'door', '', 0, NULL, true, NULL),"
+            "('2026-01-01T00:00:03.25Z', 'meter-1', 'rh', '%RH', 40, NULL, false, NULL),"
+            "('2026-01-01T00:00:00Z', 'meter-2', 'temp', '', 99, NULL, false, NULL)"
+            ") AS r (time, device_id, metric, unit, value, text_value, is_bool, seq)"
+            " ON r.device_id = d.device_id"
         )
     return "meter-1"
 
@@ -43,12 +42,14 @@ def test_csv_lists_the_devices_readings_in_time_order(
 ) -> None:
     assert main(["export", device_with_readings]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    # Booleans are known from the readings themselves (is_bool), not guessed.
     assert rows == [
-        ["time", "metric", "value", "seq"],
-        ["2026-01-01T00:00:00Z", "door", "true", ""],
-        ["2026-01-01T00:00:01Z", "temp", "21.5", "7"],
-        ["2026-01-01T00:00:02Z", "mode", "eco", "8"],
-        ["2026-01-01T00:00:03.250000Z", "door", "false", ""],
+        ["time", "metric", "value", "seq", "unit"],
+        ["2026-01-01T00:00:00Z", "door", "true", "", ""],
+        ["2026-01-01T00:00:01Z", "temp", "21.5", "7", ""],
+        ["2026-01-01T00:00:02Z", "mode", "eco", "8", ""],
+        ["2026-01-01T00:00:03.250000Z", "door", "false", "", ""],
+        ["2026-01-01T00:00:03.250000Z", "rh", "40.0", "", "%RH"],
     ]
 
 
