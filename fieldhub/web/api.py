@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, abort, current_app, g, jsonify, request
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, registry, twins, users
 from fieldhub.core.command_states import STATUSES
+from fieldhub.core.decode import MAX_UNIT_LENGTH
 from fieldhub.web import data, db, history, serializers
 from fieldhub.web.auth import ROLE_RANK
 from fieldhub.web.errors import api_error
@@ -132,7 +133,11 @@ def _device_json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _latest_json(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"metric": r["metric"], "time": r["time"], "value": r["value"]} for r in rows]
+    # `unit` is "" unless the device sent one (SenML): one entry per metric and unit.
+    return [
+        {"metric": r["metric"], "unit": r["unit"], "time": r["time"], "value": r["value"]}
+        for r in rows
+    ]
 
 
 def _command_json(command: dict[str, Any]) -> dict[str, Any]:
@@ -199,14 +204,15 @@ def list_devices() -> Any:
 @bp.route("/devices/<device_id>")
 def get_device(device_id: str) -> Any:
     row = _device(device_id)
-    latest = data.latest_values(db.read(), [device_id]).get(device_id, [])
+    key = row["device_key"]
+    latest = data.latest_values(db.read(), [key]).get(key, [])
     return jsonify({**_device_json(row), "latest": _latest_json(latest)})
 
 
 @bp.route("/devices/<device_id>/latest")
 def latest(device_id: str) -> Any:
-    _device(device_id)
-    rows = data.latest_values(db.read(), [device_id]).get(device_id, [])
+    key = _device(device_id)["device_key"]
+    rows = data.latest_values(db.read(), [key]).get(key, [])
     return jsonify({"device_id": device_id, "values": _latest_json(rows)})
 
 
@@ -225,10 +231,12 @@ def _time_arg(name: str) -> datetime | None:
 
 @bp.route("/devices/<device_id>/telemetry")
 def telemetry(device_id: str) -> Any:
-    _device(device_id)
+    key = _device(device_id)["device_key"]
     metric = _text_arg("metric")
     if metric is None:
         raise BadRequest("metric is required")
+    # One series per unit: SenML readings of one metric in different units are not mixed.
+    unit = _text_arg("unit", max_len=MAX_UNIT_LENGTH) or ""
     now = datetime.now(UTC)
     end = _time_arg("end") or now
     start = _time_arg("start") or end - timedelta(hours=1)
@@ -246,8 +254,9 @@ def telemetry(device_id: str) -> Any:
         points = conn.execute(
             db.QUERIES["readings_raw"],
             {
-                "device_id": device_id,
+                "device_key": key,
                 "metric": metric,
+                "unit": unit,
                 "start": start,
                 "end": end,
                 "limit": RAW_LIMIT + 1,
@@ -258,6 +267,7 @@ def telemetry(device_id: str) -> Any:
             {
                 "device_id": device_id,
                 "metric": metric,
+                "unit": unit,
                 "start": start,
                 "end": end,
                 "bucket": None,
@@ -272,11 +282,12 @@ def telemetry(device_id: str) -> Any:
         resolution = history.bucket_resolution(bucket_s)
     except history.RangeError as exc:
         raise BadRequest(str(exc)) from None
-    source, rows = data.buckets(conn, device_id, metric, span, resolution)
+    source, rows = data.buckets(conn, key, metric, unit, span, resolution)
     return jsonify(
         {
             "device_id": device_id,
             "metric": metric,
+            "unit": unit,
             "start": start,
             "end": end,
             "bucket": bucket_s,

@@ -2,6 +2,9 @@
 
 Every function takes `org_id` (None only for operators) and never returns a row of another
 organisation: an object outside the scope is reported exactly like one that does not exist.
+A device's data is read by its device key: callers resolve the device once with
+`get_device` (scoped to the organisation) and pass its `device_key` on, so a device id that
+was deleted and registered again never shows the earlier device's data.
 """
 
 from __future__ import annotations
@@ -76,25 +79,28 @@ def label_pairs(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(QUERIES["label_pairs"], {"org_id": org_id})]
 
 
-def latest_values(conn: Conn, device_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """Callers pass only device ids they have already scoped."""
-    by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in conn.execute(QUERIES["latest_for_devices"], {"device_ids": device_ids}):
-        by_device[row["device_id"]].append(dict(row))
+def latest_values(conn: Conn, device_keys: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Latest value per metric and unit, by device key. Callers pass only the keys of
+    devices they have already scoped."""
+    by_device: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in conn.execute(QUERIES["latest_for_devices"], {"keys": device_keys}):
+        by_device[row["device_key"]].append(dict(row))
     return dict(by_device)
 
 
-def metric_types(conn: Conn, device_id: str) -> dict[str, str]:
-    """Each metric's JSON type; callers pass only a device id they have already scoped."""
-    rows = conn.execute(QUERIES["metric_types"], {"device_id": device_id})
-    return {r["metric"]: r["type"] for r in rows}
+def metric_types(conn: Conn, device_key: int) -> dict[tuple[str, str], str]:
+    """The JSON type of each (metric, unit) of a device, from its latest values; callers pass
+    only the key of a device they have already scoped."""
+    rows = conn.execute(QUERIES["metric_types"], {"device_key": device_key})
+    return {(r["metric"], r["unit"]): r["type"] for r in rows}
 
 
-def reading_value(row: dict[str, Any], types: dict[str, str]) -> float | bool | None:
+def reading_value(row: dict[str, Any]) -> float | bool | None:
     """A stored reading's number as the device sent it (None for text): a boolean stored as
-    1/0 goes back to true/false, so it reads the same live as in the latest values."""
+    1/0 (is_bool) goes back to true/false, so it reads the same live as in the latest
+    values."""
     value: float | None = row["value"]
-    if value is not None and types.get(row["metric"]) == "boolean":
+    if value is not None and row["is_bool"]:
         return value != 0
     return value
 
@@ -106,10 +112,12 @@ def get_device(conn: Conn, org_id: int | None, device_id: str) -> dict[str, Any]
     return dict(row)
 
 
-def presence_events(conn: Conn, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+def presence_events(conn: Conn, device_key: int, limit: int = 20) -> list[dict[str, Any]]:
     return [
         dict(r)
-        for r in conn.execute(QUERIES["presence_events"], {"device_id": device_id, "limit": limit})
+        for r in conn.execute(
+            QUERIES["presence_events"], {"device_key": device_key, "limit": limit}
+        )
     ]
 
 
@@ -151,27 +159,30 @@ def get_alert(conn: Conn, org_id: int | None, alert_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-def readings_since(conn: Conn, device_id: str, since: datetime) -> list[dict[str, Any]]:
+def readings_since(conn: Conn, device_key: int, since: datetime) -> list[dict[str, Any]]:
     return [
         dict(r)
-        for r in conn.execute(QUERIES["readings_since"], {"device_id": device_id, "since": since})
+        for r in conn.execute(QUERIES["readings_since"], {"device_key": device_key, "since": since})
     ]
 
 
 def buckets(
     conn: Conn,
-    device_id: str,
+    device_key: int,
     metric: str,
+    unit: str,
     span: history.TimeRange,
     resolution: history.Resolution,
 ) -> tuple[str, list[dict[str, Any]]]:
-    """Aggregated buckets and the source that answered them (rollups if they exist)."""
+    """Aggregated buckets of one series (metric and unit) and the source that answered them
+    (rollups if they exist)."""
     source = resolution.source
     if source in ("rollup_1m", "rollup_1h") and not table_exists(conn, source):
         source = "raw_buckets"
     params: dict[str, Any] = {
-        "device_id": device_id,
+        "device_key": device_key,
         "metric": metric,
+        "unit": unit,
         "start": span.start,
         "end": span.end,
         "bucket_s": max(1, resolution.bucket_s),
@@ -188,7 +199,7 @@ def buckets(
 
 
 def chart_series(
-    conn: Conn, device_id: str, metric: str, span: history.TimeRange
+    conn: Conn, device_key: int, metric: str, unit: str, span: history.TimeRange
 ) -> dict[str, Any]:
     """What the device page's chart draws: [times, values] or [times, min, avg, max]."""
     resolution = history.chart_resolution(span.span)
@@ -196,8 +207,9 @@ def chart_series(
         rows = conn.execute(
             QUERIES["readings_raw"],
             {
-                "device_id": device_id,
+                "device_key": device_key,
                 "metric": metric,
+                "unit": unit,
                 "start": span.start,
                 "end": span.end,
                 "limit": RAW_POINT_LIMIT,
@@ -211,7 +223,7 @@ def chart_series(
             "value": [r["value"] for r in rows],
             "truncated": len(rows) >= RAW_POINT_LIMIT,
         }
-    source, rows = buckets(conn, device_id, metric, span, resolution)
+    source, rows = buckets(conn, device_key, metric, unit, span, resolution)
     return {
         "source": source,
         "bucket_s": resolution.bucket_s,

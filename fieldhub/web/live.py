@@ -4,7 +4,9 @@ Each worker process holds ONE listening connection (the hub) that fans notificat
 the queues of the streams open in that process; a stream never holds a database connection
 while it waits. Notifications only say *which* device changed; the stream then reads what is
 new with the viewer's own tenant scope, so a notification can never carry another
-organisation's data to anyone.
+organisation's data to anyone. `telemetry` and `presence` name devices by key: a stream
+resolves its device's key (within the viewer's organisation) when it opens and matches on
+that, so a later device of the same id is never mistaken for the one it shows.
 
 A stream outlives the request that opened it, so it checks the credential it was opened with
 (the session) again before every event it sends and at least every REVALIDATE_S seconds while
@@ -45,8 +47,15 @@ SESSION_ENDED = "Your session has ended (logged out, password changed or account
 
 
 class Subscription:
-    def __init__(self, device_ids: frozenset[str], org_id: int | None) -> None:
+    def __init__(
+        self,
+        device_ids: frozenset[str],
+        org_id: int | None,
+        device_keys: frozenset[int] = frozenset(),
+    ) -> None:
         self.device_ids = device_ids
+        # As the notifications spell them (decimal text).
+        self.device_keys = frozenset(str(key) for key in device_keys)
         self.org_id = org_id
         self.events: queue.Queue[tuple[str, str]] = queue.Queue(QUEUE_SIZE)
 
@@ -60,9 +69,14 @@ class Subscription:
 def route(channel: str, payload: str, sub: Subscription) -> str | None:
     """The part of a notification `sub` should see, or None if it is not for it."""
     if channel == "telemetry":
-        mine = [d for d in payload.split() if d in sub.device_ids]
+        mine = [key for key in payload.split() if key in sub.device_keys]
         return " ".join(mine) if mine else None
-    if channel in ("presence", "commands"):
+    if channel == "presence":
+        key = payload.split(" ", 1)[0]
+        return payload if key in sub.device_keys else None
+    if channel == "commands":
+        # Commands are registry rows of the device id; the stream re-reads the command with
+        # the viewer's scope anyway.
         device = payload.split(" ", 1)[0]
         return payload if device in sub.device_ids else None
     if channel == "alerts":
@@ -83,8 +97,13 @@ class Hub:
         self.listening = threading.Event()
         self._stop = threading.Event()
 
-    def subscribe(self, device_ids: frozenset[str], org_id: int | None) -> Subscription:
-        sub = Subscription(device_ids, org_id)
+    def subscribe(
+        self,
+        device_ids: frozenset[str],
+        org_id: int | None,
+        device_keys: frozenset[int] = frozenset(),
+    ) -> Subscription:
+        sub = Subscription(device_ids, org_id, device_keys)
         with self._lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._pid = os.getpid()
@@ -189,7 +208,7 @@ def guarded_events(
 def device_stream(device_id: str) -> Any:
     org_id = scope_org_id()
     try:
-        data.get_device(db.read(), org_id, device_id)
+        key: int = data.get_device(db.read(), org_id, device_id)["device_key"]
     except data.NotFound:
         abort(404)
     since_arg = request.args.get("since")
@@ -201,11 +220,10 @@ def device_stream(device_id: str) -> Any:
     keepalive = float(current_app.config["LIVE_KEEPALIVE_S"])
     still_valid = credential_check()
     the_hub = hub()
-    sub = the_hub.subscribe(frozenset([device_id]), org_id)
+    sub = the_hub.subscribe(frozenset([device_id]), org_id, frozenset([key]))
 
     def stream() -> Iterator[str]:
         cursor = since
-        types: dict[str, str] = {}
         try:
             yield "retry: 2000\n\n"
             yield sse("hello", {"device_id": device_id})
@@ -215,18 +233,17 @@ def device_stream(device_id: str) -> Any:
                     continue
                 channel, payload, conn = item
                 if channel in ("telemetry", "resync"):
-                    rows = data.readings_since(conn, device_id, cursor)
+                    rows = data.readings_since(conn, key, cursor)
                     if rows:
                         cursor = rows[-1]["time"]
-                        if any(r["metric"] not in types for r in rows):
-                            types = data.metric_types(conn, device_id)
                         yield sse(
                             "readings",
                             [
                                 {
                                     "t": r["time"].timestamp(),
                                     "metric": r["metric"],
-                                    "value": data.reading_value(r, types),
+                                    "unit": r["unit"],
+                                    "value": data.reading_value(r),
                                     "text": r["text_value"],
                                 }
                                 for r in rows

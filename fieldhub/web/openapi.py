@@ -111,9 +111,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "LatestValue": {
         "type": "object",
-        "required": ["metric", "time", "value"],
+        "required": ["metric", "unit", "time", "value"],
         "properties": {
             "metric": {"type": "string"},
+            "unit": {
+                "type": "string",
+                "description": 'The SenML unit the device sent (e.g. "%RH"); "" for none.',
+            },
             "time": TIME,
             "value": {"description": "A number, boolean or string, as the device sent it."},
         },
@@ -378,6 +382,7 @@ SCHEMAS: dict[str, Any] = {
         "required": [
             "device_id",
             "metric",
+            "unit",
             "start",
             "end",
             "bucket",
@@ -389,6 +394,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "device_id": {"type": "string"},
             "metric": {"type": "string"},
+            "unit": {"type": "string"},
             "start": TIME,
             "end": TIME,
             "bucket": {"type": "integer", "nullable": True},
@@ -485,7 +491,7 @@ def document(server_url: str) -> dict[str, Any]:
                                     "values": {"type": "array", "items": _ref("LatestValue")},
                                 },
                             },
-                            "The latest value of each metric.",
+                            "The latest value of each metric (and unit).",
                         ),
                         **device_get_errors,
                     },
@@ -498,6 +504,12 @@ def document(server_url: str) -> dict[str, Any]:
                     "parameters": [
                         DEVICE_ID,
                         {**_query("metric", {"type": "string"}, ""), "required": True},
+                        _query(
+                            "unit",
+                            {"type": "string", "maxLength": 32},
+                            'The series\' unit, as in the latest values (default "": none). '
+                            "Readings of one metric in different units are separate series.",
+                        ),
                         _query("start", TIME, "Default: one hour before end."),
                         _query("end", TIME, "Default: now."),
                         _query(

@@ -84,7 +84,7 @@ def devices() -> Any:
         limit=page_size,
         offset=(page - 1) * page_size,
     )
-    latest = data.latest_values(conn, [r["device_id"] for r in rows])
+    latest = data.latest_values(conn, [r["device_key"] for r in rows])
     pages = max(1, math.ceil(total / page_size))
     args = {k: v for k, v in request.args.items() if k != "page" and v}
     return render_template(
@@ -114,7 +114,7 @@ def devices_state() -> Any:
     wanted = [i for i in request.args.get("ids", "").split(",") if i][:MAX_STATE_IDS]
     conn = db.read()
     rows, _ = data.list_devices_by_id(conn, scope_org_id(), wanted)
-    latest = data.latest_values(conn, [r["device_id"] for r in rows])
+    latest = data.latest_values(conn, [r["device_key"] for r in rows])
     return jsonify(
         {
             "devices": [
@@ -124,8 +124,8 @@ def devices_state() -> Any:
                     "enabled": r["enabled"],
                     "last_seen": r["last_seen"],
                     "latest": [
-                        {"metric": v["metric"], "value": v["value"]}
-                        for v in latest.get(r["device_id"], [])[:4]
+                        {"metric": v["metric"], "unit": v["unit"], "value": v["value"]}
+                        for v in latest.get(r["device_key"], [])[:4]
                     ],
                 }
                 for r in rows
@@ -165,7 +165,8 @@ def _device_page(
     found = device_or_404(device_id)
     conn = db.read()
     org_id = scope_org_id()
-    latest = data.latest_values(conn, [device_id]).get(device_id, [])
+    key = found["device_key"]
+    latest = data.latest_values(conn, [key]).get(key, [])
     commands = command_requests.list_commands(conn, device_id=device_id, org_id=org_id, limit=20)
     twin = twins.get_twin(conn, device_id, org_id=org_id)
     children = registry.gateway_children(conn, device_id)
@@ -173,8 +174,9 @@ def _device_page(
         "device.html",
         device=found,
         latest=latest,
-        metrics=[row["metric"] for row in latest if _numeric(row["value"])],
-        presence=data.presence_events(conn, device_id),
+        # The chart's series: one per metric and unit.
+        series=[(row["metric"], row["unit"]) for row in latest if _numeric(row["value"])],
+        presence=data.presence_events(conn, key),
         alerts=data.device_alerts(conn, org_id, device_id),
         alerts_available=data.alerts_available(conn),
         commands=commands,
@@ -256,19 +258,21 @@ def _range_from_args() -> history.TimeRange:
 @bp.route("/devices/<device_id>/history.json")
 @login_required
 def device_history(device_id: str) -> Any:
-    device_or_404(device_id)
+    key = device_or_404(device_id)["device_key"]
     metric = request.args.get("metric", "")
     if not metric:
         abort(400, description="choose a metric")
+    unit = request.args.get("unit", "")
     span = _range_from_args()
     conn = db.read()
-    series = data.chart_series(conn, device_id, metric, span)
+    series = data.chart_series(conn, key, metric, unit, span)
     return jsonify(
         {
             "device_id": device_id,
             "metric": metric,
+            "unit": unit,
             # 'boolean' metrics are charted as 1/0 and read as true/false.
-            "type": data.metric_types(conn, device_id).get(metric, "number"),
+            "type": data.metric_types(conn, key).get((metric, unit), "number"),
             "start": span.start.isoformat(),
             "end": span.end.isoformat(),
             **series,
@@ -279,16 +283,23 @@ def device_history(device_id: str) -> Any:
 @bp.route("/devices/<device_id>/export.csv")
 @login_required
 def export_csv(device_id: str) -> Any:
-    device_or_404(device_id)
+    key = device_or_404(device_id)["device_key"]
     span = _range_from_args()
     metric = request.args.get("metric") or None
+    unit = request.args.get("unit") if metric else None
     pools = db.pools()
-    params = {"device_id": device_id, "start": span.start, "end": span.end, "metric": metric}
+    params = {
+        "device_key": key,
+        "start": span.start,
+        "end": span.end,
+        "metric": metric,
+        "unit": unit,
+    }
 
     def rows() -> Iterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["time", "metric", "value", "text_value", "seq"])
+        writer.writerow(["time", "metric", "value", "text_value", "seq", "unit"])
         # A server-side cursor streams a month of readings without holding them in memory.
         with pools.get("read").connection() as conn, conn.transaction():
             cursor = conn.cursor(name="export")
@@ -302,6 +313,7 @@ def export_csv(device_id: str) -> Any:
                         "" if row["value"] is None else repr(row["value"]),
                         row["text_value"] or "",
                         "" if row["seq"] is None else row["seq"],
+                        row["unit"],
                     ]
                 )
                 if buffer.tell() > 64 * 1024:

@@ -1,5 +1,8 @@
 -- Named queries of the web app. Every query that touches tenant data takes %(org_id)s:
--- NULL for an operator (all organisations), otherwise the user's organisation.
+-- NULL for an operator (all organisations), otherwise the user's organisation. A device's
+-- data (readings, rollups, latest values, presence) is read by its device_key, which the
+-- request resolved from the device id within that scope first (get_device): an id that was
+-- deleted and registered again has a new key, so the old device's data is never reached.
 
 -- name: table_exists
 SELECT to_regclass(%(name)s) IS NOT NULL AS exists;
@@ -7,18 +10,18 @@ SELECT to_regclass(%(name)s) IS NOT NULL AS exists;
 -- name: count_devices
 SELECT count(*) AS n
 FROM devices d
-LEFT JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN device_state s ON s.device_key = d.device_key
 WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
   AND (%(like)s::text IS NULL OR d.device_id ILIKE %(like)s OR d.display_name ILIKE %(like)s)
   AND (%(labels)s::jsonb IS NULL OR d.labels @> %(labels)s::jsonb)
   AND (%(online)s::boolean IS NULL OR coalesce(s.online, false) = %(online)s);
 
 -- name: list_devices
-SELECT d.device_id, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled, d.broker,
-       d.created_at, d.gateway_id, coalesce(s.online, false) AS online, s.last_seen
+SELECT d.device_id, d.device_key, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled,
+       d.broker, d.created_at, d.gateway_id, coalesce(s.online, false) AS online, s.last_seen
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
-LEFT JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN device_state s ON s.device_key = d.device_key
 WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
   AND (%(like)s::text IS NULL OR d.device_id ILIKE %(like)s OR d.display_name ILIKE %(like)s)
   AND (%(labels)s::jsonb IS NULL OR d.labels @> %(labels)s::jsonb)
@@ -27,9 +30,9 @@ ORDER BY d.device_id
 LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: devices_by_id
-SELECT d.device_id, d.enabled, coalesce(s.online, false) AS online, s.last_seen
+SELECT d.device_id, d.device_key, d.enabled, coalesce(s.online, false) AS online, s.last_seen
 FROM devices d
-LEFT JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN device_state s ON s.device_key = d.device_key
 WHERE d.device_id = ANY(%(device_ids)s::text[])
   AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
 ORDER BY d.device_id;
@@ -44,48 +47,49 @@ ORDER BY count(*) DESC, l.key, l.value
 LIMIT 50;
 
 -- name: latest_for_devices
-SELECT device_id, metric, time, value
+SELECT device_key, metric, unit, time, value
 FROM latest_values
-WHERE device_id = ANY(%(device_ids)s::text[])
-ORDER BY device_id, metric;
+WHERE device_key = ANY(%(keys)s::int8[])
+ORDER BY device_key, metric, unit;
 
 -- name: metric_types
--- The JSON type of each of a device's metrics ('number', 'boolean', 'string'): booleans are
--- stored as 1/0 in readings.value, and only latest_values keeps the type. A primary-key
--- prefix read of a handful of rows.
-SELECT metric, jsonb_typeof(value) AS type
+-- The JSON type of each of a device's series ('number', 'boolean', 'string'), for what a
+-- chart says of its values. A primary-key prefix read of a handful of rows.
+SELECT metric, unit, jsonb_typeof(value) AS type
 FROM latest_values
-WHERE device_id = %(device_id)s;
+WHERE device_key = %(device_key)s;
 
 -- name: get_device
-SELECT d.device_id, d.org_id, o.name AS org, o.display_name AS org_display_name,
+-- The one way from a device id to its key: within the caller's scope.
+SELECT d.device_id, d.device_key, d.org_id, o.name AS org, o.display_name AS org_display_name,
        d.display_name, d.labels, d.enabled, d.broker, d.offline_after_s, d.created_at,
        d.secret_rotated_at, d.gateway_id, coalesce(s.online, false) AS online, s.last_seen,
        s.status_changed
 FROM devices d
 JOIN organisations o ON o.id = d.org_id
-LEFT JOIN device_state s ON s.device_id = d.device_id
+LEFT JOIN device_state s ON s.device_key = d.device_key
 WHERE d.device_id = %(device_id)s AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s);
 
 -- name: presence_events
 SELECT time, online, source
 FROM presence_events
-WHERE device_id = %(device_id)s
+WHERE device_key = %(device_key)s
 ORDER BY time DESC
 LIMIT %(limit)s;
 
 -- name: readings_raw
+-- One series: a metric in one unit ('' for plain telemetry), never several units mixed.
 SELECT time, value
 FROM readings
-WHERE device_id = %(device_id)s AND metric = %(metric)s
+WHERE device_key = %(device_key)s AND metric = %(metric)s AND unit = %(unit)s
   AND time >= %(start)s AND time < %(end)s AND value IS NOT NULL
 ORDER BY time
 LIMIT %(limit)s;
 
 -- name: readings_since
-SELECT time, metric, value, text_value
+SELECT time, metric, unit, value, text_value, is_bool
 FROM readings
-WHERE device_id = %(device_id)s AND time > %(since)s
+WHERE device_key = %(device_key)s AND time > %(since)s
 ORDER BY time
 LIMIT 1000;
 
@@ -94,7 +98,7 @@ SELECT time_bucket(make_interval(secs => %(bucket_s)s), time) AS bucket,
        min(value) AS min, max(value) AS max, avg(value) AS avg, count(*) AS count,
        last(value, time) AS last
 FROM readings
-WHERE device_id = %(device_id)s AND metric = %(metric)s
+WHERE device_key = %(device_key)s AND metric = %(metric)s AND unit = %(unit)s
   AND time >= %(start)s AND time < %(end)s AND value IS NOT NULL
 GROUP BY 1
 ORDER BY 1;
@@ -105,12 +109,14 @@ ORDER BY 1;
 -- separate query, so the next one gets it as a constant and TimescaleDB excludes chunks.
 SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
 FROM rollup_1m
-WHERE device_id = %(device_id)s AND metric = %(metric)s AND bucket >= %(start)s AND bucket < %(end)s;
+WHERE device_key = %(device_key)s AND metric = %(metric)s AND unit = %(unit)s
+  AND bucket >= %(start)s AND bucket < %(end)s;
 
 -- name: rollup_mark_1h
 SELECT coalesce(time_bucket(make_interval(secs => %(bucket_s)s), max(bucket)), %(start)s) AS upto
 FROM rollup_1h
-WHERE device_id = %(device_id)s AND metric = %(metric)s AND bucket >= %(start)s AND bucket < %(end)s;
+WHERE device_key = %(device_key)s AND metric = %(metric)s AND unit = %(unit)s
+  AND bucket >= %(start)s AND bucket < %(end)s;
 
 -- name: buckets_rollup_1m
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
@@ -118,14 +124,15 @@ SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
        sum(r.avg * r.count) / nullif(sum(r.count), 0) AS avg, sum(r.count)::bigint AS count,
        last(r.last, r.last_time) AS last
 FROM rollup_1m r
-WHERE r.device_id = %(device_id)s AND r.metric = %(metric)s
+WHERE r.device_key = %(device_key)s AND r.metric = %(metric)s AND r.unit = %(unit)s
   AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < %(upto)s
 GROUP BY 1
 UNION ALL
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), t.time) AS bucket,
        min(t.value), max(t.value), avg(t.value), count(*), last(t.value, t.time)
 FROM readings t
-WHERE t.device_id = %(device_id)s AND t.metric = %(metric)s AND t.value IS NOT NULL
+WHERE t.device_key = %(device_key)s AND t.metric = %(metric)s AND t.unit = %(unit)s
+  AND t.value IS NOT NULL
   AND t.time >= %(upto)s AND t.time >= %(start)s AND t.time < %(end)s
 GROUP BY 1
 ORDER BY 1;
@@ -136,24 +143,26 @@ SELECT time_bucket(make_interval(secs => %(bucket_s)s), r.bucket) AS bucket,
        sum(r.avg * r.count) / nullif(sum(r.count), 0) AS avg, sum(r.count)::bigint AS count,
        last(r.last, r.last_time) AS last
 FROM rollup_1h r
-WHERE r.device_id = %(device_id)s AND r.metric = %(metric)s
+WHERE r.device_key = %(device_key)s AND r.metric = %(metric)s AND r.unit = %(unit)s
   AND r.bucket >= %(start)s AND r.bucket < %(end)s AND r.bucket < %(upto)s
 GROUP BY 1
 UNION ALL
 SELECT time_bucket(make_interval(secs => %(bucket_s)s), t.time) AS bucket,
        min(t.value), max(t.value), avg(t.value), count(*), last(t.value, t.time)
 FROM readings t
-WHERE t.device_id = %(device_id)s AND t.metric = %(metric)s AND t.value IS NOT NULL
+WHERE t.device_key = %(device_key)s AND t.metric = %(metric)s AND t.unit = %(unit)s
+  AND t.value IS NOT NULL
   AND t.time >= %(upto)s AND t.time >= %(start)s AND t.time < %(end)s
 GROUP BY 1
 ORDER BY 1;
 
 -- name: export_readings
-SELECT time, metric, value, text_value, seq
+SELECT time, metric, value, text_value, seq, unit
 FROM readings
-WHERE device_id = %(device_id)s AND time >= %(start)s AND time < %(end)s
+WHERE device_key = %(device_key)s AND time >= %(start)s AND time < %(end)s
   AND (%(metric)s::text IS NULL OR metric = %(metric)s)
-ORDER BY time, metric;
+  AND (%(unit)s::text IS NULL OR unit = %(unit)s)
+ORDER BY time, metric, unit;
 
 -- name: device_alerts
 SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.message,

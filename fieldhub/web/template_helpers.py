@@ -36,7 +36,7 @@ class DisplayZone:
 def init_app(app: Flask) -> None:
     app.jinja_env.filters["ago"] = ago
     app.jinja_env.filters["when"] = when
-    app.jinja_env.filters["reading"] = display.value_text
+    app.jinja_env.filters["reading"] = reading
     app.jinja_env.filters["tojson_compact"] = lambda v: json.dumps(v, separators=(",", ":"))
 
     @app.context_processor
@@ -101,3 +101,10 @@ def ago(value: datetime | None, now: datetime | None = None) -> Markup:
         display.local_time(value, display_zone().zone),
         display.ago(value, now),
     )
+
+
+def reading(value: Any, unit: str = "") -> str:
+    """A value as a person reads it (fieldhub.web.display), with its unit when it has one:
+    "20 %RH"."""
+    text = display.value_text(value)
+    return f"{text} {unit}" if unit and value is not None else text

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 def _stored(stack: TestStack, device_id: str) -> list[float]:
     rows = stack.query(
-        "SELECT value FROM readings WHERE device_id = %s ORDER BY value", (device_id,)
+        "SELECT value FROM readings JOIN devices USING (device_key)"
+        " WHERE device_id = %s ORDER BY value",
+        (device_id,),
     )
     return [r["value"] for r in rows]
 

@@ -222,7 +222,7 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
             wait_for(
                 lambda: conn.execute(
                     "SELECT count(DISTINCT device_id) FROM latest_values "
-                    "WHERE device_id LIKE 'demo-%'"
+                    "JOIN devices USING (device_key) WHERE device_id LIKE 'demo-%'"
                 ).fetchone()
                 == {"count": 12},
                 timeout=30,
@@ -408,7 +408,7 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
 
         def stored() -> int:
             row = conn.execute(
-                "SELECT count(*) AS n FROM readings "
+                "SELECT count(*) AS n FROM readings JOIN devices USING (device_key) "
                 "WHERE device_id LIKE 'stream-%%' AND metric = 'temperature'"
             ).fetchone()
             return int(row["n"]) if row else 0
@@ -528,7 +528,9 @@ def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
 
             def stored() -> int:
                 row = conn.execute(
-                    "SELECT count(*) AS n FROM readings WHERE device_id = %s", (device_id,)
+                    "SELECT count(*) AS n FROM readings JOIN devices USING (device_key)"
+                    " WHERE device_id = %s",
+                    (device_id,),
                 ).fetchone()
                 return int(row["n"]) if row else 0
 

@@ -79,17 +79,19 @@ def seed(database_url: str) -> World:
             now = datetime.now(UTC)
             for i in range(30):
                 conn.execute(
-                    "INSERT INTO readings (time, device_id, metric, value) VALUES (%s, %s, %s, %s)",
-                    (now - timedelta(minutes=30 - i), device_id, "temperature", 20.0 + i),
+                    "INSERT INTO readings (time, device_key, metric, value)"
+                    " SELECT %s, device_key, %s, %s FROM devices WHERE device_id = %s",
+                    (now - timedelta(minutes=30 - i), "temperature", 20.0 + i, device_id),
                 )
             conn.execute(
-                "INSERT INTO latest_values (device_id, metric, time, value)"
-                " VALUES (%s, %s, %s, %s)",
-                (device_id, "temperature", now - timedelta(minutes=1), Jsonb(49.0)),
+                "INSERT INTO latest_values (device_key, metric, time, value)"
+                " SELECT device_key, %s, %s, %s FROM devices WHERE device_id = %s",
+                ("temperature", now - timedelta(minutes=1), Jsonb(49.0), device_id),
             )
             conn.execute(
-                "INSERT INTO device_state (device_id, online, last_seen) VALUES (%s, true, %s)",
-                (device_id, now),
+                "INSERT INTO device_state (device_key, online, last_seen)"
+                " SELECT device_key, true, %s FROM devices WHERE device_id = %s",
+                (now, device_id),
             )
             command = command_requests.send_command(
                 conn, device_id=device_id, name="reboot", params={}, ttl_s=600

@@ -498,7 +498,8 @@ def test_uploaded_file_is_imported_by_the_worker_with_bad_lines_reported(
     assert "18 new readings" in page
     with _db(world) as conn:
         stored = conn.execute(
-            "SELECT count(*) AS n FROM readings WHERE device_id = %s AND metric = 'pressure'",
+            "SELECT count(*) AS n FROM readings WHERE device_key = "
+            "(SELECT device_key FROM devices WHERE device_id = %s) AND metric = 'pressure'",
             (device,),
         ).fetchone()
     assert stored is not None

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from playwright.sync_api import Browser, expect
 
-from fieldhub.core import users
+from fieldhub.core import registry, users
 from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
 from tests.web.helpers import PASSWORD, WebServer, log_in, shot
 
@@ -36,15 +36,18 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
             json.dumps({"values": {"temperature": 21.5, "humidity": 40}}),
         )
         wait_for(
-            lambda: stack.query("SELECT 1 FROM latest_values WHERE device_id = %s", (device_id,)),
+            lambda: stack.query(
+                "SELECT 1 FROM latest_values JOIN devices USING (device_key) WHERE device_id = %s",
+                (device_id,),
+            ),
             what="the first reading stored",
         )
         # An hour of history, so the chart (and its screenshot) has something to show.
         stack.conn.execute(
-            "INSERT INTO readings (time, device_id, metric, value) "
-            "SELECT t, %s, 'temperature', 21 + 3 * sin(extract(epoch FROM t) / 600) "
-            "FROM generate_series(now() - interval '59 minutes', now() - interval '1 minute', "
-            "interval '30 seconds') AS t",
+            "INSERT INTO readings (time, device_key, metric, value) "
+            "SELECT t, device_key, 'temperature', 21 + 3 * sin(extract(epoch FROM t) / 600) "
+            "FROM devices, generate_series(now() - interval '59 minutes', "
+            "now() - interval '1 minute', interval '30 seconds') AS t WHERE device_id = %s",
             (device_id,),
         )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -64,8 +67,9 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
 
         page.click(f"a.device-link:has-text('{device_id}')")
         expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
-        expect(page.locator("#metric")).to_have_value("humidity")
-        page.select_option("#metric", "temperature")
+        # A series is a metric in one unit ("metric|unit"; plain telemetry has none).
+        expect(page.locator("#metric")).to_have_value("humidity|")
+        page.select_option("#metric", "temperature|")
         expect(page.locator("#chart canvas")).to_have_count(1)
 
         # A reading published over MQTT appears on the chart and the tiles without a reload.
@@ -74,6 +78,14 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         )
         expect(page.locator("#chart")).to_have_attribute("data-last", "42.5", timeout=10000)
         expect(page.locator(".tile[data-metric=temperature] .v")).to_have_text("42.5")
+        # A SenML reading keeps its unit: the tile shows it, the chart offers it as a series.
+        device.publish(
+            f"devices/{device_id}/telemetry/senml", json.dumps([{"n": "rh", "u": "%RH", "v": 20}])
+        )
+        expect(page.locator('.tile[data-metric=rh][data-unit="%RH"] .v')).to_have_text(
+            "20 %RH", timeout=10000
+        )
+        expect(page.locator('#metric option[value="rh|%RH"]')).to_have_text("rh (%RH)")
 
         # A command sent from the page reaches the device; its ack shows up live.
         page.fill("#command-form input[name=name]", "open_vent")
@@ -150,7 +162,9 @@ def test_the_device_page_is_told_when_its_session_ends(stack: TestStack, browser
         )
         # An admin disables the account while the page is open; the next event ends the stream.
         users.set_disabled(stack.conn, user["id"], True)
-        stack.conn.execute("SELECT pg_notify('telemetry', %s)", (device_id,))
+        # Notifications name devices by key.
+        key = registry.get_device(stack.conn, device_id)["device_key"]
+        stack.conn.execute("SELECT pg_notify('telemetry', %s)", (str(key),))
         expect(page.locator("body[data-live=ended]")).to_have_count(1, timeout=10000)
         note = page.locator("#live-ended")
         expect(note).to_contain_text("Your session has ended")

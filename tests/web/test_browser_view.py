@@ -84,12 +84,14 @@ def test_one_reading_shows_one_local_time_in_table_tooltip_and_range(
     marked = (datetime.now(UTC) - timedelta(minutes=10)).replace(second=0, microsecond=0)
     with psycopg.connect(world.database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO readings (time, device_id, metric, value)"
-            " VALUES (%s, %s, 'temperature', 77.25)",
+            "INSERT INTO readings (time, device_key, metric, value)"
+            " SELECT %s, device_key, 'temperature', 77.25 FROM devices WHERE device_id = %s",
             (marked, device),
         )
         seen = conn.execute(
-            "SELECT last_seen FROM device_state WHERE device_id = %s", (device,)
+            "SELECT last_seen FROM device_state JOIN devices USING (device_key)"
+            " WHERE device_id = %s",
+            (device,),
         ).fetchone()
     assert seen is not None
     violations: list[str] = []
@@ -196,7 +198,8 @@ def test_booleans_read_true_and_false_everywhere(stack: TestStack, browser: Brow
         device.publish(topic, json.dumps({"values": {"door_open": True, "flow": 2.5}}))
         wait_for(
             lambda: stack.query(
-                "SELECT 1 FROM latest_values WHERE device_id = %s AND metric = 'door_open'",
+                "SELECT 1 FROM latest_values JOIN devices USING (device_key)"
+                " WHERE device_id = %s AND metric = 'door_open'",
                 (device_id,),
             ),
             what="the first reading stored",
@@ -211,7 +214,7 @@ def test_booleans_read_true_and_false_everywhere(stack: TestStack, browser: Brow
         expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
         tile = page.locator(".tile[data-metric=door_open] .v")
         expect(tile).to_have_text("true")
-        page.select_option("#metric", "door_open")
+        page.select_option("#metric", "door_open|")  # metric|unit; plain telemetry has none
         newest = page.locator("#history-table tbody tr").first
         expect(newest.locator("td.num")).to_have_text("true")
 
@@ -231,8 +234,8 @@ def test_booleans_read_true_and_false_everywhere(stack: TestStack, browser: Brow
         device.publish(topic, json.dumps({"values": {"door_open": True}}))
         wait_for(
             lambda: stack.query(
-                "SELECT 1 FROM latest_values WHERE device_id = %s AND metric = 'door_open'"
-                " AND value = 'true'::jsonb",
+                "SELECT 1 FROM latest_values JOIN devices USING (device_key)"
+                " WHERE device_id = %s AND metric = 'door_open' AND value = 'true'::jsonb",
                 (device_id,),
             ),
             what="the third reading stored",

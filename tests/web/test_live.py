@@ -26,12 +26,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_route_gives_each_stream_only_its_own_devices() -> None:
-    mine = Subscription(frozenset({"dev-a1"}), org_id=1)
-    assert route("telemetry", "dev-b1 dev-a1 dev-c", mine) == "dev-a1"
-    assert route("telemetry", "dev-b1", mine) is None
+    # Telemetry and presence name device keys; commands name device ids.
+    mine = Subscription(frozenset({"dev-a1"}), org_id=1, device_keys=frozenset({12}))
+    assert route("telemetry", "7 12 120", mine) == "12"
+    assert route("telemetry", "7 120", mine) is None
     assert route("commands", "dev-b1 6f1c... succeeded", mine) is None
     assert route("commands", "dev-a1 6f1c succeeded", mine) == "dev-a1 6f1c succeeded"
-    assert route("presence", "dev-a10 online", mine) is None
+    assert route("presence", "120 online", mine) is None
+    assert route("presence", "12 offline", mine) == "12 offline"
+    # A device id in a telemetry notification is not a key (nothing sends that any more).
+    assert route("telemetry", "dev-a1", mine) is None
     assert route("alerts", "2 17 active", mine) is None
     assert route("alerts", "1 17 active", mine) == "1 17 active"
 
@@ -87,13 +91,18 @@ def test_reading_reaches_the_stream_within_two_seconds(world: World) -> None:
                 assert time.monotonic() < deadline, "the live hub never connected"
                 time.sleep(0.05)
             with conn.transaction():
+                keys = {
+                    row[0]: row[1]
+                    for row in conn.execute("SELECT device_id, device_key FROM devices")
+                }
                 conn.execute(
-                    "INSERT INTO readings (time, device_id, metric, value)"
+                    "INSERT INTO readings (time, device_key, metric, value)"
                     " VALUES (%s, %s, 'temperature', 77.5)",
-                    (datetime.now(UTC), device),
+                    (datetime.now(UTC), keys[device]),
                 )
                 conn.execute(
-                    "SELECT pg_notify('telemetry', %s)", (f"{world.devices['b']} {device}",)
+                    "SELECT pg_notify('telemetry', %s)",
+                    (f"{keys[world.devices['b']]} {keys[device]}",),
                 )
             committed = time.monotonic()
         name, payload, at = events.get(timeout=5)
@@ -191,12 +200,14 @@ def test_a_stream_ends_when_its_session_does(world: World) -> None:
             csrf = csrf_from(viewer.get(server.url + "/devices", timeout=10).text)
             viewer.post(server.url + "/logout", data={"csrf_token": csrf}, timeout=10)
             with conn.transaction():
-                conn.execute(
-                    "INSERT INTO readings (time, device_id, metric, value)"
-                    " VALUES (%s, %s, 'temperature', 12.5)",
+                row = conn.execute(
+                    "INSERT INTO readings (time, device_key, metric, value)"
+                    " SELECT %s, device_key, 'temperature', 12.5 FROM devices"
+                    " WHERE device_id = %s RETURNING device_key",
                     (datetime.now(UTC), device),
-                )
-                conn.execute("SELECT pg_notify('telemetry', %s)", (device,))
+                ).fetchone()
+                assert row is not None
+                conn.execute("SELECT pg_notify('telemetry', %s)", (str(row["device_key"]),))
             # The next event ends the viewer's stream, told why, instead of carrying data.
             passed_over: list[object] = []
             name, payload, _ = _next_other_than(viewer_events, {"readings"}, 5, passed_over)

@@ -56,7 +56,7 @@ def test_device_list_refreshes_state_of_own_devices_only(app: Flask, world: Worl
     body = client.get(f"/devices/state.json?ids={ids}").get_json()
     assert [d["device_id"] for d in body["devices"]] == [world.devices["a"]]
     assert body["devices"][0]["online"] is True
-    assert body["devices"][0]["latest"] == [{"metric": "temperature", "value": 49.0}]
+    assert body["devices"][0]["latest"] == [{"metric": "temperature", "unit": "", "value": 49.0}]
 
 
 def test_history_uses_raw_readings_then_rollups(app: Flask, world: World) -> None:
@@ -66,10 +66,11 @@ def test_history_uses_raw_readings_then_rollups(app: Flask, world: World) -> Non
         for hours in range(2, 48):
             bucket = (now - timedelta(hours=hours)).replace(minute=0, second=0, microsecond=0)
             conn.execute(
-                "INSERT INTO rollup_1h (bucket, device_id, metric, min, max, avg, count, last,"
+                "INSERT INTO rollup_1h (bucket, device_key, metric, min, max, avg, count, last,"
                 " last_time)"
-                " VALUES (%s, %s, 'temperature', 1, 3, 2, 60, 3, %s)",
-                (bucket, device, bucket + timedelta(minutes=59)),
+                " SELECT %s, device_key, 'temperature', 1, 3, 2, 60, 3, %s"
+                " FROM devices WHERE device_id = %s",
+                (bucket, bucket + timedelta(minutes=59), device),
             )
     client = app.test_client()
     login(client, world.emails["a_viewer"])

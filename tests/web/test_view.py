@@ -57,9 +57,9 @@ def test_times_are_rendered_in_the_persons_zone(app: Flask, world: World) -> Non
     device = world.devices["a"]
     with psycopg.connect(world.database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO presence_events (device_id, time, online, source)"
-            " VALUES (%s, %s, true, 'status')",
-            (device, INSTANT),
+            "INSERT INTO presence_events (device_key, time, online, source)"
+            " SELECT device_key, %s, true, 'status' FROM devices WHERE device_id = %s",
+            (INSTANT, device),
         )
     client = app.test_client()
     csrf = login(client, world.emails["a_member"])
@@ -92,14 +92,15 @@ def test_booleans_read_true_and_false_in_list_page_and_history(app: Flask, world
     now = datetime.now(UTC)
     with psycopg.connect(world.database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO readings (time, device_id, metric, value) VALUES"
-            " (%s - interval '2 minutes', %s, 'door_open', 0), (%s, %s, 'door_open', 1)",
-            (now, device, now, device),
+            "INSERT INTO readings (time, device_key, metric, value, is_bool)"
+            " SELECT t, device_key, 'door_open', v, true FROM devices,"
+            " (VALUES (%s - interval '2 minutes', 0), (%s, 1)) AS r (t, v) WHERE device_id = %s",
+            (now, now, device),
         )
         conn.execute(
-            "INSERT INTO latest_values (device_id, metric, time, value)"
-            " VALUES (%s, 'door_open', %s, %s)",
-            (device, now, Jsonb(True)),
+            "INSERT INTO latest_values (device_key, metric, time, value)"
+            " SELECT device_key, 'door_open', %s, %s FROM devices WHERE device_id = %s",
+            (now, Jsonb(True), device),
         )
     client = app.test_client()
     login(client, world.emails["a_viewer"])
@@ -108,7 +109,7 @@ def test_booleans_read_true_and_false_in_list_page_and_history(app: Flask, world
     page = client.get(f"/devices/{device}").get_data(as_text=True)
     assert '<div class="k">door_open</div><div class="v">true</div>' in page
     state = client.get(f"/devices/state.json?ids={device}").get_json()
-    assert {"metric": "door_open", "value": True} in state["devices"][0]["latest"]
+    assert {"metric": "door_open", "unit": "", "value": True} in state["devices"][0]["latest"]
     # The chart draws a boolean as 1/0; the type tells the page to read it as true/false.
     history = client.get(f"/devices/{device}/history.json?metric=door_open&range=1h").get_json()
     assert history["type"] == "boolean"

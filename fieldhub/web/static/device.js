@@ -22,6 +22,17 @@
     metric: "", xmin: 0, xmax: 0, since: Date.now() / 1000,
   };
 
+  const withUnit = (text, unit) => (unit ? text + " " + unit : text);
+  // A chart series is a metric in one unit; the select's value is "metric|unit" (metric names
+  // cannot contain "|", so the first "|" splits them).
+  const seriesKey = (metric, unit) => metric + "|" + (unit || "");
+  function selectedSeries() {
+    const value = metricSelect.value;
+    if (!value) return null;
+    const cut = value.indexOf("|");
+    return { metric: value.slice(0, cut), unit: value.slice(cut + 1) };
+  }
+
   function isLive() {
     return state.range !== "custom" && state.raw;
   }
@@ -37,7 +48,11 @@
 
   function updateExport() {
     const p = rangeParams();
-    if (metricSelect.value) p.set("metric", metricSelect.value);
+    const series = selectedSeries();
+    if (series) {
+      p.set("metric", series.metric);
+      p.set("unit", series.unit);
+    }
     exportLink.href = card.dataset.exportUrl + "?" + p.toString();
   }
 
@@ -189,14 +204,16 @@
   }
 
   async function load() {
-    const metric = metricSelect.value;
+    const series = selectedSeries();
     updateExport();
-    if (!metric) {
+    if (!series) {
       chartEl.innerHTML = '<p class="muted empty">No numeric readings yet. The chart starts with the first one.</p>';
       return;
     }
+    const metric = withUnit(series.metric, series.unit && `(${series.unit})`);
     const p = rangeParams();
-    p.set("metric", metric);
+    p.set("metric", series.metric);
+    p.set("unit", series.unit);
     const resp = await fetch(card.dataset.historyUrl + "?" + p.toString(), { headers: { Accept: "application/json" } });
     const body = await resp.json();
     if (!resp.ok) {
@@ -220,13 +237,14 @@
   });
 
   function appendReadings(readings) {
-    const metric = metricSelect.value;
+    const selected = metricSelect.value;
     readings.forEach((r) => {
-      const tile = document.querySelector(`.tile[data-metric="${CSS.escape(r.metric)}"]`);
+      const unit = r.unit || "";
+      const tile = document.querySelector(`.tile[data-metric="${CSS.escape(r.metric)}"][data-unit="${CSS.escape(unit)}"]`);
       const value = r.value != null ? r.value : r.text;
       const when = format.timeElement(new Date(r.t * 1000).toISOString(), "ago");
       if (tile) {
-        tile.querySelector(".v").textContent = format.value(value);
+        tile.querySelector(".v").textContent = withUnit(format.value(value), unit);
         tile.querySelector(".t").replaceChildren(when);
       } else {
         const grid = document.getElementById("latest");
@@ -235,22 +253,24 @@
         const div = document.createElement("div");
         div.className = "tile";
         div.dataset.metric = r.metric;
+        div.dataset.unit = unit;
         div.innerHTML = '<div class="k"></div><div class="v"></div><div class="t muted small"></div>';
         div.querySelector(".k").textContent = r.metric;
-        div.querySelector(".v").textContent = format.value(value);
+        div.querySelector(".v").textContent = withUnit(format.value(value), unit);
         div.querySelector(".t").append(when);
         grid.appendChild(div);
       }
-      if (r.value != null && ![...metricSelect.options].some((o) => o.value === r.metric)) {
-        metricSelect.add(new Option(r.metric, r.metric));
-        if (!metric) {
-          metricSelect.value = r.metric;
+      const key = seriesKey(r.metric, unit);
+      if (r.value != null && ![...metricSelect.options].some((o) => o.value === key)) {
+        metricSelect.add(new Option(withUnit(r.metric, unit && `(${unit})`), key));
+        if (!selected) {
+          metricSelect.value = key;
           load();
         }
       }
     });
     if (!isLive() || !state.data || !state.plot) return;
-    const mine = readings.filter((r) => r.metric === metric && r.value != null);
+    const mine = readings.filter((r) => seriesKey(r.metric, r.unit) === selected && r.value != null);
     if (!mine.length) return;
     const span = state.range === "24h" ? 86400 : 3600;
     const now = Date.now() / 1000;

@@ -29,7 +29,7 @@
           const key = document.createElement("span");
           key.className = "k";
           key.textContent = v.metric;
-          span.append(key, " " + format.value(v.value));
+          span.append(key, " " + format.value(v.value) + (v.unit ? " " + v.unit : ""));
           return span;
         })
       );
