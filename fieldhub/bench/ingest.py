@@ -599,34 +599,31 @@ class LatencyProbe(threading.Thread):
         self.listening = threading.Event()
 
     def run(self) -> None:
-        last_seen: dict[str, float] = {}
+        last_seen: dict[int, float] = {}
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("LISTEN telemetry")
             self.listening.set()
             while not self.stop.is_set():
-                devices: set[str] = set()
+                keys: set[int] = set()
                 for notify in conn.notifies(timeout=0.2, stop_after=1):
-                    devices.update(notify.payload.split())
-                if not devices:
+                    keys.update(map(int, notify.payload.split()))
+                if not keys:
                     continue
                 seen_at = time.time()
                 # Whatever else has arrived meanwhile is read in the same query, so the probe
                 # cannot fall behind the bridge and inflate what it measures.
                 for notify in conn.notifies(timeout=0.0):
-                    devices.update(notify.payload.split())
-                ordered = sorted(devices)
+                    keys.update(map(int, notify.payload.split()))
+                ordered = sorted(keys)
                 rows = conn.execute(
                     QUERIES["new_rows_since"],
-                    {
-                        "devices": ordered,
-                        "since": [last_seen.get(d, self.since) for d in ordered],
-                    },
+                    {"keys": ordered, "since": [last_seen.get(k, self.since) for k in ordered]},
                 ).fetchall()
-                for device_id, t in rows:
+                for key, t in rows:
                     self.latencies_ms.append((seen_at - t) * 1000)
                     self.seen_at.append(seen_at)
-                    if t > last_seen.get(device_id, 0.0):
-                        last_seen[device_id] = t
+                    if t > last_seen.get(key, 0.0):
+                        last_seen[key] = t
 
 
 def run_latency(

@@ -44,26 +44,30 @@ PASSWORD = "bench password 123"  # noqa: S105 (a throwaway scratch database)
 
 SEED_SQL = [
     # Device state and three latest values per device, as a running installation has them.
-    """INSERT INTO device_state (device_id, online, last_seen)
-       SELECT device_id, random() < 0.7, now() - random() * interval '2 hours' FROM devices""",
-    """INSERT INTO latest_values (device_id, metric, time, value)
-       SELECT d.device_id, m.metric, now() - random() * interval '10 minutes',
+    """INSERT INTO device_state (device_key, online, last_seen)
+       SELECT device_key, random() < 0.7, now() - random() * interval '2 hours' FROM devices""",
+    """INSERT INTO latest_values (device_key, metric, time, value)
+       SELECT d.device_key, m.metric, now() - random() * interval '10 minutes',
               to_jsonb(round((random() * 100)::numeric, 2))
        FROM devices d, (VALUES ('temperature'), ('humidity'), ('battery')) AS m(metric)""",
     # 30 days of one reading every 10 s of two metrics for the hot device.
-    """INSERT INTO readings (time, device_id, metric, value)
-       SELECT t, %(device)s, m.metric, 20 + 5 * sin(extract(epoch FROM t) / 3600) + random()
-       FROM generate_series(now() - interval '30 days', now(), interval '10 seconds') AS t,
-            (VALUES ('temperature'), ('humidity')) AS m(metric)""",
+    """INSERT INTO readings (time, device_key, metric, value)
+       SELECT t, d.device_key, m.metric, 20 + 5 * sin(extract(epoch FROM t) / 3600) + random()
+       FROM devices d,
+            generate_series(now() - interval '30 days', now(), interval '10 seconds') AS t,
+            (VALUES ('temperature'), ('humidity')) AS m(metric)
+       WHERE d.device_id = %(device)s""",
     # The analysis worker's rollups of those readings, as its jobs would have written them.
-    """INSERT INTO rollup_1m (bucket, device_id, metric, min, max, avg, count, last, last_time)
-       SELECT time_bucket('1 minute', time), device_id, metric, min(value), max(value),
+    """INSERT INTO rollup_1m (bucket, device_key, metric, unit, min, max, avg, count, last,
+                             last_time)
+       SELECT time_bucket('1 minute', time), device_key, metric, unit, min(value), max(value),
               avg(value), count(*), last(value, time), max(time)
-       FROM readings WHERE device_id = %(device)s GROUP BY 1, 2, 3""",
-    """INSERT INTO rollup_1h (bucket, device_id, metric, min, max, avg, count, last, last_time)
-       SELECT time_bucket('1 hour', bucket), device_id, metric, min(min), max(max),
+       FROM readings GROUP BY 1, 2, 3, 4""",
+    """INSERT INTO rollup_1h (bucket, device_key, metric, unit, min, max, avg, count, last,
+                             last_time)
+       SELECT time_bucket('1 hour', bucket), device_key, metric, unit, min(min), max(max),
               sum(avg * count) / sum(count), sum(count), last(last, last_time), max(last_time)
-       FROM rollup_1m WHERE device_id = %(device)s GROUP BY 1, 2, 3""",
+       FROM rollup_1m GROUP BY 1, 2, 3, 4""",
     "ANALYZE",
 ]
 
