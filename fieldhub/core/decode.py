@@ -104,7 +104,6 @@ __all__ = [
     "parse_topic",
     "valid_device_id",
     "valid_metric_name",
-    "valid_unit",
 ]
 
 MAX_PAYLOAD_BYTES: Final = 256 * 1024
@@ -688,13 +687,6 @@ def _admit_unit(unit: object, field: str, index: int) -> str:
         _known_units.clear()
     _known_units.add(unit)
     return unit
-
-
-def valid_unit(unit: str) -> bool:
-    """Return whether ``unit`` may be a reading's unit (``""``: none)."""
-    return (
-        unit == "" or unit in _known_units or (len(unit) <= MAX_UNIT_LENGTH and unit.isprintable())
-    )
 
 
 def _admit_metric(name: str, item: str, index: int) -> None:

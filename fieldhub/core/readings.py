@@ -17,10 +17,11 @@ savepoint around the COPY and the batch is staged in the same transaction; the b
 `savepoint=False` and redoes its whole transaction staged instead, saving a round trip per
 batch on the common path.
 
-Measured (docs/benchmarks.md): the hand-built binary encoding costs about 1 us per row in
-CPython, a fraction of what psycopg's generic row writer costs with a datetime per row; the
-staged path carries less than half the fast path's throughput, which is why it is only taken
-after a collision.
+Measured: the hand-built binary encoding costs about 1.3 us per row here (300,000 one-value
+messages, process time), as much as psycopg's `write_row` with the time sent as an int8 and
+far less than with a datetime per row (what the bridge measured first); the staged path
+carries less than half the fast path's throughput (docs/benchmarks.md), which is why it is
+only taken after a collision.
 """
 
 from __future__ import annotations

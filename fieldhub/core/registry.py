@@ -250,9 +250,10 @@ def rotate_secret(conn: Conn, device_id: str) -> DeviceCredentials:
 
 def delete_device(conn: Conn, device_id: str) -> None:
     """Delete a device. Its data belongs to its device key, which no later device (of the
-    same id, in any organisation) ever gets, so none of it is reachable from then on; the
-    readings and rollups themselves are not deleted here (a DELETE through a hypertable in
-    this transaction would hold up ingest), they age out with retention."""
+    same id, in any organisation) ever gets, so none of it is reachable from then on. The
+    readings and rollups themselves are not deleted here (a DELETE through the hypertables
+    in this transaction would hold up ingest): retention drops them with their chunks, and
+    a background purge of deleted keys is design-trust.md section 3."""
     with conn.transaction():
         if conn.execute(QUERIES["delete_device"], {"device_id": device_id}).fetchone() is None:
             raise NotFound(f"no device {device_id!r}")
