@@ -44,7 +44,10 @@ def closing() -> Iterator[list[DeviceClient]]:
 
 
 def _stored(stack: TestStack, device_id: str) -> int:
-    rows = stack.query("SELECT count(*) AS n FROM readings WHERE device_id = %s", (device_id,))
+    rows = stack.query(
+        "SELECT count(*) AS n FROM readings JOIN devices USING (device_key) WHERE device_id = %s",
+        (device_id,),
+    )
     return int(rows[0]["n"])
 
 

@@ -196,7 +196,8 @@ def _scenario(stack: TestStack, device: Running, device_id: str, ping: str, dead
     wait_for(
         lambda: device.alive()
         and stack.query(
-            "SELECT count(DISTINCT time) AS n FROM readings WHERE device_id = %s",
+            "SELECT count(DISTINCT time) AS n FROM readings JOIN devices USING (device_key)"
+            " WHERE device_id = %s",
             (device_id,),
         )[0]["n"]
         >= 3,
