@@ -388,7 +388,17 @@ def get_import(
     return dict(row) if row else None
 
 
-def list_imports(conn: Conn, *, org_id: int, limit: int = 50) -> list[dict[str, Any]]:
-    return [
-        dict(r) for r in conn.execute(QUERIES["list_imports"], {"org_id": org_id, "limit": limit})
-    ]
+def list_imports(
+    conn: Conn,
+    *,
+    org_id: int,
+    limit: int = 50,
+    before: tuple[dt.datetime, uuid.UUID] | None = None,
+) -> list[dict[str, Any]]:
+    params = {
+        "org_id": org_id,
+        "limit": limit,
+        "before_time": before[0] if before else None,
+        "before_id": before[1] if before else None,
+    }
+    return [dict(r) for r in conn.execute(QUERIES["list_imports"], params)]
