@@ -24,6 +24,7 @@ Decisions, measured or reasoned:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -126,6 +127,7 @@ class _Shape:
         return next((m for m in self.meta if isinstance(m, kind)), None)
 
 
+@functools.cache
 def _shape(tp: Any) -> _Shape:
     meta: tuple[object, ...] = ()
     nullable = False
@@ -148,9 +150,15 @@ def _is_named(tp: Any) -> bool:
     return isinstance(tp, type) and (dataclasses.is_dataclass(tp) or is_typeddict(tp))
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # Resolving postponed annotations costs more than the rest of a parse: once per type.
+    return get_type_hints(cls, include_extras=True)
+
+
 def fields_of(cls: type) -> list[tuple[str, Any, bool, object]]:
     """(name, annotation, required, default) of a dataclass or TypedDict, in order."""
-    hints = get_type_hints(cls, include_extras=True)
+    hints = _hints(cls)
     if is_typeddict(cls):
         # NotRequired from the resolved hints: with postponed annotations, Python 3.11 counts
         # every key of a TypedDict in __required_keys__.
