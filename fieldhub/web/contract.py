@@ -16,8 +16,9 @@ TypedDicts (named schemas), and `Upload` (a file of a multipart form).
 Decisions, measured or reasoned:
 - Strings never contain U+0000 (PostgreSQL text cannot hold it): every free string carries
   the pattern `^[^\\u0000]*$`, so the refusal is in the document too.
-- Unknown body and query members are ignored, not refused: a client may PUT back what it
-  GOT (with `id`, `created_at`), and a cache-busting query parameter does no harm.
+- Unknown body members are ignored, not refused: a client may PUT back what it GOT (with
+  `id`, `created_at`). Unknown query parameters are refused: OpenAPI lists an operation's
+  parameters exhaustively, and a mistyped `?limt=5` must not quietly answer the default.
 - A whole float (30.0) is an integer, as in JSON Schema.
 """
 
@@ -29,7 +30,7 @@ import math
 import re
 import types
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import (
     Annotated,
@@ -460,15 +461,42 @@ def _number_text(value: float | None) -> str:
     return str(int(value)) if value is not None and float(value).is_integer() else f"{value}"
 
 
-def parse_query(cls: type[T], args: Mapping[str, str]) -> T:
-    """A dataclass from a query string (its first value of each name); a parameter given empty
-    counts as not given, as HTML forms send it."""
-    return _parse_flat(cls, {k: v for k, v in args.items() if v != ""}, "query")
+def parse_query(
+    cls: type[T],
+    args: Mapping[str, str],
+    *,
+    repeated: Collection[str] = (),
+    gone: Mapping[str, str] = {},
+) -> T:
+    """A dataclass from a query string (its first value of each name); a value given empty is
+    the empty string, which is a misfit for any type but a string that may be empty (API
+    clients, unlike HTML forms, leave out what they do not mean). A name the type does not
+    declare is refused (`?limt=5` would otherwise silently answer the default page); `gone`
+    says why for names that were parameters once; `repeated` names those given twice."""
+    declared = {name for name, *_ in fields_of(cls)}
+    unknown = [
+        FieldError("query", name, gone.get(name, "is not a parameter of this operation"))
+        for name in args
+        if name not in declared
+    ]
+    # No parameter is an array: `?org=a&org=b` is a mistake, not a choice of the first.
+    unknown += [
+        FieldError("query", name, "is given more than once")
+        for name in repeated
+        if name in declared
+    ]
+    try:
+        parsed = _parse_flat(cls, dict(args.items()), "query")
+    except Invalid as exc:
+        raise Invalid(unknown + exc.errors) from None
+    if unknown:
+        raise Invalid(unknown)
+    return parsed
 
 
 def parse_form(cls: type[T], form: Mapping[str, str], files: Mapping[str, Upload]) -> T:
     """A dataclass from a multipart form: fields as text, files as Upload."""
-    raw: dict[str, object] = {k: v for k, v in form.items() if v != ""}
+    raw: dict[str, object] = dict(form.items())
     raw.update(files)
     return _parse_flat(cls, raw, "body")
 

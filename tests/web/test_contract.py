@@ -175,8 +175,17 @@ def test_query_strings_are_typed_and_bounded() -> None:
         ("limit", "must be between 1 and 10000"),
         ("start", "must be between the years 1970 and 9000"),
     }
-    # Given empty, as an HTML form sends it: not given.
-    assert contract.parse_query(TelemetryQuery, {"metric": "t", "bucket": ""}).bucket is None
+    # Given empty is given: an API client leaves out what it does not mean.
+    with pytest.raises(contract.Invalid) as empty:
+        contract.parse_query(TelemetryQuery, {"metric": "t", "bucket": ""})
+    assert empty.value.errors == [
+        contract.FieldError("query", "bucket", "must be a whole number, not ''")
+    ]
+    with pytest.raises(contract.Invalid) as unknown:
+        contract.parse_query(TelemetryQuery, {"metric": "t", "limt": "5"})
+    assert unknown.value.errors == [
+        contract.FieldError("query", "limt", "is not a parameter of this operation")
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
