@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import import_parse, rollups
 from fieldhub.analysis.worker import Conn, JobContext
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("imports.sql"))
 LOCK_NAMESPACE = 0x494D5054  # "IMPT"
@@ -398,7 +398,6 @@ def list_imports(
     params = {
         "org_id": org_id,
         "limit": limit,
-        "before_time": before[0] if before else None,
-        "before_id": before[1] if before else None,
+        **before_params(before),
     }
     return [dict(r) for r in conn.execute(QUERIES["list_imports"], params)]

@@ -18,7 +18,7 @@ from typing import Any
 from fieldhub.analysis import alert_logic, alerts, imports, webhook_rules, webhooks, worker
 from fieldhub.analysis.worker import Conn
 from fieldhub.core.config import IPNetwork
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
 ALERT_STATES = ("active", "acknowledged", "cleared", "open")
@@ -239,7 +239,6 @@ def list_webhook_deliveries(
     params = {
         "org_id": org_id,
         "limit": limit,
-        "before_time": before[0] if before else None,
-        "before_id": before[1] if before else None,
+        **before_params(before),
     }
     return [dict(r) for r in conn.execute(QUERIES["list_deliveries"], params)]

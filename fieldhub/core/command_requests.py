@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from fieldhub.core.command_states import TransitionRefused, on_cancel, parse_status
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("command_requests.sql"))
 
@@ -207,8 +207,7 @@ def list_commands(
                 "status": status,
                 "org_id": org_id,
                 "limit": limit,
-                "before_time": before[0] if before else None,
-                "before_id": before[1] if before else None,
+                **before_params(before),
             },
         ).fetchall()
     return [_command(row) for row in rows]

@@ -14,6 +14,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.core import registry
+from fieldhub.core.db import before_params
 from fieldhub.web import history
 from fieldhub.web.db import QUERIES, Conn, table_exists
 
@@ -151,8 +152,7 @@ def list_alerts(
         "state": state,
         "device_id": device_id,
         "limit": limit,
-        "before_time": before[0] if before else None,
-        "before_id": before[1] if before else None,
+        **before_params(before),
     }
     return [dict(r) for r in conn.execute(QUERIES["list_alerts"], params)]
 
