@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal, NamedTuple, NotRequired, TypedDict
+from typing import Annotated, ClassVar, Literal, NamedTuple, NotRequired, TypedDict
 
 from fieldhub.analysis.alert_logic import CONDITIONS, MAX_FOR_SECONDS, SEVERITIES
 from fieldhub.core import command_requests
@@ -170,6 +170,8 @@ class Twin(TypedDict):
 
 @dataclasses.dataclass(frozen=True)
 class TwinPatch:
+    # Anything beside `desired` is a mistake in a patch, not a member to ignore.
+    closed: ClassVar[bool] = True
     desired: Annotated[
         dict[str, object],
         Doc("A JSON merge patch (RFC 7396) of the desired state: null removes a key."),

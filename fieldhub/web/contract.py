@@ -17,8 +17,10 @@ Decisions, measured or reasoned:
 - Strings never contain U+0000 (PostgreSQL text cannot hold it): every free string carries
   the pattern `^[^\\u0000]*$`, so the refusal is in the document too.
 - Unknown body members are ignored, not refused: a client may PUT back what it GOT (with
-  `id`, `created_at`). Unknown query parameters are refused: OpenAPI lists an operation's
-  parameters exhaustively, and a mistyped `?limt=5` must not quietly answer the default.
+  `id`, `created_at`); a dataclass with `closed = True` refuses them (a merge patch,
+  where an unknown member would be a change nobody meant). Unknown query parameters are
+  refused: OpenAPI lists an operation's parameters exhaustively, and a mistyped `?limt=5`
+  must not quietly answer the default.
 - A whole float (30.0) is an integer, as in JSON Schema.
 """
 
@@ -277,6 +279,8 @@ class Schemas:
                 if is_required:
                     required.append(field_name)
             component: dict[str, Any] = {"type": "object", "properties": properties}
+            if getattr(cls, "closed", False):
+                component["additionalProperties"] = False
             if required:
                 component["required"] = required
             if cls.__doc__ and not cls.__doc__.startswith(f"{name}("):
@@ -434,6 +438,11 @@ class _Checker:
         if is_typeddict(cls):
             raise TypeError(f"{cls.__name__}: TypedDicts describe responses; parse dataclasses")
         errors_before = len(self.errors)
+        if getattr(cls, "closed", False):
+            declared = {name for name, *_ in fields_of(cls)}
+            for name in raw:
+                if name not in declared:
+                    self.fail(f"{where}/{_escape(str(name))}", "is not a member of this object")
         values: dict[str, object] = {}
         for name, annotation, required, default in fields_of(cls):
             if name not in raw:

@@ -38,7 +38,9 @@ VALID_BODIES = {
         "condition": "above",
         "threshold_high": 40,
         "device_id": "dev-b1",
-    }
+    },
+    "api.patch_twin": {"desired": {"a": 1}},
+    "api.attach_gateway": {"gateway_id": "dev-b1"},
 }
 
 
