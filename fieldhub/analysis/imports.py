@@ -34,7 +34,7 @@ from psycopg.types.json import Jsonb
 from fieldhub.analysis import import_parse, rollups
 from fieldhub.analysis.worker import Conn, JobContext
 from fieldhub.core import readings
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, before_params
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("imports.sql"))
@@ -417,7 +417,16 @@ def get_import(
     return dict(row) if row else None
 
 
-def list_imports(conn: Conn, *, org_id: int, limit: int = 50) -> list[dict[str, Any]]:
-    return [
-        dict(r) for r in conn.execute(QUERIES["list_imports"], {"org_id": org_id, "limit": limit})
-    ]
+def list_imports(
+    conn: Conn,
+    *,
+    org_id: int,
+    limit: int = 50,
+    before: tuple[dt.datetime, uuid.UUID] | None = None,
+) -> list[dict[str, Any]]:
+    params = {
+        "org_id": org_id,
+        "limit": limit,
+        **before_params(before),
+    }
+    return [dict(r) for r in conn.execute(QUERIES["list_imports"], params)]

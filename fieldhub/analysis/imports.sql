@@ -61,10 +61,13 @@ FROM imports
 WHERE id = %(id)s AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s)
 
 -- name: list_imports
+-- Newest first on (created_at, id), a total order: the API pages by keyset with `before_*`.
 SELECT id, org_id, device_id, filename, format, status, total_bytes, processed_bytes,
        processed_rows, rows_imported, rows_rejected, rows_per_s, error, created_at,
        started_at, finished_at
 FROM imports
 WHERE org_id = %(org_id)s
-ORDER BY created_at DESC
+  AND (%(before_time)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_time)s::timestamptz, %(before_id)s::uuid))
+ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s

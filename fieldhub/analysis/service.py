@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fieldhub.analysis import alert_logic, alerts, imports, webhook_rules, webhooks, worker
 from fieldhub.analysis.worker import Conn
 from fieldhub.core.config import IPNetwork
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
 ALERT_STATES = ("active", "acknowledged", "cleared", "open")
@@ -79,8 +80,15 @@ def get_import(conn: Conn, org_id: int, import_id: str | uuid.UUID) -> dict[str,
     return row
 
 
-def list_imports(conn: Conn, org_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
-    return imports.list_imports(conn, org_id=org_id, limit=max(1, min(limit, 500)))
+def list_imports(
+    conn: Conn,
+    org_id: int,
+    *,
+    limit: int = 50,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first; `before` is the (created_at, id) of the last import of the previous page."""
+    return imports.list_imports(conn, org_id=org_id, limit=limit, before=before)
 
 
 # -- alerts --------------------------------------------------------------------------------
@@ -119,8 +127,12 @@ def acknowledge_alert(
     return dict(row)
 
 
-def list_alert_rules(conn: Conn, org_id: int) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(QUERIES["list_rules"], {"org_id": org_id})]
+def list_alert_rules(
+    conn: Conn, org_id: int, *, limit: int | None = None, after: int | None = None
+) -> list[dict[str, Any]]:
+    """Oldest first: every rule, or `limit` of them after the rule id `after`."""
+    params = {"org_id": org_id, "limit": limit, "after": after}
+    return [dict(r) for r in conn.execute(QUERIES["list_rules"], params)]
 
 
 def get_alert_rule(conn: Conn, org_id: int, rule_id: int) -> dict[str, Any]:
@@ -218,10 +230,15 @@ def delete_webhook(conn: Conn, org_id: int) -> None:
         conn.execute(QUERIES["delete_webhook"], {"org_id": org_id})
 
 
-def list_webhook_deliveries(conn: Conn, org_id: int, *, limit: int = 100) -> list[dict[str, Any]]:
-    """The delivery log: event, status (pending/delivered/failed), attempt_count, attempts
-    ([{at, status, error, ms}]), last_error, next_attempt_at."""
-    return [
-        dict(r)
-        for r in conn.execute(QUERIES["list_deliveries"], {"org_id": org_id, "limit": limit})
-    ]
+def list_webhook_deliveries(
+    conn: Conn, org_id: int, *, limit: int = 100, before: tuple[datetime, int] | None = None
+) -> list[dict[str, Any]]:
+    """The delivery log, newest first: event, status (pending/delivered/failed),
+    attempt_count, attempts ([{at, status, error, ms}]), last_error, next_attempt_at. `before`
+    is the (created_at, id) of the last delivery of the previous page."""
+    params = {
+        "org_id": org_id,
+        "limit": limit,
+        **before_params(before),
+    }
+    return [dict(r) for r in conn.execute(QUERIES["list_deliveries"], params)]

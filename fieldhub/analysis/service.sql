@@ -21,9 +21,14 @@ RETURNING id, org_id, state
 SELECT id, org_id, state FROM alerts WHERE id = %(id)s AND org_id = %(org_id)s
 
 -- name: list_rules
+-- Oldest first by id; the API pages by keyset (`after`, the last id), the admin page reads all
+-- (limit NULL).
 SELECT id, org_id, name, metric, device_id, label_key, label_value, condition, threshold_low,
        threshold_high, for_seconds, severity, enabled, created_at
-FROM alert_rules WHERE org_id = %(org_id)s ORDER BY id
+FROM alert_rules
+WHERE org_id = %(org_id)s AND (%(after)s::bigint IS NULL OR id > %(after)s)
+ORDER BY id
+LIMIT %(limit)s
 
 -- name: get_rule
 SELECT id, org_id, name, metric, device_id, label_key, label_value, condition, threshold_low,
@@ -72,9 +77,12 @@ RETURNING org_id, url, enabled, legacy_signature
 DELETE FROM org_webhooks WHERE org_id = %(org_id)s RETURNING org_id
 
 -- name: list_deliveries
+-- Newest first on (created_at, id), a total order: the API pages by keyset with `before_*`.
 SELECT id, alert_id, event, status, attempt_count, next_attempt_at, last_error, attempts,
        created_at, delivered_at
 FROM webhook_deliveries
 WHERE org_id = %(org_id)s
+  AND (%(before_time)s::timestamptz IS NULL
+       OR (created_at, id) < (%(before_time)s::timestamptz, %(before_id)s::bigint))
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s

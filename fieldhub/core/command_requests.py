@@ -14,6 +14,7 @@ import math
 import re
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,7 +24,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from fieldhub.core.command_states import TransitionRefused, on_cancel, parse_status
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("command_requests.sql"))
 
@@ -187,8 +188,10 @@ def list_commands(
     status: str | None = None,
     org_id: int | None = None,
     limit: int = 100,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[dict[str, Any]]:
-    """Commands, newest first, optionally of one device and/or in one status."""
+    """Commands, newest first, optionally of one device and/or in one status; `before` is the
+    (created_at, id) of the last command of the previous page."""
     if status is not None:
         try:
             parse_status(status)
@@ -199,7 +202,13 @@ def list_commands(
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             QUERIES["list_commands"],
-            {"device_id": device_id, "status": status, "org_id": org_id, "limit": limit},
+            {
+                "device_id": device_id,
+                "status": status,
+                "org_id": org_id,
+                "limit": limit,
+                **before_params(before),
+            },
         ).fetchall()
     return [_command(row) for row in rows]
 

@@ -49,6 +49,8 @@ WHERE command_id = %(id)s
 ORDER BY id;
 
 -- name: list_commands
+-- Newest first on (created_at, id), a total order: callers page by keyset with `before_*`,
+-- the last command of the previous page.
 SELECT c.id, c.device_id, c.name, c.params, c.status, c.created_at, c.expires_at, c.updated_at,
        c.created_by, c.result, c.error
 FROM commands c
@@ -56,5 +58,7 @@ JOIN devices d ON d.device_id = c.device_id
 WHERE (%(device_id)s::text IS NULL OR c.device_id = %(device_id)s::text)
   AND (%(status)s::text IS NULL OR c.status = %(status)s::text)
   AND (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s::bigint)
+  AND (%(before_time)s::timestamptz IS NULL
+       OR (c.created_at, c.id) < (%(before_time)s::timestamptz, %(before_id)s::uuid))
 ORDER BY c.created_at DESC, c.id DESC
 LIMIT %(limit)s;

@@ -54,6 +54,15 @@ class Queries(Mapping[str, str]):
         return len(self._queries)
 
 
+def before_params(before: tuple[object, object] | None) -> dict[str, object]:
+    """The parameters of a newest-first keyset page, `before_time` and `before_id`: the
+    (time, id) of the last row of the previous page, or NULLs for the first page."""
+    return {
+        "before_time": before[0] if before else None,
+        "before_id": before[1] if before else None,
+    }
+
+
 def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
     """Open one connection with the project's defaults (dict rows, short connect timeout)."""
     return psycopg.connect(

@@ -17,6 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.core import registry
+from fieldhub.core.db import before_params
 from fieldhub.web import history
 from fieldhub.web.db import QUERIES, Conn, table_exists
 
@@ -56,12 +57,20 @@ def parse_label_filter(text: str | None) -> dict[str, str] | None:
 
 
 def list_devices(
-    conn: Conn, org_id: int | None, filt: DeviceFilter, *, limit: int, offset: int
+    conn: Conn,
+    org_id: int | None,
+    filt: DeviceFilter,
+    *,
+    limit: int,
+    offset: int = 0,
+    after: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
+    """A page of devices in id order and how many match in all: numbered pages by `offset`
+    (people), or the page after device id `after` (programs: keyset)."""
     params = {"org_id": org_id, **filt.params()}
     total_row = conn.execute(QUERIES["count_devices"], params).fetchone()
     rows = conn.execute(
-        QUERIES["list_devices"], {**params, "limit": limit, "offset": offset}
+        QUERIES["list_devices"], {**params, "limit": limit, "offset": offset, "after": after}
     ).fetchall()
     return [dict(r) for r in rows], int(total_row["n"]) if total_row else 0
 
@@ -141,10 +150,18 @@ def list_alerts(
     state: str | None = None,
     device_id: str | None = None,
     limit: int = 100,
+    before: tuple[datetime, int] | None = None,
 ) -> list[dict[str, Any]]:
+    """Newest first; `before` (started_at, id) of the last alert of the previous page."""
     if not alerts_available(conn):
         return []
-    params = {"org_id": org_id, "state": state, "device_id": device_id, "limit": limit}
+    params = {
+        "org_id": org_id,
+        "state": state,
+        "device_id": device_id,
+        "limit": limit,
+        **before_params(before),
+    }
     return [dict(r) for r in conn.execute(QUERIES["list_alerts"], params)]
 
 
@@ -198,24 +215,43 @@ def buckets(
     return source, [dict(r) for r in rows]
 
 
+def raw_points(
+    conn: Conn,
+    device_key: int,
+    metric: str,
+    unit: str,
+    span: history.TimeRange,
+    *,
+    limit: int,
+    after: tuple[datetime, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Numeric readings of one series (metric and unit) in `span`, oldest first by (time,
+    seq), from just after `after`: the (time, seq) of the last point already read, seq -1 for
+    a reading without one."""
+    rows = conn.execute(
+        QUERIES["readings_raw"],
+        {
+            "device_key": device_key,
+            "metric": metric,
+            "unit": unit,
+            "start": max(span.start, after[0]) if after else span.start,
+            "end": span.end,
+            "after_time": after[0] if after else None,
+            "after_seq": after[1] if after else None,
+            "limit": limit,
+        },
+        binary=True,
+    )
+    return [dict(r) for r in rows]
+
+
 def chart_series(
     conn: Conn, device_key: int, metric: str, unit: str, span: history.TimeRange
 ) -> dict[str, Any]:
     """What the device page's chart draws: [times, values] or [times, min, avg, max]."""
     resolution = history.chart_resolution(span.span)
     if resolution.source == "raw":
-        rows = conn.execute(
-            QUERIES["readings_raw"],
-            {
-                "device_key": device_key,
-                "metric": metric,
-                "unit": unit,
-                "start": span.start,
-                "end": span.end,
-                "limit": RAW_POINT_LIMIT,
-            },
-            binary=True,
-        ).fetchall()
+        rows = raw_points(conn, device_key, metric, unit, span, limit=RAW_POINT_LIMIT)
         return {
             "source": "raw",
             "bucket_s": 0,

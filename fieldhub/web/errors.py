@@ -1,12 +1,15 @@
-"""Errors as pages a person can act on (or, under /api/v1, the API's one error format)."""
+"""Errors as pages a person can act on; for programs (/api/v1, and pages' scripts that ask for
+JSON), RFC 9457 problem documents (fieldhub/web/problems.py), the one JSON error format."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
+
+from fieldhub.web import problems
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +39,44 @@ PAGES: dict[int, tuple[str, str]] = {
     503: ("The service is busy", "Try again in a moment."),
 }
 
-API_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    412: "precondition_failed",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid",
-    429: "too_many_requests",
-    500: "internal_error",
-    503: "unavailable",
-}
+PROBLEM_JSON = "application/problem+json"
 
 
-def api_error(status: int, message: str, **extra: Any) -> Any:
-    body: dict[str, Any] = {
-        "error": {"code": API_CODES.get(status, "error"), "message": message, **extra}
-    }
-    response = jsonify(body)
-    response.status_code = status
+def problem_response(
+    kind: problems.ProblemType,
+    detail: str,
+    errors: tuple[problems.FieldProblem, ...] = (),
+    *,
+    status: int = 0,
+    extensions: dict[str, object] | None = None,
+) -> Response:
+    """An RFC 9457 problem document (fieldhub/web/problems.py) as the response."""
+    response = current_app.response_class(
+        current_app.json.dumps(problems.body(kind, detail, errors, status, extensions)),
+        status=status or kind.status,
+        mimetype=PROBLEM_JSON,
+    )
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub"'
     return response
 
 
+def render_problem(exc: problems.Problem) -> Response:
+    return problem_response(exc.type, exc.detail, exc.errors, extensions=exc.extensions)
+
+
 def init_app(app: Flask) -> None:
+    app.register_error_handler(problems.Problem, render_problem)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json"
+    """The API always; a page's script that asked for JSON. People get pages."""
+    return request.path.startswith("/api/") or request.accept_mimetypes.best in (
+        "application/json",
+        PROBLEM_JSON,
+    )
 
 
 def _too_large_advice() -> str:
@@ -82,12 +90,19 @@ def _too_large_advice() -> str:
 def _http_error(exc: HTTPException) -> Any:
     status = exc.code or 500
     if _wants_json():
-        message = exc.description if status in (400, 422) and exc.description else None
+        kind = problems.for_status(status)
+        detail = exc.description if status in (400, 422) and exc.description else kind.title
         if status == 413:
-            message = "the upload is too large. " + _too_large_advice()
-        response = api_error(status, message or PAGES.get(status, ("Error", ""))[0])
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="fieldhub"'
+            detail = "The upload is too large. " + _too_large_advice()
+        elif status == 405:
+            detail = f"{request.method} is not allowed here."
+        elif exc.description == "csrf":
+            detail = "The form's security token is missing or stale: reload the page."
+        response = problem_response(kind, detail, status=status)
+        # Allow (405), Retry-After (429, 503): what werkzeug's exception says to send.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
         return response
     title, advice = PAGES.get(status, (exc.name, ""))
     if status == 413:

@@ -1,956 +1,359 @@
-"""The OpenAPI 3 document of /api/v1, kept next to the code it describes.
+"""The API's operations: each view bound to one declaration that both parses its requests and
+describes it in the OpenAPI document, so the two cannot drift.
 
-tests/web/test_openapi.py runs schemathesis against the live API with this document, so a
-route or field that drifts from it fails the suite.
+A view declares itself with `@API.operation(method, path, operation_id, summary=...)`; its
+signature is the rest of the declaration (fieldhub/web/api_shapes.py has the types):
+
+    def send_command(device_id: DeviceId, body: NewCommand) -> Command
+
+- path parameters by name (a value that does not fit the type is a 404: no such object),
+- `query:` a dataclass of the query string (a misfit is a 400 problem naming each parameter),
+- `body:` a dataclass of the JSON body, or of the multipart form when `media` says so
+  (wrong Content-Type 415, malformed JSON 400, a misfit 422 naming each member),
+- `after:` the NamedTuple key of a paged list, decoded from `query.cursor` (a cursor this list
+  did not make is a 400 problem); the view answers `page(rows, limit)`'s link as `next`,
+- the return type is the response body of `status` (None: 204, no body).
+`role` is checked before the view runs (403); the view scopes every object to the caller.
+The document (`API.document()`) lists exactly the registered operations with these types and
+the problem responses each can give; tests/web/test_openapi.py runs schemathesis against it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import re
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
+from urllib.parse import urlencode
 
-from fieldhub.core.command_states import STATUSES
-from fieldhub.web.serializers import RULE_FIELDS
+import orjson
+from flask import Blueprint, Response, current_app, g, request
 
-NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
-TIME = {"type": "string", "format": "date-time"}
-DEVICE_ID = {
-    "name": "device_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "Device id (lowercase letters, digits, '_' and '-').",
-}
-COMMAND_ID = {
-    "name": "command_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "Command id (a UUID).",
-}
-COMMAND_STATUS = {"type": "string", "enum": list(STATUSES)}
+from fieldhub.web import contract, cursors, problems
+from fieldhub.web.api_shapes import Problem as ProblemShape
+from fieldhub.web.auth import ROLE_RANK
 
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
+F = TypeVar("F", bound=Callable[..., Any])
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+PROBLEM_JSON = "application/problem+json"
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+# Parameters lists had once: refused with a pointer to what replaced them (docs/api.md), not
+# ignored, or a client paging by offset would read page one for ever.
+GONE = {"offset": "is no longer supported: follow `next` (a cursor)"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+@dataclasses.dataclass(frozen=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    description: str
+    status: int
+    role: str | None
+    path_params: tuple[tuple[str, Any], ...]
+    query: type | None
+    body: type | None
+    media: str
+    response: Any
+    key: type | None
+    errors: tuple[int, ...]
+
+    def error_statuses(self) -> list[int]:
+        statuses = {401, *self.errors}
+        if self.role:
+            statuses.add(403)
+        if self.path_params:
+            statuses.add(404)
+        if self.query is not None:
+            statuses.add(400)
+        if self.body is not None:
+            statuses.update((400, 413, 415, 422))
+        return sorted(statuses)
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    texts = {
-        400: "The request's parameters are not valid.",
-        401: "No API token, or not a valid one (unknown, revoked, expired, or its user "
-        "disabled or their password changed).",
-        403: "The token's role may not do this.",
-        404: "No such object in the token's organisation.",
-        409: "The command is already final, or the alert is not active.",
-        412: "If-Match named a desired version the twin is no longer at (the error's "
-        "current_version says which it is at).",
-        413: "The upload is larger than the limit (100 MiB by default).",
-        422: "The request was refused (the message says which field and why).",
-    }
-    return {str(code): _json(_ref("Error"), texts[code]) for code in codes}
+class Api:
+    def __init__(self, blueprint: Blueprint, title: str, description: str) -> None:
+        self.blueprint = blueprint
+        self.title = title
+        self.description = description
+        self.operations: list[Operation] = []
+        self._documents: dict[str, dict[str, Any]] = {}
 
+    def operation(
+        self,
+        method: str,
+        path: str,
+        operation_id: str,
+        *,
+        summary: str,
+        description: str = "",
+        status: int = 200,
+        role: str | None = None,
+        media: str = JSON,
+        errors: tuple[int, ...] = (),
+    ) -> Callable[[F], F]:
+        def register(view: F) -> F:
+            hints = get_type_hints(view, include_extras=True)
+            path_params = tuple((name, hints[name]) for name in _PATH_PARAM.findall(path))
+            returned = hints.get("return")
+            op = Operation(
+                method=method,
+                path=path,
+                operation_id=operation_id,
+                summary=summary,
+                description=description,
+                status=status,
+                role=role,
+                path_params=path_params,
+                query=hints.get("query"),
+                body=hints.get("body"),
+                media=media,
+                response=None if returned is type(None) else returned,
+                key=_optional_of(hints["after"]) if "after" in hints else None,
+                errors=errors,
+            )
+            if op.key is not None and (op.query is None or not _has_field(op.query, "cursor")):
+                raise TypeError(f"{operation_id}: a paged list needs a query with a cursor")
+            self.operations.append(op)
+            self.blueprint.add_url_rule(
+                _flask_rule(path, path_params),
+                endpoint=view.__name__,
+                view_func=_handler(op, view),
+                methods=[method],
+            )
+            return view
 
-def _path_int(name: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
+        return register
 
+    def document(self, server_url: str) -> dict[str, Any]:
+        """The OpenAPI 3.0 document of every operation (made once per server URL)."""
+        if server_url not in self._documents:
+            self._documents[server_url] = self._build(server_url)
+        return self._documents[server_url]
 
-IMPORT_ID = {
-    "name": "import_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": "Import id (a UUID).",
-}
-ORG_QUERY = {
-    "name": "org",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "Operators only: the organisation (handle) to act in; default their own.",
-}
-RULE_PROPERTIES: dict[str, Any] = {
-    "name": {"type": "string", "minLength": 1, "maxLength": 200},
-    "metric": {"type": "string", "minLength": 1, "maxLength": 200},
-    "device_id": {"type": "string", "nullable": True},
-    "label_key": {"type": "string", "nullable": True},
-    "label_value": {"type": "string", "nullable": True},
-    "condition": {"type": "string", "enum": ["above", "below", "outside"]},
-    "threshold_low": {"type": "number", "nullable": True},
-    "threshold_high": {"type": "number", "nullable": True},
-    "for_seconds": {"type": "integer", "minimum": 0, "maximum": 604800},
-    "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
-    "enabled": {"type": "boolean"},
-}
-
-
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
-
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "LatestValue": {
-        "type": "object",
-        "required": ["metric", "unit", "time", "value"],
-        "properties": {
-            "metric": {"type": "string"},
-            "unit": {
-                "type": "string",
-                "description": 'The SenML unit the device sent (e.g. "%RH"); "" for none.',
-            },
-            "time": TIME,
-            "value": {"description": "A number, boolean or string, as the device sent it."},
-        },
-    },
-    "Device": {
-        "type": "object",
-        "required": [
-            "device_id",
-            "org",
-            "display_name",
-            "labels",
-            "enabled",
-            "online",
-            "last_seen",
-            "created_at",
-        ],
-        "properties": {
-            "device_id": {"type": "string"},
-            "org": {"type": "string"},
-            "display_name": {"type": "string"},
-            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-            "enabled": {"type": "boolean"},
-            "online": {"type": "boolean"},
-            "last_seen": NULLABLE_TIME,
-            "created_at": TIME,
-            "gateway_id": {
-                "type": "string",
-                "nullable": True,
-                "description": "The gateway device this device speaks through, if any.",
-            },
-            "latest": {"type": "array", "items": _ref("LatestValue")},
-        },
-    },
-    "TwinDocument": {
-        "type": "object",
-        "description": "A JSON object of at most 16 KiB, nested at most 8 levels deep.",
-        "additionalProperties": True,
-    },
-    "Twin": {
-        "type": "object",
-        "required": ["device_id", "desired", "reported", "delta"],
-        "properties": {
-            "device_id": {"type": "string"},
-            "desired": {
-                "type": "object",
-                "required": ["version", "state", "updated_at"],
-                "properties": {
-                    "version": {"type": "integer", "minimum": 0},
-                    "state": _ref("TwinDocument"),
-                    "updated_at": NULLABLE_TIME,
-                },
-            },
-            "reported": {
-                "type": "object",
-                "required": ["version", "seq", "state", "updated_at"],
-                "properties": {
-                    "version": {
-                        "type": "integer",
-                        "minimum": 0,
-                        "description": "The desired version the device says it has applied.",
-                    },
-                    "seq": {"type": "integer", "nullable": True},
-                    "state": _ref("TwinDocument"),
-                    "updated_at": {**NULLABLE_TIME, "description": "When the last report came."},
-                },
-            },
-            "delta": {
-                "type": "object",
-                "required": ["version", "state"],
-                "description": "The desired values the device has not reported (yet).",
-                "properties": {
-                    "version": {"type": "integer", "minimum": 0},
-                    "state": _ref("TwinDocument"),
-                },
-            },
-        },
-    },
-    "TwinPatch": {
-        "type": "object",
-        "required": ["desired"],
-        "additionalProperties": False,
-        "properties": {
-            "desired": {
-                **_ref("TwinDocument"),
-                "description": "A JSON merge patch (RFC 7396): null removes a key.",
-            }
-        },
-    },
-    "TwinChange": {
-        "type": "object",
-        "required": ["version", "patch", "actor", "source", "changed_at"],
-        "properties": {
-            "version": {"type": "integer"},
-            "patch": _ref("TwinDocument"),
-            "actor": {"type": "string", "description": "Who: an e-mail address or the CLI."},
-            "source": {"type": "string", "enum": ["web", "api", "cli"]},
-            "changed_at": TIME,
-        },
-    },
-    "Command": {
-        "type": "object",
-        "required": [
-            "id",
-            "device_id",
-            "name",
-            "params",
-            "status",
-            "created_at",
-            "updated_at",
-            "expires_at",
-        ],
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "device_id": {"type": "string"},
-            "name": {"type": "string"},
-            "params": {"type": "object"},
-            "status": COMMAND_STATUS,
-            "created_at": TIME,
-            "updated_at": TIME,
-            "expires_at": TIME,
-            "result": {"nullable": True},
-            "error": {"type": "string", "nullable": True},
-            "timeline": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["status", "at"],
-                    "properties": {
-                        "status": {"type": "string"},
-                        "at": TIME,
-                        "detail": {"nullable": True},
-                    },
-                },
-            },
-        },
-    },
-    "NewCommand": {
-        "type": "object",
-        "required": ["name"],
-        "properties": {
-            "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-            "params": {"type": "object"},
-            "ttl_s": {"type": "integer", "minimum": 1},
-        },
-    },
-    "Alert": {
-        "type": "object",
-        "required": ["id", "device_id", "state", "rule", "metric", "severity", "started_at"],
-        "properties": {
-            "id": {"type": "integer"},
-            "device_id": {"type": "string"},
-            "state": {"type": "string", "enum": ["active", "acknowledged", "cleared"]},
-            "rule": {"type": "string"},
-            "metric": {"type": "string"},
-            "severity": {"type": "string", "enum": ["info", "warning", "critical"]},
-            "value": {"type": "number", "nullable": True},
-            "message": {"type": "string", "nullable": True},
-            "started_at": TIME,
-            "acknowledged_at": NULLABLE_TIME,
-            "cleared_at": NULLABLE_TIME,
-        },
-    },
-    "AlertRule": {
-        "type": "object",
-        "required": list(RULE_FIELDS),
-        "properties": {"id": {"type": "integer"}, **RULE_PROPERTIES, "created_at": TIME},
-    },
-    "NewAlertRule": {
-        "type": "object",
-        "description": (
-            "A rule on one device (device_id) or on every device with a label (label_key and "
-            "label_value): above threshold_high, below threshold_low, or outside both, for at "
-            "least for_seconds."
-        ),
-        "required": ["name", "metric", "condition"],
-        "properties": {
-            **RULE_PROPERTIES,
-            "org": {"type": "string", "description": "Operators only: the organisation."},
-        },
-    },
-    "Import": {
-        "type": "object",
-        "required": [
-            "id",
-            "status",
-            "filename",
-            "format",
-            "device_id",
-            "total_bytes",
-            "processed_bytes",
-            "percent",
-            "processed_rows",
-            "rows_imported",
-            "rows_rejected",
-            "rows_per_s",
-            "errors",
-            "created_at",
-        ],
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
-            "filename": {"type": "string"},
-            "format": {"type": "string", "enum": ["csv", "ndjson", "senml"]},
-            "device_id": {"type": "string", "nullable": True},
-            "total_bytes": {"type": "integer"},
-            "processed_bytes": {"type": "integer"},
-            "percent": {"type": "number", "minimum": 0, "maximum": 100},
-            "processed_rows": {"type": "integer"},
-            "rows_imported": {"type": "integer"},
-            "rows_rejected": {"type": "integer"},
-            "rows_per_s": {"type": "number"},
-            "errors": {
-                "type": "array",
-                "description": "Bad lines (the first 1,000), 1-based line numbers.",
-                "items": {
-                    "type": "object",
-                    "required": ["line", "reason"],
-                    "properties": {"line": {"type": "integer"}, "reason": {"type": "string"}},
-                },
-            },
-            "error": {"type": "string", "nullable": True},
-            "created_at": TIME,
-            "started_at": NULLABLE_TIME,
-            "finished_at": NULLABLE_TIME,
-        },
-    },
-    "Webhook": {
-        "type": "object",
-        "required": ["url", "enabled", "legacy_signature"],
-        "properties": {
-            "url": {"type": "string"},
-            "enabled": {"type": "boolean"},
-            "legacy_signature": {
-                "type": "boolean",
-                "description": "Set up before deliveries were signed with a timestamp: also "
-                "gets the replayable X-Fieldhub-Signature header until saved again.",
-            },
-        },
-    },
-    "Delivery": {
-        "type": "object",
-        "required": ["id", "event", "status", "attempt_count", "attempts", "created_at"],
-        "properties": {
-            "id": {"type": "integer"},
-            "alert_id": {"type": "integer", "nullable": True},
-            "event": {"type": "string"},
-            "status": {"type": "string", "enum": ["pending", "delivered", "failed"]},
-            "attempt_count": {"type": "integer"},
-            "attempts": {
-                "type": "array",
-                "description": "Every attempt: {at, status, error, ms}.",
-                "items": {"type": "object"},
-            },
-            "last_error": {"type": "string", "nullable": True},
-            "next_attempt_at": NULLABLE_TIME,
-            "created_at": TIME,
-            "delivered_at": NULLABLE_TIME,
-        },
-    },
-    "Telemetry": {
-        "type": "object",
-        "required": [
-            "device_id",
-            "metric",
-            "unit",
-            "start",
-            "end",
-            "bucket",
-            "aggregate",
-            "source",
-            "truncated",
-            "points",
-        ],
-        "properties": {
-            "device_id": {"type": "string"},
-            "metric": {"type": "string"},
-            "unit": {"type": "string"},
-            "start": TIME,
-            "end": TIME,
-            "bucket": {"type": "integer", "nullable": True},
-            "aggregate": {"type": "string", "nullable": True},
-            "source": {
-                "type": "string",
-                "enum": ["raw", "raw_buckets", "rollup_1m", "rollup_1h"],
-            },
-            "truncated": {"type": "boolean"},
-            "points": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["time", "value"],
-                    "properties": {"time": TIME, "value": {"type": "number", "nullable": True}},
-                },
-            },
-        },
-    },
-}
-
-
-def document(server_url: str) -> dict[str, Any]:
-    device_get_errors = _errors(400, 401, 404)
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "fieldhub API",
-            "version": "1",
-            "description": (
-                "Devices, telemetry, commands, alerts and their rules, the alert webhook and "
-                "data imports of your organisation. Authenticate "
-                "with an API token (`fieldhub token create EMAIL`) as `Authorization: Bearer "
-                '<token>`. Every error has the body `{"error": {"code", "message"}}`.'
-            ),
-        },
-        "servers": [{"url": server_url}],
-        "security": [{"bearer": []}],
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": SCHEMAS,
-        },
-        "paths": {
-            "/devices": {
-                "get": {
-                    "operationId": "listDevices",
-                    "summary": "Devices, with online state and last seen time",
-                    "parameters": [
-                        _query("q", {"type": "string"}, "Search in id and display name."),
-                        _query("label", {"type": "string"}, "key=value[,key=value]"),
-                        _query("status", {"type": "string", "enum": ["online", "offline"]}, ""),
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
-                        _query("offset", {"type": "integer", "minimum": 0}, ""),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["devices", "total", "limit", "offset"],
-                                "properties": {
-                                    "devices": {"type": "array", "items": _ref("Device")},
-                                    "total": {"type": "integer"},
-                                    "limit": {"type": "integer"},
-                                    "offset": {"type": "integer"},
-                                },
-                            },
-                            "A page of devices.",
-                        ),
-                        **_errors(400, 401),
-                    },
+    def _build(self, server_url: str) -> dict[str, Any]:
+        schemas = contract.Schemas()
+        problem_ref = schemas.of(ProblemShape)
+        paths: dict[str, dict[str, Any]] = {}
+        for op in self.operations:
+            parameters = [
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": schemas.of(tp, request=True),
+                    **_description(tp),
                 }
-            },
-            "/devices/{device_id}": {
-                "get": {
-                    "operationId": "getDevice",
-                    "parameters": [DEVICE_ID],
-                    "responses": {
-                        "200": _json(_ref("Device"), "The device and its latest values."),
-                        **device_get_errors,
-                    },
-                }
-            },
-            "/devices/{device_id}/latest": {
-                "get": {
-                    "operationId": "getLatest",
-                    "parameters": [DEVICE_ID],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["device_id", "values"],
-                                "properties": {
-                                    "device_id": {"type": "string"},
-                                    "values": {"type": "array", "items": _ref("LatestValue")},
-                                },
-                            },
-                            "The latest value of each metric (and unit).",
-                        ),
-                        **device_get_errors,
-                    },
-                }
-            },
-            "/devices/{device_id}/telemetry": {
-                "get": {
-                    "operationId": "getTelemetry",
-                    "summary": "Readings of one metric over a range, raw or bucketed",
-                    "parameters": [
-                        DEVICE_ID,
-                        {**_query("metric", {"type": "string"}, ""), "required": True},
-                        _query(
-                            "unit",
-                            {"type": "string", "maxLength": 32},
-                            'The series\' unit, as in the latest values (default "": none). '
-                            "Readings of one metric in different units are separate series.",
-                        ),
-                        _query("start", TIME, "Default: one hour before end."),
-                        _query("end", TIME, "Default: now."),
-                        _query(
-                            "bucket",
-                            {"type": "integer", "minimum": 1, "maximum": 31622400},
-                            "Bucket width in seconds; omit for raw readings.",
-                        ),
-                        _query(
-                            "agg",
-                            {"type": "string", "enum": ["min", "max", "avg", "count", "last"]},
-                            "Aggregate of each bucket (default avg).",
-                        ),
-                    ],
-                    "responses": {
-                        "200": _json(_ref("Telemetry"), "Points, oldest first."),
-                        **device_get_errors,
-                    },
-                }
-            },
-            "/devices/{device_id}/commands": {
-                "get": {
-                    "operationId": "listCommands",
-                    "parameters": [
-                        DEVICE_ID,
-                        _query("status", COMMAND_STATUS, ""),
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, ""),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["commands"],
-                                "properties": {
-                                    "commands": {"type": "array", "items": _ref("Command")}
-                                },
-                            },
-                            "Commands of the device, newest first.",
-                        ),
-                        **device_get_errors,
-                    },
-                },
-                "post": {
-                    "operationId": "sendCommand",
-                    "parameters": [DEVICE_ID],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("NewCommand")}},
-                    },
-                    "responses": {
-                        "201": _json(_ref("Command"), "The command, queued."),
-                        **_errors(400, 401, 403, 404, 422),
-                    },
-                },
-            },
-            "/devices/{device_id}/twin": {
-                "get": {
-                    "operationId": "getTwin",
-                    "summary": "Desired and reported state, and their delta",
-                    "parameters": [DEVICE_ID],
-                    "responses": {
-                        "200": _json(
-                            _ref("Twin"),
-                            "The twin; its ETag is the desired version, for If-Match.",
-                        ),
-                        **device_get_errors,
-                    },
-                },
-                "patch": {
-                    "operationId": "patchTwin",
-                    "summary": "Change desired state with a JSON merge patch",
-                    "parameters": [
-                        DEVICE_ID,
+                for name, tp in op.path_params
+            ]
+            if op.query is not None:
+                for name, tp, required, default in contract.fields_of(op.query):
+                    parameters.append(
                         {
-                            "name": "If-Match",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                            "description": 'Only if the desired state is at this version: "3".',
-                        },
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("TwinPatch")}},
-                    },
-                    "responses": {
-                        "200": _json(_ref("Twin"), "The twin after the change."),
-                        **_errors(400, 401, 403, 404, 412, 422),
-                    },
-                },
-            },
-            "/devices/{device_id}/twin/history": {
-                "get": {
-                    "operationId": "twinHistory",
-                    "summary": "Who changed desired state and when, newest first",
-                    "parameters": [
-                        DEVICE_ID,
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["changes"],
-                                "properties": {
-                                    "changes": {"type": "array", "items": _ref("TwinChange")}
-                                },
-                            },
-                            "One entry per desired version.",
-                        ),
-                        **device_get_errors,
-                    },
-                },
-            },
-            "/devices/{device_id}/gateway": {
-                "put": {
-                    "operationId": "attachGateway",
-                    "summary": "Let a gateway device act for this device (admins)",
-                    "parameters": [DEVICE_ID],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["gateway_id"],
-                                    "properties": {"gateway_id": {"type": "string"}},
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json(_ref("Device"), "The device, attached."),
-                        **_errors(400, 401, 403, 404, 422),
-                    },
-                },
-                "delete": {
-                    "operationId": "detachGateway",
-                    "summary": "Take the device away from its gateway (admins)",
-                    "parameters": [DEVICE_ID],
-                    "responses": {
-                        "204": {"description": "Detached (or it had no gateway)."},
-                        **_errors(400, 401, 403, 404),
-                    },
-                },
-            },
-            "/commands/{command_id}": {
-                "get": {
-                    "operationId": "getCommand",
-                    "parameters": [COMMAND_ID],
-                    "responses": {
-                        "200": _json(_ref("Command"), "The command with its timeline."),
-                        **_errors(401, 404),
-                    },
+                            "name": name,
+                            "in": "query",
+                            "required": required,
+                            "schema": schemas.of(tp, default, request=True),
+                            **_description(tp),
+                        }
+                    )
+            responses: dict[str, Any] = {}
+            if op.response is None:
+                responses[str(op.status)] = {"description": "Done; no content."}
+            else:
+                responses[str(op.status)] = {
+                    "description": op.summary,
+                    "content": {JSON: {"schema": schemas.of(op.response)}},
                 }
-            },
-            "/commands/{command_id}/cancel": {
-                "post": {
-                    "operationId": "cancelCommand",
-                    "parameters": [COMMAND_ID],
-                    "responses": {
-                        "200": _json(_ref("Command"), "The command, cancelled."),
-                        **_errors(401, 403, 404, 409),
-                    },
-                }
-            },
-            "/alerts": {
-                "get": {
-                    "operationId": "listAlerts",
-                    "parameters": [
-                        _query(
-                            "state",
-                            {"type": "string", "enum": ["active", "acknowledged", "cleared"]},
-                            "",
-                        ),
-                        _query("device_id", {"type": "string"}, ""),
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["alerts"],
-                                "properties": {"alerts": {"type": "array", "items": _ref("Alert")}},
-                            },
-                            "Alerts, newest first.",
-                        ),
-                        **_errors(400, 401, 404),
-                    },
-                }
-            },
-            "/alerts/{alert_id}": {
-                "get": {
-                    "operationId": "getAlert",
-                    "parameters": [_path_int("alert_id")],
-                    "responses": {
-                        "200": _json(_ref("Alert"), "One alert."),
-                        **_errors(400, 401, 404),
-                    },
-                }
-            },
-            "/alerts/{alert_id}/acknowledge": {
-                "post": {
-                    "operationId": "acknowledgeAlert",
-                    "summary": "Acknowledge an active alert (member and above)",
-                    "parameters": [_path_int("alert_id")],
-                    "responses": {
-                        "200": _json(_ref("Alert"), "The alert, acknowledged."),
-                        **_errors(401, 403, 404, 409),
-                    },
-                }
-            },
-            "/alert-rules": {
-                "get": {
-                    "operationId": "listAlertRules",
-                    "summary": "Alert rules of the organisation (admin and above)",
-                    "parameters": [ORG_QUERY],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["rules"],
-                                "properties": {
-                                    "rules": {"type": "array", "items": _ref("AlertRule")}
-                                },
-                            },
-                            "The rules, oldest first.",
-                        ),
-                        **_errors(400, 401, 403, 404),
-                    },
-                },
-                "post": {
-                    "operationId": "createAlertRule",
-                    "summary": "Create an alert rule (admin and above)",
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("NewAlertRule")}},
-                    },
-                    "responses": {
-                        "201": _json(_ref("AlertRule"), "The rule, created."),
-                        **_errors(400, 401, 403, 404, 422),
-                    },
-                },
-            },
-            "/alert-rules/{rule_id}": {
-                "get": {
-                    "operationId": "getAlertRule",
-                    "parameters": [_path_int("rule_id")],
-                    "responses": {
-                        "200": _json(_ref("AlertRule"), "One rule."),
-                        **_errors(401, 403, 404),
-                    },
-                },
-                "put": {
-                    "operationId": "updateAlertRule",
-                    "summary": "Replace an alert rule (admin and above)",
-                    "parameters": [_path_int("rule_id")],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": _ref("NewAlertRule")}},
-                    },
-                    "responses": {
-                        "200": _json(_ref("AlertRule"), "The rule, saved."),
-                        **_errors(400, 401, 403, 404, 422),
-                    },
-                },
-                "delete": {
-                    "operationId": "deleteAlertRule",
-                    "summary": "Delete an alert rule and its alerts (admin and above)",
-                    "parameters": [_path_int("rule_id")],
-                    "responses": {
-                        "204": {"description": "Deleted."},
-                        **_errors(401, 403, 404),
-                    },
-                },
-            },
-            "/webhook": {
-                "get": {
-                    "operationId": "getWebhook",
-                    "summary": "Where the organisation's alerts are POSTed (admin and above)",
-                    "parameters": [ORG_QUERY],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["webhook"],
-                                "properties": {"webhook": {**_ref("Webhook"), "nullable": True}},
-                            },
-                            "The webhook, or null when none is set.",
-                        ),
-                        **_errors(400, 401, 403, 404),
-                    },
-                },
-                "put": {
-                    "operationId": "setWebhook",
-                    "summary": "Set the webhook URL; answers a new signing secret, shown only once",
-                    "description": "The URL must be http(s) and its host must resolve to public "
-                    "addresses only: loopback, private, link-local, shared (CGNAT), multicast, "
-                    "reserved and cloud metadata addresses are refused (422) unless the "
-                    "operator allows them with FIELDHUB_WEBHOOK_ALLOWED_NETWORKS.",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["url"],
-                                    "properties": {
-                                        "url": {"type": "string", "format": "uri"},
-                                        "enabled": {"type": "boolean"},
-                                        "org": {
-                                            "type": "string",
-                                            "description": "Operators only: the organisation.",
-                                        },
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["url", "enabled", "secret"],
-                                "properties": {
-                                    "url": {"type": "string"},
-                                    "enabled": {"type": "boolean"},
-                                    "secret": {
-                                        "type": "string",
-                                        "description": "whsec_<base64 key>: the Standard "
-                                        "Webhooks secret that verifies webhook-signature.",
-                                    },
-                                },
-                            },
-                            "The webhook and its signing secret.",
-                        ),
-                        **_errors(400, 401, 403, 404, 422),
-                    },
-                },
-                "delete": {
-                    "operationId": "deleteWebhook",
-                    "parameters": [ORG_QUERY],
-                    "responses": {
-                        "204": {"description": "Removed (or there was none)."},
-                        **_errors(400, 401, 403, 404),
-                    },
-                },
-            },
-            "/webhook/deliveries": {
-                "get": {
-                    "operationId": "listWebhookDeliveries",
-                    "summary": "The delivery log, newest first (admin and above)",
-                    "parameters": [
-                        ORG_QUERY,
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, ""),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["deliveries"],
-                                "properties": {
-                                    "deliveries": {"type": "array", "items": _ref("Delivery")}
-                                },
-                            },
-                            "Deliveries with every attempt.",
-                        ),
-                        **_errors(400, 401, 403, 404),
-                    },
-                }
-            },
-            "/imports": {
-                "get": {
-                    "operationId": "listImports",
-                    "parameters": [
-                        ORG_QUERY,
-                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, ""),
-                    ],
-                    "responses": {
-                        "200": _json(
-                            {
-                                "type": "object",
-                                "required": ["imports"],
-                                "properties": {
-                                    "imports": {"type": "array", "items": _ref("Import")}
-                                },
-                            },
-                            "Imports, newest first.",
-                        ),
-                        **_errors(400, 401, 404),
-                    },
-                },
-                "post": {
-                    "operationId": "createImport",
-                    "summary": "Upload a CSV, NDJSON or SenML file to import (member and above)",
-                    "description": (
-                        "The file is queued and imported by the analysis worker; follow "
-                        "GET /imports/{import_id} for progress and the bad lines."
+            for status in op.error_statuses():
+                responses[str(status)] = {
+                    "description": " / ".join(
+                        f"{kind.title} ({kind.uri})"
+                        for kind in problems.CATALOGUE
+                        if kind.status == status
                     ),
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["file"],
-                                    "properties": {
-                                        "file": {"type": "string", "format": "binary"},
-                                        "device_id": {
-                                            "type": "string",
-                                            "description": "The device of every line; omit "
-                                            "when the file has a device_id column.",
-                                        },
-                                        "format": {
-                                            "type": "string",
-                                            "enum": ["csv", "ndjson", "senml"],
-                                            "description": "Default: from the file name.",
-                                        },
-                                        "org": {
-                                            "type": "string",
-                                            "description": "Operators only: the organisation.",
-                                        },
-                                    },
-                                }
-                            }
-                        },
-                    },
-                    "responses": {
-                        "202": _json(_ref("Import"), "The import, queued."),
-                        **_errors(400, 401, 403, 404, 413, 422),
-                    },
-                },
-            },
-            "/imports/{import_id}": {
-                "get": {
-                    "operationId": "getImport",
-                    "parameters": [IMPORT_ID],
-                    "responses": {
-                        "200": _json(_ref("Import"), "The import with its progress."),
-                        **_errors(401, 404),
-                    },
+                    "content": {PROBLEM_JSON: {"schema": problem_ref}},
                 }
+            entry: dict[str, Any] = {
+                "operationId": op.operation_id,
+                "summary": op.summary,
+                "tags": [op.path.split("/")[1]],
+                "parameters": parameters,
+                "responses": responses,
+            }
+            notes = [op.description] if op.description else []
+            if op.role:
+                notes.append(f"Needs the role {op.role} or above.")
+            if op.key is not None:
+                notes.append("A paged list: follow `next` until it is null (see Pagination above).")
+            if notes:
+                entry["description"] = " ".join(notes)
+            if op.body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {op.media: {"schema": schemas.of(op.body, request=True)}},
+                }
+            paths.setdefault(op.path, {})[op.method.lower()] = entry
+        return {
+            "openapi": "3.0.3",
+            "info": {"title": self.title, "version": "1", "description": self.description},
+            "servers": [{"url": server_url}],
+            "security": [{"bearer": []}],
+            "components": {
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": schemas.components,
             },
-        },
-    }
+            "paths": paths,
+        }
+
+
+def _description(tp: Any) -> dict[str, str]:
+    text = contract.doc_of(tp)
+    return {"description": text} if text else {}
+
+
+def _optional_of(tp: Any) -> type:
+    if get_origin(tp) in (Union, types.UnionType):
+        return cast(type, next(a for a in get_args(tp) if a is not type(None)))
+    return cast(type, tp)
+
+
+def _has_field(cls: type, name: str) -> bool:
+    return any(field[0] == name for field in contract.fields_of(cls))
+
+
+def _flask_rule(path: str, path_params: tuple[tuple[str, Any], ...]) -> str:
+    kinds = dict(path_params)
+
+    def converter(match: re.Match[str]) -> str:
+        name = match.group(1)
+        # Flask's int converter takes digits only: anything else is a 404 of the routing.
+        is_int = contract.base_of(kinds[name]) is int
+        return f"<int:{name}>" if is_int else f"<{name}>"
+
+    return _PATH_PARAM.sub(converter, path)
+
+
+def _handler(op: Operation, view: Callable[..., Any]) -> Callable[..., Response]:
+    def handle(**path_values: object) -> Response:
+        g.api_operation = op
+        kwargs: dict[str, object] = {}
+        for name, tp in op.path_params:
+            try:
+                kwargs[name] = contract.parse_text(tp, str(path_values[name]), name)
+            except contract.Invalid:
+                detail = f"There is no such {name.replace('_', ' ').removesuffix(' id')}."
+                raise problems.Problem("not-found", detail) from None
+        if op.role is not None:
+            require_role(op.role)
+        if op.query is not None:
+            try:
+                query: object = contract.parse_query(
+                    op.query,
+                    request.args,
+                    repeated=[name for name, values in request.args.lists() if len(values) > 1],
+                    gone=GONE if op.key is not None else {},
+                )
+            except contract.Invalid as exc:
+                raise _invalid(
+                    "invalid-parameter", "A query parameter is not valid.", exc
+                ) from None
+            kwargs["query"] = query
+            if op.key is not None:
+                kwargs["after"] = _after(op, op.key, getattr(query, "cursor", None))
+        if op.body is not None:
+            kwargs["body"] = _read_body(op, op.body)
+        result = view(**kwargs)
+        if op.response is None:
+            return Response(status=op.status)
+        response = current_app.response_class(
+            current_app.json.dumps(result), status=op.status, mimetype=JSON
+        )
+        return response
+
+    handle.__name__ = view.__name__
+    handle.__doc__ = view.__doc__
+    return handle
+
+
+def require_role(minimum: str) -> None:
+    role = g.api_user["role"]
+    if ROLE_RANK[role] < ROLE_RANK[minimum]:
+        raise problems.Problem(
+            "forbidden", f"Your role ({role}) cannot do this; it needs {minimum}."
+        )
+
+
+def _invalid(slug: str, detail: str, exc: contract.Invalid) -> problems.Problem:
+    errors = tuple(
+        problems.FieldProblem(e.detail, parameter=e.where)
+        if e.location in ("query", "path")
+        else problems.FieldProblem(e.detail, pointer="#" + e.where)
+        for e in exc.errors
+    )
+    first = exc.errors[0]
+    name = first.where.removeprefix("/") or "the body"
+    summary = f"{name} {first.detail}" + (
+        f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    )
+    return problems.Problem(slug, f"{detail} {summary}.", errors=errors)
+
+
+def _after(op: Operation, key: type, cursor: object) -> object:
+    if cursor is None:
+        return None
+    try:
+        return cursors.decode(op.operation_id, cast(type[tuple[Any, ...]], key), str(cursor))
+    except cursors.InvalidCursor as exc:
+        raise problems.Problem(
+            "invalid-cursor",
+            f"{exc}: start from the first page or follow `next` as given.",
+            errors=(problems.FieldProblem(str(exc), parameter="cursor"),),
+        ) from None
+
+
+def _read_body(op: Operation, cls: type) -> object:
+    if op.media == MULTIPART:
+        if request.mimetype != MULTIPART:
+            raise problems.Problem(
+                "unsupported-media-type", "Send the data as multipart/form-data."
+            )
+        try:
+            return contract.parse_form(cls, request.form, request.files)
+        except contract.Invalid as exc:
+            raise _invalid("invalid-body", "The form is not valid.", exc) from None
+    if not request.is_json:
+        raise problems.Problem(
+            "unsupported-media-type", "Send the body as JSON, with Content-Type: application/json."
+        )
+    try:
+        data = orjson.loads(request.get_data(cache=True))
+    except orjson.JSONDecodeError as exc:
+        raise problems.Problem("malformed-body", f"The body is not valid JSON: {exc}.") from None
+    try:
+        return contract.parse_body(cls, data)
+    except contract.Invalid as exc:
+        raise _invalid("invalid-body", "The body is not valid.", exc) from None
+
+
+R = TypeVar("R", bound=Mapping[str, Any])
+
+
+def page(rows: list[R], limit: int, **overrides: str) -> tuple[list[R], str | None]:
+    """The first `limit` rows (the query fetched limit + 1, so that one more row means another
+    page) and the URL of the next page: this request's URL with its parameters (some replaced by
+    `overrides`) and the cursor of the last row's sort key (the view's `after` type names the
+    columns), or None on the last page."""
+    if len(rows) <= limit:
+        return rows, None
+    op: Operation = g.api_operation
+    assert op.key is not None, f"{op.operation_id} is not a paged list"
+    last = rows[limit - 1]
+    key = op.key._make(last[name] for name in op.key._fields)  # type: ignore[attr-defined]
+    params = {k: v for k, v in request.args.items() if k != "cursor"}
+    params.update(overrides)
+    params["cursor"] = cursors.encode(op.operation_id, key)
+    return rows[:limit], f"{request.host_url.rstrip('/')}{request.path}?{urlencode(params)}"

@@ -29,7 +29,7 @@ from flask import (
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, registry, twins
 from fieldhub.core.twin_documents import patch_between
-from fieldhub.web import data, db, history, serializers
+from fieldhub.web import data, db, history, problems, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
 
 bp = Blueprint("pages", __name__)
@@ -194,6 +194,11 @@ def _device_page(
         twin_delta=_pretty(twin.delta),
         children=children,
         twin_error=twin_error,
+        ttl={
+            "default": command_requests.DEFAULT_TTL_S,
+            "min": command_requests.MIN_TTL_S,
+            "max": command_requests.MAX_TTL_S,
+        },
     )
     return html if twin_error is None else (html, 422)
 
@@ -367,13 +372,14 @@ def send_command(device_id: str) -> Any:
         params = form.get("params") or {}
         if isinstance(params, str):
             params = command_requests.parse_params(params) if params.strip() else {}
-        ttl = form.get("ttl_s") or 300
+        # Blank: the core's default, the same for the pages, the API and the command line.
+        ttl = form.get("ttl_s") or None
         command = command_requests.send_command(
             db.write(),
             device_id=device_id,
             name=str(form.get("name", "")).strip(),
             params=params,
-            ttl_s=int(ttl) if str(ttl).strip().isdigit() else ttl,
+            ttl_s=int(ttl) if ttl is not None and str(ttl).strip().isdigit() else ttl,
             created_by=user["id"],
             org_id=scope_org_id(),
         )
@@ -381,7 +387,7 @@ def send_command(device_id: str) -> Any:
         abort(404)
     except command_requests.CommandRequestError as exc:
         if request.is_json:
-            return jsonify({"error": {"code": "invalid", "message": str(exc)}}), 422
+            raise problems.Problem("refused", serializers.sentence(exc)) from None
         flash(str(exc), "error")
         return redirect(url_for("pages.device", device_id=device_id) + "#commands")
     if request.is_json:
@@ -404,7 +410,7 @@ def cancel_command(device_id: str, command_id: str) -> Any:
         abort(404)
     except command_requests.CommandRequestError as exc:
         if request.is_json:
-            return jsonify({"error": {"code": "conflict", "message": str(exc)}}), 409
+            raise problems.Problem("conflict", serializers.sentence(exc)) from None
         flash(str(exc), "error")
         return redirect(url_for("pages.device", device_id=device_id) + "#commands")
     if request.is_json:

@@ -17,6 +17,9 @@ WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
   AND (%(online)s::boolean IS NULL OR coalesce(s.online, false) = %(online)s);
 
 -- name: list_devices
+-- In device id order (unique): the API pages by keyset (`after`, the last id of the previous
+-- page, OFFSET 0); the pages' numbered pager uses OFFSET, which is fine for a person's page
+-- numbers but not for a program walking every device.
 SELECT d.device_id, d.device_key, d.org_id, o.name AS org, d.display_name, d.labels, d.enabled,
        d.broker, d.created_at, d.gateway_id, coalesce(s.online, false) AS online, s.last_seen
 FROM devices d
@@ -26,6 +29,7 @@ WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
   AND (%(like)s::text IS NULL OR d.device_id ILIKE %(like)s OR d.display_name ILIKE %(like)s)
   AND (%(labels)s::jsonb IS NULL OR d.labels @> %(labels)s::jsonb)
   AND (%(online)s::boolean IS NULL OR coalesce(s.online, false) = %(online)s)
+  AND (%(after)s::text IS NULL OR d.device_id > %(after)s)
 ORDER BY d.device_id
 LIMIT %(limit)s OFFSET %(offset)s;
 
@@ -79,11 +83,17 @@ LIMIT %(limit)s;
 
 -- name: readings_raw
 -- One series: a metric in one unit ('' for plain telemetry), never several units mixed.
-SELECT time, value
+-- Oldest first by (time, seq): within a series that is a reading's identity
+-- (readings_identity), so the API pages by keyset on it; seq is -1 where a reading has none
+-- (seqs are 0 or more). The caller also moves `start` up to the last page's time, so chunk
+-- exclusion works on a plain range either way.
+SELECT time, coalesce(seq, -1) AS seq, value
 FROM readings
 WHERE device_key = %(device_key)s AND metric = %(metric)s AND unit = %(unit)s
   AND time >= %(start)s AND time < %(end)s AND value IS NOT NULL
-ORDER BY time
+  AND (%(after_time)s::timestamptz IS NULL
+       OR (time, coalesce(seq, -1)) > (%(after_time)s::timestamptz, %(after_seq)s::bigint))
+ORDER BY time, coalesce(seq, -1)
 LIMIT %(limit)s;
 
 -- name: readings_since
@@ -173,13 +183,17 @@ ORDER BY (a.state = 'cleared'), a.started_at DESC
 LIMIT %(limit)s;
 
 -- name: list_alerts
+-- Newest first, ties broken by id so the order is total: the API pages by keyset on
+-- (started_at, id), `before_*` being the last of the previous page.
 SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.message,
        r.name AS rule, r.metric, r.severity, a.device_id
 FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
 WHERE (%(org_id)s::bigint IS NULL OR a.org_id = %(org_id)s)
   AND (%(state)s::text IS NULL OR a.state = %(state)s)
   AND (%(device_id)s::text IS NULL OR a.device_id = %(device_id)s)
-ORDER BY a.started_at DESC
+  AND (%(before_time)s::timestamptz IS NULL
+       OR (a.started_at, a.id) < (%(before_time)s::timestamptz, %(before_id)s::bigint))
+ORDER BY a.started_at DESC, a.id DESC
 LIMIT %(limit)s;
 
 -- name: get_alert

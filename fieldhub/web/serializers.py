@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fieldhub.web import data
+from fieldhub.web.api_shapes import AlertRule, Import
 from fieldhub.web.db import Conn
 
 IMPORT_FORMATS = ("csv", "ndjson", "senml")
@@ -70,29 +71,26 @@ def rule_from_form(form: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-# An alert rule as the API shows it (fieldhub/web/openapi.py's AlertRule requires exactly these).
-RULE_FIELDS = (
-    "id",
-    "name",
-    "metric",
-    "device_id",
-    "label_key",
-    "label_value",
-    "condition",
-    "threshold_low",
-    "threshold_high",
-    "for_seconds",
-    "severity",
-    "enabled",
-    "created_at",
-)
+def rule_json(row: Mapping[str, Any]) -> AlertRule:
+    """An alert rule as the API shows it (fieldhub/web/api_shapes.py's AlertRule)."""
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "metric": row["metric"],
+        "device_id": row["device_id"],
+        "label_key": row["label_key"],
+        "label_value": row["label_value"],
+        "condition": row["condition"],
+        "threshold_low": row["threshold_low"],
+        "threshold_high": row["threshold_high"],
+        "for_seconds": row["for_seconds"],
+        "severity": row["severity"],
+        "enabled": row["enabled"],
+        "created_at": row["created_at"],
+    }
 
 
-def rule_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: row.get(key) for key in RULE_FIELDS}
-
-
-def import_json(row: Mapping[str, Any]) -> dict[str, Any]:
+def import_json(row: Mapping[str, Any]) -> Import:
     """An import with its progress: percent of the file read, rows per second, bad lines."""
     total = int(row.get("total_bytes") or 0)
     processed = int(row.get("processed_bytes") or 0)
@@ -101,10 +99,10 @@ def import_json(row: Mapping[str, Any]) -> dict[str, Any]:
     else:
         percent = round(min(100.0, 100.0 * processed / total), 1)
     return {
-        "id": str(row["id"]),
+        "id": row["id"],
         "status": row["status"],
-        "filename": row.get("filename"),
-        "format": row.get("format"),
+        "filename": row["filename"],
+        "format": row["format"],
         "device_id": row.get("device_id"),
         "total_bytes": total,
         "processed_bytes": processed,
@@ -117,7 +115,7 @@ def import_json(row: Mapping[str, Any]) -> dict[str, Any]:
             {"line": int(e["line"]), "reason": str(e["reason"])} for e in row.get("errors") or []
         ],
         "error": row.get("error"),
-        "created_at": row.get("created_at"),
+        "created_at": row["created_at"],
         "started_at": row.get("started_at"),
         "finished_at": row.get("finished_at"),
     }

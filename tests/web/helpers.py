@@ -137,6 +137,18 @@ def api_token(database_url: str, email: str) -> str:
     return token
 
 
+def problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    """The RFC 9457 problem document of an error response, checked to be one of type `slug`."""
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True))
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json(force=True)
+    assert body["type"] == f"/api/v1/problems/{slug}"
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    return body
+
+
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
 

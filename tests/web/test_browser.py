@@ -4,14 +4,16 @@ real bridge and the real broker. Screenshots of the main pages go to test-artifa
 from __future__ import annotations
 
 import json
+import urllib.request
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, expect
 
 from fieldhub.core import registry, users
 from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
-from tests.web.helpers import PASSWORD, WebServer, log_in, shot
+from tests.web.helpers import PASSWORD, WebServer, World, api_token, log_in, shot
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -172,3 +174,50 @@ def test_the_device_page_is_told_when_its_session_ends(stack: TestStack, browser
         expect(page.locator("#live-state")).not_to_have_class("live-dot on")
         shot(page, "live-ended")
         page.close()
+
+
+def test_api_docs_page_renders_locally_under_the_csp(world: World, browser: Browser) -> None:
+    """/api/v1/docs: Swagger UI from our static folder renders every operation, with nothing in
+    the console (no CSP violation, no error), no request to another host, and its "Try it
+    out" answers with the caller's token."""
+    token = api_token(world.database_url, world.emails["a_admin"])
+    with WebServer(world.database_url) as server:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+        page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
+        elsewhere: list[str] = []
+        page.on(
+            "request",
+            lambda request: None
+            if request.url.startswith((server.url, "data:"))
+            else elsewhere.append(request.url),
+        )
+        page.goto(server.url + "/api/v1/docs")
+        operations = page.locator(".opblock")
+        expect(operations.first).to_be_visible(timeout=30_000)
+        documented = server_document(server.url)
+        expect(operations).to_have_count(sum(len(item) for item in documented["paths"].values()))
+        page.click(".btn.authorize")
+        page.fill(".auth-container input", token)
+        page.click(".auth-btn-wrapper .authorize")
+        page.click(".btn-done")
+        page.click("#operations-devices-listDevices .opblock-summary")
+        page.click("#operations-devices-listDevices .try-out__btn")
+        page.click("#operations-devices-listDevices .execute")
+        live = page.locator(
+            "#operations-devices-listDevices .live-responses-table tbody .response-col_status"
+        )
+        expect(live.first).to_have_text("200", timeout=30_000)
+        expect(
+            page.locator("#operations-devices-listDevices .live-responses-table")
+        ).to_contain_text(world.devices["a"])
+        shot(page, "api-docs")
+        assert console == []
+        assert elsewhere == []
+
+
+def server_document(base: str) -> dict[str, Any]:
+    with urllib.request.urlopen(base + "/api/v1/openapi.json", timeout=10) as response:  # noqa: S310
+        document: dict[str, Any] = json.load(response)
+    return document

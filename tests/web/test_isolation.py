@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from tests.web.helpers import World, api_token, login
+from tests.web.helpers import World, api_token, login, problem
 
 pytestmark = pytest.mark.integration
 
-SKIP_ENDPOINTS = {"static", "api.openapi"}
+# Public descriptions of the API (no objects, no data): the document, its rendering and the
+# pages of the problem types.
+SKIP_ENDPOINTS = {"static", "api.openapi", "api.docs", "api.problem_types", "api.problem_type"}
 # Refused by role before the object is looked up (so a viewer learns nothing either way).
 MEMBER_ENDPOINTS = {
     "pages.send_command",
@@ -26,6 +28,20 @@ MEMBER_ENDPOINTS = {
 # Endpoints without an object in the URL that create one: the probe's body is not a valid
 # request for them, and what matters is that nothing of the other organisation shows.
 CREATING_ENDPOINTS = {"api.create_alert_rule", "api.create_import", "api.put_webhook"}
+# Parameters are checked before the object is looked up (the answer is the same whether it
+# exists or not); valid ones make the request reach the lookup.
+VALID_QUERIES = {"api.telemetry": {"metric": "temperature"}}
+VALID_BODIES = {
+    "api.update_alert_rule": {
+        "name": "too hot",
+        "metric": "temperature",
+        "condition": "above",
+        "threshold_high": 40,
+        "device_id": "dev-b1",
+    },
+    "api.patch_twin": {"desired": {"a": 1}},
+    "api.attach_gateway": {"gateway_id": "dev-b1"},
+}
 
 
 def _urls(app: Flask, world: World, org: str) -> list[tuple[str, str, str]]:
@@ -111,14 +127,19 @@ def test_every_api_endpoint_of_another_org_is_404(app: Flask, world: World) -> N
         if not endpoint.startswith("api."):
             continue
         rule = next(r.rule for r in app.url_map.iter_rules() if r.endpoint == endpoint)
-        body_json = {"name": "reboot"} if method == "POST" else None
-        response = client.open(url, method=method, headers=headers, json=body_json)
+        # A valid body where one is needed, so the request reaches the lookup of the object.
+        body_json = VALID_BODIES.get(endpoint, {"name": "reboot"} if method == "POST" else None)
+        query = VALID_QUERIES.get(endpoint)
+        response = client.open(
+            url, method=method, headers=headers, json=body_json, query_string=query
+        )
         text = response.get_data(as_text=True)
         if "<" in rule:
-            assert response.status_code == 404, f"{method} {url} -> {response.status_code}"
-            assert response.get_json()["error"]["code"] == "not_found"
+            problem(response, 404, "not-found")
         elif endpoint in CREATING_ENDPOINTS:
-            assert response.status_code in (400, 422), f"{method} {url} -> {response.status_code}"
+            assert response.status_code in (400, 415, 422), (
+                f"{method} {url} -> {response.status_code}"
+            )
         else:
             assert response.status_code in (200, 204), f"{method} {url} -> {response.status_code}"
         assert world.devices["b"] not in text
@@ -159,8 +180,7 @@ def test_viewer_cannot_send_or_cancel_commands(app: Flask, world: World) -> None
     sent = app.test_client().post(
         f"/api/v1/devices/{device}/commands", json={"name": "reboot"}, headers=headers
     )
-    assert sent.status_code == 403
-    assert sent.get_json()["error"]["code"] == "forbidden"
+    problem(sent, 403, "forbidden")
     cancel = app.test_client().post(f"/api/v1/commands/{command}/cancel", headers=headers)
     assert cancel.status_code == 403
 

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from fieldhub.core import registry
 from fieldhub.core.passwords import verify_secret
 from fieldhub.web import create_app
-from tests.web.helpers import PASSWORD, ROOT, World, api_token, login
+from tests.web.helpers import PASSWORD, ROOT, World, api_token, login, problem
 
 pytestmark = pytest.mark.integration
 
@@ -136,8 +136,9 @@ def test_api_telemetry_buckets_and_aggregates(app: Flask, world: World) -> None:
     assert [d["device_id"] for d in listing["devices"]] == [device]
     assert listing["total"] == 1
     error = client.get(f"/api/v1/devices/{device}/telemetry?metric=t&bucket=0", headers=headers)
-    assert error.status_code == 400
-    assert set(error.get_json()["error"]) == {"code", "message"}
+    assert problem(error, 400, "invalid-parameter")["errors"] == [
+        {"parameter": "bucket", "detail": "must be between 1 and 31622400"}
+    ]
     assert client.get("/api/v1/devices").status_code == 401
     assert (
         client.get("/api/v1/devices", headers={"Authorization": "Bearer nope"}).status_code == 401
@@ -165,12 +166,11 @@ def test_api_commands_send_list_show_cancel(app: Flask, world: World) -> None:
     shown = client.get(f"/api/v1/commands/{command['id']}", headers=headers).get_json()
     assert [e["status"] for e in shown["timeline"]] == ["queued", "cancelled"]
     again = client.post(f"/api/v1/commands/{command['id']}/cancel", headers=headers)
-    assert again.status_code == 409
-    assert again.get_json()["error"]["code"] == "conflict"
+    problem(again, 409, "conflict")
     bad = client.post(
         f"/api/v1/devices/{device}/commands", json={"name": "no spaces"}, headers=headers
     )
-    assert bad.status_code == 422
+    assert [e["pointer"] for e in problem(bad, 422, "invalid-body")["errors"]] == ["#/name"]
 
 
 def test_admin_creates_rotates_and_disables_devices_showing_secrets_once(
@@ -354,8 +354,6 @@ def test_errors_are_pages_a_person_can_act_on(world: World) -> None:
     missing = client.get("/devices/nope").get_data(as_text=True)
     assert "Back to devices" in missing
     api = client.get("/api/v1/broken")
-    assert api.status_code == 500
-    assert api.get_json() == {
-        "error": {"code": "internal_error", "message": "Something went wrong on our side"}
-    }
+    assert problem(api, 500, "internal-error")["detail"] == "Internal error"
+    assert "secret internals" not in api.get_data(as_text=True)
     app.extensions["fieldhub.pools"].close()

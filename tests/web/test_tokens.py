@@ -87,7 +87,7 @@ def test_cli_creates_lists_and_revokes_tokens(app: Flask, world: World) -> None:
     assert f"revoked API token {token['id']} (export) of {email}" in revoked.stdout
     status, body = _api(client, token["token"])
     assert status == 401
-    assert "revoked" in body["error"]["message"]
+    assert "revoked" in body["detail"]
     assert _api(client, forever["token"])[0] == 200
     again = _cli(world, "token", "revoke", str(token["id"]))
     assert again.returncode == 2
@@ -111,7 +111,7 @@ def test_an_expired_token_gets_401_and_stays_listed_as_expired(app: Flask, world
         )
         status, body = _api(client, token)
         assert status == 401
-        assert "expired at" in body["error"]["message"]
+        assert "expired at" in body["detail"]
         listed = users.list_api_tokens(conn, world.user_ids["a_viewer"])
         assert [(t["id"], t["expired"]) for t in listed] == [(row["id"], True)]
         # Housekeeping keeps it listed for 30 days, then deletes it.

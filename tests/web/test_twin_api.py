@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
 from fieldhub.core import registry
-from tests.web.helpers import World, api_token
+from tests.web.helpers import World, api_token, problem
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def test_read_patch_and_version_checks(app: Flask, world: World) -> None:
         url, json={"desired": {"interval": 5}}, headers={**member, "If-Match": '"0"'}
     )
     assert stale.status_code == 412
-    assert stale.get_json()["error"]["current_version"] == 1
+    assert problem(stale, 412, "precondition-failed")["current_version"] == 1
     ok = client.patch(url, json={"desired": {"led": None}}, headers={**member, "If-Match": '"1"'})
     assert ok.status_code == 200
     assert ok.get_json()["desired"] == {
@@ -66,8 +66,8 @@ def test_read_patch_and_version_checks(app: Flask, world: World) -> None:
 @pytest.mark.parametrize(
     ("body", "headers", "status", "says"),
     [
-        ({"interval": 3}, {}, 400, '{"desired":'),
-        ({"desired": {"a": 1}, "extra": 1}, {}, 400, '{"desired":'),
+        ({"interval": 3}, {}, 422, "interval is not a member of this object (and 1 more)"),
+        ({"desired": {"a": 1}, "extra": 1}, {}, 422, "extra is not a member"),
         ({"desired": [1]}, {}, 422, "must be a JSON object"),
         ({"desired": {"a": "\u0000"}}, {}, 422, "NUL"),
         ({"desired": {"a": 1}}, {"If-Match": "abc"}, 400, "If-Match must name a desired version"),
@@ -80,7 +80,7 @@ def test_bad_patches_are_refused_and_change_nothing(
     url = f"/api/v1/devices/{world.devices['a']}/twin"
     response = client.patch(url, json=body, headers={**member, **headers})
     assert response.status_code == status
-    assert says in response.get_json()["error"]["message"]
+    assert says in response.get_json()["detail"]
     assert client.get(url, headers=member).headers["ETag"] == '"0"'
 
 

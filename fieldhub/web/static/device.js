@@ -217,7 +217,7 @@
     const resp = await fetch(card.dataset.historyUrl + "?" + p.toString(), { headers: { Accept: "application/json" } });
     const body = await resp.json();
     if (!resp.ok) {
-      sourceNote.textContent = body.error ? body.error.message : "Could not load history.";
+      sourceNote.textContent = body.detail || "Could not load history.";
       return;
     }
     state.raw = body.source === "raw";
@@ -335,7 +335,7 @@
       });
       const body = await resp.json();
       if (!resp.ok) {
-        commandError.textContent = body.error ? body.error.message : "The command was not sent.";
+        commandError.textContent = body.detail || "The command was not sent.";
         commandError.classList.remove("hidden");
         return;
       }
@@ -352,7 +352,7 @@
     const body = await resp.json();
     if (resp.ok) commandRow(body.command);
     else if (commandError) {
-      commandError.textContent = body.error ? body.error.message : "Could not cancel.";
+      commandError.textContent = body.detail || "Could not cancel.";
       commandError.classList.remove("hidden");
     }
   });
