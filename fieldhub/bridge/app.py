@@ -224,7 +224,7 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Only QoS 2 publishes take paho's own path (the bridge subscribes at QoS 1).
-        self._on_publish_packet(message._topic, message.payload, message.qos, message.mid)
+        self._on_publish_packet(message._topic, bytes(message.payload), message.qos, message.mid)
 
     def _on_publish_packet(self, raw_topic: bytes, payload: bytes, qos: int, mid: int) -> None:
         if self.stopping.is_set():
