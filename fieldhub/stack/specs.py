@@ -40,8 +40,10 @@ def mosquitto_spec(broker: MosquittoBroker, name: str = "mosquitto") -> ProcessS
     return ProcessSpec(
         name=name,
         argv=tuple(broker.command()),
-        ready=lambda: port_open(broker.mqtt_services, broker.bind)
-        and port_open(broker.mqtt_devices, broker.bind),
+        ready=lambda: (
+            port_open(broker.mqtt_services, broker.bind)
+            and port_open(broker.mqtt_devices, broker.bind)
+        ),
         ready_timeout=30,
     )
 

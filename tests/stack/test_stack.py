@@ -92,9 +92,11 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
             what="a new sleeper pid",
         )
         state = wait_for(
-            lambda: (s := read_state(supervisor.state_file))
-            and s["processes"]["sleeper"]["pid"] == second
-            and s,
+            lambda: (
+                (s := read_state(supervisor.state_file))
+                and s["processes"]["sleeper"]["pid"] == second
+                and s
+            ),
             what="the state file to show the new pid",
         )
         assert state["processes"]["sleeper"]["restarts"] == 1
@@ -220,11 +222,13 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
         ):
             # The demo's point: simulated values arrive within seconds of `up`.
             wait_for(
-                lambda: conn.execute(
-                    "SELECT count(DISTINCT device_id) FROM latest_values "
-                    "WHERE device_id LIKE 'demo-%'"
-                ).fetchone()
-                == {"count": 12},
+                lambda: (
+                    conn.execute(
+                        "SELECT count(DISTINCT device_id) FROM latest_values "
+                        "WHERE device_id LIKE 'demo-%'"
+                    ).fetchone()
+                    == {"count": 12}
+                ),
                 timeout=30,
                 what="readings from all 12 demo devices",
             )
@@ -234,9 +238,11 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
     os.kill(old_pid, signal.SIGKILL)
     # Polled in-process (what `status` prints), sparing a CLI start-up per poll.
     restarted = wait_for(
-        lambda: (p := stack_status(settings)["processes"]["mosquitto"])["state"] == "running"
-        and p["pid"] != old_pid
-        and p,
+        lambda: (
+            (p := stack_status(settings)["processes"]["mosquitto"])["state"] == "running"
+            and p["pid"] != old_pid
+            and p
+        ),
         timeout=30,
         what="mosquitto to be restarted with a new pid",
     )
@@ -383,9 +389,11 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
             old = status["processes"]["bridge-1-broker-1"]["pid"]
             os.kill(old, signal.SIGKILL)
             wait_for(
-                lambda: (p := stack_status(settings)["processes"]["bridge-1-broker-1"])["state"]
-                == "running"
-                and p["pid"] != old,
+                lambda: (
+                    (p := stack_status(settings)["processes"]["bridge-1-broker-1"])["state"]
+                    == "running"
+                    and p["pid"] != old
+                ),
                 timeout=30,
                 what="bridge-1 to be restarted",
             )

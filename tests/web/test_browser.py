@@ -51,9 +51,9 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         csp_violations: list[str] = []
         page.on(
             "console",
-            lambda msg: csp_violations.append(msg.text)
-            if "Content Security Policy" in msg.text
-            else None,
+            lambda msg: (
+                csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
+            ),
         )
         page.goto(server.url + "/devices")
         expect(page.locator("h1")).to_contain_text("Log in")
