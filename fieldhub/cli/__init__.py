@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from fieldhub import __version__
 from fieldhub.core import endpoints
 from fieldhub.core.config import ConfigError, Settings
 from fieldhub.core.db import connect
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="fieldhub: an MQTT IoT backend (Mosquitto, TimescaleDB, Flask).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"fieldhub {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -92,7 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Only a benchmark takes arguments the top-level parser does not know (its module declares
+    # them when it is loaded: fieldhub.cli.bench); anything else unknown is an error as usual.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra_args", False):
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    args.extra_args = extra
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
