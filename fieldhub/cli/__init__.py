@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from fieldhub import __version__
-from fieldhub.core import endpoints
+from fieldhub.core import endpoints, logs
 from fieldhub.core.config import ConfigError, Settings
 from fieldhub.core.db import connect
 
@@ -105,9 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"fieldhub: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logs.configure(
+        logging.DEBUG if args.verbose else getattr(logging, settings.log_level, logging.INFO),
+        settings.log_format,
+        role=args.command,
     )
     try:
         result: int | None = args.handler(settings, args)
