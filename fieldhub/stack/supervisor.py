@@ -49,6 +49,8 @@ class ProcessSpec:
     stop_timeout: float = 20.0
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     cwd: Path | None = None
+    # Where Prometheus scrapes it (its /healthz and /readyz are beside), for `fieldhub status`.
+    metrics_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +336,7 @@ class Supervisor:
                     "started_at": child.started_wall,
                     "log": str(child.log_file),
                     "argv": list(child.spec.argv),
+                    "metrics_url": child.spec.metrics_url,
                     "stop_signal": int(child.spec.stop_signal),
                 }
             return {

@@ -96,7 +96,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         auth,
         db,
         errors,
+        health,
         live,
+        metrics,
         pages,
         template_helpers,
     )
@@ -108,6 +110,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     db.init_app(app)
     errors.init_app(app)
+    # First of the before-request hooks: the latency clock starts before anything else runs,
+    # and a process that is not ready refuses before any hook touches the database.
+    metrics.init_app(app)
+    health.init_app(app)
     # Before auth's CSRF check, which is the first to read a posted form.
     app.before_request(_upload_limit)
     auth.init_app(app)

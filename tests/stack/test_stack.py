@@ -57,6 +57,8 @@ PORT_VARIABLES = (
     "FIELDHUB_MQTT_SERVICE_PORT",
     "FIELDHUB_WEB_PORT",
     "FIELDHUB_BRIDGE_METRICS_PORT",
+    "FIELDHUB_WEB_METRICS_PORT",
+    "FIELDHUB_WORKER_METRICS_PORT",
 )
 
 
@@ -107,10 +109,16 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
 
 
 # -- end to end --------------------------------------------------------------------------------
-# Cluster mode derives ports from these (replica = PG + 1, web instances = WEB + 1 and + 2,
-# the four bridge processes' metrics = METRICS + 0..3), so each gets a block of free ports;
-# broker-2 listens on each MQTT port + 1000, which must be free too.
-PORT_BLOCKS = {"FIELDHUB_PG_PORT": 2, "FIELDHUB_WEB_PORT": 3, "FIELDHUB_BRIDGE_METRICS_PORT": 4}
+# Cluster mode derives ports from these (replica = PG + 1, web instances = WEB + 1 and + 2
+# with metrics on WEB_METRICS + 0 and + 1, the four bridge processes' metrics = METRICS + 0,
+# + 1 (broker-1) and + 10, + 11 (broker-2)), so each gets a block of free ports; broker-2
+# listens on each MQTT port + 1000, which must be free too.
+PORT_BLOCKS = {
+    "FIELDHUB_PG_PORT": 2,
+    "FIELDHUB_WEB_PORT": 3,
+    "FIELDHUB_BRIDGE_METRICS_PORT": 12,
+    "FIELDHUB_WEB_METRICS_PORT": 2,
+}
 SECOND_BROKER_OFFSET = endpoints.LOCAL_BROKER_PORT_STEP
 MQTT_PORT_VARIABLES = ("FIELDHUB_MQTT_PORT", "FIELDHUB_MQTTS_PORT", "FIELDHUB_MQTT_SERVICE_PORT")
 
@@ -575,3 +583,4 @@ def test_status_text_lists_each_broker_when_there_are_several() -> None:
     assert "  devices:  mqtt://127.0.0.1:11883 (broker-1)" in text
     assert "  devices:  mqtt://127.0.0.1:12883 (broker-2)" in text
     assert "  web:      http://127.0.0.1:8000/" in text
+
