@@ -584,3 +584,44 @@ def test_status_text_lists_each_broker_when_there_are_several() -> None:
     assert "  devices:  mqtt://127.0.0.1:12883 (broker-2)" in text
     assert "  web:      http://127.0.0.1:8000/" in text
 
+
+def test_log_files_are_rotated_by_size_keeping_a_bounded_count(tmp_path: Path) -> None:
+    supervisor = Supervisor(
+        log_dir=tmp_path / "log",
+        state_file=tmp_path / "run" / "stack.json",
+        poll_interval=0.05,
+        log_max_bytes=2000,
+        log_keep=2,
+        log_check_s=0.05,
+    )
+    # A child that writes a numbered line every few milliseconds, as a server logs.
+    writer = ProcessSpec(
+        name="chatty",
+        argv=(
+            sys.executable,
+            "-c",
+            "import time\n"
+            "for n in range(100000):\n"
+            " print(f'line {n:06d}', flush=True); time.sleep(0.002)",
+        ),
+        stop_timeout=5,
+    )
+    supervisor.start(writer)
+    log_file = tmp_path / "log" / "chatty.log"
+    try:
+        wait_for(
+            lambda: (tmp_path / "log" / "chatty.log.2").exists(),
+            timeout=30,
+            what="two rotations",
+        )
+        first_after = wait_for(
+            lambda: (lines := log_file.read_text().split()) and len(lines) > 4 and lines,
+            what="the child to go on writing into the truncated file",
+        )
+    finally:
+        supervisor.stop_all()
+    assert not (tmp_path / "log" / "chatty.log.3").exists()  # bounded: keep=2
+    assert log_file.stat().st_size < 20_000  # no hole of zeros from before the truncation
+    assert "\0" not in log_file.read_text()
+    newest_rotated = (tmp_path / "log" / "chatty.log.1").read_text().split()
+    assert newest_rotated[-1] < first_after[-1]
