@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "fieldhub.cli.org",
     "fieldhub.cli.service_account",
     "fieldhub.cli.device",
+    "fieldhub.cli.broker",
     "fieldhub.cli.auth_sync",
     "fieldhub.cli.command",
     "fieldhub.cli.twin",
