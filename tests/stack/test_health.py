@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,8 +28,10 @@ import pytest
 import requests
 
 from fieldhub.broker.mosquitto import MosquittoBroker
+from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port
+from fieldhub.stack import cluster as cluster_mod
 from fieldhub.stack.postgres import PostgresCluster
 from tests.support import BridgeProcess, TestStack, wait_for
 from tests.web.helpers import PASSWORD, WebServer, csrf_from, seed
@@ -238,3 +241,42 @@ def test_gunicorns_master_does_not_import_psycopg_before_the_workers_patch() -> 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(
+    shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
+    reason="nginx is not installed (scripts/setup installs it for cluster mode)",
+)
+def test_nginx_of_the_cluster_skips_a_web_instance_that_is_not_ready(
+    own_database: PostgresCluster, database_url: str
+) -> None:
+    """nginx OSS has no active health checks: a not-ready instance answers 503, and the
+    cluster's nginx configuration (proxy_next_upstream http_503) gives the request to the
+    other instance, so people see no error."""
+    home = Path(tempfile.mkdtemp(prefix="fieldhub-test-nginx-"))
+    home.chmod(0o755)
+    sick_url = own_database.url("fieldhub")
+    seed(sick_url)
+    seed(database_url)
+    with WebServer(sick_url) as sick, WebServer(database_url) as healthy:
+        settings = Settings.from_env(
+            {"FIELDHUB_HOME": str(home), "FIELDHUB_WEB_PORT": str(free_port())}
+        )
+        conf = cluster_mod.render_nginx(settings, [sick.port, healthy.port])
+        spec = cluster_mod.nginx_spec(settings, conf, lambda: True)
+        nginx = subprocess.Popen(
+            list(spec.argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        front = f"http://127.0.0.1:{settings.ports.web}"
+        try:
+            wait_for(lambda: _status(f"{front}/login") == 200, what="nginx to answer")
+            own_database.stop(mode="immediate")
+            wait_for(lambda: _status(f"{sick.url}/readyz") == 503, what="one instance not ready")
+            answers = [_status(f"{front}/login") for _ in range(20)]
+            assert answers == [200] * 20
+            # The sick instance was asked and refused: nginx moved on, it did not just miss it.
+            assert re.search(r'"GET /login HTTP/1\.[01]" 503', sick.log())
+        finally:
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(timeout=30)
+            shutil.rmtree(home, ignore_errors=True)
