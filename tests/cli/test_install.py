@@ -4,24 +4,36 @@ that holds only requirements/runtime.txt.
 The clean virtualenv is the proof that nothing imports a development package at start-up (it
 has none to import). It is kept under var/cache, keyed by the runtime lock's hash, so only the
 first run after a lock change downloads wheels; the fieldhub wheel itself is reinstalled every
-time. The role processes themselves are started from this virtualenv by
-tests/stack/test_roles.py.
+time. Every role process is then started from it, outside the checkout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
+import json
+import os
 import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
+import psycopg
 import pytest
 
+from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.cli.bench import BENCHES
+from fieldhub.core.procs import free_port
+from fieldhub.stack.postgres import PostgresCluster
+from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.txt"
@@ -250,3 +262,139 @@ def test_the_installed_wheel_starts_without_development_packages(installed: Path
     ).stdout.split()
     assert "/site-packages/fieldhub/" in located[0]
     assert int(located[1]) == len(list((ROOT / "fieldhub/core/migrations").glob("*.sql")))
+
+
+@pytest.fixture
+def empty_database(pg_cluster: PostgresCluster) -> Iterator[str]:
+    name = f"install_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"'.encode())
+    yield pg_cluster.url(name)
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+def _answers(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - our own URL
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+@pytest.mark.integration
+def test_every_role_runs_from_the_installed_wheel(
+    installed: Path, empty_database: str, broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """migrate, web, bridge, worker and auth-sync, started from the runtime virtualenv
+    outside the checkout, each as its systemd unit runs it (but on free ports)."""
+    tmp_path.chmod(0o755)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FIELDHUB_", "PYTHON"))},
+        "FIELDHUB_HOME": str(tmp_path / "home"),
+        "DATABASE_URL": empty_database,
+        "FIELDHUB_SECRET_KEY": "k" * 40,
+        "FIELDHUB_LOG_FORMAT": "json",
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(installed / "fieldhub"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            cwd="/",
+        )
+
+    migrated = run("migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "applied 0001_registry" in migrated.stdout
+    assert run("migrate").stdout.strip() == "schema is up to date"
+
+    stack = TestStack(empty_database, broker)
+    env["MQTT_URL"] = (
+        f"mqtt://{BRIDGE_ACCOUNT}:{quote(stack.bridge_password, safe='')}"
+        f"@127.0.0.1:{broker.mqtt_services}"
+    )
+    mosquitto_dir = tmp_path / "broker"
+    (mosquitto_dir / "auth").mkdir(parents=True)
+    (mosquitto_dir / "mosquitto.pid").write_text(f"{broker.pid_file.read_text()}")
+    web_port, web_metrics, worker_port, bridge_port = (free_port() for _ in range(4))
+    instance = free_port()  # a bridge session of its own on the shared test broker
+    commands = {
+        "web": [
+            "web",
+            "--bind",
+            f"127.0.0.1:{web_port}",
+            "--metrics-port",
+            str(web_metrics),
+            "--workers",
+            "1",
+        ],
+        "bridge": ["bridge", "--name", f"broker-1-{instance}", "--metrics-port", str(bridge_port)],
+        "worker": ["worker", "--metrics-port", str(worker_port)],
+        "auth-sync": ["auth-sync", "--broker", "broker-1", "--sweep", "1"],
+    }
+    role_env = {
+        "auth-sync": {
+            "FIELDHUB_MOSQUITTO_DIR": str(mosquitto_dir),
+            "FIELDHUB_MOSQUITTO_PID_FILE": str(mosquitto_dir / "mosquitto.pid"),
+        }
+    }
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {name: tmp_path / f"{name}.log" for name in commands}
+    try:
+        for name, args in commands.items():
+            with logs[name].open("wb") as log:
+                processes[name] = subprocess.Popen(
+                    [str(installed / "fieldhub"), *args],
+                    env={**env, **role_env.get(name, {})},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd="/",
+                )
+        ready = {
+            "web": f"http://127.0.0.1:{web_port}/readyz",
+            "bridge": f"http://127.0.0.1:{bridge_port}/readyz",
+            "worker": f"http://127.0.0.1:{worker_port}/readyz",
+        }
+        for name, url in ready.items():
+            wait_for(
+                lambda url=url, name=name: processes[name].poll() is None and _answers(url) == 200,
+                timeout=60,
+                interval=0.2,
+                what=f"{name} from the wheel to be ready",
+            )
+        assert _answers(f"http://127.0.0.1:{web_metrics}/metrics") == 200
+        wait_for(
+            lambda: BRIDGE_ACCOUNT in (mosquitto_dir / "auth" / "services.passwords").read_text(),
+            timeout=30,
+            what="auth-sync from the wheel to write the broker's files",
+        )
+        # FIELDHUB_LOG_FORMAT=json reaches every process, gunicorn's logs included.
+        for name in ("web", "worker"):
+            first = logs[name].read_text().splitlines()[0]
+            assert json.loads(first)["role"] == name, first
+    finally:
+        for proc in processes.values():
+            proc.terminate()
+        for proc in processes.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        stack.conn.close()
+        forget = DeviceClient(
+            broker.mqtt_services,
+            BRIDGE_ACCOUNT,
+            stack.bridge_password,
+            client_id=f"fieldhub-bridge-{instance}",
+            clean_start=True,
+        )
+        with contextlib.suppress(AssertionError, OSError):
+            forget.connect()
+            forget.close()

@@ -337,6 +337,14 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     assert {"web-1", "web-2"} <= status["processes"].keys() or "web" not in status["processes"]
     for name, info in status["processes"].items():
         assert info["state"] in ("running", "unavailable"), (name, info)
+    # Each bridge, web instance and the worker serves metrics where `status --json` says, and
+    # is ready; nginx relies on the web instances' readiness (tests/stack/test_health.py).
+    with_metrics = {n for n, info in status["processes"].items() if info.get("metrics_url")}
+    assert bridges | {"web-1", "web-2", "worker"} <= with_metrics
+    for name in with_metrics:
+        assert _http_status(status["processes"][name]["metrics_url"]) == 200, name
+    for port in (int(env["FIELDHUB_WEB_PORT"]) + 1, int(env["FIELDHUB_WEB_PORT"]) + 2):
+        assert _http_status(f"http://127.0.0.1:{port}/readyz") == 200
 
     # A write on the primary reaches the replica, which refuses writes of its own.
     primary_url = endpoints.database_url(settings)
