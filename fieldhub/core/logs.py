@@ -14,6 +14,9 @@ import datetime as dt
 import logging
 import logging.config
 import os
+import sys
+import threading
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -66,6 +69,35 @@ def configure(level: str | int, log_format: str, role: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    route_uncaught_errors()
+
+
+def route_uncaught_errors() -> None:
+    """Errors Python would print to stderr itself (an exception nobody caught in a thread,
+    one raised in a __del__) go through logging instead, so they are JSON lines too."""
+    log = logging.getLogger("fieldhub.uncaught")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread else "?"
+        log.error("uncaught exception in thread %s", name, exc_info=_exc_info(args))
+
+    def unraisable_hook(args: Any) -> None:
+        log.error(
+            "%s: %r", args.err_msg or "exception ignored", args.object, exc_info=_exc_info(args)
+        )
+
+    threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook
+
+
+def _exc_info(
+    args: Any,
+) -> tuple[type[BaseException], BaseException, TracebackType | None] | None:
+    if args.exc_type is None or args.exc_value is None:
+        return None
+    return (args.exc_type, args.exc_value, args.exc_traceback)
 
 
 def gunicorn_log_config(level: str, log_format: str, role: str) -> dict[str, Any]:

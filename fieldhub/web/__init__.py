@@ -126,6 +126,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
+def shutdown(app: Flask) -> None:
+    """Stop what the app started in this process: the live hub, the pools, the readiness
+    probe's connection."""
+    app.extensions["fieldhub.live"].stop()
+    app.extensions["fieldhub.pools"].close()
+    app.extensions["fieldhub.readiness"].close()
+
+
 def _upload_limit() -> None:
     if request.endpoint in IMPORT_ENDPOINTS:
         request.max_content_length = int(current_app.config["IMPORT_MAX_BYTES"])

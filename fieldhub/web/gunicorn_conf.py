@@ -66,6 +66,17 @@ def post_fork(server: Any, worker: Any) -> None:
     # The metrics server belongs to the master; a worker must not keep its listening socket.
     if _server is not None:
         _server.close_socket()
+    logs.route_uncaught_errors()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Close the worker's pools and listeners before its interpreter is torn down (a pool
+    left to the garbage collector then fails in its __del__, under gevent)."""
+    app = getattr(worker, "wsgi", None)
+    if app is not None and hasattr(app, "extensions"):
+        from fieldhub.web import shutdown
+
+        shutdown(app)
 
 
 def child_exit(server: Any, worker: Any) -> None:

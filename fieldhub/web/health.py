@@ -66,6 +66,12 @@ class _ProcessProbe:
                 self._pid = os.getpid()
             return self._probe
 
+    def close(self) -> None:
+        with self._lock:
+            if self._probe is not None and self._pid == os.getpid():
+                self._probe.close()
+            self._probe = None
+
     def _read_pool(self) -> None:
         with self.pools.get("read").connection(timeout=READ_POOL_TIMEOUT_S) as conn:
             conn.execute(QUERIES["database_answers"])
