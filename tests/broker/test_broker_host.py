@@ -24,6 +24,7 @@ from psycopg.rows import dict_row
 
 from fieldhub.core import registry
 from fieldhub.core.procs import free_port, port_open
+from tests.stack.test_stack import _fieldhub
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,18 +37,6 @@ def host_dir() -> Iterator[Path]:
     path.chmod(0o755)  # the mosquitto user passes through
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _fieldhub(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fieldhub", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        timeout=60,
-    )
 
 
 def _tls_login(port: int, username: str, password: str, ca: Path) -> bool:

@@ -18,8 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.cli.bench import BENCHES
 from fieldhub.core.procs import free_port
 from fieldhub.stack.postgres import PostgresCluster
-from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, wait_for
+from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, http_status, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.txt"
@@ -274,16 +272,6 @@ def empty_database(pg_cluster: PostgresCluster) -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
 
 
-def _answers(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - our own URL
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
 @pytest.mark.integration
 def test_every_role_runs_from_the_installed_wheel(
     installed: Path, empty_database: str, broker: MosquittoBroker, tmp_path: Path
@@ -364,12 +352,14 @@ def test_every_role_runs_from_the_installed_wheel(
         }
         for name, url in ready.items():
             wait_for(
-                lambda url=url, name=name: processes[name].poll() is None and _answers(url) == 200,
+                lambda url=url, name=name: (
+                    processes[name].poll() is None and http_status(url) == 200
+                ),
                 timeout=60,
                 interval=0.2,
                 what=f"{name} from the wheel to be ready",
             )
-        assert _answers(f"http://127.0.0.1:{web_metrics}/metrics") == 200
+        assert http_status(f"http://127.0.0.1:{web_metrics}/metrics") == 200
         wait_for(
             lambda: BRIDGE_ACCOUNT in (mosquitto_dir / "auth" / "services.passwords").read_text(),
             timeout=30,

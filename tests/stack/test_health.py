@@ -19,8 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port
 from fieldhub.stack import cluster as cluster_mod
 from fieldhub.stack.postgres import PostgresCluster
-from tests.support import BridgeProcess, TestStack, wait_for
+from tests.support import BridgeProcess, TestStack, http_status, scrape, wait_for
 from tests.web.helpers import PASSWORD, WebServer, csrf_from, seed
 
 pytestmark = pytest.mark.integration
@@ -80,27 +78,6 @@ def _signal_all(cluster: PostgresCluster, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own URL
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
-
-
-def _metrics(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our own URL
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 class WorkerProcess:
     def __init__(self, database_url: str) -> None:
         self.port = free_port()
@@ -127,7 +104,7 @@ class WorkerProcess:
 
 
 def _all(probes: dict[str, str], expected: int) -> bool:
-    return all(_status(url) == expected for url in probes.values())
+    return all(http_status(url) == expected for url in probes.values())
 
 
 def _turns(probes: dict[str, str], expected: int, within: float) -> dict[str, float]:
@@ -139,7 +116,7 @@ def _turns(probes: dict[str, str], expected: int, within: float) -> dict[str, fl
 
     def poll(name: str, url: str) -> None:
         while time.monotonic() - started < within:
-            if _status(url) == expected:
+            if http_status(url) == expected:
                 taken[name] = time.monotonic() - started
                 return
             time.sleep(0.1)
@@ -217,8 +194,8 @@ def _web_metrics_add_up_the_workers(web: WebServer, email: str, device_id: str) 
     reader.start()
     assert opened.wait(10)
     live = 'fieldhub_web_live_streams{stream="device"}'
-    wait_for(lambda: _metrics(metrics_url).get(live) == 1.0, what="the open stream counted")
-    values = _metrics(metrics_url)
+    wait_for(lambda: scrape(metrics_url).get(live) == 1.0, what="the open stream counted")
+    values = scrape(metrics_url)
     route = (
         "fieldhub_web_request_duration_seconds_count"
         '{method="GET",route="/devices/<device_id>",status="200"}'
@@ -269,10 +246,12 @@ def test_nginx_of_the_cluster_skips_a_web_instance_that_is_not_ready(
         )
         front = f"http://127.0.0.1:{settings.ports.web}"
         try:
-            wait_for(lambda: _status(f"{front}/login") == 200, what="nginx to answer")
+            wait_for(lambda: http_status(f"{front}/login") == 200, what="nginx to answer")
             own_database.stop(mode="immediate")
-            wait_for(lambda: _status(f"{sick.url}/readyz") == 503, what="one instance not ready")
-            answers = [_status(f"{front}/login") for _ in range(20)]
+            wait_for(
+                lambda: http_status(f"{sick.url}/readyz") == 503, what="one instance not ready"
+            )
+            answers = [http_status(f"{front}/login") for _ in range(20)]
             assert answers == [200] * 20
             # The sick instance was asked and refused: nginx moved on, it did not just miss it.
             assert re.search(r'"GET /login HTTP/1\.[01]" 503', sick.log())
