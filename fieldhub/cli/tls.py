@@ -33,8 +33,7 @@ def register(subparsers: Any) -> None:
 
 def cmd_tls_ensure(settings: Settings, args: argparse.Namespace) -> int:
     directory = args.dir or settings.tls_dir
+    # Silent when everything is there: scripts/setup runs this on every start.
     if ensure_tls(directory, args.hostname):
         print(f"created TLS material in {directory} (a new CA only if there was none)")
-    else:
-        print(f"{directory} already holds a CA and a server certificate; nothing changed")
     return 0
