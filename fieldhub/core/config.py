@@ -481,8 +481,9 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "MQTT_URL",
-        "the bridge's account on the brokers' service listener (bridge hosts "
-        "only); its address is used when FIELDHUB_BROKER_SERVICE_URLS is unset",
+        "the bridge accounts' name and password on the brokers' service listener (bridge "
+        "hosts only): instance N logs in as NAME-N (`fieldhub service-account bridges`); the "
+        "address is used when FIELDHUB_BROKER_SERVICE_URLS is unset",
         "mqtt://svc.bridge:CHANGE-ME@mqtt1.internal:1884",
     ),
     Variable(
@@ -512,6 +513,12 @@ VARIABLES: tuple[Variable, ...] = (
         "signs the web app's flash cookies; at least 32 characters, "
         "the same on every web host (web hosts only)",
         "CHANGE-ME-to-64-random-characters",
+    ),
+    Variable(
+        "FIELDHUB_TRUSTED_PROXIES",
+        "web hosts: the reverse proxies (nginx) whose X-Forwarded-For names the client, for "
+        "login throttling and logs; comma-separated CIDRs or addresses (docs/security.md)",
+        "10.0.0.30/32",
     ),
     Variable("FIELDHUB_WEB_HOST", "the address gunicorn listens on", "127.0.0.1"),
     Variable("FIELDHUB_WEB_PORT", "gunicorn's port (web@N listens on this + N - 1)", "8000"),

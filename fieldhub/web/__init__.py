@@ -15,7 +15,6 @@ import orjson
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -45,6 +44,11 @@ class JSONProvider(DefaultJSONProvider):
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    # Imported here, not at the top: gunicorn's master imports this package (for its config
+    # module, fieldhub.web.gunicorn_conf) and must not import psycopg before it forks the
+    # gevent workers (tests/stack/test_health.py says why).
+    from fieldhub.core import endpoints
+
     app = Flask(__name__)
     app.json = JSONProvider(app)
     app.config.update(

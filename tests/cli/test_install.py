@@ -29,9 +29,10 @@ import pytest
 
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.cli.bench import BENCHES
+from fieldhub.core import registry
 from fieldhub.core.procs import free_port
 from fieldhub.stack.postgres import PostgresCluster
-from tests.support import BRIDGE_ACCOUNT, DeviceClient, TestStack, http_status, wait_for
+from tests.support import DeviceClient, TestStack, http_status, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.txt"
@@ -304,15 +305,16 @@ def test_every_role_runs_from_the_installed_wheel(
     assert run("migrate").stdout.strip() == "schema is up to date"
 
     stack = TestStack(empty_database, broker)
+    instance = free_port()  # a bridge session (and account) of its own on the shared broker
+    bridge_user = stack.ensure_bridge_account(instance)
     env["MQTT_URL"] = (
-        f"mqtt://{BRIDGE_ACCOUNT}:{quote(stack.bridge_password, safe='')}"
+        f"mqtt://{registry.BRIDGE_ACCOUNT_BASE}:{quote(stack.bridge_password, safe='')}"
         f"@127.0.0.1:{broker.mqtt_services}"
     )
     mosquitto_dir = tmp_path / "broker"
     (mosquitto_dir / "auth").mkdir(parents=True)
     (mosquitto_dir / "mosquitto.pid").write_text(f"{broker.pid_file.read_text()}")
     web_port, web_metrics, worker_port, bridge_port = (free_port() for _ in range(4))
-    instance = free_port()  # a bridge session of its own on the shared test broker
     commands = {
         "web": [
             "web",
@@ -361,7 +363,7 @@ def test_every_role_runs_from_the_installed_wheel(
             )
         assert http_status(f"http://127.0.0.1:{web_metrics}/metrics") == 200
         wait_for(
-            lambda: BRIDGE_ACCOUNT in (mosquitto_dir / "auth" / "services.passwords").read_text(),
+            lambda: bridge_user in (mosquitto_dir / "auth" / "services.passwords").read_text(),
             timeout=30,
             what="auth-sync from the wheel to write the broker's files",
         )
@@ -374,12 +376,9 @@ def test_every_role_runs_from_the_installed_wheel(
             except subprocess.TimeoutExpired:
                 proc.kill()
         stack.conn.close()
+        # The bridge's durable session would take a share of every later test's messages.
         forget = DeviceClient(
-            broker.mqtt_services,
-            BRIDGE_ACCOUNT,
-            stack.bridge_password,
-            client_id=f"fieldhub-bridge-{instance}",
-            clean_start=True,
+            broker.mqtt_services, bridge_user, stack.bridge_password, clean_start=True
         )
         with contextlib.suppress(AssertionError, OSError):
             forget.connect()

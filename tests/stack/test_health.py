@@ -155,9 +155,12 @@ def test_readiness_follows_the_database_and_liveness_does_not(
 
             # Frozen: connections stay open but nothing answers.
             _signal_all(own_database, signal.SIGSTOP)
-            frozen = _turns(ready, 503, READY_WITHIN_S)
-            assert _all(alive, 200)
-            _signal_all(own_database, signal.SIGCONT)
+            try:
+                frozen = _turns(ready, 503, READY_WITHIN_S)
+                assert _all(alive, 200)
+            finally:
+                # Before anything else: a process cannot stop cleanly while its database hangs.
+                _signal_all(own_database, signal.SIGCONT)
             wait_for(lambda: _all(ready, 200), timeout=30, what="ready after the thaw")
 
             # Stopped: connections refused.
