@@ -102,24 +102,27 @@ def _exc_info(
 
 def gunicorn_log_config(level: str, log_format: str, role: str) -> dict[str, Any]:
     """gunicorn's logconfig_dict: its error and access logs and the app's own loggers (root)
-    all to stderr in one format, so every line of a web host parses the same way."""
+    to stderr. In JSON every line is one object; in text an access line stays as gunicorn
+    writes it (client address first, its own timestamp inside), which is what log tools and
+    people expect of an access log."""
     if log_format == "json":
         fmt: dict[str, Any] = {"()": JsonFormatter, "role": role}
+        access_fmt = fmt
     else:
         fmt = {"format": TEXT_FORMAT}
-    handler = {
-        "class": "logging.StreamHandler",
-        "formatter": "fieldhub",
-        "stream": "ext://sys.stderr",
-    }
+        access_fmt = {"format": "%(message)s"}
+    stream = "ext://sys.stderr"
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"fieldhub": fmt},
-        "handlers": {"stderr": handler},
+        "formatters": {"fieldhub": fmt, "access": access_fmt},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "fieldhub", "stream": stream},
+            "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": stream},
+        },
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
         },
     }

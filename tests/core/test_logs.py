@@ -74,3 +74,14 @@ def test_gunicorn_logs_use_the_same_format() -> None:
         assert logging.getLogger("gunicorn.error").handlers[0].formatter is not None
     finally:
         logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+
+
+def test_in_text_gunicorns_access_lines_start_with_the_client() -> None:
+    config = logs.gunicorn_log_config("INFO", "text", "web")
+    logging.config.dictConfig(config)
+    try:
+        handler = logging.getLogger("gunicorn.access").handlers[0]
+        line = handler.format(_record('127.0.0.2 - - [01/Dec/2026] "GET / HTTP/1.1" 200'))
+        assert line.startswith("127.0.0.2 - - ")
+    finally:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
