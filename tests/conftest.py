@@ -57,10 +57,13 @@ def _close_template(cluster: PostgresCluster) -> None:
     with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
         conn.execute(f'ALTER DATABASE "{TEMPLATE_DB}" WITH ALLOW_CONNECTIONS false'.encode())
         wait_until(
-            lambda: not conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
-                (TEMPLATE_DB,),
-            ).fetchone()[0],  # type: ignore[index]
+            lambda: (
+                not conn.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s",
+                    (TEMPLATE_DB,),
+                ).fetchone()[0]  # type: ignore[index]
+            ),
             timeout=10,
             what="the template database to have no connections",
         )

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
@@ -253,6 +254,32 @@ def loopback_broker(base: Path, *, autosave_interval: int = 5) -> MosquittoBroke
     )
 
 
+def scrape(url: str) -> dict[str, float]:
+    """name{labels} -> value from a Prometheus /metrics endpoint (empty if it does not answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own URL
+            text = response.read().decode()
+    except OSError:
+        return {}
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def http_status(url: str, timeout: float = 5.0) -> int | None:
+    """The HTTP status `url` answers with (errors included), or None if nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own URL
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
 def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -262,7 +289,9 @@ __all__ = [
     "BridgeProcess",
     "DeviceClient",
     "TestStack",
+    "http_status",
     "loopback_broker",
+    "scrape",
     "stop_process",
     "unique_id",
     "wait_for",
@@ -335,19 +364,7 @@ class BridgeProcess:
 
     def metrics(self) -> dict[str, float]:
         """name{labels} -> value from the bridge's /metrics (empty if not answering yet)."""
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-            ) as response:
-                text = response.read().decode()
-        except OSError:
-            return {}
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                values[name] = float(value)
-        return values
+        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from fieldhub.analysis.metrics import WorkerMetrics
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Queries, connect
 
@@ -125,12 +126,14 @@ class Worker:
         *,
         name: str | None = None,
         poll_s: float = 1.0,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.database_url = database_url
         self.jobs = list(jobs)
         self.settings = settings
         self.name = name or default_worker_name()
         self.poll_s = poll_s
+        self.metrics = metrics
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -151,6 +154,10 @@ class Worker:
         self._threads.clear()
         log.info("worker %s stopped", self.name)
 
+    def alive(self) -> bool:
+        """Every job's thread is running (what /healthz reports)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
     def wait(self) -> None:
         while not self._stopping.wait(1.0):
             pass
@@ -165,7 +172,12 @@ class Worker:
                     conn = connect(
                         self.database_url, autocommit=True, application_name=f"worker:{job.name}"
                     )
-                run_if_due(conn, job, self.settings, worker=self.name, stopping=self._stopping)
+                started = time.monotonic()
+                result = run_if_due(
+                    conn, job, self.settings, worker=self.name, stopping=self._stopping
+                )
+                if result is not None and self.metrics is not None:
+                    self.metrics.record(job.name, result.outcome, time.monotonic() - started)
             except psycopg.Error as exc:
                 # The database went away or the connection broke: the lock went with it, so
                 # another worker may take over; reconnect after a pause.

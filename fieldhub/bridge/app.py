@@ -60,6 +60,8 @@ from fieldhub.core.decode import (
     parse_topic,
 )
 from fieldhub.core.endpoints import MqttEndpoint
+from fieldhub.core.health import NotReady, ReadinessProbe
+from fieldhub.core.health_checks import ProbeConnection
 from fieldhub.core.twin_documents import INVALID as TWIN_INVALID
 from fieldhub.core.twin_documents import TwinDocumentError, parse_report
 
@@ -87,9 +89,11 @@ class Bridge:
         mqtt_endpoint: MqttEndpoint,
         instance: int = 1,
         metrics_port: int = 0,
+        metrics_host: str = "127.0.0.1",
         receive_maximum: int = RECEIVE_MAXIMUM,
         always_stage: bool = False,
         broker: str | None = None,
+        broker_label: str = "",
     ) -> None:
         self.database_url = database_url
         # With several brokers: the one this process is connected to, whose devices' commands
@@ -98,8 +102,19 @@ class Bridge:
         self.endpoint = mqtt_endpoint
         self.instance = instance
         self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
         self.receive_maximum = receive_maximum
-        self.metrics = BridgeMetrics(instance)
+        self.metrics = BridgeMetrics(instance, broker or broker_label)
+        # Connected and subscribed right now (the metrics' `ready` gauge, readable here).
+        self.broker_ready = False
+        self.readiness = ReadinessProbe(
+            {
+                "broker": self._check_broker,
+                "database": ProbeConnection(
+                    database_url, f"fieldhub-bridge-{instance}-health"
+                ).writable,
+            }
+        )
         self.pending = Pending()
         self.directory = DeviceDirectory(database_url)
         self.problems = RateLimitedLog(log)
@@ -201,6 +216,7 @@ class Bridge:
             self.problems.warning("subscribe", "broker refused subscriptions: %s", refused)
             return
         self.metrics.ready.set(1)
+        self.broker_ready = True
         if not self._subscribed.is_set():
             log.info("bridge %d ready: subscribed to %s", self.instance, SHARE_GROUP)
         self._subscribed.set()
@@ -211,6 +227,7 @@ class Bridge:
         self._new_generation()
         self.metrics.connected.set(0)
         self.metrics.ready.set(0)
+        self.broker_ready = False
         if not self.stopping.is_set():
             self.problems.warning("disconnect", "disconnected from the broker: %s", reason)
 
@@ -221,7 +238,7 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Only QoS 2 publishes take paho's own path (the bridge subscribes at QoS 1).
-        self._on_publish_packet(message._topic, message.payload, message.qos, message.mid)
+        self._on_publish_packet(message._topic, bytes(message.payload), message.qos, message.mid)
 
     def _on_publish_packet(self, raw_topic: bytes, payload: bytes, qos: int, mid: int) -> None:
         if self.stopping.is_set():
@@ -316,15 +333,19 @@ class Bridge:
             properties.MessageExpiryInterval = max(1, int(message_expiry_s))
         info = self.client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.metrics.publish_errors.inc()
             raise ConnectionError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         info.wait_for_publish(timeout=10)
         if not info.is_published():
+            self.metrics.publish_errors.inc()
             raise TimeoutError(f"no PUBACK for {topic} within 10 s")
         refused = self._refused.pop(info.mid, None)
         if refused is not None:
             # Not delivered: an ACL without this topic (MQTT 5 answers 0x87) must not pass
             # for a published command or twin.
+            self.metrics.publish_errors.inc()
             raise PermissionError(f"the broker refused {topic}: {refused}")
+        self.metrics.published.inc()
 
     # -- writer -----------------------------------------------------------------------------
     def _write_loop(self) -> None:
@@ -443,7 +464,12 @@ class Bridge:
         # from about 9.5 to 7.3 us per message (time.process_time, 200,000 messages).
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        self.metrics.serve(self.metrics_port)
+        self.metrics.serve(
+            self.metrics_port,
+            self.metrics_host,
+            alive=self._writer_thread.is_alive,
+            probe=self.readiness,
+        )
         self.directory.start()
         self._writer_thread.start()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -461,6 +487,12 @@ class Bridge:
             self.database_url, self.publish, broker=self.broker
         )
         self.dispatcher.start()
+        dispatcher = self.dispatcher
+        self.metrics.dispatcher_leader.set_function(lambda: float(dispatcher.is_leader))
+
+    def _check_broker(self) -> None:
+        if not self.broker_ready:
+            raise NotReady(f"not connected and subscribed to {self.endpoint.url()}")
 
     def wait_ready(self, timeout: float) -> bool:
         return self._subscribed.wait(timeout)
@@ -482,6 +514,7 @@ class Bridge:
         self.writer.close()
         self.directory.stop()
         self.metrics.close()
+        self.readiness.close()
         log.info("bridge %d stopped", self.instance)
 
     def run(self) -> int:

@@ -11,17 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from fieldhub.core.health import HealthServer, ReadinessProbe
 
 log = logging.getLogger(__name__)
 
 
 class BridgeMetrics:
-    def __init__(self, instance: int) -> None:
+    def __init__(self, instance: int, broker: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        labels = {"instance": str(instance)}
+        # Not `instance`: Prometheus sets that label itself (host:port of the scrape target).
+        labels = {"bridge": str(instance), "broker": broker or ""}
         reg = self.registry
         self.messages = Counter(
             "fieldhub_bridge_messages",
@@ -87,18 +90,40 @@ class BridgeMetrics:
             "1 once connected and subscribed (what start-up scripts wait for)",
             registry=reg,
         )
-        self.info = Gauge("fieldhub_bridge_info", "bridge instance", ["instance"], registry=reg)
+        self.published = Counter(
+            "fieldhub_bridge_published",
+            "messages the bridge published to devices (commands, twin documents), PUBACK received",
+            registry=reg,
+        )
+        self.publish_errors = Counter(
+            "fieldhub_bridge_publish_errors",
+            "publishes to devices that failed, got no PUBACK or were refused (retried later)",
+            registry=reg,
+        )
+        self.dispatcher_leader = Gauge(
+            "fieldhub_bridge_dispatcher_leader",
+            "1 while this process's command dispatcher holds its broker's leader lock",
+            registry=reg,
+        )
+        self.info = Gauge(
+            "fieldhub_bridge_info",
+            "this bridge process: its instance number and broker",
+            ["bridge", "broker"],
+            registry=reg,
+        )
         self.info.labels(**labels).set(1)
-        self._server: Any = None
+        self._server: HealthServer | None = None
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Serve /metrics on `port` (0 = do not serve)."""
+    def serve(
+        self, port: int, host: str, *, alive: Callable[[], bool], probe: ReadinessProbe
+    ) -> None:
+        """Serve /metrics, /healthz and /readyz on `port` (0 = do not serve)."""
         if port:
-            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = HealthServer(host, port, self.registry, alive=alive, probe=probe)
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
+            self._server.close()
             self._server = None
 
 

@@ -73,6 +73,8 @@ class MosquittoBroker:
     mqtt_services: int
     bind: str = "127.0.0.1"
     tls_bind: str = "0.0.0.0"  # noqa: S104 - devices in the field reach the TLS listener
+    # The bridges' listener; a broker host binds it to its private address (default: bind).
+    services_bind: str | None = None
     autosave_interval: int = 30
     connection_messages: bool = False
 
@@ -114,7 +116,7 @@ class MosquittoBroker:
             "mqtt_services": str(self.mqtt_services),
             "devices_bind": self.bind,
             "devices_tls_bind": self.tls_bind,
-            "services_bind": self.bind,
+            "services_bind": self.services_bind or self.bind,
             "autosave_interval": str(self.autosave_interval),
             "connection_messages": "true" if self.connection_messages else "false",
         }

@@ -21,7 +21,8 @@ from typing import Any
 
 import psycopg
 
-from fieldhub.core import endpoints
+from fieldhub import __version__
+from fieldhub.core import endpoints, logs
 from fieldhub.core.config import ConfigError, Settings
 from fieldhub.core.db import connect
 
@@ -35,6 +36,7 @@ COMMAND_MODULES = (
     "fieldhub.cli.org",
     "fieldhub.cli.service_account",
     "fieldhub.cli.device",
+    "fieldhub.cli.broker",
     "fieldhub.cli.auth_sync",
     "fieldhub.cli.command",
     "fieldhub.cli.twin",
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="fieldhub: an MQTT IoT backend (Mosquitto, TimescaleDB, Flask).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("--version", action="version", version=f"fieldhub {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -92,15 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Only a benchmark takes arguments the top-level parser does not know (its module declares
+    # them when it is loaded: fieldhub.cli.bench); anything else unknown is an error as usual.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra_args", False):
+        parser.error("unrecognized arguments: " + " ".join(extra))
+    args.extra_args = extra
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"fieldhub: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else getattr(logging, settings.log_level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    logs.configure(
+        logging.DEBUG if args.verbose else getattr(logging, settings.log_level, logging.INFO),
+        settings.log_format,
+        role=args.command,
     )
     try:
         result: int | None = args.handler(settings, args)

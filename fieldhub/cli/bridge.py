@@ -8,7 +8,7 @@ import signal
 from typing import Any
 
 from fieldhub.core import endpoints
-from fieldhub.core.config import Settings
+from fieldhub.core.config import Settings, bridge_metrics_port, split_bridge_name
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +30,17 @@ def register(subparsers: Any) -> None:
         help="with several brokers: the one to connect to (one process per broker and instance)",
     )
     bridge.add_argument(
+        "--name",
+        metavar="BROKER-N",
+        help="the broker and instance in one, e.g. broker-1-2 (what fieldhub-bridge@.service "
+        "passes); instead of --broker and --instance",
+    )
+    bridge.add_argument(
         "--metrics-port",
         type=int,
         default=None,
-        help="Prometheus metrics port (0 = off; default FIELDHUB_BRIDGE_METRICS_PORT, "
-        "plus instance - 1)",
+        help="port of /metrics, /healthz and /readyz (0 = off; default "
+        "FIELDHUB_BRIDGE_METRICS_PORT + 10 x broker index + instance - 1)",
     )
     bridge.add_argument(
         "--always-stage",
@@ -47,19 +53,28 @@ def register(subparsers: Any) -> None:
 def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
     from fieldhub.bridge.app import Bridge
 
-    if args.instance < 1:
+    broker, instance = args.broker, args.instance
+    if args.name:
+        if broker is not None:
+            raise ValueError("give --name or --broker/--instance, not both")
+        broker, instance = split_bridge_name(args.name)
+    if instance < 1:
         raise ValueError("--instance must be 1 or more")
+    broker = endpoints.check_broker(settings, broker)
     port = args.metrics_port
     if port is None:
-        port = settings.ports.bridge_metrics + args.instance - 1
+        port = bridge_metrics_port(settings, broker, instance)
+    several = len(settings.broker_names) > 1
     bridge = Bridge(
         database_url=endpoints.database_url(settings),
-        mqtt_endpoint=endpoints.bridge_mqtt(settings, args.broker, args.instance),
-        instance=args.instance,
+        mqtt_endpoint=endpoints.bridge_mqtt(settings, broker, instance),
+        instance=instance,
         metrics_port=port,
+        metrics_host=settings.metrics_host,
         always_stage=args.always_stage,
         # One broker: its dispatcher serves every device, whatever their broker column says.
-        broker=args.broker if len(settings.broker_names) > 1 else None,
+        broker=broker if several else None,
+        broker_label=broker,
     )
 
     def on_signal(signum: int, frame: Any) -> None:

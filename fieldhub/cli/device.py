@@ -105,7 +105,7 @@ def register(subparsers: Any) -> None:
 
 def _credentials(
     settings: Settings, creds: registry.DeviceCredentials, org: str
-) -> dict[str, str | None | list[str]]:
+) -> dict[str, str | list[str] | None]:
     try:
         mqtt_url: str | None = endpoints.device_mqtt_url(settings, creds.broker)
     except ConfigError:

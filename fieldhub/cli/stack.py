@@ -11,7 +11,7 @@ from fieldhub.cli import CommandError
 from fieldhub.core.config import Settings
 from fieldhub.stack.down import stop_stack
 from fieldhub.stack.preflight import StackError
-from fieldhub.stack.status import format_status, stack_status
+from fieldhub.stack.status import format_status, stack_status, status_ok
 from fieldhub.stack.up import detach_up, run_up
 
 
@@ -46,7 +46,11 @@ def register(subparsers: Any) -> None:
     down = subparsers.add_parser("down", help="stop the local stack (data is kept)")
     down.set_defaults(handler=cmd_down)
 
-    status = subparsers.add_parser("status", help="URLs and the state of each process")
+    status = subparsers.add_parser(
+        "status",
+        help="the local stack's processes, and the roles of this host (FIELDHUB_ROLES), "
+        "with each one's metrics URL",
+    )
     status.add_argument(
         "--json", action="store_true", help="print one JSON object (exit code 0 also when down)"
     )
@@ -81,4 +85,4 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(status, sort_keys=True))
         return 0
     print(format_status(status))
-    return 0 if status["running"] else 1
+    return 0 if status_ok(status) else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from typing import Any
@@ -21,8 +22,26 @@ WORKER_CONNECTIONS = 1000
 
 def register(subparsers: Any) -> None:
     web = subparsers.add_parser("web", help="serve the web app and API with gunicorn")
-    web.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    web.add_argument("--bind", help="HOST:PORT (default FIELDHUB_WEB_HOST:FIELDHUB_WEB_PORT)")
+    web.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default FIELDHUB_WEB_WORKERS, 2)",
+    )
+    web.add_argument(
+        "--instance",
+        type=int,
+        default=1,
+        help="instance N of this host (what fieldhub-web@N.service passes): listens on "
+        "FIELDHUB_WEB_PORT + N - 1, metrics on FIELDHUB_WEB_METRICS_PORT + N - 1 (default 1)",
+    )
+    web.add_argument("--bind", help="HOST:PORT (default FIELDHUB_WEB_HOST and the port above)")
+    web.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of the workers' summed /metrics, served by gunicorn's master (0 = off)",
+    )
     web.set_defaults(handler=cmd_web)
 
 
@@ -49,13 +68,39 @@ def gunicorn_argv(settings: Settings, workers: int, bind: str | None) -> list[st
         settings.log_level.lower(),
         "--access-logfile",
         "-",
+        # Hooks, metrics and logging (the module says what each does).
+        "--config",
+        "python:fieldhub.web.gunicorn_conf",
+        # gunicorn >= 25 opens a control socket at a fixed path under $HOME by default; two
+        # instances on one host would fight over it, and nothing here uses it.
+        "--no-control-socket",
         "fieldhub.web.wsgi:app",
     ]
 
 
 def cmd_web(settings: Settings, args: argparse.Namespace) -> int:
     endpoints.database_url(settings)  # fail here, clearly, rather than in every worker
-    argv = gunicorn_argv(settings, args.workers, args.bind)
+    if args.instance < 1:
+        raise CommandError("--instance must be 1 or more")
+    offset = args.instance - 1
+    settings = dataclasses.replace(
+        settings,
+        ports=dataclasses.replace(
+            settings.ports,
+            web=settings.ports.web + offset,
+            web_metrics=settings.ports.web_metrics + offset
+            if args.metrics_port is None
+            else args.metrics_port,
+        ),
+    )
+    workers = settings.web_workers if args.workers is None else args.workers
+    argv = gunicorn_argv(settings, workers, args.bind)
+    metrics_dir = settings.web_metrics_dir or (
+        settings.home / "run" / f"web-metrics-{settings.ports.web_metrics or settings.ports.web}"
+    )
+    # What gunicorn's config module and prometheus_client read in the new process.
+    os.environ["FIELDHUB_WEB_METRICS_PORT"] = str(settings.ports.web_metrics)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     # Replace this process: gunicorn's master handles SIGTERM (graceful stop) itself, and the
     # workers import psycopg fresh, after gevent's patching.
     os.execv(argv[0], argv)  # noqa: S606 (our own interpreter and argument list)

@@ -10,11 +10,14 @@ from typing import Any
 import orjson
 
 from fieldhub.analysis.jobs import JOBS, job_named
+from fieldhub.analysis.metrics import WorkerMetrics
 from fieldhub.analysis.worker import Worker, default_worker_name, run_if_due
 from fieldhub.cli import CommandError
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
+from fieldhub.core.health import HealthServer, ReadinessProbe
+from fieldhub.core.health_checks import ProbeConnection
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +31,13 @@ def register(subparsers: Any) -> None:
         help="run this job once now and exit (unless another worker is running it)",
     )
     worker.add_argument("--name", help="this worker's name in job runs (default host:pid)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of /metrics, /healthz and /readyz (0 = off; default "
+        "FIELDHUB_WORKER_METRICS_PORT)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
 
@@ -43,7 +53,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         print(orjson.dumps(result.details, option=orjson.OPT_INDENT_2).decode())
         return 0 if result.outcome in ("ok", "skipped") else 1
 
-    runner = Worker(url, JOBS, settings, name=name)
+    metrics = WorkerMetrics([job.name for job in JOBS])
+    runner = Worker(url, JOBS, settings, name=name, metrics=metrics)
+    readiness = ReadinessProbe({"database": ProbeConnection(url, "worker:health").answers})
     stopped = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -52,7 +64,22 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     runner.start()
+    metrics.start_refresh(url)
+    server = None
+    port = settings.ports.worker_metrics if args.metrics_port is None else args.metrics_port
+    if port:
+        server = HealthServer(
+            settings.metrics_host,
+            port,
+            metrics.registry,
+            alive=runner.alive,
+            probe=readiness,
+        )
     while not stopped.wait(1.0):
         pass
     runner.stop()
+    metrics.stop()
+    if server is not None:
+        server.close()
+    readiness.close()
     return 0

@@ -111,7 +111,7 @@ def send_command(
     device_id: str,
     name: str,
     params: Mapping[str, Any] | None,
-    ttl_s: int | None,
+    ttl_s: float | None,  # check_ttl accepts only whole seconds
     created_by: int | None = None,
     org_id: int | None = None,
 ) -> dict[str, Any]:

@@ -5,6 +5,13 @@ needs) down; nothing else calls `os.environ`. In development the defaults descri
 project-local stack that `fieldhub up` starts under `$FIELDHUB_HOME` (default `./var`). In
 production (`FIELDHUB_ENV=production`) every secret must be given explicitly: a missing one is
 a startup error, never a silent default.
+
+VARIABLES below declares every variable with its meaning and an example, in the order
+deploy/fieldhub.env.example lists them; that file is rendered from it (`python -m
+fieldhub.core.config > deploy/fieldhub.env.example`) and a test fails when they differ or when
+this module reads a variable VARIABLES does not declare. FIELDHUB_ENV_FILE names a file in
+systemd's EnvironmentFile syntax whose values fill in what the environment leaves unset, so an
+operator's shell on a host sees what the host's services see (/etc/profile.d/fieldhub.sh sets it).
 """
 
 from __future__ import annotations
@@ -12,13 +19,23 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 # The source checkout this package runs from. Only the development default of FIELDHUB_HOME
 # (`./var` of the checkout) is derived from it; an installed package finds its own files next
-# to its modules, and a production host sets FIELDHUB_HOME.
+# to its modules, and its FIELDHUB_HOME defaults to the systemd units' state directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+INSTALLED_HOME = Path("/var/lib/fieldhub")
+
+
+def default_home() -> Path:
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "fieldhub").is_dir():
+        return PROJECT_ROOT / "var"
+    return INSTALLED_HOME
+
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,7 +53,11 @@ class Ports:
     mqtt_devices_tls: int = 18883  # TLS for devices in the field
     mqtt_services: int = 11884  # the backend's own service accounts, loopback only
     web: int = 8000
+    # Prometheus metrics and health (/healthz, /readyz) of each process kind; instance N of a
+    # kind on one host takes its port + N - 1 (the bridge: see bridge_metrics_port()).
     bridge_metrics: int = 9108
+    web_metrics: int = 9120
+    worker_metrics: int = 9130
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +96,16 @@ class Settings:
     # Networks webhooks may reach although they are loopback, private, link-local or otherwise
     # refused (docs/analysis.md, "Webhook targets"); empty refuses all of those.
     webhook_allowed_networks: tuple[IPNetwork, ...] = ()
+    # Logs: "text" for people, "json" (one object per line) for log shippers.
+    log_format: str = "text"
+    # The address the metrics and health endpoints listen on (loopback unless Prometheus
+    # scrapes this host from another one).
+    metrics_host: str = "127.0.0.1"
+    # Where `fieldhub web` keeps its gunicorn workers' shared metric files (None: under home).
+    web_metrics_dir: Path | None = None
+    web_workers: int = 2
+    # What this host runs (FIELDHUB_ROLES), for `fieldhub status` and the production check.
+    roles: tuple[Role, ...] = ()
 
     @property
     def production(self) -> bool:
@@ -82,11 +113,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+        env = environment(environ)
         mode = env.get("FIELDHUB_ENV", "development")
         if mode not in ("development", "production", "test"):
             raise ConfigError(f"FIELDHUB_ENV must be development, production or test, not {mode!r}")
-        home = Path(env.get("FIELDHUB_HOME", str(PROJECT_ROOT / "var"))).resolve()
+        home = Path(env.get("FIELDHUB_HOME") or str(default_home())).resolve()
         ports = Ports(
             postgres=_port(env, "FIELDHUB_PG_PORT", Ports.postgres),
             mqtt_devices=_port(env, "FIELDHUB_MQTT_PORT", Ports.mqtt_devices),
@@ -94,7 +125,13 @@ class Settings:
             mqtt_services=_port(env, "FIELDHUB_MQTT_SERVICE_PORT", Ports.mqtt_services),
             web=_port(env, "FIELDHUB_WEB_PORT", Ports.web),
             bridge_metrics=_port(env, "FIELDHUB_BRIDGE_METRICS_PORT", Ports.bridge_metrics),
+            web_metrics=_port(env, "FIELDHUB_WEB_METRICS_PORT", Ports.web_metrics),
+            worker_metrics=_port(env, "FIELDHUB_WORKER_METRICS_PORT", Ports.worker_metrics),
         )
+        log_format = env.get("FIELDHUB_LOG_FORMAT", "").strip().lower() or "text"
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"FIELDHUB_LOG_FORMAT must be text or json, not {log_format!r}")
+        web_metrics_dir = env.get("FIELDHUB_WEB_METRICS_DIR") or None
         settings = cls(
             env=mode,
             home=home,
@@ -120,6 +157,11 @@ class Settings:
             retention_rollup_1h_days=_days(env, "FIELDHUB_RETENTION_ROLLUP_1H_DAYS", 0),
             retention_dead_letters_days=_days(env, "FIELDHUB_RETENTION_DEAD_LETTERS_DAYS", 14),
             webhook_allowed_networks=_networks(env, "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS"),
+            log_format=log_format,
+            metrics_host=env.get("FIELDHUB_METRICS_HOST", "").strip() or "127.0.0.1",
+            web_metrics_dir=Path(web_metrics_dir) if web_metrics_dir else None,
+            web_workers=_count(env, "FIELDHUB_WEB_WORKERS", 2),
+            roles=parse_roles(env.get("FIELDHUB_ROLES", "")),
         )
         settings.check()
         return settings
@@ -137,16 +179,16 @@ class Settings:
             )
         if not self.production:
             return
-        missing = [
-            name
-            for name, value in (
-                ("DATABASE_URL", self.database_url),
-                ("MQTT_URL", self.mqtt_url),
-                ("MQTT_DEVICE_URL", self.mqtt_device_url),
-                ("FIELDHUB_SECRET_KEY", self.secret_key),
-            )
-            if not value
-        ]
+        present = {
+            "DATABASE_URL": self.database_url,
+            "MQTT_URL": self.mqtt_url,
+            "MQTT_DEVICE_URL": self.mqtt_device_url or (self.brokers and "FIELDHUB_BROKERS"),
+            "FIELDHUB_SECRET_KEY": self.secret_key,
+        }
+        # A host that names its roles needs only their secrets (a web host never holds the
+        # bridge's MQTT password); one that does not may run anything, so it needs them all.
+        needed = required_variables(self.roles) if self.roles else tuple(present)
+        missing = [name for name in needed if not present.get(name)]
         if missing:
             raise ConfigError("production mode needs these set explicitly: " + ", ".join(missing))
         if self.secret_key is not None and len(self.secret_key) < 32:
@@ -166,6 +208,69 @@ class Settings:
         return self.home / "log"
 
 
+LOG_FORMATS = ("text", "json")
+
+# What each kind of role reads beyond the defaults, in production (see Settings.check).
+ROLE_KINDS: dict[str, tuple[str, ...]] = {
+    "database": (),  # PostgreSQL (Debian's unit)
+    "broker": (),  # Mosquitto (Debian's unit), instance = broker name
+    "migrate": ("DATABASE_URL",),
+    "auth-sync": ("DATABASE_URL",),  # instance = broker name
+    "bridge": ("DATABASE_URL", "MQTT_URL"),  # instance = BROKER-N
+    "web": ("DATABASE_URL", "FIELDHUB_SECRET_KEY", "MQTT_DEVICE_URL"),  # instance = N
+    "worker": ("DATABASE_URL",),
+    "nginx": (),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """One entry of FIELDHUB_ROLES: a kind and, for templated units, the instance
+    (`bridge@broker-1-2` is fieldhub-bridge@broker-1-2.service)."""
+
+    kind: str
+    instance: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.instance}" if self.instance else self.kind
+
+
+def parse_roles(raw: str) -> tuple[Role, ...]:
+    roles: list[Role] = []
+    for item in raw.replace(" ", ",").split(","):
+        if not item:
+            continue
+        kind, _, instance = item.partition("@")
+        if kind not in ROLE_KINDS:
+            raise ConfigError(
+                f"FIELDHUB_ROLES: unknown role {kind!r}; roles are " + ", ".join(ROLE_KINDS)
+            )
+        if kind in ("bridge", "web", "auth-sync", "broker") and not instance:
+            raise ConfigError(
+                f"FIELDHUB_ROLES: {kind} needs an instance, like {kind}@{_EXAMPLE[kind]}"
+            )
+        roles.append(Role(kind, instance))
+    return tuple(roles)
+
+
+_EXAMPLE = {"bridge": "broker-1-1", "web": "1", "auth-sync": "broker-1", "broker": "broker-1"}
+
+
+def required_variables(roles: tuple[Role, ...]) -> tuple[str, ...]:
+    names: dict[str, None] = {}
+    for role in roles:
+        names.update(dict.fromkeys(ROLE_KINDS[role.kind]))
+    return tuple(names)
+
+
+def split_bridge_name(name: str) -> tuple[str, int]:
+    """`broker-1-2` (a bridge unit's instance) into ("broker-1", 2)."""
+    broker, sep, number = name.rpartition("-")
+    if not sep or not broker or not number.isdigit() or int(number) < 1:
+        raise ConfigError(f"a bridge is named BROKER-INSTANCE, like broker-1-2, not {name!r}")
+    return broker, int(number)
+
+
 DEFAULT_BROKER = "broker-1"
 BROKER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -180,7 +285,7 @@ def broker_names(brokers: tuple[tuple[str, str], ...], local_brokers: int) -> tu
 def configured_broker_names(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """Just the broker names, for code that homes a new device but gets no Settings (the
     registry functions, which the CLI, the web app and the simulator all call)."""
-    env = os.environ if environ is None else environ
+    env = environment(environ)
     return broker_names(_broker_urls(env, "FIELDHUB_BROKERS"), _local_brokers(env))
 
 
@@ -260,3 +365,240 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
                 f"{name}: {text!r} is not a network in CIDR form like 10.0.0.0/8 ({exc})"
             ) from None
     return tuple(networks)
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name} must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
+
+
+# -- metrics ports -------------------------------------------------------------------------
+# With several brokers, each broker's bridge processes on a host take a block of this many
+# ports (broker-1: base .. base + 9, broker-2: base + 10 ..), so the per-broker units of one
+# host never collide.
+BRIDGE_PORTS_PER_BROKER = 10
+
+
+def bridge_metrics_port(settings: Settings, broker: str | None, instance: int) -> int:
+    """The default metrics port of bridge process (broker, instance)."""
+    names = settings.broker_names
+    index = names.index(broker) if broker in names and len(names) > 1 else 0
+    if len(names) > 1 and instance > BRIDGE_PORTS_PER_BROKER:
+        raise ConfigError(
+            f"bridge instance {instance} of {broker}: with several brokers give it "
+            "--metrics-port (the default port blocks hold 10 instances per broker)"
+        )
+    return settings.ports.bridge_metrics + BRIDGE_PORTS_PER_BROKER * index + instance - 1
+
+
+# -- the environment and the env file ----------------------------------------------------------
+def environment(environ: Mapping[str, str] | None = None) -> Mapping[str, str]:
+    """The process environment, with FIELDHUB_ENV_FILE's values for what it leaves unset."""
+    env = os.environ if environ is None else environ
+    path = env.get("FIELDHUB_ENV_FILE")
+    if not path:
+        return env
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"FIELDHUB_ENV_FILE: cannot read {path}: {exc.strerror}") from None
+    return {**parse_env_file(text, path), **env}
+
+
+def parse_env_file(text: str, where: str = "env file") -> dict[str, str]:
+    """KEY=VALUE lines as systemd's EnvironmentFile= reads them: # and ; start comments,
+    values may be wrapped in single or double quotes, blank lines are skipped."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum() or key[0].isdigit():
+            raise ConfigError(f"{where}, line {number}: expected NAME=value, got {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One environment variable: its meaning, and how the sample env file shows it (set to
+    `example`, or commented out with its default when the host may leave it unset)."""
+
+    name: str
+    help: str
+    example: str = ""
+    required: bool = False  # uncommented in the sample: a production host must set it
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "FIELDHUB_ENV",
+        "development, production or test; production refuses to start "
+        "without the secrets its roles need",
+        "production",
+        required=True,
+    ),
+    Variable(
+        "FIELDHUB_ROLES",
+        "what this host runs, comma-separated: database, broker@NAME, "
+        "auth-sync@NAME, bridge@BROKER-N, web@N, worker, migrate, nginx (the systemd "
+        "units' names); `fieldhub status` probes them, production checks their secrets",
+        "web@1,worker",
+        required=True,
+    ),
+    Variable(
+        "FIELDHUB_HOME",
+        "state directory (the units' StateDirectory)",
+        "/var/lib/fieldhub",
+        required=True,
+    ),
+    Variable(
+        "FIELDHUB_ENV_FILE",
+        "a file of these variables filling in what the environment "
+        "leaves unset (set by /etc/profile.d/fieldhub.sh for operators' shells; the units "
+        "use EnvironmentFile= instead)",
+        "/etc/fieldhub/fieldhub.env",
+    ),
+    Variable(
+        "DATABASE_URL",
+        "the primary PostgreSQL (every write; the registry)",
+        "postgresql://fieldhub:CHANGE-ME@db.internal:5432/fieldhub?sslmode=require",
+        required=True,
+    ),
+    Variable(
+        "READ_DATABASE_URL",
+        "a streaming replica the web app reads from (default: the primary)",
+        "postgresql://fieldhub:CHANGE-ME@db-replica.internal:5432/fieldhub",
+    ),
+    Variable(
+        "MQTT_URL",
+        "the bridge accounts' name and password on the brokers' service listener (bridge "
+        "hosts only): instance N logs in as NAME-N (`fieldhub service-account bridges`); the "
+        "address is used when FIELDHUB_BROKER_SERVICE_URLS is unset",
+        "mqtt://svc.bridge:CHANGE-ME@mqtt1.internal:1884",
+    ),
+    Variable(
+        "MQTT_DEVICE_URL",
+        "with one broker: what devices are told to connect to",
+        "mqtts://mqtt.example.com:8883",
+    ),
+    Variable(
+        "FIELDHUB_BROKERS",
+        "several brokers: NAME=URL devices connect to, "
+        "comma-separated, the same on every host (it decides where new devices go)",
+        "broker-1=mqtts://mqtt1.example.com:8883,broker-2=mqtts://mqtt2.example.com:8883",
+    ),
+    Variable(
+        "FIELDHUB_BROKER_SERVICE_URLS",
+        "several brokers: NAME=URL of each broker's "
+        "service listener for the bridges (no credentials: those come from MQTT_URL)",
+        "broker-1=mqtt://mqtt1.internal:1884,broker-2=mqtt://mqtt2.internal:1884",
+    ),
+    Variable(
+        "FIELDHUB_LOCAL_BROKERS",
+        "local stack only: how many brokers `fieldhub up` runs when FIELDHUB_BROKERS is unset",
+        "1",
+    ),
+    Variable(
+        "FIELDHUB_SECRET_KEY",
+        "signs the web app's flash cookies; at least 32 characters, "
+        "the same on every web host (web hosts only)",
+        "CHANGE-ME-to-64-random-characters",
+    ),
+    Variable(
+        "FIELDHUB_TRUSTED_PROXIES",
+        "web hosts: the reverse proxies (nginx) whose X-Forwarded-For names the client, for "
+        "login throttling and logs; comma-separated CIDRs or addresses (docs/security.md)",
+        "10.0.0.30/32",
+    ),
+    Variable("FIELDHUB_WEB_HOST", "the address gunicorn listens on", "127.0.0.1"),
+    Variable("FIELDHUB_WEB_PORT", "gunicorn's port (web@N listens on this + N - 1)", "8000"),
+    Variable("FIELDHUB_WEB_WORKERS", "gunicorn worker processes per web instance", "2"),
+    Variable(
+        "FIELDHUB_METRICS_HOST",
+        "the address the metrics and health endpoints of the "
+        "bridge, worker and web listen on; Prometheus on another host needs this host's "
+        "private address",
+        "127.0.0.1",
+    ),
+    Variable(
+        "FIELDHUB_BRIDGE_METRICS_PORT",
+        "the bridge's metrics and health port (instance N "
+        "of the Kth broker: this + 10 x (K - 1) + N - 1)",
+        "9108",
+    ),
+    Variable(
+        "FIELDHUB_WEB_METRICS_PORT", "the web app's metrics port (web@N: this + N - 1)", "9120"
+    ),
+    Variable("FIELDHUB_WORKER_METRICS_PORT", "the worker's metrics and health port", "9130"),
+    Variable(
+        "FIELDHUB_WEB_METRICS_DIR",
+        "where gunicorn's workers keep their shared metric "
+        "files, emptied at start (the unit gives each instance one under /run)",
+        "/run/fieldhub-web-1/metrics",
+    ),
+    Variable("FIELDHUB_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO"),
+    Variable(
+        "FIELDHUB_LOG_FORMAT",
+        "text, or json for one JSON object per line (time, level, "
+        "logger, message, role, exception)",
+        "json",
+    ),
+    Variable(
+        "FIELDHUB_MOSQUITTO_DIR",
+        "broker hosts: the folder whose auth/ holds the password and ACL files auth-sync writes",
+        "/var/lib/fieldhub-broker",
+    ),
+    Variable(
+        "FIELDHUB_MOSQUITTO_PID_FILE",
+        "broker hosts: Mosquitto's pid file, for the SIGHUP that makes it reload those files",
+        "/run/mosquitto/mosquitto.pid",
+    ),
+    Variable(
+        "FIELDHUB_ACL_DIR",
+        "broker hosts: operators' extra ACL files (*.acl) merged into the rendered ACL",
+        "/etc/fieldhub/acl.d",
+    ),
+    Variable("FIELDHUB_PG_PORT", "local stack only: its PostgreSQL's port", "15432"),
+    Variable("FIELDHUB_MQTT_PORT", "Mosquitto's plain device listener (loopback)", "1883"),
+    Variable("FIELDHUB_MQTTS_PORT", "Mosquitto's TLS device listener", "8883"),
+    Variable("FIELDHUB_MQTT_SERVICE_PORT", "Mosquitto's service listener for the bridges", "1884"),
+    Variable(
+        "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS",
+        "worker hosts: networks webhooks may reach although they are loopback, private or "
+        "link-local (comma-separated CIDRs; refused by default, docs/analysis.md)",
+        "10.20.0.0/16",
+    ),
+    Variable("FIELDHUB_RETENTION_RAW_DAYS", "days of raw readings kept (0 = forever)", "30"),
+    Variable("FIELDHUB_RETENTION_ROLLUP_1M_DAYS", "days of 1-minute rollups kept", "365"),
+    Variable("FIELDHUB_RETENTION_ROLLUP_1H_DAYS", "days of 1-hour rollups kept", "0"),
+    Variable("FIELDHUB_RETENTION_DEAD_LETTERS_DAYS", "days of dead letters kept", "14"),
+)
+
+
+def render_env_example() -> str:
+    """deploy/fieldhub.env.example: every variable, required ones set, the rest commented."""
+    lines = [
+        "# /etc/fieldhub/fieldhub.env: the settings of one fieldhub host, read by every",
+        "# fieldhub unit (EnvironmentFile=). Owner root, mode 0640, group fieldhub: it holds",
+        "# secrets. A host needs only what its roles read (FIELDHUB_ROLES); lines starting",
+        "# with # show the default or an example. Generated from fieldhub/core/config.py",
+        "# (python -m fieldhub.core.config); docs/deploy.md explains each role's needs.",
+    ]
+    for var in VARIABLES:
+        lines += ["", *(f"# {line}" for line in textwrap.wrap(var.help, 88))]
+        lines.append(f"{'' if var.required else '#'}{var.name}={var.example}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render_env_example())

@@ -27,7 +27,7 @@ from typing import Final, NamedTuple, TypeAlias
 
 import orjson
 
-JsonValue: TypeAlias = "None | bool | int | float | str | list[JsonValue] | dict[str, JsonValue]"
+JsonValue: TypeAlias = "bool | int | float | str | list[JsonValue] | dict[str, JsonValue] | None"
 Document: TypeAlias = "dict[str, JsonValue]"
 
 MAX_DOCUMENT_BYTES: Final = 16 * 1024

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import endpoints
-from fieldhub.core.config import Settings
+from fieldhub.core.config import Settings, bridge_metrics_port
 from fieldhub.core.procs import port_open
 from fieldhub.stack import cluster as cluster_mod
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
@@ -40,8 +40,10 @@ def mosquitto_spec(broker: MosquittoBroker, name: str = "mosquitto") -> ProcessS
     return ProcessSpec(
         name=name,
         argv=tuple(broker.command()),
-        ready=lambda: port_open(broker.mqtt_services, broker.bind)
-        and port_open(broker.mqtt_devices, broker.bind),
+        ready=lambda: (
+            port_open(broker.mqtt_services, broker.bind)
+            and port_open(broker.mqtt_devices, broker.bind)
+        ),
         ready_timeout=30,
     )
 
@@ -72,6 +74,7 @@ def service_specs(
         probe: Callable[[], bool] | None = None,
         timeout: float = 0,
         env: dict[str, str] | None = None,
+        metrics_url: str | None = None,
     ) -> None:
         specs.append(
             ProcessSpec(
@@ -81,6 +84,7 @@ def service_specs(
                 ready_timeout=timeout,
                 essential=False,
                 env={**broker_env, **(env or {})},
+                metrics_url=metrics_url,
             )
         )
 
@@ -93,11 +97,11 @@ def service_specs(
             fieldhub_argv("auth-sync", "--broker", broker),
             env=local_broker_env(settings, broker),
         )
-    # A bridge is ready when its metrics endpoint answers.
+    # Each process is ready when its /readyz says so (503 until then).
     instances = bridge_instances(cluster)
     for n in range(1, instances + 1):
-        for k, broker in enumerate(brokers):
-            port = bridge_metrics_port(settings, n, k, instances)
+        for broker in brokers:
+            port = bridge_metrics_port(settings, broker, n)
             name = "bridge" if instances == 1 and not several else f"bridge-{n}"
             argv = ["bridge", "--instance", str(n), "--metrics-port", str(port)]
             if several:
@@ -106,24 +110,43 @@ def service_specs(
             add(
                 name,
                 fieldhub_argv(*argv),
-                http_answers(f"http://127.0.0.1:{port}/metrics"),
+                http_answers(f"http://127.0.0.1:{port}/readyz"),
                 30,
+                metrics_url=f"http://127.0.0.1:{port}/metrics",
             )
-    add("worker", fieldhub_argv("worker"))
+    worker_port = settings.ports.worker_metrics
+    add(
+        "worker",
+        fieldhub_argv("worker", "--metrics-port", str(worker_port)),
+        http_answers(f"http://127.0.0.1:{worker_port}/readyz"),
+        30,
+        metrics_url=f"http://127.0.0.1:{worker_port}/metrics",
+    )
     web_env = {"READ_DATABASE_URL": read_database_url} if read_database_url else {}
     if cluster:
         # nginx reaches the instances over loopback and says who the client is.
         proxies = [str(n) for n in settings.trusted_proxies] + list(cluster_mod.NGINX_PEERS)
         for n, port in enumerate(cluster_mod.web_instance_ports(settings), start=1):
+            metrics_port = settings.ports.web_metrics + n - 1
             add(
                 f"web-{n}",
-                fieldhub_argv("web", "--bind", f"127.0.0.1:{port}"),
-                http_answers(f"http://127.0.0.1:{port}/"),
+                fieldhub_argv(
+                    "web", "--bind", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port)
+                ),
+                http_answers(f"http://127.0.0.1:{port}/readyz"),
                 60,
                 {**web_env, "FIELDHUB_TRUSTED_PROXIES": ",".join(dict.fromkeys(proxies))},
+                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
             )
     else:
-        add("web", fieldhub_argv("web"), http_answers(str(urls["web_url"])), 60, web_env)
+        add(
+            "web",
+            fieldhub_argv("web"),
+            http_answers(f"{urls['web_url']}readyz"),
+            60,
+            web_env,
+            metrics_url=f"http://127.0.0.1:{settings.ports.web_metrics}/metrics",
+        )
     if demo:
         from fieldhub.sim.demo import DEMO_DEVICES, DEMO_INTERVAL_S, DEMO_ORG
 
@@ -152,13 +175,6 @@ def service_specs(
 def bridge_instances(cluster: bool) -> int:
     """How many bridge instances the stack runs (each has its own broker account)."""
     return cluster_mod.BRIDGES if cluster else 1
-
-
-def bridge_metrics_port(
-    settings: Settings, instance: int, broker_index: int, instances: int
-) -> int:
-    """Instance N of broker 1 keeps METRICS + N - 1; each further broker's bridges follow."""
-    return settings.ports.bridge_metrics + broker_index * instances + instance - 1
 
 
 def local_broker_env(settings: Settings, broker: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from typing import Any
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.stack.preflight import StackPaths
+from fieldhub.stack.roles import all_ready, format_roles, role_status
 from fieldhub.stack.supervisor import read_state, same_process_alive
 
 
@@ -88,10 +89,20 @@ def stack_status(settings: Settings) -> dict[str, Any]:
                 "restarts": info.get("restarts", 0),
                 "last_exit": info.get("last_exit"),
                 "log": info.get("log"),
+                "metrics_url": info.get("metrics_url"),
             }
         for name, reason in (state.get("unavailable") or {}).items():
             result["processes"][name] = {"state": "unavailable", "reason": reason}
+    if settings.roles:
+        result["roles"] = role_status(settings)
     return result
+
+
+def status_ok(status: dict[str, Any]) -> bool:
+    """A host with roles is fine when they are; otherwise, when the local stack runs."""
+    if "roles" in status:
+        return all_ready(status["roles"])
+    return bool(status["running"])
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -109,12 +120,16 @@ def format_status(status: dict[str, Any]) -> str:
             f"  devices:  {broker['mqtt_device_url']} ({name})" for name, broker in brokers.items()
         ]
     if status["processes"]:
-        lines.append(f"  {'PROCESS':<18} {'STATE':<12} {'PID':>8} {'RESTARTS':>8}")
+        lines.append(f"  {'PROCESS':<18} {'STATE':<12} {'PID':>8} {'RESTARTS':>8}  METRICS")
         for name, info in status["processes"].items():
             pid = info.get("pid") or "-"
             lines.append(
                 f"  {name:<18} {info['state']:<12} {pid!s:>8} {info.get('restarts', 0)!s:>8}"
+                + (f"  {info['metrics_url']}" if info.get("metrics_url") else "")
             )
     if any(info["state"] == "orphaned" for info in status["processes"].values()):
         lines.append("  the supervisor is gone but processes remain: `fieldhub down` stops them")
+    if "roles" in status:
+        lines.append("roles of this host (FIELDHUB_ROLES):")
+        lines += format_roles(status["roles"])
     return "\n".join(lines)

@@ -8,6 +8,13 @@ backoff, and the restart is logged with its exit code. The supervisor keeps a st
 stored with their kernel start time so a recycled pid is never mistaken for one of ours.
 
 Cluster mode is the same supervisor with more specs (several brokers, bridges, web servers).
+
+Log files are rotated by size: every LOG_CHECK_S the supervisor copies each *.log under the
+log folder that outgrew LOG_MAX_BYTES to NAME.log.1 (shifting older copies up to
+NAME.log.LOG_KEEP, dropping the oldest) and truncates it. The children keep writing to the
+file they opened; they opened it for appending, so after the truncation their next line lands
+at the new end (logrotate's copytruncate: lines written between the copy and the truncation,
+a few milliseconds, are lost, which beats restarting every process to reopen its log).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -28,6 +36,9 @@ from typing import Any
 log = logging.getLogger("fieldhub.supervisor")
 
 STATE_VERSION = 1
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_KEEP = 3
+LOG_CHECK_S = 10.0
 
 
 class StartupError(RuntimeError):
@@ -49,6 +60,8 @@ class ProcessSpec:
     stop_timeout: float = 20.0
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     cwd: Path | None = None
+    # Where Prometheus scrapes it (its /healthz and /readyz are beside), for `fieldhub status`.
+    metrics_url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +153,9 @@ class Supervisor:
         backoff: Backoff | None = None,
         base_env: Mapping[str, str] | None = None,
         poll_interval: float = 0.2,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_keep: int = LOG_KEEP,
+        log_check_s: float = LOG_CHECK_S,
     ) -> None:
         self.log_dir = log_dir
         self.state_file = state_file
@@ -147,6 +163,10 @@ class Supervisor:
         self.backoff = backoff or Backoff()
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.poll_interval = poll_interval
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = log_keep
+        self.log_check_s = log_check_s
+        self._logs_checked = 0.0
         self.phase = "starting"
         self.unavailable: dict[str, str] = {}
         self._children: dict[str, _Child] = {}
@@ -255,6 +275,14 @@ class Supervisor:
                     if self._stopping.is_set():
                         break
                     self._check(self._children[name])
+            if time.monotonic() - self._logs_checked >= self.log_check_s:
+                self._logs_checked = time.monotonic()
+                for path in sorted(self.log_dir.glob("*.log")):
+                    try:
+                        if rotate_if_large(path, self.log_max_bytes, self.log_keep):
+                            log.info("rotated %s", path)
+                    except OSError as exc:
+                        log.warning("could not rotate %s: %s", path, exc)
 
     def _check(self, child: _Child) -> None:
         now = time.monotonic()
@@ -334,6 +362,7 @@ class Supervisor:
                     "started_at": child.started_wall,
                     "log": str(child.log_file),
                     "argv": list(child.spec.argv),
+                    "metrics_url": child.spec.metrics_url,
                     "stop_signal": int(child.spec.stop_signal),
                 }
             return {
@@ -403,6 +432,22 @@ def _kill_orphaned_group(pgid: int) -> None:
     # this id whose leader is gone is the remains of our child, not a stranger's.
     if process_start_time(pgid) is None:
         kill_group(pgid)
+
+
+def rotate_if_large(path: Path, max_bytes: int, keep: int) -> bool:
+    """Copy-and-truncate `path` once it holds `max_bytes`, keeping `keep` old copies."""
+    try:
+        if path.stat().st_size < max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    for n in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
+    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    os.truncate(path, 0)
+    return True
 
 
 def describe_exit(code: int | None) -> str:

@@ -15,7 +15,6 @@ import orjson
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 
-from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -45,6 +44,11 @@ class JSONProvider(DefaultJSONProvider):
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    # Imported here, not at the top: gunicorn's master imports this package (for its config
+    # module, fieldhub.web.gunicorn_conf) and must not import psycopg before it forks the
+    # gevent workers (tests/stack/test_health.py says why).
+    from fieldhub.core import endpoints
+
     app = Flask(__name__)
     app.json = JSONProvider(app)
     app.config.update(
@@ -96,7 +100,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         auth,
         db,
         errors,
+        health,
         live,
+        metrics,
         pages,
         template_helpers,
     )
@@ -108,6 +114,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     db.init_app(app)
     errors.init_app(app)
+    # First of the before-request hooks: the latency clock starts before anything else runs,
+    # and a process that is not ready refuses before any hook touches the database.
+    metrics.init_app(app)
+    health.init_app(app)
     # Before auth's CSRF check, which is the first to read a posted form.
     app.before_request(_upload_limit)
     auth.init_app(app)
@@ -118,6 +128,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     api.init_app(app)
     admin.init_app(app)
     return app
+
+
+def shutdown(app: Flask) -> None:
+    """Stop what the app started in this process: the live hub, the pools, the readiness
+    probe's connection."""
+    app.extensions["fieldhub.live"].stop()
+    app.extensions["fieldhub.pools"].close()
+    app.extensions["fieldhub.readiness"].close()
 
 
 def _upload_limit() -> None:

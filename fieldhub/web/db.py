@@ -26,6 +26,7 @@ from flask import Flask, current_app, g, request, session
 from psycopg_pool import ConnectionPool
 
 from fieldhub.core.db import Queries, make_pool
+from fieldhub.web import metrics
 
 QUERIES = Queries(Path(__file__).with_name("queries.sql"))
 
@@ -53,6 +54,19 @@ class Pools:
                 pool = make_pool(url, min_size=1, max_size=self.max_size, name="fieldhub-web")
                 self._pools[url] = pool
             return pool
+
+    @contextmanager
+    def connection(self, kind: str) -> Iterator[Conn]:
+        """A connection of the `kind` pool, outside any request (live streams)."""
+        pool = self.get(kind)
+        with metrics.waited_for(kind, pool):
+            conn = pool.getconn()
+        try:
+            conn.autocommit = True
+            yield conn
+        finally:
+            pool.putconn(conn)
+            metrics.pool_state(kind, pool)
 
     def close(self) -> None:
         with self._lock:
@@ -82,10 +96,11 @@ def _get(kind: str) -> Conn:
     conn: Conn | None = g.get(key)
     if conn is None:
         pool = pools().get(kind)
-        conn = pool.getconn()
+        with metrics.waited_for(kind, pool):
+            conn = pool.getconn()
         conn.autocommit = True
         setattr(g, key, conn)
-        g.setdefault("db_held", []).append((pool, conn))
+        g.setdefault("db_held", []).append((kind, pool, conn))
     return conn
 
 
@@ -153,14 +168,14 @@ def write() -> Conn:
 @contextmanager
 def connection(kind: str = "read") -> Iterator[Conn]:
     """A connection outside the request context (streams, the live hub)."""
-    with pools().get(kind).connection() as conn:
-        conn.autocommit = True
+    with pools().connection(kind) as conn:
         yield conn
 
 
 def _release(exc: BaseException | None) -> None:
-    for pool, conn in g.pop("db_held", []):
+    for kind, pool, conn in g.pop("db_held", []):
         pool.putconn(conn)
+        metrics.pool_state(kind, pool)
     g.pop("db_read", None)
     g.pop("db_write", None)
 

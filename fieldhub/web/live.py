@@ -31,7 +31,7 @@ import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
 from fieldhub.core import command_requests
-from fieldhub.web import JSONProvider, data, db
+from fieldhub.web import JSONProvider, data, db, metrics
 from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ def route(channel: str, payload: str, sub: Subscription) -> str | None:
     return None
 
 
+def _stream_kind(sub: Subscription) -> str:
+    """A device page's stream names its device; the alerts page's stream names none."""
+    return "device" if sub.device_ids else "alerts"
+
+
 class Hub:
     """One LISTEN connection per process, started on the first subscription after a fork."""
 
@@ -112,11 +117,15 @@ class Hub:
                 self._thread = threading.Thread(target=self._run, name="live-hub", daemon=True)
                 self._thread.start()
             self._subs.add(sub)
+        metrics.stream_opened(_stream_kind(sub))
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
+            present = sub in self._subs
             self._subs.discard(sub)
+        if present:
+            metrics.stream_closed(_stream_kind(sub))
 
     def subscribers(self) -> int:
         with self._lock:
@@ -192,8 +201,7 @@ def guarded_events(
             event: tuple[str, str] | None = sub.events.get(timeout=wait_s)
         except queue.Empty:
             event = None
-        with pools.get("write").connection() as conn:
-            conn.autocommit = True
+        with pools.connection("write") as conn:
             if not still_valid(conn):
                 yield sse("end", {"reason": SESSION_ENDED})
                 return

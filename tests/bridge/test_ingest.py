@@ -224,9 +224,10 @@ def test_readings_without_ts_are_each_stored_even_when_they_arrive_together(
         bridge.start().wait_ready()
         publisher.publish(messages, threads=1)
         wait_for(
-            lambda: bridge.metrics().get('fieldhub_bridge_messages_total{kind="telemetry"}')
-            == burst
-            and bridge.metrics().get("fieldhub_bridge_backlog_messages") == 0.0,
+            lambda: (
+                bridge.metrics().get('fieldhub_bridge_messages_total{kind="telemetry"}') == burst
+                and bridge.metrics().get("fieldhub_bridge_backlog_messages") == 0.0
+            ),
             timeout=30,
             what="the bridge to take the whole burst",
         )

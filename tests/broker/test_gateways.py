@@ -129,8 +129,10 @@ def test_a_gateway_acts_for_its_children_only_and_detaching_stops_it(
         started = time.monotonic()
         stack.sync()
         wait_for(
-            lambda: gateway.publish_reason(f"devices/{kid}/telemetry", '{"values": {"t": 3}}')
-            == "Not authorized",
+            lambda: (
+                gateway.publish_reason(f"devices/{kid}/telemetry", '{"values": {"t": 3}}')
+                == "Not authorized"
+            ),
             interval=0.005,
             what="the detached child's telemetry to be refused",
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from fieldhub import cli
+from fieldhub.core import config
 from fieldhub.core.config import PROJECT_ROOT, ConfigError, Ports, Settings
 
 PRODUCTION = {
@@ -130,3 +132,100 @@ def test_a_malformed_webhook_network_is_a_clear_startup_error(raw: str, says: st
         Settings.from_env({"FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": raw})
     assert "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS" in str(error.value)
     assert says in str(error.value)
+
+
+# -- the declared variables and the sample env file -----------------------------------------------
+def test_the_sample_env_file_is_rendered_from_the_declared_variables() -> None:
+    sample = PROJECT_ROOT / "deploy" / "fieldhub.env.example"
+    assert sample.read_text() == config.render_env_example(), (
+        "deploy/fieldhub.env.example is out of date: "
+        "python -m fieldhub.core.config > deploy/fieldhub.env.example"
+    )
+    listed = [
+        line.lstrip("#").split("=", 1)[0]
+        for line in sample.read_text().splitlines()
+        if re.match(r"^#?[A-Z][A-Z0-9_]*=", line)
+    ]
+    assert listed == [var.name for var in config.VARIABLES]
+
+
+def test_every_variable_config_reads_is_declared() -> None:
+    source = Path(config.__file__).read_text()
+    body = source.split("VARIABLES: tuple[Variable, ...] = (")[0]
+    read = set(
+        re.findall(r'"((?:FIELDHUB|DATABASE|READ_DATABASE|MQTT)_[A-Z0-9_]*|DATABASE_URL)"', body)
+    )
+    assert read, "the pattern no longer finds the variables this module reads"
+    assert read <= {var.name for var in config.VARIABLES}
+
+
+def test_only_config_reads_the_environment() -> None:
+    """Others may set variables for a child process (`fieldhub web` does for gunicorn), and
+    prometheus_client's PROMETHEUS_MULTIPROC_DIR is its own; benchmarks are not the product."""
+    package = PROJECT_ROOT / "fieldhub"
+    readers = [
+        str(path.relative_to(PROJECT_ROOT))
+        for path in package.rglob("*.py")
+        if path.name != "config.py"
+        and re.search(
+            r"os\.getenv|os\.environ\.get|os\.environ\[\"(?!PROMETHEUS)[^\"]+\"\](?!\s*=)",
+            path.read_text(),
+        )
+        and "bench" not in path.parts
+    ]
+    assert readers == []
+
+
+def test_the_env_file_fills_in_what_the_environment_leaves_unset(tmp_path: Path) -> None:
+    env_file = tmp_path / "fieldhub.env"
+    env_file.write_text(
+        "# a comment\n; another\n\nFIELDHUB_WEB_PORT=9000\n"
+        "DATABASE_URL='postgresql://a:b@db/x'\nFIELDHUB_LOG_FORMAT=\"json\"\n"
+    )
+    settings = Settings.from_env({"FIELDHUB_ENV_FILE": str(env_file), "FIELDHUB_WEB_PORT": "9100"})
+    assert settings.ports.web == 9100  # the environment wins
+    assert settings.database_url == "postgresql://a:b@db/x"
+    assert settings.log_format == "json"
+
+    env_file.write_text("FIELDHUB_WEB_PORT 9000\n")
+    with pytest.raises(ConfigError, match="line 1: expected NAME=value"):
+        Settings.from_env({"FIELDHUB_ENV_FILE": str(env_file)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.from_env({"FIELDHUB_ENV_FILE": str(tmp_path / "missing.env")})
+
+
+def test_roles_parse_and_limit_what_production_requires() -> None:
+    roles = config.parse_roles("web@1, worker,bridge@broker-2-3")
+    assert [str(role) for role in roles] == ["web@1", "worker", "bridge@broker-2-3"]
+    with pytest.raises(ConfigError, match="unknown role 'webserver'"):
+        config.parse_roles("webserver")
+    with pytest.raises(ConfigError, match="bridge needs an instance"):
+        config.parse_roles("bridge")
+    # A web and worker host does not hold the bridge's MQTT password.
+    web_host = {k: v for k, v in PRODUCTION.items() if k != "MQTT_URL"}
+    assert Settings.from_env({**web_host, "FIELDHUB_ROLES": "web@1,worker"}).production
+    # A bridge host needs it, but not the web app's secret key.
+    bridge_host = {k: v for k, v in PRODUCTION.items() if k != "FIELDHUB_SECRET_KEY"}
+    with pytest.raises(ConfigError, match="MQTT_URL"):
+        Settings.from_env({**bridge_host, "MQTT_URL": "", "FIELDHUB_ROLES": "bridge@broker-1-1"})
+    assert Settings.from_env({**bridge_host, "FIELDHUB_ROLES": "bridge@broker-1-1"}).production
+    assert config.split_bridge_name("broker-1-12") == ("broker-1", 12)
+    with pytest.raises(ConfigError, match="BROKER-INSTANCE"):
+        config.split_bridge_name("broker")
+
+
+def test_bridge_metrics_ports_do_not_collide_across_brokers() -> None:
+    one = Settings.from_env({})
+    assert [config.bridge_metrics_port(one, "broker-1", n) for n in (1, 2)] == [9108, 9109]
+    two = Settings.from_env({"FIELDHUB_LOCAL_BROKERS": "2"})
+    ports = {
+        config.bridge_metrics_port(two, b, n) for b in ("broker-1", "broker-2") for n in (1, 2)
+    }
+    assert ports == {9108, 9109, 9118, 9119}
+
+
+def test_log_format_is_text_or_json() -> None:
+    assert Settings.from_env({}).log_format == "text"
+    assert Settings.from_env({"FIELDHUB_LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ConfigError, match="FIELDHUB_LOG_FORMAT"):
+        Settings.from_env({"FIELDHUB_LOG_FORMAT": "xml"})

@@ -1040,13 +1040,15 @@ def test_property_arbitrary_bytes_only_raise_decode_error(payload: bytes) -> Non
 
 json_docs = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(
-        st.sampled_from(
-            ["ts", "seq", "values", "bn", "bt", "bu", "n", "u", "v", "vb", "vs", "t", "x"]
-        ),
-        children,
-        max_size=4,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["ts", "seq", "values", "bn", "bt", "bu", "n", "u", "v", "vb", "vs", "t", "x"]
+            ),
+            children,
+            max_size=4,
+        )
     ),
     max_leaves=20,
 )

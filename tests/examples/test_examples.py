@@ -194,13 +194,15 @@ def _scenario(stack: TestStack, device: Running, device_id: str, ping: str, dead
     assert get_command(stack.conn, ping)["result"] == {"pong": True}
     # Telemetry, at the desired interval of 1 s: several readings soon.
     wait_for(
-        lambda: device.alive()
-        and stack.query(
-            "SELECT count(DISTINCT time) AS n FROM readings JOIN devices USING (device_key)"
-            " WHERE device_id = %s",
-            (device_id,),
-        )[0]["n"]
-        >= 3,
+        lambda: (
+            device.alive()
+            and stack.query(
+                "SELECT count(DISTINCT time) AS n FROM readings JOIN devices USING (device_key)"
+                " WHERE device_id = %s",
+                (device_id,),
+            )[0]["n"]
+            >= 3
+        ),
         timeout=20,
         what="three telemetry messages",
     )

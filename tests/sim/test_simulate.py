@@ -143,9 +143,11 @@ def test_simulated_devices_publish_telemetry_and_answer_commands(stack: TestStac
         command = {"id": command_id, "name": "reboot", "params": {"delay": 1}}
         observer.publish(command_topic, json.dumps(command), retain=True)
         acks = wait_for(
-            lambda: [json.loads(p)["status"] for t, p in mine(f"/commands/{command_id}/ack")]
-            if len(mine(f"/commands/{command_id}/ack")) >= 2
-            else None,
+            lambda: (
+                [json.loads(p)["status"] for t, p in mine(f"/commands/{command_id}/ack")]
+                if len(mine(f"/commands/{command_id}/ack")) >= 2
+                else None
+            ),
             what="the command's two acks",
         )
         assert acks == ["accepted", "succeeded"]
@@ -157,8 +159,10 @@ def test_simulated_devices_publish_telemetry_and_answer_commands(stack: TestStac
     assert not runner.is_alive()
     # A clean stop says "offline" rather than leaving the devices "online".
     wait_for(
-        lambda: {t for t, p in mine("/status") if p == b"offline"}
-        == {f"devices/{d.device_id}/status" for d in devices},
+        lambda: (
+            {t for t, p in mine("/status") if p == b"offline"}
+            == {f"devices/{d.device_id}/status" for d in devices}
+        ),
         what="offline status from every device after the stop",
     )
     observer.close()

@@ -57,6 +57,8 @@ PORT_VARIABLES = (
     "FIELDHUB_MQTT_SERVICE_PORT",
     "FIELDHUB_WEB_PORT",
     "FIELDHUB_BRIDGE_METRICS_PORT",
+    "FIELDHUB_WEB_METRICS_PORT",
+    "FIELDHUB_WORKER_METRICS_PORT",
 )
 
 
@@ -92,9 +94,11 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
             what="a new sleeper pid",
         )
         state = wait_for(
-            lambda: (s := read_state(supervisor.state_file))
-            and s["processes"]["sleeper"]["pid"] == second
-            and s,
+            lambda: (
+                (s := read_state(supervisor.state_file))
+                and s["processes"]["sleeper"]["pid"] == second
+                and s
+            ),
             what="the state file to show the new pid",
         )
         assert state["processes"]["sleeper"]["restarts"] == 1
@@ -105,10 +109,16 @@ def test_supervisor_restarts_a_dead_child_and_stops_all(tmp_path: Path) -> None:
 
 
 # -- end to end --------------------------------------------------------------------------------
-# Cluster mode derives ports from these (replica = PG + 1, web instances = WEB + 1 and + 2,
-# the four bridge processes' metrics = METRICS + 0..3), so each gets a block of free ports;
-# broker-2 listens on each MQTT port + 1000, which must be free too.
-PORT_BLOCKS = {"FIELDHUB_PG_PORT": 2, "FIELDHUB_WEB_PORT": 3, "FIELDHUB_BRIDGE_METRICS_PORT": 4}
+# Cluster mode derives ports from these (replica = PG + 1, web instances = WEB + 1 and + 2
+# with metrics on WEB_METRICS + 0 and + 1, the four bridge processes' metrics = METRICS + 0,
+# + 1 (broker-1) and + 10, + 11 (broker-2)), so each gets a block of free ports; broker-2
+# listens on each MQTT port + 1000, which must be free too.
+PORT_BLOCKS = {
+    "FIELDHUB_PG_PORT": 2,
+    "FIELDHUB_WEB_PORT": 3,
+    "FIELDHUB_BRIDGE_METRICS_PORT": 12,
+    "FIELDHUB_WEB_METRICS_PORT": 2,
+}
 SECOND_BROKER_OFFSET = endpoints.LOCAL_BROKER_PORT_STEP
 MQTT_PORT_VARIABLES = ("FIELDHUB_MQTT_PORT", "FIELDHUB_MQTTS_PORT", "FIELDHUB_MQTT_SERVICE_PORT")
 
@@ -220,11 +230,13 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
         ):
             # The demo's point: simulated values arrive within seconds of `up`.
             wait_for(
-                lambda: conn.execute(
-                    "SELECT count(DISTINCT device_id) FROM latest_values "
-                    "JOIN devices USING (device_key) WHERE device_id LIKE 'demo-%'"
-                ).fetchone()
-                == {"count": 12},
+                lambda: (
+                    conn.execute(
+                        "SELECT count(DISTINCT device_id) FROM latest_values "
+                        "JOIN devices USING (device_key) WHERE device_id LIKE 'demo-%'"
+                    ).fetchone()
+                    == {"count": 12}
+                ),
                 timeout=30,
                 what="readings from all 12 demo devices",
             )
@@ -234,9 +246,11 @@ def test_up_status_restart_down_up(stack_home: tuple[Path, dict[str, str]]) -> N
     os.kill(old_pid, signal.SIGKILL)
     # Polled in-process (what `status` prints), sparing a CLI start-up per poll.
     restarted = wait_for(
-        lambda: (p := stack_status(settings)["processes"]["mosquitto"])["state"] == "running"
-        and p["pid"] != old_pid
-        and p,
+        lambda: (
+            (p := stack_status(settings)["processes"]["mosquitto"])["state"] == "running"
+            and p["pid"] != old_pid
+            and p
+        ),
         timeout=30,
         what="mosquitto to be restarted with a new pid",
     )
@@ -323,6 +337,14 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     assert {"web-1", "web-2"} <= status["processes"].keys() or "web" not in status["processes"]
     for name, info in status["processes"].items():
         assert info["state"] in ("running", "unavailable"), (name, info)
+    # Each bridge, web instance and the worker serves metrics where `status --json` says, and
+    # is ready; nginx relies on the web instances' readiness (tests/stack/test_health.py).
+    with_metrics = {n for n, info in status["processes"].items() if info.get("metrics_url")}
+    assert bridges | {"web-1", "web-2", "worker"} <= with_metrics
+    for name in with_metrics:
+        assert _http_status(status["processes"][name]["metrics_url"]) == 200, name
+    for port in (int(env["FIELDHUB_WEB_PORT"]) + 1, int(env["FIELDHUB_WEB_PORT"]) + 2):
+        assert _http_status(f"http://127.0.0.1:{port}/readyz") == 200
 
     # A write on the primary reaches the replica, which refuses writes of its own.
     primary_url = endpoints.database_url(settings)
@@ -383,9 +405,11 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
             old = status["processes"]["bridge-1-broker-1"]["pid"]
             os.kill(old, signal.SIGKILL)
             wait_for(
-                lambda: (p := stack_status(settings)["processes"]["bridge-1-broker-1"])["state"]
-                == "running"
-                and p["pid"] != old,
+                lambda: (
+                    (p := stack_status(settings)["processes"]["bridge-1-broker-1"])["state"]
+                    == "running"
+                    and p["pid"] != old
+                ),
                 timeout=30,
                 what="bridge-1 to be restarted",
             )
@@ -569,3 +593,45 @@ def test_status_text_lists_each_broker_when_there_are_several() -> None:
     assert "  devices:  mqtt://127.0.0.1:11883 (broker-1)" in text
     assert "  devices:  mqtt://127.0.0.1:12883 (broker-2)" in text
     assert "  web:      http://127.0.0.1:8000/" in text
+
+
+def test_log_files_are_rotated_by_size_keeping_a_bounded_count(tmp_path: Path) -> None:
+    supervisor = Supervisor(
+        log_dir=tmp_path / "log",
+        state_file=tmp_path / "run" / "stack.json",
+        poll_interval=0.05,
+        log_max_bytes=2000,
+        log_keep=2,
+        log_check_s=0.05,
+    )
+    # A child that writes a numbered line every few milliseconds, as a server logs.
+    writer = ProcessSpec(
+        name="chatty",
+        argv=(
+            sys.executable,
+            "-c",
+            "import time\n"
+            "for n in range(100000):\n"
+            " print(f'line {n:06d}', flush=True); time.sleep(0.002)",
+        ),
+        stop_timeout=5,
+    )
+    supervisor.start(writer)
+    log_file = tmp_path / "log" / "chatty.log"
+    try:
+        wait_for(
+            lambda: (tmp_path / "log" / "chatty.log.2").exists(),
+            timeout=30,
+            what="two rotations",
+        )
+        first_after = wait_for(
+            lambda: (lines := log_file.read_text().split()) and len(lines) > 4 and lines,
+            what="the child to go on writing into the truncated file",
+        )
+    finally:
+        supervisor.stop_all()
+    assert not (tmp_path / "log" / "chatty.log.3").exists()  # bounded: keep=2
+    assert log_file.stat().st_size < 20_000  # no hole of zeros from before the truncation
+    assert "\0" not in log_file.read_text()
+    newest_rotated = (tmp_path / "log" / "chatty.log.1").read_text().split()
+    assert newest_rotated[-1] < first_after[-1]

@@ -187,6 +187,7 @@ class WebServer:
             "FIELDHUB_LOG_LEVEL": "WARNING",
             # Test webhook receivers run on loopback.
             "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            "FIELDHUB_WEB_METRICS_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.workers = workers

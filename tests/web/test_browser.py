@@ -56,9 +56,9 @@ def test_live_chart_and_command_round_trip(stack: TestStack, browser: Browser) -
         csp_violations: list[str] = []
         page.on(
             "console",
-            lambda msg: csp_violations.append(msg.text)
-            if "Content Security Policy" in msg.text
-            else None,
+            lambda msg: (
+                csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
+            ),
         )
         page.goto(server.url + "/devices")
         expect(page.locator("h1")).to_contain_text("Log in")
@@ -189,9 +189,11 @@ def test_api_docs_page_renders_locally_under_the_csp(world: World, browser: Brow
         elsewhere: list[str] = []
         page.on(
             "request",
-            lambda request: None
-            if request.url.startswith((server.url, "data:"))
-            else elsewhere.append(request.url),
+            lambda request: (
+                None
+                if request.url.startswith((server.url, "data:"))
+                else elsewhere.append(request.url)
+            ),
         )
         page.goto(server.url + "/api/v1/docs")
         operations = page.locator(".opblock")

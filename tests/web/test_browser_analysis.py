@@ -31,9 +31,9 @@ def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_
         csp_violations: list[str] = []
         page.on(
             "console",
-            lambda msg: csp_violations.append(msg.text)
-            if "Content Security Policy" in msg.text
-            else None,
+            lambda msg: (
+                csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
+            ),
         )
         page.goto(server.url + "/login")
         page.fill("input[name=email]", world.emails["a_member"])
@@ -99,9 +99,9 @@ def test_live_alert_ack_and_import_progress(world: World, browser: Browser, tmp_
         admin = browser.new_page(viewport={"width": 1280, "height": 900})
         admin.on(
             "console",
-            lambda msg: csp_violations.append(msg.text)
-            if "Content Security Policy" in msg.text
-            else None,
+            lambda msg: (
+                csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None
+            ),
         )
         admin.goto(server.url + "/login")
         admin.fill("input[name=email]", world.emails["a_admin"])

@@ -475,9 +475,11 @@ def test_dark_mode_follows_the_system_with_readable_text(world: World, browser: 
                 assert line_pixels(page) > 50
                 page.emulate_media(color_scheme="light")
                 wait_for(
-                    lambda p=page: line_pixels(p) > 50
-                    and p.evaluate("getComputedStyle(document.body).backgroundColor")
-                    == "rgb(246, 247, 249)",
+                    lambda p=page: (
+                        line_pixels(p) > 50
+                        and p.evaluate("getComputedStyle(document.body).backgroundColor")
+                        == "rgb(246, 247, 249)"
+                    ),
                     what="the chart redrawn in the light palette",
                 )
             context.close()
