@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,8 +44,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--url",
         default=None,
-        help="device listener to connect to (default: MQTT_DEVICE_URL or the local stack's); "
-        "mqtts:// uses the local CA in $FIELDHUB_HOME/tls unless it is a public certificate",
+        help="device listener every device connects to (default: each device its home "
+        "broker's URL from FIELDHUB_BROKERS, MQTT_DEVICE_URL or the local stack); mqtts:// uses "
+        "the CA in $FIELDHUB_HOME/tls unless it is a public certificate",
     )
     parser.add_argument(
         "--connect-rate",
@@ -59,6 +61,14 @@ def register(subparsers: Any) -> None:
         default=300.0,
         metavar="S",
         help="how long to wait for the broker to accept the devices' secrets (300)",
+    )
+    parser.add_argument(
+        "--ledger",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="append a line 'device seq ts_ms' per acknowledged reading to DIR/simulate-N.ledger "
+        "(benchmarks count losses with it)",
     )
     parser.set_defaults(handler=cmd_simulate)
 
@@ -84,10 +94,21 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("--interval must be between 0.1 and 86400 seconds")
     if args.processes is not None and not 1 <= args.processes <= 256:
         raise CommandError("--processes must be between 1 and 256")
-    target = target_from_url(args.url or endpoints.device_mqtt_url(settings), settings)
+    targets: simulate.Targets
+    if args.url:
+        targets = target_from_url(args.url, settings)
+    else:
+        targets = {
+            broker: target_from_url(endpoints.device_mqtt_url(settings, broker), settings)
+            for broker in settings.broker_names
+        }
 
     with connect(endpoints.database_url(settings), autocommit=True) as conn:
         devices = simulate.provision(conn, org=args.org, prefix=args.prefix, count=args.devices)
+    # The last device of each broker: once it logs in, that broker's auth sync has them all.
+    last_of_broker = {device.broker: device for device in devices}
+    for device in last_of_broker.values():
+        simulate.target_of(device, targets)  # a broker without a URL fails before any wait
 
     # Only now: the hashing pool's workers are forked during provisioning and must keep the
     # default SIGTERM, or the pool can never terminate them.
@@ -98,31 +119,38 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if not simulate.wait_until_accepted(
-        target, devices[-1], timeout=args.accept_timeout, should_stop=stop.is_set
-    ):
-        if stop.is_set():
-            return 0
-        raise CommandError(
-            f"the broker at {target.host}:{target.port} did not accept {devices[-1].device_id} "
-            f"within {args.accept_timeout:.0f} s; is `fieldhub auth-sync` running?"
-        )
+    for device in last_of_broker.values():
+        target = simulate.target_of(device, targets)
+        if not simulate.wait_until_accepted(
+            target, device, timeout=args.accept_timeout, should_stop=stop.is_set
+        ):
+            if stop.is_set():
+                return 0
+            raise CommandError(
+                f"the broker at {target.host}:{target.port} did not accept {device.device_id} "
+                f"within {args.accept_timeout:.0f} s; is `fieldhub auth-sync` running?"
+            )
     processes = args.processes or simulate.default_processes(len(devices))
+    where = ", ".join(
+        f"{sum(d.broker == broker for d in devices)} on {broker} "
+        f"({(t := simulate.target_of(device, targets)).host}:{t.port})"
+        for broker, device in sorted(last_of_broker.items())
+    )
     log.info(
-        "simulating %d devices on %s:%d, a reading every %.1f s, in %d process(es)",
+        "simulating %d devices (%s), a reading every %.1f s, in %d process(es)",
         len(devices),
-        target.host,
-        target.port,
+        where,
         args.interval,
         processes,
     )
     totals = simulate.run_simulation(
         devices,
-        target,
+        targets,
         args.interval,
         processes=processes,
         should_stop=stop.is_set,
         connect_rate=args.connect_rate,
+        ledger_dir=args.ledger,
     )
     log.info(
         "stopped: %d messages published, %d commands answered",

@@ -8,7 +8,12 @@ then, a draining battery), and answers every command on `devices/{id}/commands/+
 `accepted` and then `succeeded` on `.../commands/{cid}/ack`.
 
 Many devices are spread over several processes (one asyncio loop each), since a single CPython
-loop tops out at a few thousand MQTT clients; each process raises its open-file limit.
+loop tops out at a few thousand MQTT clients; each process raises its open-file limit. With
+several brokers each device connects to the broker it is homed on (devices.broker).
+
+For benchmarks that count what was lost, each process can keep a ledger: one line
+`device_id seq ts_ms` per reading the broker acknowledged (PUBACK), flushed every second and at
+the end, so "published" means acknowledged, message by message.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import signal
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import IO, Any, TypeGuard
 
 import aiomqtt
 import orjson
@@ -39,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fieldhub.core import registry
+from fieldhub.core.config import DEFAULT_BROKER
 from fieldhub.core.db import Queries
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
@@ -48,12 +54,14 @@ QUERIES = Queries(Path(__file__).with_name("simulate.sql"))
 SITES = ("north-farm", "river-lab", "depot-3", "greenhouse")
 DEVICES_PER_PROCESS = 2500
 STATS_EVERY_S = 5.0
+LEDGER_FLUSH_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class SimulatedDevice:
     device_id: str
     secret: str
+    broker: str = DEFAULT_BROKER  # the broker it is homed on, whose listener it connects to
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +78,49 @@ class Target:
             return None
         context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         return context
+
+
+Targets = Target | Mapping[str, Target]
+
+
+def target_of(device: SimulatedDevice, targets: Targets) -> Target:
+    """The listener `device` connects to: the one target, or its home broker's."""
+    if isinstance(targets, Target):
+        return targets
+    try:
+        return targets[device.broker]
+    except KeyError:
+        raise ValueError(
+            f"device {device.device_id} is homed on {device.broker}, which has no URL here "
+            f"(the brokers known are {', '.join(sorted(targets)) or 'none'})"
+        ) from None
+
+
+class Ledger:
+    """Every reading the broker acknowledged, one `device_id seq ts_ms` line each.
+
+    Written by one process; lines are buffered and flushed every LEDGER_FLUSH_S (and at the
+    end), so a reader sees the acknowledgements of up to a second ago."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[str] = path.open("a", encoding="ascii")
+        self._last_flush = time.monotonic()
+
+    def record(self, device_id: str, seq: int, ts_ms: int) -> None:
+        self._file.write(f"{device_id} {seq} {ts_ms}\n")
+
+    def flush_if_due(self) -> None:
+        if time.monotonic() - self._last_flush >= LEDGER_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 @dataclasses.dataclass
@@ -180,12 +231,14 @@ class SimulatedClient:
         interval_s: float,
         stats: Stats,
         rng: random.Random,
+        ledger: Ledger | None = None,
     ) -> None:
         self.device = device
         self.target = target
         self.interval_s = interval_s
         self.stats = stats
         self.rng = rng
+        self.ledger = ledger
         self.model = DeviceModel(rng)
         self.seq = 0
         self.answered: deque[str] = deque(maxlen=256)
@@ -277,9 +330,12 @@ class SimulatedClient:
                 self._sleeping = False
             started = time.monotonic()
             self.seq += 1
-            payload = telemetry_payload(self.seq, self.model.next_values(), int(time.time() * 1000))
+            ts_ms = int(time.time() * 1000)
+            payload = telemetry_payload(self.seq, self.model.next_values(), ts_ms)
             await client.publish(topic, payload, qos=1)
             self.stats.published += 1
+            if self.ledger is not None:
+                self.ledger.record(self.device.device_id, self.seq, ts_ms)
             if stop.is_set():
                 return
             delay = max(0.0, self.interval_s - (time.monotonic() - started))
@@ -325,7 +381,7 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
 
 async def run_devices(
     devices: Sequence[SimulatedDevice],
-    target: Target,
+    target: Targets,
     interval_s: float,
     should_stop: Callable[[], bool],
     *,
@@ -333,14 +389,23 @@ async def run_devices(
     connect_rate: float = 500.0,
     report: Callable[[Stats], None] | None = None,
     seed: int | None = None,
+    ledger: Ledger | None = None,
 ) -> Stats:
-    """Run `devices` in this event loop until `should_stop()` (polled) turns true."""
+    """Run `devices` in this event loop until `should_stop()` (polled) turns true; each
+    connects to `target`, or with one target per broker to its home broker's."""
     stats = stats if stats is not None else Stats()
     stop = asyncio.Event()
     asyncio.get_running_loop().set_exception_handler(_ignore_closed_sockets)
     rng = random.Random(seed)  # noqa: S311 - simulated readings, not secrets
     clients = [
-        SimulatedClient(device, target, interval_s, stats, random.Random(rng.random()))  # noqa: S311
+        SimulatedClient(
+            device,
+            target_of(device, target),
+            interval_s,
+            stats,
+            random.Random(rng.random()),  # noqa: S311
+            ledger,
+        )
         for device in devices
     ]
     tasks = [
@@ -350,6 +415,8 @@ async def run_devices(
     last_report = time.monotonic()
     while not should_stop():
         await asyncio.sleep(0.1)
+        if ledger is not None:
+            ledger.flush_if_due()
         if report is not None and time.monotonic() - last_report >= STATS_EVERY_S:
             report(stats)
             last_report = time.monotonic()
@@ -358,6 +425,8 @@ async def run_devices(
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if ledger is not None:
+        ledger.flush()
     if report is not None:
         report(stats)
     return stats
@@ -380,11 +449,12 @@ def raise_open_file_limit(needed: int) -> None:
 def _worker(
     index: int,
     devices: Sequence[SimulatedDevice],
-    target: Target,
+    target: Targets,
     interval_s: float,
     stop: Any,
     reports: Any,
     connect_rate: float,
+    ledger_dir: Path | None,
 ) -> None:
     # The parent handles Ctrl-C and tells the workers through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -395,16 +465,22 @@ def _worker(
         with contextlib.suppress(Exception):
             reports.put((index, dataclasses.asdict(stats)))
 
-    asyncio.run(
-        run_devices(
-            devices,
-            target,
-            interval_s,
-            stop.is_set,
-            connect_rate=connect_rate,
-            report=report,
+    ledger = Ledger(ledger_dir / f"simulate-{index}.ledger") if ledger_dir else None
+    try:
+        asyncio.run(
+            run_devices(
+                devices,
+                target,
+                interval_s,
+                stop.is_set,
+                connect_rate=connect_rate,
+                report=report,
+                ledger=ledger,
+            )
         )
-    )
+    finally:
+        if ledger is not None:
+            ledger.close()
 
 
 def default_processes(count: int) -> int:
@@ -413,15 +489,19 @@ def default_processes(count: int) -> int:
 
 def run_simulation(
     devices: Sequence[SimulatedDevice],
-    target: Target,
+    target: Targets,
     interval_s: float,
     *,
     processes: int,
     should_stop: Callable[[], bool],
     connect_rate: float = 500.0,
     log_every_s: float = 10.0,
+    ledger_dir: Path | None = None,
 ) -> Stats:
-    """Run the devices in `processes` worker processes; log totals every `log_every_s`."""
+    """Run the devices in `processes` worker processes; log totals every `log_every_s`.
+    With `ledger_dir`, worker N keeps its ledger in simulate-N.ledger there (appended)."""
+    for device in devices:
+        target_of(device, target)  # an unknown broker fails here, not in a worker
     context = multiprocessing.get_context("fork")
     stop = context.Event()
     reports: Any = context.Queue()
@@ -429,7 +509,16 @@ def run_simulation(
     workers = [
         context.Process(
             target=_worker,
-            args=(i, share, target, interval_s, stop, reports, connect_rate / processes),
+            args=(
+                i,
+                share,
+                target,
+                interval_s,
+                stop,
+                reports,
+                connect_rate / processes,
+                ledger_dir,
+            ),
             name=f"simulate-{i}",
             daemon=True,
         )
@@ -506,9 +595,9 @@ def provision(
     count: int,
 ) -> list[SimulatedDevice]:
     """Create the simulator's devices (or give those that exist new secrets) and return their
-    credentials. The registry keeps only hashes, so a new secret is the only way to learn one
-    again. Hashing runs on every core; creation is one COPY and rotation one UPDATE, so the
-    broker reloads once however many devices there are."""
+    credentials and home brokers. The registry keeps only hashes, so a new secret is the only
+    way to learn one again. Hashing runs on every core; creation is one COPY and rotation one
+    UPDATE, so the broker reloads once however many devices there are."""
     ids = device_ids(prefix, count)
     for device_id in ids:
         registry.check_device_id(device_id)
@@ -547,6 +636,12 @@ def provision(
                 f"device {taken[0]!r} already exists in another organisation; "
                 "choose another --prefix"
             )
+        homes = {
+            row["device_id"]: row["broker"]
+            for row in conn.execute(
+                QUERIES["device_brokers"], {"device_ids": ids, "org_id": org_row["id"]}
+            ).fetchall()
+        }
     log.info(
         "%d simulated devices ready in organisation %r (%d created, %d secrets rotated)",
         count,
@@ -554,7 +649,7 @@ def provision(
         len(created),
         len(rotated),
     )
-    return [SimulatedDevice(d, secret) for d, secret in zip(ids, secrets, strict=True)]
+    return [SimulatedDevice(d, secret, homes[d]) for d, secret in zip(ids, secrets, strict=True)]
 
 
 def can_login(target: Target, device: SimulatedDevice, timeout: float = 10.0) -> bool:

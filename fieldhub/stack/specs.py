@@ -164,9 +164,8 @@ def service_specs(
                     "--prefix",
                     DEMO_ORG,
                 ),
-                # The simulator connects every device to one broker URL, so it homes its
-                # devices on broker-1 (see docs/scaling.md, "Not in this build yet").
-                env={"FIELDHUB_LOCAL_BROKERS": "1"},
+                # Each simulated device connects to the broker it is homed on.
+                env=broker_env,
             )
         )
     return specs

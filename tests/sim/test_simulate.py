@@ -9,6 +9,7 @@ import random
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,7 +18,9 @@ from fieldhub.core import registry
 from fieldhub.core.decode import decode_telemetry
 from fieldhub.sim.simulate import (
     DeviceModel,
+    Ledger,
     SimulatedDevice,
+    Stats,
     Target,
     answer_command,
     can_login,
@@ -25,6 +28,7 @@ from fieldhub.sim.simulate import (
     device_ids,
     provision,
     run_devices,
+    target_of,
     telemetry_payload,
 )
 from tests.support import DeviceClient, TestStack, unique_id, wait_for
@@ -81,6 +85,29 @@ def test_command_answers() -> None:
 
     # An empty retained message is the backend clearing a finished command.
     assert answer_command(b"") is None
+
+
+def test_each_device_connects_to_its_home_brokers_listener() -> None:
+    one = Target("198.18.0.3", 8883, tls=True)
+    two = Target("198.18.0.4", 8883, tls=True)
+    near, far = SimulatedDevice("d1", "s", "broker-1"), SimulatedDevice("d2", "s", "broker-2")
+    assert target_of(far, {"broker-1": one, "broker-2": two}) == two
+    assert target_of(near, {"broker-1": one, "broker-2": two}) == one
+    # One target (--url): every device goes there, whatever its home.
+    assert target_of(far, one) == one
+    with pytest.raises(ValueError, match="d2 is homed on broker-2, which has no URL here"):
+        target_of(far, {"broker-1": one})
+
+
+def test_the_ledger_is_readable_after_a_flush(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledgers" / "simulate-0.ledger")
+    ledger.record("d1", 1, 1700000000123)
+    ledger.record("d2", 7, 1700000000456)
+    ledger.flush()
+    assert ledger.path.read_text() == "d1 1 1700000000123\nd2 7 1700000000456\n"
+    ledger.record("d1", 2, 1700000001123)
+    ledger.close()
+    assert ledger.path.read_text().splitlines()[-1] == "d1 2 1700000001123"
 
 
 def test_command_id_from_topic() -> None:
@@ -200,3 +227,35 @@ def test_provisioning_creates_then_rotates_and_refuses_foreign_ids(stack: TestSt
     registry.create_org(stack.conn, "other-org")
     with pytest.raises(registry.RegistryError, match="another organisation"):
         provision(stack.conn, org="other-org", prefix=prefix, count=1)
+
+
+@pytest.mark.integration
+def test_the_ledger_holds_exactly_the_acknowledged_readings(
+    stack: TestStack, tmp_path: Path
+) -> None:
+    prefix = unique_id("ledger")
+    secrets = stack.create_devices([f"{prefix}-{i}" for i in range(3)])
+    devices = [SimulatedDevice(d, s) for d, s in secrets.items()]
+    ledger = Ledger(tmp_path / "simulate-0.ledger")
+    stats = Stats()
+    stop = threading.Event()
+    target = {"broker-1": Target("127.0.0.1", stack.broker.mqtt_devices)}
+    runner = threading.Thread(
+        target=lambda: asyncio.run(
+            run_devices(devices, target, 0.1, stop.is_set, stats=stats, ledger=ledger)
+        ),
+        daemon=True,
+    )
+    runner.start()
+    try:
+        wait_for(lambda: stats.published >= 30, what="30 acknowledged readings")
+    finally:
+        stop.set()
+        runner.join(timeout=20)
+    ledger.close()
+    lines = [line.split() for line in ledger.path.read_text().splitlines()]
+    assert len(lines) == stats.published
+    for device in devices:
+        seqs = [int(seq) for device_id, seq, _ in lines if device_id == device.device_id]
+        # Acknowledged in order, one connection per device: 1, 2, 3, ... with no gap.
+        assert seqs == list(range(1, len(seqs) + 1))
