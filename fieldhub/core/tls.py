@@ -7,6 +7,7 @@ signed by it, once. Operators replace them by putting their own `ca.crt`, `serve
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import tempfile
@@ -48,7 +49,9 @@ def ensure_tls(tls_dir: Path, hostnames: list[str] | None = None) -> bool:
             ]
         )
         ca_key.chmod(0o600)
-    san = ",".join([*(f"DNS:{n}" for n in names), "IP:127.0.0.1", "IP:::1"])
+    san = ",".join(
+        [*(f"IP:{n}" if _is_ip(n) else f"DNS:{n}" for n in names), "IP:127.0.0.1", "IP:::1"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         csr = Path(tmp) / "server.csr"
         ext = Path(tmp) / "ext.cnf"
@@ -92,6 +95,16 @@ def ensure_tls(tls_dir: Path, hostnames: list[str] | None = None) -> bool:
             ]
         )
     key.chmod(0o600)
+    return True
+
+
+def _is_ip(name: str) -> bool:
+    """A server reached by address (a broker at 10.0.0.5) needs an IP entry: TLS clients
+    compare addresses only with IP entries of the certificate, never with DNS ones."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
     return True
 
 

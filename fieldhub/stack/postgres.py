@@ -61,6 +61,9 @@ class PostgresCluster:
     # Test clusters trade durability for speed; a real stack never does.
     fast_unsafe: bool = False
     extra_settings: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Networks whose clients may log in with a password (initdb's rules admit loopback only);
+    # a database on its own host lists its application hosts' network here.
+    client_networks: tuple[str, ...] = ()
 
     @property
     def password(self) -> str:
@@ -121,6 +124,12 @@ class PostgresCluster:
         self.socket_dir.mkdir(exist_ok=True)
         chown(self.socket_dir, PG_USER)
         self._write_settings()
+        if self.client_networks:
+            with (self.pgdata / "pg_hba.conf").open("a") as hba:
+                hba.write("# fieldhub: application hosts\n")
+                hba.writelines(
+                    f"host all all {network} scram-sha-256\n" for network in self.client_networks
+                )
 
     def _write_settings(self) -> None:
         settings = {

@@ -8,6 +8,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from playwright.sync_api import Browser, sync_playwright
 
+from fieldhub.bench.hosts_user import CHROMIUM, CHROMIUM_ARGS
 from fieldhub.core import users
 from fieldhub.web import create_app
 from tests.web.helpers import World, seed
@@ -44,22 +45,12 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Debian's headless Chromium (Playwright cannot download browsers here), one per session."""
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+            executable_path=CHROMIUM, headless=True, args=list(CHROMIUM_ARGS)
         )
         yield chromium
         chromium.close()

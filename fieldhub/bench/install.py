@@ -1,0 +1,116 @@
+"""fieldhub as an operator installs it: a wheel built from this checkout (`python -m build`),
+installed without extras into a virtualenv of its own.
+
+Benchmarks that run fieldhub on several hosts run every role from such an install, never from
+the checkout, so a file the wheel forgets to carry (a migration, a template, a static file)
+fails the benchmark. Building and installing takes about 35 s here (pip resolves and installs
+every dependency), so the virtualenv is kept under the checkout's var/bench/, keyed by a digest
+of everything that goes into the wheel, and reused while the sources are unchanged; a lock
+serialises two runs that need the same one. Not in a shared temporary directory: root runs
+what is installed there, so nobody else may be able to plant it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from fieldhub.core.config import PROJECT_ROOT
+
+log = logging.getLogger("fieldhub.bench.install")
+
+CACHE_DIR = PROJECT_ROOT / "var" / "bench"
+KEEP_VENVS = 3
+# What the wheel is built from: the package and the files setuptools reads.
+BUILD_INPUTS = ("setup.cfg", "pyproject.toml", "README.md", "MANIFEST.in", "LICENSE")
+SKIP_PARTS = frozenset({"__pycache__"})
+DONE_MARK = ".installed"
+
+
+class InstallError(Exception):
+    """The wheel could not be built or installed; the message has the tool's output."""
+
+
+def source_root() -> Path:
+    """The checkout to build from (a wheel-only install has none to build)."""
+    root = PROJECT_ROOT
+    if not (root / "pyproject.toml").exists() or not (root / "fieldhub").is_dir():
+        raise InstallError(
+            f"no fieldhub source checkout at {root}; pass the virtualenv of an existing install"
+        )
+    return root
+
+
+def source_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    files = [root / name for name in BUILD_INPUTS if (root / name).exists()]
+    files += sorted(
+        path
+        for path in (root / "fieldhub").rglob("*")
+        if path.is_file() and not SKIP_PARTS & set(path.parts) and path.suffix != ".pyc"
+    )
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def installed_venv(
+    progress: Callable[[str], None] = lambda text: None,
+    *,
+    cache_dir: Path = CACHE_DIR,
+) -> Path:
+    """A virtualenv with the wheel of the current sources installed; built if needed."""
+    root = source_root()
+    digest = source_digest(root)
+    cache_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    owner = cache_dir.stat()
+    if owner.st_uid != os.geteuid() or owner.st_mode & 0o022:
+        raise InstallError(f"{cache_dir} must belong to this user and be writable by it only")
+    venv = cache_dir / f"venv-{digest}"
+    with (cache_dir / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (venv / DONE_MARK).exists():
+            progress(f"reusing {venv} (the wheel of these sources is installed there)")
+            return venv
+        shutil.rmtree(venv, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="fieldhub-wheel-") as scratch:
+            progress("building the wheel (python -m build)")
+            _run([sys.executable, "-m", "build", "--wheel", "--outdir", scratch, str(root)])
+            wheels = sorted(Path(scratch).glob("fieldhub-*.whl"))
+            if len(wheels) != 1:
+                raise InstallError(f"expected one fieldhub wheel in {scratch}, found {wheels}")
+            progress(f"installing {wheels[0].name} into {venv} (no extras)")
+            _run([sys.executable, "-m", "venv", str(venv)])
+            _run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheels[0])])
+        (venv / DONE_MARK).write_text(wheels[0].name + "\n")
+        venv.chmod(0o755)
+        _forget_old(cache_dir, keep=venv)
+    return venv
+
+
+def _forget_old(cache_dir: Path, keep: Path) -> None:
+    others = sorted(
+        (p for p in cache_dir.glob("venv-*") if p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in others[KEEP_VENVS - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InstallError(
+            f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout[-4000:]}"
+            f"{result.stderr[-4000:]}"
+        )
