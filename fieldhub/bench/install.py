@@ -91,10 +91,23 @@ def installed_venv(
             progress(f"installing {wheels[0].name} into {venv} (no extras)")
             _run([sys.executable, "-m", "venv", str(venv)])
             _run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheels[0])])
+        check_starts(venv)
         (venv / DONE_MARK).write_text(wheels[0].name + "\n")
         venv.chmod(0o755)
         _forget_old(cache_dir, keep=venv)
     return venv
+
+
+def check_starts(venv: Path) -> None:
+    """The installed command starts (an import of a package the wheel does not depend on
+    fails here, not in the middle of a run)."""
+    fieldhub = venv / "bin" / "fieldhub"
+    if not fieldhub.exists():
+        raise InstallError(f"{venv} has no bin/fieldhub: not a fieldhub install")
+    try:
+        _run([str(fieldhub), "--help"])
+    except InstallError as exc:
+        raise InstallError(f"the installed fieldhub does not start: {exc}") from None
 
 
 def _forget_old(cache_dir: Path, keep: Path) -> None:

@@ -1,4 +1,4 @@
--- Named queries of `fieldhub bench hosts` (fieldhub/bench/hosts.py): what the load devices'
+-- Named queries of the hosts lab (fieldhub/bench/hosts_lab.py): what the load devices
 -- readings look like in the database, counted against the simulator's ledger. One reading
 -- per message carries `temperature`, so that metric counts messages. Read-only; no locks
 -- beyond a plain snapshot.
