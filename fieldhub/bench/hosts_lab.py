@@ -4,13 +4,14 @@ from inside the hosts, and the counts of what the simulated devices published (t
 against what was stored.
 
 Used by `fieldhub bench hosts` (fieldhub/bench/hosts.py), which adds the load, the user and the
-steps; failure scenarios on other hosts build on the same pieces: `FieldhubHosts.kill(host)`,
-`start_host(host)` to bring a host's roles back, and the lab's `link_down`, `link_up` and
-`partitioned` (fieldhub/bench/netlab.py).
+steps; failure scenarios on other hosts build on the same pieces: `FieldhubHosts.kill(host)`
+(every process, SIGKILL), `start_host(host)` to bring its roles back, `link(host, up=...)` and
+`partitioned(group, group, ...)` (fieldhub/bench/netlab.py does the work).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 import shutil
@@ -20,7 +21,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -177,6 +178,18 @@ class FieldhubHosts:
         if host == "ops":
             self._db = None
         return self.lab.kill_host(self.lab.host(host))
+
+    def link(self, host: str, *, up: bool) -> None:
+        """The host's cable pulled (up=False) or plugged back in; its processes run on."""
+        if up:
+            self.lab.link_up(self.lab.host(host))
+        else:
+            self.lab.link_down(self.lab.host(host))
+
+    def partitioned(self, *groups: Iterable[str]) -> contextlib.AbstractContextManager[None]:
+        """`with hosts.partitioned(["db"], ["bridge-1", "bridge-2"]): ...` cuts the network
+        between the groups for the block (hosts in no group stay with the first)."""
+        return self.lab.partitioned(*([self.lab.host(name) for name in g] for g in groups))
 
     def stop_role(self, host: str, role_name: str, timeout: float = 60) -> int | None:
         for role, process in list(self.running.get(host, [])):
