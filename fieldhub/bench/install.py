@@ -1,5 +1,6 @@
 """fieldhub as an operator installs it: a wheel built from this checkout (`python -m build`),
-installed without extras into a virtualenv of its own.
+installed without extras into a virtualenv of its own, its dependencies from the runtime lock
+file (requirements/runtime.txt, hash-checked) where the checkout has one.
 
 Benchmarks that run fieldhub on several hosts run every role from such an install, never from
 the checkout, so a file the wheel forgets to carry (a migration, a template, a static file)
@@ -29,8 +30,18 @@ log = logging.getLogger("fieldhub.bench.install")
 
 CACHE_DIR = PROJECT_ROOT / "var" / "bench"
 KEEP_VENVS = 3
-# What the wheel is built from: the package and the files setuptools reads.
-BUILD_INPUTS = ("setup.cfg", "pyproject.toml", "README.md", "MANIFEST.in", "LICENSE")
+# The lock file of the runtime's dependencies, as the deploy guide installs them.
+RUNTIME_LOCK = Path("requirements") / "runtime.txt"
+# What the install is made of: the package, the files setuptools reads, and the lock.
+BUILD_INPUTS = (
+    "setup.cfg",
+    "setup.py",
+    "pyproject.toml",
+    "README.md",
+    "MANIFEST.in",
+    "LICENSE",
+    str(RUNTIME_LOCK),
+)
 SKIP_PARTS = frozenset({"__pycache__"})
 DONE_MARK = ".installed"
 
@@ -90,7 +101,15 @@ def installed_venv(
                 raise InstallError(f"expected one fieldhub wheel in {scratch}, found {wheels}")
             progress(f"installing {wheels[0].name} into {venv} (no extras)")
             _run([sys.executable, "-m", "venv", str(venv)])
-            _run([str(venv / "bin" / "pip"), "install", "--quiet", str(wheels[0])])
+            pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
+            runtime_lock = root / RUNTIME_LOCK
+            if runtime_lock.exists():
+                # As an operator installs: the locked dependencies, checked against their
+                # hashes, then the wheel alone, so nothing unlocked sneaks in.
+                _run([*pip, "--require-hashes", "-r", str(runtime_lock)])
+                _run([*pip, "--no-deps", str(wheels[0])])
+            else:
+                _run([*pip, str(wheels[0])])
         check_starts(venv)
         (venv / DONE_MARK).write_text(wheels[0].name + "\n")
         venv.chmod(0o755)
