@@ -357,7 +357,8 @@ class Run:
         t_kill = time.time()
         killed = hosts.kill(host)
         reopened = self._first_live_event_after(t_kill, ("hello",))
-        readings = self._first_live_event_after(t_kill, ("readings",))
+        # Readings shown on the new stream (the old one may still deliver one as it dies).
+        readings = self._first_live_event_after(reopened, ("readings",)) if reopened else None
         self._hold(max(0.0, self.options.down_s - (time.time() - t_kill)))
         t_restart = time.time()
         self.progress(f"{host}: starting its roles again")
