@@ -18,6 +18,7 @@ from fieldhub.core.config import Settings
 # before it imports fieldhub.web.wsgi).
 WORKER_CLASS = "gevent"
 WORKER_CONNECTIONS = 1000
+KEEP_ALIVE_S = 75  # longer than nginx's upstream keepalive_timeout (60 s)
 
 
 def register(subparsers: Any) -> None:
@@ -64,6 +65,14 @@ def gunicorn_argv(settings: Settings, workers: int, bind: str | None) -> list[st
         # Live streams stay open for hours; on shutdown they are cut after this grace.
         "--graceful-timeout",
         "5",
+        # nginx keeps idle connections to an instance open for up to 60 s (its upstream
+        # keepalive_timeout) and reuses them. gunicorn's default closes them after 2 s, so
+        # nginx now and then sends a request into a connection being closed ("upstream
+        # prematurely closed"), counts a failure and, with max_fails=1, takes the instance
+        # out of rotation: seen in the multi-host benchmark as 502s while one web host was up.
+        # Idle connections must outlive nginx's hold on them.
+        "--keep-alive",
+        str(KEEP_ALIVE_S),
         "--log-level",
         settings.log_level.lower(),
         "--access-logfile",
