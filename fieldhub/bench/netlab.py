@@ -38,9 +38,11 @@ import concurrent.futures
 import contextlib
 import ctypes
 import dataclasses
+import grp
 import ipaddress
 import logging
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -76,7 +78,7 @@ def unavailable() -> str | None:
     """Why this machine cannot run a lab (None: it can)."""
     if os.geteuid() != 0:
         return "network namespaces need root (run as root)"
-    for binary in ("ip", "nsenter"):
+    for binary in ("ip", "nsenter", "setpriv"):
         if shutil.which(binary) is None:
             return f"`{binary}` is not installed (iproute2 / util-linux)"
     probe = f"{NAME_PREFIX}{os.getpid()}-probe"
@@ -186,14 +188,12 @@ class Lab:
         env: Mapping[str, str],
         log_path: Path,
         user: str | None = None,
+        group: str | None = None,
         cwd: Path | None = None,
     ) -> LabProcess:
         """Run `argv` inside `host` with exactly `env` (plus BASE_ENV's PATH and LANG), as
-        `user` if given (runuser), output appended to `log_path`."""
-        command = ["nsenter", f"--net={host.netns_path}", "--"]
-        if user:
-            command += ["runuser", "-u", user, "--"]
-        command += list(argv)
+        `user` (and `group`) if given, output appended to `log_path`."""
+        command = [*_enter(host, user, group), *argv]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
             out.write(f"--- {time.strftime('%H:%M:%S')} start {' '.join(argv)}\n".encode())
@@ -220,13 +220,11 @@ class Lab:
         env: Mapping[str, str],
         timeout: float,
         user: str | None = None,
+        group: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run a one-shot command inside `host` and return its output (raises on failure)."""
-        command = ["nsenter", f"--net={host.netns_path}", "--"]
-        if user:
-            command += ["runuser", "-u", user, "--"]
         result = subprocess.run(
-            [*command, *argv],
+            [*_enter(host, user, group), *argv],
             env={**BASE_ENV, **env},
             capture_output=True,
             text=True,
@@ -391,6 +389,21 @@ class Lab:
         result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise LabError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _enter(host: Host, user: str | None, group: str | None) -> list[str]:
+    """The prefix that runs a command in the host's network namespace, as user:group (the
+    user's own group by default). setpriv, like systemd's User=, changes the ids and execs:
+    no PAM session, no extra parent process (runuser would leave one per role)."""
+    command = ["nsenter", f"--net={host.netns_path}", "--"]
+    if user:
+        ids = [f"--reuid={user}", f"--regid={group or _primary_group(user)}", "--init-groups"]
+        command += ["setpriv", *ids, "--"]
+    return command
+
+
+def _primary_group(user: str) -> str:
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
 
 
 # -- namespaces and processes, machine-wide -------------------------------------------------------

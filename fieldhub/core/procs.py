@@ -5,6 +5,7 @@ benchmarks and the tests."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import shutil
@@ -36,10 +37,12 @@ def chown_tree(path: Path, user: str) -> None:
             os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
 
 
-def chown(path: Path, user: str) -> None:
+def chown(path: Path, user: str, group: str | None = None) -> None:
+    """Give `path` to `user` and `group` (default: the user's own group), when we are root."""
     if running_as_root():
         entry = pwd.getpwnam(user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        gid = grp.getgrnam(group).gr_gid if group else entry.pw_gid
+        os.chown(path, entry.pw_uid, gid)
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -127,43 +127,19 @@ def replica_url(settings: Settings) -> str:
 
 
 def render_nginx(settings: Settings, upstream_ports: list[int]) -> Path:
+    run_dir = settings.home / "nginx"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
     host = settings.web_host or "127.0.0.1"
     listen = f"[{host}]:{settings.ports.web}" if ":" in host else f"{host}:{settings.ports.web}"
-    return render_nginx_conf(
-        settings.home / "nginx",
-        settings.log_dir,
-        listen,
-        [f"127.0.0.1:{port}" for port in upstream_ports],
-    )
-
-
-def render_nginx_conf(
-    run_dir: Path,
-    log_dir: Path,
-    listen: str,
-    upstreams: Sequence[str],
-    tls: tuple[Path, Path] | None = None,
-) -> Path:
-    """nginx.conf in `run_dir`: listen on `listen` (HOST:PORT), pass to the `upstreams`
-    (HOST:PORT each); with `tls` (certificate, key) the listener speaks HTTPS."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    tls_lines = ""
-    if tls is not None:
-        listen += " ssl"
-        tls_lines = (
-            f"        ssl_certificate {tls[0]};\n"
-            f"        ssl_certificate_key {tls[1]};\n"
-            "        ssl_protocols TLSv1.2 TLSv1.3;"
-        )
     values = {
         "user_line": f"user {NGINX_USER};" if running_as_root() else "",
         "run_dir": str(run_dir),
-        "log_dir": str(log_dir),
+        "log_dir": str(settings.log_dir),
         "listen": listen,
-        "tls_lines": tls_lines,
         "upstream_servers": "\n".join(
-            f"        server {upstream} max_fails=1 fail_timeout=2s;" for upstream in upstreams
+            f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;"
+            for port in upstream_ports
         ),
     }
     conf = run_dir / "nginx.conf"

@@ -61,9 +61,11 @@ class PostgresCluster:
     # Test clusters trade durability for speed; a real stack never does.
     fast_unsafe: bool = False
     extra_settings: dict[str, str] = dataclasses.field(default_factory=dict)
-    # Networks whose clients may log in with a password (initdb's rules admit loopback only);
-    # a database on its own host lists its application hosts' network here.
-    client_networks: tuple[str, ...] = ()
+    # pg_hba.conf lines added to initdb's (which admit loopback only): a database on its own
+    # host names its application hosts' network here.
+    hba_rules: tuple[str, ...] = ()
+    # The role initdb creates (the local stack's own; a database host keeps Debian's postgres).
+    superuser: str = LOCAL_DB_SUPERUSER
 
     @property
     def password(self) -> str:
@@ -71,7 +73,7 @@ class PostgresCluster:
 
     def url(self, dbname: str = LOCAL_DB_NAME) -> str:
         password = quote(self.password, safe="")
-        return f"postgresql://{LOCAL_DB_SUPERUSER}:{password}@{self.host}:{self.port}/{dbname}"
+        return f"postgresql://{self.superuser}:{password}@{self.host}:{self.port}/{dbname}"
 
     @property
     def initialised(self) -> bool:
@@ -110,7 +112,7 @@ class PostgresCluster:
                         "-D",
                         str(self.pgdata),
                         "-U",
-                        LOCAL_DB_SUPERUSER,
+                        self.superuser,
                         f"--pwfile={pw_path}",
                         "--auth-host=scram-sha-256",
                         "--auth-local=peer",
@@ -124,12 +126,10 @@ class PostgresCluster:
         self.socket_dir.mkdir(exist_ok=True)
         chown(self.socket_dir, PG_USER)
         self._write_settings()
-        if self.client_networks:
+        if self.hba_rules:
             with (self.pgdata / "pg_hba.conf").open("a") as hba:
                 hba.write("# fieldhub: application hosts\n")
-                hba.writelines(
-                    f"host all all {network} scram-sha-256\n" for network in self.client_networks
-                )
+                hba.writelines(f"{rule}\n" for rule in self.hba_rules)
 
     def _write_settings(self) -> None:
         settings = {
