@@ -185,8 +185,8 @@ class Run:
         self.hosts = hosts
         self.options = options
         self.progress = hosts.progress
-        self.ledger = LedgerReader(hosts.home("load") / "ledger")
-        self.user_events = EventReader(hosts.home("ops") / "user-events.jsonl")
+        self.ledger = LedgerReader(hosts.path("load", plan.LEDGER_DIR))
+        self.user_events = EventReader(hosts.root("ops") / "user-events.jsonl")
         self.sampler = Sampler(hosts, self.ledger)
         self.user: LabProcess | None = None
         chosen = plan.devices_per_broker(options.devices, per_broker=2)
@@ -211,6 +211,7 @@ class Run:
         for bridge in plan.BRIDGE_HOSTS:
             hosts.wait_bridges(bridge)
         hosts.start_host("worker")
+        hosts.wait_worker()
         # The user is served by web-1: web-2 starts once the live view is open, so killing
         # web-1 later cuts that stream (nginx would otherwise pick either).
         self.progress("web-1, nginx")
@@ -220,8 +221,9 @@ class Run:
         timings["tiers_s"] = time.monotonic() - started
         self.progress(f"load: {self.options.devices} simulated devices over both brokers")
         # Devices trust the brokers' CA, as their makers provision it.
-        (hosts.home("load") / "tls").mkdir(exist_ok=True)
-        shutil.copy2(hosts.ca_dir / "ca.crt", hosts.home("load") / "tls" / "ca.crt")
+        device_tls = hosts.path("load", plan.STATE_DIR) / "tls"
+        device_tls.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(hosts.ca_dir / "ca.crt", device_tls / "ca.crt")
         hosts.start_host("load")
         hosts.wait(
             lambda: hosts.count("devices_reporting", like=LOAD_LIKE) >= self.options.devices,
@@ -242,7 +244,7 @@ class Run:
         return {k: round(v, 1) for k, v in timings.items()}
 
     def start_user(self) -> None:
-        ops = self.hosts.home("ops")
+        ops = self.hosts.root("ops")
         argv = [
             sys.executable,
             "-m",
@@ -467,8 +469,8 @@ def run(options: Options, progress: Callable[[str], None] = lambda text: None) -
     progress(f"workdir {workdir}")
     try:
         with Lab(workdir / "lab") as lab:
-            layout = plan.layout(devices=options.devices, interval_s=options.interval_s)
-            hosts = FieldhubHosts(lab, venv, workdir, layout, progress)
+            values = {"devices": str(options.devices), "interval": f"{options.interval_s:g}"}
+            hosts = FieldhubHosts(lab, venv, workdir, plan.layout(), progress, values)
             result = _run_steps(hosts, options)
     finally:
         if not options.keep and options.workdir is None:
@@ -506,7 +508,7 @@ def _run_steps(hosts: FieldhubHosts, options: Options) -> dict[str, Any]:
             {
                 "name": name,
                 "address": hosts.addresses[name],
-                "roles": [role.unit for role in host_plan.roles],
+                "roles": [str(role) for role in host_plan.roles],
             }
             for name, host_plan in hosts.plans.items()
         ],

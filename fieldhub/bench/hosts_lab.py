@@ -1,7 +1,10 @@
-"""fieldhub laid out over the hosts of a netlab lab: each host's env file and data directory,
-its roles started from the installed wheel as its units would start them, readiness probes run
-from inside the hosts, and the counts of what the simulated devices published (their ledger)
-against what was stored.
+"""fieldhub laid out over the hosts of a netlab lab as on real hosts: each host's directory
+stands for its `/`, so the deploy guide's paths (docs/deploy.md) work inside it, each host has
+its /etc/fieldhub/fieldhub.env, and every fieldhub role runs exactly as its unit in
+deploy/systemd/ says (ExecStart, environment files, Environment=, User=, Group=, state and
+runtime directories; fieldhub/bench/units.py reads them), from the wheel installed without
+extras. Readiness is probed from inside the hosts (/readyz), and the simulated devices' ledger
+is counted against what was stored.
 
 Used by `fieldhub bench hosts` (fieldhub/bench/hosts.py), which adds the load, the user and the
 steps; failure scenarios on other hosts build on the same pieces: `FieldhubHosts.kill(host)`
@@ -13,28 +16,37 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import pwd
 import secrets
 import shutil
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
 
 from fieldhub.bench import hosts_plan as plan
+from fieldhub.bench import units
 from fieldhub.bench.netlab import Lab, LabError, LabProcess, require_lab_netns, tail
-from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, users
+from fieldhub.core.config import (
+    PROJECT_ROOT,
+    Role,
+    Settings,
+    bridge_metrics_port,
+    parse_env_file,
+    split_bridge_name,
+)
 from fieldhub.core.db import Queries, connect
-from fieldhub.core.procs import chown_tree, require_binary, wait_until
+from fieldhub.core.procs import chown, chown_tree, wait_until
 from fieldhub.core.tls import ensure_tls
-from fieldhub.stack.cluster import render_nginx_conf
 from fieldhub.stack.postgres import PostgresCluster, pg_bindir
 
 QUERIES = Queries(Path(__file__).with_name("hosts_lab.sql"))
@@ -67,30 +79,23 @@ def http_status(url: str, context: ssl.SSLContext | None = None) -> int | None:
         return None
 
 
-def bridge_ready(port: int) -> bool:
-    require_lab_netns()
+def ensure_system_user(name: str, home: str) -> None:
+    """The deploy guide's `adduser --system --group` for the account fieldhub's units run as
+    (the lab's hosts share the machine's users)."""
     try:
-        url = f"http://127.0.0.1:{port}/metrics"
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - a lab host's URL
-            text = response.read().decode()
-    except OSError:
-        return False
-    return any(
-        line.startswith("fieldhub_bridge_ready") and line.rsplit(" ", 1)[-1] == "1.0"
-        for line in text.splitlines()
-    )
-
-
-def _select_one(url: str) -> None:
-    require_lab_netns()
-    with connect(url, connect_timeout=2) as conn:
-        conn.execute("SELECT 1")
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["adduser", "--system", "--group", "--home", home, "--no-create-home", name],
+            capture_output=True,
+            check=True,
+        )
 
 
 # -- fieldhub on a lab ------------------------------------------------------------------------
 class FieldhubHosts:
-    """fieldhub laid out over a lab's hosts as hosts_plan says, every role from the install
-    in `venv`, each host with its env file and data directory under workdir/hosts/NAME."""
+    """fieldhub laid out over a lab's hosts as hosts_plan says, every fieldhub role run from the
+    install in `venv` as its unit says, each host's `/` at workdir/hosts/NAME."""
 
     def __init__(
         self,
@@ -99,78 +104,137 @@ class FieldhubHosts:
         workdir: Path,
         hosts: tuple[plan.HostPlan, ...],
         progress: Callable[[str], None],
+        values: Mapping[str, str] | None = None,
+        deploy_dir: Path = PROJECT_ROOT / "deploy",
     ) -> None:
         self.lab = lab
         self.venv = venv
         self.workdir = workdir
         self.progress = progress
+        self.deploy_dir = deploy_dir
+        if not (deploy_dir / "systemd").is_dir():
+            raise LabError(f"{deploy_dir}/systemd is missing: the units are what the hosts run")
+        # What COMMANDS are filled in with, besides the machine's PostgreSQL.
+        self.values = {"pg_bindir": str(pg_bindir()), **(values or {})}
         self.plans = {host.name: host for host in hosts}
         self.secrets = plan.Secrets(
             database_password=secrets.token_urlsafe(24),
             bridge_password=secrets.token_urlsafe(24),
             web_secret_key=secrets.token_urlsafe(48),
         )
+        ensure_system_user("fieldhub", plan.STATE_DIR)
         for name in self.plans:
             lab.add_host(name)
         self.addresses = {name: lab.host(name).address for name in self.plans}
-        for name in self.plans:
-            home = self.home(name)
-            home.mkdir(parents=True, exist_ok=True)
-            home.chmod(0o755)
-            env = plan.host_env(name, self.addresses, self.secrets, str(home))
-            self.env_file(name).write_text(plan.render_env_file(env))
-            self.env_file(name).chmod(0o600)
-        self.running: dict[str, list[tuple[plan.Role, LabProcess]]] = {}
+        for name, host in self.plans.items():
+            root = self.root(name)
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(0o755)  # the postgres, mosquitto, fieldhub and www-data users enter it
+            env_file = self.path(name, plan.ENV_FILE)
+            env_file.parent.mkdir(parents=True, exist_ok=True)
+            # As the guide installs it: root's, readable by the fieldhub group only.
+            env_file.write_text(
+                plan.render_env_file(plan.host_env(host, self.addresses, self.secrets))
+            )
+            env_file.chmod(0o640)
+            chown(env_file, "root", group="fieldhub")
+        self.running: dict[str, list[tuple[Role, LabProcess]]] = {}
         self._db: psycopg.Connection[Any] | None = None
         self.ca_dir = workdir / "ca"
 
-    # -- files -------------------------------------------------------------------------------
-    def home(self, host: str) -> Path:
+    # -- a host's files ----------------------------------------------------------------------------
+    def root(self, host: str) -> Path:
+        """The directory that stands for the host's `/`."""
         return self.workdir / "hosts" / host
 
-    def env_file(self, host: str) -> Path:
-        return self.home(host) / "fieldhub.env"
+    def paths(self, host: str) -> units.HostPaths:
+        return units.HostPaths(str(self.root(host)), plan.INSTALL_PREFIX, str(self.venv))
+
+    def path(self, host: str, real: str) -> Path:
+        """Where a real host's `real` path is on this lab host."""
+        return Path(self.paths(host).map(real))
 
     def env(self, host: str) -> dict[str, str]:
-        """What the host's units get: its env file, read the way systemd reads it."""
-        return plan.parse_env_file(self.env_file(host).read_text())
+        """The host's env file as a unit gets it (read the way systemd reads it), its paths
+        mapped into the host."""
+        text = self.path(host, plan.ENV_FILE).read_text()
+        return self.paths(host).environment(parse_env_file(text, plan.ENV_FILE))
 
-    def log_path(self, host: str, role: plan.Role) -> Path:
-        return self.home(host) / "log" / f"{role.unit}.log"
+    def settings(self, host: str) -> Settings:
+        return Settings.from_env(self.env(host))
 
-    def values(self, host: str) -> dict[str, str]:
-        return {
-            "venv": str(self.venv),
-            "home": str(self.home(host)),
-            "address": self.addresses[host],
-            "pg_bindir": str(pg_bindir()),
-            "mosquitto": require_binary("mosquitto", "/usr/sbin/mosquitto"),
-            "nginx": require_binary("nginx", "/usr/sbin/nginx"),
-        }
+    def log_path(self, host: str, role: Role) -> Path:
+        return self.path(host, "/var/log/lab") / f"{role}.log"
 
     # -- roles -------------------------------------------------------------------------------
-    def start_host(self, host: str) -> None:
-        """Start every role of the host (again), as systemd does at boot."""
-        for role in self.plans[host].roles:
-            self.start_role(host, role)
+    def unit(self, role: Role) -> units.Service:
+        """The role's unit, from deploy/systemd/ (and Debian's own unit it extends)."""
+        texts = []
+        for name in plan.UNIT_FILES[role.kind]:
+            path = Path(name) if name.startswith("/") else self.deploy_dir / "systemd" / name
+            if path.exists():
+                texts.append(path.read_text())
+            elif not name.startswith("/"):
+                raise LabError(f"{path} is missing")
+        return units.service(plan.unit_name(role), texts)
 
-    def start_role(self, host: str, role: plan.Role) -> LabProcess:
-        cwd = self.home(host) / "postgres" / "pgdata" if role.name == "postgres" else None
+    def process_of(self, host: str, role: Role) -> tuple[list[str], dict[str, str], Any]:
+        """argv, environment and (user, group, cwd) of the role on the host."""
+        paths = self.paths(host)
+        if role.kind not in plan.UNIT_FILES:
+            argv = [paths.map_value(arg) for arg in plan.command(role, self.values)]
+            user = plan.COMMAND_USERS.get(role.kind)
+            cwd = self.path(host, plan.PG_DIR) / "pgdata" if role.kind == "database" else None
+            return argv, self.env(host), (user, None, cwd)
+        service = self.unit(role)
+        env: dict[str, str] = {}
+        if service.user:
+            # What systemd gives a unit with User= before its own settings.
+            account = pwd.getpwnam(service.user)
+            env.update(USER=service.user, LOGNAME=service.user, HOME=account.pw_dir)
+        for file, required in service.environment_files:
+            mapped = Path(paths.map(file))
+            if mapped.exists():
+                env.update(paths.environment(parse_env_file(mapped.read_text(), file)))
+            elif required:
+                raise LabError(f"{service.unit} on {host}: {file} does not exist")
+        env.update(paths.environment(dict(service.environment)))
+        # What systemd creates for the unit before it starts, owned by its user.
+        for directory in (*service.state_directories, *service.runtime_directories):
+            made = Path(paths.map(directory))
+            made.mkdir(parents=True, exist_ok=True)
+            if service.user:
+                chown(made, service.user, group=service.group)
+        cwd = Path(paths.map(service.working_directory)) if service.working_directory else None
+        argv = [paths.map_value(arg) for arg in service.argv]
+        return argv, env, (service.user, service.group, cwd)
+
+    def start_host(self, host: str) -> None:
+        """Start every role of the host (again), as systemd does at boot; the one-shot
+        migrate role is run by prepare_database, not here."""
+        for role in self.plans[host].roles:
+            if role.kind != "migrate":
+                self.start_role(host, role)
+
+    def start_role(self, host: str, role: Role) -> LabProcess:
+        argv, env, (user, group, cwd) = self.process_of(host, role)
         process = self.lab.start(
             self.lab.host(host),
-            role.unit,
-            role.command(self.values(host)),
-            env=self.env(host),
+            str(role),
+            argv,
+            env=env,
             log_path=self.log_path(host, role),
-            user=plan.ROLE_USERS.get(role.name),
+            user=user,
+            group=group,
             cwd=cwd,
         )
         self.running.setdefault(host, []).append((role, process))
         return process
 
-    def oneshot(self, host: str, role: plan.Role, timeout: float = 300) -> str:
-        argv = role.command(self.values(host))
-        return self.lab.run(self.lab.host(host), argv, env=self.env(host), timeout=timeout).stdout
+    def oneshot(self, host: str, role: Role, timeout: float = 300) -> str:
+        argv, env, (user, group, _cwd) = self.process_of(host, role)
+        lab_host = self.lab.host(host)
+        return self.lab.run(lab_host, argv, env=env, timeout=timeout, user=user, group=group).stdout
 
     def kill(self, host: str) -> int:
         """Every process of the host, SIGKILL; how many there were."""
@@ -191,12 +255,12 @@ class FieldhubHosts:
         between the groups for the block (hosts in no group stay with the first)."""
         return self.lab.partitioned(*([self.lab.host(name) for name in g] for g in groups))
 
-    def stop_role(self, host: str, role_name: str, timeout: float = 60) -> int | None:
+    def stop_role(self, host: str, kind: str, timeout: float = 60) -> int | None:
         for role, process in list(self.running.get(host, [])):
-            if role.name == role_name:
+            if role.kind == kind:
                 self.running[host].remove((role, process))
                 return self.lab.stop_process(process, timeout)
-        raise LabError(f"{role_name} is not running on {host}")
+        raise LabError(f"no {kind} runs on {host}")
 
     def check_alive(self) -> None:
         """Fail at once, with its log, if a role died (rather than waiting for a timeout)."""
@@ -204,7 +268,7 @@ class FieldhubHosts:
             for role, process in roles:
                 if not process.alive():
                     raise LabError(
-                        f"{role.unit} on {host} exited {process.popen.returncode}; "
+                        f"{role} on {host} exited {process.popen.returncode}; "
                         f"{process.log_path}:\n{tail(process.log_path)}"
                     )
 
@@ -248,12 +312,13 @@ class FieldhubHosts:
         return int(row["n"]) if row else 0
 
     # -- bringing each tier up -------------------------------------------------------------------
-    def tls_for(self, host: str, subdir: str = "tls") -> Path:
-        """A server certificate for the host's address, signed by the lab's own CA (the
-        operator's PKI); the host keeps the CA certificate, never its key."""
+    def tls_for(self, host: str, directory: str) -> Path:
+        """A server certificate for the host's address in its `directory` (ca.crt,
+        server.crt, server.key), signed by the lab's own CA (the operator's PKI, as the guide's
+        `fieldhub tls ensure --dir` makes it); the host gets the CA certificate, never its key."""
         if not (self.ca_dir / "ca.crt").exists():
             ensure_tls(self.ca_dir, ["fieldhub-lab-ca"])
-        tls_dir = self.home(host) / subdir
+        tls_dir = self.path(host, directory)
         tls_dir.mkdir(parents=True, exist_ok=True)
         for name in ("ca.crt", "ca.key"):
             shutil.copy2(self.ca_dir / name, tls_dir / name)
@@ -263,36 +328,58 @@ class FieldhubHosts:
         return tls_dir
 
     def start_database(self) -> None:
-        home = self.home("db")
-        password_file = home / "secrets" / "postgres.password"
-        password_file.parent.mkdir(parents=True, exist_ok=True)
-        password_file.write_text(self.secrets.database_password + "\n")
-        password_file.chmod(0o600)
-        cluster = PostgresCluster(
-            home / "postgres",
-            plan.PG_PORT,
-            password_file,
-            host=self.addresses["db"],
-            client_networks=(plan.SUBNET,),
+        """PostgreSQL + TimescaleDB as the guide sets it up: deploy/postgresql/fieldhub.conf
+        (memory scaled to the lab), TLS, password logins over TLS from the lab's network only,
+        and a `fieldhub` role that is no superuser and owns the database."""
+        db_dir = self.path("db", plan.PG_DIR)
+        superuser_password = self.workdir / "secrets" / "postgres.password"
+        superuser_password.parent.mkdir(parents=True, exist_ok=True)
+        superuser_password.parent.chmod(0o700)
+        superuser_password.write_text(secrets.token_urlsafe(24) + "\n")
+        superuser_password.chmod(0o600)
+        ssl_dir = self.tls_for("db", f"{plan.PG_CONF_DIR}/ssl")
+        archive = self.path("db", "/var/backups/fieldhub/wal")
+        archive.mkdir(parents=True, exist_ok=True)
+        conf = plan.postgresql_settings(
+            (self.deploy_dir / "postgresql" / "fieldhub.conf").read_text(), self.paths("db")
         )
+        cluster = PostgresCluster(
+            db_dir,
+            plan.PG_PORT,
+            superuser_password,
+            host=self.addresses["db"],
+            superuser="postgres",
+            hba_rules=(f"hostssl fieldhub fieldhub {plan.SUBNET} scram-sha-256",),
+            extra_settings={
+                **conf,
+                "ssl_cert_file": f"'{ssl_dir / 'server.crt'}'",
+                "ssl_key_file": f"'{ssl_dir / 'server.key'}'",
+            },
+        )
+        db_dir.parent.mkdir(parents=True, exist_ok=True)
         cluster.init()
+        for path in (ssl_dir, archive.parent):
+            chown_tree(path, "postgres")
         self.start_host("db")
         self.wait(lambda: self.on("ops", tcp_open, self.addresses["db"], plan.PG_PORT), "db")
-        # What the operator does once with psql: the application's database.
-        self.wait(self._server_answers, "PostgreSQL to accept logins")
-        self.on("ops", cluster.create_database, "fieldhub")
+        # What the guide does once with `sudo -u postgres psql`.
+        password = self.secrets.database_password
+        self._psql("postgres", f"CREATE ROLE fieldhub LOGIN PASSWORD '{password}'")
+        self._psql("postgres", "CREATE DATABASE fieldhub OWNER fieldhub")
+        self._psql("fieldhub", "CREATE EXTENSION IF NOT EXISTS timescaledb")
 
-    def _server_answers(self) -> bool:
-        try:
-            self.on("ops", _select_one, self.database_url.rsplit("/", 1)[0] + "/postgres")
-        except psycopg.OperationalError:
-            return False
-        return True
+    def _psql(self, database: str, sql: str) -> None:
+        socket_dir = self.path("db", plan.PG_DIR) / "socket"
+        argv = [
+            str(pg_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-h", str(socket_dir), "-p", str(plan.PG_PORT), "-d", database, "-c", sql,
+        ]  # fmt: skip
+        self.lab.run(self.lab.host("db"), argv, env={}, timeout=60, user="postgres")
 
     def prepare_database(self) -> None:
-        """As the operator, from ops: migrations (the installed `fieldhub migrate`), the
-        bridges' broker account, the load organisation, the watching user and its token."""
-        self.progress(self.oneshot("ops", plan.Role("migrate")).strip())
+        """As the operator, from ops: the migrations (fieldhub-migrate.service), the bridges'
+        broker account, the load organisation, the watching user and its token."""
+        self.progress(self.oneshot("ops", Role("migrate")).strip())
         password = secrets.token_urlsafe(18)
 
         def accounts(conn: psycopg.Connection[Any]) -> str:
@@ -306,24 +393,21 @@ class FieldhubHosts:
 
         token = self.sql(accounts)
         for name, value in (("user.password", password), ("user.token", token)):
-            path = self.home("ops") / name
+            path = self.root("ops") / name
             path.write_text(value + "\n")
             path.chmod(0o600)
 
     def start_broker(self, host: str) -> None:
-        home = self.home(host)
-        broker = MosquittoBroker(
-            home / "mosquitto",
-            self.tls_for(host),
-            plan.MQTT_LOOPBACK_PORT,
-            plan.MQTTS_PORT,
-            plan.MQTT_SERVICE_PORT,
-            bind="127.0.0.1",
-            tls_bind=self.addresses[host],
-            services_bind=self.addresses[host],
-        )
-        broker.render()
-        (home / "acl.d").mkdir(exist_ok=True)
+        """As the guide: the broker's certificate in /etc/fieldhub/tls, `fieldhub broker-config`
+        as root, then mosquitto.service (with fieldhub's drop-in) and the broker's auth-sync."""
+        self.tls_for(host, plan.TLS_DIR)
+        argv = [
+            str(self.venv / "bin" / "fieldhub"), "broker-config",
+            "--services-bind", self.addresses[host],
+            "--tls-dir", str(self.path(host, plan.TLS_DIR)),
+        ]  # fmt: skip
+        env = {**self.env(host), "FIELDHUB_MOSQUITTO_DIR": str(self.path(host, plan.BROKER_DIR))}
+        self.lab.run(self.lab.host(host), argv, env=env, timeout=60)
         self.start_host(host)
         address = self.addresses[host]
         self.wait(
@@ -333,27 +417,46 @@ class FieldhubHosts:
         )
 
     def wait_bridges(self, host: str) -> float:
-        ports = [int(dict(role.params)["metrics_port"]) for role in self.plans[host].roles]
+        settings = self.settings(host)
+        ports = []
+        for role in self.plans[host].roles:
+            broker, instance = split_bridge_name(role.instance)
+            ports.append(bridge_metrics_port(settings, broker, instance))
         return self.wait(
-            lambda: all(self.on(host, bridge_ready, port) for port in ports),
-            f"{host}'s bridges to subscribe",
+            lambda: all(
+                self.on(host, http_status, f"http://127.0.0.1:{port}/readyz") == 200
+                for port in ports
+            ),
+            f"{host}'s bridges to be ready",
         )
+
+    def wait_worker(self, host: str = "worker") -> float:
+        url = f"http://127.0.0.1:{self.settings(host).ports.worker_metrics}/readyz"
+        return self.wait(lambda: self.on(host, http_status, url) == 200, f"{host} to be ready")
 
     def wait_web(self, host: str) -> float:
-        url = f"http://{self.addresses[host]}:{plan.WEB_PORT}/login"
-        return self.wait(lambda: self.on("ops", http_status, url) == 200, f"{host} to answer")
+        url = f"http://{self.addresses[host]}:{plan.WEB_PORT}/readyz"
+        return self.wait(lambda: self.on("ops", http_status, url) == 200, f"{host} to be ready")
 
     def start_nginx(self) -> None:
-        home = self.home("nginx")
-        tls_dir = self.tls_for("nginx")
-        render_nginx_conf(
-            home / "nginx",
-            home / "log",
-            f"{self.addresses['nginx']}:{plan.HTTPS_PORT}",
+        """As the guide: deploy/nginx/fieldhub.conf as the site, with the lab's web hosts, its
+        network and its certificate filled in, under a main nginx.conf as Debian's."""
+        tls_dir = self.tls_for("nginx", "/etc/ssl/fieldhub")
+        shutil.copy2(tls_dir / "server.crt", self.path("nginx", plan.NGINX_CERTIFICATE))
+        shutil.copy2(tls_dir / "server.key", self.path("nginx", plan.NGINX_KEY))
+        site = plan.nginx_site(
+            (self.deploy_dir / "nginx" / "fieldhub.conf").read_text(),
             [f"{self.addresses[web]}:{plan.WEB_PORT}" for web in plan.WEB_HOSTS],
-            tls=(tls_dir / "server.crt", tls_dir / "server.key"),
+            self.paths("nginx"),
         )
-        chown_tree(home / "nginx", "www-data")
+        nginx_dir = self.path("nginx", plan.NGINX_DIR)
+        (nginx_dir / "sites-enabled").mkdir(parents=True, exist_ok=True)
+        (nginx_dir / "sites-enabled" / "fieldhub").write_text(site)
+        shutil.copy2("/etc/nginx/mime.types", nginx_dir / "mime.types")
+        (nginx_dir / "nginx.conf").write_text(plan.nginx_main_conf(self.paths("nginx")))
+        for directory in ("/var/lib/nginx", "/var/log/nginx", "/run"):
+            self.path("nginx", directory).mkdir(parents=True, exist_ok=True)
+        chown_tree(self.path("nginx", "/var/lib/nginx"), "www-data")
         self.start_host("nginx")
         login = self.base_url + "login"
         self.wait(

@@ -1,9 +1,12 @@
 """The multi-host layout of `fieldhub bench hosts`, as pure rules: which host runs which roles,
-the command each role runs (as its systemd unit's ExecStart would), each host's env file, and
-the accounting of what the devices published against what was stored.
+what each role runs (its systemd unit from deploy/systemd/, or for the servers Debian's units
+start, their command), each host's env file, and the accounting of what the devices published
+against what was stored.
 
-Nothing here starts, reads or writes anything; fieldhub/bench/hosts.py applies it to a
-fieldhub/bench/netlab.py lab.
+Everything here is written as on a real host, with the deploy guide's paths (docs/deploy.md:
+/opt/fieldhub, /etc/fieldhub/fieldhub.env, /var/lib/fieldhub, ...); the lab maps them into each
+host's own directory (fieldhub/bench/units.py). Nothing here starts, reads or writes anything;
+fieldhub/bench/hosts_lab.py applies it to a fieldhub/bench/netlab.py lab.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import quote
 
+from fieldhub.bench.units import HostPaths
 from fieldhub.core.brokers import home_broker
+from fieldhub.core.config import ROLE_KINDS, Role, required_variables
 from fieldhub.sim.simulate import device_ids
 
 SUBNET = "198.18.0.0/24"  # inside 198.18.0.0/15, the range reserved for benchmarks
@@ -27,64 +32,67 @@ LOAD_ORG = "load"
 LOAD_PREFIX = "load"
 BRIDGE_ACCOUNT = "svc.bridge"
 
-# Ports on each host's own address (every host has the whole port space to itself).
+# Ports on each host's own address (every host has the whole port space to itself): the
+# deploy guide's.
 PG_PORT = 5432
 MQTT_LOOPBACK_PORT = 1883  # plain MQTT, the broker host's loopback only
 MQTTS_PORT = 8883  # devices, TLS
 MQTT_SERVICE_PORT = 1884  # the bridges' service listener
-WEB_PORT = 8000  # gunicorn, behind nginx
+WEB_PORT = 8000  # gunicorn (web@1), behind nginx
 HTTPS_PORT = 443  # nginx
-BRIDGE_METRICS_PORT = 9108  # + the broker's index on a bridge host
 
-# Each role's command, written as its systemd unit's ExecStart line. {venv} is the install's
-# virtualenv, {home} the host's FIELDHUB_HOME (data directory), {address} its address; the
-# rest come from the role's parameters. This table is the one place to change when the units
-# in deploy/systemd/ define the commands.
-ROLE_COMMANDS: Mapping[str, str] = {
-    "postgres": "{pg_bindir}/postgres -D {home}/postgres/pgdata",
-    "mosquitto": "{mosquitto} -c {home}/mosquitto/mosquitto.conf",
-    "auth-sync": "{venv}/bin/fieldhub auth-sync --broker {broker}",
-    "bridge": "{venv}/bin/fieldhub bridge --instance {instance} --broker {broker} "
-    "--metrics-port {metrics_port}",
-    "worker": "{venv}/bin/fieldhub worker",
-    "web": "{venv}/bin/fieldhub web --bind {address}:" + str(WEB_PORT),
-    "nginx": "{nginx} -c {home}/nginx/nginx.conf -e stderr",
-    "simulate": "{venv}/bin/fieldhub simulate --devices {devices} --interval {interval} "
-    "--org {org} --prefix {prefix} --ledger {home}/ledger",
-    # One-shot: applied from the operator's host before anything else starts.
-    "migrate": "{venv}/bin/fieldhub migrate",
+# A real host's paths (docs/deploy.md), mapped into each lab host's directory.
+INSTALL_PREFIX = "/opt/fieldhub"
+ENV_FILE = "/etc/fieldhub/fieldhub.env"
+STATE_DIR = "/var/lib/fieldhub"
+BROKER_DIR = "/var/lib/fieldhub-broker"
+TLS_DIR = "/etc/fieldhub/tls"
+PG_DIR = "/var/lib/postgresql/15/main"  # the cluster's directory; its data in pgdata/
+PG_CONF_DIR = "/etc/postgresql/15/main"
+NGINX_DIR = "/etc/nginx"
+NGINX_CERTIFICATE = "/etc/ssl/fieldhub/fullchain.pem"
+NGINX_KEY = "/etc/ssl/fieldhub/privkey.pem"
+LEDGER_DIR = "/var/lib/fieldhub-load/ledger"
+DEBIAN_UNITS = "/lib/systemd/system"
+
+# The roles fieldhub ships units for: the unit files under deploy/systemd/ (a template or a
+# plain unit, then drop-ins), read as systemd reads them. `broker` is Debian's mosquitto.service
+# with fieldhub's drop-in. This table, with COMMANDS below, is what each host runs.
+UNIT_FILES: Mapping[str, tuple[str, ...]] = {
+    "migrate": ("fieldhub-migrate.service",),
+    "auth-sync": ("fieldhub-auth-sync@.service",),
+    "bridge": ("fieldhub-bridge@.service",),
+    "web": ("fieldhub-web@.service",),
+    "worker": ("fieldhub-worker.service",),
+    "broker": (f"{DEBIAN_UNITS}/mosquitto.service", "mosquitto.service.d/fieldhub.conf"),
 }
-# The Debian packages' own units for the servers fieldhub does not ship.
-SERVER_UNITS: Mapping[str, str] = {
-    "postgres": "postgresql",
-    "mosquitto": "mosquitto",
-    "nginx": "nginx",
+# The servers Debian's own units start, run in the foreground as those units' processes run,
+# and the load (no unit: a test tool). {pg_bindir}, {devices} and {interval} are filled in.
+COMMANDS: Mapping[str, str] = {
+    "database": f"{{pg_bindir}}/postgres -D {PG_DIR}/pgdata",
+    # -e: not even the compiled-in error log of the machine before the config is read.
+    "nginx": f"/usr/sbin/nginx -c {NGINX_DIR}/nginx.conf -e stderr -g 'daemon off;'",
+    "simulate": f"{INSTALL_PREFIX}/bin/fieldhub simulate --devices {{devices}} "
+    f"--interval {{interval}} --org {LOAD_ORG} --prefix {LOAD_PREFIX} --ledger {LEDGER_DIR}",
 }
-# Roles whose unit names a User=; the others start as root (Mosquitto and nginx drop to their
-# own users themselves).
-ROLE_USERS: Mapping[str, str] = {"postgres": "postgres"}
+COMMAND_USERS: Mapping[str, str] = {"database": "postgres"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Role:
-    name: str
-    params: tuple[tuple[str, str], ...] = ()
+def unit_name(role: Role) -> str:
+    """The unit that runs `role`: fieldhub-bridge@broker-1-2.service, mosquitto.service."""
+    files = UNIT_FILES[role.kind]
+    base = files[0].rsplit("/", 1)[-1]
+    if role.instance and base.endswith("@.service"):
+        return base.replace("@.service", f"@{role.instance}.service")
+    return base
 
-    @property
-    def unit(self) -> str:
-        """What systemd would call it: fieldhub-bridge@1-broker-2 and the like."""
-        if self.name in SERVER_UNITS:
-            return SERVER_UNITS[self.name]
-        instance = "-".join(value for key, value in self.params if key in ("instance", "broker"))
-        return f"fieldhub-{self.name}" + (f"@{instance}" if instance else "")
 
-    def command(self, values: Mapping[str, str]) -> list[str]:
-        """The argv of this role on a host; `values` has venv, home, address and binaries."""
-        try:
-            line = ROLE_COMMANDS[self.name].format(**{**values, **dict(self.params)})
-        except KeyError as exc:
-            raise ValueError(f"role {self.name} needs a value for {exc}") from None
-        return shlex.split(line)
+def command(role: Role, values: Mapping[str, str]) -> list[str]:
+    """The argv of a role without a fieldhub unit (COMMANDS), filled in."""
+    try:
+        return shlex.split(COMMANDS[role.kind].format(**values))
+    except KeyError as exc:
+        raise ValueError(f"role {role} needs a value for {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,50 +100,29 @@ class HostPlan:
     name: str
     roles: tuple[Role, ...]
 
+    @property
+    def unit_roles(self) -> tuple[Role, ...]:
+        """The roles FIELDHUB_ROLES names (not the load)."""
+        return tuple(role for role in self.roles if role.kind in ROLE_KINDS)
 
-def layout(*, devices: int, interval_s: float) -> tuple[HostPlan, ...]:
-    """The hosts in start order: database, brokers, bridges (each consuming from both brokers),
-    worker, web, nginx on a host of its own (it is what users reach; a web host can die under
-    it), the load (simulated devices), and ops, the operator's and the user's machine."""
 
-    def bridge(instance: int) -> tuple[Role, ...]:
-        return tuple(
-            Role(
-                "bridge",
-                (
-                    ("instance", str(instance)),
-                    ("broker", broker),
-                    ("metrics_port", str(BRIDGE_METRICS_PORT + index)),
-                ),
-            )
-            for index, broker in enumerate(BROKERS)
-        )
-
+def layout() -> tuple[HostPlan, ...]:
+    """The hosts in start order: database, brokers, bridges (one process per broker each, so
+    each instance consumes from both brokers), worker, web, nginx on a host of its own (it is
+    what users reach; a web host can die under it), the load (simulated devices), and ops: the
+    operator's host (migrations, accounts) and the user's (a browser, an API client)."""
     return (
-        HostPlan("db", (Role("postgres"),)),
+        HostPlan("db", (Role("database"),)),
+        *(HostPlan(b, (Role("broker", b), Role("auth-sync", b))) for b in BROKERS),
         *(
-            HostPlan(broker, (Role("mosquitto"), Role("auth-sync", (("broker", broker),))))
-            for broker in BROKERS
+            HostPlan(host, tuple(Role("bridge", f"{b}-{n}") for b in BROKERS))
+            for n, host in enumerate(BRIDGE_HOSTS, start=1)
         ),
-        *(HostPlan(name, bridge(n)) for n, name in enumerate(BRIDGE_HOSTS, start=1)),
         HostPlan("worker", (Role("worker"),)),
-        *(HostPlan(name, (Role("web"),)) for name in WEB_HOSTS),
+        *(HostPlan(name, (Role("web", "1"),)) for name in WEB_HOSTS),
         HostPlan("nginx", (Role("nginx"),)),
-        HostPlan(
-            "load",
-            (
-                Role(
-                    "simulate",
-                    (
-                        ("devices", str(devices)),
-                        ("interval", f"{interval_s:g}"),
-                        ("org", LOAD_ORG),
-                        ("prefix", LOAD_PREFIX),
-                    ),
-                ),
-            ),
-        ),
-        HostPlan("ops", ()),
+        HostPlan("load", (Role("simulate"),)),
+        HostPlan("ops", (Role("migrate"),)),
     )
 
 
@@ -147,42 +134,47 @@ class Secrets:
     web_secret_key: str
 
 
-def host_env(
-    host: str, addresses: Mapping[str, str], secrets: Secrets, home: str
-) -> dict[str, str]:
-    """The env file of `host` (its /etc/fieldhub/fieldhub.env). Hosts that run no fieldhub
-    process (database, nginx) get only their data directory."""
-    env = {"FIELDHUB_HOME": home}
-    if host in ("db", "nginx"):
-        return env
+def host_env(host: HostPlan, addresses: Mapping[str, str], secrets: Secrets) -> dict[str, str]:
+    """The host's /etc/fieldhub/fieldhub.env: FIELDHUB_ROLES and only the secrets those roles
+    need (a production check refuses a role without them). The load host is no production
+    host: the simulator is a test tool that provisions its own devices."""
     db_password = quote(secrets.database_password, safe="")
     bridge_password = quote(secrets.bridge_password, safe="")
     first = addresses[BROKERS[0]]
-    env.update(
-        FIELDHUB_ENV="production",
-        DATABASE_URL=f"postgresql://fieldhub:{db_password}@{addresses['db']}:{PG_PORT}/fieldhub",
-        MQTT_URL=f"mqtt://{BRIDGE_ACCOUNT}:{bridge_password}@{first}:{MQTT_SERVICE_PORT}",
-        MQTT_DEVICE_URL=f"mqtts://{first}:{MQTTS_PORT}",
-        FIELDHUB_BROKERS=",".join(f"{b}=mqtts://{addresses[b]}:{MQTTS_PORT}" for b in BROKERS),
-        FIELDHUB_BROKER_SERVICE_URLS=",".join(
+    values = {
+        "DATABASE_URL": f"postgresql://fieldhub:{db_password}@{addresses['db']}:{PG_PORT}"
+        "/fieldhub?sslmode=require",
+        "MQTT_URL": f"mqtt://{BRIDGE_ACCOUNT}:{bridge_password}@{first}:{MQTT_SERVICE_PORT}",
+        "MQTT_DEVICE_URL": f"mqtts://{first}:{MQTTS_PORT}",
+        "FIELDHUB_SECRET_KEY": secrets.web_secret_key,
+    }
+    brokers = {
+        "FIELDHUB_BROKERS": ",".join(f"{b}=mqtts://{addresses[b]}:{MQTTS_PORT}" for b in BROKERS),
+        "FIELDHUB_BROKER_SERVICE_URLS": ",".join(
             f"{b}=mqtt://{addresses[b]}:{MQTT_SERVICE_PORT}" for b in BROKERS
         ),
-        FIELDHUB_SECRET_KEY=secrets.web_secret_key,
-        FIELDHUB_LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    if host in BROKERS:
+    }
+    env = {"FIELDHUB_HOME": STATE_DIR}
+    if not host.unit_roles:
+        return {**env, "DATABASE_URL": values["DATABASE_URL"], **brokers}
+    env.update(FIELDHUB_ENV="production", FIELDHUB_ROLES=",".join(map(str, host.unit_roles)))
+    env.update({name: values[name] for name in required_variables(host.unit_roles)})
+    kinds = {role.kind for role in host.unit_roles}
+    if kinds & {"auth-sync", "bridge", "web", "worker", "migrate"}:
+        env.update(brokers)
+    if "broker" in kinds:
         env.update(
-            FIELDHUB_MOSQUITTO_DIR=f"{home}/mosquitto",
-            FIELDHUB_MOSQUITTO_PID_FILE=f"{home}/mosquitto/mosquitto.pid",
-            FIELDHUB_ACL_DIR=f"{home}/acl.d",
+            FIELDHUB_MQTT_PORT=str(MQTT_LOOPBACK_PORT),
+            FIELDHUB_MQTTS_PORT=str(MQTTS_PORT),
+            FIELDHUB_MQTT_SERVICE_PORT=str(MQTT_SERVICE_PORT),
         )
-    if host in WEB_HOSTS:
-        env.update(FIELDHUB_WEB_HOST=addresses[host], FIELDHUB_WEB_PORT=str(WEB_PORT))
+    if "web" in kinds:
+        env.update(FIELDHUB_WEB_HOST=addresses[host.name], FIELDHUB_WEB_PORT=str(WEB_PORT))
     return env
 
 
 def render_env_file(env: Mapping[str, str]) -> str:
+    """The env file's text (fieldhub.core.config.parse_env_file reads it back)."""
     lines = ["# fieldhub settings of this host (systemd EnvironmentFile=)"]
     for key, value in env.items():
         if any(c in value for c in '"\\\n'):
@@ -191,23 +183,93 @@ def render_env_file(env: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_env_file(text: str) -> dict[str, str]:
-    """KEY=VALUE lines as systemd's EnvironmentFile= reads them: comments and blank lines
-    skipped, one pair of surrounding quotes removed."""
-    env = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
+# -- the servers' configuration, as the guide installs it ------------------------------------
+def postgresql_settings(conf: str, paths: HostPaths) -> dict[str, str]:
+    """deploy/postgresql/fieldhub.conf as settings for a lab host: its paths mapped into the
+    host, and memory scaled down, since eleven hosts share this machine (the file is sized
+    for a dedicated 16 GB host)."""
+    settings: dict[str, str] = {}
+    for raw in conf.splitlines():
+        line = _without_comment(raw).strip()
+        if not line:
             continue
         key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key.replace("_", "").isalnum():
-            raise ValueError(f"line {number}: {raw!r} is not KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        env[key] = value
-    return env
+        if not sep:
+            raise ValueError(f"postgresql conf: {raw!r} is not name = value")
+        settings[key.strip()] = _map_paths_in(value.strip(), paths)
+    settings.update(LAB_POSTGRESQL_MEMORY)
+    return settings
+
+
+LAB_POSTGRESQL_MEMORY = {"shared_buffers": "'256MB'", "maintenance_work_mem": "'128MB'"}
+
+
+def _without_comment(line: str) -> str:
+    quoted = False
+    for index, char in enumerate(line):
+        if char == "'":
+            quoted = not quoted
+        elif char == "#" and not quoted:
+            return line[:index]
+    return line
+
+
+def _map_paths_in(value: str, paths: HostPaths) -> str:
+    """Absolute paths inside a setting (an archive_command's) mapped into the host."""
+    return " ".join(
+        paths.map_value(word) if word.startswith("/") else word for word in value.split(" ")
+    )
+
+
+# The sample's placeholders an operator replaces (docs/deploy.md, "Web hosts and nginx").
+NGINX_SAMPLE_UPSTREAMS = ("10.0.0.21:8000", "10.0.0.22:8000")
+NGINX_SAMPLE_NETWORK = "10.0.0.0/24"
+
+
+def nginx_site(sample: str, upstreams: Sequence[str], paths: HostPaths) -> str:
+    """deploy/nginx/fieldhub.conf as the operator edits it: the web hosts' addresses, the
+    private network, the certificate paths."""
+    if len(upstreams) != len(NGINX_SAMPLE_UPSTREAMS):
+        raise ValueError(f"the sample has {len(NGINX_SAMPLE_UPSTREAMS)} web hosts")
+    site = sample
+    replacements = [
+        *zip(NGINX_SAMPLE_UPSTREAMS, upstreams, strict=True),
+        (NGINX_SAMPLE_NETWORK, SUBNET),
+        (NGINX_CERTIFICATE, paths.map(NGINX_CERTIFICATE)),
+        (NGINX_KEY, paths.map(NGINX_KEY)),
+    ]
+    for old, new in replacements:
+        if old not in site:
+            raise ValueError(f"deploy/nginx/fieldhub.conf no longer has {old}: update the lab")
+        site = site.replace(old, new)
+    return site
+
+
+def nginx_main_conf(paths: HostPaths) -> str:
+    """What Debian's /etc/nginx/nginx.conf does for the site, with every file nginx writes
+    (pid, logs, temporary files) inside the host, since all hosts share the machine's disk."""
+    lib = paths.map("/var/lib/nginx")
+    return f"""# Debian's nginx.conf, reduced to what the fieldhub site needs (the lab's).
+user www-data;
+worker_processes 1;
+pid {paths.map("/run/nginx.pid")};
+error_log stderr warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    include {paths.map(NGINX_DIR)}/mime.types;
+    default_type application/octet-stream;
+    sendfile on;
+    access_log {paths.map("/var/log/nginx")}/access.log;
+    client_body_temp_path {lib}/body;
+    proxy_temp_path {lib}/proxy;
+    fastcgi_temp_path {lib}/fastcgi;
+    uwsgi_temp_path {lib}/uwsgi;
+    scgi_temp_path {lib}/scgi;
+    include {paths.map(NGINX_DIR)}/sites-enabled/*;
+}}
+"""
 
 
 # -- who does what ------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ BUILD_INPUTS = (
 )
 SKIP_PARTS = frozenset({"__pycache__"})
 DONE_MARK = ".installed"
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 class InstallError(Exception):
@@ -61,7 +62,7 @@ def source_root() -> Path:
 
 
 def source_digest(root: Path) -> str:
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(system_python().encode() + b"\0")
     files = [root / name for name in BUILD_INPUTS if (root / name).exists()]
     files += sorted(
         path
@@ -100,7 +101,7 @@ def installed_venv(
             if len(wheels) != 1:
                 raise InstallError(f"expected one fieldhub wheel in {scratch}, found {wheels}")
             progress(f"installing {wheels[0].name} into {venv} (no extras)")
-            _run([sys.executable, "-m", "venv", str(venv)])
+            _run([system_python(), "-m", "venv", str(venv)])
             pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
             runtime_lock = root / RUNTIME_LOCK
             if runtime_lock.exists():
@@ -115,6 +116,16 @@ def installed_venv(
         venv.chmod(0o755)
         _forget_old(cache_dir, keep=venv)
     return venv
+
+
+def system_python() -> str:
+    """The interpreter the deploy guide makes the virtualenv with: Debian's python3. Not this
+    process's own, which may live where the services' users cannot enter (a pyenv under
+    /root here)."""
+    for candidate in (SYSTEM_PYTHON, shutil.which("python3")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    return sys.executable
 
 
 def check_starts(venv: Path) -> None:

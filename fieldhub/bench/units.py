@@ -34,6 +34,8 @@ SERVICE_KEYS = (
 STATE_ROOT = "/var/lib"
 RUNTIME_ROOT = "/run"
 EXEC_PREFIXES = "-@:+!"
+# The machine's, shared by every lab host: programs, libraries, the kernel's file systems.
+SHARED = ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev")
 
 
 class UnitError(ValueError):
@@ -168,24 +170,22 @@ def service(unit: str, texts: Sequence[str]) -> Service:
 @dataclasses.dataclass(frozen=True)
 class HostPaths:
     """A real host's paths in a lab host: the install's prefix maps to the lab's virtualenv,
-    and /etc, /var/lib, /run and /var/log to the host's own directory tree; everything else
-    (/usr/sbin/mosquitto, /usr/lib/postgresql) is the machine's, shared by every host."""
+    the machine's programs and libraries (SHARED) stay where they are, and every other path
+    (/etc, /var, /run, ...) goes to the host's own directory tree, so nothing a lab host
+    writes can land on the machine itself."""
 
     root: str  # the host's directory, standing for its /
     install_prefix: str  # the units' install location, e.g. /opt/fieldhub
     venv: str  # where that install is in the lab
-    per_host: tuple[str, ...] = ("/etc", "/var/lib", "/var/log", "/run")
 
     def map(self, path: str) -> str:
         pure = PurePosixPath(path)
         prefix = PurePosixPath(self.install_prefix)
-        if pure == prefix or prefix in pure.parents:
+        if _under(pure, prefix):
             return str(PurePosixPath(self.venv) / pure.relative_to(prefix))
-        for top in self.per_host:
-            base = PurePosixPath(top)
-            if pure == base or base in pure.parents:
-                return str(PurePosixPath(self.root) / pure.relative_to("/"))
-        return path
+        if any(_under(pure, PurePosixPath(top)) for top in SHARED):
+            return path
+        return str(PurePosixPath(self.root) / pure.relative_to("/"))
 
     def map_value(self, value: str) -> str:
         """Absolute paths inside a value (an argument, a URL-free setting) mapped; a value
@@ -199,3 +199,7 @@ class HostPaths:
 
     def environment(self, env: Mapping[str, str]) -> dict[str, str]:
         return {key: self.map_value(value) for key, value in env.items()}
+
+
+def _under(path: PurePosixPath, top: PurePosixPath) -> bool:
+    return path == top or top in path.parents

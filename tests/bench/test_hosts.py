@@ -67,10 +67,7 @@ def test_a_bridge_host_and_a_web_host_die_and_nothing_is_lost() -> None:
         assert hosts.keys() >= HOSTS
         for host in hosts.values():
             assert ipaddress.ip_address(host["address"]) in netlab.BENCH_NETWORK
-        assert hosts["bridge-2"]["roles"] == [
-            "fieldhub-bridge@2-broker-1",
-            "fieldhub-bridge@2-broker-2",
-        ]
+        assert hosts["bridge-2"]["roles"] == ["bridge@broker-1-2", "bridge@broker-2-2"]
 
         assert result["devices"] == 30
         assert result["published"] > 30 * 10

@@ -1,5 +1,6 @@
-"""The multi-host layout's pure rules: hosts and roles, commands, env files, accounting; and
-the user's server-sent-events parser."""
+"""The multi-host layout's pure rules: hosts and roles, commands, env files, the servers'
+configuration as the deploy guide installs it, accounting; and the user's server-sent-events
+parser."""
 
 from __future__ import annotations
 
@@ -10,69 +11,118 @@ import pytest
 from fieldhub.bench import hosts_plan as plan
 from fieldhub.bench.hosts_user import sse_events
 from fieldhub.bench.netlab import BENCH_NETWORK
+from fieldhub.bench.units import HostPaths
 from fieldhub.core.brokers import home_broker
+from fieldhub.core.config import PROJECT_ROOT, Role, Settings, parse_env_file
+
+PATHS = HostPaths(root="/lab/h", install_prefix="/opt/fieldhub", venv="/lab/venv")
 
 
 def test_layout_has_every_tier_and_each_bridge_host_consumes_from_both_brokers() -> None:
-    hosts = {host.name: host for host in plan.layout(devices=1000, interval_s=5)}
+    hosts = {host.name: host for host in plan.layout()}
     assert {"db", "broker-1", "broker-2", "bridge-1", "bridge-2", "web-1", "web-2", "nginx",
             "worker", "load", "ops"} <= hosts.keys()  # fmt: skip
-    for name, instance in (("bridge-1", "1"), ("bridge-2", "2")):
-        params = [dict(role.params) for role in hosts[name].roles]
-        assert {p["broker"] for p in params} == set(plan.BROKERS)
-        assert {p["instance"] for p in params} == {instance}
-        # Two processes on one host: each needs its own metrics port.
-        assert len({p["metrics_port"] for p in params}) == len(params)
-    assert [r.unit for r in hosts["broker-2"].roles] == ["mosquitto", "fieldhub-auth-sync@broker-2"]
-    assert [r.unit for r in hosts["bridge-1"].roles] == [
-        "fieldhub-bridge@1-broker-1",
-        "fieldhub-bridge@1-broker-2",
-    ]
+    assert [str(r) for r in hosts["bridge-1"].roles] == ["bridge@broker-1-1", "bridge@broker-2-1"]
+    assert [str(r) for r in hosts["bridge-2"].roles] == ["bridge@broker-1-2", "bridge@broker-2-2"]
+    assert [str(r) for r in hosts["broker-2"].roles] == ["broker@broker-2", "auth-sync@broker-2"]
+    # The load is no role of a deployment: FIELDHUB_ROLES does not name it.
+    assert hosts["load"].unit_roles == ()
     assert ipaddress.ip_network(plan.SUBNET).subnet_of(BENCH_NETWORK)
 
 
-def test_a_role_command_is_its_exec_start_line_filled_in() -> None:
-    params = (("instance", "2"), ("broker", "broker-1"), ("metrics_port", "9108"))
-    bridge = plan.Role("bridge", params)
-    values = {"venv": "/opt/fieldhub", "home": "/srv/h", "address": "198.18.0.14"}
-    assert bridge.command(values) == [
-        "/opt/fieldhub/bin/fieldhub", "bridge", "--instance", "2", "--broker", "broker-1",
-        "--metrics-port", "9108",
-    ]  # fmt: skip
-    assert plan.Role("web").command(values)[-2:] == ["--bind", "198.18.0.14:8000"]
-    with pytest.raises(ValueError, match="role bridge needs a value for 'instance'"):
-        plan.Role("bridge").command(values)
+def test_each_role_is_a_shipped_unit_or_a_server_command() -> None:
+    assert plan.unit_name(Role("bridge", "broker-1-2")) == "fieldhub-bridge@broker-1-2.service"
+    assert plan.unit_name(Role("broker", "broker-1")) == "mosquitto.service"
+    assert plan.unit_name(Role("migrate")) == "fieldhub-migrate.service"
+    for files in plan.UNIT_FILES.values():
+        for name in files:
+            if not name.startswith("/"):
+                assert (PROJECT_ROOT / "deploy" / "systemd" / name).is_file(), name
+    argv = plan.command(Role("simulate"), {"devices": "1000", "interval": "5"})
+    assert argv[:4] == ["/opt/fieldhub/bin/fieldhub", "simulate", "--devices", "1000"]
+    assert argv[-2:] == ["--ledger", plan.LEDGER_DIR]
+    with pytest.raises(ValueError, match="role database needs a value for 'pg_bindir'"):
+        plan.command(Role("database"), {})
 
 
-def test_env_files_give_each_host_what_its_roles_need() -> None:
-    addresses = {name: f"198.18.0.{10 + i}" for i, name in enumerate(
-        ("db", "broker-1", "broker-2", "bridge-1", "web-1", "web-2", "nginx"))}  # fmt: skip
-    secrets = plan.Secrets("db pass/with:chars", "bridge-secret", "k" * 48)
-    web = plan.host_env("web-1", addresses, secrets, "/srv/web-1")
-    assert web["FIELDHUB_ENV"] == "production"
+ADDRESSES = {
+    name: f"198.18.0.{10 + i}"
+    for i, name in enumerate(("db", "broker-1", "broker-2", "bridge-1", "web-1", "ops", "load"))
+}
+SECRETS = plan.Secrets("db pass/with:chars", "bridge-secret", "k" * 48)
+
+
+def _env(host: str) -> dict[str, str]:
+    plans = {h.name: h for h in plan.layout()}
+    return plan.host_env(plans[host], ADDRESSES, SECRETS)
+
+
+def test_env_files_hold_only_what_each_hosts_roles_need() -> None:
+    web = _env("web-1")
+    assert web["FIELDHUB_ROLES"] == "web@1"
     assert web["DATABASE_URL"] == (
-        "postgresql://fieldhub:db%20pass%2Fwith%3Achars@198.18.0.10:5432/fieldhub"
-    )
-    assert web["FIELDHUB_BROKERS"] == (
-        "broker-1=mqtts://198.18.0.11:8883,broker-2=mqtts://198.18.0.12:8883"
+        "postgresql://fieldhub:db%20pass%2Fwith%3Achars@198.18.0.10:5432/fieldhub?sslmode=require"
     )
     assert web["FIELDHUB_WEB_HOST"] == "198.18.0.14"
-    broker = plan.host_env("broker-2", addresses, secrets, "/srv/broker-2")
-    assert broker["FIELDHUB_MOSQUITTO_PID_FILE"] == "/srv/broker-2/mosquitto/mosquitto.pid"
-    # The database and nginx hosts run no fieldhub process: no secrets there.
-    assert plan.host_env("db", addresses, secrets, "/srv/db") == {"FIELDHUB_HOME": "/srv/db"}
-    assert "FIELDHUB_SECRET_KEY" not in plan.host_env("nginx", addresses, secrets, "/srv/n")
+    assert "MQTT_URL" not in web  # the bridges' broker password stays on bridge hosts
+    bridge = _env("bridge-1")
+    assert bridge["MQTT_URL"] == "mqtt://svc.bridge:bridge-secret@198.18.0.11:1884"
+    assert "FIELDHUB_SECRET_KEY" not in bridge
+    assert bridge["FIELDHUB_BROKER_SERVICE_URLS"] == (
+        "broker-1=mqtt://198.18.0.11:1884,broker-2=mqtt://198.18.0.12:1884"
+    )
+    broker = _env("broker-2")
+    assert broker["FIELDHUB_MQTTS_PORT"] == "8883"
+    assert "MQTT_URL" not in broker
+    assert _env("db") == {
+        "FIELDHUB_HOME": "/var/lib/fieldhub",
+        "FIELDHUB_ENV": "production",
+        "FIELDHUB_ROLES": "database",
+    }
+    # Each production host's file passes fieldhub's own production check for its roles.
+    for host in ("web-1", "bridge-1", "broker-2", "ops", "db"):
+        assert Settings.from_env(_env(host)).production
+    assert "FIELDHUB_ENV" not in _env("load")  # the simulator is a test tool
 
 
-def test_env_file_round_trip_and_systemd_syntax() -> None:
+def test_env_file_text_is_read_back_as_systemd_reads_it() -> None:
     env = {"A": "1", "DATABASE_URL": "postgresql://u:p@h:5432/d", "EMPTY": ""}
-    assert plan.parse_env_file(plan.render_env_file(env)) == env
-    text = "# comment\n; also a comment\n\nPLAIN=x y\nQUOTED='single'\n  SPACED = v  \n"
-    assert plan.parse_env_file(text) == {"PLAIN": "x y", "QUOTED": "single", "SPACED": "v"}
-    with pytest.raises(ValueError, match="line 2: 'not a pair' is not KEY=VALUE"):
-        plan.parse_env_file("A=1\nnot a pair\n")
+    assert parse_env_file(plan.render_env_file(env)) == env
     with pytest.raises(ValueError, match="quotes"):
         plan.render_env_file({"A": 'say "hi"'})
+
+
+def test_postgresql_settings_from_the_shipped_file_fit_a_lab_host() -> None:
+    conf = (
+        "listen_addresses = '*'   # pg_hba decides\n"
+        "shared_buffers = 4GB\n"
+        "archive_command = 'test ! -f /var/backups/fieldhub/wal/%f && cp %p "
+        "/var/backups/fieldhub/wal/%f'\n"
+        "# a comment line\n"
+    )
+    settings = plan.postgresql_settings(conf, PATHS)
+    assert settings["listen_addresses"] == "'*'"
+    assert settings["shared_buffers"] == plan.LAB_POSTGRESQL_MEMORY["shared_buffers"]
+    assert settings["archive_command"] == (
+        "'test ! -f /lab/h/var/backups/fieldhub/wal/%f && cp %p /lab/h/var/backups/fieldhub/wal/%f'"
+    )
+    shipped = (PROJECT_ROOT / "deploy" / "postgresql" / "fieldhub.conf").read_text()
+    assert plan.postgresql_settings(shipped, PATHS)["shared_preload_libraries"] == "'timescaledb'"
+
+
+def test_the_nginx_site_is_the_shipped_one_with_the_labs_addresses() -> None:
+    shipped = (PROJECT_ROOT / "deploy" / "nginx" / "fieldhub.conf").read_text()
+    site = plan.nginx_site(shipped, ["198.18.0.16:8000", "198.18.0.17:8000"], PATHS)
+    assert "server 198.18.0.16:8000" in site
+    assert "server 198.18.0.17:8000" in site
+    assert "10.0.0." not in site
+    assert f"allow {plan.SUBNET}" in site
+    assert "ssl_certificate /lab/h/etc/ssl/fieldhub/fullchain.pem;" in site
+    with pytest.raises(ValueError, match=r"no longer has 10\.0\.0\.21:8000"):
+        plan.nginx_site("server other:8000;", ["a:1", "b:2"], PATHS)
+    main = plan.nginx_main_conf(PATHS)
+    assert "pid /lab/h/run/nginx.pid;" in main
+    assert "include /lab/h/etc/nginx/sites-enabled/*;" in main
 
 
 def test_tally_counts_per_device_and_message() -> None:

@@ -83,9 +83,10 @@ def test_a_hosts_paths_map_into_its_lab_directory() -> None:
     assert paths.map("/etc/fieldhub/fieldhub.env") == "/lab/web-1/etc/fieldhub/fieldhub.env"
     assert paths.map("/var/lib/fieldhub") == "/lab/web-1/var/lib/fieldhub"
     assert paths.map("/run/fieldhub-web-1/metrics") == "/lab/web-1/run/fieldhub-web-1/metrics"
-    # The machine's own binaries are shared by every host.
+    # The machine's own programs are shared by every host; anything else is the host's.
     assert paths.map("/usr/sbin/mosquitto") == "/usr/sbin/mosquitto"
-    assert paths.map("/etcetera") == "/etcetera"
+    assert paths.map("/var/backups/fieldhub/wal") == "/lab/web-1/var/backups/fieldhub/wal"
+    assert paths.map("/usrlocal") == "/lab/web-1/usrlocal"
     assert paths.map_value("--config=/etc/x.conf") == "--config=/lab/web-1/etc/x.conf"
     assert paths.map_value("broker-1") == "broker-1"
     assert paths.environment({"DIR": "/var/lib/fieldhub-broker", "N": "2"}) == {
