@@ -377,14 +377,15 @@ class FieldhubHosts:
         self.lab.run(self.lab.host("db"), argv, env={}, timeout=60, user="postgres")
 
     def prepare_database(self) -> None:
-        """As the operator, from ops: the migrations (fieldhub-migrate.service), the bridges'
-        broker account, the load organisation, the watching user and its token."""
+        """As the operator, from ops: the migrations (fieldhub-migrate.service), the bridge
+        instances' broker accounts, the load organisation, the watching user and its token."""
         self.progress(self.oneshot("ops", Role("migrate")).strip())
         password = secrets.token_urlsafe(18)
 
         def accounts(conn: psycopg.Connection[Any]) -> str:
-            registry.ensure_service_account(
-                conn, plan.BRIDGE_ACCOUNT, registry.BRIDGE_ACL, self.secrets.bridge_password
+            # `fieldhub service-account bridges --instances 2`: svc.bridge-1 and -2.
+            registry.ensure_bridge_accounts(
+                conn, self.secrets.bridge_password, len(plan.BRIDGE_HOSTS), base=plan.BRIDGE_ACCOUNT
             )
             registry.create_org(conn, plan.LOAD_ORG)
             users.create_user(conn, USER_EMAIL, org=plan.LOAD_ORG, role="member", password=password)

@@ -30,7 +30,7 @@ BRIDGE_HOSTS = ("bridge-1", "bridge-2")
 WEB_HOSTS = ("web-1", "web-2")
 LOAD_ORG = "load"
 LOAD_PREFIX = "load"
-BRIDGE_ACCOUNT = "svc.bridge"
+BRIDGE_ACCOUNT = "svc.bridge"  # MQTT_URL's user; instance N logs in as svc.bridge-N
 
 # Ports on each host's own address (every host has the whole port space to itself): the
 # deploy guide's.
@@ -169,7 +169,12 @@ def host_env(host: HostPlan, addresses: Mapping[str, str], secrets: Secrets) -> 
             FIELDHUB_MQTT_SERVICE_PORT=str(MQTT_SERVICE_PORT),
         )
     if "web" in kinds:
-        env.update(FIELDHUB_WEB_HOST=addresses[host.name], FIELDHUB_WEB_PORT=str(WEB_PORT))
+        env.update(
+            FIELDHUB_WEB_HOST=addresses[host.name],
+            FIELDHUB_WEB_PORT=str(WEB_PORT),
+            # nginx's X-Forwarded-For then names the user (login throttling, logs).
+            FIELDHUB_TRUSTED_PROXIES=f"{addresses['nginx']}/32",
+        )
     return env
 
 

@@ -47,7 +47,9 @@ def test_each_role_is_a_shipped_unit_or_a_server_command() -> None:
 
 ADDRESSES = {
     name: f"198.18.0.{10 + i}"
-    for i, name in enumerate(("db", "broker-1", "broker-2", "bridge-1", "web-1", "ops", "load"))
+    for i, name in enumerate(
+        ("db", "broker-1", "broker-2", "bridge-1", "web-1", "ops", "load", "nginx")
+    )
 }
 SECRETS = plan.Secrets("db pass/with:chars", "bridge-secret", "k" * 48)
 
@@ -64,6 +66,7 @@ def test_env_files_hold_only_what_each_hosts_roles_need() -> None:
         "postgresql://fieldhub:db%20pass%2Fwith%3Achars@198.18.0.10:5432/fieldhub?sslmode=require"
     )
     assert web["FIELDHUB_WEB_HOST"] == "198.18.0.14"
+    assert web["FIELDHUB_TRUSTED_PROXIES"] == "198.18.0.17/32"  # nginx
     assert "MQTT_URL" not in web  # the bridges' broker password stays on bridge hosts
     bridge = _env("bridge-1")
     assert bridge["MQTT_URL"] == "mqtt://svc.bridge:bridge-secret@198.18.0.11:1884"
