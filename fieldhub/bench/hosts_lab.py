@@ -412,8 +412,10 @@ class FieldhubHosts:
         self.start_host(host)
         address = self.addresses[host]
         self.wait(
-            lambda: self.on("ops", tcp_open, address, plan.MQTTS_PORT)
-            and self.on("ops", tcp_open, address, plan.MQTT_SERVICE_PORT),
+            lambda: (
+                self.on("ops", tcp_open, address, plan.MQTTS_PORT)
+                and self.on("ops", tcp_open, address, plan.MQTT_SERVICE_PORT)
+            ),
             f"{host}'s listeners",
         )
 
