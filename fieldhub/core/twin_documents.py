@@ -17,6 +17,9 @@ document and depth 6, Azure 32 KiB per twin section and depth 10):
 * ``MAX_KEY_CHARS``: 128 characters per key, at least 1.
 * no NUL character in keys or strings (PostgreSQL's jsonb cannot store U+0000), no NaN or
   infinite numbers (JSON has none).
+* numbers within a signed 64-bit integer's range (``MAX_NUMBER``): jsonb keeps numbers as
+  exact decimals and writes 6.9e210 back as 211 digits, which JSON encoders and devices'
+  parsers (orjson, cJSON, ArduinoJson) cannot read back.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ MAX_DOCUMENT_BYTES: Final = 16 * 1024
 MAX_DEPTH: Final = 8
 MAX_KEY_CHARS: Final = 128
 MAX_VERSION: Final = 2**63 - 1
+MAX_NUMBER: Final = 2**63 - 1
 
 # Dead-letter reasons of device reports (docs/devices.md).
 STALE: Final = "twin_stale"
@@ -119,7 +123,12 @@ def _check_value(value: object, path: str, depth: int) -> None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise TwinDocumentError(f"{path} is {value}; JSON has no NaN or infinite numbers")
-    elif value is not None and not isinstance(value, bool | int):
+        if abs(value) > MAX_NUMBER:
+            raise TwinDocumentError(f"{path} is {value}; numbers lie within ±{MAX_NUMBER}")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not -MAX_NUMBER - 1 <= value <= MAX_NUMBER:
+            raise TwinDocumentError(f"{path} is {value}; numbers lie within ±{MAX_NUMBER}")
+    elif value is not None and not isinstance(value, bool):
         raise TwinDocumentError(f"{path} is a {type(value).__name__}, which JSON cannot hold")
 
 

@@ -26,7 +26,7 @@ from hypothesis.errors import Unsatisfiable
 from psycopg.rows import dict_row
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
-from schemathesis.generation.meta import ComponentKind
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -147,7 +147,7 @@ def negative_body_refused(ctx: Any, response: Any, case: Any) -> None:
     are not judged: a query value is text, so schemathesis' number for a string parameter, its
     null or its one-element array arrive as valid values, and the verdict would be noise;
     tests/web/test_contract.py checks the parser against the schema directly instead.)"""
-    info = (case.meta.components if case.meta else {}).get(ComponentKind.BODY)
+    info = (case.meta.components if case.meta else {}).get(ParameterLocation.BODY)
     if info is None or info.mode is not GenerationMode.NEGATIVE:
         return
     if case.media_type != "application/json":
