@@ -82,7 +82,7 @@ class Options:
 def register(bench_subparsers: Any) -> None:
     parser = bench_subparsers.add_parser(
         "hosts",
-        help="fieldhub on 11 network-namespace hosts; kill a bridge host, then a web host",
+        help="fieldhub on 11 network-namespace hosts; kill a bridge host, then a web host (root)",
         description="Needs root (network namespaces). Builds and installs the wheel, runs "
         "every role on its own host, and counts what the devices published against what was "
         "stored.",

@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from fieldhub.core.migrate import discover
 from fieldhub.web import metrics
 from tests.support import wait_for
-from tests.web.helpers import World, api_token, login
+from tests.web.helpers import World, api_token, login, problem
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +43,14 @@ def test_a_process_ahead_of_its_migrations_refuses_with_503_until_they_are_appli
         assert state["checks"]["database"] == "ok"
 
         # Every request but the probes and static files: 503 with Retry-After, so nginx
-        # moves on to another instance. Pages get the error page, the API its JSON error.
+        # moves on to another instance. Pages get the error page, the API a problem document.
         page = client.get("/login")
         assert page.status_code == 503
         assert page.headers["Retry-After"] == "5"
         assert "The service is busy" in page.get_data(as_text=True)
         api = client.get("/api/v1/devices", headers={"Authorization": f"Bearer {token}"})
-        assert api.status_code == 503
-        assert api.get_json()["error"]["code"] == "unavailable"
+        problem(api, 503, "unavailable")
+        assert api.headers["Retry-After"] == "5"
         assert client.get("/static/app.css").status_code == 200
         assert client.get("/healthz").status_code == 200
 
