@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, Response, current_app, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from fieldhub.web import problems
@@ -110,7 +110,13 @@ def _http_error(exc: HTTPException) -> Any:
     if status == 400 and exc.description == "csrf":
         title = "This form has expired"
         advice = "Reload the page and submit it again. (Its security token was missing or stale.)"
-    return render_template("error.html", status=status, title=title, advice=advice), status
+    page = make_response(
+        render_template("error.html", status=status, title=title, advice=advice), status
+    )
+    for name, value in exc.get_headers():
+        if name.lower() == "retry-after":
+            page.headers[name] = value
+    return page
 
 
 def _unexpected(exc: Exception) -> Any:
