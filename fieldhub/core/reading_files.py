@@ -194,9 +194,10 @@ def from_csv_cells(cells: list[str]) -> Row:
     value: float | bool | str
     if kind == "number":
         try:
-            value = _finite(float(cell), cell)
+            number = float(cell)
         except ValueError:
             raise FormatError(f"value {cell[:40]!r} is not a number") from None
+        value = _finite(number, cell)
     elif kind == "boolean":
         if cell not in ("true", "false"):
             raise FormatError(f"boolean value {cell[:40]!r} is not true or false")
