@@ -66,6 +66,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         PAGE_SIZE=50,
         LIVE_KEEPALIVE_S=15.0,
         IMPORT_MAX_BYTES=IMPORT_MAX_BYTES,
+        # Concurrent streaming exports per user (fieldhub.web.exports).
+        EXPORTS_PER_USER=2,
+        # What the device page says about how long refused messages are kept: the worker's
+        # FIELDHUB_RETENTION_DEAD_LETTERS_DAYS, which deletes them.
+        DEAD_LETTERS_RETENTION_DAYS=14,
         # FIELDHUB_WEBHOOK_ALLOWED_NETWORKS: what a webhook URL may reach besides the public
         # internet; none unless configured.
         WEBHOOK_ALLOWED_NETWORKS=(),
@@ -86,6 +91,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             SESSION_COOKIE_SECURE=settings.production,
             WEBHOOK_ALLOWED_NETWORKS=settings.webhook_allowed_networks,
             TRUSTED_PROXIES=settings.trusted_proxies,
+            DEAD_LETTERS_RETENTION_DAYS=settings.retention_dead_letters_days,
         )
     else:
         app.config.update(test_config)

@@ -23,12 +23,15 @@ from flask import (
 )
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, reading_files, registry, twins
+from fieldhub.core import command_requests, dead_letters, reading_files, registry, twins
 from fieldhub.core.twin_documents import patch_between
 from fieldhub.web import data, db, exports, history, problems, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
 
 bp = Blueprint("pages", __name__)
+
+# The newest refused messages on the device page; the API and CLI page through the rest.
+DEAD_LETTERS_SHOWN = 10
 
 
 def init_app(app: Flask) -> None:
@@ -164,6 +167,11 @@ def _device_page(
     commands = command_requests.list_commands(conn, device_id=device_id, org_id=org_id, limit=20)
     twin = twins.get_twin(conn, device_id, org_id=org_id)
     children = registry.gateway_children(conn, device_id)
+    # Refused messages can carry anything the device sent: shown to the roles the API's
+    # listDeadLetters allows (admins and operators).
+    letters = (
+        dead_letters.for_device(conn, key, limit=DEAD_LETTERS_SHOWN) if has_role("admin") else None
+    )
     html = render_template(
         "device.html",
         device=found,
@@ -187,6 +195,8 @@ def _device_page(
         twin_reported=_pretty(twin.reported),
         twin_delta=_pretty(twin.delta),
         children=children,
+        dead_letters=letters,
+        dead_letters_days=int(current_app.config["DEAD_LETTERS_RETENTION_DAYS"]),
         twin_error=twin_error,
         ttl={
             "default": command_requests.DEFAULT_TTL_S,
