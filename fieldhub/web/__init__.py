@@ -66,8 +66,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         PAGE_SIZE=50,
         LIVE_KEEPALIVE_S=15.0,
         IMPORT_MAX_BYTES=IMPORT_MAX_BYTES,
-        # Concurrent streaming exports per user (fieldhub.web.exports).
+        # Streaming exports (fieldhub.web.exports): at once per user (in the database, so
+        # across workers and hosts); connections of their own per process, so that exports
+        # never take the pages' connections; how long an export waits for one.
         EXPORTS_PER_USER=2,
+        EXPORT_POOL_SIZE=4,
+        EXPORT_WAIT_S=2.0,
         # What the device page says about how long refused messages are kept: the worker's
         # FIELDHUB_RETENTION_DEAD_LETTERS_DAYS, which deletes them.
         DEAD_LETTERS_RETENTION_DAYS=14,

@@ -107,6 +107,9 @@ def _http_error(exc: HTTPException) -> Any:
     title, advice = PAGES.get(status, (exc.name, ""))
     if status == 413:
         advice = _too_large_advice()
+    if status == 429 and exc.description != type(exc).description:
+        # A refusal that says what to wait for (an export slot, say) is more use than ours.
+        title, advice = "Too many requests at once", exc.description or advice
     if status == 400 and exc.description == "csrf":
         title = "This form has expired"
         advice = "Reload the page and submit it again. (Its security token was missing or stale.)"

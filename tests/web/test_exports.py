@@ -77,6 +77,49 @@ def test_one_export_beyond_the_bound_is_refused_and_the_pool_serves_others(
         response.close()
 
 
+@pytest.fixture
+def small_app(world: World) -> Iterator[Flask]:
+    app = create_app(
+        {
+            "DATABASE_URL": world.database_url,
+            "TESTING": True,
+            "DB_POOL_SIZE": 2,
+            "EXPORT_POOL_SIZE": 2,
+            "EXPORT_WAIT_S": 0.2,
+        }
+    )
+    yield app
+    app.extensions["fieldhub.live"].stop()
+    app.extensions["fieldhub.pools"].close()
+
+
+def test_exports_cannot_take_the_connections_pages_need(small_app: Flask, world: World) -> None:
+    clients = {}
+    for who in ("a_viewer", "a_admin", "b_viewer"):
+        clients[who] = small_app.test_client()
+        login(clients[who], world.emails[who])
+    # Two users, one export each: every export connection of this process is taken.
+    held = [_open_export(clients[who], world.devices["a"]) for who in ("a_viewer", "a_admin")]
+    assert [r.status_code for r in held] == [200, 200]
+    busy = _open_export(clients["b_viewer"], world.devices["b"])
+    assert busy.status_code == 429
+    assert "as many exports as it can" in busy.get_data(as_text=True)
+    assert busy.headers["Retry-After"] == str(exports.RETRY_AFTER_S)
+    # The pages' pool (two connections) is untouched: pages and the history still answer.
+    for _ in range(3):
+        assert clients["b_viewer"].get(f"/devices/{world.devices['b']}").status_code == 200
+        history = clients["a_viewer"].get(
+            f"/devices/{world.devices['a']}/history.json?metric=temperature&range=1h"
+        )
+        assert history.status_code == 200
+    held[0].close()
+    freed = _open_export(clients["b_viewer"], world.devices["b"])
+    assert freed.status_code == 200
+    assert len(b"".join(freed.response).decode().splitlines()) == 31
+    freed.close()
+    held[1].close()
+
+
 def test_an_export_the_client_never_reads_gives_its_connection_back(
     app: Flask, world: World
 ) -> None:
