@@ -22,17 +22,17 @@ EXPLANATIONS: Final[dict[str, str]] = {
     "empty": "The payload is empty, or has no readings in it.",
     "payload_too_large": "The payload is larger than the broker accepts for one message.",
     "bad_type": "A field has the wrong JSON type (values are numbers, booleans or short "
-    "strings; `values` is an object).",
+    "strings; the values field is an object).",
     "not_finite": "A value is NaN, Infinity or too large for a double.",
     "bad_metric_name": "A metric name has characters or a length that is not allowed.",
     "too_many_readings": "The message carries more readings than one message may.",
     "too_many_values": "A reading carries more values than one reading may.",
     "string_too_long": "A text value is longer than allowed.",
-    "ts_invalid": "The timestamp `ts` is not a time fieldhub understands, or is before 2000 "
+    "ts_invalid": "The timestamp (ts) is not a time fieldhub understands, or is before 2000 "
     "(is the device's clock set?).",
-    "ts_in_future": "The timestamp `ts` is more than an hour ahead of the server's clock "
+    "ts_in_future": "The timestamp (ts) is more than an hour ahead of the server's clock "
     "(is the device's clock or time zone right?).",
-    "seq_invalid": "`seq` is not an integer from 0 to 2^63-1.",
+    "seq_invalid": "seq is not an integer from 0 to 2^63-1.",
     "senml_invalid": "The SenML pack uses a feature fieldhub does not support, or is malformed.",
     "bad_status": "A status message other than online/offline.",
     "bad_string": "A text value or unit contains a NUL character (U+0000), which cannot be stored.",
