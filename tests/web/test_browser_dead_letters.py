@@ -8,11 +8,12 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.web.helpers import WebServer, World, log_in, shot
+from tests.web.test_browser_view import phone, sideways_overflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 SCRIPT = b'{"v": "<script>window.pwned = 1</script>"}'
-IMAGE = b'<img src=x onerror="window.pwned = 2">'
+IMAGE = b'<img src=x onerror="window.pwned = 2">' + b"x" * 120
 BINARY = b"\x00\x01\x1b[2J\xff"
 
 
@@ -47,6 +48,16 @@ def test_refused_payloads_are_text_and_never_run(world: World, browser: Browser)
         assert page.evaluate("window.pwned") is None
         shot(page, "device-dead-letters")
         context.close()
+
+        # A long topic or payload wraps in its box on a phone.
+        small = phone(browser)
+        page = small.new_page()
+        log_in(page, server.url, world.emails["a_admin"])
+        page.goto(f"{server.url}/devices/{device}#dead-letters")
+        expect(page.locator("#dead-letters pre.payload")).to_have_count(3)
+        assert sideways_overflow(page) == 0
+        shot(page, "phone-device-dead-letters")
+        small.close()
 
         viewer = browser.new_context()
         page = viewer.new_page()
