@@ -281,7 +281,13 @@ def parse_csv(lines: Iterator[NumberedLine], devices: _Devices, now: float) -> I
             continue
         try:
             if layout is None:
-                layout = _csv_layout(line)
+                found = _csv_layout(line)
+                if found.export and devices.default is None:
+                    raise LineError(
+                        "an export file has no device column: give the import the device "
+                        "its readings go to"
+                    )
+                layout = found
                 continue
             yield number, _csv_rows(_split_csv(line), layout, devices, now)
         except LineError as exc:

@@ -149,3 +149,20 @@ def test_types_are_kept_and_times_are_utc_microseconds() -> None:
     ]
     lines = "".join(reading_files.chunks(batch, "ndjson")).splitlines()
     assert [orjson.loads(line)["value"] for line in lines] == ["true", True, 42.0]
+
+
+def test_an_export_imported_without_a_device_is_one_clear_error() -> None:
+    content = "".join(reading_files.chunks([Row(NOW, "t", "", None, 1.0)] * 3, "csv")).encode()
+    parsed = list(
+        import_parse.parse(
+            "csv",
+            iter(io.BytesIO(content)),
+            allowed_devices=frozenset({"copy"}),
+            default_device=None,
+            now=NOW.timestamp(),
+        )
+    )
+    assert len(parsed) == 1
+    number, result = parsed[0]
+    assert number == 1
+    assert "give the import the device" in str(result)
