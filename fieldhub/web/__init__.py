@@ -96,6 +96,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             WEBHOOK_ALLOWED_NETWORKS=settings.webhook_allowed_networks,
             TRUSTED_PROXIES=settings.trusted_proxies,
             DEAD_LETTERS_RETENTION_DAYS=settings.retention_dead_letters_days,
+            EXPORTS_PER_USER=settings.exports_per_user,
         )
     else:
         app.config.update(test_config)

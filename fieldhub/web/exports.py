@@ -29,6 +29,7 @@ from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import TooManyRequests
 
 from fieldhub.core import reading_files, readings
+from fieldhub.core.config import MAX_EXPORTS_PER_USER
 from fieldhub.web import db
 
 DEFAULT_EXPORTS_PER_USER: Final = 2
@@ -39,7 +40,7 @@ RETRY_AFTER_S: Final = 30
 LOCK_NAMESPACE: Final = 0x45585054  # "EXPT"
 # Advisory lock keys are int4: a user's slots are user_id * MAX_SLOTS + slot, folded into the
 # int4 range (two users sharing a key at ~134 million users would share their slots).
-MAX_SLOTS: Final = 16
+MAX_SLOTS: Final = MAX_EXPORTS_PER_USER
 _INT4: Final = 2**31 - 1
 
 
