@@ -7,16 +7,25 @@ Formats:
   device columns is a metric). ``device_id`` (or ``device``) is optional when the import
   names a device. Times are epoch seconds, epoch milliseconds or RFC 3339. Values are
   numbers, ``true``/``false``, or text (without NUL). An empty cell in the wide form is no
-  reading. CSV readings have no unit and no seq.
+  reading. CSV readings have no unit and no seq, except in the export format: a header of
+  exactly ``time,metric,unit,seq,type,value`` is a file of fieldhub.core.reading_files (what
+  `fieldhub export` and the web export write), read back with its units, seqs, types and
+  escaped cells, so an export re-imports without loss.
 * ``ndjson``: one telemetry payload of the device contract per line
   (``{"ts": ..., "values": {...}}``, decoded by fieldhub.core.decode.decode_telemetry) plus an
   optional ``"device_id"`` key. ``ts`` is required: an import without times is meaningless.
+  A line with exactly the keys of an NDJSON export (``time, metric, unit, seq, value``) is a
+  record of fieldhub.core.reading_files.
 * ``senml``: one SenML pack (RFC 8428 JSON array) per line, decoded by
   fieldhub.core.decode.decode_senml; the device is the import's device.
 
 Every line is all-or-nothing, as for MQTT messages: a line with any problem contributes no
 reading and is reported by its number (1-based, the header is line 1 of a CSV file) with the
-reason. Device ids are checked against the devices the importing organisation owns. A line
+reason. Anything a line can carry that PostgreSQL would refuse (NUL in a text, metric, unit
+or device cell, a time outside PostgreSQL's or the device contract's range, a non-finite
+number, a seq beyond bigint, bytes that are not UTF-8) is such a line error, found here,
+before anything is written: a batch never fails for one line's content. Device ids are
+checked against the devices the importing organisation owns. A line
 yields its device id and its readings (fieldhub.core.decode.Reading, as the bridge decodes
 them), which fieldhub.core.readings writes.
 """
@@ -25,24 +34,25 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime as dt
 import math
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 import orjson
 
+from fieldhub.core import reading_files
 from fieldhub.core.decode import (
     MAX_FUTURE_SKEW_S,
     MAX_STRING_VALUE,
+    MAX_UNIT_LENGTH,
     MIN_TIMESTAMP,
     MS_THRESHOLD,
     DecodeError,
     Reading,
     decode_senml,
     decode_telemetry,
+    parse_rfc3339,
     valid_metric_name,
 )
 
@@ -55,14 +65,15 @@ MAX_LINE_BYTES: Final = 256 * 1024
 _KNOWN_METRICS_MAX: Final = 10_000
 _known_metrics: set[str] = set()
 
-_RFC3339: Final = re.compile(
-    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
-)
-
 
 class LineError(ValueError):
-    """One line cannot be imported; str() is the reason shown to the user."""
+    """One line cannot be imported; str() is the reason shown to the user.
+
+    The reason is stored in a jsonb column, which refuses U+0000, so a NUL that a reason
+    quotes is spelled out: one line's content must never fail the import's bookkeeping."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason.replace("\0", "\\x00"))
 
 
 # The device id of a line and its readings. A CSV line's are a tuple: a tuple of atoms is
@@ -95,12 +106,12 @@ def parse_time(raw: str, now: float) -> float:
     try:
         t = float(raw)
     except ValueError:
-        if not _RFC3339.match(raw):
+        try:
+            t = parse_rfc3339(raw).timestamp()
+        except ValueError:
             raise LineError(
                 f"time {raw[:40]!r} is not epoch seconds/milliseconds or RFC 3339"
             ) from None
-        moment = dt.datetime.fromisoformat(raw.replace("z", "Z").replace("Z", "+00:00"))
-        t = moment.timestamp()
     else:
         if not math.isfinite(t):
             raise LineError(f"time {raw[:40]!r} is not a finite number")
@@ -158,6 +169,22 @@ def _split_csv(line: str) -> list[str]:
     return next(csv.reader([line]))
 
 
+def _admit(row: reading_files.Row, now: float) -> Reading:
+    """A record of the export format as a reading, if the device contract allows it."""
+    reading = reading_files.to_reading(row)
+    check_time(reading.time, now)
+    if not valid_metric_name(row.metric):
+        raise LineError(f"metric {row.metric[:64]!r} is not a valid metric name")
+    if row.unit and (len(row.unit) > MAX_UNIT_LENGTH or not row.unit.isprintable()):
+        raise LineError(f"unit {row.unit[:40]!r} is not 1-{MAX_UNIT_LENGTH} printable characters")
+    if reading.text is not None:
+        if len(reading.text) > MAX_STRING_VALUE:
+            raise LineError(f"text value longer than {MAX_STRING_VALUE} characters")
+        if "\0" in reading.text:
+            raise LineError("bad_string: text value contains NUL (U+0000)")
+    return reading
+
+
 @dataclasses.dataclass(frozen=True)
 class _CsvLayout:
     width: int
@@ -166,11 +193,17 @@ class _CsvLayout:
     metric_col: int | None  # long form: metric and value columns
     value_col: int
     wide_cols: list[tuple[int, str]]  # wide form: (column, metric name)
+    export: bool = False  # fieldhub.core.reading_files.COLUMNS
+
+
+_EXPORT_LAYOUT: Final = _CsvLayout(len(reading_files.COLUMNS), 0, None, None, -1, [], True)
 
 
 def _csv_layout(line: str) -> _CsvLayout:
     names = [h.strip() for h in _split_csv(line)]
     lowered = [h.lower() for h in names]
+    if tuple(lowered) == reading_files.COLUMNS:
+        return _EXPORT_LAYOUT
     time_col = next((lowered.index(c) for c in TIME_COLUMNS if c in lowered), None)
     if time_col is None:
         raise LineError("the header has no time column (time, ts or timestamp)")
@@ -193,6 +226,12 @@ def _csv_rows(fields: list[str], layout: _CsvLayout, devices: _Devices, now: flo
     # lookups first; the thorough checks with their error messages only when those fail.
     if len(fields) != layout.width:
         raise LineError(f"{len(fields)} fields, the header has {layout.width}")
+    if layout.export:
+        try:
+            row = reading_files.from_csv_cells(fields)
+        except reading_files.FormatError as exc:
+            raise LineError(str(exc)) from None
+        return devices.resolve(None), (_admit(row, now),)
     raw_time = fields[layout.time_col]
     try:
         t = float(raw_time)
@@ -242,7 +281,13 @@ def parse_csv(lines: Iterator[NumberedLine], devices: _Devices, now: float) -> I
             continue
         try:
             if layout is None:
-                layout = _csv_layout(line)
+                found = _csv_layout(line)
+                if found.export and devices.default is None:
+                    raise LineError(
+                        "an export file has no device column: give the import the device "
+                        "its readings go to"
+                    )
+                layout = found
                 continue
             yield number, _csv_rows(_split_csv(line), layout, devices, now)
         except LineError as exc:
@@ -267,6 +312,14 @@ def parse_ndjson(
                 doc = orjson.loads(payload)
             except orjson.JSONDecodeError:
                 raise LineError("not valid JSON") from None
+            if reading_files.is_ndjson_record(doc):
+                assert isinstance(doc, dict)
+                try:
+                    row = reading_files.from_ndjson(doc)
+                except reading_files.FormatError as exc:
+                    raise LineError(str(exc)) from None
+                yield number, (devices.resolve(None), (_admit(row, now),))
+                continue
             items = doc if isinstance(doc, list) else [doc]
             device_raw = None
             for item in items:

@@ -344,16 +344,28 @@ class IngestWriter:
 
     def _write(self, conn: Conn, batch: Batch, result: WriteResult) -> None:
         directory = self.directory
-        dead: list[DeadLetter] = list(batch.dead)
         device_ids = {m.device_id for m in batch.telemetry}
         device_ids.update(m.device_id for m in batch.statuses)
         device_ids.update(m.device_id for m in batch.acks)
         device_ids.update(m.device_id for m in batch.twin_reports)
+        unattributed = [d.device_id for d in batch.dead if d.device_key is None and d.device_id]
+        device_ids.update(unattributed)
         devices = directory.devices
         unknown = [d for d in device_ids if d not in devices]
         if unknown:
             directory.lookup(conn, unknown)
             devices = directory.devices
+        dead: list[DeadLetter] = list(batch.dead)
+        if unattributed:
+            # Refused at receipt before the directory knew the device (created a moment ago,
+            # or the bridge just started): attributed now, as its telemetry would be, so that
+            # its owners see the letter (they are found by device key).
+            dead = [
+                letter._replace(device_key=devices[letter.device_id].key)
+                if letter.device_key is None and letter.device_id in devices
+                else letter
+                for letter in dead
+            ]
 
         def admitted(messages: list[_M]) -> list[tuple[int, _M]]:
             """(key, message) for the messages of enabled devices; the others become dead

@@ -42,6 +42,7 @@ COMMAND_MODULES = (
     "fieldhub.cli.twin",
     "fieldhub.cli.bridge",
     "fieldhub.cli.export",
+    "fieldhub.cli.dead_letters",
     "fieldhub.cli.bench",
     "fieldhub.cli.simulate",
     "fieldhub.cli.web",

@@ -1,16 +1,16 @@
-"""`fieldhub export DEVICE`: a device's stored readings, one per line, oldest first."""
+"""`fieldhub export DEVICE`: a device's stored readings, one per line, oldest first.
+
+The format is fieldhub.core.reading_files, the same as the web app's export, and
+`fieldhub import` reads it back without loss (docs/analysis.md)."""
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import sys
-from typing import Any, TextIO
+from typing import Any
 
-import orjson
-
-from fieldhub.core import db, endpoints
+from fieldhub.core import db, endpoints, reading_files
 from fieldhub.core.config import Settings
 
 
@@ -21,7 +21,9 @@ def register(subparsers: Any) -> None:
     export.add_argument("device_id", metavar="DEVICE")
     export.add_argument("--from", dest="start", type=parse_time, help="RFC 3339 or epoch seconds")
     export.add_argument("--to", dest="end", type=parse_time, help="RFC 3339 or epoch seconds")
-    export.add_argument("--format", choices=("csv", "ndjson"), default="csv")
+    export.add_argument("--metric", help="only this metric")
+    export.add_argument("--unit", help="only this unit of --metric ('' for none)")
+    export.add_argument("--format", choices=reading_files.FORMATS, default="csv")
     export.set_defaults(handler=cmd_export)
 
 
@@ -45,39 +47,14 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
 
     with db.connect(endpoints.read_database_url(settings)) as conn:
         device = registry.get_device(conn, registry.check_device_id(args.device_id))
-        with conn.cursor(name="export") as cursor:
-            cursor.itersize = 5000
-            cursor.execute(
-                readings.QUERIES["export_readings"],
-                {"device_key": device["device_key"], "from": args.start, "to": args.end},
-            )
-            write_export(cursor, sys.stdout, args.format)
+        rows = readings.export_rows(
+            conn,
+            device["device_key"],
+            start=args.start,
+            end=args.end,
+            metric=args.metric,
+            unit=args.unit,
+        )
+        for chunk in reading_files.chunks(rows, args.format):
+            sys.stdout.write(chunk)
     return 0
-
-
-def write_export(rows: Any, out: TextIO, fmt: str) -> int:
-    """Write rows of export_readings; returns how many."""
-    count = 0
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-    if writer is not None:
-        writer.writerow(("time", "metric", "value", "seq", "unit"))
-    for row in rows:
-        value: Any
-        if row["text_value"] is not None:
-            value = row["text_value"]
-        elif row["is_bool"]:
-            value = bool(row["value"])
-        else:
-            value = row["value"]
-        time_text = row["time"].astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
-        if writer is not None:
-            cell = ("true" if value else "false") if isinstance(value, bool) else value
-            seq = "" if row["seq"] is None else row["seq"]
-            writer.writerow((time_text, row["metric"], cell, seq, row["unit"]))
-        else:
-            line = {"time": time_text, "metric": row["metric"], "value": value, "seq": row["seq"]}
-            if row["unit"]:
-                line["unit"] = row["unit"]
-            out.write(orjson.dumps(line).decode() + "\n")
-        count += 1
-    return count

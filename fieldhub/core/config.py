@@ -29,6 +29,8 @@ from pathlib import Path
 # to its modules, and its FIELDHUB_HOME defaults to the systemd units' state directory.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INSTALLED_HOME = Path("/var/lib/fieldhub")
+# The most streaming exports one user may run at once (each holds a database connection).
+MAX_EXPORTS_PER_USER = 16
 
 
 def default_home() -> Path:
@@ -104,6 +106,8 @@ class Settings:
     # Where `fieldhub web` keeps its gunicorn workers' shared metric files (None: under home).
     web_metrics_dir: Path | None = None
     web_workers: int = 2
+    # Streaming exports one user may run at once, across every web process (fieldhub.web.exports).
+    exports_per_user: int = 2
     # What this host runs (FIELDHUB_ROLES), for `fieldhub status` and the production check.
     roles: tuple[Role, ...] = ()
 
@@ -161,6 +165,7 @@ class Settings:
             metrics_host=env.get("FIELDHUB_METRICS_HOST", "").strip() or "127.0.0.1",
             web_metrics_dir=Path(web_metrics_dir) if web_metrics_dir else None,
             web_workers=_count(env, "FIELDHUB_WEB_WORKERS", 2),
+            exports_per_user=_count(env, "FIELDHUB_EXPORTS_PER_USER", 2),
             roles=parse_roles(env.get("FIELDHUB_ROLES", "")),
         )
         settings.check()
@@ -171,6 +176,8 @@ class Settings:
         return broker_names(self.brokers, self.local_brokers)
 
     def check(self) -> None:
+        if self.exports_per_user > MAX_EXPORTS_PER_USER:
+            raise ConfigError(f"FIELDHUB_EXPORTS_PER_USER is at most {MAX_EXPORTS_PER_USER}")
         unknown = sorted(set(self.broker_service_urls) - {name for name, _ in self.brokers})
         if unknown:
             raise ConfigError(
@@ -523,6 +530,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("FIELDHUB_WEB_HOST", "the address gunicorn listens on", "127.0.0.1"),
     Variable("FIELDHUB_WEB_PORT", "gunicorn's port (web@N listens on this + N - 1)", "8000"),
     Variable("FIELDHUB_WEB_WORKERS", "gunicorn worker processes per web instance", "2"),
+    Variable(
+        "FIELDHUB_EXPORTS_PER_USER",
+        "streaming exports one user may run at once, on all web hosts together (max 16)",
+        "2",
+    ),
     Variable(
         "FIELDHUB_METRICS_HOST",
         "the address the metrics and health endpoints of the "

@@ -101,6 +101,7 @@ __all__ = [
     "decode_status",
     "decode_telemetry",
     "decode_telemetry_stamped",
+    "parse_rfc3339",
     "parse_topic",
     "valid_device_id",
     "valid_metric_name",
@@ -715,14 +716,26 @@ def _check_time(t: float, received_at: float, item: str, index: int) -> None:
         )
 
 
-def _parse_rfc3339(s: str, index: int) -> float:
+def parse_rfc3339(s: str) -> datetime:
+    """An RFC 3339 time (with its offset); ValueError says why ``s`` is not one."""
     if _RFC3339_RE.match(s) is None:
-        raise DecodeError("ts_invalid", f"reading {index}: ts {_preview(s)} is not RFC 3339")
+        raise ValueError("not RFC 3339")
     try:
         # Python 3.11's fromisoformat wants upper-case T/Z; RFC 3339 allows
         # lower case.  Leap seconds (":60") are rejected here: datetime
         # cannot represent them and they are vanishingly rare from devices.
-        return datetime.fromisoformat(s.upper()).timestamp()
+        # Years at the edge of datetime's range overflow when the offset is
+        # applied later, so they are refused here too.
+        moment = datetime.fromisoformat(s.upper())
+        moment.timestamp()
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(str(exc)) from None
+    return moment
+
+
+def _parse_rfc3339(s: str, index: int) -> float:
+    try:
+        return parse_rfc3339(s).timestamp()
     except ValueError as exc:
         raise DecodeError("ts_invalid", f"reading {index}: ts {_preview(s)}: {exc}") from None
 

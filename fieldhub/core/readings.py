@@ -1,4 +1,5 @@
-"""Writing readings: the one write path into the readings table, for the bridge and imports.
+"""Writing readings: the one write path into the readings table, for the bridge and imports;
+and reading them back for every export (`export_rows`).
 
 A batch is a sequence of messages (an MQTT message, or a line of an imported file), each one
 device's key and its decoded readings. The batch's position of a message is its ordinal; a
@@ -29,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from fieldhub.core import reading_files
 from fieldhub.core.db import Queries
 from fieldhub.core.decode import Reading
 
@@ -292,3 +294,35 @@ __all__ = [
     "upsert_latest",
     "write",
 ]
+
+
+# Rows fetched per round trip of an export's server-side cursor: ~1 MB of rows, so a
+# million-reading export is 200 round trips and its memory stays flat.
+EXPORT_FETCH_ROWS = 5000
+
+
+def export_rows(
+    conn: Conn,
+    device_key: int,
+    *,
+    start: datetime.datetime | None = None,
+    end: datetime.datetime | None = None,
+    metric: str | None = None,
+    unit: str | None = None,
+) -> Iterator[reading_files.Row]:
+    """A device's readings in [start, end), oldest first, as records of the export format.
+
+    One server-side cursor on the caller's connection, inside the caller's transaction: an
+    export holds exactly one connection however long it streams."""
+    params = {
+        "device_key": device_key,
+        "from": start,
+        "to": end,
+        "metric": metric,
+        "unit": unit if metric is not None else None,
+    }
+    with conn.cursor(name="export", row_factory=dict_row) as cursor:
+        cursor.itersize = EXPORT_FETCH_ROWS
+        cursor.execute(QUERIES["export_readings"], params)
+        for row in cursor:
+            yield reading_files.from_db(row)

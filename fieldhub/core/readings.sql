@@ -68,11 +68,15 @@ ON CONFLICT (device_key, metric, unit) DO UPDATE SET time = excluded.time, value
 WHERE excluded.time >= lv.time;
 
 -- name: export_readings
--- `fieldhub export`: one device's readings by its key, in time order (then metric and unit,
--- so the output is the same on every run).
+-- Every export (`fieldhub export`, the web app's export.csv): one device's readings by its
+-- key, optionally one metric (and unit), in time order, then metric, unit and seq, so the
+-- output is the same on every run. No lock: a plain MVCC snapshot, read through one
+-- server-side cursor so a month of readings is never held in memory.
 SELECT time, metric, unit, value, text_value, is_bool, seq
 FROM readings
 WHERE device_key = %(device_key)s
   AND (%(from)s::timestamptz IS NULL OR time >= %(from)s)
   AND (%(to)s::timestamptz IS NULL OR time < %(to)s)
-ORDER BY time, metric, unit;
+  AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+  AND (%(unit)s::text IS NULL OR unit = %(unit)s)
+ORDER BY time, metric, unit, seq;

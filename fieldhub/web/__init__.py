@@ -66,6 +66,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         PAGE_SIZE=50,
         LIVE_KEEPALIVE_S=15.0,
         IMPORT_MAX_BYTES=IMPORT_MAX_BYTES,
+        # Streaming exports (fieldhub.web.exports): at once per user (in the database, so
+        # across workers and hosts); connections of their own per process, so that exports
+        # never take the pages' connections; how long an export waits for one.
+        EXPORTS_PER_USER=2,
+        EXPORT_POOL_SIZE=4,
+        EXPORT_WAIT_S=2.0,
+        # What the device page says about how long refused messages are kept: the worker's
+        # FIELDHUB_RETENTION_DEAD_LETTERS_DAYS, which deletes them.
+        DEAD_LETTERS_RETENTION_DAYS=14,
         # FIELDHUB_WEBHOOK_ALLOWED_NETWORKS: what a webhook URL may reach besides the public
         # internet; none unless configured.
         WEBHOOK_ALLOWED_NETWORKS=(),
@@ -86,6 +95,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             SESSION_COOKIE_SECURE=settings.production,
             WEBHOOK_ALLOWED_NETWORKS=settings.webhook_allowed_networks,
             TRUSTED_PROXIES=settings.trusted_proxies,
+            DEAD_LETTERS_RETENTION_DAYS=settings.retention_dead_letters_days,
+            EXPORTS_PER_USER=settings.exports_per_user,
         )
     else:
         app.config.update(test_config)

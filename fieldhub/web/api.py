@@ -28,7 +28,7 @@ from flask import (
 )
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, registry, twins, users
+from fieldhub.core import command_requests, dead_letters, registry, twins, users
 from fieldhub.web import data, db, history, problems, serializers
 from fieldhub.web.api_shapes import (
     Alert,
@@ -40,6 +40,10 @@ from fieldhub.web.api_shapes import (
     CommandKey,
     CommandPage,
     CommandQuery,
+    DeadLetter,
+    DeadLetterKey,
+    DeadLetterPage,
+    DeadLetterQuery,
     Delivery,
     DeliveryKey,
     DeliveryPage,
@@ -417,6 +421,31 @@ def send_command(device_id: DeviceId, body: NewCommand) -> Command:
     except command_requests.CommandRequestError as exc:
         raise problems.Problem("refused", serializers.sentence(exc)) from None
     return _command_json(command)
+
+
+# -- dead letters -----------------------------------------------------------------------------
+@API.operation(
+    "GET",
+    "/devices/{device_id}/dead-letters",
+    "listDeadLetters",
+    summary="Messages of the device that were refused, newest first",
+    description=(
+        "Matched by the device itself, not its id: a device created again with an old id "
+        "never sees its predecessor's letters. Kept as long as the worker's "
+        "FIELDHUB_RETENTION_DEAD_LETTERS_DAYS (14 days by default)."
+    ),
+    role="admin",
+)
+def list_dead_letters(
+    device_id: DeviceId, query: DeadLetterQuery, after: DeadLetterKey | None
+) -> DeadLetterPage:
+    key = _device(device_id)["device_key"]
+    letters = dead_letters.for_device(
+        db.read(), key, since=query.since, limit=query.limit + 1, before=after
+    )
+    items = [cast(DeadLetter, letter.as_json()) for letter in letters]
+    shown, link = page(items, query.limit)
+    return {"dead_letters": shown, "next": link}
 
 
 # -- twin -------------------------------------------------------------------------------------

@@ -488,6 +488,46 @@ class ImportPage(TypedDict):
     next: str | None
 
 
+# -- dead letters ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DeadLetterQuery:
+    since: Annotated[datetime, Doc("Only letters received at or after this time.")] | None = None
+    limit: Annotated[int, Range(1, 500)] = 50
+    cursor: Cursor | None = None
+
+
+class DeadLetterKey(NamedTuple):
+    received_at: datetime
+    id: int
+
+
+class DeadLetter(TypedDict):
+    """A message of the device that the bridge refused, kept whole (docs/devices.md)."""
+
+    id: int
+    received_at: datetime
+    device_id: Annotated[str, Doc("The device's id when the message came.")] | None
+    topic: str
+    reason: Annotated[str, Doc("The reason code (docs/devices.md has the table).")]
+    explanation: Annotated[str, Doc("The reason in words.")]
+    detail: Annotated[str, Doc("What exactly was wrong, e.g. which reading.")]
+    payload_preview: Annotated[
+        str,
+        Doc(
+            "The payload's first bytes: as text when they are UTF-8 without control "
+            "characters (other than tab and line breaks), else as hex. Plain text: escape it."
+        ),
+    ]
+    payload_encoding: Literal["text", "hex"]
+    payload_bytes: Annotated[int, Doc("The size of the whole payload.")]
+    payload_truncated: bool
+
+
+class DeadLetterPage(TypedDict):
+    dead_letters: list[DeadLetter]
+    next: str | None
+
+
 # -- errors ------------------------------------------------------------------------------------
 class FieldProblem(TypedDict):
     detail: str

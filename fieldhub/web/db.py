@@ -34,25 +34,34 @@ Conn = psycopg.Connection[Any]
 
 
 class Pools:
-    def __init__(self, write_url: str, read_url: str, max_size: int) -> None:
+    """The pools of one process: `write` (the primary), `read` (the replica, or the primary),
+    and `export`, the read database's connections that streaming exports hold for as long as
+    a download lasts. Exports have a pool of their own so that they can never take the
+    connections pages and the API need (fieldhub.web.exports)."""
+
+    def __init__(self, write_url: str, read_url: str, max_size: int, export_size: int = 4) -> None:
         self.write_url = write_url
         self.read_url = read_url
         self.max_size = max_size
+        self.export_size = export_size
         self._lock = threading.Lock()
         self._pid = 0
         self._pools: dict[str, ConnectionPool[Any]] = {}
 
     def get(self, kind: str) -> ConnectionPool[Any]:
-        url = self.read_url if kind == "read" else self.write_url
+        url = self.read_url if kind in ("read", "export") else self.write_url
+        # read and write share one pool when they are one database; export never shares.
+        key = f"export {url}" if kind == "export" else url
+        size = self.export_size if kind == "export" else self.max_size
         with self._lock:
             if self._pid != os.getpid():
                 # A forked child must not touch its parent's pools.
                 self._pools = {}
                 self._pid = os.getpid()
-            pool = self._pools.get(url)
+            pool = self._pools.get(key)
             if pool is None:
-                pool = make_pool(url, min_size=1, max_size=self.max_size, name="fieldhub-web")
-                self._pools[url] = pool
+                pool = make_pool(url, min_size=1, max_size=size, name="fieldhub-web")
+                self._pools[key] = pool
             return pool
 
     @contextmanager
@@ -80,6 +89,7 @@ def init_app(app: Flask) -> None:
         app.config["DATABASE_URL"],
         app.config["READ_DATABASE_URL"],
         int(app.config.get("DB_POOL_SIZE", 10)),
+        int(app.config.get("EXPORT_POOL_SIZE", 4)),
     )
     app.config.setdefault("READ_YOUR_WRITES_S", 30.0)
     app.after_request(_remember_write)

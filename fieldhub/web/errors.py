@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, Response, current_app, make_response, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from fieldhub.web import problems
@@ -107,10 +107,19 @@ def _http_error(exc: HTTPException) -> Any:
     title, advice = PAGES.get(status, (exc.name, ""))
     if status == 413:
         advice = _too_large_advice()
+    if status == 429 and exc.description != type(exc).description:
+        # A refusal that says what to wait for (an export slot, say) is more use than ours.
+        title, advice = "Too many requests at once", exc.description or advice
     if status == 400 and exc.description == "csrf":
         title = "This form has expired"
         advice = "Reload the page and submit it again. (Its security token was missing or stale.)"
-    return render_template("error.html", status=status, title=title, advice=advice), status
+    page = make_response(
+        render_template("error.html", status=status, title=title, advice=advice), status
+    )
+    for name, value in exc.get_headers():
+        if name.lower() == "retry-after":
+            page.headers[name] = value
+    return page
 
 
 def _unexpected(exc: Exception) -> Any:

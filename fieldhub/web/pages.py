@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,19 +19,19 @@ from flask import (
     redirect,
     render_template,
     request,
-    stream_with_context,
     url_for,
 )
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, registry, twins
+from fieldhub.core import command_requests, dead_letters, reading_files, registry, twins
 from fieldhub.core.twin_documents import patch_between
-from fieldhub.web import data, db, history, problems, serializers
+from fieldhub.web import data, db, exports, history, problems, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
 
 bp = Blueprint("pages", __name__)
 
-EXPORT_CHUNK_ROWS = 5000
+# The newest refused messages on the device page; the API and CLI page through the rest.
+DEAD_LETTERS_SHOWN = 10
 
 
 def init_app(app: Flask) -> None:
@@ -170,6 +167,11 @@ def _device_page(
     commands = command_requests.list_commands(conn, device_id=device_id, org_id=org_id, limit=20)
     twin = twins.get_twin(conn, device_id, org_id=org_id)
     children = registry.gateway_children(conn, device_id)
+    # Refused messages can carry anything the device sent: shown to the roles the API's
+    # listDeadLetters allows (admins and operators).
+    letters = (
+        dead_letters.for_device(conn, key, limit=DEAD_LETTERS_SHOWN) if has_role("admin") else None
+    )
     html = render_template(
         "device.html",
         device=found,
@@ -193,6 +195,8 @@ def _device_page(
         twin_reported=_pretty(twin.reported),
         twin_delta=_pretty(twin.delta),
         children=children,
+        dead_letters=letters,
+        dead_letters_days=int(current_app.config["DEAD_LETTERS_RETENTION_DAYS"]),
         twin_error=twin_error,
         ttl={
             "default": command_requests.DEFAULT_TTL_S,
@@ -288,51 +292,34 @@ def device_history(device_id: str) -> Any:
 @bp.route("/devices/<device_id>/export.csv")
 @login_required
 def export_csv(device_id: str) -> Any:
+    """The readings of the chosen range in the export format (fieldhub.core.reading_files),
+    streamed; at most EXPORTS_PER_USER at once per user (fieldhub.web.exports)."""
     key = device_or_404(device_id)["device_key"]
     span = _range_from_args()
     metric = request.args.get("metric") or None
-    unit = request.args.get("unit") if metric else None
-    pools = db.pools()
-    params = {
-        "device_key": key,
-        "start": span.start,
-        "end": span.end,
-        "metric": metric,
-        "unit": unit,
-    }
-
-    def rows() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["time", "metric", "value", "text_value", "seq", "unit"])
-        # A server-side cursor streams a month of readings without holding them in memory.
-        with pools.get("read").connection() as conn, conn.transaction():
-            cursor = conn.cursor(name="export")
-            cursor.itersize = EXPORT_CHUNK_ROWS
-            cursor.execute(db.QUERIES["export_readings"], params)
-            for row in cursor:
-                writer.writerow(
-                    [
-                        row["time"].astimezone(UTC).isoformat(),
-                        row["metric"],
-                        "" if row["value"] is None else repr(row["value"]),
-                        row["text_value"] or "",
-                        "" if row["seq"] is None else row["seq"],
-                        row["unit"],
-                    ]
-                )
-                if buffer.tell() > 64 * 1024:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
-        yield buffer.getvalue()
-
+    user = current_user()
+    assert user is not None
+    chunks, resources = exports.stream(
+        int(user["id"]),
+        key,
+        "csv",
+        start=span.start,
+        end=span.end,
+        metric=metric,
+        unit=request.args.get("unit") if metric else None,
+    )
     filename = f"{device_id}_{span.start:%Y%m%dT%H%M}_{span.end:%Y%m%dT%H%M}.csv"
-    return Response(
-        stream_with_context(rows()),
-        mimetype="text/csv",
+    # No stream_with_context: the chunks need no request context (the connection and slot
+    # were taken above), so the request's own connections go back as soon as this returns.
+    response = Response(
+        chunks,
+        mimetype=reading_files.MEDIA_TYPES["csv"],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+    # Werkzeug closes the response when the download ends or the client goes away, even if
+    # the body was never iterated: then the slot and the connection go back.
+    response.call_on_close(resources.close)
+    return response
 
 
 # -- commands --------------------------------------------------------------------------------

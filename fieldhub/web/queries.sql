@@ -166,13 +166,12 @@ WHERE t.device_key = %(device_key)s AND t.metric = %(metric)s AND t.unit = %(uni
 GROUP BY 1
 ORDER BY 1;
 
--- name: export_readings
-SELECT time, metric, value, text_value, seq, unit
-FROM readings
-WHERE device_key = %(device_key)s AND time >= %(start)s AND time < %(end)s
-  AND (%(metric)s::text IS NULL OR metric = %(metric)s)
-  AND (%(unit)s::text IS NULL OR unit = %(unit)s)
-ORDER BY time, metric, unit;
+-- name: try_export_slot
+-- One of a user's concurrent export slots: a transaction-level advisory lock taken on the
+-- export's own connection, so it is held exactly as long as the export streams (its
+-- transaction), counts across gunicorn workers and hosts, and is released by PostgreSQL
+-- when the transaction ends, even if the worker dies. Never waits.
+SELECT pg_try_advisory_xact_lock(%(namespace)s, %(key)s) AS locked;
 
 -- name: device_alerts
 SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.message,

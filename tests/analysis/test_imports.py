@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,114 @@ def test_a_line_that_contradicts_a_stored_reading_is_a_conflict_line_error(
     count = db.execute("SELECT count(*) AS n FROM readings").fetchone()
     assert count is not None
     assert count["n"] == 11
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# Everything a line can carry that PostgreSQL would refuse, per format: (line, why). Each is
+# a line error with its number; the good lines around them are imported.
+POISON: dict[str, tuple[bytes, list[tuple[bytes, str]]]] = {
+    "long.csv": (
+        b"time,device_id,metric,value",
+        [
+            (f"{BASE},p-1,temp,a\0b".encode(), "contains NUL"),
+            (f"{BASE},p-1,te\0mp,1".encode(), "is not a valid metric name"),
+            (f"{BASE},p-\0,temp,1".encode(), "unknown device 'p-\\x00'"),
+            (f'{BASE},p-1,"a\0",1'.encode(), "is not a valid metric name"),
+            (b"0001-01-01T00:00:00+01:00,p-1,temp,1", "before 2000"),
+            (b"9999-12-31T23:59:59-01:00,p-1,temp,1", "in the future"),
+            (b"1e300,p-1,temp,1", "in the future"),
+            (b"-1e300,p-1,temp,1", "before 2000"),
+            (b"nan,p-1,temp,1", "not a finite number"),
+            (f"{BASE},p-1,temp,inf".encode(), "not a finite number"),
+            (f"{BASE},p-1,temp,1e999".encode(), "not a finite number"),
+            (f"{BASE},p-1,temp,-nan".encode(), "not a finite number"),
+            (f"{BASE},p-1,temp,caf\xe9".encode("latin-1"), "not valid UTF-8"),
+        ],
+    ),
+    "export.csv": (
+        b"time,metric,unit,seq,type,value",
+        [
+            (f"{_iso(BASE)},temp,,,text,a\0b".encode(), "contains NUL"),
+            (f"{_iso(BASE)},temp,,,text,'a\\\0b".encode(), "unknown escape"),
+            (f"{_iso(BASE)},temp,u\0,,number,1".encode(), "printable"),
+            (f"{_iso(BASE)},te\0mp,,,number,1".encode(), "not a valid metric name"),
+            (f"{_iso(BASE)},temp,,9223372036854775808,number,1".encode(), "64-bit integer"),
+            (f"{_iso(BASE)},temp,,,number,nan".encode(), "not a finite number"),
+            (f"{_iso(BASE)},temp,,,number,-inf".encode(), "not a finite number"),
+            (f"{_iso(BASE)},temp,,,boolean,yes".encode(), "not true or false"),
+            (b"0001-01-01T00:00:00.000000+01:00,temp,,,number,1", "time"),
+            (b"1999-12-31T23:59:59.000000Z,temp,,,number,1", "before 2000"),
+            (b"2000-01-01T00:00:00.000000Z,temp,,,number,1\xff", "not valid UTF-8"),
+        ],
+    ),
+    "payloads.ndjson": (
+        b"",
+        [
+            (b'{"ts": %d, "values": {"t": "a\\u0000b"}}' % BASE, "NUL"),
+            (b'{"ts": %d, "values": {"t\\u0000": 1}}' % BASE, "metric"),
+            (b'{"ts": 1e300, "values": {"t": 1}}', "ts"),
+            (b'{"ts": %d, "values": {"t": 1e999}}' % BASE, "JSON"),
+            (b'{"ts": %d, "seq": 9223372036854775808, "values": {"t": 1}}' % BASE, "seq"),
+            (
+                b'{"time": "%s", "metric": "t", "unit": "\\u0000", "seq": null, "value": 1}'
+                % _iso(BASE).encode(),
+                "printable",
+            ),
+            (
+                b'{"time": "%s", "metric": "t", "unit": "", "seq": null, "value": "\\u0000"}'
+                % _iso(BASE).encode(),
+                "NUL",
+            ),
+            (
+                b'{"time": "%s", "metric": "t", "unit": "", "seq": 2e0, "value": 1}'
+                % _iso(BASE).encode(),
+                "64-bit integer",
+            ),
+            (
+                b'{"time": "0001-01-01T00:00:00+01:00", "metric": "t", "unit": "", "seq": null,'
+                b' "value": 1}',
+                "time",
+            ),
+            (b'{"ts": %d, "values": {"t": 1}}\xc3' % BASE, "not valid UTF-8"),
+        ],
+    ),
+}
+
+
+def _good_line(name: str, i: int) -> bytes:
+    t = BASE + 1000 + i
+    if name == "long.csv":
+        return f"{t},p-1,temp,{i}".encode()
+    if name == "export.csv":
+        return f"{_iso(t)},temp,,,number,{i}.0".encode()
+    return orjson.dumps({"ts": t, "values": {"temp": i}})
+
+
+@pytest.mark.parametrize("name", list(POISON))
+def test_a_line_postgresql_would_refuse_is_a_line_error_not_a_failed_import(
+    db: Conn, org_id: int, make_devices: Callable[..., list[str]], name: str
+) -> None:
+    make_devices("p-1")
+    header, poison = POISON[name]
+    lines = [header] if header else []
+    expected: dict[int, str] = {}
+    for i, (line, why) in enumerate(poison):
+        lines.append(_good_line(name, i))
+        lines.append(line)
+        expected[len(lines)] = why
+    lines.append(_good_line(name, len(poison)))
+    created = service.create_import(
+        db, org_id=org_id, content=b"\n".join(lines) + b"\n", filename=name, device_id="p-1"
+    )
+    details = run_queued(db)
+    assert [d["status"] for d in details["imports"]] == ["done"]
+    done = service.get_import(db, org_id, created["id"])
+    assert done["rows_imported"] == len(poison) + 1
+    assert done["rows_rejected"] == len(poison)
+    reasons = {e["line"]: e["reason"] for e in done["errors"]}
+    assert sorted(reasons) == sorted(expected)
+    for number, why in expected.items():
+        assert why in reasons[number], (number, reasons[number])

@@ -229,3 +229,11 @@ def test_log_format_is_text_or_json() -> None:
     assert Settings.from_env({"FIELDHUB_LOG_FORMAT": "JSON"}).log_format == "json"
     with pytest.raises(ConfigError, match="FIELDHUB_LOG_FORMAT"):
         Settings.from_env({"FIELDHUB_LOG_FORMAT": "xml"})
+
+
+def test_exports_per_user_is_bounded() -> None:
+    assert config.Settings.from_env({}).exports_per_user == 2
+    assert config.Settings.from_env({"FIELDHUB_EXPORTS_PER_USER": "5"}).exports_per_user == 5
+    for bad in ("0", "x", "17"):
+        with pytest.raises(config.ConfigError, match="FIELDHUB_EXPORTS_PER_USER"):
+            config.Settings.from_env({"FIELDHUB_EXPORTS_PER_USER": bad})

@@ -83,6 +83,12 @@ def crowded(world: World) -> World:
                 filename=f"{i}.csv",
                 device_id="dev-a1",
             )
+            conn.execute(
+                "INSERT INTO dead_letters (received_at, device_id, device_key, topic, reason,"
+                " payload) SELECT %s, device_id, device_key, 'devices/dev-a1/telemetry',"
+                " 'invalid_json', '{' FROM devices WHERE device_id = 'dev-a1'",
+                (same,),
+            )
         conn.execute("UPDATE imports SET created_at = %s", (same,))
     return world
 
@@ -96,6 +102,7 @@ def crowded(world: World) -> World:
         ("/api/v1/alert-rules?limit=3", "rules", 1 + N),
         ("/api/v1/webhook/deliveries?limit=3", "deliveries", N),
         ("/api/v1/imports?limit=3", "imports", 1 + N),
+        ("/api/v1/devices/dev-a1/dead-letters?limit=3", "dead_letters", N),
     ],
 )
 def test_every_list_pages_by_cursor_to_the_end(

@@ -63,7 +63,7 @@ def test_a_reregistered_id_sees_none_of_the_old_devices_data(app: Flask, world: 
         values = body["value"] if body["source"] == "raw" else body["avg"]
         assert values == [], (range_name, body["source"], values)
     export = client.get(f"/devices/{device_id}/export.csv?range=30d").get_data(as_text=True)
-    assert export.strip().splitlines() == ["time,metric,value,text_value,seq,unit"]
+    assert export.strip().splitlines() == ["time,metric,unit,seq,type,value"]
 
     headers = {"Authorization": "Bearer " + api_token(world.database_url, world.emails["b_viewer"])}
     assert client.get(f"/api/v1/devices/{device_id}/latest", headers=headers).get_json() == {

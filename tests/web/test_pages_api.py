@@ -98,6 +98,7 @@ def test_csv_export_streams_the_range(app: Flask, world: World) -> None:
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert len(rows) == 30
     assert rows[0]["metric"] == "temperature"
+    assert {r["type"] for r in rows} == {"number"}
     assert [float(r["value"]) for r in rows] == [20.0 + i for i in range(30)]
 
 
