@@ -27,9 +27,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
-from fieldhub.broker.auth_sync import sync_once
+from fieldhub.broker.auth_sync import advance_tombstones, sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
-from fieldhub.core import registry
+from fieldhub.core import registry, tombstones
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port
 from fieldhub.core.tls import ensure_tls
@@ -56,6 +56,9 @@ def wait_for(
         time.sleep(interval)
 
 
+BROKER = "broker-1"  # the session broker's name (the default of a one-broker stack)
+
+
 class TestStack:
     """One test's database and the session broker, with the registry kept in sync."""
 
@@ -79,9 +82,15 @@ class TestStack:
 
     # -- registry ------------------------------------------------------------------------
     def sync(self) -> None:
-        """Render the registry into the broker's files and make the broker reload them."""
-        if sync_once(self.conn, self.broker.auth_dir):
-            self.broker.reload()
+        """Render the registry into the broker's files and make the broker reload them, then
+        do auth-sync's steps of deleted devices (as `fieldhub auth-sync` does after a reload)
+        until none is left that auth-sync alone can do."""
+        while True:
+            rendered_without = tombstones.to_cut_off(self.conn, BROKER)
+            if sync_once(self.conn, self.broker.auth_dir):
+                self.broker.reload()
+            if not advance_tombstones(self.conn, self.broker.auth_dir, BROKER, rendered_without):
+                return
 
     def create_devices(self, device_ids: Iterable[str], org: str | None = None) -> dict[str, str]:
         """Register devices, sync the broker, and wait until the last one can log in."""
@@ -164,6 +173,7 @@ class DeviceClient:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.received: list[mqtt.MQTTMessage] = []
         self.connack: Any = None
+        self.session_present: bool | None = None
         self.disconnected = threading.Event()
         self._connected = threading.Event()
         self.client.on_connect = self._on_connect
@@ -172,6 +182,7 @@ class DeviceClient:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connack = reason
+        self.session_present = bool(flags.session_present)
         self._connected.set()
 
     def _on_disconnect(

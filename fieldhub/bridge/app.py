@@ -44,6 +44,7 @@ from fieldhub.bridge.ingest import (
     DeadLetter,
     DeviceDirectory,
     IngestWriter,
+    Marker,
     Pending,
     Status,
     Telemetry,
@@ -52,6 +53,7 @@ from fieldhub.bridge.ingest import (
 )
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.receive import BridgeClient, ReceiveClock
+from fieldhub.core import tombstones
 from fieldhub.core.decode import (
     DecodeError,
     decode_senml,
@@ -78,6 +80,8 @@ DEVICE_TOPICS = (
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 RECEIVE_MAXIMUM = 10_000
 SESSION_EXPIRY_S = 86_400
+DIRECTORY_WAIT_S = 10.0
+DELETED = "sent by a device that was deleted before the bridge received it"
 SHUTDOWN_FLUSH_S = 20.0
 
 
@@ -116,7 +120,13 @@ class Bridge:
             }
         )
         self.pending = Pending()
-        self.directory = DeviceDirectory(database_url)
+        # The broker's name for deleted devices' tombstones (one broker: broker-1).
+        self.broker_name = broker or broker_label or "broker-1"
+        self.directory = DeviceDirectory(
+            database_url,
+            self.broker_name,
+            mqtt_endpoint.username or f"fieldhub-bridge-{instance}",
+        )
         self.problems = RateLimitedLog(log)
         self.writer = IngestWriter(
             database_url, self.directory, self.metrics, always_stage=always_stage
@@ -202,6 +212,8 @@ class Bridge:
         # subscribe on every connect; without a session the broker would also have nothing.
         options = SubscribeOptions(qos=1)
         topics = [(f"$share/{SHARE_GROUP}/{topic}", options) for topic in DEVICE_TOPICS]
+        # Not shared: every bridge session must see every deleted device's marker.
+        topics.append((tombstones.MARKER_FILTER, options))
         topics.append((DROPPED_TOPIC, SubscribeOptions(qos=0)))
         client.subscribe(topics)
         if self.dispatcher is not None:
@@ -211,7 +223,7 @@ class Bridge:
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
     ) -> None:
-        refused = [str(r) for r in reasons[: len(DEVICE_TOPICS)] if r.is_failure]
+        refused = [str(r) for r in reasons[: len(DEVICE_TOPICS) + 1] if r.is_failure]
         if refused:
             self.problems.warning("subscribe", "broker refused subscriptions: %s", refused)
             return
@@ -255,8 +267,15 @@ class Bridge:
             if topic == DROPPED_TOPIC:
                 self._broker_dropped(payload)
                 return
-            counts["invalid"] += 1
-            item = DeadLetter(received_at, None, None, topic, "bad_topic", "", payload)
+            marker = tombstones.marker_key(topic)
+            if marker is not None:
+                # A deleted device's marker, in stream order: messages after it are not the
+                # old device's. The pass is recorded with the batch that holds it.
+                self.directory.pass_marker(marker)
+                item = Marker(marker)
+            else:
+                counts["invalid"] += 1
+                item = DeadLetter(received_at, None, None, topic, "bad_topic", "", payload)
         else:
             kind = info.kind
             counts[kind] += 1
@@ -266,7 +285,13 @@ class Bridge:
             entry = self.directory.devices.get(device_id)
             key = None if entry is None else entry.key
             try:
-                if kind == "telemetry":
+                if self.directory.is_deleted(device_id):
+                    # Sent by a deleted device before this session passed its marker, whether
+                    # or not a new device has the id by now.
+                    item = DeadLetter(
+                        received_at, device_id, None, topic, "deleted_device", DELETED, payload
+                    )
+                elif kind == "telemetry":
                     readings, last_stamp = decode_telemetry_stamped(payload, received_at)
                     if last_stamp != received_at:
                         self._clock.advance_past(last_stamp)
@@ -305,6 +330,8 @@ class Bridge:
                 batch.statuses.append(item)
             elif type(item) is TwinReport:
                 batch.twin_reports.append(item)
+            elif type(item) is Marker:
+                batch.markers.append(item.device_key)
             else:
                 batch.acks.append(item)
             if qos:
@@ -471,6 +498,11 @@ class Bridge:
             probe=self.readiness,
         )
         self.directory.start()
+        # Deleted devices' ids must be known before the first message arrives: a held-back
+        # message of a deleted device would otherwise be looked up at write time and find
+        # the id's new device. Without a database for this long, messages wait in the broker.
+        while not self.directory.loaded.wait(DIRECTORY_WAIT_S):
+            log.warning("waiting for the database to load the device directory")
         self._writer_thread.start()
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -484,7 +516,7 @@ class Bridge:
         )
         self.client.loop_start()
         self.dispatcher = commands.CommandDispatcher(
-            self.database_url, self.publish, broker=self.broker
+            self.database_url, self.publish, broker=self.broker, broker_name=self.broker_name
         )
         self.dispatcher.start()
         dispatcher = self.dispatcher

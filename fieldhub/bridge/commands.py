@@ -42,7 +42,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.bridge.twin import TwinPublisher
+from fieldhub.bridge.twin import TwinPublisher, delta_topic, desired_topic
+from fieldhub.core import tombstones
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
 from fieldhub.core.db import Queries, connect
 
@@ -225,6 +226,7 @@ class SweepResult:
     published: int = 0
     cleared: int = 0
     twins: int = 0  # twins whose retained documents went out
+    tombstones: int = 0  # deleted devices whose retained topics were cleared (marker sent)
     # False when a publish failed and the sweep stopped early; the next sweep retries.
     complete: bool = True
 
@@ -242,10 +244,14 @@ class CommandDispatcher:
         batch_size: int = SWEEP_BATCH,
         publish_workers: int = PUBLISH_WORKERS,
         broker: str | None = None,
+        broker_name: str = "broker-1",
     ) -> None:
         self.database_url = database_url
         # None: every device's commands (one broker); else only those of devices homed here.
         self.broker = broker
+        # The broker this dispatcher publishes to, by name, for deleted devices' tombstones:
+        # every broker clears every deleted device's topics (it may have connected anywhere).
+        self.broker_name = broker or broker_name
         self.publish = publish
         self.sweep_interval_s = sweep_interval_s
         self.retry_backoff_s = retry_backoff_s
@@ -315,6 +321,7 @@ class CommandDispatcher:
     def _serve(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute("LISTEN commands")
         conn.execute("LISTEN twins")
+        conn.execute("LISTEN tombstones")
         self.is_leader = False
         next_sweep = 0.0
         to_republish: list[uuid.UUID] = []
@@ -343,7 +350,8 @@ class CommandDispatcher:
                     to_republish = []
                 if result.complete:
                     busy = (
-                        result.published >= self.batch_size
+                        result.tombstones >= self.batch_size
+                        or result.published >= self.batch_size
                         or result.cleared >= self.batch_size
                         or result.twins >= self.batch_size
                     )
@@ -388,7 +396,7 @@ class CommandDispatcher:
 
     @staticmethod
     def _needs_sweep(channel: str, payload: str) -> bool:
-        if channel == "twins":
+        if channel in ("twins", "tombstones"):
             return True
         # "<device_id> <command_id> <status>": sent and delivered need nothing from us.
         status = payload.rsplit(" ", 1)[-1]
@@ -405,6 +413,10 @@ class CommandDispatcher:
         one message in flight.
         """
         result = SweepResult()
+        # Deleted devices first: a re-created device's twin waits for this (twins_to_publish).
+        result.tombstones, result.complete = self._clear_tombstones(conn)
+        if not result.complete:
+            return result
         with conn.cursor(row_factory=dict_row) as cur:
             queued = cur.execute(
                 QUERIES["queued_to_publish"], {"limit": self.batch_size, "broker": self.broker}
@@ -425,6 +437,28 @@ class CommandDispatcher:
         result.twins, complete = self.twins.sweep(conn)
         result.complete = result.complete and complete
         return result
+
+    def _clear_tombstones(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+        """For each deleted device cut off from this broker: empty retained messages on its
+        command topics and twin topics, then the marker (QoS 1, not retained) that every
+        bridge session receives behind the old device's last message; then record it. A
+        failed publish leaves the tombstone for the next sweep (all of it is idempotent)."""
+        done = 0
+        for row in tombstones.to_clear(conn, self.broker_name, self.batch_size):
+            device_id: str = row["device_id"]
+            topics = [command_topic(device_id, str(c)) for c in row["command_ids"]]
+            topics += [desired_topic(device_id), delta_topic(device_id)]
+            for topic in topics:
+                if not self._try_publish(topic, b"", None):
+                    return done, False
+            try:
+                self._publish_logged(tombstones.marker_topic(row["device_key"]), b"", False, None)
+            except Exception:
+                return done, False
+            tombstones.mark_retained_cleared(conn, self.broker_name, row["device_key"])
+            log.info("cleared the retained topics of deleted device %s", device_id)
+            done += 1
+        return done, True
 
     def _publish_queued(
         self,

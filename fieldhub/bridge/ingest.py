@@ -47,7 +47,7 @@ from fieldhub.bridge import commands
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
-from fieldhub.core import db, readings
+from fieldhub.core import db, readings, tombstones
 from fieldhub.core.db import Queries
 from fieldhub.core.decode import Reading
 
@@ -104,6 +104,12 @@ class DeadLetter(NamedTuple):
     payload: bytes
 
 
+class Marker(NamedTuple):
+    """A deleted device's tombstone marker (fieldhub.core.tombstones.marker_topic)."""
+
+    device_key: int
+
+
 # Any message of a batch that came from a device (each is checked against the registry).
 _M = TypeVar("_M", Telemetry, Status, CommandAck, TwinReport)
 
@@ -117,6 +123,8 @@ class Batch:
     acks: list[CommandAck] = dataclasses.field(default_factory=list)
     twin_reports: list[TwinReport] = dataclasses.field(default_factory=list)
     dead: list[DeadLetter] = dataclasses.field(default_factory=list)
+    # Keys of deleted devices whose marker this batch passes (recorded in its transaction).
+    markers: list[int] = dataclasses.field(default_factory=list)
     # Packet ids of the QoS 1 messages, valid only on the broker connection `generation`.
     mids: list[int] = dataclasses.field(default_factory=list)
     generation: int = 0
@@ -128,6 +136,7 @@ class Batch:
         self.acks += other.acks
         self.twin_reports += other.twin_reports
         self.dead += other.dead
+        self.markers += other.markers
         if other.generation != self.generation:
             # Packet ids of an older connection are void: the broker redelivers those
             # messages, and idempotent ingest absorbs the second copy.
@@ -151,6 +160,8 @@ class Batch:
             singles.append(Batch(twin_reports=[report], messages=1))
         for dead in self.dead:
             singles.append(Batch(dead=[dead], messages=1))
+        if self.markers:
+            singles.append(Batch(markers=list(self.markers), messages=len(self.markers)))
         return singles
 
 
@@ -189,17 +200,31 @@ class DeviceEntry(NamedTuple):
 
 class DeviceDirectory:
     """device id -> (device key, enabled) for every registered device, refreshed on
-    registry_changed.
+    registry_changed; and the ids of deleted devices whose marker this bridge session has not
+    passed yet (`is_deleted`).
 
-    `devices` is replaced whole, never changed in place, so the network thread can read it
-    without a lock while the writer or the directory thread reloads it.
+    `devices` and `tombstoned` are replaced whole, never changed in place, so the network
+    thread can read them without a lock while the writer or the directory thread reloads them.
+
+    A deleted device's id stays "deleted" for this session until the session passes the
+    tombstone's marker in its message stream (design in fieldhub.core.tombstone_steps): every
+    message of that id received before the marker was sent by the old device (it was cut off
+    before the marker went out), even when a new device with the same id exists by then.
     """
 
     REFRESH_S = 60.0
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, broker: str = "broker-1", session: str = "") -> None:
         self.database_url = database_url
+        # The broker this bridge is connected to and its session there (its account): whose
+        # tombstones it follows and which session it registers in bridge_sessions.
+        self.broker = broker
+        self.session = session
         self.devices: dict[str, DeviceEntry] = {}
+        self.tombstoned: dict[str, frozenset[int]] = {}
+        self.passed: frozenset[int] = frozenset()
+        self._passed_lock = threading.Lock()
+        self.loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(log)
@@ -218,11 +243,36 @@ class DeviceDirectory:
         entry = self.devices.get(device_id)
         return None if entry is None else entry.key
 
+    def is_deleted(self, device_id: str) -> bool:
+        """Whether a message of this id received now was sent by a deleted device."""
+        keys = self.tombstoned.get(device_id)
+        return keys is not None and not keys <= self.passed
+
+    def pass_marker(self, device_key: int) -> None:
+        """The network thread passed a tombstone's marker: later messages of the id are the
+        new device's."""
+        with self._passed_lock:
+            self.passed = self.passed | {device_key}
+
     def reload(self, conn: Conn) -> None:
         rows = conn.execute(QUERIES["all_devices"]).fetchall()
         self.devices = {
             row["device_id"]: DeviceEntry(row["device_key"], row["enabled"]) for row in rows
         }
+        self._load_tombstones(conn)
+
+    def _load_tombstones(self, conn: Conn) -> None:
+        pending = tombstones.pending_ids(conn, self.broker, self.session)
+        with self._passed_lock:
+            self.passed = self.passed | {
+                key for keys in pending.values() for key, done in keys if done
+            }
+        self.tombstoned = {
+            device_id: frozenset(key for key, _done in keys) for device_id, keys in pending.items()
+        }
+        if self.session:
+            tombstones.touch_bridge_session(conn, self.broker, self.session)
+        self.loaded.set()
 
     def lookup(self, conn: Conn, device_ids: Iterable[str]) -> None:
         """Ask the database about ids the directory does not know (a device created a moment
@@ -457,6 +507,11 @@ class IngestWriter:
                     )
             for letter in dead:
                 result.dead[letter.reason] = result.dead.get(letter.reason, 0) + 1
+
+        # -- deleted devices' markers: everything before them in the stream is in this
+        # transaction or an earlier one, so "passed" is true once this commits.
+        for device_key in batch.markers:
+            tombstones.record_pass(conn, directory.broker, directory.session, device_key)
 
     def _apply_statuses(
         self, conn: Conn, statuses: list[tuple[int, Status]], seen: dict[int, float]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import select
 import tempfile
 import threading
 import time
@@ -46,6 +45,8 @@ from fieldhub.broker.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,
     DEVICE_PASSWORD_FILE,
+    REAPER_ACL_FILE,
+    REAPER_PASSWORD_FILE,
     SERVICE_ACL_FILE,
     SERVICE_PASSWORD_FILE,
     BrokerNotRunning,
@@ -53,15 +54,20 @@ from fieldhub.broker.mosquitto import (
     auth_file_problems,
     broker_process,
     describe_problems,
+    reaper_socket,
     send_reload,
 )
+from fieldhub.broker.reaper import REAPER_ACL, ReapFailed, reap, reaper_password_file, reaper_secret
 from fieldhub.broker.reload_state import PendingReload, started_after
+from fieldhub.core import tombstones
 from fieldhub.core.db import Queries
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
 BASE_ACL = Path(__file__).with_name("acl.base")
 
 log = logging.getLogger(__name__)
+# After the SIGHUP that removed a deleted device's login, how long before it counts as cut off.
+CUT_OFF_SETTLE_S = 0.3
 
 
 def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
@@ -304,6 +310,10 @@ def sync_once(
     keeps the files it has.
     """
     files = render_auth_files(conn, broker, operator_dir)
+    files[REAPER_PASSWORD_FILE] = reaper_password_file(
+        auth_dir, _read_or_empty(auth_dir / REAPER_PASSWORD_FILE)
+    )
+    files[REAPER_ACL_FILE] = ACL_HEADER + REAPER_ACL
     problems = {name: auth_file_problems(name, text) for name, text in files.items()}
     if any(problems.values()):
         raise InvalidAuthFiles(describe_problems(problems))
@@ -313,6 +323,44 @@ def sync_once(
     if any(changed):
         sync_directory(auth_dir)
     return any(changed)
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def advance_tombstones(
+    conn: psycopg.Connection[Any], auth_dir: Path, broker: str, rendered_without: Sequence[int]
+) -> bool:
+    """auth-sync's steps of deleted devices on `broker` (fieldhub.core.tombstone_steps),
+    called when the broker runs with the files of the last render: `rendered_without` are the
+    tombstones that render already left out (read before it), now cut off. Then every drained
+    tombstone's session is reaped. True if one was: the caller renders again, which lets a
+    re-created device with that id in. A reap that fails (listener unreachable) is logged and
+    retried on the next round; every step is idempotent, so a restart anywhere repeats at most
+    one of them."""
+    if rendered_without:
+        with conn.transaction():
+            count = tombstones.mark_cut_off(conn, broker, rendered_without)
+        if count:
+            log.info("%d deleted device(s) cut off from %s", count, broker)
+    with conn.transaction():
+        tombstones.mark_drained(conn, broker)
+    reaped = False
+    for device_key, device_id in tombstones.to_reap(conn, broker):
+        try:
+            reap(reaper_socket(auth_dir), reaper_secret(auth_dir), device_id)
+        except ReapFailed as exc:
+            log.warning("could not destroy the broker session of deleted %s: %s", device_id, exc)
+            break
+        with conn.transaction():
+            tombstones.mark_session_cleared(conn, broker, device_key)
+        log.info("destroyed the broker session of deleted device %s on %s", device_id, broker)
+        reaped = True
+    return reaped
 
 
 def run_forever(
@@ -346,20 +394,46 @@ def run_forever(
                 application_name="fieldhub-auth-sync",
             ) as conn:
                 conn.execute("LISTEN registry_changed")
+                conn.execute("LISTEN tombstones")
+                rendered_without = tombstones.to_cut_off(conn, broker)
                 last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                tombstone_work = True
                 while stop is None or not stop.is_set():
-                    reload_if_due(pending, pid_file, auth_dir)
+                    if pending.pending and reload_if_due(pending, pid_file, auth_dir):
+                        # The broker disconnects a removed login about 80 ms after SIGHUP
+                        # (measured); "cut off" must be true before the dispatcher clears its
+                        # topics and sends the marker behind its last message.
+                        time.sleep(CUT_OFF_SETTLE_S)
+                    if tombstone_work and not pending.pending:
+                        tombstone_work = False
+                        if advance_tombstones(conn, auth_dir, broker, rendered_without):
+                            # A reaped session lets its id's new device in: render it now.
+                            rendered_without = tombstones.to_cut_off(conn, broker)
+                            last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                            tombstone_work = True
+                            continue
+                        rendered_without = []
                     now = time.monotonic()
                     timeout = min(pending.wait_s(now, sweep_s), max(0.0, last_sync + sweep_s - now))
-                    ready = select.select([conn.fileno()], [], [], timeout)[0]
+                    # Not select() on the socket: a notification that arrived while one of our
+                    # own queries ran is already read into psycopg's backlog.
+                    ready = list(conn.notifies(timeout=timeout, stop_after=1))
+                    rerender = False
                     if ready:
                         # Let a burst of changes (bulk import) settle into one render.
                         time.sleep(debounce_s)
-                        for _ in conn.notifies(timeout=0):
-                            pass
+                        for notify in ready + list(conn.notifies(timeout=0)):
+                            # Tombstone progress (by anyone, ourselves included) may make a
+                            # step ours; only a registry change needs a new render.
+                            tombstone_work = True
+                            rerender = rerender or notify.channel == "registry_changed"
                     elif time.monotonic() < last_sync + sweep_s:
                         continue  # woken for a reload retry only
-                    last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                    else:
+                        rerender = tombstone_work = True
+                    if rerender:
+                        rendered_without = tombstones.to_cut_off(conn, broker)
+                        last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
         except psycopg.OperationalError as exc:
             log.warning("auth sync lost the database (%s); retrying in 2 s", exc)
             # Files already written still reach the broker while the database is away.

@@ -30,8 +30,24 @@ DEVICE_PASSWORD_FILE = "passwords"  # noqa: S105 - a file name
 DEVICE_ACL_FILE = "acl"
 SERVICE_PASSWORD_FILE = "services.passwords"  # noqa: S105 - a file name
 SERVICE_ACL_FILE = "services.acl"
-AUTH_FILES = (DEVICE_PASSWORD_FILE, DEVICE_ACL_FILE, SERVICE_PASSWORD_FILE, SERVICE_ACL_FILE)
-PASSWORD_FILES = (DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE)
+# The session reaper's listener (a unix socket beside auth/): one account, no rules.
+REAPER_PASSWORD_FILE = "reaper.passwords"  # noqa: S105 - a file name
+REAPER_ACL_FILE = "reaper.acl"
+AUTH_FILES = (
+    DEVICE_PASSWORD_FILE,
+    DEVICE_ACL_FILE,
+    SERVICE_PASSWORD_FILE,
+    SERVICE_ACL_FILE,
+    REAPER_PASSWORD_FILE,
+    REAPER_ACL_FILE,
+)
+PASSWORD_FILES = (DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, REAPER_PASSWORD_FILE)
+REAPER_SOCKET = "reaper.sock"
+
+
+def reaper_socket(auth_dir: Path) -> Path:
+    """The reaper listener's unix socket of the broker whose auth files are in `auth_dir`."""
+    return auth_dir.parent / REAPER_SOCKET
 
 
 def auth_file_problems(name: str, text: str) -> list[str]:
@@ -44,7 +60,7 @@ def auth_file_problems(name: str, text: str) -> list[str]:
 def auth_dir_problems(auth_dir: Path) -> str:
     """The auth files as they are on disk, checked before the broker is told to read them: a
     missing password file disconnects every client of its listener and a missing or broken
-    ACL file turns ACL checking off (docs/security.md). Empty if all four are good."""
+    ACL file turns ACL checking off (docs/security.md). Empty if all of them are good."""
     problems: dict[str, list[str]] = {}
     for name in AUTH_FILES:
         try:
@@ -108,6 +124,9 @@ class MosquittoBroker:
             "device_acl_file": str(self.auth_dir / DEVICE_ACL_FILE),
             "service_password_file": str(self.auth_dir / SERVICE_PASSWORD_FILE),
             "service_acl_file": str(self.auth_dir / SERVICE_ACL_FILE),
+            "reaper_password_file": str(self.auth_dir / REAPER_PASSWORD_FILE),
+            "reaper_acl_file": str(self.auth_dir / REAPER_ACL_FILE),
+            "reaper_socket": str(reaper_socket(self.auth_dir)),
             "data_dir": str(self.data_dir),
             "pid_file": str(self.pid_file),
             "tls_dir": str(self.tls_dir),

@@ -1,0 +1,178 @@
+"""Deleting a device, then creating one with the same id in another organisation: nothing of
+the old device reaches the new one through the broker (retained commands and twin, the stored
+session, messages still on their way) or the bridge (attribution), and a stopped bridge
+holds the re-registration up, visibly (issue #11; design in fieldhub.core.tombstone_steps)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from fieldhub.core import registry, tombstones, twins
+from fieldhub.core.command_requests import send_command
+from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def bridge(stack: TestStack) -> Iterator[BridgeProcess]:
+    # Its own instance number: a fresh durable session on the session-wide broker.
+    with BridgeProcess(stack, instance=random.randrange(100, 1_000_000)) as process:
+        yield process
+
+
+def _persistent(stack: TestStack, device_id: str, secret: str) -> DeviceClient:
+    client = DeviceClient(stack.broker.mqtt_devices, device_id, secret, clean_start=False)
+    client.connect()
+    return client
+
+
+def _can_log_in_after_sync(stack: TestStack, device_id: str, secret: str) -> bool:
+    """One round of auth-sync (render, reload, its tombstone steps), then try to log in."""
+    stack.sync()
+    return stack.can_login(device_id, secret)
+
+
+def _key(stack: TestStack, device_id: str) -> int:
+    return int(registry.get_device(stack.conn, device_id)["device_key"])
+
+
+def _readings(stack: TestStack, key: int) -> int:
+    row = stack.query("SELECT count(*) AS n FROM readings WHERE device_key = %s", (key,))[0]
+    return int(row["n"])
+
+
+def test_recreated_id_in_another_org_gets_nothing_of_the_old_device(
+    stack: TestStack, bridge: BridgeProcess
+) -> None:
+    device_id = unique_id("reuse")
+    secret = stack.create_devices([device_id])[device_id]
+    bridge.start().wait_ready()
+    conn = stack.conn
+
+    # The old device: a durable session subscribed to its commands and twin, telemetry stored,
+    # one command delivered (retained) and one queued in its session while it is offline.
+    old = _persistent(stack, device_id, secret)
+    old.subscribe(f"devices/{device_id}/commands/+")
+    old.subscribe(f"devices/{device_id}/twin/desired")
+    old.publish(f"devices/{device_id}/telemetry", orjson.dumps({"values": {"t": 1.5}}))
+    old_key = _key(stack, device_id)
+    wait_for(lambda: _readings(stack, old_key) == 1, what="the old device's reading")
+    first = send_command(conn, device_id=device_id, name="old-1", params={}, ttl_s=3600)
+    twins.update_desired(conn, device_id, {"secret": "old-owner"}, actor=twins.Actor("test", "cli"))
+    wait_for(lambda: len(old.received) >= 2, what="old command and twin at the old device")
+    old.close()
+    second = send_command(conn, device_id=device_id, name="old-2", params={}, ttl_s=3600)
+    wait_for(
+        lambda: (
+            stack.query("SELECT status FROM commands WHERE id = %s", (second["id"],))[0]["status"]
+            == "sent"
+        ),
+        what="the second command published while the old device is offline",
+    )
+
+    registry.delete_device(conn, device_id)
+    registry.create_org(conn, "other-org")
+    creds = registry.create_device(conn, device_id, org="other-org")
+    new_key = _key(stack, device_id)
+    assert new_key != old_key
+
+    wait_for(
+        lambda: _can_log_in_after_sync(stack, device_id, creds.password),
+        timeout=30,
+        what="the re-created device to be let in once the old one is worked off",
+    )
+    progress = stack.query(
+        "SELECT cut_off_at, retained_cleared_at, drained_at, session_cleared_at "
+        "FROM tombstone_brokers WHERE device_key = %s",
+        (old_key,),
+    )
+    assert len(progress) == 1
+    assert all(v is not None for v in progress[0].values())
+    assert tombstones.pending(conn, device_id) == []
+
+    # The new owner: no stored session, no queued message, no retained command or twin. A
+    # command of its own, sent after it subscribed, is the first and only thing it receives.
+    new = DeviceClient(stack.broker.mqtt_devices, device_id, creds.password, clean_start=False)
+    new.connect()
+    try:
+        assert new.session_present is False
+        new.subscribe(f"devices/{device_id}/commands/+")
+        new.subscribe(f"devices/{device_id}/twin/desired")
+        own = send_command(conn, device_id=device_id, name="new-1", params={}, ttl_s=3600)
+        wait_for(lambda: len(new.received) >= 1, what="the new device's own command")
+        got: list[Any] = [(m.topic, orjson.loads(m.payload)["id"]) for m in new.received]
+        assert got == [(f"devices/{device_id}/commands/{own['id']}", str(own["id"]))]
+        assert str(first["id"]) not in str(got)
+        assert str(second["id"]) not in str(got)
+    finally:
+        new.close()
+    # Nothing stored under the new key; the old key's reading is gone once purged.
+    assert _readings(stack, new_key) == 0
+
+
+def test_messages_held_back_in_a_stopped_bridge_are_never_the_new_devices(
+    stack: TestStack,
+) -> None:
+    device_id = unique_id("held")
+    secret = stack.create_devices([device_id])[device_id]
+    runs, stopped_instance = random.sample(range(100, 1_000_000), 2)
+    with (
+        BridgeProcess(stack, instance=runs) as running,
+        BridgeProcess(stack, instance=stopped_instance) as stopped,
+    ):
+        running.start().wait_ready()
+        stopped.start().wait_ready()
+        assert stopped.stop() == 0  # its session stays, in the $share group, and queues
+        old = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
+        old.connect()
+        for n in range(20):
+            old.publish(f"devices/{device_id}/telemetry", orjson.dumps({"values": {"n": n}}))
+        old.close()
+        old_key = _key(stack, device_id)
+        # The running bridge stores its share; the stopped one's share waits in the broker.
+        wait_for(lambda: _readings(stack, old_key) >= 1, what="the running bridge's share")
+        held = 20 - _readings(stack, old_key)
+        assert held > 0, "the stopped bridge's session queued none of the old messages"
+
+        registry.delete_device(stack.conn, device_id)
+        registry.create_org(stack.conn, "other-org")
+        creds = registry.create_device(stack.conn, device_id, org="other-org")
+        new_key = _key(stack, device_id)
+
+        # Blocked, visibly: everything but the stopped bridge's pass is done.
+        def waiting_on_the_stopped_bridge() -> bool:
+            stack.sync()
+            rows = tombstones.pending(stack.conn, device_id)
+            return (
+                bool(rows)
+                and rows[0]["retained_cleared_at"] is not None
+                and rows[0]["sessions_behind"] == [stopped.username]
+            )
+
+        wait_for(waiting_on_the_stopped_bridge, timeout=30, what="all steps but the drain")
+        rows = tombstones.pending(stack.conn, device_id)
+        assert rows[0]["drained_at"] is None
+        assert running.username not in rows[0]["sessions_behind"]
+        assert stopped.username in rows[0]["waiting_for"]
+        assert "a stopped bridge blocks this" in rows[0]["waiting_for"]
+        assert not stack.can_login(device_id, creds.password)
+
+        stopped.start().wait_ready()
+        wait_for(
+            lambda: _can_log_in_after_sync(stack, device_id, creds.password),
+            timeout=30,
+            what="the re-created device to be let in after the stopped bridge returned",
+        )
+        # Every held-back message was dead-lettered as the deleted device's, none is the new
+        # device's.
+        letters = stack.query(
+            "SELECT device_key, reason FROM dead_letters WHERE device_id = %s", (device_id,)
+        )
+        assert letters == [{"device_key": None, "reason": "deleted_device"}] * held
+        assert _readings(stack, new_key) == 0
