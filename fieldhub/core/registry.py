@@ -260,8 +260,10 @@ def delete_device(conn: Conn, device_id: str) -> int:
     with the same id is let onto a broker only after that (tombstone_steps.py, docs/devices.md
     "Deleting a device"). The readings, rollups and dead letters are purged later by the
     worker in bounded batches: a DELETE through the hypertables here would hold up ingest.
-    Measured (tests/core/test_tombstones.py): the delete of a device with a million readings
-    takes a few milliseconds, the same as one without.
+    Measured (tests/analysis/test_purge_deleted.py, FIELDHUB_TEST_DELETE_READINGS=1000000,
+    on the shared 2-core test machine): the delete of a device with a million readings took
+    30 ms, and another device's ingest batch beside an open delete or a running purge took
+    15-16 ms, i.e. it waited on nothing.
     """
     with conn.transaction():
         key = tombstones.delete_device(conn, device_id, configured_broker_names() or ("broker-1",))
