@@ -69,3 +69,13 @@ CREATE TRIGGER tombstone_brokers_changed AFTER INSERT OR UPDATE ON tombstone_bro
     FOR EACH ROW EXECUTE FUNCTION notify_tombstones();
 CREATE TRIGGER tombstone_passes_changed AFTER INSERT ON tombstone_passes
     FOR EACH ROW EXECUTE FUNCTION notify_tombstones();
+
+-- Open live streams of the deleted device end at once (fieldhub.web.live): the web app's hub
+-- LISTENs and tells the streams of this key. Payload: the deleted key.
+CREATE FUNCTION notify_device_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('device_deleted', NEW.device_key::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER device_tombstones_notify AFTER INSERT ON device_tombstones
+    FOR EACH ROW EXECUTE FUNCTION notify_device_deleted();
