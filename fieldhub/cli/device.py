@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from fieldhub.cli import CommandError, connect_registry, jsonable
-from fieldhub.core import endpoints, registry
+from fieldhub.core import endpoints, registry, tombstones
 from fieldhub.core.brokers import home_broker
 from fieldhub.core.config import ConfigError, Settings
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
@@ -186,11 +186,21 @@ def cmd_device_show(settings: Settings, args: argparse.Namespace) -> int:
         device["children"] = [
             c["device_id"] for c in registry.gateway_children(conn, args.device_id)
         ]
+        # A device that took the id of a deleted one cannot log in until every broker has
+        # worked off the old one; say what it waits for (support: "my new device can't log in").
+        device["waiting_for"] = [
+            row["waiting_for"] for row in tombstones.pending(conn, args.device_id)
+        ]
     if args.json:
         print(json.dumps(jsonable(device)))
         return 0
+    waiting = device.pop("waiting_for")
     for key, value in device.items():
         print(f"{key + ':':<19} {value}")
+    if waiting:
+        print("can log in:         not yet; this id belonged to a deleted device, waiting for")
+        for reason in waiting:
+            print(f"  - {reason}")
     return 0
 
 
@@ -201,6 +211,12 @@ def cmd_device_change(settings: Settings, args: argparse.Namespace) -> int:
         else:
             registry.set_enabled(conn, args.device_id, args.action == "enable")
     print(f"{args.action}d device {args.device_id}")
+    if args.action == "delete":
+        print(
+            "Its data is unreachable now and purged in the background. A new device with this "
+            "id can be created at once but logs in only after every broker has cleared the old "
+            f"one (seconds; `fieldhub device show {args.device_id}` says what it waits for)."
+        )
     return 0
 
 

@@ -23,7 +23,14 @@ from flask import (
 )
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, dead_letters, reading_files, registry, twins
+from fieldhub.core import (
+    command_requests,
+    dead_letters,
+    reading_files,
+    registry,
+    tombstones,
+    twins,
+)
 from fieldhub.core.twin_documents import patch_between
 from fieldhub.web import data, db, exports, history, problems, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
@@ -172,9 +179,16 @@ def _device_page(
     letters = (
         dead_letters.for_device(conn, key, limit=DEAD_LETTERS_SHOWN) if has_role("admin") else None
     )
+    # An id taken over from a deleted device: why the new device cannot log in yet.
+    login_waits = (
+        [row["waiting_for"] for row in tombstones.pending(conn, device_id)]
+        if has_role("admin")
+        else []
+    )
     html = render_template(
         "device.html",
         device=found,
+        login_waits=login_waits,
         latest=latest,
         # The chart's series: one per metric and unit.
         series=[(row["metric"], row["unit"]) for row in latest if _numeric(row["value"])],

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from fieldhub.cli import main
 from fieldhub.core import registry, tombstones, twins
 from fieldhub.core.command_requests import send_command
 from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
@@ -117,7 +118,7 @@ def test_recreated_id_in_another_org_gets_nothing_of_the_old_device(
 
 
 def test_messages_held_back_in_a_stopped_bridge_are_never_the_new_devices(
-    stack: TestStack,
+    stack: TestStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     device_id = unique_id("held")
     secret = stack.create_devices([device_id])[device_id]
@@ -162,6 +163,13 @@ def test_messages_held_back_in_a_stopped_bridge_are_never_the_new_devices(
         assert stopped.username in rows[0]["waiting_for"]
         assert "a stopped bridge blocks this" in rows[0]["waiting_for"]
         assert not stack.can_login(device_id, creds.password)
+        # What support reads: `fieldhub device show` says what the new device waits for.
+        monkeypatch.setenv("DATABASE_URL", stack.database_url)
+        capsys.readouterr()
+        assert main(["device", "show", device_id]) == 0
+        shown = capsys.readouterr().out
+        assert "can log in:         not yet" in shown
+        assert f"(not yet: {stopped.username})" in shown
 
         stopped.start().wait_ready()
         wait_for(
