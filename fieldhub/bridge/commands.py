@@ -56,6 +56,8 @@ SWEEP_BATCH = 500
 # Devices whose queued commands are published in parallel; each device's own commands still
 # go one at a time, in order. One PUBACK at a time overall measured about 180 commands/s.
 PUBLISH_WORKERS = 8
+# How often the marker of a deleted device is sent again while some bridge has not passed it.
+MARKER_RESEND_S = 30.0
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
 MAX_ERROR_CHARS = 2000
 
@@ -263,6 +265,7 @@ class CommandDispatcher:
         self.sweeps = 0  # completed sweeps, for tests and metrics
         self.last_error: str | None = None
         self._publish_failing = False
+        self._markers_sent_at = 0.0
         self.twins = TwinPublisher(
             self._publish_logged,
             broker=broker,
@@ -458,6 +461,14 @@ class CommandDispatcher:
             tombstones.mark_retained_cleared(conn, self.broker_name, row["device_key"])
             log.info("cleared the retained topics of deleted device %s", device_id)
             done += 1
+        now = time.monotonic()
+        if now - self._markers_sent_at >= MARKER_RESEND_S:
+            self._markers_sent_at = now
+            for device_key in tombstones.to_remark(conn, self.broker_name, self.batch_size):
+                try:
+                    self._publish_logged(tombstones.marker_topic(device_key), b"", False, None)
+                except Exception:
+                    return done, False
         return done, True
 
     def _publish_queued(

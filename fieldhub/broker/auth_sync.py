@@ -68,6 +68,9 @@ BASE_ACL = Path(__file__).with_name("acl.base")
 log = logging.getLogger(__name__)
 # After the SIGHUP that removed a deleted device's login, how long before it counts as cut off.
 CUT_OFF_SETTLE_S = 0.3
+# A deleted device's step on this broker that has not moved for this long is logged (each
+# round of auth-sync, at most every sweep) with what it waits for.
+STUCK_AFTER_S = 60.0
 
 
 def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
@@ -333,7 +336,12 @@ def _read_or_empty(path: Path) -> str:
 
 
 def advance_tombstones(
-    conn: psycopg.Connection[Any], auth_dir: Path, broker: str, rendered_without: Sequence[int]
+    conn: psycopg.Connection[Any],
+    auth_dir: Path,
+    broker: str,
+    rendered_without: Sequence[int],
+    *,
+    report_stuck: bool = False,
 ) -> bool:
     """auth-sync's steps of deleted devices on `broker` (fieldhub.core.tombstone_steps),
     called when the broker runs with the files of the last render: `rendered_without` are the
@@ -341,7 +349,8 @@ def advance_tombstones(
     tombstone's session is reaped. True if one was: the caller renders again, which lets a
     re-created device with that id in. A reap that fails (listener unreachable) is logged and
     retried on the next round; every step is idempotent, so a restart anywhere repeats at most
-    one of them."""
+    one of them. With `report_stuck` (the periodic sweep), steps that have not moved for
+    STUCK_AFTER_S are logged with what they wait for."""
     if rendered_without:
         with conn.transaction():
             count = tombstones.mark_cut_off(conn, broker, rendered_without)
@@ -349,6 +358,14 @@ def advance_tombstones(
             log.info("%d deleted device(s) cut off from %s", count, broker)
     with conn.transaction():
         tombstones.mark_drained(conn, broker)
+    for row in tombstones.stuck(conn, broker, STUCK_AFTER_S) if report_stuck else []:
+        log.warning(
+            "deleted device %s has waited %.0f s on %s for %s",
+            row["device_id"],
+            row["waiting_s"],
+            broker,
+            row["waiting_for"],
+        )
     reaped = False
     for device_key, device_id in tombstones.to_reap(conn, broker):
         try:
@@ -397,7 +414,7 @@ def run_forever(
                 conn.execute("LISTEN tombstones")
                 rendered_without = tombstones.to_cut_off(conn, broker)
                 last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
-                tombstone_work = True
+                tombstone_work = swept = True
                 while stop is None or not stop.is_set():
                     if pending.pending and reload_if_due(pending, pid_file, auth_dir):
                         # The broker disconnects a removed login about 80 ms after SIGHUP
@@ -406,13 +423,16 @@ def run_forever(
                         time.sleep(CUT_OFF_SETTLE_S)
                     if tombstone_work and not pending.pending:
                         tombstone_work = False
-                        if advance_tombstones(conn, auth_dir, broker, rendered_without):
+                        if advance_tombstones(
+                            conn, auth_dir, broker, rendered_without, report_stuck=swept
+                        ):
                             # A reaped session lets its id's new device in: render it now.
                             rendered_without = tombstones.to_cut_off(conn, broker)
                             last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
                             tombstone_work = True
                             continue
                         rendered_without = []
+                        swept = False
                     now = time.monotonic()
                     timeout = min(pending.wait_s(now, sweep_s), max(0.0, last_sync + sweep_s - now))
                     # Not select() on the socket: a notification that arrived while one of our
@@ -430,7 +450,7 @@ def run_forever(
                     elif time.monotonic() < last_sync + sweep_s:
                         continue  # woken for a reload retry only
                     else:
-                        rerender = tombstone_work = True
+                        rerender = tombstone_work = swept = True
                     if rerender:
                         rendered_without = tombstones.to_cut_off(conn, broker)
                         last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)

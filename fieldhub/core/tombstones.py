@@ -96,6 +96,19 @@ def mark_retained_cleared(conn: Conn, broker: str, device_key: int) -> None:
     conn.execute(QUERIES["mark_retained_cleared"], {"broker": broker, "device_key": device_key})
 
 
+def to_remark(conn: Conn, broker: str, limit: int) -> list[int]:
+    return [
+        int(r["device_key"])
+        for r in conn.execute(QUERIES["to_remark"], {"broker": broker, "limit": limit})
+    ]
+
+
+def stuck(conn: Conn, broker: str, older_than_s: float) -> list[dict[str, Any]]:
+    """Rows of `broker` unchanged for `older_than_s`, each with its `waiting_for` sentence."""
+    rows = conn.execute(QUERIES["stuck"], {"broker": broker, "older_than_s": older_than_s})
+    return [{**row, "waiting_for": waiting_for(broker, row)} for row in rows]
+
+
 def record_pass(conn: Conn, broker: str, session: str, device_key: int) -> None:
     conn.execute(
         QUERIES["record_pass"], {"broker": broker, "session": session, "device_key": device_key}

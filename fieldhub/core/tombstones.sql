@@ -71,6 +71,27 @@ LIMIT %(limit)s;
 UPDATE tombstone_brokers SET retained_cleared_at = now(), updated_at = now()
 WHERE broker = %(broker)s AND device_key = %(device_key)s AND retained_cleared_at IS NULL;
 
+-- name: to_remark
+-- Cleared, not drained: the marker is sent again (the dispatcher, at most every
+-- MARKER_RESEND_S). A bridge whose session was lost or started afresh, or a broker that lost
+-- its queue in a crash, would otherwise never see it. Sent later it is still behind every
+-- message of the old device, which was cut off before the first one.
+SELECT device_key FROM tombstone_brokers
+WHERE broker = %(broker)s AND retained_cleared_at IS NOT NULL AND drained_at IS NULL
+ORDER BY device_key
+LIMIT %(limit)s;
+
+-- name: stuck
+-- Rows of this broker that have not moved for a while: logged by auth-sync with what they
+-- wait for.
+SELECT t.device_id, b.device_key, b.cut_off_at, b.retained_cleared_at, b.drained_at,
+       b.session_cleared_at, extract(epoch FROM now() - b.updated_at) AS waiting_s
+FROM tombstone_brokers b JOIN device_tombstones t ON t.device_key = b.device_key
+WHERE b.broker = %(broker)s AND b.session_cleared_at IS NULL
+  AND b.updated_at < now() - make_interval(secs => %(older_than_s)s)
+ORDER BY b.updated_at
+LIMIT 20;
+
 -- name: record_pass
 -- In the bridge's batch transaction that commits the marker; a redelivered marker is a no-op.
 -- A marker of a tombstone this broker no longer tracks (purged, another deployment) is ignored.

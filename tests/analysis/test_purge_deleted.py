@@ -146,3 +146,29 @@ def test_the_worker_purges_a_deleted_key_in_batches_and_records_it(
     assert row["purged_rows"] == 3000 + 500 + 50
     runs = [r for r in recent_runs(db, job="purge_deleted") if r["outcome"] == "ok"]
     assert len(runs) == 2
+
+
+def test_every_configured_broker_works_off_the_tombstone(
+    db: Conn, make_devices: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The device was homed on one broker but may have connected to any (a failover).
+    monkeypatch.setenv(
+        "FIELDHUB_BROKERS", "broker-1=mqtt://127.0.0.1:1,broker-2=mqtt://127.0.0.1:2"
+    )
+    make_devices("multi-1")
+    key = key_of(db, "multi-1")
+    registry.delete_device(db, "multi-1")
+    rows = db.execute(
+        "SELECT broker FROM tombstone_brokers WHERE device_key = %s ORDER BY broker", (key,)
+    ).fetchall()
+    assert [r["broker"] for r in rows] == ["broker-1", "broker-2"]
+    # One broker done does not let the id in on the other.
+    db.execute(
+        "UPDATE tombstone_brokers SET cut_off_at = now(), retained_cleared_at = now(),"
+        " drained_at = now(), session_cleared_at = now()"
+        " WHERE device_key = %s AND broker = 'broker-1'",
+        (key,),
+    )
+    waiting = tombstones.pending(db, "multi-1")
+    assert [w["broker"] for w in waiting] == ["broker-2"]
+    assert "auth-sync of broker-2" in waiting[0]["waiting_for"]
