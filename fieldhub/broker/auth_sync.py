@@ -306,8 +306,9 @@ def sync_once(
     broker: str = "broker-1",
     operator_dir: Path | None = None,
 ) -> bool:
-    """Render the four auth files from the registry; True if anything changed (the broker
-    needs SIGHUP). `operator_dir` holds the operators' *.acl files (none without it).
+    """Render the auth files (four from the registry, two of the session reaper); True if
+    anything changed (the broker needs SIGHUP). `operator_dir` holds the operators' *.acl
+    files (none without it).
 
     A render the broker would refuse is not written at all (InvalidAuthFiles): the broker
     keeps the files it has.

@@ -14,7 +14,7 @@ import pytest
 
 from fieldhub.cli import main
 from fieldhub.core import registry, tombstones, twins
-from fieldhub.core.command_requests import send_command
+from fieldhub.core.command_requests import list_commands, send_command
 from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
 
 pytestmark = pytest.mark.integration
@@ -113,8 +113,14 @@ def test_recreated_id_in_another_org_gets_nothing_of_the_old_device(
         assert str(second["id"]) not in str(got)
     finally:
         new.close()
-    # Nothing stored under the new key; the old key's reading is gone once purged.
+    # Nothing of the old device under the new one: readings, dead letters, commands.
     assert _readings(stack, new_key) == 0
+    letters = stack.query(
+        "SELECT count(*) AS n FROM dead_letters WHERE device_key = %s", (new_key,)
+    )
+    assert letters[0]["n"] == 0
+    listed = list_commands(conn, device_id=device_id)
+    assert [c["id"] for c in listed] == [own["id"]]
 
 
 def test_messages_held_back_in_a_stopped_bridge_are_never_the_new_devices(
