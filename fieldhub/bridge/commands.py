@@ -56,6 +56,10 @@ SWEEP_BATCH = 500
 # Devices whose queued commands are published in parallel; each device's own commands still
 # go one at a time, in order. One PUBACK at a time overall measured about 180 commands/s.
 PUBLISH_WORKERS = 8
+# After a reconnect (the broker may have restarted from an older snapshot), the retained
+# topics of devices deleted this recently are cleared again. The loss window is the broker's
+# autosave interval; two days also covers a broker restored from a day-old backup.
+RECLEAR_S = 2 * 86400
 # How often the marker of a deleted device is sent again while some bridge has not passed it.
 MARKER_RESEND_S = 30.0
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
@@ -266,6 +270,7 @@ class CommandDispatcher:
         self.last_error: str | None = None
         self._publish_failing = False
         self._markers_sent_at = 0.0
+        self._reclear = False
         self.twins = TwinPublisher(
             self._publish_logged,
             broker=broker,
@@ -344,6 +349,9 @@ class CommandDispatcher:
                 # sweep so that new commands do not wait behind them.
                 to_republish = self._sent_ids(conn)
                 self.twins.forget(conn)
+                # Likewise the clears of deleted devices' retained topics: a broker restored
+                # from an older snapshot would hand the old owner's commands to the new one.
+                self._reclear = True
                 next_sweep = 0.0
             now = time.monotonic()
             if self.is_leader and now >= next_sweep:
@@ -447,13 +455,17 @@ class CommandDispatcher:
         bridge session receives behind the old device's last message; then record it. A
         failed publish leaves the tombstone for the next sweep (all of it is idempotent)."""
         done = 0
+        if self._reclear:
+            # Runs before the twins are published again (same sweep), so a re-created
+            # device's twin document is published after its id's topics are cleared.
+            for row in tombstones.recently_cleared(conn, self.broker_name, RECLEAR_S):
+                if not self._clear_retained(row["device_id"], row["command_ids"]):
+                    return done, False
+            self._reclear = False
         for row in tombstones.to_clear(conn, self.broker_name, self.batch_size):
             device_id: str = row["device_id"]
-            topics = [command_topic(device_id, str(c)) for c in row["command_ids"]]
-            topics += [desired_topic(device_id), delta_topic(device_id)]
-            for topic in topics:
-                if not self._try_publish(topic, b"", None):
-                    return done, False
+            if not self._clear_retained(device_id, row["command_ids"]):
+                return done, False
             try:
                 self._publish_logged(tombstones.marker_topic(row["device_key"]), b"", False, None)
             except Exception:
@@ -470,6 +482,12 @@ class CommandDispatcher:
                 except Exception:
                     return done, False
         return done, True
+
+    def _clear_retained(self, device_id: str, command_ids: Sequence[uuid.UUID]) -> bool:
+        """Empty retained messages on a deleted device's command and twin topics."""
+        topics = [command_topic(device_id, str(c)) for c in command_ids]
+        topics += [desired_topic(device_id), delta_topic(device_id)]
+        return all(self._try_publish(topic, b"", None) for topic in topics)
 
     def _publish_queued(
         self,

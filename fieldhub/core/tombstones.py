@@ -92,6 +92,11 @@ def to_clear(conn: Conn, broker: str, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(QUERIES["to_clear"], {"broker": broker, "limit": limit})]
 
 
+def recently_cleared(conn: Conn, broker: str, window_s: float) -> list[dict[str, Any]]:
+    rows = conn.execute(QUERIES["recently_cleared"], {"broker": broker, "window_s": window_s})
+    return [dict(r) for r in rows]
+
+
 def mark_retained_cleared(conn: Conn, broker: str, device_key: int) -> None:
     conn.execute(QUERIES["mark_retained_cleared"], {"broker": broker, "device_key": device_key})
 

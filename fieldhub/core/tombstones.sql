@@ -67,6 +67,14 @@ WHERE b.broker = %(broker)s AND b.cut_off_at IS NOT NULL AND b.retained_cleared_
 ORDER BY t.deleted_at
 LIMIT %(limit)s;
 
+-- name: recently_cleared
+-- Cleared on this broker within the window: cleared again after a reconnect to the broker.
+SELECT b.device_key, b.device_id, t.command_ids
+FROM tombstone_brokers b JOIN device_tombstones t ON t.device_key = b.device_key
+WHERE b.broker = %(broker)s
+  AND b.retained_cleared_at > now() - make_interval(secs => %(window_s)s)
+ORDER BY b.retained_cleared_at;
+
 -- name: mark_retained_cleared
 UPDATE tombstone_brokers SET retained_cleared_at = now(), updated_at = now()
 WHERE broker = %(broker)s AND device_key = %(device_key)s AND retained_cleared_at IS NULL;

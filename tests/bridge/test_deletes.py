@@ -190,3 +190,54 @@ def test_messages_held_back_in_a_stopped_bridge_are_never_the_new_devices(
         )
         assert letters == [{"device_key": None, "reason": "deleted_device"}] * held
         assert _readings(stack, new_key) == 0
+
+
+def _retained_under(stack: TestStack, account: str, device_id: str) -> list[str]:
+    """The retained command topics of `device_id` the broker holds now: a sentinel retained
+    message is published first and comes in the same burst as every other retained match."""
+    checker = DeviceClient(stack.broker.mqtt_services, account, stack.bridge_password)
+    checker.connect()
+    try:
+        sentinel = f"devices/{device_id}/commands/zz-sentinel"
+        checker.publish(sentinel, b"s", retain=True)
+        checker.subscribe(f"devices/{device_id}/commands/+")
+        wait_for(lambda: any(m.topic == sentinel for m in checker.received), what="sentinel")
+        checker.publish(sentinel, b"", retain=True)
+        return sorted(m.topic for m in checker.received if m.topic != sentinel)
+    finally:
+        checker.close()
+
+
+def test_a_broker_that_lost_a_clear_is_cleared_again_when_the_bridge_reconnects(
+    stack: TestStack, bridge: BridgeProcess
+) -> None:
+    device_id = unique_id("stale")
+    stack.create_devices([device_id])
+    bridge.start().wait_ready()
+    command = send_command(stack.conn, device_id=device_id, name="old", params={}, ttl_s=3600)
+    old_topic = f"devices/{device_id}/commands/{command['id']}"
+    account = stack.service_account(
+        "svc.test-stale", ["readwrite devices/+/commands/+", "readwrite devices/+/twin/desired"]
+    )
+    wait_for(lambda: _retained_under(stack, account, device_id) == [old_topic], what="sent")
+    registry.delete_device(stack.conn, device_id)
+
+    def cleared() -> bool:
+        stack.sync()
+        return _retained_under(stack, account, device_id) == []
+
+    wait_for(cleared, timeout=30, what="the old command's retained message cleared")
+    # The broker comes back from a snapshot older than the clear: the old command is back.
+    publisher = DeviceClient(stack.broker.mqtt_services, account, stack.bridge_password)
+    publisher.connect()
+    publisher.publish(old_topic, b'{"stale": true}', retain=True)
+    publisher.close()
+    assert _retained_under(stack, account, device_id) == [old_topic]
+    # The bridge reconnects (as after a broker restart): the dispatcher clears it again.
+    assert bridge.stop() == 0
+    bridge.start().wait_ready()
+    wait_for(
+        lambda: _retained_under(stack, account, device_id) == [],
+        timeout=30,
+        what="the stale retained command cleared again",
+    )
