@@ -5,7 +5,11 @@ mosquitto.conf.template beside this module): `passwords` + `acl` for the device 
 TLS) hold the devices only, `services.passwords` + `services.acl` for the loopback services
 listener hold the svc.* accounts only, one account per process (svc.bridge-1, ...), since that
 listener names each session after its account (use_username_as_clientid): a device's secret
-must not open it, and no process may share another's session.
+must not open it, and no process may share another's session. A third pair,
+`reaper.passwords` + `reaper.acl`, admits only the session reaper on its unix socket
+(fieldhub.broker.reaper), which destroys deleted devices' broker sessions: after each reload,
+auth-sync also does its steps of deleted devices' tombstones (advance_tombstones), and renders
+a device that took a deleted device's id only once that id is worked off on this broker.
 
 Why files and SIGHUP rather than the Dynamic Security plugin (docs/security.md has the
 measurements): the registry already lives in PostgreSQL, a full render of 100,000 devices is a
