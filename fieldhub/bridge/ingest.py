@@ -410,9 +410,13 @@ class IngestWriter:
             # Refused at receipt before the directory knew the device (created a moment ago,
             # or the bridge just started): attributed now, as its telemetry would be, so that
             # its owners see the letter (they are found by device key).
+            # Never a letter refused as a deleted device's: the id's device now may be a new
+            # one, which must not see what the old one sent.
             dead = [
                 letter._replace(device_key=devices[letter.device_id].key)
-                if letter.device_key is None and letter.device_id in devices
+                if letter.device_key is None
+                and letter.device_id in devices
+                and letter.reason != "deleted_device"
                 else letter
                 for letter in dead
             ]
