@@ -14,6 +14,9 @@ QUERIES = Queries(Path(__file__).with_name("housekeeping.sql"))
 # Operational logs, plain tables: kept long enough to debug last week.
 JOB_RUNS_KEEP_DAYS = 7
 WEBHOOK_DELIVERIES_KEEP_DAYS = 30
+# HTTP ingest's Idempotency-Keys: a device retries within minutes; a day covers an outage of
+# its uplink or of this service without keeping every request's key forever.
+INGEST_KEYS_KEEP_HOURS = 24
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,9 @@ def apply_retention(conn: Conn, horizons: dict[str, int]) -> dict[str, Any]:
         ).rowcount
         dropped["webhook_deliveries"] = conn.execute(
             QUERIES["prune_webhook_deliveries"], {"days": WEBHOOK_DELIVERIES_KEEP_DAYS}
+        ).rowcount
+        dropped["ingest_idempotency"] = conn.execute(
+            QUERIES["prune_ingest_keys"], {"hours": INGEST_KEYS_KEEP_HOURS}
         ).rowcount
     return {"horizons_days": horizons, "dropped": dropped}
 

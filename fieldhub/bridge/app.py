@@ -51,7 +51,7 @@ from fieldhub.bridge.ingest import (
     WriteResult,
 )
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
-from fieldhub.bridge.receive import BridgeClient, ReceiveClock
+from fieldhub.bridge.receive import BridgeClient
 from fieldhub.core.decode import (
     DecodeError,
     decode_senml,
@@ -62,6 +62,7 @@ from fieldhub.core.decode import (
 from fieldhub.core.endpoints import MqttEndpoint
 from fieldhub.core.health import NotReady, ReadinessProbe
 from fieldhub.core.health_checks import ProbeConnection
+from fieldhub.core.receive_clock import ReceiveClock
 from fieldhub.core.twin_documents import INVALID as TWIN_INVALID
 from fieldhub.core.twin_documents import TwinDocumentError, parse_report
 

@@ -61,8 +61,6 @@ _STAGED_AFTER_CONFLICT_S = 5.0
 # A batch is redone after a unique violation (staged) or a foreign-key violation (directory
 # reloaded); more attempts than this means something else is wrong.
 _WRITE_ATTEMPTS = 4
-# Conflicting readings named in one dead letter's detail (the count is always given).
-_CONFLICTS_IN_DETAIL = 3
 
 
 class Telemetry(NamedTuple):
@@ -403,7 +401,7 @@ class IngestWriter:
                     by_message.setdefault(conflict.ordinal, []).append(conflict)
                 for ordinal, found in by_message.items():
                     key, message = telemetry[ordinal]
-                    dead.append(_dead(message, "conflict", _conflict_detail(found), key))
+                    dead.append(_dead(message, "conflict", readings.conflict_detail(found), key))
             latest = readings.newest(messages, skip=written.conflicts)
             for key, message in telemetry:
                 seen[key] = message.received_at
@@ -421,10 +419,12 @@ class IngestWriter:
                     seen.pop(key, None)
             if seen:
                 keys = sorted(seen)
-                conn.execute(QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]})
+                conn.execute(
+                    readings.QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]}
+                )
             if telemetry:
                 conn.execute(
-                    QUERIES["notify_telemetry"],
+                    readings.QUERIES["notify_telemetry"],
                     {"payloads": notify_payloads({key for key, _m in telemetry})},
                 )
 
@@ -506,16 +506,6 @@ class IngestWriter:
                     "sources": flip_sources,
                 },
             ).fetchall()
-
-
-def _conflict_detail(found: list[readings.Conflict]) -> str:
-    named = "; ".join(c.describe() for c in found[:_CONFLICTS_IN_DETAIL])
-    more = len(found) - _CONFLICTS_IN_DETAIL
-    suffix = f"; and {more} more" if more > 0 else ""
-    return (
-        f"{len(found)} reading(s) already stored with other content (the stored ones are "
-        f"kept, the message's other readings were stored): {named}{suffix}"
-    )
 
 
 def _dead(

@@ -108,6 +108,8 @@ class Settings:
     web_workers: int = 2
     # Streaming exports one user may run at once, across every web process (fieldhub.web.exports).
     exports_per_user: int = 2
+    # HTTP ingest: requests per second one device may make (docs/devices.md, "HTTP ingest").
+    ingest_rate_per_s: int = 10
     # What this host runs (FIELDHUB_ROLES), for `fieldhub status` and the production check.
     roles: tuple[Role, ...] = ()
 
@@ -166,6 +168,7 @@ class Settings:
             web_metrics_dir=Path(web_metrics_dir) if web_metrics_dir else None,
             web_workers=_count(env, "FIELDHUB_WEB_WORKERS", 2),
             exports_per_user=_count(env, "FIELDHUB_EXPORTS_PER_USER", 2),
+            ingest_rate_per_s=_count(env, "FIELDHUB_INGEST_RATE_PER_S", 10),
             roles=parse_roles(env.get("FIELDHUB_ROLES", "")),
         )
         settings.check()
@@ -534,6 +537,11 @@ VARIABLES: tuple[Variable, ...] = (
         "FIELDHUB_EXPORTS_PER_USER",
         "streaming exports one user may run at once, on all web hosts together (max 16)",
         "2",
+    ),
+    Variable(
+        "FIELDHUB_INGEST_RATE_PER_S",
+        "HTTP ingest requests per second one device may make (429 beyond)",
+        "10",
     ),
     Variable(
         "FIELDHUB_METRICS_HOST",

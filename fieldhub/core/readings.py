@@ -100,6 +100,21 @@ class Written:
         return self.rows - self.inserted - len(self.conflicts)
 
 
+# Conflicting readings named in one dead letter's detail (the count is always given).
+_CONFLICTS_IN_DETAIL = 3
+
+
+def conflict_detail(found: Sequence[Conflict]) -> str:
+    """The dead letter's detail for a message some of whose readings conflict."""
+    named = "; ".join(c.describe() for c in found[:_CONFLICTS_IN_DETAIL])
+    more = len(found) - _CONFLICTS_IN_DETAIL
+    suffix = f"; and {more} more" if more > 0 else ""
+    return (
+        f"{len(found)} reading(s) already stored with other content (the stored ones are "
+        f"kept, the message's other readings were stored): {named}{suffix}"
+    )
+
+
 def encode_copy(messages: Iterable[Message], *, ordinals: bool = False) -> tuple[bytes, int]:
     """Binary COPY data of the readings of `messages`; returns (data, row count).
 
@@ -287,6 +302,7 @@ __all__ = [
     "Conflict",
     "Message",
     "Written",
+    "conflict_detail",
     "create_staging",
     "encode_copy",
     "json_value",

@@ -373,7 +373,9 @@ def throttle_keys(email: str, ip: str | None) -> list[str]:
 
 
 def throttle_limit(key: str, policy: ThrottlePolicy) -> int:
-    return policy.per_email if key.startswith("email:") else policy.per_ip
+    """Keys of one address ("ip:", and HTTP ingest's "device-ip:") get the address limit; keys
+    of one account ("email:", HTTP ingest's "device:<id>@<address>") the account limit."""
+    return policy.per_ip if key.startswith(("ip:", "device-ip:")) else policy.per_email
 
 
 def blocked_for(failures: Sequence[Mapping[str, Any]], policy: ThrottlePolicy) -> float | None:

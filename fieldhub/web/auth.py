@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "fh_session"
 LOGIN_CSRF_COOKIE = "fh_login_csrf"
+# Authenticated by what each request carries (an API token, a device's credentials), never by
+# a cookie: no session is loaded and no CSRF token asked for.
+NO_COOKIE_BLUEPRINTS = frozenset({"api", "ingest"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ROLE_RANK = {"viewer": 0, "member": 1, "admin": 2, "operator": 3}
 
@@ -101,7 +104,7 @@ def role_required(minimum: str) -> Callable[[F], F]:
 
 def _load_user() -> None:
     g.user = None
-    if request.blueprint == "api" or (request.endpoint or "").startswith("static"):
+    if request.blueprint in NO_COOKIE_BLUEPRINTS or (request.endpoint or "").startswith("static"):
         return
     token = request.cookies.get(SESSION_COOKIE)
     if token:
@@ -129,7 +132,7 @@ def csrf_token() -> str:
 
 
 def _check_csrf() -> None:
-    if request.method not in UNSAFE_METHODS or request.blueprint == "api":
+    if request.method not in UNSAFE_METHODS or request.blueprint in NO_COOKIE_BLUEPRINTS:
         return
     if request.routing_exception is not None:
         # No such route or method: answer that (404/405), not "form expired".

@@ -73,9 +73,10 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
     url = _fresh_database(pg_cluster, "migrate_0006")
     before = tmp_path / "before"
     before.mkdir()
-    # Every other migration first, as on a database that has them all but this one.
+    # Every other migration first, as on a database that has them all but this one (up to
+    # 0015, whose tables refer to device keys and so only ever come after 0006).
     for migration in discover():
-        if migration.version != 6:
+        if migration.version != 6 and migration.version < 15:
             (before / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
     apply_migrations(url, schema_dir=before)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -125,7 +126,7 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
                 (now(), 'ghost', 't', 'unknown_device', '');
             """
         )
-    assert [m.version for m in apply_migrations(url)] == [6]
+    assert [m.version for m in apply_migrations(url)][:1] == [6]
     with psycopg.connect(url, row_factory=dict_row) as conn:
         keys = {r["device_id"]: r["device_key"] for r in conn.execute("SELECT * FROM devices")}
         assert sorted(keys) == ["keep", "reborn"]

@@ -1,0 +1,77 @@
+"""HTTP ingest's pure rules: who a request says it is, which Idempotency-Keys are acceptable,
+and how long a device over its budget waits. fieldhub.web.ingest applies them.
+
+Decisions (docs/devices.md, "HTTP ingest"):
+- HTTP Basic carries the device id and its secret, as MQTT's username and password do. A
+  header that is not Basic, not base64 or not UTF-8 is simply no credentials (401), never a
+  500.
+- A client certificate is believed only as nginx reports it (`X-SSL-Client-Verify: SUCCESS`
+  and the subject in `X-SSL-Client-DN`), and only when the request's direct peer is a trusted
+  proxy: anyone else could send those headers. The device id is the subject's CN.
+- An Idempotency-Key is 1-255 printable ASCII characters (what the IETF draft's clients send:
+  UUIDs, ULIDs, counters); anything else is refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+
+from fieldhub.core.decode import valid_device_id
+
+IDEMPOTENCY_KEY_RE = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
+# nginx's $ssl_client_s_dn is RFC 2253 (most specific first, `,` between RDNs, `\` escapes).
+_RDN_SPLIT = re.compile(r"(?<!\\),")
+
+CERT_VERIFY_HEADER = "X-SSL-Client-Verify"
+CERT_DN_HEADER = "X-SSL-Client-DN"
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic ...` header, or None."""
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded.strip():
+        return None
+    try:
+        text = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = text.partition(":")
+    if not colon:
+        return None
+    return user, password
+
+
+def certificate_device(verify: str | None, subject_dn: str | None) -> str | None:
+    """The device id of a client certificate nginx verified, or None.
+
+    Only `SUCCESS` counts (nginx also reports `NONE` and `FAILED:<reason>`); the CN must be a
+    valid device id, and a subject with several CNs names nobody (which one would it be?).
+    """
+    if verify != "SUCCESS" or not subject_dn:
+        return None
+    names = [
+        rdn.strip()[3:] for rdn in _RDN_SPLIT.split(subject_dn) if rdn.strip()[:3].upper() == "CN="
+    ]
+    if len(names) != 1 or not valid_device_id(names[0]):
+        return None
+    return names[0]
+
+
+def valid_idempotency_key(key: str) -> bool:
+    return IDEMPOTENCY_KEY_RE.match(key) is not None
+
+
+def body_digest(kind: str, body: bytes) -> bytes:
+    """What a retry must repeat: the same body to the same endpoint."""
+    return hashlib.sha256(kind.encode() + b"\0" + body).digest()
+
+
+def retry_after_s(seconds_left: float) -> int:
+    """Retry-After is whole seconds; never 0 (a client would come straight back)."""
+    return max(1, math.ceil(seconds_left))
