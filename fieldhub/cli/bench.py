@@ -26,6 +26,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     ),
     "commands": ("fieldhub.bench.commands", "command round trip with an online device (p50/p95)"),
     "web": ("fieldhub.bench.web", "device list, 30-day history and live latency"),
+    "http-ingest": (
+        "fieldhub.bench.http_ingest",
+        "HTTP ingest through gunicorn: requests/s and readings/s",
+    ),
     "import": ("fieldhub.bench.analysis", "import 1,000,000 readings from one CSV file"),
     "rollups": ("fieldhub.bench.analysis", "rollup job over one day of 1,000 devices"),
     "provision": ("fieldhub.bench.registry", "bulk-provision devices until they can log in"),

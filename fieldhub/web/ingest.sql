@@ -1,12 +1,23 @@
 -- Named queries of HTTP ingest (fieldhub/web/ingest.py). Readings, latest_values, presence
 -- and the telemetry notification go through fieldhub/core/readings.sql, as the bridge's do.
 
--- name: ingest_device
--- The device a request names, with what authenticates it; by primary key, no lock (a device
--- disabled or deleted a moment later is refused by the next request, as MQTT's next login).
-SELECT device_id, device_key, org_id, enabled, password_hash
-FROM devices
-WHERE device_id = %(device_id)s;
+-- name: ingest_login
+-- The device a request names, with what authenticates it, and the failed logins that may
+-- throttle it (recent_login_failures of fieldhub/core/users.sql, for these keys): one round
+-- trip. One row even for an unknown id (device columns NULL), so its failures are seen too.
+-- By primary key, no lock: a device disabled or deleted a moment later is refused by its next
+-- request, as by its next MQTT login.
+SELECT d.device_id, d.device_key, d.org_id, d.enabled, d.password_hash,
+       (SELECT coalesce(jsonb_agg(f), '[]'::jsonb)
+        FROM (SELECT key, count(*) AS failures,
+                     extract(epoch FROM min(failed_at) + make_interval(secs => %(window_s)s)
+                                        - now()) AS retry_after_s
+              FROM login_failures
+              WHERE key = ANY(%(keys)s::text[])
+                AND failed_at > now() - make_interval(secs => %(window_s)s)
+              GROUP BY key) AS f) AS failures
+FROM (SELECT 1) AS one
+LEFT JOIN devices d ON d.device_id = %(device_id)s;
 
 -- name: count_request
 -- One request into the device's one-second window; autocommitted on its own, so the row lock
