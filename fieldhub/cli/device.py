@@ -17,9 +17,11 @@ from typing import Any
 from tqdm import tqdm
 
 from fieldhub.cli import CommandError, connect_registry, jsonable
-from fieldhub.core import endpoints, registry
+from fieldhub.core import certificates, endpoints, registry
 from fieldhub.core.brokers import home_broker
+from fieldhub.core.cert_rules import CertificateRequestError
 from fieldhub.core.config import ConfigError, Settings
+from fieldhub.core.device_ca import IssuedCertificate, ensure_device_ca, issue, sign_csr
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 CREDENTIAL_COLUMNS = (
@@ -47,6 +49,7 @@ def register(subparsers: Any) -> None:
     create.add_argument(
         "--broker", help="home it on this broker (default: chosen by its id, docs/scaling.md)"
     )
+    _certificate_arguments(create)
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.set_defaults(handler=cmd_device_create)
 
@@ -81,8 +84,11 @@ def register(subparsers: Any) -> None:
     detach.add_argument("device_id", metavar="CHILD")
     detach.set_defaults(handler=cmd_device_detach)
 
-    rotate = dev_sub.add_parser("rotate", help="issue a new secret; prints it once")
+    rotate = dev_sub.add_parser(
+        "rotate", help="issue a new secret (or certificate); prints it once"
+    )
     rotate.add_argument("device_id", metavar="ID")
+    _certificate_arguments(rotate)
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(handler=cmd_device_rotate)
 
@@ -101,6 +107,68 @@ def register(subparsers: Any) -> None:
         "--broker", help="home them all on this broker (default: each chosen by its id)"
     )
     imp.set_defaults(handler=cmd_device_import)
+
+
+def _certificate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cert",
+        action="store_true",
+        help="a client certificate from fieldhub's device CA instead of a secret (key shown once)",
+    )
+    parser.add_argument(
+        "--csr",
+        type=Path,
+        metavar="FILE",
+        help="sign the device's own certificate request (PEM; its CN must be the id); implies "
+        "--cert",
+    )
+
+
+def _certificate(settings: Settings, args: argparse.Namespace) -> IssuedCertificate | None:
+    """The certificate the command issues (None: a secret, as before), signed before anything
+    is written, so a refused request changes nothing."""
+    if not (args.cert or args.csr):
+        return None
+    registry.check_device_id(args.device_id)
+    ensure_device_ca(settings.tls_dir)
+    try:
+        if args.csr:
+            try:
+                csr = args.csr.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(f"cannot read {args.csr}: {exc}") from None
+            return sign_csr(settings.tls_dir, args.device_id, csr)
+        return issue(settings.tls_dir, args.device_id)
+    except CertificateRequestError as exc:
+        raise CommandError(f"{args.csr}: {exc}") from None
+
+
+def _print_certificate(
+    device: dict[str, Any], issued: IssuedCertificate, *, as_json: bool, verb: str
+) -> None:
+    data = {
+        "device_id": device["device_id"],
+        "org": device["org"],
+        "broker": device["broker"],
+        "certificate": issued.certificate,
+        "private_key": issued.private_key,
+        "ca": issued.ca,
+        "serial": issued.serial,
+        "fingerprint_sha256": issued.fingerprint,
+        "not_after": issued.not_after.isoformat(),
+        "key": issued.key,
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(f"{verb} device {device['device_id']} (organisation {device['org']})")
+    print(f"  certificate serial {issued.serial}, {issued.key}, valid until {data['not_after']}")
+    print(issued.certificate, end="")
+    if issued.private_key:
+        print(issued.private_key, end="")
+        print("The private key is shown only this once; fieldhub does not keep it.")
+    print("CA (trust it for nothing else):")
+    print(issued.ca, end="")
 
 
 def _credentials(
@@ -128,7 +196,8 @@ def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
     labels = registry.parse_labels(args.label)
     if args.broker:
         endpoints.check_broker(settings, args.broker)
-    with connect_registry(settings) as conn:
+    issued = _certificate(settings, args)
+    with connect_registry(settings) as conn, conn.transaction():
         creds = registry.create_device(
             conn,
             args.device_id,
@@ -137,6 +206,14 @@ def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
             labels=labels,
             broker=args.broker,
         )
+        if issued is not None:
+            # The device's secret stays unknown to everyone: it logs in with its certificate.
+            certificates.record(conn, args.device_id, issued)
+    if issued is not None:
+        with connect_registry(settings) as conn:
+            device = registry.get_device(conn, args.device_id)
+        _print_certificate(device, issued, as_json=args.json, verb="created")
+        return 0
     _print_secret(settings, creds, args.org, as_json=args.json, verb="created")
     return 0
 
@@ -225,6 +302,16 @@ def cmd_device_detach(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_device_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    issued = _certificate(settings, args)
+    if issued is not None:
+        with connect_registry(settings) as conn:
+            try:
+                certificates.record(conn, args.device_id, issued)
+            except certificates.UnknownDevice as exc:
+                raise CommandError(str(exc)) from None
+            device = registry.get_device(conn, args.device_id)
+        _print_certificate(device, issued, as_json=args.json, verb="new certificate for")
+        return 0
     with connect_registry(settings) as conn:
         creds = registry.rotate_secret(conn, args.device_id)
         org = registry.get_device(conn, args.device_id)["org"]

@@ -20,11 +20,10 @@ import hashlib
 import math
 import re
 
+from fieldhub.core.cert_rules import subject_cns
 from fieldhub.core.decode import valid_device_id
 
 IDEMPOTENCY_KEY_RE = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
-# nginx's $ssl_client_s_dn is RFC 2253 (most specific first, `,` between RDNs, `\` escapes).
-_RDN_SPLIT = re.compile(r"(?<!\\),")
 
 CERT_VERIFY_HEADER = "X-SSL-Client-Verify"
 CERT_DN_HEADER = "X-SSL-Client-DN"
@@ -55,9 +54,7 @@ def certificate_device(verify: str | None, subject_dn: str | None) -> str | None
     """
     if verify != "SUCCESS" or not subject_dn:
         return None
-    names = [
-        rdn.strip()[3:] for rdn in _RDN_SPLIT.split(subject_dn) if rdn.strip()[:3].upper() == "CN="
-    ]
+    names = subject_cns(subject_dn)
     if len(names) != 1 or not valid_device_id(names[0]):
         return None
     return names[0]

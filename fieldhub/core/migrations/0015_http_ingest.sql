@@ -30,3 +30,37 @@ CREATE UNLOGGED TABLE ingest_rate (
     window_start timestamptz NOT NULL,
     requests     integer NOT NULL
 );
+
+-- Certificate devices (docs/devices.md, "Certificate devices"): every certificate fieldhub's
+-- device CA issued, so that a revocation list can be made from the registry alone. Not a
+-- foreign key to the device: a deleted device's certificates must stay listed (revoked)
+-- until they expire, or the CRL would forget them while they are still valid.
+CREATE TABLE device_certificates (
+    serial        text PRIMARY KEY CHECK (serial ~ '^[0-9a-f]{1,40}$'),
+    device_key    bigint NOT NULL,
+    device_id     text NOT NULL,
+    fingerprint   text NOT NULL UNIQUE CHECK (fingerprint ~ '^[0-9a-f]{64}$'),
+    not_after     timestamptz NOT NULL,
+    key_type      text NOT NULL,
+    state         text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'revoked')),
+    issued_at     timestamptz NOT NULL DEFAULT now(),
+    revoked_at    timestamptz,
+    -- RFC 5280 reason: superseded (rotated), cessationOfOperation (device deleted).
+    revoke_reason text CHECK (revoke_reason IN ('superseded', 'cessationOfOperation')),
+    CHECK ((state = 'revoked') = (revoked_at IS NOT NULL AND revoke_reason IS NOT NULL))
+);
+CREATE INDEX device_certificates_by_device ON device_certificates (device_key, state);
+CREATE INDEX device_certificates_revoked ON device_certificates (not_after)
+    WHERE state = 'revoked';
+
+-- Every way a device is deleted (CLI, admin page, API, cascades) revokes its certificates.
+CREATE FUNCTION revoke_deleted_device_certificates() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE device_certificates
+    SET state = 'revoked', revoked_at = now(), revoke_reason = 'cessationOfOperation'
+    WHERE device_key = OLD.device_key AND state = 'active';
+    RETURN OLD;
+END $$;
+CREATE TRIGGER devices_revoke_certificates AFTER DELETE ON devices
+    FOR EACH ROW EXECUTE FUNCTION revoke_deleted_device_certificates();
