@@ -45,10 +45,12 @@ from fieldhub.web.errors import PROBLEM_JSON, problem_response
 from fieldhub.web.forwarded import is_trusted, parse_address
 from fieldhub.web.ingest_rules import (
     CERT_DN_HEADER,
+    CERT_SERIAL_HEADER,
     CERT_VERIFY_HEADER,
     basic_credentials,
     body_digest,
     certificate_device,
+    certificate_serial,
     retry_after_s,
     valid_idempotency_key,
 )
@@ -153,12 +155,20 @@ class _Request(NamedTuple):
 
 def _authenticate(conn: Conn) -> dict[str, Any] | Response:
     """The enabled device the request comes from, or the refusal to send."""
-    cert_id = _certificate_identity()
-    if cert_id is not None:
-        params = {"device_id": cert_id, "keys": [], "window_s": THROTTLE.window_s}
+    certificate = _certificate_identity()
+    if certificate is not None:
+        cert_id, serial = certificate
+        params = {
+            "device_id": cert_id,
+            "keys": [],
+            "window_s": THROTTLE.window_s,
+            "serial": serial,
+        }
         device = conn.execute(QUERIES["ingest_login"], params).fetchone()
         if device is None or device["device_key"] is None:
             return _unauthorized("The certificate's device is not registered.")
+        if not device["certificate_active"]:
+            return _unauthorized("This certificate was replaced or revoked.")
     else:
         credentials = basic_credentials(request.headers.get("Authorization"))
         if credentials is None:
@@ -169,7 +179,12 @@ def _authenticate(conn: Conn) -> dict[str, Any] | Response:
         device_id, secret = credentials
         address = client_address() or "unknown"
         keys = [f"device:{device_id[:64]}@{address}", f"device-ip:{address}"]
-        params = {"device_id": device_id, "keys": keys, "window_s": THROTTLE.window_s}
+        params = {
+            "device_id": device_id,
+            "keys": keys,
+            "window_s": THROTTLE.window_s,
+            "serial": None,
+        }
         device = conn.execute(QUERIES["ingest_login"], params).fetchone()
         assert device is not None  # one row, always
         wait = users.blocked_for(device["failures"], THROTTLE)
@@ -190,14 +205,18 @@ def _authenticate(conn: Conn) -> dict[str, Any] | Response:
     return dict(device)
 
 
-def _certificate_identity() -> str | None:
-    """The device id of a client certificate, when a trusted proxy verified one."""
+def _certificate_identity() -> tuple[str, str] | None:
+    """(device id, serial) of a client certificate, when a trusted proxy verified one."""
     peer = parse_address(str(request.environ.get(PEER_KEY) or ""))
     if peer is None or not is_trusted(peer, current_app.config["TRUSTED_PROXIES"]):
         return None
-    return certificate_device(
+    device_id = certificate_device(
         request.headers.get(CERT_VERIFY_HEADER), request.headers.get(CERT_DN_HEADER)
     )
+    serial = certificate_serial(request.headers.get(CERT_SERIAL_HEADER))
+    if device_id is None or serial is None:
+        return None
+    return device_id, serial
 
 
 def _claim(conn: Conn, req: _Request) -> Response | None:

@@ -15,7 +15,11 @@ SELECT d.device_id, d.device_key, d.org_id, d.enabled, d.password_hash,
               FROM login_failures
               WHERE key = ANY(%(keys)s::text[])
                 AND failed_at > now() - make_interval(secs => %(window_s)s)
-              GROUP BY key) AS f) AS failures
+              GROUP BY key) AS f) AS failures,
+       -- A client certificate counts only while it is the device's active one.
+       EXISTS (SELECT 1 FROM device_certificates c
+               WHERE c.serial = %(serial)s AND c.device_key = d.device_key
+                 AND c.state = 'active') AS certificate_active
 FROM (SELECT 1) AS one
 LEFT JOIN devices d ON d.device_id = %(device_id)s;
 

@@ -5,9 +5,12 @@ Decisions (docs/devices.md, "HTTP ingest"):
 - HTTP Basic carries the device id and its secret, as MQTT's username and password do. A
   header that is not Basic, not base64 or not UTF-8 is simply no credentials (401), never a
   500.
-- A client certificate is believed only as nginx reports it (`X-SSL-Client-Verify: SUCCESS`
-  and the subject in `X-SSL-Client-DN`), and only when the request's direct peer is a trusted
-  proxy: anyone else could send those headers. The device id is the subject's CN.
+- A client certificate is believed only as nginx reports it (`X-SSL-Client-Verify: SUCCESS`,
+  the subject in `X-SSL-Client-DN`, the serial in `X-SSL-Client-Serial`), and only when the
+  request's direct peer is a trusted proxy: anyone else could send those headers. The device
+  id is the subject's CN, and the serial must be the device's active certificate in the
+  registry: a rotated, revoked or unknown certificate is refused at once, whatever CRL nginx
+  has loaded.
 - An Idempotency-Key is 1-255 printable ASCII characters (what the IETF draft's clients send:
   UUIDs, ULIDs, counters); anything else is refused before anything is written.
 """
@@ -27,6 +30,8 @@ IDEMPOTENCY_KEY_RE = re.compile(r"\A[\x21-\x7e]{1,255}\Z")
 
 CERT_VERIFY_HEADER = "X-SSL-Client-Verify"
 CERT_DN_HEADER = "X-SSL-Client-DN"
+CERT_SERIAL_HEADER = "X-SSL-Client-Serial"
+_SERIAL_RE = re.compile(r"\A[0-9A-Fa-f]{1,40}\Z")
 
 
 def basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -58,6 +63,14 @@ def certificate_device(verify: str | None, subject_dn: str | None) -> str | None
     if len(names) != 1 or not valid_device_id(names[0]):
         return None
     return names[0]
+
+
+def certificate_serial(header: str | None) -> str | None:
+    """nginx's $ssl_client_serial (upper-case hex, maybe with leading zeros) as the registry
+    writes serials (fieldhub.core.device_ca): lower case, no leading zeros."""
+    if header is None or not _SERIAL_RE.match(header.strip()):
+        return None
+    return header.strip().lower().lstrip("0") or "0"
 
 
 def valid_idempotency_key(key: str) -> bool:

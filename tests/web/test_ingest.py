@@ -7,6 +7,7 @@ import base64
 import ipaddress
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -15,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from psycopg.rows import dict_row
 
-from fieldhub.core import registry
+from fieldhub.core import certificates, device_ca, registry
 from fieldhub.core.decode import MAX_PAYLOAD_BYTES
 from fieldhub.web import create_app
 from tests.web.helpers import World, api_token, problem
@@ -318,16 +319,24 @@ def _cert_client(app: Flask, peer: str) -> FlaskClient:
 
 
 def test_a_client_certificate_counts_only_through_a_trusted_proxy(
-    world: World, device: registry.DeviceCredentials
+    world: World, device: registry.DeviceCredentials, tmp_path: Path
 ) -> None:
     app = _app(
         world, INGEST_RATE_PER_S=1000, TRUSTED_PROXIES=(ipaddress.ip_network("127.0.0.1/32"),)
     )
+    device_ca.ensure_device_ca(tmp_path)
+    with psycopg.connect(world.database_url, autocommit=True, row_factory=dict_row) as conn:
+        old = device_ca.issue(tmp_path, device.device_id)
+        certificates.record(conn, device.device_id, old)
+        issued = device_ca.issue(tmp_path, device.device_id)
+        certificates.record(conn, device.device_id, issued)
     try:
         body = b'{"values": {"temp": 1}}'
         verified = {
             "X-SSL-Client-Verify": "SUCCESS",
             "X-SSL-Client-DN": f"CN={device.device_id},O=fieldhub devices",
+            # As nginx's $ssl_client_serial writes it: upper case, whole bytes.
+            "X-SSL-Client-Serial": ("0" + issued.serial.upper())[-32:],
         }
         nginx = _cert_client(app, "127.0.0.1")
         assert nginx.post(TELEMETRY, data=body, headers=verified).status_code == 200
@@ -338,6 +347,9 @@ def test_a_client_certificate_counts_only_through_a_trusted_proxy(
         problem(nginx.post(TELEMETRY, data=body, headers=failed), 401, "device-unauthorized")
         unknown = {**verified, "X-SSL-Client-DN": "CN=not-registered"}
         problem(nginx.post(TELEMETRY, data=body, headers=unknown), 401, "device-unauthorized")
+        # The certificate it replaced is refused at once, whatever CRL nginx has loaded.
+        rotated = {**verified, "X-SSL-Client-Serial": old.serial.upper()}
+        problem(nginx.post(TELEMETRY, data=body, headers=rotated), 401, "device-unauthorized")
         assert len(_readings(world, device.device_id)) == 1
     finally:
         app.extensions["fieldhub.live"].stop()

@@ -10,6 +10,7 @@ from fieldhub.web.ingest_rules import (
     basic_credentials,
     body_digest,
     certificate_device,
+    certificate_serial,
     retry_after_s,
     valid_idempotency_key,
 )
@@ -51,6 +52,14 @@ def test_basic_credentials() -> None:
 )
 def test_certificate_device(verify: str | None, dn: str | None, expected: str | None) -> None:
     assert certificate_device(verify, dn) == expected
+
+
+def test_certificate_serials_as_the_registry_writes_them() -> None:
+    assert certificate_serial("00B97699") == "b97699"
+    assert certificate_serial(" 0a ") == "a"
+    assert certificate_serial("00") == "0"
+    for header in (None, "", "xyz", "0x12", "1" * 41):
+        assert certificate_serial(header) is None, header
 
 
 def test_idempotency_keys() -> None:
