@@ -80,7 +80,7 @@ class TestStack:
     # -- registry ------------------------------------------------------------------------
     def sync(self) -> None:
         """Render the registry into the broker's files and make the broker reload them."""
-        if sync_once(self.conn, self.broker.auth_dir):
+        if sync_once(self.conn, self.broker.auth_dir, tls_dir=self.broker.tls_dir):
             self.broker.reload()
 
     def create_devices(self, device_ids: Iterable[str], org: str | None = None) -> dict[str, str]:
@@ -251,6 +251,7 @@ def loopback_broker(base: Path, *, autosave_interval: int = 5) -> MosquittoBroke
         free_port(),
         tls_bind="127.0.0.1",
         autosave_interval=autosave_interval,
+        mqtt_devices_cert=free_port(),
     )
 
 

@@ -24,6 +24,12 @@ service accounts carry their own rules in the registry; operators add theirs in 
 their own directory (FIELDHUB_ACL_DIR, default $FIELDHUB_HOME/acl.d), whose `user svc.*` blocks
 go to the services ACL and everything else (other `user` blocks, all `pattern` lines) to the
 device ACL (split_operator_rules).
+
+With a device CA (`tls_dir`), the sync also renders the certificate listener's revocation list
+from the registry (sync_crl): re-made when what it must list changes or its nextUpdate comes
+near (the 30 s sweep is the timer), validated before it is written, then shown to the broker
+by the same SIGHUP. The broker checks it at the handshake, so a revoked certificate cannot log
+in again; cutting off one that is connected is the session reaper's job, not SIGHUP's.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from fieldhub.broker.auth_files import acl_line_problem
 from fieldhub.broker.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,
+    DEVICE_CRL_ENTRIES_FILE,
+    DEVICE_CRL_FILE,
     DEVICE_PASSWORD_FILE,
     SERVICE_ACL_FILE,
     SERVICE_PASSWORD_FILE,
@@ -56,7 +64,9 @@ from fieldhub.broker.mosquitto import (
     send_reload,
 )
 from fieldhub.broker.reload_state import PendingReload, started_after
+from fieldhub.core.cert_rules import Revocation, crl_entries_text
 from fieldhub.core.db import Queries
+from fieldhub.core.device_ca import crl_problem, has_device_ca, render_crl
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
 BASE_ACL = Path(__file__).with_name("acl.base")
@@ -296,6 +306,7 @@ def sync_once(
     *,
     broker: str = "broker-1",
     operator_dir: Path | None = None,
+    tls_dir: Path | None = None,
 ) -> bool:
     """Render the four auth files from the registry; True if anything changed (the broker
     needs SIGHUP). `operator_dir` holds the operators' *.acl files (none without it).
@@ -310,9 +321,36 @@ def sync_once(
     owner = auth_dir.stat().st_uid
     uid = owner if os.geteuid() == 0 else None
     changed = [write_atomically(auth_dir / name, text, uid) for name, text in files.items()]
+    if tls_dir is not None and has_device_ca(tls_dir):
+        changed.append(sync_crl(conn, auth_dir, tls_dir, uid))
     if any(changed):
         sync_directory(auth_dir)
     return any(changed)
+
+
+def revocations(conn: psycopg.Connection[Any]) -> list[Revocation]:
+    return [Revocation(**row) for row in conn.execute(QUERIES["crl_entries"])]
+
+
+def sync_crl(conn: psycopg.Connection[Any], auth_dir: Path, tls_dir: Path, uid: int | None) -> bool:
+    """Make the CRL on disk list what the registry revokes; True if it was replaced. A CRL
+    that does not validate is never written (InvalidAuthFiles): the broker keeps its own."""
+    entries = revocations(conn)
+    wanted = crl_entries_text(entries)
+    crl, listed = auth_dir / DEVICE_CRL_FILE, auth_dir / DEVICE_CRL_ENTRIES_FILE
+    try:
+        current = crl.read_text() if listed.read_text() == wanted else None
+    except FileNotFoundError:
+        current = None
+    if current is not None and crl_problem(tls_dir, current) is None:
+        return False
+    pem = render_crl(tls_dir, entries)
+    problem = crl_problem(tls_dir, pem)
+    if problem is not None:
+        raise InvalidAuthFiles(f"{DEVICE_CRL_FILE}: {problem}")
+    write_atomically(crl, pem, uid)
+    write_atomically(listed, wanted, uid)
+    return True
 
 
 def run_forever(
@@ -322,6 +360,7 @@ def run_forever(
     *,
     broker: str = "broker-1",
     operator_dir: Path | None = None,
+    tls_dir: Path | None = None,
     debounce_s: float = 0.1,
     sweep_s: float = 30.0,
     stop: threading.Event | None = None,
@@ -346,7 +385,7 @@ def run_forever(
                 application_name="fieldhub-auth-sync",
             ) as conn:
                 conn.execute("LISTEN registry_changed")
-                last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                last_sync = _sync(conn, auth_dir, broker, operator_dir, tls_dir, pending)
                 while stop is None or not stop.is_set():
                     reload_if_due(pending, pid_file, auth_dir)
                     now = time.monotonic()
@@ -359,7 +398,7 @@ def run_forever(
                             pass
                     elif time.monotonic() < last_sync + sweep_s:
                         continue  # woken for a reload retry only
-                    last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                    last_sync = _sync(conn, auth_dir, broker, operator_dir, tls_dir, pending)
         except psycopg.OperationalError as exc:
             log.warning("auth sync lost the database (%s); retrying in 2 s", exc)
             # Files already written still reach the broker while the database is away.
@@ -371,7 +410,8 @@ def run_forever(
 
 def newest_write(auth_dir: Path) -> float:
     """When the newest of the auth files on disk was written (0 if there are none)."""
-    times = [(auth_dir / name).stat().st_mtime for name in AUTH_FILES if (auth_dir / name).exists()]
+    names = (*AUTH_FILES, DEVICE_CRL_FILE)
+    times = [(auth_dir / name).stat().st_mtime for name in names if (auth_dir / name).exists()]
     return max(times, default=0.0)
 
 
@@ -380,12 +420,13 @@ def _sync(
     auth_dir: Path,
     broker: str,
     operator_dir: Path | None,
+    tls_dir: Path | None,
     pending: PendingReload,
 ) -> float:
     """One render; new files become pending. Returns when it ran (monotonic)."""
     started = time.monotonic()
     try:
-        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir):
+        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir, tls_dir=tls_dir):
             pending.files_written(time.time(), time.monotonic())
             log.info("broker auth files updated in %.0f ms", (time.monotonic() - started) * 1000)
     except InvalidAuthFiles as exc:

@@ -24,3 +24,18 @@ FROM devices c
 JOIN devices g ON g.device_id = c.gateway_id
 WHERE c.enabled AND g.enabled AND g.broker = %(broker)s
 ORDER BY g.device_id, c.device_id;
+
+-- name: crl_entries
+-- What the certificate listener's CRL lists: revoked certificates until they expire (after
+-- that the handshake refuses them anyway), and the active certificates of disabled devices,
+-- held (the entry goes when the device is enabled again). A held entry is dated by its issue
+-- time, which does not change, so an unchanged registry asks for the same CRL.
+SELECT serial, device_id, not_after, revoked_at, revoke_reason AS reason
+FROM device_certificates
+WHERE state = 'revoked' AND not_after > now()
+UNION ALL
+SELECT c.serial, c.device_id, c.not_after, c.issued_at, 'certificateHold'
+FROM device_certificates c
+JOIN devices d ON d.device_key = c.device_key
+WHERE c.state = 'active' AND NOT d.enabled AND c.not_after > now()
+ORDER BY serial;

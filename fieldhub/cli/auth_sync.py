@@ -63,6 +63,7 @@ def cmd_auth_sync(settings: Settings, args: argparse.Namespace) -> int:
             settings.mosquitto_pid_file,
             broker=args.broker,
             operator_dir=settings.acl_dir,
+            tls_dir=settings.tls_dir,
             sweep_s=args.sweep,
             stop=stop,
         )

@@ -66,6 +66,7 @@ def cmd_broker_config(settings: Settings, args: argparse.Namespace) -> int:
         bind=args.devices_bind,
         tls_bind=args.tls_bind,
         services_bind=args.services_bind,
+        mqtt_devices_cert=settings.ports.mqtt_devices_cert,
     )
     broker.render()
     print(f"wrote {broker.conf_file} (pid file {broker.pid_file}, auth files in {broker.auth_dir})")

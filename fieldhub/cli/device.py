@@ -144,12 +144,24 @@ def _certificate(settings: Settings, args: argparse.Namespace) -> IssuedCertific
 
 
 def _print_certificate(
-    device: dict[str, Any], issued: IssuedCertificate, *, as_json: bool, verb: str
+    settings: Settings,
+    device: dict[str, Any],
+    issued: IssuedCertificate,
+    *,
+    as_json: bool,
+    verb: str,
 ) -> None:
+    try:
+        urls = endpoints.device_cert_mqtt_urls(settings, device["device_id"], device["broker"])
+    except ConfigError:
+        urls = []  # a broker this host does not know: shown without a URL, as secrets are
     data = {
         "device_id": device["device_id"],
         "org": device["org"],
         "broker": device["broker"],
+        # The certificate listener(s), home first (docs/devices.md, "Certificate devices").
+        "mqtt_url": urls[0] if urls else None,
+        "mqtt_urls": urls,
         "certificate": issued.certificate,
         "private_key": issued.private_key,
         "ca": issued.ca,
@@ -163,6 +175,7 @@ def _print_certificate(
         return
     print(f"{verb} device {device['device_id']} (organisation {device['org']})")
     print(f"  certificate serial {issued.serial}, {issued.key}, valid until {data['not_after']}")
+    print(f"  broker: {', '.join(urls) or '(URL not configured here)'}")
     print(issued.certificate, end="")
     if issued.private_key:
         print(issued.private_key, end="")
@@ -212,7 +225,7 @@ def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
     if issued is not None:
         with connect_registry(settings) as conn:
             device = registry.get_device(conn, args.device_id)
-        _print_certificate(device, issued, as_json=args.json, verb="created")
+        _print_certificate(settings, device, issued, as_json=args.json, verb="created")
         return 0
     _print_secret(settings, creds, args.org, as_json=args.json, verb="created")
     return 0
@@ -310,7 +323,7 @@ def cmd_device_rotate(settings: Settings, args: argparse.Namespace) -> int:
             except certificates.UnknownDevice as exc:
                 raise CommandError(str(exc)) from None
             device = registry.get_device(conn, args.device_id)
-        _print_certificate(device, issued, as_json=args.json, verb="new certificate for")
+        _print_certificate(settings, device, issued, as_json=args.json, verb="new certificate for")
         return 0
     with connect_registry(settings) as conn:
         creds = registry.rotate_secret(conn, args.device_id)

@@ -12,6 +12,8 @@ Decisions (docs/devices.md, "Certificate devices"):
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import re
 
 RSA_BITS = (2048, 8192)
@@ -63,3 +65,40 @@ def check_key(request_text: str) -> str:
             raise CertificateRequestError(f"an EC key must be on P-256 or P-384, not {curve}")
         return f"EC {EC_CURVES[curve]}"
     raise CertificateRequestError("the key must be RSA (2048+ bits) or EC (P-256, P-384)")
+
+
+# RFC 5280 reason codes a fieldhub CRL uses: a rotation supersedes, a delete ends the device,
+# a disable holds (reversible: the entry leaves the CRL when the device is enabled again).
+REASONS = ("superseded", "cessationOfOperation", "certificateHold")
+
+
+@dataclasses.dataclass(frozen=True)
+class Revocation:
+    serial: str  # lowercase hex
+    device_id: str
+    not_after: datetime.datetime
+    revoked_at: datetime.datetime
+    reason: str
+
+
+def index_line(entry: Revocation) -> str:
+    """The entry as a line of `openssl ca`'s index.txt, from which it makes the CRL."""
+    if entry.reason not in REASONS:
+        raise ValueError(f"not a CRL reason fieldhub uses: {entry.reason!r}")
+    serial = entry.serial.upper()
+    serial = "0" * (len(serial) % 2) + serial  # openssl reads whole bytes
+    return (
+        f"R\t{_asn1_time(entry.not_after)}\t{_asn1_time(entry.revoked_at)},{entry.reason}"
+        f"\t{serial}\tunknown\t/CN={entry.device_id}\n"
+    )
+
+
+def crl_entries_text(entries: list[Revocation]) -> str:
+    """What the CRL must say, independent of when it was made: a CRL is re-made only when
+    this changes (or its nextUpdate comes near), not on every registry change."""
+    return "".join(f"{e.serial} {e.reason}\n" for e in sorted(entries, key=lambda e: e.serial))
+
+
+def _asn1_time(moment: datetime.datetime) -> str:
+    """UTCTime, YYMMDDHHMMSSZ (RFC 5280 uses it up to 2049)."""
+    return moment.astimezone(datetime.UTC).strftime("%y%m%d%H%M%SZ")

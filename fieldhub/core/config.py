@@ -53,6 +53,7 @@ class Ports:
     postgres: int = 15432
     mqtt_devices: int = 11883  # plain MQTT for devices, loopback only
     mqtt_devices_tls: int = 18883  # TLS for devices in the field
+    mqtt_devices_cert: int = 18884  # TLS for devices with a client certificate
     mqtt_services: int = 11884  # the backend's own service accounts, loopback only
     web: int = 8000
     # Prometheus metrics and health (/healthz, /readyz) of each process kind; instance N of a
@@ -128,6 +129,7 @@ class Settings:
             postgres=_port(env, "FIELDHUB_PG_PORT", Ports.postgres),
             mqtt_devices=_port(env, "FIELDHUB_MQTT_PORT", Ports.mqtt_devices),
             mqtt_devices_tls=_port(env, "FIELDHUB_MQTTS_PORT", Ports.mqtt_devices_tls),
+            mqtt_devices_cert=_port(env, "FIELDHUB_MQTTS_CERT_PORT", Ports.mqtt_devices_cert),
             mqtt_services=_port(env, "FIELDHUB_MQTT_SERVICE_PORT", Ports.mqtt_services),
             web=_port(env, "FIELDHUB_WEB_PORT", Ports.web),
             bridge_metrics=_port(env, "FIELDHUB_BRIDGE_METRICS_PORT", Ports.bridge_metrics),
@@ -591,6 +593,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("FIELDHUB_PG_PORT", "local stack only: its PostgreSQL's port", "15432"),
     Variable("FIELDHUB_MQTT_PORT", "Mosquitto's plain device listener (loopback)", "1883"),
     Variable("FIELDHUB_MQTTS_PORT", "Mosquitto's TLS device listener", "8883"),
+    Variable(
+        "FIELDHUB_MQTTS_CERT_PORT",
+        "Mosquitto's TLS listener for devices with a client certificate (every broker host)",
+        "8884",
+    ),
     Variable("FIELDHUB_MQTT_SERVICE_PORT", "Mosquitto's service listener for the bridges", "1884"),
     Variable(
         "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS",

@@ -19,9 +19,16 @@ import datetime
 import secrets
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
-from fieldhub.core.cert_rules import CertificateRequestError, check_key, check_subject
+from fieldhub.core.cert_rules import (
+    CertificateRequestError,
+    Revocation,
+    check_key,
+    check_subject,
+    index_line,
+)
 from fieldhub.core.procs import run_checked
 
 CA_DAYS = 3650
@@ -29,6 +36,24 @@ CA_DAYS = 3650
 DEVICE_DAYS = 825
 CA_CERT = "device-ca.crt"
 CA_KEY = "device-ca.key"
+# The CRL's validity and when it is re-made although nothing changed. Mosquitto refuses every
+# handshake once nextUpdate has passed (docs/security.md), so a CRL lives a week and is
+# re-made when less than 6 days are left: the auth sync's 30 s sweep does it daily, and a
+# week of the sync being down passes before devices are locked out.
+CRL_HOURS = 7 * 24
+CRL_RENEW_HOURS = 6 * 24
+_CRL_CONFIG = """[ ca ]
+default_ca = fieldhub
+[ fieldhub ]
+database = {index}
+crlnumber = {crlnumber}
+default_md = sha256
+certificate = {certificate}
+private_key = {private_key}
+crl_extensions = crl_ext
+[ crl_ext ]
+authorityKeyIdentifier = keyid:always
+"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +147,64 @@ def sign_csr(tls_dir: Path, device_id: str, csr_pem: str) -> IssuedCertificate:
             ).replace(tzinfo=datetime.UTC),
             key=key,
         )
+
+
+def has_device_ca(tls_dir: Path) -> bool:
+    return (tls_dir / CA_CERT).exists() and (tls_dir / CA_KEY).exists()
+
+
+def render_crl(tls_dir: Path, entries: list[Revocation], *, hours: int = CRL_HOURS) -> str:
+    """A CRL (PEM) of the device CA listing `entries`, valid for `hours`.
+
+    The CRL number is the time in seconds, so CRLs made one after another (on any host with
+    the CA) always count up.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        index = Path(tmp) / "index.txt"
+        index.write_text("".join(index_line(e) for e in entries))
+        crlnumber = Path(tmp) / "crlnumber"
+        crlnumber.write_text(f"{int(time.time()):X}\n")
+        config = Path(tmp) / "ca.cnf"
+        config.write_text(
+            _CRL_CONFIG.format(
+                index=index,
+                crlnumber=crlnumber,
+                certificate=tls_dir / CA_CERT,
+                private_key=tls_dir / CA_KEY,
+            )
+        )
+        out = Path(tmp) / "crl.pem"
+        run_checked(
+            ["openssl", "ca", "-gencrl", "-config", str(config), "-crlhours", str(hours),
+             "-out", str(out)]
+        )  # fmt: skip
+        return out.read_text()
+
+
+def crl_next_update(tls_dir: Path, crl_pem: str) -> datetime.datetime | None:
+    """The CRL's nextUpdate if it is a CRL the device CA signed, else None."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crl.pem"
+        path.write_text(crl_pem)
+        out = _openssl(
+            ["crl", "-in", str(path), "-CAfile", str(tls_dir / CA_CERT), "-noout", "-nextupdate"]
+        )
+    if out is None or "nextUpdate=" not in out:
+        return None
+    stamp = out.strip().rsplit("nextUpdate=", 1)[1]
+    return datetime.datetime.strptime(stamp, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=datetime.UTC)
+
+
+def crl_problem(tls_dir: Path, crl_pem: str, *, min_hours: int = CRL_RENEW_HOURS) -> str | None:
+    """Why the broker must not be given this CRL, or None. A CRL the broker fails to load at
+    SIGHUP turns revocation checking off, and an expired one refuses every device."""
+    next_update = crl_next_update(tls_dir, crl_pem)
+    if next_update is None:
+        return "not a CRL signed by the device CA"
+    left = next_update - datetime.datetime.now(datetime.UTC)
+    if left < datetime.timedelta(hours=min_hours):
+        return f"its nextUpdate ({next_update.isoformat()}) is less than {min_hours} h away"
+    return None
 
 
 def _openssl(args: list[str]) -> str | None:

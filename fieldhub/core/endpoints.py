@@ -104,6 +104,7 @@ class BrokerPorts:
     devices: int
     devices_tls: int
     services: int
+    devices_cert: int
 
 
 def local_broker_ports(settings: Settings, broker: str) -> BrokerPorts:
@@ -113,6 +114,7 @@ def local_broker_ports(settings: Settings, broker: str) -> BrokerPorts:
         settings.ports.mqtt_devices + offset,
         settings.ports.mqtt_devices_tls + offset,
         settings.ports.mqtt_services + offset,
+        settings.ports.mqtt_devices_cert + offset,
     )
 
 
@@ -209,6 +211,23 @@ def device_mqtt_urls(settings: Settings, device_id: str, broker: str) -> list[st
     its home broker's first, then each other configured broker's as a standby. A home broker
     this host's configuration does not list is left out rather than guessed."""
     return urls_in_preference(device_id, broker, device_mqtt_url_map(settings))
+
+
+def device_cert_mqtt_url(settings: Settings, broker: str | None = None) -> str:
+    """Where a certificate device homed on `broker` connects: the certificate listener of the
+    host its password URL names (FIELDHUB_MQTTS_CERT_PORT is the same on every broker host),
+    or the local stack's."""
+    name = broker or settings.broker_names[0]
+    if settings.brokers or (settings.mqtt_device_url and name == settings.broker_names[0]):
+        host = MqttEndpoint.parse(device_mqtt_url(settings, name)).host
+        return f"mqtts://{host}:{settings.ports.mqtt_devices_cert}"
+    return f"mqtts://localhost:{local_broker_ports(settings, name).devices_cert}"
+
+
+def device_cert_mqtt_urls(settings: Settings, device_id: str, broker: str) -> list[str]:
+    """`device_mqtt_urls` of the certificate listeners: home first, then the standbys."""
+    urls = {name: device_cert_mqtt_url(settings, name) for name in settings.broker_names}
+    return urls_in_preference(device_id, broker, urls)
 
 
 def device_mqtt_url_map(settings: Settings) -> dict[str, str]:

@@ -197,6 +197,7 @@ def local_brokers(settings: Settings) -> list[tuple[str, MosquittoBroker]]:
                 endpoints.local_broker_ports(settings, name).devices,
                 endpoints.local_broker_ports(settings, name).devices_tls,
                 endpoints.local_broker_ports(settings, name).services,
+                mqtt_devices_cert=endpoints.local_broker_ports(settings, name).devices_cert,
             ),
         )
         for name in settings.broker_names

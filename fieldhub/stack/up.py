@@ -96,6 +96,7 @@ def run_up(
             ports += [
                 (f"MQTT devices, {name}", broker_ports.devices),
                 (f"MQTT devices TLS, {name}", broker_ports.devices_tls),
+                (f"MQTT certificate devices, {name}", broker_ports.devices_cert),
                 (f"MQTT services, {name}", broker_ports.services),
             ]
     check_ports_free(ports)
@@ -206,7 +207,13 @@ def _bring_up(
                 spec_name = "mosquitto" if len(brokers) == 1 else f"mosquitto-{name}"
                 supervisor.start(mosquitto_spec(broker, spec_name))
                 # One sync now, so the bridge can log in even before auth-sync is up.
-                if sync_once(conn, broker.auth_dir, broker=name, operator_dir=settings.acl_dir):
+                if sync_once(
+                    conn,
+                    broker.auth_dir,
+                    broker=name,
+                    operator_dir=settings.acl_dir,
+                    tls_dir=settings.tls_dir,
+                ):
                     broker.reload()
     for spec in service_specs(
         settings,

@@ -64,3 +64,8 @@ BEGIN
 END $$;
 CREATE TRIGGER devices_revoke_certificates AFTER DELETE ON devices
     FOR EACH ROW EXECUTE FUNCTION revoke_deleted_device_certificates();
+
+-- A certificate issued or revoked changes who may connect: the auth sync renders the CRL.
+CREATE TRIGGER device_certificates_registry_changed
+    AFTER INSERT OR UPDATE OR DELETE ON device_certificates
+    FOR EACH STATEMENT EXECUTE FUNCTION notify_registry_changed();
