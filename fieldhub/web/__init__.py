@@ -100,6 +100,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             DEAD_LETTERS_RETENTION_DAYS=settings.retention_dead_letters_days,
             EXPORTS_PER_USER=settings.exports_per_user,
             INGEST_RATE_PER_S=settings.ingest_rate_per_s,
+            # Where the device CA is, if this host has it (admin: "Issue certificate").
+            DEVICE_CA_DIR=settings.tls_dir,
         )
     else:
         app.config.update(test_config)

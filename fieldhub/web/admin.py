@@ -24,7 +24,7 @@ from flask import (
 
 from fieldhub.analysis import service as analysis
 from fieldhub.analysis.jobs import JOBS
-from fieldhub.core import registry, users
+from fieldhub.core import certificates, device_ca, registry, users
 from fieldhub.core.brokers import urls_in_preference
 from fieldhub.core.passwords import generate_secret, hash_secret
 from fieldhub.web import data, db, replication, serializers
@@ -265,6 +265,26 @@ def rotate(device_id: str) -> Any:
             "admin/credentials.html", credentials=[creds], urls=device_urls(creds), action="rotated"
         )
     )
+
+
+@bp.route("/devices/<device_id>/certificate", methods=["POST"])
+@role_required("admin")
+def issue_certificate(device_id: str) -> Any:
+    """A new key pair and certificate for the device, shown once (the previous certificate is
+    revoked). Only where this host has the device CA: a web host never makes a CA of its own,
+    which devices and the broker would not trust (docs/devices.md)."""
+    device = _device_or_404(device_id)
+    ca_dir = current_app.config.get("DEVICE_CA_DIR")
+    if ca_dir is None or not device_ca.has_device_ca(ca_dir):
+        flash(
+            "This web host has no device CA: issue the certificate with "
+            f"`fieldhub device rotate {device_id} --cert` on the host that has it.",
+            "error",
+        )
+        return redirect(url_for("admin.devices"))
+    issued = device_ca.issue(ca_dir, device_id)
+    certificates.record(db.write(), device_id, issued)
+    return no_store(render_template("admin/certificate.html", device=device, issued=issued))
 
 
 @bp.route("/devices/<device_id>/enable", methods=["POST"])
