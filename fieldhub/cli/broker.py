@@ -17,6 +17,7 @@ from typing import Any
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.cli import CommandError
 from fieldhub.core.config import Settings
+from fieldhub.core.device_ca import has_device_ca
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +67,9 @@ def cmd_broker_config(settings: Settings, args: argparse.Namespace) -> int:
         bind=args.devices_bind,
         tls_bind=args.tls_bind,
         services_bind=args.services_bind,
-        mqtt_devices_cert=settings.ports.mqtt_devices_cert,
+        # A broker host gets the certificate listener once the device CA (certificate and
+        # key: its auth sync signs the CRL) is copied to it; it never makes a CA of its own.
+        mqtt_devices_cert=(settings.ports.mqtt_devices_cert if has_device_ca(args.tls_dir) else 0),
     )
     broker.render()
     print(f"wrote {broker.conf_file} (pid file {broker.pid_file}, auth files in {broker.auth_dir})")

@@ -73,6 +73,12 @@ def ensure_device_ca(tls_dir: Path) -> bool:
     crt, key = tls_dir / CA_CERT, tls_dir / CA_KEY
     if crt.exists() and key.exists():
         return False
+    if crt.exists() or key.exists():
+        # Half a CA is a copy gone wrong: a new CA would orphan every issued certificate.
+        raise RuntimeError(
+            f"{tls_dir} has only one of {CA_CERT} and {CA_KEY}: copy both from the host that "
+            "made the device CA"
+        )
     run_checked(
         [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
@@ -107,8 +113,12 @@ def sign_csr(tls_dir: Path, device_id: str, csr_pem: str) -> IssuedCertificate:
     with tempfile.TemporaryDirectory() as tmp:
         csr = Path(tmp) / "device.csr"
         csr.write_text(csr_pem)
-        verified = _openssl(["req", "-in", str(csr), "-noout", "-verify"])
-        if verified is None:
+        verified = subprocess.run(
+            ["openssl", "req", "-in", str(csr), "-noout", "-verify"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        # openssl 3.0 exits 0 after "verify failure": read what it says.
+        if verified.returncode != 0 or "verify OK" not in verified.stdout + verified.stderr:
             raise CertificateRequestError("not a PEM certificate request with a valid signature")
         subject = _openssl(["req", "-in", str(csr), "-noout", "-subject", "-nameopt", "RFC2253"])
         text = _openssl(["req", "-in", str(csr), "-noout", "-text"])
@@ -186,10 +196,14 @@ def crl_next_update(tls_dir: Path, crl_pem: str) -> datetime.datetime | None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "crl.pem"
         path.write_text(crl_pem)
-        out = _openssl(
-            ["crl", "-in", str(path), "-CAfile", str(tls_dir / CA_CERT), "-noout", "-nextupdate"]
-        )
-    if out is None or "nextUpdate=" not in out:
+        done = subprocess.run(
+            ["openssl", "crl", "-in", str(path), "-CAfile", str(tls_dir / CA_CERT), "-noout",
+             "-nextupdate"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    out = done.stdout
+    # openssl 3.0 exits 0 after "verify failure" (a CRL of another CA): read what it says.
+    if done.returncode != 0 or "verify OK" not in done.stderr or "nextUpdate=" not in out:
         return None
     stamp = out.strip().rsplit("nextUpdate=", 1)[1]
     return datetime.datetime.strptime(stamp, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=datetime.UTC)
