@@ -52,9 +52,9 @@ from fieldhub.core.decode import (
     Reading,
     decode_senml,
     decode_telemetry,
-    parse_rfc3339,
     valid_metric_name,
 )
+from fieldhub.core.timestamps import parse_rfc3339
 
 FORMATS: Final = ("csv", "ndjson", "senml")
 TIME_COLUMNS: Final = ("time", "ts", "timestamp")

@@ -71,12 +71,12 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
 from typing import Final, Literal, NamedTuple
 
 import orjson
 
 from fieldhub.core.registry import DEVICE_ID_PATTERN
+from fieldhub.core.timestamps import parse_rfc3339
 
 __all__ = [
     "COMMAND_ID_RE",
@@ -101,7 +101,6 @@ __all__ = [
     "decode_status",
     "decode_telemetry",
     "decode_telemetry_stamped",
-    "parse_rfc3339",
     "parse_topic",
     "valid_device_id",
     "valid_metric_name",
@@ -266,15 +265,6 @@ _topic_cache: dict[str, TopicInfo] = {}
 # Longest valid topic: devices/<64>/commands/<64>/ack.  Anything longer is
 # rejected before split() so a 64 KiB topic costs nothing.
 _MAX_TOPIC_LEN: Final = len("devices//commands//ack") + 64 + 64
-
-# Strict RFC 3339 shape (ASCII digits only: \d would admit other scripts'
-# digits, which fromisoformat then happily parses).  fromisoformat alone is
-# too lenient: it takes week dates, missing offsets and compact forms.  A
-# space instead of "T" is allowed, as the note in RFC 3339 section 5.6 does.
-_RFC3339_RE: Final = re.compile(
-    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
-)
 
 # RFC 8428 fields this decoder supports.  vd, s and bs are rejected; any
 # other field is ignored unless its name ends in "_", which RFC 8428
@@ -716,28 +706,11 @@ def _check_time(t: float, received_at: float, item: str, index: int) -> None:
         )
 
 
-def parse_rfc3339(s: str) -> datetime:
-    """An RFC 3339 time (with its offset); ValueError says why ``s`` is not one."""
-    if _RFC3339_RE.match(s) is None:
-        raise ValueError("not RFC 3339")
-    try:
-        # Python 3.11's fromisoformat wants upper-case T/Z; RFC 3339 allows
-        # lower case.  Leap seconds (":60") are rejected here: datetime
-        # cannot represent them and they are vanishingly rare from devices.
-        # Years at the edge of datetime's range overflow when the offset is
-        # applied later, so they are refused here too.
-        moment = datetime.fromisoformat(s.upper())
-        moment.timestamp()
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(str(exc)) from None
-    return moment
-
-
 def _parse_rfc3339(s: str, index: int) -> float:
     try:
         return parse_rfc3339(s).timestamp()
     except ValueError as exc:
-        raise DecodeError("ts_invalid", f"reading {index}: ts {_preview(s)}: {exc}") from None
+        raise DecodeError("ts_invalid", f"reading {index}: ts {_preview(s)} {exc}") from None
 
 
 def _senml_number(x: object, field: str, index: int, reason: DecodeReason) -> float:

@@ -51,7 +51,8 @@ from typing import Final, Literal, NamedTuple
 
 import orjson
 
-from fieldhub.core.decode import Reading, parse_rfc3339
+from fieldhub.core.decode import Reading
+from fieldhub.core.timestamps import parse_rfc3339
 
 Format = Literal["csv", "ndjson"]
 FORMATS: Final = ("csv", "ndjson")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from fieldhub.core import timestamps
 
 RANGES: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -43,12 +45,11 @@ class TimeRange:
 
 
 def parse_time(text: str, what: str) -> datetime:
-    """ISO 8601 (a trailing Z allowed); a time without zone is taken as UTC."""
+    """fieldhub.core.timestamps.parse_time, its error a RangeError that names the field."""
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T"))
+        return timestamps.parse_time(text)
     except ValueError:
         raise RangeError(f"{what} {text!r} is not a time like 2026-01-31T12:00:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def resolve_range(
