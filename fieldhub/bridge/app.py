@@ -52,6 +52,7 @@ from fieldhub.bridge.ingest import (
 )
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.receive import BridgeClient
+from fieldhub.core import logs
 from fieldhub.core.decode import (
     DecodeError,
     decode_senml,
@@ -424,13 +425,12 @@ class Bridge:
         self.metrics.db_errors.inc()
         if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
             self.writer.close()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.problems.warning(
             type(exc).__name__,
             "database error (%s), holding %d messages unacknowledged: %s",
             type(exc).__name__,
             batch.messages,
-            first,
+            logs.first_line(exc),
         )
 
     def _record(self, batch: Batch, result: WriteResult, elapsed: float) -> None:

@@ -118,9 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fieldhub {args.command}: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(
-            f"fieldhub {args.command}: database unreachable: {first_line} "
+            f"fieldhub {args.command}: database unreachable: {logs.first_line(exc)} "
             "(is the stack up? `fieldhub up --detach`)",
             file=sys.stderr,
         )

@@ -37,6 +37,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from fieldhub.core.logs import first_line
+
 CHECK_TTL_S = 1.5
 CHECK_TIMEOUT_S = 3.0
 
@@ -118,11 +120,6 @@ class ReadinessProbe:
             self._last = Readiness(all(r == "ok" for r in results.values()), results, self.clock())
             self._in_flight = None
         done.set()
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # -- the metrics and health server of the bridge and the worker --------------------------------

@@ -56,6 +56,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 300 characters), or its type's name if it says nothing.
+
+    For a log line or a status field: psycopg's messages run to several lines of context, and
+    a whole traceback belongs in the record's `exception`, not in its message.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 def formatter(log_format: str, role: str) -> logging.Formatter:
     return JsonFormatter(role) if log_format == "json" else logging.Formatter(TEXT_FORMAT)
 
