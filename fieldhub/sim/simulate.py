@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import queue
 import random
-import resource
 import signal
 import ssl
 import time
@@ -43,7 +42,7 @@ import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fieldhub.core import registry
+from fieldhub.core import procs, registry
 from fieldhub.core.config import DEFAULT_BROKER
 from fieldhub.core.db import Queries
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
@@ -433,19 +432,6 @@ async def run_devices(
 
 
 # -- several processes --------------------------------------------------------------------------
-def raise_open_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    if want < needed:
-        log.warning(
-            "open-file limit %d is below the %d this process needs; raise it (ulimit -Hn)",
-            want,
-            needed,
-        )
-
-
 def _worker(
     index: int,
     devices: Sequence[SimulatedDevice],
@@ -459,7 +445,7 @@ def _worker(
     # The parent handles Ctrl-C and tells the workers through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    raise_open_file_limit(len(devices) + 64)
+    procs.raise_open_file_limit(len(devices) + 64)
 
     def report(stats: Stats) -> None:
         with contextlib.suppress(Exception):

@@ -23,7 +23,7 @@ from types import FrameType
 import psycopg
 
 from fieldhub.broker.auth_sync import sync_once
-from fieldhub.core import endpoints, registry
+from fieldhub.core import endpoints, procs, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.tls import ensure_tls
@@ -35,7 +35,6 @@ from fieldhub.stack.preflight import (
     StackPaths,
     check_home,
     check_ports_free,
-    raise_open_file_limit,
     running_state,
 )
 from fieldhub.stack.probes import http_answers
@@ -55,6 +54,9 @@ log = logging.getLogger("fieldhub.stack")
 
 
 DETACH_TIMEOUT_S = 300.0
+# Children inherit the open-file limit: a broker or simulator with 10,000 clients, plus the
+# servers' own descriptors.
+OPEN_FILES_NEEDED = 16_384
 
 
 def run_up(
@@ -79,7 +81,7 @@ def run_up(
     file_log = logging.FileHandler(paths.supervisor_log)
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(file_log)
-    raise_open_file_limit()
+    procs.raise_open_file_limit(OPEN_FILES_NEEDED)
 
     local_db = settings.database_url is None
     local_broker = settings.mqtt_url is None and not settings.brokers
