@@ -18,8 +18,8 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import alert_logic
-from fieldhub.analysis.worker import Conn, JobContext
-from fieldhub.core.db import Queries
+from fieldhub.analysis.worker import JobContext
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("alerts.sql"))
 

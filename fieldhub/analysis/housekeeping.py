@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fieldhub.analysis.worker import Conn, JobContext, JobSkipped
+from fieldhub.analysis.worker import JobContext, JobSkipped
 from fieldhub.core.config import Settings
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("housekeeping.sql"))
 # Operational logs, plain tables: kept long enough to debug last week.

@@ -32,9 +32,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import import_parse, rollups
-from fieldhub.analysis.worker import Conn, JobContext
+from fieldhub.analysis.worker import JobContext
 from fieldhub.core import readings
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("imports.sql"))

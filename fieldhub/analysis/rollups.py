@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fieldhub.analysis.worker import Conn, JobContext, load_state, save_state
-from fieldhub.core.db import Queries
+from fieldhub.analysis.worker import JobContext, load_state, save_state
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("rollups.sql"))
 JOB = "rollups"

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from fieldhub.analysis import alert_logic, alerts, imports, webhook_rules, webhooks, worker
-from fieldhub.analysis.worker import Conn
 from fieldhub.core.config import IPNetwork
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
 ALERT_STATES = ("active", "acknowledged", "cleared", "open")

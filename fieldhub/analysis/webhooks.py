@@ -48,9 +48,9 @@ from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import alert_logic, webhook_rules
 from fieldhub.analysis.webhook_rules import IPAddress, Target, TargetError
-from fieldhub.analysis.worker import Conn, JobContext
+from fieldhub.analysis.worker import JobContext
 from fieldhub.core.config import IPNetwork
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("webhooks.sql"))
 

@@ -24,15 +24,13 @@ from psycopg.types.json import Jsonb
 
 from fieldhub.analysis.metrics import WorkerMetrics
 from fieldhub.core.config import Settings
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("worker.sql"))
 # First key of the two-int advisory lock space; the job name's hash is the second.
 LOCK_NAMESPACE = 0x4A4F4253  # "JOBS"
 
 log = logging.getLogger(__name__)
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 class JobSkipped(Exception):

@@ -30,12 +30,11 @@ from psycopg.rows import dict_row
 
 from fieldhub.analysis import imports, rollups
 from fieldhub.core.config import Settings
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port
 from fieldhub.stack.postgres import PostgresCluster
 
-Conn = psycopg.Connection[dict[str, Any]]
 ORG = "bench"
 QUERIES = Queries(Path(__file__).with_name("analysis.sql"))
 

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import psycopg
 
@@ -47,14 +47,13 @@ from fieldhub.bridge import commands
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
-from fieldhub.core import db, readings
-from fieldhub.core.db import Queries
+from fieldhub.core import db, logs, readings
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 
 _NOTIFY_LIMIT = 7900  # bytes per NOTIFY payload (PostgreSQL's limit is 8000)
 _STAGED_AFTER_CONFLICT_S = 5.0
@@ -252,7 +251,9 @@ class DeviceDirectory:
                             self.reload(conn)
                             last_load = time.monotonic()
             except psycopg.Error as exc:
-                self._log.warning("registry", "device directory: database error: %s", _first(exc))
+                self._log.warning(
+                    "registry", "device directory: database error: %s", logs.first_line(exc)
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -527,11 +528,6 @@ def _dead(
 
 def _timestamp(epoch: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

@@ -25,11 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.twin_documents import (
     INVALID,
     STALE,
@@ -50,7 +49,6 @@ if TYPE_CHECKING:
     from fieldhub.bridge.commands import Publish
 
 QUERIES = Queries(Path(__file__).with_name("twin.sql"))
-Conn = psycopg.Connection[Any]
 
 # Bounds one sweep; a full batch makes the dispatcher sweep again at once.
 SWEEP_BATCH = 500

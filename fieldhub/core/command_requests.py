@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from fieldhub.core.command_states import TransitionRefused, on_cancel, parse_status
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("command_requests.sql"))
 
@@ -38,8 +37,6 @@ DEFAULT_TTL_S: Final = 3600
 # never comes back would collect an unbounded backlog and flood itself when it does.
 MAX_PENDING_PER_DEVICE: Final = 100
 MAX_LIST_LIMIT: Final = 1000
-
-Conn = psycopg.Connection[Any]
 
 
 class CommandRequestError(ValueError):

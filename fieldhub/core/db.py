@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg.rows import dict_row
@@ -63,7 +63,12 @@ def before_params(before: tuple[object, object] | None) -> dict[str, object]:
     }
 
 
-def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+# A fieldhub connection: connect() and make_pool() make every one return rows as dicts, and
+# every query module reads its rows by column name.
+Conn: TypeAlias = psycopg.Connection[dict[str, Any]]
+
+
+def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
     """Open one connection with the project's defaults (dict rows, short connect timeout)."""
     return psycopg.connect(
         url,
@@ -77,7 +82,7 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
 
 def make_pool(
     url: str, *, min_size: int = 1, max_size: int = 10, name: str = "fieldhub"
-) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+) -> ConnectionPool[Conn]:
     """A connection pool whose connections return rows as dicts."""
     return ConnectionPool(
         url,

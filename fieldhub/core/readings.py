@@ -39,12 +39,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fieldhub.core import reading_files
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("readings.sql"))
 
-Conn = psycopg.Connection[Any]
 # (device_key, readings) of one message or import line; its index in the batch is its ordinal.
 Message = tuple[int, Sequence[Reading]]
 

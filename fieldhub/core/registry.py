@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from fieldhub.core.brokers import home_broker
 from fieldhub.core.config import configured_broker_names
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.passwords import generate_secret, hash_secret, verify_secret
 
 QUERIES = Queries(Path(__file__).with_name("registry.sql"))
@@ -29,8 +29,6 @@ ORG_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 128
-
-Conn = psycopg.Connection[Any]
 
 
 class RegistryError(ValueError):

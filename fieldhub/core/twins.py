@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import orjson
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.twin_documents import (
     Document,
     TwinDocumentError,
@@ -36,7 +35,6 @@ from fieldhub.core.twin_documents import (
 
 QUERIES = Queries(Path(__file__).with_name("twins.sql"))
 
-Conn = psycopg.Connection[Any]
 Source = Literal["web", "api", "cli"]
 MAX_HISTORY: Final = 1000
 

@@ -25,7 +25,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from fieldhub.core import registry, time_zones
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("users.sql"))
 
@@ -41,8 +41,6 @@ _HASHER = PasswordHasher()
 # Verifying against this keeps an unknown email as slow as a wrong password, so response
 # times do not tell which addresses have accounts.
 _DUMMY_HASH = _HASHER.hash("not-a-real-password-" + secrets.token_hex(8))
-
-Conn = psycopg.Connection[Any]
 
 
 class UserError(ValueError):

@@ -17,9 +17,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.core import registry
-from fieldhub.core.db import before_params
+from fieldhub.core.db import Conn, before_params
 from fieldhub.web import history
-from fieldhub.web.db import QUERIES, Conn, table_exists
+from fieldhub.web.db import QUERIES, table_exists
 
 RAW_POINT_LIMIT = 50000
 

@@ -21,16 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from flask import Flask, current_app, g, request, session
 from psycopg_pool import ConnectionPool
 
-from fieldhub.core.db import Queries, make_pool
+from fieldhub.core.db import Conn, Queries, make_pool
 from fieldhub.web import metrics
 
 QUERIES = Queries(Path(__file__).with_name("queries.sql"))
-
-Conn = psycopg.Connection[Any]
 
 
 class Pools:

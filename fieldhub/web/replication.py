@@ -13,7 +13,8 @@ from typing import Any
 
 import psycopg
 
-from fieldhub.web.db import QUERIES, Conn
+from fieldhub.core.db import Conn
+from fieldhub.web.db import QUERIES
 
 
 @dataclasses.dataclass(frozen=True)

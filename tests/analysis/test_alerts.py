@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from fieldhub.analysis import alert_logic, alerts, service, webhook_rules, webhooks
-from tests.analysis.conftest import Conn, key_of
+from fieldhub.core.db import Conn
+from tests.analysis.conftest import key_of
 from tests.analysis.receivers import HTTPReceiver
 from tests.support import wait_for
 

@@ -10,7 +10,8 @@ import pytest
 
 from fieldhub.analysis import housekeeping
 from fieldhub.core.config import ConfigError, Settings
-from tests.analysis.conftest import Conn, key_of
+from fieldhub.core.db import Conn
+from tests.analysis.conftest import key_of
 
 pytestmark = pytest.mark.integration
 

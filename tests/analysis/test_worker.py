@@ -17,7 +17,7 @@ from fieldhub.analysis import worker
 from fieldhub.analysis.jobs import JOBS
 from fieldhub.analysis.worker import Job, JobContext, JobSkipped, Worker, run_if_due
 from fieldhub.core.config import Settings
-from tests.analysis.conftest import Conn
+from fieldhub.core.db import Conn
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

@@ -32,6 +32,7 @@ from fieldhub.bridge.commands import (
 )
 from fieldhub.core import registry
 from fieldhub.core.command_requests import cancel_command, get_command, send_command
+from fieldhub.core.db import Conn
 from tests.support import (
     BridgeProcess,
     DeviceClient,
@@ -41,8 +42,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 # -- helpers ------------------------------------------------------------------------------

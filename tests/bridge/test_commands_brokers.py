@@ -8,7 +8,6 @@ path through real brokers is the cluster test in tests/fieldhub/test_stack.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
@@ -17,11 +16,10 @@ from psycopg.rows import dict_row
 from fieldhub.bridge.commands import CommandDispatcher
 from fieldhub.core import registry
 from fieldhub.core.command_requests import get_command, send_command
+from fieldhub.core.db import Conn
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 class Recorder:

@@ -23,6 +23,7 @@ from fieldhub.bridge.twin import TwinReport, apply_reports
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, twins
 from fieldhub.core.command_requests import get_command, send_command
+from fieldhub.core.db import Conn
 from fieldhub.core.twin_documents import Report
 from tests.support import (
     BridgeProcess,
@@ -35,7 +36,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-Conn = psycopg.Connection[dict[str, Any]]
 ACTOR = twins.Actor("tester@example.com", "api")
 
 

@@ -13,6 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.core import readings, registry
+from fieldhub.core.db import Conn
 from fieldhub.core.decode import (
     MAX_FUTURE_SKEW_S,
     MAX_SEQ,
@@ -21,8 +22,6 @@ from fieldhub.core.decode import (
     decode_senml,
     decode_telemetry,
 )
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 # Columns in copy_readings' order: time, device_key, seq, metric, unit, value, text, is_bool.
 _INT_COLUMNS = {0, 1, 2, 8}
