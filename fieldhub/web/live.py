@@ -31,7 +31,8 @@ import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
 from fieldhub.core import command_requests
-from fieldhub.web import JSONProvider, data, db, metrics
+from fieldhub.core.db import Conn
+from fieldhub.web import JSONProvider, data, db, metrics, serializers
 from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,6 @@ def sse(event: str, payload: Any) -> str:
     return f"event: {event}\ndata: {data.decode()}\n\n"
 
 
-Conn = psycopg.Connection[Any]
 Event = tuple[str, str, Conn]
 
 
@@ -265,16 +265,7 @@ def device_stream(device_id: str) -> Any:
                         command = command_requests.get_command(conn, command_id, org_id=org_id)
                     except command_requests.NotFound:
                         continue
-                    yield sse(
-                        "command",
-                        {
-                            "id": command["id"],
-                            "name": command["name"],
-                            "status": command["status"],
-                            "updated_at": command["updated_at"],
-                            "error": command.get("error"),
-                        },
-                    )
+                    yield sse("command", serializers.command_json(command))
                 if channel == "alerts":
                     alerts = data.device_alerts(conn, org_id, device_id, limit=20)
                     yield sse("alerts", alerts)

@@ -24,6 +24,7 @@ from flask import (
 
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, dead_letters, reading_files, registry, twins
+from fieldhub.core.db import Conn
 from fieldhub.core.twin_documents import patch_between
 from fieldhub.web import data, db, exports, history, problems, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
@@ -134,7 +135,7 @@ def devices_state() -> Any:
 LABEL_CACHE_S = 60.0
 
 
-def _label_suggestions(conn: db.Conn, org_id: int | None) -> list[dict[str, Any]]:
+def _label_suggestions(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
     """The label filter's suggestions. Aggregating every device's labels costs more than the
     rest of the list page, and suggestions a minute old are fine: each process keeps them for
     a minute, per organisation."""
@@ -323,20 +324,6 @@ def export_csv(device_id: str) -> Any:
 
 
 # -- commands --------------------------------------------------------------------------------
-def _command_view(command: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": command["id"],
-        "name": command["name"],
-        "params": command.get("params"),
-        "status": command["status"],
-        "created_at": command["created_at"].isoformat() if command.get("created_at") else None,
-        "updated_at": command["updated_at"].isoformat() if command.get("updated_at") else None,
-        "expires_at": command["expires_at"].isoformat() if command.get("expires_at") else None,
-        "result": command.get("result"),
-        "error": command.get("error"),
-    }
-
-
 @bp.route("/devices/<device_id>/commands.json")
 @login_required
 def device_commands(device_id: str) -> Any:
@@ -344,7 +331,7 @@ def device_commands(device_id: str) -> Any:
     commands = command_requests.list_commands(
         db.read(), device_id=device_id, org_id=scope_org_id(), limit=20
     )
-    return jsonify({"commands": [_command_view(c) for c in commands]})
+    return jsonify({"commands": [serializers.command_json(c) for c in commands]})
 
 
 @bp.route("/devices/<device_id>/commands", methods=["POST"])
@@ -378,7 +365,7 @@ def send_command(device_id: str) -> Any:
         flash(str(exc), "error")
         return redirect(url_for("pages.device", device_id=device_id) + "#commands")
     if request.is_json:
-        return jsonify({"command": _command_view(command)}), 201
+        return jsonify({"command": serializers.command_json(command)}), 201
     flash(f"Command {command['name']} queued.", "info")
     return redirect(url_for("pages.device", device_id=device_id) + "#commands")
 
@@ -401,7 +388,7 @@ def cancel_command(device_id: str, command_id: str) -> Any:
         flash(str(exc), "error")
         return redirect(url_for("pages.device", device_id=device_id) + "#commands")
     if request.is_json:
-        return jsonify({"command": _command_view(command)})
+        return jsonify({"command": serializers.command_json(command)})
     flash("Command cancelled.", "info")
     return redirect(url_for("pages.device", device_id=device_id) + "#commands")
 
