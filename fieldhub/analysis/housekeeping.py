@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fieldhub.analysis.worker import JobContext, JobSkipped
+from fieldhub.analysis.worker import JobContext
+from fieldhub.core import command_requests
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Conn, Queries
 
@@ -72,9 +73,5 @@ def run_offline_detection(context: JobContext) -> dict[str, Any]:
 
 
 def run_command_expiry(context: JobContext) -> dict[str, Any]:
-    row = context.conn.execute(QUERIES["expire_commands_exists"]).fetchone()
-    if row is None or not row["present"]:
-        raise JobSkipped("expire_commands() is not in the schema yet (migration 0005 missing)")
     with context.conn.transaction():
-        result = context.conn.execute(QUERIES["expire_commands"]).fetchone()
-    return {"expired": int(result["expired"]) if result else 0}
+        return {"expired": command_requests.expire_commands(context.conn)}

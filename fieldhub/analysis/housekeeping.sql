@@ -33,9 +33,3 @@ WITH silent AS (
     SELECT device_key, false, 'timeout' FROM silent
 )
 SELECT device_id, pg_notify('presence', device_key || ' offline') FROM silent
-
--- name: expire_commands_exists
-SELECT to_regprocedure('expire_commands()') IS NOT NULL AS present
-
--- name: expire_commands
-SELECT expire_commands() AS expired

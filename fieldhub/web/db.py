@@ -186,19 +186,3 @@ def _release(exc: BaseException | None) -> None:
         metrics.pool_state(kind, pool)
     g.pop("db_read", None)
     g.pop("db_write", None)
-
-
-_EXISTING_TABLES: set[tuple[str, str]] = set()
-
-
-def table_exists(conn: Conn, name: str) -> bool:
-    """Whether a migration has created `name` (rollups, alerts). Tables are never dropped, so
-    a yes is remembered per database and costs no round trip afterwards."""
-    key = (conn.info.dsn, name)
-    if key in _EXISTING_TABLES:
-        return True
-    row = conn.execute(QUERIES["table_exists"], {"name": name}).fetchone()
-    if row and row["exists"]:
-        _EXISTING_TABLES.add(key)
-        return True
-    return False

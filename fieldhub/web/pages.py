@@ -181,7 +181,6 @@ def _device_page(
         series=[(row["metric"], row["unit"]) for row in latest if _numeric(row["value"])],
         presence=data.presence_events(conn, key),
         alerts=data.device_alerts(conn, org_id, device_id),
-        alerts_available=data.alerts_available(conn),
         commands=commands,
         ranges=list(history.RANGES),
         twin=twin,
@@ -404,7 +403,6 @@ def alerts() -> Any:
         "alerts.html",
         alerts=data.list_alerts(conn, scope_org_id(), state=state, limit=200),
         state=state or "",
-        available=data.alerts_available(conn),
     )
 
 
