@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from fieldhub.bridge.twin import TwinPublisher
+from fieldhub.core import command_requests
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
 from fieldhub.core.db import Queries, connect
 
@@ -410,8 +411,7 @@ class CommandDispatcher:
                 QUERIES["queued_to_publish"], {"limit": self.batch_size, "broker": self.broker}
             )
             result.published, result.complete = self._publish_queued(conn, queued.fetchall())
-            row = cur.execute(QUERIES["expire_commands"]).fetchone()
-            result.expired = int(row["expired"]) if row else 0
+            result.expired = command_requests.expire_commands(conn)
             finals = cur.execute(
                 QUERIES["finals_to_clear"], {"limit": self.batch_size, "broker": self.broker}
             )

@@ -210,6 +210,16 @@ def list_commands(
     return [_command(row) for row in rows]
 
 
+def expire_commands(conn: Conn) -> int:
+    """Mark every open command whose time to live has run out `expired`; how many it marked.
+
+    The bridge's dispatcher calls it on every sweep and the worker's command_expiry job every
+    10 s, so commands expire while either one is down.
+    """
+    row = conn.execute(QUERIES["expire_commands"]).fetchone()
+    return int(row["expired"]) if row else 0
+
+
 def _parse_command_id(command_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(str(command_id))
