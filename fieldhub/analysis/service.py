@@ -20,7 +20,6 @@ from fieldhub.core.config import IPNetwork
 from fieldhub.core.db import Conn, Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
-ALERT_STATES = ("active", "acknowledged", "cleared", "open")
 
 
 class AnalysisRequestError(ValueError):
@@ -91,22 +90,6 @@ def list_imports(
 
 
 # -- alerts --------------------------------------------------------------------------------
-def list_alerts(
-    conn: Conn,
-    org_id: int,
-    *,
-    state: str | None = None,
-    device_id: str | None = None,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Alerts of the org, newest first; `state` filters (active, acknowledged, cleared, or
-    'open' for everything not cleared)."""
-    if state is not None and state not in ALERT_STATES:
-        raise AnalysisRequestError(f"state must be one of {', '.join(ALERT_STATES)}")
-    params = {"org_id": org_id, "state": state, "device_id": device_id, "limit": limit}
-    return [dict(r) for r in conn.execute(QUERIES["list_alerts"], params)]
-
-
 def acknowledge_alert(
     conn: Conn, org_id: int, alert_id: int, *, user_id: int | None
 ) -> dict[str, Any]:
@@ -117,7 +100,7 @@ def acknowledge_alert(
         ).fetchone()
         if row is None:
             current = conn.execute(
-                QUERIES["get_alert"], {"id": alert_id, "org_id": org_id}
+                QUERIES["alert_state"], {"id": alert_id, "org_id": org_id}
             ).fetchone()
             if current is None:
                 raise NotFound(f"no alert {alert_id}")

@@ -15,7 +15,7 @@ FROM (
 -- The services listener's accounts (auth/services.passwords and auth/services.acl).
 SELECT username, password_hash, acl FROM service_accounts ORDER BY username;
 
--- name: gateway_children
+-- name: gateways_of_broker
 -- Each enabled gateway of this broker with its enabled children (a disabled child is refused
 -- by the bridge anyway; least privilege keeps it out of the broker's rules too). Sorted, so an
 -- unchanged registry renders an unchanged file.
