@@ -14,6 +14,7 @@ Also runnable as `python -m fieldhub.bench.web`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import queue
@@ -99,8 +100,15 @@ def getter(session: requests.Session, url: str) -> Callable[[], requests.Respons
     return lambda: session.get(url, timeout=30)
 
 
-def seed(servers: Servers, devices: int) -> tuple[str, str]:
-    """Devices, data, a user and the bridge's account; returns (hot device secret, token)."""
+@dataclasses.dataclass(frozen=True)
+class Seeded:
+    device_secret: str  # of HOT_DEVICE
+    token: str  # the bench user's API token
+    bridge_password: str
+
+
+def seed(servers: Servers, devices: int) -> Seeded:
+    """Devices, data, a user and the bridge's account."""
     secret = generate_secret()
     shared_hash = hash_secret(secret)  # one hash for all: provisioning speed is another bench
     bridge_password = generate_secret()
@@ -125,8 +133,7 @@ def seed(servers: Servers, devices: int) -> tuple[str, str]:
         registry.ensure_bridge_accounts(conn, bridge_password, 1)
         if sync_once(conn, servers.broker.auth_dir):
             servers.broker.reload()
-    os.environ["FIELDHUB_BENCH_BRIDGE_PASSWORD"] = bridge_password
-    return secret, token
+    return Seeded(secret, token, bridge_password)
 
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -212,7 +219,8 @@ def live_latency(
 def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]:
     with scratch_servers("fieldhub-bench-web-") as servers:
         t0 = time.perf_counter()
-        secret, token = seed(servers, devices)
+        seeded = seed(servers, devices)
+        secret, token = seeded.device_secret, seeded.token
         seed_s = time.perf_counter() - t0
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -237,7 +245,7 @@ def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]
             env,
             servers.workdir / "web.log",
         )
-        password = quote(os.environ["FIELDHUB_BENCH_BRIDGE_PASSWORD"], safe="")
+        password = quote(seeded.bridge_password, safe="")
         metrics_port = free_port()
         bridge_env = {
             **env,

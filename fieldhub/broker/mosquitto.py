@@ -19,7 +19,6 @@ from fieldhub.core.procs import (
     chown_tree,
     port_open,
     require_binary,
-    running_as_root,
     wait_until,
 )
 
@@ -274,9 +273,3 @@ def broker_process(pid_file: Path) -> BrokerProcess:
 
 def send_reload(process: BrokerProcess) -> None:
     os.kill(process.pid, signal.SIGHUP)
-
-
-def owner_fix(path: Path) -> None:
-    """Give a file the broker writes or reads to the broker's user (when we are root)."""
-    if running_as_root():
-        chown(path, BROKER_USER)

@@ -4,8 +4,8 @@ Benchmarks need development-only packages (requests, the scratch-server machiner
 installed from requirements/runtime.txt does not have, so `fieldhub --help` and every other
 command must not import them. BENCHES names each benchmark, its module and its one-line help;
 the module is imported only when its benchmark runs (or prints its own --help), and its
-register(subparsers) then declares the real arguments. A team adds a benchmark by writing
-`fieldhub/bench/xyz.py` with a register() and adding its names here (a test checks that both
+register(subparsers) then declares the real arguments. A new benchmark is a module
+`fieldhub/bench/xyz.py` with a register() and its names here (a test checks that both
 agree). Benchmarks start their own scratch servers and are never part of `scripts/test`.
 """
 

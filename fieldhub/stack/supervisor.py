@@ -168,7 +168,6 @@ class Supervisor:
         self.log_check_s = log_check_s
         self._logs_checked = 0.0
         self.phase = "starting"
-        self.unavailable: dict[str, str] = {}
         self._children: dict[str, _Child] = {}
         self._order: list[str] = []
         self._lock = threading.RLock()
@@ -190,11 +189,6 @@ class Supervisor:
             self._spawn(child)
         self._ensure_monitor()
         self._wait_ready(child)
-
-    def mark_unavailable(self, name: str, reason: str) -> None:
-        """Record a process the stack would run but cannot yet (shown by `fieldhub status`)."""
-        self.unavailable[name] = reason
-        self.write_state()
 
     def _spawn(self, child: _Child) -> None:
         spec = child.spec
@@ -373,7 +367,6 @@ class Supervisor:
                 "phase": self.phase,
                 "order": list(self._order),
                 "processes": processes,
-                "unavailable": dict(self.unavailable),
                 **self.info,
             }
 
