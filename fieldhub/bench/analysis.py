@@ -29,6 +29,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fieldhub.analysis import imports, rollups
+from fieldhub.cli import Subparsers
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Conn, Queries
 from fieldhub.core.migrate import apply_migrations
@@ -39,7 +40,7 @@ ORG = "bench"
 QUERIES = Queries(Path(__file__).with_name("analysis.sql"))
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     imp = subparsers.add_parser("import", help="import 1,000,000 readings from one CSV file")
     imp.add_argument("--readings", type=int, default=1_000_000)
     imp.add_argument("--devices", type=int, default=100)

@@ -39,6 +39,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldhub.broker.auth_sync import sync_once
 from fieldhub.broker.mosquitto import DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, MosquittoBroker
+from fieldhub.cli import Subparsers
 from fieldhub.core import registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
@@ -520,7 +521,7 @@ BENCHES: dict[str, tuple[Callable[[int], dict[str, Any]], int, str]] = {
 }
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add this module's benchmarks to `fieldhub bench`'s subcommands."""
     for name, (_, default, helptext) in BENCHES.items():
         sub = subparsers.add_parser(name, help=helptext)

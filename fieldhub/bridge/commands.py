@@ -45,7 +45,7 @@ from psycopg.types.json import Jsonb
 from fieldhub.bridge.twin import TwinPublisher
 from fieldhub.core import command_requests
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("commands.sql"))
 
@@ -144,7 +144,7 @@ def _command_uuid(command_id: str) -> uuid.UUID | None:
         return None
 
 
-def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[A]) -> list[tuple[A, str, str]]:
+def apply_acks(conn: Conn, acks: Sequence[A]) -> list[tuple[A, str, str]]:
     """Apply device acks inside the caller's open transaction.
 
     Returns (ack, reason, detail) for every ack to dead-letter. Duplicate, overtaken and late
@@ -313,7 +313,7 @@ class CommandDispatcher:
                 self._stop.wait(self.retry_backoff_s)
         self.is_leader = False
 
-    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+    def _serve(self, conn: Conn) -> None:
         conn.execute("LISTEN commands")
         conn.execute("LISTEN twins")
         self.is_leader = False
@@ -357,14 +357,14 @@ class CommandDispatcher:
             if self._wait_for_work(conn, timeout):
                 next_sweep = min(next_sweep, time.monotonic())
 
-    def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
+    def _try_lead(self, conn: Conn) -> bool:
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
                 QUERIES["try_leader_lock"], {"key": DISPATCHER_LOCK_KEY, "broker": self.broker}
             ).fetchone()
         return bool(row and row["leader"])
 
-    def _wait_for_expiry(self, conn: psycopg.Connection[Any]) -> float:
+    def _wait_for_expiry(self, conn: Conn) -> float:
         """Seconds until the next sweep: the interval, or sooner if a command expires first."""
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(QUERIES["next_expiry"]).fetchone()
@@ -373,7 +373,7 @@ class CommandDispatcher:
             return self.sweep_interval_s
         return min(self.sweep_interval_s, max(0.0, float(seconds)))
 
-    def _wait_for_work(self, conn: psycopg.Connection[Any], timeout: float) -> bool:
+    def _wait_for_work(self, conn: Conn, timeout: float) -> bool:
         """Wait up to `timeout` (in short slices, to notice stop()); True if there is work."""
         deadline = time.monotonic() + timeout
         while not self._stop.is_set():
@@ -396,7 +396,7 @@ class CommandDispatcher:
         return status not in ("sent", "delivered")
 
     # -- one sweep -------------------------------------------------------------------------
-    def sweep(self, conn: psycopg.Connection[Any]) -> SweepResult:
+    def sweep(self, conn: Conn) -> SweepResult:
         """Publish queued, expire, clear final. Public so tests can drive one sweep directly.
 
         Queued commands go first because a waiting device is what the latency is about; the
@@ -428,7 +428,7 @@ class CommandDispatcher:
 
     def _publish_queued(
         self,
-        conn: psycopg.Connection[Any],
+        conn: Conn,
         commands: list[dict[str, Any]],
         *,
         mark_sent: bool = True,
@@ -458,7 +458,7 @@ class CommandDispatcher:
         return sum(count for count, _ in outcomes), all(ok for _, ok in outcomes)
 
     def _publish_in_order(
-        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]], mark_sent: bool
+        self, conn: Conn, commands: list[dict[str, Any]], mark_sent: bool
     ) -> tuple[int, bool]:
         count = 0
         for command in commands:
@@ -470,11 +470,11 @@ class CommandDispatcher:
             count += 1
         return count, True
 
-    def _sent_ids(self, conn: psycopg.Connection[Any]) -> list[uuid.UUID]:
+    def _sent_ids(self, conn: Conn) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
             return [row["id"] for row in cur.execute(QUERIES["sent_ids"], {"broker": self.broker})]
 
-    def _republish_sent(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> bool:
+    def _republish_sent(self, conn: Conn, ids: list[uuid.UUID]) -> bool:
         """Publish these commands again if still `sent` (in order per device); True if done."""
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(QUERIES["sent_to_republish"], {"ids": ids}).fetchall()

@@ -17,14 +17,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 
 from fieldhub import __version__
 from fieldhub.core import endpoints, logs
 from fieldhub.core.config import ConfigError, Settings
-from fieldhub.core.db import connect
+from fieldhub.core.db import Conn, connect
 
 # Each module adds its subcommands with register(subparsers), in this order (`fieldhub --help`
 # lists them so). They are imported here, when the parser is built, because they import
@@ -54,12 +54,17 @@ COMMAND_MODULES = (
 )
 
 
+# What each module's register(subparsers) gets: the subcommand table of `fieldhub` (or of
+# `fieldhub bench`), whose add_parser() makes one subcommand.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 class CommandError(Exception):
     """A request the command refuses; the message is the one line the user sees."""
 
 
 @contextmanager
-def connect_registry(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+def connect_registry(settings: Settings) -> Iterator[Conn]:
     """An autocommit connection to the primary database, where the registry lives."""
     with connect(endpoints.database_url(settings), autocommit=True) as conn:
         yield conn

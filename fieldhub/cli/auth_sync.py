@@ -7,17 +7,16 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 from fieldhub.broker.auth_sync import run_forever
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 
 log = logging.getLogger("fieldhub.auth_sync")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     sync = subparsers.add_parser(
         "auth-sync",
         help="render the registry into the broker's auth files and reload it on every change",

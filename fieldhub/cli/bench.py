@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Any
 
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core.config import Settings
 
 # name -> (module that registers it, help shown by `fieldhub bench --help`)
@@ -42,7 +41,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     bench = subparsers.add_parser(
         "bench", help="run a benchmark against scratch servers of its own (not a test)"
     )

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from fieldhub.broker.mosquitto import MosquittoBroker
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core.config import Settings
 from fieldhub.core.device_ca import has_device_ca
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     config = subparsers.add_parser(
         "broker-config",
         help="write Mosquitto's config and empty auth files for this broker host",

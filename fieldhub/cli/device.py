@@ -12,11 +12,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
-from fieldhub.cli import CommandError, connect_registry, jsonable
+from fieldhub.cli import CommandError, Subparsers, connect_registry, jsonable
 from fieldhub.core import certificates, endpoints, registry
 from fieldhub.core.brokers import home_broker
 from fieldhub.core.cert_rules import CertificateRequestError
@@ -35,7 +34,7 @@ CREDENTIAL_COLUMNS = (
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     device = subparsers.add_parser("device", help="devices and their broker credentials")
     dev_sub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 

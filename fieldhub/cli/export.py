@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from typing import Any
 
+from fieldhub.cli import Subparsers
 from fieldhub.core import db, endpoints, reading_files, timestamps
 from fieldhub.core.config import Settings
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     export = subparsers.add_parser(
         "export", help="print a device's stored readings, one per line, oldest first"
     )

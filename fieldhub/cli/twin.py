@@ -11,16 +11,15 @@ import argparse
 import getpass
 import socket
 from datetime import datetime
-from typing import Any
 
-from fieldhub.cli import connect_registry, to_json
+from fieldhub.cli import Subparsers, connect_registry, to_json
 from fieldhub.core import twins
 from fieldhub.core.config import Settings
 
 HISTORY_SHOWN = 5
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     twin = subparsers.add_parser("twin", help="a device's desired and reported state")
     sub = twin.add_subparsers(dest="twin_command", required=True, metavar="ACTION")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from fieldhub.core.db import Queries
 from fieldhub.core.health import NotReady
@@ -31,7 +32,7 @@ class ProbeConnection:
     def __init__(self, url: str, application_name: str) -> None:
         self.url = url
         self.application_name = application_name
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: psycopg.Connection[TupleRow] | None = None
         self._lock = threading.Lock()
 
     def row(self, query: str) -> tuple[Any, ...]:

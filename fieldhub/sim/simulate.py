@@ -38,13 +38,12 @@ from typing import IO, Any, TypeGuard
 
 import aiomqtt
 import orjson
-import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fieldhub.core import procs, registry
 from fieldhub.core.config import DEFAULT_BROKER
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 log = logging.getLogger("fieldhub.simulate")
@@ -574,7 +573,7 @@ def run_simulation(
 
 # -- credentials --------------------------------------------------------------------------------
 def provision(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     *,
     org: str,
     prefix: str,

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-import psycopg
 from flask import (
     Blueprint,
     Flask,
@@ -34,6 +33,7 @@ from flask import (
 )
 
 from fieldhub.core import users
+from fieldhub.core.db import Conn
 from fieldhub.web import db
 from fieldhub.web.proxies import client_address
 
@@ -111,7 +111,7 @@ def _load_user() -> None:
         g.user = users.session_user(db.write(), token)
 
 
-def credential_check() -> Callable[[psycopg.Connection[Any]], bool]:
+def credential_check() -> Callable[[Conn], bool]:
     """How something that outlives this request (a live stream) checks, later, that the
     credential the request came with still lets its user in."""
     token = request.cookies.get(SESSION_COOKIE)
