@@ -16,28 +16,26 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import queue
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from fieldhub.bench.harness import Child, http_status
 from fieldhub.bench.registry import Servers, scratch_servers
 from fieldhub.broker.auth_sync import sync_once
+from fieldhub.cli import Subparsers
 from fieldhub.core import registry, users
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 from fieldhub.core.passwords import generate_secret, hash_secret
-from fieldhub.core.procs import free_port, wait_until
+from fieldhub.core.procs import free_port
 
 ORG = "bench"
 HOT_DEVICE = "bench-00000"
@@ -136,21 +134,6 @@ def seed(servers: Servers, devices: int) -> Seeded:
     return Seeded(secret, token, bridge_password)
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def login(base: str) -> requests.Session:
     session = requests.Session()
     page = session.get(base + "/login", timeout=10).text
@@ -225,39 +208,32 @@ def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         env = {
-            **os.environ,
             "DATABASE_URL": servers.database_url,
             "FIELDHUB_HOME": str(servers.workdir),
             "FIELDHUB_LOG_LEVEL": "WARNING",
             "FIELDHUB_SECRET_KEY": generate_secret() * 2,
         }
-        web = start(
-            [
-                sys.executable,
-                "-m",
-                "fieldhub.cli",
-                "web",
-                "--workers",
-                str(workers),
-                "--bind",
-                f"127.0.0.1:{port}",
-            ],
+        web = Child(
+            "web",
+            ["--workers", str(workers), "--bind", f"127.0.0.1:{port}"],
             env,
             servers.workdir / "web.log",
-        )
+        ).start()
         password = quote(seeded.bridge_password, safe="")
         metrics_port = free_port()
-        bridge_env = {
-            **env,
-            "MQTT_URL": f"mqtt://svc.bridge:{password}@127.0.0.1:{servers.broker.mqtt_services}",
-        }
-        bridge = start(
-            [sys.executable, "-m", "fieldhub.cli", "bridge", "--metrics-port", str(metrics_port)],
-            bridge_env,
+        bridge = Child(
+            "bridge",
+            ["--metrics-port", str(metrics_port)],
+            {
+                **env,
+                "MQTT_URL": f"mqtt://svc.bridge:{password}@127.0.0.1:"
+                f"{servers.broker.mqtt_services}",
+            },
             servers.workdir / "bridge.log",
-        )
+            metrics_port=metrics_port,
+        ).start()
         try:
-            wait_until(lambda: _answers(base), timeout=60, what="gunicorn")
+            web.wait_ready(lambda: http_status(base + "/login", timeout=2) == 200, timeout=60)
             session = login(base)
             api = {"Authorization": f"Bearer {token}"}
             result: dict[str, Any] = {"devices": devices, "workers": workers, "seed_s": seed_s}
@@ -282,7 +258,9 @@ def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]
                 ),
                 repeat,
             )
-            wait_until(lambda: _bridge_ready(metrics_port), timeout=60, what="the bridge")
+            bridge.wait_ready(
+                lambda: bridge.metrics().get("fieldhub_bridge_ready") == 1.0, timeout=60
+            )
             result["live_publish_to_browser"] = live_latency(base, session, servers, secret, 30)
             held = [
                 session.get(f"{base}/devices/bench-{i:05d}/live", stream=True, timeout=60)
@@ -293,27 +271,12 @@ def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]
             )
             del held  # stopping gunicorn ends them
         finally:
-            stop(bridge)
-            stop(web)
+            bridge.stop(timeout=20)
+            web.stop(timeout=20)
         return result
 
 
-def _answers(base: str) -> bool:
-    try:
-        return requests.get(base + "/login", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _bridge_ready(metrics_port: int) -> bool:
-    try:
-        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
-    except requests.RequestException:
-        return False
-    return "fieldhub_bridge_ready 1.0" in text
-
-
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     web = subparsers.add_parser("web", help="device list, 30-day history and live latency")
     web.add_argument("--devices", type=int, default=10_000)
     web.add_argument("--repeat", type=int, default=100, help="requests per measurement")
