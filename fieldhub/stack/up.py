@@ -6,8 +6,7 @@ database + migrations + the bridge's broker account -> Mosquitto -> a first regi
 the fieldhub processes (auth-sync, bridge, worker, web, and the simulator with --demo), a
 fixed list. With DATABASE_URL / MQTT_URL set, the matching local server is not started.
 
-Everything runs under one `Supervisor`; its state file is what `status` and `down` read.
-"""
+Everything runs under one `Supervisor`; its state file is what `status` and `down` read."""
 
 from __future__ import annotations
 
@@ -181,7 +180,9 @@ def _bring_up(
         replica = cluster_mod.replica_cluster(settings)
         if cluster_mod.init_replica(primary, replica):
             log.info("created the streaming replica in %s", replica.data_dir)
-        supervisor.start(cluster_mod.replica_spec(replica))
+        supervisor.start(
+            postgres_spec(replica, "postgres-replica", cluster_mod.replica_ready(replica))
+        )
         read_database_url = cluster_mod.replica_url(settings)
     # One account per bridge instance (its durable session is named after it), the same on
     # every broker: each broker's auth-sync renders every service account.
