@@ -277,8 +277,7 @@ class BridgeProcess:
     metrics endpoint reports fieldhub_bridge_ready 1), kill(sig) signals it without waiting,
     stop() sends SIGTERM and returns the exit code. metrics() parses its /metrics endpoint;
     log() returns its stderr so far. Usable as a context manager (stopped on exit). The
-    process itself is fieldhub.bench.harness.Child, which the benchmarks use too.
-    """
+    process itself is fieldhub.bench.harness.Child, which the benchmarks use too."""
 
     def __init__(
         self,

@@ -27,8 +27,7 @@ number, a seq beyond bigint, bytes that are not UTF-8) is such a line error, fou
 before anything is written: a batch never fails for one line's content. Device ids are
 checked against the devices the importing organisation owns. A line
 yields its device id and its readings (fieldhub.core.decode.Reading, as the bridge decodes
-them), which fieldhub.core.readings writes.
-"""
+them), which fieldhub.core.readings writes."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ Per job: runs by outcome and their duration, recorded by the worker after each r
 the time of the newest successful run and the webhook backlog are read from the database
 every REFRESH_S by a thread of their own, so every worker reports the same truth whichever
 of them ran a job (the advisory lock gives each run to one worker). A dashboard therefore
-alerts on `time() - max by (job) (fieldhub_worker_job_last_success_timestamp_seconds)`.
-"""
+alerts on `time() - max by (job) (fieldhub_worker_job_last_success_timestamp_seconds)`."""
 
 from __future__ import annotations
 

@@ -15,8 +15,7 @@ Design (docs/analysis.md has the measurements):
   receives live data moves on every pass, so it is compared at most every
   `hot_chunk_check_s`. Imports recompute their range themselves (`recompute_ranges`).
 * A bucket is always recomputed from all its raw rows and upserted, never adjusted
-  incrementally, so repeating any of this is harmless.
-"""
+  incrementally, so repeating any of this is harmless."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ Every function takes an open connection (autocommit or not: each change runs in 
 `conn.transaction()`) and, for tenant data, the caller's `org_id`: an id of another
 organisation is "not found", never someone else's data. Invalid input raises
 `AnalysisRequestError` (a ValueError) with a message fit for the user; `NotFound` for
-unknown ids.
-"""
+unknown ids."""
 
 from __future__ import annotations
 

@@ -6,8 +6,7 @@
 Each run starts a scratch PostgreSQL+TimescaleDB cluster of its own (durable settings, as
 `fieldhub up` runs it), or with --database-url uses a scratch database on that server, and
 removes it afterwards, so benchmarks never touch real data. Also runnable as
-`python -m fieldhub.bench.analysis import|rollups`.
-"""
+`python -m fieldhub.bench.analysis import|rollups`."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ publishes): for each of 1,000 commands, one at a time, the time from `send_comma
 
 Starts its own PostgreSQL and Mosquitto in a scratch directory (fieldhub.bench.registry's
 scratch_servers), so it never touches the local stack. Also runnable as
-`python -m fieldhub.bench.commands`.
-"""
+`python -m fieldhub.bench.commands`."""
 
 from __future__ import annotations
 

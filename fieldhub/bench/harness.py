@@ -5,8 +5,7 @@ servers, wait until they are ready, read their /metrics, and stop them with SIGT
 flushes, commits and acknowledges on it). One harness does that for both: the tests import it
 (tests/support.py, tests/web/helpers.py), the benchmarks use it directly. Readiness is what
 each role says it is: a bridge's `fieldhub_bridge_ready 1` on its metrics port, a web
-server's login page answering 200.
-"""
+server's login page answering 200."""
 
 from __future__ import annotations
 
@@ -63,8 +62,7 @@ class Child:
 
     start() launches it; wait_ready(condition) polls until the condition holds and fails at
     once, with the log, if the child exits meanwhile; stop() sends SIGTERM and returns the
-    exit code, or None when it had to be killed after `timeout` seconds.
-    """
+    exit code, or None when it had to be killed after `timeout` seconds."""
 
     def __init__(
         self,

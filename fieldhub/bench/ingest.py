@@ -14,8 +14,7 @@ a Mosquitto broker, as `fieldhub up` runs them):
 The load generator speaks MQTT 3.1.1 over raw sockets with pre-encoded packets and a window of
 unacknowledged publishes: a paho publisher costs more CPU per message than the bridge itself,
 and on a shared 2-core machine every cycle the generator burns is taken from the system under
-test.
-"""
+test."""
 
 from __future__ import annotations
 
@@ -266,8 +265,7 @@ def consumer_process(
 
     fast=False: stock paho (it acknowledges when on_message returns). fast=True: the bridge's
     own receive path (fieldhub.bridge.receive.BridgeClient, batched acknowledgements) without the
-    decoding and the database, i.e. the ceiling of the bridge's design in Python.
-    """
+    decoding and the database, i.e. the ceiling of the bridge's design in Python."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes

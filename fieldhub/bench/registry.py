@@ -9,8 +9,7 @@ password/ACL files at 100,000 devices versus the Dynamic Security plugin.
 
 Each benchmark starts its own PostgreSQL and Mosquitto in a scratch directory, with the same
 code as `fieldhub up`, so it measures the real servers without touching the local stack.
-Also runnable without the bench command: `python -m fieldhub.bench.registry provision`.
-"""
+Also runnable without the bench command: `python -m fieldhub.bench.registry provision`."""
 
 from __future__ import annotations
 
@@ -319,8 +318,7 @@ def bench_files_at_scale(
     """Render + write + reload at `devices` registry rows, idle and with clients connected.
 
     All rows share one precomputed hash: rendering and Mosquitto's parsing do not depend on
-    the hash value, and hashing 100,000 distinct secrets would only measure PBKDF2 again.
-    """
+    the hash value, and hashing 100,000 distinct secrets would only measure PBKDF2 again."""
     with scratch_servers("fieldhub-bench-files-") as servers:
         credentials = provision_direct(servers.database_url, connected, "live", iterations)
         shared_hash = hash_secret(generate_secret())

@@ -8,8 +8,7 @@ Measures, through a real gunicorn (`fieldhub web`, gevent workers) from an HTTP 
 - the device list again while hundreds of live streams are held open.
 
 Starts its own PostgreSQL and Mosquitto in a scratch directory (same code as `fieldhub up`).
-Also runnable as `python -m fieldhub.bench.web`.
-"""
+Also runnable as `python -m fieldhub.bench.web`."""
 
 from __future__ import annotations
 

@@ -16,8 +16,7 @@ receive clock) lives in fieldhub.bridge.receive.
 Packet ids belong to one broker connection. Every (re)connect or disconnect bumps a
 generation number under `_ack_lock`; a batch received on an older connection is still
 committed but never acknowledged, because the broker redelivers it on the new connection and
-the idempotent write absorbs the copy.
-"""
+the idempotent write absorbs the copy."""
 
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   the broker it publishes every live retained message again (sent commands, twins): a broker
   restarted from its snapshot has lost what arrived since its last autosave.
 
-The device-side contract and every restart case are written down in docs/commands.md.
-"""
+The device-side contract and every restart case are written down in docs/commands.md."""
 
 from __future__ import annotations
 
@@ -150,8 +149,7 @@ def apply_acks(conn: Conn, acks: Sequence[A]) -> list[tuple[A, str, str]]:
     Returns (ack, reason, detail) for every ack to dead-letter. Duplicate, overtaken and late
     acks are not errors: they change nothing and are not returned. Acks are applied in the
     order given, so several acks of one command in one batch go through its states in turn
-    and each change is recorded by the table's trigger.
-    """
+    and each change is recorded by the table's trigger."""
     dead: list[tuple[A, str, str]] = []
     usable: list[tuple[A, uuid.UUID, ParsedAck]] = []
     for ack in acks:
@@ -288,8 +286,7 @@ class CommandDispatcher:
     def broker_reconnected(self) -> None:
         """The bridge's broker connection is new: publish every retained message again.
 
-        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own.
-        """
+        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own."""
         self._reconnected.set()
 
     # -- the loop --------------------------------------------------------------------------
@@ -403,8 +400,7 @@ class CommandDispatcher:
         query skips commands already past their time, and the expiry that follows lets this
         same sweep clear them. `conn` must be in autocommit mode: each `sent`/`cleared` mark
         is committed at once, right after its PUBACK, so a crash loses at most the mark of
-        one message in flight.
-        """
+        one message in flight."""
         result = SweepResult()
         with conn.cursor(row_factory=dict_row) as cur:
             queued = cur.execute(
@@ -437,8 +433,7 @@ class CommandDispatcher:
 
         A failed publish stops only that device's remaining commands (so none of them
         overtakes it); the next sweep starts again from its oldest. Returns (published, all
-        went out).
-        """
+        went out)."""
         by_device: dict[str, list[dict[str, Any]]] = {}
         for command in commands:
             by_device.setdefault(command["device_id"], []).append(command)

@@ -27,8 +27,7 @@ throughput rises at high ones) and writes it in one transaction:
    redone, its messages dead-lettered.
 4. Only after COMMIT are the batch's QoS 1 messages acknowledged. On a database error nothing
    is acknowledged: the batch is kept, retried with backoff, and grows with what arrives
-   meanwhile (bounded by the Receive Maximum the bridge announces to the broker).
-"""
+   meanwhile (bounded by the Receive Maximum the bridge announces to the broker)."""
 
 from __future__ import annotations
 
@@ -189,8 +188,7 @@ class DeviceDirectory:
     registry_changed.
 
     `devices` is replaced whole, never changed in place, so the network thread can read it
-    without a lock while the writer or the directory thread reloads it.
-    """
+    without a lock while the writer or the directory thread reloads it."""
 
     REFRESH_S = 60.0
 

@@ -3,8 +3,7 @@ messages per second (the clock that stamps what it receives is fieldhub.core.rec
 shared with HTTP ingest).
 
 fieldhub.bridge.app owns the process and decides when to acknowledge (after COMMIT); this module
-only frames packets and writes PUBACKs.
-"""
+only frames packets and writes PUBACKs."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ class BridgeClient(mqtt.Client):
     - QoS 0/1 PUBLISH packets go straight to `on_publish_packet(topic, payload, qos, mid)`,
       skipping the (unused) MQTT 5 properties; every other packet (CONNACK, SUBACK, PUBACK of
       our own publishes, PINGRESP, QoS 2) is handed to paho's own `_packet_handle`;
-    - `ack_many` acknowledges a whole batch with one queued write.
-    """
+    - `ack_many` acknowledges a whole batch with one queued write."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

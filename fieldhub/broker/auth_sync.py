@@ -29,8 +29,7 @@ With a device CA (`tls_dir`), the sync also renders the certificate listener's r
 from the registry (sync_crl): re-made when what it must list changes or its nextUpdate comes
 near (the 30 s sweep is the timer), validated before it is written, then shown to the broker
 by the same SIGHUP. The broker checks it at the handshake, so a revoked certificate cannot log
-in again; cutting off one that is connected is the session reaper's job, not SIGHUP's.
-"""
+in again; cutting off one that is connected is the session reaper's job, not SIGHUP's."""
 
 from __future__ import annotations
 
@@ -157,8 +156,7 @@ def split_operator_rules(text: str) -> tuple[str, str]:
     `user` block goes to the device listeners. `pattern` lines apply to every client of the
     listener whose file holds them, wherever they stand, and `%u` in them means a device id,
     so they go to the device listeners only. Comments and blank lines stay with the block they
-    are in; those before the first `user` line describe the whole file and go to both.
-    """
+    are in; those before the first `user` line describe the whole file and go to both."""
     devices: list[str] = []
     services: list[str] = []
     current: list[list[str]] = [devices, services]
@@ -211,8 +209,7 @@ def check_operator_rules(text: str) -> list[str]:
     Any line Mosquitto would refuse (auth_files.acl_line_problem) is one: a single bad line
     makes the broker drop ACL checking on the listener. A `topic` line before the file's first
     `user` line would silently attach to whichever account the previous file (or the generated
-    part) ended with, so it is refused too.
-    """
+    part) ended with, so it is refused too."""
     problems = []
     seen_user = False
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -312,8 +309,7 @@ def sync_once(
     needs SIGHUP). `operator_dir` holds the operators' *.acl files (none without it).
 
     A render the broker would refuse is not written at all (InvalidAuthFiles): the broker
-    keeps the files it has.
-    """
+    keeps the files it has."""
     files = render_auth_files(conn, broker, operator_dir)
     problems = {name: auth_file_problems(name, text) for name, text in files.items()}
     if any(problems.values()):
@@ -372,8 +368,7 @@ def run_forever(
     has not been shown stay pending (PendingReload) and the reload is retried with a short
     backoff until the broker runs with them, whether or not the registry changes again: with
     the database down too. At start the files on disk count as pending: a sync that stopped
-    between its write and its SIGHUP left the broker with older ones.
-    """
+    between its write and its SIGHUP left the broker with older ones."""
     pending = PendingReload()
     pending.files_written(newest_write(auth_dir), time.monotonic())
     while stop is None or not stop.is_set():

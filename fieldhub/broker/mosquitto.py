@@ -241,8 +241,7 @@ def broker_process(pid_file: Path) -> BrokerProcess:
     """The Mosquitto process named by `pid_file`, or BrokerNotRunning.
 
     A pid file can outlive its broker (kill -9) and its pid can be reused by anything else,
-    which SIGHUP would kill: the process must be a mosquitto.
-    """
+    which SIGHUP would kill: the process must be a mosquitto."""
     try:
         text = pid_file.read_text().strip()
     except OSError as exc:

@@ -4,8 +4,7 @@ or per process it runs (bridge, web, worker, ...).
 Flags fall back to environment variables, which are read once, in fieldhub.core.config. A bad
 argument or a refused request exits non-zero with one clear line on stderr, never a traceback.
 The command line sits on top of everything else: it imports the apps, the local stack, the
-simulator and the benchmarks; none of them imports it.
-"""
+simulator and the benchmarks; none of them imports it."""
 
 from __future__ import annotations
 

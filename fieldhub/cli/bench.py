@@ -6,8 +6,7 @@ command must not import them. BENCHES names each benchmark, its module and its o
 the module is imported only when its benchmark runs (or prints its own --help), and its
 register(subparsers) then declares the real arguments. A new benchmark is a module
 `fieldhub/bench/xyz.py` with a register() and its names here (a test checks that both
-agree). Benchmarks start their own scratch servers and are never part of `scripts/test`.
-"""
+agree). Benchmarks start their own scratch servers and are never part of `scripts/test`."""
 
 from __future__ import annotations
 

@@ -5,8 +5,7 @@ into FIELDHUB_MOSQUITTO_DIR (mosquitto.conf, empty auth files for auth-sync to f
 persistence folder), with the ports of the host's env file and the addresses given here.
 Debian's mosquitto.service then starts with it through deploy/systemd/mosquitto.service.d.
 Run as root: the files are handed to the mosquitto user, as Mosquitto re-reads them on
-SIGHUP after dropping its privileges.
-"""
+SIGHUP after dropping its privileges."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Command subcommands: send, show, list and cancel commands to devices.
 
 These only write to and read from the database (fieldhub.core.command_requests); the bridge
-publishes what they queue. Operators on the command line are not scoped to an organisation.
-"""
+publishes what they queue. Operators on the command line are not scoped to an organisation."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """`fieldhub device ...`: devices and their broker credentials.
 
 A device's secret is printed exactly once, by `create`, `rotate` or `import` (into a 0600
-credentials file); nothing else can show it again because only its hash is stored.
-"""
+credentials file); nothing else can show it again because only its hash is stored."""
 
 from __future__ import annotations
 

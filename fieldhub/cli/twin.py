@@ -2,8 +2,7 @@
 
 These only read and write the database (fieldhub.core.twins); the bridge publishes the
 retained documents. Operators on the command line are not scoped to an organisation, and a
-change made here is recorded as made by "command line (<login>@<host>)".
-"""
+change made here is recorded as made by "command line (<login>@<host>)"."""
 
 from __future__ import annotations
 

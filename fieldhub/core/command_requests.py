@@ -5,8 +5,7 @@ scoping hold wherever a command comes from. They only write to the database; the
 dispatcher (fieldhub.bridge.commands) notices new rows and publishes them.
 
 With `org_id` given, everything is scoped to that organisation: a device or command of another
-organisation is reported exactly like one that does not exist.
-"""
+organisation is reported exactly like one that does not exist."""
 
 from __future__ import annotations
 
@@ -214,8 +213,7 @@ def expire_commands(conn: Conn) -> int:
     """Mark every open command whose time to live has run out `expired`; how many it marked.
 
     The bridge's dispatcher calls it on every sweep and the worker's command_expiry job every
-    10 s, so commands expire while either one is down.
-    """
+    10 s, so commands expire while either one is down."""
     row = conn.execute(QUERIES["expire_commands"]).fetchone()
     return int(row["expired"]) if row else 0
 

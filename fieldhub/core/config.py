@@ -10,9 +10,9 @@ VARIABLES below declares every variable with its meaning and an example, in the 
 deploy/fieldhub.env.example lists them; that file is rendered from it (`python -m
 fieldhub.core.config > deploy/fieldhub.env.example`) and a test fails when they differ or when
 this module reads a variable VARIABLES does not declare. FIELDHUB_ENV_FILE names a file in
-systemd's EnvironmentFile syntax whose values fill in what the environment leaves unset, so an
-operator's shell on a host sees what the host's services see (/etc/profile.d/fieldhub.sh sets it).
-"""
+systemd's EnvironmentFile syntax whose values fill in what the environment leaves unset, so
+an operator's shell on a host sees what the host's services see (/etc/profile.d/fieldhub.sh
+sets it)."""
 
 from __future__ import annotations
 

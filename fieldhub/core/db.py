@@ -2,8 +2,7 @@
 
 SQL lives in `.sql` files next to the code that uses it and is called by name (see
 `Queries`). Connections and pools are created by the caller and passed in; nothing here is a
-global, so tests hand each component the database of the test.
-"""
+global, so tests hand each component the database of the test."""
 
 from __future__ import annotations
 
@@ -24,8 +23,7 @@ class Queries(Mapping[str, str]):
     """Named SQL queries parsed from a file of `-- name: xyz` sections.
 
     Lookups of a name that does not exist fail loudly at the call site's first use, and the
-    file is parsed once at import time of the module that owns it.
-    """
+    file is parsed once at import time of the module that owns it."""
 
     def __init__(self, path: Path) -> None:
         text = path.read_text(encoding="utf-8")

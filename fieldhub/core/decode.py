@@ -64,8 +64,7 @@ Limits (module constants)
 Metric names must match ``METRIC_NAME_RE`` (1-64 chars, first one
 alphanumeric, then ``[A-Za-z0-9_.:/-]``); device ids ``DEVICE_ID_RE``.
 
-Reason codes carried by :class:`DecodeError` are listed in ``DecodeReason``.
-"""
+Reason codes carried by :class:`DecodeError` are listed in ``DecodeReason``."""
 
 from __future__ import annotations
 
@@ -196,8 +195,7 @@ class Reading(NamedTuple):
     ``value``/``text``/``is_bool`` are its content (docs/devices.md).  Every
     field holds only what PostgreSQL accepts in its column: a finite
     ``value``, a ``time`` between ``MIN_TIMESTAMP`` and an hour after receipt,
-    a ``seq`` that fits a bigint, and text without NUL.
-    """
+    a ``seq`` that fits a bigint, and text without NUL."""
 
     time: float
     """Epoch seconds, UTC."""
@@ -226,8 +224,7 @@ class DecodeError(ValueError):
     """A message that must go to the dead letter, with a reason code.
 
     ``reason`` is a short stable code from ``DecodeReason`` for metrics and
-    alerting; ``detail`` is for humans and may change between releases.
-    """
+    alerting; ``detail`` is for humans and may change between releases."""
 
     def __init__(self, reason: DecodeReason, detail: str) -> None:
         # Both go into args so the exception survives pickling (e.g. when
@@ -288,8 +285,7 @@ def parse_topic(topic: str) -> TopicInfo | None:
     """Classify a device topic; return ``None`` for anything off-contract.
 
     Returns ``None`` (rather than raising) because an unknown topic is a
-    routing question for the caller, not a malformed payload.
-    """
+    routing question for the caller, not a malformed payload."""
     info = _topic_cache.get(topic)
     if info is not None:
         return info
@@ -344,8 +340,7 @@ def decode_status(payload: bytes | bytearray) -> bool:
     cleared, which the caller may want to treat differently from garbage.
 
     Raises:
-        DecodeError: reason ``bad_status`` for anything else.
-    """
+        DecodeError: reason ``bad_status`` for anything else."""
     word = payload.strip()
     if word == b"online":
         return True
@@ -405,8 +400,7 @@ def decode_telemetry_stamped(
         next message's stamps are later still.
 
     Raises:
-        DecodeError: for any violation; nothing of the message is returned.
-    """
+        DecodeError: for any violation; nothing of the message is returned."""
     doc = _parse_json(payload)
     out: list[Reading] = []
     last_stamp = received_at
@@ -462,8 +456,7 @@ def decode_senml(payload: bytes | bytearray, received_at: float) -> list[Reading
     must-understand fields (names ending in ``_``).
 
     Raises:
-        DecodeError: for any violation; nothing of the pack is returned.
-    """
+        DecodeError: for any violation; nothing of the pack is returned."""
     doc = _parse_json(payload)
     if type(doc) is not list:
         raise DecodeError("senml_invalid", f"a SenML pack is an array, got {_json_type(doc)}")

@@ -4,8 +4,7 @@
 and MQTT_URL point elsewhere; every other command resolves its endpoints the same way, so
 `fieldhub device create` talks to whatever `fieldhub up` started. The local stack's addresses
 are computed from the settings alone (ports, $FIELDHUB_HOME/secrets), never from the stack's
-code, so every process can resolve them; the end of the module formats them for people.
-"""
+code, so every process can resolve them; the end of the module formats them for people."""
 
 from __future__ import annotations
 
@@ -167,8 +166,7 @@ def bridge_mqtt(settings: Settings, broker: str | None = None, instance: int = 1
     Credentials come from MQTT_URL or the local stack's secret (bridge_credentials; the same
     accounts on every broker: auth-sync renders every service account into each), or from
     the broker's FIELDHUB_BROKER_SERVICE_URLS entry if it has them; the address from that
-    entry, else MQTT_URL (the first broker only), else the local stack.
-    """
+    entry, else MQTT_URL (the first broker only), else the local stack."""
     name = check_broker(settings, broker)
     base, password = bridge_credentials(settings)
     service_url = settings.broker_service_urls.get(name)

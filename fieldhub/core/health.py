@@ -20,8 +20,7 @@ HealthServer; the web app answers both on its own port (fieldhub.web.health). Th
 checks are in fieldhub.core.health_checks: this module must not import psycopg, because
 gunicorn's master imports it (for its metrics server) before it forks the workers, and
 psycopg chooses a blocking wait function for good when it is imported before gevent's
-patching.
-"""
+patching."""
 
 from __future__ import annotations
 

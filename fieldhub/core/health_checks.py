@@ -3,8 +3,7 @@ their own.
 
 Every query is cut off by the server after STATEMENT_TIMEOUT_MS (a lock, an overloaded
 database) and every connect attempt after CONNECT_TIMEOUT_S; a server that does not answer at
-all is the probe's timeout's business.
-"""
+all is the probe's timeout's business."""
 
 from __future__ import annotations
 

@@ -99,8 +99,7 @@ def open_file_target(soft: int, hard: int, needed: int) -> int:
     """The soft open-file limit to ask for: the hard limit, or `needed` when there is none.
 
     With no hard limit (RLIM_INFINITY) the soft limit cannot follow it: Linux refuses a
-    NOFILE limit above fs.nr_open (EPERM), so ask for what is needed instead.
-    """
+    NOFILE limit above fs.nr_open (EPERM), so ask for what is needed instead."""
     if soft == resource.RLIM_INFINITY:
         return soft
     if hard == resource.RLIM_INFINITY:
@@ -112,8 +111,7 @@ def raise_open_file_limit(needed: int) -> int:
     """Raise this process's open-file limit (children inherit it) and return the new one.
 
     A broker or simulator with 10,000 clients needs the descriptors; below `needed` a warning
-    says how to raise the hard limit.
-    """
+    says how to raise the hard limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = open_file_target(soft, hard, needed)
     if want != soft:

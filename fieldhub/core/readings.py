@@ -22,8 +22,7 @@ Measured: the hand-built binary encoding costs about 1.3 us per row here (300,00
 messages, process time), as much as psycopg's `write_row` with the time sent as an int8 and
 far less than with a datetime per row (what the bridge measured first); the staged path
 carries less than half the fast path's throughput (docs/benchmarks.md), which is why it is
-only taken after a collision.
-"""
+only taken after a collision."""
 
 from __future__ import annotations
 
@@ -119,8 +118,7 @@ def encode_copy(messages: Iterable[Message], *, ordinals: bool = False) -> tuple
 
     Columns as copy_readings names them, plus the message's ordinal for copy_staging when
     `ordinals`. Hand-built rather than through psycopg's row writer: it skips a datetime
-    object per row, which was most of the cost of the fast path.
-    """
+    object per row, which was most of the cost of the fast path."""
     parts: list[bytes] = [_COPY_HEADER]
     append = parts.append
     names: dict[str, bytes] = {}
@@ -189,8 +187,7 @@ def write(
     `staged=False` tries the fast path. On a unique violation: with `savepoint` the COPY is
     rolled back to a savepoint and the batch staged; without, the violation is raised and the
     caller's transaction is lost (redo it with `staged=True`). The staging table must exist
-    (`create_staging`) and is used once per transaction.
-    """
+    (`create_staging`) and is used once per transaction."""
     if not staged:
         data, count = encode_copy(messages)
         if not count:

@@ -3,8 +3,7 @@
 Every parser of a time in fieldhub is one of these two (the decoder, the import parser, the
 web's ranges and API parameters, the command line's --from/--to), so they cannot disagree
 on what a time is. Each caller turns ValueError into its own error (a decode reason, a line
-error, a problem document, an argparse message).
-"""
+error, a problem document, an argparse message)."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ def parse_rfc3339(text: str) -> datetime:
 
     Python 3.11's fromisoformat wants upper-case T/Z; RFC 3339 allows lower case. Leap
     seconds (":60") are refused: datetime cannot represent them and they are vanishingly
-    rare from devices.
-    """
+    rare from devices."""
     if RFC3339_RE.match(text) is None:
         raise ValueError("is not RFC 3339")
     try:
@@ -47,8 +45,7 @@ def parse_rfc3339(text: str) -> datetime:
 def parse_time(text: str) -> datetime:
     """A time a person typed: ISO 8601 (Z or z, a space for T), no offset meaning UTC.
 
-    ValueError for anything fromisoformat cannot read; the result always has a time zone.
-    """
+    ValueError for anything fromisoformat cannot read; the result always has a time zone."""
     value = datetime.fromisoformat(
         text.strip().replace("Z", "+00:00").replace("z", "+00:00").replace(" ", "T")
     )

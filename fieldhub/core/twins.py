@@ -7,8 +7,7 @@ publishes the retained documents. Device reports come in through the bridge, nev
 
 With `org_id` given, everything is scoped to that organisation: a device of another
 organisation is reported exactly like one that does not exist. The rules themselves (merge
-patches, delta, limits) are in fieldhub.core.twin_documents.
-"""
+patches, delta, limits) are in fieldhub.core.twin_documents."""
 
 from __future__ import annotations
 
@@ -156,8 +155,7 @@ def update_desired(
     A patch that changes nothing makes no new version and records nothing. With `if_version`
     the change is made only if the desired document is still at that version
     (VersionMismatch otherwise), so two people editing at once cannot overwrite each other
-    unseen.
-    """
+    unseen."""
     checked = check_desired_patch(patch)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         params = {"device_id": device_id, "org_id": org_id}

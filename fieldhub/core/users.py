@@ -6,8 +6,7 @@ change or a disabled account ends every session and revokes every API token", to
 expire.
 Session cookies and API tokens are 256 random bits; only their SHA-256 is stored, so a copy
 of the database does not let anyone in. Throttling state lives in the database, so it holds
-across every gunicorn worker and every web host.
-"""
+across every gunicorn worker and every web host."""
 
 from __future__ import annotations
 
@@ -91,8 +90,7 @@ DEFAULT_POLICY = ThrottlePolicy()
 def set_hash_cost(*, time_cost: int, memory_cost_kib: int, parallelism: int = 1) -> None:
     """Change the Argon2id cost of new hashes (existing hashes keep their own parameters).
 
-    For test suites, which create hundreds of users; production keeps argon2-cffi's defaults.
-    """
+    For test suites, which create hundreds of users; production keeps argon2-cffi's defaults."""
     global _HASHER, _DUMMY_HASH
     _HASHER = PasswordHasher(
         time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=parallelism
@@ -405,8 +403,7 @@ def attempt_login(
     """Check the throttle, then the password: (user or None, seconds to wait if throttled).
 
     One transaction holding an advisory lock on the account: attempts for one email from any
-    number of workers are counted one after another, so the limit cannot be overrun.
-    """
+    number of workers are counted one after another, so the limit cannot be overrun."""
     keys = throttle_keys(email, ip)
     with conn.transaction():
         conn.execute(QUERIES["lock_login_key"], {"key": keys[0]})

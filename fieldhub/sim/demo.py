@@ -3,8 +3,7 @@
 The demo devices themselves (demo-01..demo-12, labelled by site) are created by the simulator
 (`fieldhub simulate --org demo --prefix demo`), which needs their secrets anyway. The demo
 user's password is generated once and kept in the stack's secrets directory (0600), so every
-`up --demo` prints the same, working login.
-"""
+`up --demo` prints the same, working login."""
 
 from __future__ import annotations
 

@@ -13,8 +13,7 @@ several brokers each device connects to the broker it is homed on (devices.broke
 
 For benchmarks that count what was lost, each process can keep a ledger: one line
 `device_id seq ts_ms` per reading the broker acknowledged (PUBACK), flushed every second and at
-the end, so "published" means acknowledged, message by message.
-"""
+the end, so "published" means acknowledged, message by message."""
 
 from __future__ import annotations
 
@@ -183,8 +182,7 @@ def answer_command(payload: bytes) -> tuple[bytes, bytes, float | None] | None:
     """The two acks (accepted, final) for a command payload, and a new interval if asked for.
 
     None for an empty payload: that is the backend clearing a finished command's retained
-    message, not a command.
-    """
+    message, not a command."""
     if not payload:
         return None
     accepted = orjson.dumps({"status": "accepted"})

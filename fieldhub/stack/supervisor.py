@@ -14,8 +14,7 @@ log folder that outgrew LOG_MAX_BYTES to NAME.log.1 (shifting older copies up to
 NAME.log.LOG_KEEP, dropping the oldest) and truncates it. The children keep writing to the
 file they opened; they opened it for appending, so after the truncation their next line lands
 at the new end (logrotate's copytruncate: lines written between the copy and the truncation,
-a few milliseconds, are lost, which beats restarting every process to reopen its log).
-"""
+a few milliseconds, are lost, which beats restarting every process to reopen its log)."""
 
 from __future__ import annotations
 

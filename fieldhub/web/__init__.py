@@ -2,8 +2,7 @@
 
 `create_app()` builds the app from `Settings.from_env()`; tests pass `test_config` with the
 database URL of their own database. Each module hooks itself in with `init_app(app)`. Builds
-on fieldhub.core and the analysis service; templates/ and static/ are package data beside it.
-"""
+on fieldhub.core and the analysis service; templates/ and static/ are package data beside it."""
 
 from __future__ import annotations
 

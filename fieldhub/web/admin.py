@@ -1,8 +1,7 @@
 """Admin pages: organisations (operators), users and devices (admins of their organisation).
 
 Device changes go through fieldhub.core.registry, the same functions as the CLI, so validation
-and "credentials are shown once" hold here too. Pages that show a secret are never cached.
-"""
+and "credentials are shown once" hold here too. Pages that show a secret are never cached."""
 
 from __future__ import annotations
 

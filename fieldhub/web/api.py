@@ -4,8 +4,7 @@ Each route is an operation of `API` (fieldhub/web/openapi.py): its signature's t
 (fieldhub/web/api_shapes.py) parse the request and make the OpenAPI document at
 /api/v1/openapi.json, which /api/v1/docs renders. Every error is an RFC 9457 problem
 (fieldhub/web/problems.py), documented at its `type` URL; every list is paged by cursor.
-docs/api.md has the conventions and why.
-"""
+docs/api.md has the conventions and why."""
 
 from __future__ import annotations
 

@@ -5,8 +5,7 @@ hash), so logout and a password change end them in every worker at once. Every
 state-changing request of a logged-in browser must carry the session's CSRF token (form
 field `csrf_token` or header `X-CSRF-Token`); the login form, which has no session yet, uses a
 double-submit cookie. The JSON API authenticates with bearer tokens only, never cookies, so
-a browser cannot be tricked into calling it.
-"""
+a browser cannot be tricked into calling it."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ Every function takes `org_id` (None only for operators) and never returns a row 
 organisation: an object outside the scope is reported exactly like one that does not exist.
 A device's data is read by its device key: callers resolve the device once with
 `get_device` (scoped to the organisation) and pass its `device_key` on, so a device id that
-was deleted and registered again never shows the earlier device's data.
-"""
+was deleted and registered again never shows the earlier device's data."""
 
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ ever). A command a user just sent therefore shows at once, whatever the replica'
 
 Pools are created on first use in each process, never before gunicorn forks (a pool's
 sockets and threads must not be shared between workers). Connections are in autocommit
-mode; writes group their statements with `conn.transaction()`.
-"""
+mode; writes group their statements with `conn.transaction()`."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Which data answers a history request: pure logic, no I/O.
 
 Short ranges are drawn from raw readings; longer ones from the analysis worker's rollups
-(`rollup_1m`, `rollup_1h`), re-bucketed so a chart never gets more than a few thousand points.
-"""
+(`rollup_1m`, `rollup_1h`), re-bucketed so a chart never gets more than a few thousand points."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ that, so a later device of the same id is never mistaken for the one it shows.
 A stream outlives the request that opened it, so it checks the credential it was opened with
 (the session) again before every event it sends and at least every REVALIDATE_S seconds while
 idle: once the session is gone (logout, a password change, a disabled user, expiry) the browser
-gets an `end` event saying so and the stream closes, instead of streaming on for hours.
-"""
+gets an `end` event saying so and the stream closes, instead of streaming on for hours."""
 
 from __future__ import annotations
 

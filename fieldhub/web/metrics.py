@@ -10,8 +10,7 @@ master). Without PROMETHEUS_MULTIPROC_DIR (tests, the Flask test client) the sam
 are plain in-process metrics.
 
 Latency is the time until the response starts: for a live stream (server-sent events) that
-is until its headers, and the stream itself is counted in fieldhub_web_live_streams.
-"""
+is until its headers, and the stream itself is counted in fieldhub_web_live_streams."""
 
 from __future__ import annotations
 

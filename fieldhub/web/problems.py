@@ -7,8 +7,7 @@ against the API's own address it opens the page that documents it (fieldhub/web/
 serves those pages from this catalogue). RFC 9457 allows relative references; absolute ones
 would differ from one deployment to the next.
 
-Pure: the catalogue and the exception; fieldhub/web/errors.py renders them.
-"""
+Pure: the catalogue and the exception; fieldhub/web/errors.py renders them."""
 
 from __future__ import annotations
 

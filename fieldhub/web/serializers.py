@@ -3,8 +3,7 @@ import progress, and the organisation an operator acts in.
 
 The analysis service (fieldhub/analysis/service.py) acts in exactly one organisation. Users of an
 organisation act in their own; an operator acts in the organisation of the object named in
-the URL, or in the one they pick by name (their own when they pick none).
-"""
+the URL, or in the one they pick by name (their own when they pick none)."""
 
 from __future__ import annotations
 

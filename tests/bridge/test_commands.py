@@ -2,8 +2,7 @@
 
 Three layers: `apply_acks` inside a transaction; the `CommandDispatcher` driven with a publish
 callable on our own paho client (so crashes can be placed exactly); and end to end through the
-real bridge process (tests.support.BridgeProcess) as the issue asks.
-"""
+real bridge process (tests.support.BridgeProcess) as the issue asks."""
 
 from __future__ import annotations
 
@@ -136,8 +135,7 @@ def flush(device: DeviceClient, publish: Callable[[str, bytes, bool, int | None]
     """Wait until everything the broker sent the device before now has arrived.
 
     The broker delivers a subscription's retained messages before any later publish on the
-    same connection, so once a sentinel published now has arrived nothing older is pending.
-    """
+    same connection, so once a sentinel published now has arrived nothing older is pending."""
     device_id = device.username
     marker = uuid.uuid4().hex.encode()
     publish(f"devices/{device_id}/commands/sentinel", marker, False, None)

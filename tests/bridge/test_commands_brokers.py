@@ -2,8 +2,7 @@
 
 The publish callable records topics instead of talking to a broker: what is checked here is
 which commands each broker's dispatcher takes and that the leader lock is one per broker. The
-path through real brokers is the cluster test in tests/fieldhub/test_stack.py.
-"""
+path through real brokers is the cluster test in tests/fieldhub/test_stack.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """Device twins through the real bridge, broker and database.
 
 The device side is a plain MQTT client speaking the contract of docs/devices.md ("Twin"); the
-people's side is fieldhub.core.twins, which the web app, the API and the CLI call.
-"""
+people's side is fieldhub.core.twins, which the web app, the API and the CLI call."""
 
 from __future__ import annotations
 

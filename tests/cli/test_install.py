@@ -4,8 +4,7 @@ that holds only requirements/runtime.txt.
 The clean virtualenv is the proof that nothing imports a development package at start-up (it
 has none to import). It is kept under var/cache, keyed by the runtime lock's hash, so only the
 first run after a lock change downloads wheels; the fieldhub wheel itself is reinstalled every
-time. Every role process is then started from it, outside the checkout.
-"""
+time. Every role process is then started from it, outside the checkout."""
 
 from __future__ import annotations
 

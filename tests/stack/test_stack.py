@@ -3,8 +3,7 @@
 The end-to-end test runs the real command line in a scratch FIELDHUB_HOME on free ports: the
 stack comes up detached with demo data, a process killed with SIGKILL comes back (and the
 supervisor says so in its log), `down` leaves no process and no port behind, and a second `up`
-finds the data of the first.
-"""
+finds the data of the first."""
 
 from __future__ import annotations
 
