@@ -13,7 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.bridge.commands import CommandDispatcher
-from fieldhub.core import registry
+from fieldhub.core import db, registry
 from fieldhub.core.command_requests import get_command, send_command
 from fieldhub.core.db import Conn
 from tests.support import wait_for
@@ -48,11 +48,11 @@ def test_each_broker_dispatcher_publishes_only_its_devices_commands(
         name: CommandDispatcher(database_url, publish, broker=name)
         for name, publish in publishers.items()
     }
-    with psycopg.connect(database_url, autocommit=True) as own:
+    with db.connect(database_url, autocommit=True) as own:
         assert dispatchers["broker-2"].sweep(own).published == 1
     assert publishers["broker-2"].topics == [f"devices/south-1/commands/{south}"]
     assert get_command(conn, str(north))["status"] == "queued"
-    with psycopg.connect(database_url, autocommit=True) as own:
+    with db.connect(database_url, autocommit=True) as own:
         assert dispatchers["broker-1"].sweep(own).published == 1
     assert publishers["broker-1"].topics == [f"devices/north-1/commands/{north}"]
 

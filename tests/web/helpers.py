@@ -194,6 +194,10 @@ class WebServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def env(self) -> dict[str, str]:
+        return self.child.env
+
     def __enter__(self) -> WebServer:
         self.child.start()
         self.child.wait_ready(
