@@ -101,7 +101,7 @@ class AckCollector:
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         _, device_id, _, command_id, _ = message.topic.split("/")
         with self._lock:
-            self.acks.append(AckMessage(device_id, command_id, message.payload, time.time()))
+            self.acks.append(AckMessage(device_id, command_id, bytes(message.payload), time.time()))
 
     def apply(self, conn: Conn, count: int) -> list[tuple[AckMessage, str, str]]:
         wait_for(lambda: len(self.acks) >= count, what=f"{count} acks")
