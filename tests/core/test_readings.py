@@ -31,7 +31,7 @@ def _parse_copy(data: bytes, fields: int = 8) -> list[tuple[object, ...]]:
     """A minimal reader of PostgreSQL's binary COPY format, for the readings columns."""
     assert data.startswith(b"PGCOPY\n\xff\r\n\x00")
     pos = 19
-    rows = []
+    rows: list[tuple[object, ...]] = []
     while True:
         (count,) = struct.unpack_from(">h", data, pos)
         pos += 2
