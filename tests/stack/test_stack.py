@@ -371,8 +371,12 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     for n in (1, 2):
         for k in (1, 2):
             log_file = home / "log" / f"bridge-{n}-broker-{k}.log"
+
+            def logged_in(f: Path = log_file, n: int = n) -> bool:
+                return f"as svc.bridge-{n} (session present" in f.read_text()
+
             wait_for(
-                lambda f=log_file, n=n: f"as svc.bridge-{n} (session present" in f.read_text(),
+                logged_in,
                 timeout=30,
                 what=f"bridge-{n}-broker-{k} to log in as svc.bridge-{n}",
             )
