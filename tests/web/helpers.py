@@ -248,7 +248,7 @@ class SourceClient:
             conn.close()
 
     def login(self, email: str, password: str, **headers: str) -> int:
-        _, page = self.request("GET", "/login", **headers)
+        _, page = self.request("GET", "/login", None, **headers)
         form = {"email": email, "password": password, "csrf_token": csrf_from(page)}
         return self.request("POST", "/login", form, **headers)[0]
 
