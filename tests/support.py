@@ -9,7 +9,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,7 +27,7 @@ from fieldhub.broker.auth_sync import sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry
 from fieldhub.core.passwords import generate_secret
-from fieldhub.core.procs import free_port
+from fieldhub.core.procs import free_port, wait_until
 from fieldhub.core.tls import ensure_tls
 
 # The account of bridge instance 1; instance N is registry.bridge_account(N).
@@ -43,14 +42,10 @@ def wait_for(
     what: str = "condition",
 ) -> Any:
     """Poll until `condition()` is truthy and return its value; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(condition, timeout=timeout, interval=interval, what=what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 class TestStack:

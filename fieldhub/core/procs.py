@@ -16,8 +16,11 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def running_as_root() -> bool:
@@ -65,13 +68,15 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until(
-    condition: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = ""
-) -> None:
-    """Poll `condition` until it holds; raise TimeoutError naming `what` if it never does."""
+    condition: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns a true value and return that value; raise
+    TimeoutError naming `what` if it never does (the tests' wait_for is this one)."""
     deadline = time.monotonic() + timeout
     while True:
-        if condition():
-            return
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what or condition}")
         time.sleep(interval)
