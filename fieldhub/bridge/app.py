@@ -136,7 +136,7 @@ class Bridge:
         }
         self._clock = ReceiveClock()
         self._writer_thread = threading.Thread(target=self._write_loop, name="ingest-writer")
-        self.dispatcher: Any = None
+        self.dispatcher: commands.CommandDispatcher | None = None
         # PUBACK reason codes of our own publishes that the broker refused, by packet id.
         self._refused: dict[int, str] = {}
         self.client = self._make_client()
@@ -251,7 +251,7 @@ class Bridge:
             topic = raw_topic.decode(errors="replace")
         info = parse_topic(topic)
         counts = self._counts
-        item: Any
+        item: Telemetry | Status | CommandAck | TwinReport | DeadLetter
         if info is None:
             if topic == DROPPED_TOPIC:
                 self._broker_dropped(payload)
@@ -306,7 +306,7 @@ class Bridge:
                 batch.statuses.append(item)
             elif type(item) is TwinReport:
                 batch.twin_reports.append(item)
-            else:
+            elif type(item) is CommandAck:
                 batch.acks.append(item)
             if qos:
                 batch.mids.append(mid)
