@@ -20,6 +20,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from fieldhub.analysis import service as analysis
 from fieldhub.analysis.jobs import JOBS
@@ -67,14 +68,14 @@ def _back() -> str:
 
 @bp.route("/")
 @role_required("admin")
-def index() -> Any:
+def index() -> ResponseReturnValue:
     return redirect(url_for("admin.devices"))
 
 
 # -- organisations --------------------------------------------------------------------------
 @bp.route("/orgs", methods=["GET", "POST"])
 @role_required("operator")
-def orgs() -> Any:
+def orgs() -> ResponseReturnValue:
     conn = db.write()
     if request.method == "POST":
         try:
@@ -94,7 +95,7 @@ def orgs() -> Any:
 # -- users ----------------------------------------------------------------------------------
 @bp.route("/users", methods=["GET", "POST"])
 @role_required("admin")
-def users_page() -> Any:
+def users_page() -> ResponseReturnValue:
     conn = db.write()
     org_id = scope_org_id()
     if request.method == "POST":
@@ -153,7 +154,7 @@ def _is_me(target: dict[str, Any]) -> bool:
 
 @bp.route("/users/<int:user_id>/delete", methods=["POST"])
 @role_required("admin")
-def delete_user(user_id: int) -> Any:
+def delete_user(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     if _is_me(target):
         flash("You cannot delete your own account.", "error")
@@ -165,7 +166,7 @@ def delete_user(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/disable", methods=["POST"])
 @role_required("admin")
-def disable_user(user_id: int) -> Any:
+def disable_user(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     if _is_me(target):
         flash("You cannot disable your own account.", "error")
@@ -177,7 +178,7 @@ def disable_user(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/enable", methods=["POST"])
 @role_required("admin")
-def enable_user(user_id: int) -> Any:
+def enable_user(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     users.set_disabled(db.write(), user_id, False, org_id=scope_org_id())
     flash(f"User {target['email']} enabled: they can log in again.", "info")
@@ -186,7 +187,7 @@ def enable_user(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/tokens")
 @role_required("admin")
-def user_tokens(user_id: int) -> Any:
+def user_tokens(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     return render_template(
         "admin/user_tokens.html",
@@ -197,7 +198,7 @@ def user_tokens(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/tokens/<int:token_id>/revoke", methods=["POST"])
 @role_required("admin")
-def revoke_user_token(user_id: int, token_id: int) -> Any:
+def revoke_user_token(user_id: int, token_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     try:
         row = users.revoke_api_token(db.write(), token_id, user_id=user_id, org_id=scope_org_id())
@@ -217,7 +218,7 @@ def device_urls(creds: registry.DeviceCredentials) -> list[str]:
 
 @bp.route("/devices", methods=["GET", "POST"])
 @role_required("admin")
-def devices() -> Any:
+def devices() -> ResponseReturnValue:
     conn = db.write()
     org_id = scope_org_id()
     if request.method == "POST":
@@ -256,7 +257,7 @@ def devices() -> Any:
 
 @bp.route("/devices/<device_id>/rotate", methods=["POST"])
 @role_required("admin")
-def rotate(device_id: str) -> Any:
+def rotate(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     creds = registry.rotate_secret(db.write(), device_id)
     return no_store(
@@ -288,7 +289,7 @@ def issue_certificate(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/enable", methods=["POST"])
 @role_required("admin")
-def enable(device_id: str) -> Any:
+def enable(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, True)
     flash(f"Device {device_id} enabled: it can connect again.", "info")
@@ -297,7 +298,7 @@ def enable(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/disable", methods=["POST"])
 @role_required("admin")
-def disable(device_id: str) -> Any:
+def disable(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, False)
     flash(f"Device {device_id} disabled: the broker refuses it from now on.", "info")
@@ -306,7 +307,7 @@ def disable(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/attach", methods=["POST"])
 @role_required("admin")
-def attach(device_id: str) -> Any:
+def attach(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     gateway_id = request.form.get("gateway_id", "").strip()
     try:
@@ -322,7 +323,7 @@ def attach(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/detach", methods=["POST"])
 @role_required("admin")
-def detach(device_id: str) -> Any:
+def detach(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     gateway = registry.detach_gateway(db.write(), device_id, org_id=scope_org_id())
     if gateway is not None:
@@ -332,7 +333,7 @@ def detach(device_id: str) -> Any:
 
 @bp.route("/devices/import", methods=["GET", "POST"])
 @role_required("admin")
-def import_devices() -> Any:
+def import_devices() -> ResponseReturnValue:
     conn = db.write()
     if request.method == "GET":
         return render_template("admin/import.html", orgs=data.list_orgs(conn, scope_org_id()))
@@ -407,7 +408,9 @@ def _org_by_id(org_id: int) -> dict[str, Any]:
     return next(o for o in data.list_orgs(db.write(), org_id))
 
 
-def _rules_page(org: dict[str, Any], form: dict[str, Any] | None, status: int = 200) -> Any:
+def _rules_page(
+    org: dict[str, Any], form: dict[str, Any] | None, status: int = 200
+) -> ResponseReturnValue:
     return (
         render_template(
             "admin/rules.html",
@@ -422,7 +425,7 @@ def _rules_page(org: dict[str, Any], form: dict[str, Any] | None, status: int = 
 
 @bp.route("/rules", methods=["GET", "POST"])
 @role_required("admin")
-def rules() -> Any:
+def rules() -> ResponseReturnValue:
     org = _acting_org()
     if request.method == "GET":
         return _rules_page(org, None)
@@ -438,7 +441,7 @@ def rules() -> Any:
 
 @bp.route("/rules/<int:rule_id>", methods=["GET", "POST"])
 @role_required("admin")
-def edit_rule(rule_id: int) -> Any:
+def edit_rule(rule_id: int) -> ResponseReturnValue:
     org_id, rule = _rule_or_404(rule_id)
     org = _org_by_id(org_id)
     if request.method == "GET":
@@ -458,7 +461,7 @@ def edit_rule(rule_id: int) -> Any:
 
 @bp.route("/rules/<int:rule_id>/delete", methods=["POST"])
 @role_required("admin")
-def delete_rule(rule_id: int) -> Any:
+def delete_rule(rule_id: int) -> ResponseReturnValue:
     org_id, rule = _rule_or_404(rule_id)
     try:
         analysis.delete_alert_rule(db.write(), org_id, rule_id)
@@ -470,7 +473,7 @@ def delete_rule(rule_id: int) -> Any:
 
 @bp.route("/webhook", methods=["GET", "POST"])
 @role_required("admin")
-def webhook() -> Any:
+def webhook() -> ResponseReturnValue:
     org = _acting_org()
     conn = db.write()
     if request.method == "GET":
@@ -492,7 +495,9 @@ def webhook() -> Any:
     return no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
 
 
-def _webhook_page(org: dict[str, Any], typed_url: str | None, status: int = 200) -> Any:
+def _webhook_page(
+    org: dict[str, Any], typed_url: str | None, status: int = 200
+) -> ResponseReturnValue:
     conn = db.write()
     return (
         render_template(
@@ -509,7 +514,7 @@ def _webhook_page(org: dict[str, Any], typed_url: str | None, status: int = 200)
 
 @bp.route("/webhook/delete", methods=["POST"])
 @role_required("admin")
-def delete_webhook() -> Any:
+def delete_webhook() -> ResponseReturnValue:
     org = _acting_org()
     analysis.delete_webhook(db.write(), org["id"])
     flash("Webhook removed: alerts are no longer sent anywhere.", "info")
@@ -519,7 +524,7 @@ def delete_webhook() -> Any:
 # -- job runs (operators) ---------------------------------------------------------------------
 @bp.route("/jobs")
 @role_required("operator")
-def jobs() -> Any:
+def jobs() -> ResponseReturnValue:
     job = request.args.get("job", "").strip() or None
     names = [j.name for j in JOBS]
     if job not in names:
@@ -535,7 +540,7 @@ def jobs() -> Any:
 # -- system: where reads come from, replication lag (operators) -------------------------------
 @bp.route("/system")
 @role_required("operator")
-def system() -> Any:
+def system() -> ResponseReturnValue:
     return render_template(
         "admin/system.html", state=replication.replication_state(db.read_side(), db.write())
     )

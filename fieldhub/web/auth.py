@@ -30,6 +30,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from fieldhub.core import users
 from fieldhub.core.db import Conn
@@ -195,7 +196,7 @@ def _policy() -> users.ThrottlePolicy:
 
 # -- routes ---------------------------------------------------------------------------------
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Any:
+def login() -> ResponseReturnValue:
     if request.method == "GET":
         if current_user() is not None:
             return redirect(_safe_next(request.args.get("next")))
@@ -245,7 +246,7 @@ def login() -> Any:
 
 
 @bp.route("/logout", methods=["POST"])
-def logout() -> Any:
+def logout() -> ResponseReturnValue:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         users.delete_session(db.write(), token)
@@ -257,7 +258,7 @@ def logout() -> Any:
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @login_required
-def change_password() -> Any:
+def change_password() -> ResponseReturnValue:
     if request.method == "GET":
         return render_template("password.html")
     user = current_user()

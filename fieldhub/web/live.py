@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask.typing import ResponseReturnValue
 
 from fieldhub.core import command_requests
 from fieldhub.core.db import Conn
@@ -212,7 +213,7 @@ def guarded_events(
 
 @bp.route("/devices/<device_id>/live")
 @login_required
-def device_stream(device_id: str) -> Any:
+def device_stream(device_id: str) -> ResponseReturnValue:
     org_id = scope_org_id()
     try:
         key: int = data.get_device(db.read(), org_id, device_id)["device_key"]
@@ -280,7 +281,7 @@ def device_stream(device_id: str) -> Any:
 
 @bp.route("/alerts/live")
 @login_required
-def alerts_stream() -> Any:
+def alerts_stream() -> ResponseReturnValue:
     """Which alert of the viewer's organisation changed and how; the page then re-reads its
     list with the viewer's own scope. The hub forwards only the viewer's organisation's
     notifications (all of them to an operator)."""

@@ -21,6 +21,7 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from fieldhub.analysis import service as analysis
 from fieldhub.core import command_requests, dead_letters, reading_files, registry, twins
@@ -52,13 +53,13 @@ def _now() -> datetime:
 
 @bp.route("/")
 @login_required
-def index() -> Any:
+def index() -> ResponseReturnValue:
     return redirect(url_for("pages.devices"))
 
 
 @bp.route("/devices")
 @login_required
-def devices() -> Any:
+def devices() -> ResponseReturnValue:
     page_size = int(current_app.config["PAGE_SIZE"])
     search = request.args.get("q", "").strip() or None
     label_text = request.args.get("label", "").strip()
@@ -106,7 +107,7 @@ MAX_STATE_IDS = 200
 
 @bp.route("/devices/state.json")
 @login_required
-def devices_state() -> Any:
+def devices_state() -> ResponseReturnValue:
     """Online state, last seen and latest values of the listed devices, for the list page to
     refresh itself; ids outside the user's organisation are silently left out."""
     wanted = [i for i in request.args.get("ids", "").split(",") if i][:MAX_STATE_IDS]
@@ -153,13 +154,13 @@ def _label_suggestions(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
 
 @bp.route("/devices/<device_id>")
 @login_required
-def device(device_id: str) -> Any:
+def device(device_id: str) -> ResponseReturnValue:
     return _device_page(device_id)
 
 
 def _device_page(
     device_id: str, *, twin_text: str | None = None, twin_error: str | None = None
-) -> Any:
+) -> ResponseReturnValue:
     found = device_or_404(device_id)
     conn = db.read()
     org_id = scope_org_id()
@@ -214,7 +215,7 @@ def _pretty(document: Any) -> str:
 # -- twin ------------------------------------------------------------------------------------
 @bp.route("/devices/<device_id>/twin", methods=["POST"])
 @role_required("member")
-def set_desired(device_id: str) -> Any:
+def set_desired(device_id: str) -> ResponseReturnValue:
     """The page's editor holds the whole desired document; the change stored is the merge
     patch from the version it was based on, refused if someone changed it meanwhile."""
     device_or_404(device_id)
@@ -266,7 +267,7 @@ def _range_from_args() -> history.TimeRange:
 
 @bp.route("/devices/<device_id>/history.json")
 @login_required
-def device_history(device_id: str) -> Any:
+def device_history(device_id: str) -> ResponseReturnValue:
     key = device_or_404(device_id)["device_key"]
     metric = request.args.get("metric", "")
     if not metric:
@@ -291,7 +292,7 @@ def device_history(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/export.csv")
 @login_required
-def export_csv(device_id: str) -> Any:
+def export_csv(device_id: str) -> ResponseReturnValue:
     """The readings of the chosen range in the export format (fieldhub.core.reading_files),
     streamed; at most EXPORTS_PER_USER at once per user (fieldhub.web.exports)."""
     key = device_or_404(device_id)["device_key"]
@@ -325,7 +326,7 @@ def export_csv(device_id: str) -> Any:
 # -- commands --------------------------------------------------------------------------------
 @bp.route("/devices/<device_id>/commands.json")
 @login_required
-def device_commands(device_id: str) -> Any:
+def device_commands(device_id: str) -> ResponseReturnValue:
     device_or_404(device_id)
     commands = command_requests.list_commands(
         db.read(), device_id=device_id, org_id=scope_org_id(), limit=20
@@ -335,7 +336,7 @@ def device_commands(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/commands", methods=["POST"])
 @role_required("member")
-def send_command(device_id: str) -> Any:
+def send_command(device_id: str) -> ResponseReturnValue:
     device_or_404(device_id)
     user = current_user()
     assert user is not None
@@ -371,7 +372,7 @@ def send_command(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/commands/<command_id>/cancel", methods=["POST"])
 @role_required("member")
-def cancel_command(device_id: str, command_id: str) -> Any:
+def cancel_command(device_id: str, command_id: str) -> ResponseReturnValue:
     device_or_404(device_id)
     org_id = scope_org_id()
     try:
@@ -394,7 +395,7 @@ def cancel_command(device_id: str, command_id: str) -> Any:
 
 @bp.route("/alerts")
 @login_required
-def alerts() -> Any:
+def alerts() -> ResponseReturnValue:
     state = request.args.get("state") or None
     if state not in (None, "active", "acknowledged", "cleared"):
         state = None
@@ -416,7 +417,7 @@ def _back(default: str) -> str:
 
 @bp.route("/alerts/<int:alert_id>/acknowledge", methods=["POST"])
 @role_required("member")
-def acknowledge_alert(alert_id: int) -> Any:
+def acknowledge_alert(alert_id: int) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     conn = db.write()
@@ -445,7 +446,7 @@ def _import_or_404(raw_id: str) -> dict[str, Any]:
         abort(404)
 
 
-def _import_page(status: int = 200) -> Any:
+def _import_page(status: int = 200) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     conn = db.read()
@@ -469,7 +470,7 @@ def _import_page(status: int = 200) -> Any:
 
 @bp.route("/imports", methods=["GET", "POST"])
 @login_required
-def imports() -> Any:
+def imports() -> ResponseReturnValue:
     if request.method == "GET":
         return _import_page()
     if not has_role("member"):
@@ -511,7 +512,7 @@ def imports() -> Any:
 
 @bp.route("/imports/<import_id>")
 @login_required
-def import_detail(import_id: str) -> Any:
+def import_detail(import_id: str) -> ResponseReturnValue:
     found = serializers.import_json(_import_or_404(import_id))
     return render_template(
         "import.html", imp=found, final=found["status"] in serializers.FINAL_IMPORT_STATES
@@ -520,5 +521,5 @@ def import_detail(import_id: str) -> Any:
 
 @bp.route("/imports/<import_id>/progress.json")
 @login_required
-def import_progress(import_id: str) -> Any:
+def import_progress(import_id: str) -> ResponseReturnValue:
     return jsonify(serializers.import_json(_import_or_404(import_id)))
