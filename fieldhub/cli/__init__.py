@@ -13,7 +13,7 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -69,7 +69,7 @@ def connect_registry(settings: Settings) -> Iterator[Conn]:
         yield conn
 
 
-def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     """A registry row with its times as ISO 8601 strings, for --json output."""
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
 

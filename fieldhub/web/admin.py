@@ -132,7 +132,7 @@ def users_page() -> ResponseReturnValue:
     )
 
 
-def _user_in_scope(user_id: int) -> dict[str, Any]:
+def _user_in_scope(user_id: int) -> users.ListedUser:
     """A user this admin may manage: of their organisation (any, for an operator), and an
     operator only for an operator. 404 outside the organisation, 403 above one's role."""
     target = next(
@@ -146,7 +146,7 @@ def _user_in_scope(user_id: int) -> dict[str, Any]:
     return target
 
 
-def _is_me(target: dict[str, Any]) -> bool:
+def _is_me(target: users.ListedUser) -> bool:
     me = current_user()
     assert me is not None
     return bool(target["id"] == me["id"])

@@ -59,8 +59,8 @@ def init_app(app: Flask) -> None:
 
 
 # -- who is asking ---------------------------------------------------------------------------
-def current_user() -> dict[str, Any] | None:
-    user: dict[str, Any] | None = g.get("user")
+def current_user() -> users.SessionUser | None:
+    user: users.SessionUser | None = g.get("user")
     return user
 
 
