@@ -42,9 +42,9 @@ class Pools:
         self.export_size = export_size
         self._lock = threading.Lock()
         self._pid = 0
-        self._pools: dict[str, ConnectionPool[Any]] = {}
+        self._pools: dict[str, ConnectionPool[Conn]] = {}
 
-    def get(self, kind: str) -> ConnectionPool[Any]:
+    def get(self, kind: str) -> ConnectionPool[Conn]:
         url = self.read_url if kind in ("read", "export") else self.write_url
         # read and write share one pool when they are one database; export never shares.
         key = f"export {url}" if kind == "export" else url
