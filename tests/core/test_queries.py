@@ -11,10 +11,6 @@ from fieldhub.core.db import Queries
 
 PACKAGE = Path(fieldhub.__file__).parent
 
-# The web export and `fieldhub export` are being made one writer with one query; until then
-# the two export_readings differ (columns, bounds).
-STILL_TWO = {"export_readings"}
-
 
 def test_a_query_name_means_one_thing_across_the_sql_files() -> None:
     # Two files may share a name only with the same SQL (two benchmarks counting readings).
@@ -26,7 +22,7 @@ def test_a_query_name_means_one_thing_across_the_sql_files() -> None:
         for name in queries:
             texts[name].add(queries[name])
     differing = sorted(name for name, sql in texts.items() if len(sql) > 1)
-    assert set(differing) <= STILL_TWO, differing
+    assert differing == []
 
 
 def test_query_names_are_written_out_not_built() -> None:
