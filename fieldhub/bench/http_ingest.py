@@ -11,8 +11,7 @@ what was acknowledged.
 
 The client runs on the same cores as gunicorn and PostgreSQL, so the figures are a floor for
 a machine where the devices are elsewhere. Starts its own PostgreSQL (and Mosquitto, unused)
-in a scratch directory. Also runnable as `python -m fieldhub.bench.http_ingest`.
-"""
+in a scratch directory. Also runnable as `python -m fieldhub.bench.http_ingest`."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ import argparse
 import base64
 import http.client
 import json
-import os
 import statistics
 import sys
 import threading
@@ -28,13 +26,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fieldhub.bench.harness import Child
 from fieldhub.bench.registry import Servers, scratch_servers
-from fieldhub.bench.web import start, stop
+from fieldhub.cli import Subparsers
 from fieldhub.core import registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 from fieldhub.core.passwords import generate_secret
-from fieldhub.core.procs import free_port, wait_until
+from fieldhub.core.procs import free_port
 
 ORG = "bench"
 
@@ -136,17 +135,20 @@ def run(clients: int, readings: int, seconds: float, workers: int, rate: int) ->
         devices = seed(servers, clients * 2)
         port = free_port()
         env = {
-            **os.environ,
             "DATABASE_URL": servers.database_url,
             "FIELDHUB_HOME": str(servers.workdir),
             "FIELDHUB_LOG_LEVEL": "WARNING",
             "FIELDHUB_SECRET_KEY": generate_secret() * 2,
             "FIELDHUB_INGEST_RATE_PER_S": str(rate),
         }
-        argv = [sys.executable, "-m", "fieldhub.cli", "web", "--workers", str(workers)]
-        web = start([*argv, "--bind", f"127.0.0.1:{port}"], env, Path(servers.workdir) / "web.log")
+        web = Child(
+            "web",
+            ["--workers", str(workers), "--bind", f"127.0.0.1:{port}"],
+            env,
+            Path(servers.workdir) / "web.log",
+        ).start()
         try:
-            wait_until(lambda: _answers(port), timeout=60, what="gunicorn")
+            web.wait_ready(lambda: _answers(port), timeout=60, what="gunicorn")
             result: dict[str, Any] = {
                 "clients": clients,
                 "readings_per_request": readings,
@@ -166,7 +168,7 @@ def run(clients: int, readings: int, seconds: float, workers: int, rate: int) ->
                 result["without_key"]["stored"] + result["with_key"]["stored"]
             )
         finally:
-            stop(web)
+            web.stop(timeout=20)
         return result
 
 
@@ -181,7 +183,7 @@ def _answers(port: int) -> bool:
     return status == 401
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     bench = subparsers.add_parser(
         "http-ingest", help="HTTP ingest through gunicorn: requests/s and readings/s"
     )

@@ -7,8 +7,7 @@ Decisions (docs/devices.md, "Certificate devices"):
 - Keys: RSA of 2048 to 8192 bits, or EC on P-256 or P-384, what every TLS 1.2 stack (the
   broker's listener is TLS 1.2+) and device TLS libraries (mbedTLS, wolfSSL, BearSSL) can use
   for client authentication. Smaller RSA is breakable; other curves and Ed25519 are not
-  offered by the constrained stacks, so a device with one could not log in anyway.
-"""
+  offered by the constrained stacks, so a device with one could not log in anyway."""
 
 from __future__ import annotations
 

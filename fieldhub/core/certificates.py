@@ -8,22 +8,17 @@ does it). Revoked rows stay until the certificate expires, which is what a revoc
 made from this table needs.
 
 The certificate is signed before the transaction (openssl takes tens of milliseconds) and
-shown only after it commits: one that fails to be recorded reaches nobody.
-"""
+shown only after it commits: one that fails to be recorded reaches nobody."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.device_ca import IssuedCertificate
 
 QUERIES = Queries(Path(__file__).with_name("certificates.sql"))
-
-Conn = psycopg.Connection[Any]
 
 
 class UnknownDevice(LookupError):
@@ -33,7 +28,9 @@ class UnknownDevice(LookupError):
 def record(conn: Conn, device_id: str, issued: IssuedCertificate) -> list[str]:
     """Record `issued` as the device's active certificate; returns the serials it superseded."""
     with conn.transaction():
-        device = conn.execute(QUERIES["lock_device"], {"device_id": device_id}).fetchone()
+        device = conn.execute(
+            QUERIES["lock_device_for_certificate"], {"device_id": device_id}
+        ).fetchone()
         if device is None:
             raise UnknownDevice(f"no device {device_id!r}")
         superseded = [

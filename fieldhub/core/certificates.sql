@@ -1,6 +1,6 @@
 -- Named queries of the certificate registry (fieldhub/core/certificates.py).
 
--- name: lock_device
+-- name: lock_device_for_certificate
 -- The device row, locked: a rotation and a delete of one device take turns, so a certificate
 -- is never recorded for a device that is being deleted (its trigger would miss it).
 SELECT device_id, device_key FROM devices WHERE device_id = %(device_id)s FOR UPDATE;

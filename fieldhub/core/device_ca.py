@@ -9,8 +9,7 @@ Made with the openssl command line, as fieldhub.core.tls is (no new Python depen
 
 `issue` makes a key pair and a certificate (the private key is returned once and never
 written anywhere); `sign_csr` signs a device's own request after fieldhub.core.cert_rules'
-checks. Serials are 128 random bits (RFC 5280 asks for unpredictable serials).
-"""
+checks. Serials are 128 random bits (RFC 5280 asks for unpredictable serials)."""
 
 from __future__ import annotations
 
@@ -167,8 +166,7 @@ def render_crl(tls_dir: Path, entries: list[Revocation], *, hours: int = CRL_HOU
     """A CRL (PEM) of the device CA listing `entries`, valid for `hours`.
 
     The CRL number is the time in seconds, so CRLs made one after another (on any host with
-    the CA) always count up.
-    """
+    the CA) always count up."""
     with tempfile.TemporaryDirectory() as tmp:
         index = Path(tmp) / "index.txt"
         index.write_text("".join(index_line(e) for e in entries))

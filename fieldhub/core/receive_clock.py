@@ -16,8 +16,7 @@ class ReceiveClock:
     an array without `ts` take the stamps after it, one microsecond each
     (fieldhub.core.decode.decode_telemetry_stamped), and `advance_past` then moves the clock
     beyond the last of them. Only one thread calls stamp() and advance_past(): the bridge's
-    network thread; in a web worker, gevent's greenlets, which never switch inside them.
-    """
+    network thread; in a web worker, gevent's greenlets, which never switch inside them."""
 
     def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
         self._now_ns = now_ns

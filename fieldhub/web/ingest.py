@@ -17,8 +17,7 @@ before it is read) and each device has a request budget per second across every 
 (FIELDHUB_INGEST_RATE_PER_S), answered 429 with Retry-After beyond it.
 
 Measured (docs/benchmarks.md, `fieldhub bench http-ingest`): see there for requests/s and
-readings/s through gunicorn on this machine, with and without Idempotency-Key.
-"""
+readings/s through gunicorn on this machine, with and without Idempotency-Key."""
 
 from __future__ import annotations
 
@@ -30,7 +29,7 @@ import psycopg
 from flask import Blueprint, Flask, Response, current_app, request
 
 from fieldhub.core import readings, users
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.decode import (
     MAX_PAYLOAD_BYTES,
     DecodeError,
@@ -59,7 +58,6 @@ from fieldhub.web.proxies import PEER_KEY, client_address
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 bp = Blueprint("ingest", __name__, url_prefix="/api/v1/ingest")
 
-Conn = psycopg.Connection[Any]
 
 # Failed credentials: a device id guessed from one address is refused after 10 failures in 15
 # minutes, and an address after 300 (a fleet behind one NAT with one misconfigured device

@@ -12,8 +12,7 @@ Decisions (docs/devices.md, "HTTP ingest"):
   registry: a rotated, revoked or unknown certificate is refused at once, whatever CRL nginx
   has loaded.
 - An Idempotency-Key is 1-255 printable ASCII characters (what the IETF draft's clients send:
-  UUIDs, ULIDs, counters); anything else is refused before anything is written.
-"""
+  UUIDs, ULIDs, counters); anything else is refused before anything is written."""
 
 from __future__ import annotations
 
@@ -55,8 +54,7 @@ def certificate_device(verify: str | None, subject_dn: str | None) -> str | None
     """The device id of a client certificate nginx verified, or None.
 
     Only `SUCCESS` counts (nginx also reports `NONE` and `FAILED:<reason>`); the CN must be a
-    valid device id, and a subject with several CNs names nobody (which one would it be?).
-    """
+    valid device id, and a subject with several CNs names nobody (which one would it be?)."""
     if verify != "SUCCESS" or not subject_dn:
         return None
     names = subject_cns(subject_dn)
