@@ -30,7 +30,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +41,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from fieldhub.bridge.publishing import Publish
 from fieldhub.bridge.twin import TwinPublisher
 from fieldhub.core import command_requests
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
@@ -58,8 +59,6 @@ PUBLISH_WORKERS = 8
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
 MAX_ERROR_CHARS = 2000
 
-# (topic, payload, retain, message_expiry_s); blocks until PUBACK, raises on failure.
-Publish = Callable[[str, bytes, bool, int | None], None]
 
 log = logging.getLogger(__name__)
 

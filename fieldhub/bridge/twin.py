@@ -45,7 +45,7 @@ from fieldhub.core.twin_documents import (
 )
 
 if TYPE_CHECKING:
-    from fieldhub.bridge.commands import Publish
+    from fieldhub.bridge.publishing import Publish
 
 QUERIES = Queries(Path(__file__).with_name("twin.sql"))
 
