@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fieldhub.analysis.worker import Conn, JobContext, JobSkipped
-from fieldhub.core import tombstones
+from fieldhub.analysis.worker import JobContext
+from fieldhub.core import command_requests, tombstones
 from fieldhub.core.config import Settings
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("housekeeping.sql"))
 # Operational logs, plain tables: kept long enough to debug last week.
@@ -22,6 +22,9 @@ WEBHOOK_DELIVERIES_KEEP_DAYS = 30
 # is gone); the bridges' inserts go to other keys and never wait on it.
 PURGE_BATCH = 5000
 PURGE_BUDGET_S = 20.0
+# HTTP ingest's Idempotency-Keys: a device retries within minutes; a day covers an outage of
+# its uplink or of this service without keeping every request's key forever.
+INGEST_KEYS_KEEP_HOURS = 24
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,9 @@ def apply_retention(conn: Conn, horizons: dict[str, int]) -> dict[str, Any]:
         dropped["webhook_deliveries"] = conn.execute(
             QUERIES["prune_webhook_deliveries"], {"days": WEBHOOK_DELIVERIES_KEEP_DAYS}
         ).rowcount
+        dropped["ingest_idempotency"] = conn.execute(
+            QUERIES["prune_ingest_keys"], {"hours": INGEST_KEYS_KEEP_HOURS}
+        ).rowcount
     return {"horizons_days": horizons, "dropped": dropped}
 
 
@@ -74,12 +80,8 @@ def run_offline_detection(context: JobContext) -> dict[str, Any]:
 
 
 def run_command_expiry(context: JobContext) -> dict[str, Any]:
-    row = context.conn.execute(QUERIES["expire_commands_exists"]).fetchone()
-    if row is None or not row["present"]:
-        raise JobSkipped("expire_commands() is not in the schema yet (migration 0005 missing)")
     with context.conn.transaction():
-        result = context.conn.execute(QUERIES["expire_commands"]).fetchone()
-    return {"expired": int(result["expired"]) if result else 0}
+        return {"expired": command_requests.expire_commands(context.conn)}
 
 
 def run_purge_deleted(context: JobContext) -> dict[str, Any]:

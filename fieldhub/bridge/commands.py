@@ -20,8 +20,7 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   the broker it publishes every live retained message again (sent commands, twins): a broker
   restarted from its snapshot has lost what arrived since its last autosave.
 
-The device-side contract and every restart case are written down in docs/commands.md.
-"""
+The device-side contract and every restart case are written down in docs/commands.md."""
 
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,10 +41,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from fieldhub.bridge.publishing import Publish
 from fieldhub.bridge.twin import TwinPublisher, delta_topic, desired_topic
-from fieldhub.core import tombstones
+from fieldhub.core import command_requests, tombstones
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("commands.sql"))
 
@@ -65,8 +65,6 @@ MARKER_RESEND_S = 30.0
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
 MAX_ERROR_CHARS = 2000
 
-# (topic, payload, retain, message_expiry_s); blocks until PUBACK, raises on failure.
-Publish = Callable[[str, bytes, bool, int | None], None]
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +148,13 @@ def _command_uuid(command_id: str) -> uuid.UUID | None:
         return None
 
 
-def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[A]) -> list[tuple[A, str, str]]:
+def apply_acks(conn: Conn, acks: Sequence[A]) -> list[tuple[A, str, str]]:
     """Apply device acks inside the caller's open transaction.
 
     Returns (ack, reason, detail) for every ack to dead-letter. Duplicate, overtaken and late
     acks are not errors: they change nothing and are not returned. Acks are applied in the
     order given, so several acks of one command in one batch go through its states in turn
-    and each change is recorded by the table's trigger.
-    """
+    and each change is recorded by the table's trigger."""
     dead: list[tuple[A, str, str]] = []
     usable: list[tuple[A, uuid.UUID, ParsedAck]] = []
     for ack in acks:
@@ -301,8 +298,7 @@ class CommandDispatcher:
     def broker_reconnected(self) -> None:
         """The bridge's broker connection is new: publish every retained message again.
 
-        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own.
-        """
+        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own."""
         self._reconnected.set()
 
     # -- the loop --------------------------------------------------------------------------
@@ -326,7 +322,7 @@ class CommandDispatcher:
                 self._stop.wait(self.retry_backoff_s)
         self.is_leader = False
 
-    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+    def _serve(self, conn: Conn) -> None:
         conn.execute("LISTEN commands")
         conn.execute("LISTEN twins")
         conn.execute("LISTEN tombstones")
@@ -375,14 +371,14 @@ class CommandDispatcher:
             if self._wait_for_work(conn, timeout):
                 next_sweep = min(next_sweep, time.monotonic())
 
-    def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
+    def _try_lead(self, conn: Conn) -> bool:
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
                 QUERIES["try_leader_lock"], {"key": DISPATCHER_LOCK_KEY, "broker": self.broker}
             ).fetchone()
         return bool(row and row["leader"])
 
-    def _wait_for_expiry(self, conn: psycopg.Connection[Any]) -> float:
+    def _wait_for_expiry(self, conn: Conn) -> float:
         """Seconds until the next sweep: the interval, or sooner if a command expires first."""
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(QUERIES["next_expiry"]).fetchone()
@@ -391,7 +387,7 @@ class CommandDispatcher:
             return self.sweep_interval_s
         return min(self.sweep_interval_s, max(0.0, float(seconds)))
 
-    def _wait_for_work(self, conn: psycopg.Connection[Any], timeout: float) -> bool:
+    def _wait_for_work(self, conn: Conn, timeout: float) -> bool:
         """Wait up to `timeout` (in short slices, to notice stop()); True if there is work."""
         deadline = time.monotonic() + timeout
         while not self._stop.is_set():
@@ -414,15 +410,14 @@ class CommandDispatcher:
         return status not in ("sent", "delivered")
 
     # -- one sweep -------------------------------------------------------------------------
-    def sweep(self, conn: psycopg.Connection[Any]) -> SweepResult:
+    def sweep(self, conn: Conn) -> SweepResult:
         """Publish queued, expire, clear final. Public so tests can drive one sweep directly.
 
         Queued commands go first because a waiting device is what the latency is about; the
         query skips commands already past their time, and the expiry that follows lets this
         same sweep clear them. `conn` must be in autocommit mode: each `sent`/`cleared` mark
         is committed at once, right after its PUBACK, so a crash loses at most the mark of
-        one message in flight.
-        """
+        one message in flight."""
         result = SweepResult()
         # Deleted devices first: a re-created device's twin waits for this (twins_to_publish).
         result.tombstones, result.complete = self._clear_tombstones(conn)
@@ -433,8 +428,7 @@ class CommandDispatcher:
                 QUERIES["queued_to_publish"], {"limit": self.batch_size, "broker": self.broker}
             )
             result.published, result.complete = self._publish_queued(conn, queued.fetchall())
-            row = cur.execute(QUERIES["expire_commands"]).fetchone()
-            result.expired = int(row["expired"]) if row else 0
+            result.expired = command_requests.expire_commands(conn)
             finals = cur.execute(
                 QUERIES["finals_to_clear"], {"limit": self.batch_size, "broker": self.broker}
             )
@@ -491,7 +485,7 @@ class CommandDispatcher:
 
     def _publish_queued(
         self,
-        conn: psycopg.Connection[Any],
+        conn: Conn,
         commands: list[dict[str, Any]],
         *,
         mark_sent: bool = True,
@@ -500,8 +494,7 @@ class CommandDispatcher:
 
         A failed publish stops only that device's remaining commands (so none of them
         overtakes it); the next sweep starts again from its oldest. Returns (published, all
-        went out).
-        """
+        went out)."""
         by_device: dict[str, list[dict[str, Any]]] = {}
         for command in commands:
             by_device.setdefault(command["device_id"], []).append(command)
@@ -521,7 +514,7 @@ class CommandDispatcher:
         return sum(count for count, _ in outcomes), all(ok for _, ok in outcomes)
 
     def _publish_in_order(
-        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]], mark_sent: bool
+        self, conn: Conn, commands: list[dict[str, Any]], mark_sent: bool
     ) -> tuple[int, bool]:
         count = 0
         for command in commands:
@@ -533,11 +526,11 @@ class CommandDispatcher:
             count += 1
         return count, True
 
-    def _sent_ids(self, conn: psycopg.Connection[Any]) -> list[uuid.UUID]:
+    def _sent_ids(self, conn: Conn) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
             return [row["id"] for row in cur.execute(QUERIES["sent_ids"], {"broker": self.broker})]
 
-    def _republish_sent(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> bool:
+    def _republish_sent(self, conn: Conn, ids: list[uuid.UUID]) -> bool:
         """Publish these commands again if still `sent` (in order per device); True if done."""
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(QUERIES["sent_to_republish"], {"ids": ids}).fetchall()

@@ -27,8 +27,7 @@ throughput rises at high ones) and writes it in one transaction:
    redone, its messages dead-lettered.
 4. Only after COMMIT are the batch's QoS 1 messages acknowledged. On a database error nothing
    is acknowledged: the batch is kept, retried with backoff, and grows with what arrives
-   meanwhile (bounded by the Receive Maximum the bridge announces to the broker).
-"""
+   meanwhile (bounded by the Receive Maximum the bridge announces to the broker)."""
 
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import psycopg
 
@@ -47,22 +46,19 @@ from fieldhub.bridge import commands
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
-from fieldhub.core import db, readings, tombstones
-from fieldhub.core.db import Queries
+from fieldhub.core import db, logs, readings, tombstones
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 
 _NOTIFY_LIMIT = 7900  # bytes per NOTIFY payload (PostgreSQL's limit is 8000)
 _STAGED_AFTER_CONFLICT_S = 5.0
 # A batch is redone after a unique violation (staged) or a foreign-key violation (directory
 # reloaded); more attempts than this means something else is wrong.
 _WRITE_ATTEMPTS = 4
-# Conflicting readings named in one dead letter's detail (the count is always given).
-_CONFLICTS_IN_DETAIL = 3
 
 
 class Telemetry(NamedTuple):
@@ -209,8 +205,7 @@ class DeviceDirectory:
     A deleted device's id stays "deleted" for this session until the session passes the
     tombstone's marker in its message stream (design in fieldhub.core.tombstone_steps): every
     message of that id received before the marker was sent by the old device (it was cut off
-    before the marker went out), even when a new device with the same id exists by then.
-    """
+    before the marker went out), even when a new device with the same id exists by then."""
 
     REFRESH_S = 60.0
 
@@ -304,7 +299,9 @@ class DeviceDirectory:
                             self.reload(conn)
                             last_load = time.monotonic()
             except psycopg.Error as exc:
-                self._log.warning("registry", "device directory: database error: %s", _first(exc))
+                self._log.warning(
+                    "registry", "device directory: database error: %s", logs.first_line(exc)
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -457,7 +454,7 @@ class IngestWriter:
                     by_message.setdefault(conflict.ordinal, []).append(conflict)
                 for ordinal, found in by_message.items():
                     key, message = telemetry[ordinal]
-                    dead.append(_dead(message, "conflict", _conflict_detail(found), key))
+                    dead.append(_dead(message, "conflict", readings.conflict_detail(found), key))
             latest = readings.newest(messages, skip=written.conflicts)
             for key, message in telemetry:
                 seen[key] = message.received_at
@@ -475,10 +472,12 @@ class IngestWriter:
                     seen.pop(key, None)
             if seen:
                 keys = sorted(seen)
-                conn.execute(QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]})
+                conn.execute(
+                    readings.QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]}
+                )
             if telemetry:
                 conn.execute(
-                    QUERIES["notify_telemetry"],
+                    readings.QUERIES["notify_telemetry"],
                     {"payloads": notify_payloads({key for key, _m in telemetry})},
                 )
 
@@ -567,16 +566,6 @@ class IngestWriter:
             ).fetchall()
 
 
-def _conflict_detail(found: list[readings.Conflict]) -> str:
-    named = "; ".join(c.describe() for c in found[:_CONFLICTS_IN_DETAIL])
-    more = len(found) - _CONFLICTS_IN_DETAIL
-    suffix = f"; and {more} more" if more > 0 else ""
-    return (
-        f"{len(found)} reading(s) already stored with other content (the stored ones are "
-        f"kept, the message's other readings were stored): {named}{suffix}"
-    )
-
-
 def _dead(
     message: Telemetry | Status | CommandAck | TwinReport,
     reason: str,
@@ -596,11 +585,6 @@ def _dead(
 
 def _timestamp(epoch: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

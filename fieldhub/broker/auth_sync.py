@@ -28,7 +28,12 @@ service accounts carry their own rules in the registry; operators add theirs in 
 their own directory (FIELDHUB_ACL_DIR, default $FIELDHUB_HOME/acl.d), whose `user svc.*` blocks
 go to the services ACL and everything else (other `user` blocks, all `pattern` lines) to the
 device ACL (split_operator_rules).
-"""
+
+With a device CA (`tls_dir`), the sync also renders the certificate listener's revocation list
+from the registry (sync_crl): re-made when what it must list changes or its nextUpdate comes
+near (the 30 s sweep is the timer), validated before it is written, then shown to the broker
+by the same SIGHUP. The broker checks it at the handshake, so a revoked certificate cannot log
+in again; cutting off one that is connected is the session reaper's job, not SIGHUP's."""
 
 from __future__ import annotations
 
@@ -48,6 +53,8 @@ from fieldhub.broker.auth_files import acl_line_problem
 from fieldhub.broker.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,
+    DEVICE_CRL_ENTRIES_FILE,
+    DEVICE_CRL_FILE,
     DEVICE_PASSWORD_FILE,
     REAPER_ACL_FILE,
     REAPER_PASSWORD_FILE,
@@ -64,7 +71,9 @@ from fieldhub.broker.mosquitto import (
 from fieldhub.broker.reaper import REAPER_ACL, ReapFailed, reap, reaper_password_file, reaper_secret
 from fieldhub.broker.reload_state import PendingReload, started_after
 from fieldhub.core import tombstones
+from fieldhub.core.cert_rules import Revocation, crl_entries_text
 from fieldhub.core.db import Queries
+from fieldhub.core.device_ca import crl_problem, has_device_ca, render_crl
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
 BASE_ACL = Path(__file__).with_name("acl.base")
@@ -160,8 +169,7 @@ def split_operator_rules(text: str) -> tuple[str, str]:
     `user` block goes to the device listeners. `pattern` lines apply to every client of the
     listener whose file holds them, wherever they stand, and `%u` in them means a device id,
     so they go to the device listeners only. Comments and blank lines stay with the block they
-    are in; those before the first `user` line describe the whole file and go to both.
-    """
+    are in; those before the first `user` line describe the whole file and go to both."""
     devices: list[str] = []
     services: list[str] = []
     current: list[list[str]] = [devices, services]
@@ -214,8 +222,7 @@ def check_operator_rules(text: str) -> list[str]:
     Any line Mosquitto would refuse (auth_files.acl_line_problem) is one: a single bad line
     makes the broker drop ACL checking on the listener. A `topic` line before the file's first
     `user` line would silently attach to whichever account the previous file (or the generated
-    part) ended with, so it is refused too.
-    """
+    part) ended with, so it is refused too."""
     problems = []
     seen_user = False
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -283,7 +290,7 @@ def render_auth_files(
         # times faster than building a Python row per device (docs/security.md).
         row = conn.execute(QUERIES["device_password_lines"], {"broker": broker}).fetchone()
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
-        attached = conn.execute(QUERIES["gateway_children"], {"broker": broker}).fetchall()
+        attached = conn.execute(QUERIES["gateways_of_broker"], {"broker": broker}).fetchall()
     device_lines: str = row["lines"] if row else ""
     gateways: dict[str, list[str]] = {}
     for pair in attached:
@@ -309,14 +316,14 @@ def sync_once(
     *,
     broker: str = "broker-1",
     operator_dir: Path | None = None,
+    tls_dir: Path | None = None,
 ) -> bool:
     """Render the auth files (four from the registry, two of the session reaper); True if
     anything changed (the broker needs SIGHUP). `operator_dir` holds the operators' *.acl
     files (none without it).
 
     A render the broker would refuse is not written at all (InvalidAuthFiles): the broker
-    keeps the files it has.
-    """
+    keeps the files it has."""
     files = render_auth_files(conn, broker, operator_dir)
     files[REAPER_PASSWORD_FILE] = reaper_password_file(
         auth_dir, _read_or_empty(auth_dir / REAPER_PASSWORD_FILE)
@@ -328,6 +335,8 @@ def sync_once(
     owner = auth_dir.stat().st_uid
     uid = owner if os.geteuid() == 0 else None
     changed = [write_atomically(auth_dir / name, text, uid) for name, text in files.items()]
+    if tls_dir is not None and has_device_ca(tls_dir):
+        changed.append(sync_crl(conn, auth_dir, tls_dir, uid))
     if any(changed):
         sync_directory(auth_dir)
     return any(changed)
@@ -385,6 +394,31 @@ def advance_tombstones(
     return reaped
 
 
+def revocations(conn: psycopg.Connection[Any]) -> list[Revocation]:
+    return [Revocation(**row) for row in conn.execute(QUERIES["crl_entries"])]
+
+
+def sync_crl(conn: psycopg.Connection[Any], auth_dir: Path, tls_dir: Path, uid: int | None) -> bool:
+    """Make the CRL on disk list what the registry revokes; True if it was replaced. A CRL
+    that does not validate is never written (InvalidAuthFiles): the broker keeps its own."""
+    entries = revocations(conn)
+    wanted = crl_entries_text(entries)
+    crl, listed = auth_dir / DEVICE_CRL_FILE, auth_dir / DEVICE_CRL_ENTRIES_FILE
+    try:
+        current = crl.read_text() if listed.read_text() == wanted else None
+    except FileNotFoundError:
+        current = None
+    if current is not None and crl_problem(tls_dir, current) is None:
+        return False
+    pem = render_crl(tls_dir, entries)
+    problem = crl_problem(tls_dir, pem)
+    if problem is not None:
+        raise InvalidAuthFiles(f"{DEVICE_CRL_FILE}: {problem}")
+    write_atomically(crl, pem, uid)
+    write_atomically(listed, wanted, uid)
+    return True
+
+
 def run_forever(
     database_url: str,
     auth_dir: Path,
@@ -392,6 +426,7 @@ def run_forever(
     *,
     broker: str = "broker-1",
     operator_dir: Path | None = None,
+    tls_dir: Path | None = None,
     debounce_s: float = 0.1,
     sweep_s: float = 30.0,
     stop: threading.Event | None = None,
@@ -403,8 +438,7 @@ def run_forever(
     has not been shown stay pending (PendingReload) and the reload is retried with a short
     backoff until the broker runs with them, whether or not the registry changes again: with
     the database down too. At start the files on disk count as pending: a sync that stopped
-    between its write and its SIGHUP left the broker with older ones.
-    """
+    between its write and its SIGHUP left the broker with older ones."""
     pending = PendingReload()
     pending.files_written(newest_write(auth_dir), time.monotonic())
     while stop is None or not stop.is_set():
@@ -418,7 +452,7 @@ def run_forever(
                 conn.execute("LISTEN registry_changed")
                 conn.execute("LISTEN tombstones")
                 rendered_without = tombstones.to_cut_off(conn, broker)
-                last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                last_sync = _sync(conn, auth_dir, broker, operator_dir, tls_dir, pending)
                 tombstone_work = swept = True
                 while stop is None or not stop.is_set():
                     if pending.pending and reload_if_due(pending, pid_file, auth_dir):
@@ -433,7 +467,9 @@ def run_forever(
                         ):
                             # A reaped session lets its id's new device in: render it now.
                             rendered_without = tombstones.to_cut_off(conn, broker)
-                            last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                            last_sync = _sync(
+                                conn, auth_dir, broker, operator_dir, tls_dir, pending
+                            )
                             tombstone_work = True
                             continue
                         rendered_without = []
@@ -458,7 +494,7 @@ def run_forever(
                         rerender = tombstone_work = swept = True
                     if rerender:
                         rendered_without = tombstones.to_cut_off(conn, broker)
-                        last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                        last_sync = _sync(conn, auth_dir, broker, operator_dir, tls_dir, pending)
         except psycopg.OperationalError as exc:
             log.warning("auth sync lost the database (%s); retrying in 2 s", exc)
             # Files already written still reach the broker while the database is away.
@@ -470,7 +506,8 @@ def run_forever(
 
 def newest_write(auth_dir: Path) -> float:
     """When the newest of the auth files on disk was written (0 if there are none)."""
-    times = [(auth_dir / name).stat().st_mtime for name in AUTH_FILES if (auth_dir / name).exists()]
+    names = (*AUTH_FILES, DEVICE_CRL_FILE)
+    times = [(auth_dir / name).stat().st_mtime for name in names if (auth_dir / name).exists()]
     return max(times, default=0.0)
 
 
@@ -479,12 +516,13 @@ def _sync(
     auth_dir: Path,
     broker: str,
     operator_dir: Path | None,
+    tls_dir: Path | None,
     pending: PendingReload,
 ) -> float:
     """One render; new files become pending. Returns when it ran (monotonic)."""
     started = time.monotonic()
     try:
-        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir):
+        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir, tls_dir=tls_dir):
             pending.files_written(time.time(), time.monotonic())
             log.info("broker auth files updated in %.0f ms", (time.monotonic() - started) * 1000)
     except InvalidAuthFiles as exc:

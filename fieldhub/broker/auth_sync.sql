@@ -21,7 +21,7 @@ FROM (
 -- The services listener's accounts (auth/services.passwords and auth/services.acl).
 SELECT username, password_hash, acl FROM service_accounts ORDER BY username;
 
--- name: gateway_children
+-- name: gateways_of_broker
 -- Each enabled gateway of this broker with its enabled children (a disabled child is refused
 -- by the bridge anyway; least privilege keeps it out of the broker's rules too), leaving out a
 -- re-created child whose id still waits for its predecessor's tombstone, like its login. Sorted, so an
@@ -34,3 +34,18 @@ WHERE c.enabled AND g.enabled AND g.broker = %(broker)s
                   WHERE t.broker = %(broker)s AND t.device_id = c.device_id
                     AND t.session_cleared_at IS NULL)
 ORDER BY g.device_id, c.device_id;
+
+-- name: crl_entries
+-- What the certificate listener's CRL lists: revoked certificates until they expire (after
+-- that the handshake refuses them anyway), and the active certificates of disabled devices,
+-- held (the entry goes when the device is enabled again). A held entry is dated by its issue
+-- time, which does not change, so an unchanged registry asks for the same CRL.
+SELECT serial, device_id, not_after, revoked_at, revoke_reason AS reason
+FROM device_certificates
+WHERE state = 'revoked' AND not_after > now()
+UNION ALL
+SELECT c.serial, c.device_id, c.not_after, c.issued_at, 'certificateHold'
+FROM device_certificates c
+JOIN devices d ON d.device_key = c.device_key
+WHERE c.state = 'active' AND NOT d.enabled AND c.not_after > now()
+ORDER BY serial;

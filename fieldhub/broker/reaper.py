@@ -7,8 +7,7 @@ id* with clean start and session expiry 0 on the broker's reaper listener (a uni
 mosquitto.conf.template) throws the old session away and leaves none behind; an online client
 with that id is disconnected within milliseconds. The account, svc.session-reaper, lives only
 in that listener's password file, with a secret the auth sync generates (ensure_reaper_files)
-and an ACL file without rules: it can publish nothing and receive nothing.
-"""
+and an ACL file without rules: it can publish nothing and receive nothing."""
 
 from __future__ import annotations
 

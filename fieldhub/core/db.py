@@ -2,15 +2,14 @@
 
 SQL lives in `.sql` files next to the code that uses it and is called by name (see
 `Queries`). Connections and pools are created by the caller and passed in; nothing here is a
-global, so tests hand each component the database of the test.
-"""
+global, so tests hand each component the database of the test."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 from psycopg.rows import dict_row
@@ -24,8 +23,7 @@ class Queries(Mapping[str, str]):
     """Named SQL queries parsed from a file of `-- name: xyz` sections.
 
     Lookups of a name that does not exist fail loudly at the call site's first use, and the
-    file is parsed once at import time of the module that owns it.
-    """
+    file is parsed once at import time of the module that owns it."""
 
     def __init__(self, path: Path) -> None:
         text = path.read_text(encoding="utf-8")
@@ -63,7 +61,12 @@ def before_params(before: tuple[object, object] | None) -> dict[str, object]:
     }
 
 
-def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Connection[Any]:
+# A fieldhub connection: connect() and make_pool() make every one return rows as dicts, and
+# every query module reads its rows by column name.
+Conn: TypeAlias = psycopg.Connection[dict[str, Any]]
+
+
+def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
     """Open one connection with the project's defaults (dict rows, short connect timeout)."""
     return psycopg.connect(
         url,
@@ -77,7 +80,7 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> psycopg.Con
 
 def make_pool(
     url: str, *, min_size: int = 1, max_size: int = 10, name: str = "fieldhub"
-) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+) -> ConnectionPool[Conn]:
     """A connection pool whose connections return rows as dicts."""
     return ConnectionPool(
         url,

@@ -12,8 +12,7 @@ A tombstone (migration 0013) is worked off per broker in a fixed order, each ste
 4. session_cleared_at: auth-sync destroyed the old device's stored broker session (a login as
    its client id with clean start and session expiry 0 on the reaper listener).
 
-Only then is a new device with the same id rendered into that broker's password file.
-"""
+Only then is a new device with the same id rendered into that broker's password file."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ Each process works off its own step and records it here: auth-sync (cut-off, rea
 session, fieldhub.broker.auth_sync), the bridge's command dispatcher (retained topics and the
 marker, fieldhub.bridge.commands), the bridges (passing the marker, fieldhub.bridge.app) and the
 worker's purge job (fieldhub.analysis.purge). Every step is an idempotent UPDATE guarded by
-`... IS NULL`, so a process that restarts half-way simply does its step again.
-"""
+`... IS NULL`, so a process that restarts half-way simply does its step again."""
 
 from __future__ import annotations
 
@@ -144,7 +143,14 @@ def mark_session_cleared(conn: Conn, broker: str, device_key: int) -> None:
     conn.execute(QUERIES["mark_session_cleared"], {"broker": broker, "device_key": device_key})
 
 
-PURGE_TABLES = ("readings", "rollup_1m", "rollup_1h", "dead_letters")
+# Each table with its query, written out (tests/core/test_queries.py: no built names).
+PURGE_QUERIES = (
+    ("readings", "purge_readings"),
+    ("rollup_1m", "purge_rollup_1m"),
+    ("rollup_1h", "purge_rollup_1h"),
+    ("dead_letters", "purge_dead_letters"),
+)
+PURGE_TABLES = tuple(table for table, _ in PURGE_QUERIES)
 
 
 def purge_next(
@@ -152,20 +158,17 @@ def purge_next(
 ) -> dict[str, Any]:
     """Delete the oldest unpurged tombstone's readings, rollups and dead letters in batches of
     at most `batch` rows, each in its own transaction, until done (the tombstone is marked
-    purged) or `budget_s` is spent (the next run goes on). `conn` must be in autocommit mode.
-    """
+    purged) or `budget_s` is spent (the next run goes on). `conn` must be in autocommit mode."""
     started = clock()
     row = conn.execute(QUERIES["to_purge"]).fetchone()
     if row is None:
         return {"device_key": None, "deleted": {}, "done": True}
     key = int(row["device_key"])
     deleted = dict.fromkeys(PURGE_TABLES, 0)
-    for table in PURGE_TABLES:
+    for table, query in PURGE_QUERIES:
         while True:
             with conn.transaction():
-                count = conn.execute(
-                    QUERIES[f"purge_{table}"], {"device_key": key, "limit": batch}
-                ).rowcount
+                count = conn.execute(QUERIES[query], {"device_key": key, "limit": batch}).rowcount
             deleted[table] += count
             if count == 0:
                 break

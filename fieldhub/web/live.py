@@ -15,8 +15,7 @@ gets an `end` event saying so and the stream closes, instead of streaming on for
 device's stream likewise checks that its device key is still the device of that id in the
 viewer's organisation: a deleted device's stream ends at once (the hub relays
 `device_deleted`), and at the latest within REVALIDATE_S, so it never goes on to show a later
-device that took the id.
-"""
+device that took the id."""
 
 from __future__ import annotations
 
@@ -33,9 +32,11 @@ from typing import Any
 import orjson
 import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask.typing import ResponseReturnValue
 
 from fieldhub.core import command_requests
-from fieldhub.web import JSONProvider, data, db, metrics
+from fieldhub.core.db import Conn
+from fieldhub.web import JSONProvider, data, db, metrics, serializers
 from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,6 @@ def sse(event: str, payload: Any) -> str:
     return f"event: {event}\ndata: {data.decode()}\n\n"
 
 
-Conn = psycopg.Connection[Any]
 Event = tuple[str, str, Conn]
 
 
@@ -226,7 +226,7 @@ def guarded_events(
 
 @bp.route("/devices/<device_id>/live")
 @login_required
-def device_stream(device_id: str) -> Any:
+def device_stream(device_id: str) -> ResponseReturnValue:
     org_id = scope_org_id()
     try:
         key: int = data.get_device(db.read(), org_id, device_id)["device_key"]
@@ -285,16 +285,7 @@ def device_stream(device_id: str) -> Any:
                         command = command_requests.get_command(conn, command_id, org_id=org_id)
                     except command_requests.NotFound:
                         continue
-                    yield sse(
-                        "command",
-                        {
-                            "id": command["id"],
-                            "name": command["name"],
-                            "status": command["status"],
-                            "updated_at": command["updated_at"],
-                            "error": command.get("error"),
-                        },
-                    )
+                    yield sse("command", serializers.command_json(command))
                 if channel == "alerts":
                     alerts = data.device_alerts(conn, org_id, device_id, limit=20)
                     yield sse("alerts", alerts)
@@ -310,7 +301,7 @@ def device_stream(device_id: str) -> Any:
 
 @bp.route("/alerts/live")
 @login_required
-def alerts_stream() -> Any:
+def alerts_stream() -> ResponseReturnValue:
     """Which alert of the viewer's organisation changed and how; the page then re-reads its
     list with the viewer's own scope. The hub forwards only the viewer's organisation's
     notifications (all of them to an operator)."""

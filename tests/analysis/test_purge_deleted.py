@@ -18,8 +18,9 @@ from fieldhub.analysis.jobs import job_named
 from fieldhub.analysis.worker import recent_runs, run_if_due
 from fieldhub.core import readings, registry, tombstones
 from fieldhub.core.config import Settings
+from fieldhub.core.db import Conn
 from fieldhub.core.decode import decode_telemetry
-from tests.analysis.conftest import Conn, key_of
+from tests.analysis.conftest import key_of
 
 pytestmark = pytest.mark.integration
 

@@ -62,6 +62,7 @@ def read_events(
     event = None
     try:
         for line in response.iter_lines(decode_unicode=True):
+            assert isinstance(line, str)
             if line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: ") and event:
