@@ -52,6 +52,8 @@ from fieldhub.bridge.ingest import (
 )
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.receive import BridgeClient
+from fieldhub.bridge.shedding import REASON as QOS0_SHED
+from fieldhub.bridge.shedding import Shedding
 from fieldhub.core import logs, tombstones
 from fieldhub.core.decode import (
     DecodeError,
@@ -120,6 +122,7 @@ class Bridge:
             }
         )
         self.pending = Pending()
+        self.shedding = Shedding()
         # The broker's name for deleted devices' tombstones (one broker: broker-1).
         self.broker_name = broker or broker_label or "broker-1"
         self.directory = DeviceDirectory(
@@ -263,19 +266,34 @@ class Bridge:
         info = parse_topic(topic)
         counts = self._counts
         item: Telemetry | Status | CommandAck | TwinReport | DeadLetter | Marker
+        marker: int | None = None
         if info is None:
             if topic == DROPPED_TOPIC:
                 self._broker_dropped(payload)
                 return
             marker = tombstones.marker_key(topic)
-            if marker is not None:
-                # A deleted device's marker, in stream order: messages after it are not the
-                # old device's. The pass is recorded with the batch that holds it.
-                self.directory.pass_marker(marker)
-                item = Marker(marker)
-            else:
-                counts["invalid"] += 1
-                item = DeadLetter(received_at, None, None, topic, "bad_topic", "", payload)
+        if marker is None and not qos and self.pending.over_bound():
+            # Nothing bounds QoS 0 but this (shedding.py): counted, reported per device later.
+            device_id = None if info is None else info.device_id
+            entry = None if device_id is None else self.directory.devices.get(device_id)
+            self.shedding.shed(
+                device_id, None if entry is None else entry.key, topic, payload, received_at
+            )
+            self.problems.warning(
+                "qos0_shed",
+                "shedding QoS 0 messages: %d uncommitted messages held (database unavailable or"
+                " too slow); counted per device, dead-lettered as qos0_shed once it is back",
+                self.pending.held + self.pending.size,
+            )
+            return
+        if marker is not None:
+            # A deleted device's marker, in stream order: messages after it are not the
+            # old device's. The pass is recorded with the batch that holds it.
+            self.directory.pass_marker(marker)
+            item = Marker(marker)
+        elif info is None:
+            counts["invalid"] += 1
+            item = DeadLetter(received_at, None, None, topic, "bad_topic", "", payload)
         else:
             kind = info.kind
             counts[kind] += 1
@@ -337,6 +355,7 @@ class Bridge:
             if qos:
                 batch.mids.append(mid)
             batch.messages += 1
+            batch.payload_bytes += len(payload)
         if pending.writer_idle:
             pending.wakeup.set()
 
@@ -386,7 +405,11 @@ class Bridge:
                 batch = incoming
             elif incoming is not None:
                 batch.merge(incoming)
+            pending.hold(batch)
             self.metrics.backlog.set((batch.messages if batch else 0) + pending.size)
+            shed = self.shedding.unreported()
+            if shed:
+                self.metrics.qos0_shed.inc(shed)
             if batch is None:
                 if self.stopping.is_set():
                     return
@@ -424,6 +447,27 @@ class Bridge:
             self._acknowledge(batch)
             self._record(batch, result, elapsed)
             batch = None
+            pending.hold(None)
+            if self.shedding and not pending.over_bound():
+                self._report_shed()
+
+    def _report_shed(self) -> None:
+        """Once the backlog is committed and shedding stopped: one dead letter per device
+        that lost QoS 0 messages (a failure keeps the tallies for the next commit)."""
+        tallies = self.shedding.take()
+        letters = [
+            DeadLetter(
+                t.last_at, t.device_id, t.device_key, t.topic, QOS0_SHED, t.detail(), t.payload
+            )
+            for t in tallies
+        ]
+        try:
+            result = self.writer.write(Batch(dead=letters, messages=len(letters)))
+        except psycopg.Error as exc:
+            self.shedding.put_back(tallies)
+            self._database_error(exc, Batch(dead=letters, messages=len(letters)))
+            return
+        self._record(Batch(), result, 0.0)
 
     def _isolate(self, batch: Batch) -> bool:
         """Write a batch the database refused message by message; dead-letter the culprits.

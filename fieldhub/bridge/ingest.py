@@ -42,7 +42,7 @@ from typing import NamedTuple, TypeVar
 
 import psycopg
 
-from fieldhub.bridge import commands
+from fieldhub.bridge import commands, shedding
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
@@ -125,6 +125,8 @@ class Batch:
     mids: list[int] = dataclasses.field(default_factory=list)
     generation: int = 0
     messages: int = 0
+    # Payload bytes of the messages (what QoS 0 shedding bounds besides their number).
+    payload_bytes: int = 0
 
     def merge(self, other: Batch) -> None:
         self.telemetry += other.telemetry
@@ -141,6 +143,7 @@ class Batch:
         else:
             self.mids += other.mids
         self.messages += other.messages
+        self.payload_bytes += other.payload_bytes
 
     def split(self) -> list[Batch]:
         """One batch per message (without packet ids), to isolate a message the database
@@ -169,6 +172,11 @@ class Pending:
         self.wakeup = threading.Event()
         self.batch = Batch()
         self.writer_idle = False
+        # Messages (and their payload bytes) the writer took and has not yet committed: with
+        # `batch`, what the bridge holds in memory (read without the lock by the network
+        # thread to decide QoS 0 shedding).
+        self.held = 0
+        self.held_bytes = 0
 
     def take(self) -> Batch | None:
         with self.lock:
@@ -176,6 +184,10 @@ class Pending:
                 self.wakeup.clear()
                 return None
             batch, self.batch = self.batch, Batch(generation=self.batch.generation)
+            # Counted as held until the writer's hold() says exactly, so that the network
+            # thread never sees the backlog smaller than it is.
+            self.held += batch.messages
+            self.held_bytes += batch.payload_bytes
             return batch
 
     def new_generation(self, generation: int) -> None:
@@ -187,6 +199,17 @@ class Pending:
     @property
     def size(self) -> int:
         return self.batch.messages
+
+    def hold(self, batch: Batch | None) -> None:
+        """The writer holds `batch` (None: nothing) uncommitted."""
+        self.held = batch.messages if batch is not None else 0
+        self.held_bytes = batch.payload_bytes if batch is not None else 0
+
+    def over_bound(self) -> bool:
+        """Whether the bridge holds so much uncommitted that it sheds further QoS 0."""
+        return shedding.over_bound(
+            self.held + self.batch.messages, self.held_bytes + self.batch.payload_bytes
+        )
 
 
 class DeviceEntry(NamedTuple):

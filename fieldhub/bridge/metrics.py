@@ -51,6 +51,12 @@ class BridgeMetrics:
             ["reason"],
             registry=reg,
         )
+        self.qos0_shed = Counter(
+            "fieldhub_bridge_qos0_shed",
+            "QoS 0 messages not held because the bridge already held too many uncommitted ones "
+            "(database down or slow); each device's are dead-lettered as qos0_shed afterwards",
+            registry=reg,
+        )
         self.batch_messages = Histogram(
             "fieldhub_bridge_batch_messages",
             "messages per committed batch",
