@@ -1030,12 +1030,49 @@ def test_property_arbitrary_bytes_only_raise_decode_error(payload: bytes) -> Non
     for fn in (decode_telemetry, decode_senml):
         with contextlib.suppress(DecodeError):
             fn(payload, NOW)
-    status_reasons = []
-    try:
-        decode_status(payload)
-    except DecodeError as exc:
-        status_reasons.append(exc.reason)
-    assert set(status_reasons) <= {"bad_status"}
+
+
+def _status_oracle(payload: bytes) -> bool | None:
+    """The status contract of docs/devices.md, written independently of the decoder: True
+    online, False offline, None refused."""
+    word = payload.strip(b" \t\n\r\x0b\x0c")
+    if word in (b"online", b"offline"):
+        return word == b"online"
+    if word.startswith(b"{") and len(word) <= 4096:
+        try:
+            doc = json.loads(word)
+        except ValueError:
+            return None
+        if isinstance(doc, dict) and doc.get("status") in ("online", "offline"):
+            return bool(doc["status"] == "online")
+    return None
+
+
+_WHITESPACE = st.text(alphabet=" \t\r\n", max_size=3).map(str.encode)
+status_payloads = (
+    st.binary(max_size=200)
+    | st.tuples(
+        _WHITESPACE,
+        st.sampled_from([b"online", b"offline", b"Online", b"on line", b"onlinex", b""]),
+        _WHITESPACE,
+    ).map(b"".join)
+    | st.fixed_dictionaries(
+        {"status": st.sampled_from(["online", "offline", "ONLINE", "", 1])},
+        optional={"reason": st.text(max_size=10), "n": st.integers(-5, 5)},
+    ).map(lambda doc: json.dumps(doc).encode())
+)
+
+
+@settings(deadline=None)
+@given(status_payloads)
+def test_property_status_is_online_offline_or_bad_status(payload: bytes) -> None:
+    expected = _status_oracle(payload)
+    if expected is None:
+        with pytest.raises(DecodeError) as info:
+            decode_status(payload)
+        assert info.value.reason == "bad_status"
+    else:
+        assert decode_status(payload) is expected
 
 
 json_docs = st.recursive(
