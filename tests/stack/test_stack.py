@@ -339,7 +339,9 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     assert {"auth-sync-broker-1", "auth-sync-broker-2"} <= status["processes"].keys()
     second_port = int(env["FIELDHUB_MQTT_PORT"]) + SECOND_BROKER_OFFSET
     assert status["brokers"]["broker-2"]["mqtt_device_url"] == f"mqtt://127.0.0.1:{second_port}"
-    assert {"web-1", "web-2"} <= status["processes"].keys() or "web" not in status["processes"]
+    # Cluster mode runs two web instances behind nginx and never the single `web`.
+    assert {"web-1", "web-2"} <= status["processes"].keys()
+    assert "web" not in status["processes"]
     for name, info in status["processes"].items():
         assert info["state"] in ("running", "unavailable"), (name, info)
     # Each bridge, web instance and the worker serves metrics where `status --json` says, and
@@ -383,14 +385,12 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
 
     # nginx answers on the web port for whichever instance is up.
     web = status["web_url"]
-    operator: urllib.request.OpenerDirector | None = None
-    if "web-1" in status["processes"]:
-        assert _http_status(web + "login") == 200
-        # With one instance gone, nginx sends every request to the other.
-        os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
-        assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
-        operator = _operator_sees_the_replica(env, web)
-        _nginx_passes_the_client_address(web, primary_url)
+    assert _http_status(web + "login") == 200
+    # With one instance gone, nginx sends every request to the other.
+    os.kill(status["processes"]["web-1"]["pid"], signal.SIGKILL)
+    assert [_http_status(web + "login") for _ in range(5)] == [200] * 5
+    operator = _operator_sees_the_replica(env, web, primary_url, replica_url)
+    _nginx_passes_the_client_address(web, primary_url)
 
     # A bridge killed outright in the middle of a stream: the other one carries on, the
     # killed one comes back, and every reading the devices got a PUBACK for is stored once.
@@ -409,8 +409,7 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
         runner.start()
         try:
             wait_for(lambda: stats.published >= 200, timeout=30, what="the stream to start")
-            if operator is not None:
-                _live_readings_through_nginx(operator, web, devices[0].device_id)
+            _live_readings_through_nginx(operator, web, devices[0].device_id)
             old = status["processes"]["bridge-1-broker-1"]["pid"]
             os.kill(old, signal.SIGKILL)
             wait_for(
@@ -483,9 +482,12 @@ def _nginx_passes_the_client_address(web: str, primary_url: str) -> None:
     assert keys == ["ip:127.0.0.9"]
 
 
-def _operator_sees_the_replica(env: dict[str, str], web: str) -> urllib.request.OpenerDirector:
+def _operator_sees_the_replica(
+    env: dict[str, str], web: str, primary_url: str, replica_url: str
+) -> urllib.request.OpenerDirector:
     """An operator logged in through nginx sees, on the system page, that reads come from the
-    replica and how many bytes it is behind the primary. Returns the logged-in browser."""
+    replica and how many bytes it is behind the primary: at least the WAL written while its
+    replay was paused, and below that once it has caught up. Returns the logged-in browser."""
     new_user = ["user", "create", "ops@cluster.test", "--org", "written-on-primary"]
     created = _fieldhub(env, *new_user, "--role", "operator")
     assert created.returncode == 0, created.stderr
@@ -503,17 +505,37 @@ def _operator_sees_the_replica(env: dict[str, str], web: str) -> urllib.request.
     with browser.open(web + "login", urllib.parse.urlencode(form).encode(), timeout=10) as done:
         assert not done.url.endswith("/login"), "the operator could not log in"
 
-    def bytes_behind() -> str | None:
+    def bytes_behind() -> int | None:
         page = get("admin/system")
         assert "reads come from a streaming replica" in page
         shown = re.search(r'<td class="bytes-behind">(\d+)</td>', page)
-        # The digits as text: a caught-up replica is 0 bytes behind, which is falsy.
-        return shown[1] if shown else None
+        return int(shown[1]) if shown else None
 
-    behind = wait_for(
-        bytes_behind, timeout=30, interval=0.5, what="the replica's bytes behind on the page"
+    written = 2_000_000
+    with (
+        psycopg.connect(replica_url, autocommit=True) as replica,
+        psycopg.connect(primary_url, autocommit=True) as primary,
+    ):
+        replica.execute("SELECT pg_wal_replay_pause()")
+        try:
+            # A WAL record of its own (no table needed) the paused replica cannot replay.
+            primary.execute(
+                "SELECT pg_logical_emit_message(false, 'lag-test', repeat('x', %s))", (written,)
+            )
+            wait_for(
+                lambda: (bytes_behind() or 0) >= written,
+                timeout=30,
+                interval=0.5,
+                what=f"the page to show the paused replica {written} bytes behind",
+            )
+        finally:
+            replica.execute("SELECT pg_wal_replay_resume()")
+    wait_for(
+        lambda: (b := bytes_behind()) is not None and b < written,
+        timeout=60,
+        interval=0.5,
+        what="the page to show the replica caught up",
     )
-    assert int(behind) >= 0
     return browser
 
 
