@@ -290,7 +290,7 @@ def consumer_process(
         count += 1
         last_time = time.time()
 
-    def on_packet(topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+    def on_packet(topic: bytes, payload: bytes, qos: int, mid: int, dup: int) -> None:
         nonlocal count, last_time
         count += 1
         last_time = time.time()

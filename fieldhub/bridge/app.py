@@ -57,9 +57,9 @@ from fieldhub.bridge.shedding import Shedding
 from fieldhub.core import logs, tombstones
 from fieldhub.core.decode import (
     DecodeError,
-    decode_senml,
+    decode_senml_stamped,
     decode_status,
-    decode_telemetry_stamped,
+    decode_telemetry_stamps,
     parse_topic,
 )
 from fieldhub.core.endpoints import MqttEndpoint
@@ -131,8 +131,15 @@ class Bridge:
             mqtt_endpoint.username or f"fieldhub-bridge-{instance}",
         )
         self.problems = RateLimitedLog(log)
+        # The broker keys a durable session (and its packet ids) on the client id.
+        self.client_id = mqtt_endpoint.username or f"fieldhub-bridge-{instance}"
         self.writer = IngestWriter(
-            database_url, self.directory, self.metrics, always_stage=always_stage
+            database_url,
+            self.directory,
+            self.metrics,
+            always_stage=always_stage,
+            session=f"{self.client_id}@{mqtt_endpoint.host}:{mqtt_endpoint.port}",
+            receive_maximum=receive_maximum,
         )
         self.stopping = threading.Event()
         self._ack_lock = threading.Lock()
@@ -159,7 +166,7 @@ class Bridge:
             CallbackAPIVersion.VERSION2,
             # The services listener replaces the client id with the username (it binds the
             # durable session to the account), so send the same and the logs agree.
-            client_id=self.endpoint.username or f"fieldhub-bridge-{self.instance}",
+            client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
@@ -253,9 +260,13 @@ class Bridge:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Only QoS 2 publishes take paho's own path (the bridge subscribes at QoS 1).
-        self._on_publish_packet(message._topic, bytes(message.payload), message.qos, message.mid)
+        self._on_publish_packet(
+            message._topic, bytes(message.payload), message.qos, message.mid, int(message.dup)
+        )
 
-    def _on_publish_packet(self, raw_topic: bytes, payload: bytes, qos: int, mid: int) -> None:
+    def _on_publish_packet(
+        self, raw_topic: bytes, payload: bytes, qos: int, mid: int, dup: int = 0
+    ) -> None:
         if self.stopping.is_set():
             return  # not acknowledged: the broker keeps it for the next start
         received_at = self._clock.stamp()
@@ -267,6 +278,7 @@ class Bridge:
         counts = self._counts
         item: Telemetry | Status | CommandAck | TwinReport | DeadLetter | Marker
         marker: int | None = None
+        ledger = False
         if info is None:
             if topic == DROPPED_TOPIC:
                 self._broker_dropped(payload)
@@ -310,19 +322,25 @@ class Bridge:
                         received_at, device_id, None, topic, "deleted_device", DELETED, payload
                     )
                 elif kind == "telemetry":
-                    readings, last_stamp = decode_telemetry_stamped(payload, received_at)
+                    readings, last_stamp, stamped = decode_telemetry_stamps(payload, received_at)
                     if last_stamp != received_at:
                         self._clock.advance_past(last_stamp)
-                    item = Telemetry(device_id, key, readings, topic, payload, received_at)
+                    if stamped and qos:
+                        ledger = True
+                        item = Telemetry(
+                            device_id, key, readings, topic, payload, received_at, mid, dup > 0
+                        )
+                    else:
+                        item = Telemetry(device_id, key, readings, topic, payload, received_at)
                 elif kind == "senml":
-                    item = Telemetry(
-                        device_id,
-                        key,
-                        decode_senml(payload, received_at),
-                        topic,
-                        payload,
-                        received_at,
-                    )
+                    readings, stamped = decode_senml_stamped(payload, received_at)
+                    if stamped and qos:
+                        ledger = True
+                        item = Telemetry(
+                            device_id, key, readings, topic, payload, received_at, mid, dup > 0
+                        )
+                    else:
+                        item = Telemetry(device_id, key, readings, topic, payload, received_at)
                 elif kind == "status":
                     item = Status(
                         device_id, key, decode_status(payload), topic, payload, received_at
@@ -342,6 +360,8 @@ class Bridge:
             batch = pending.batch
             if type(item) is Telemetry:
                 batch.telemetry.append(item)
+                if ledger:
+                    batch.ledger += 1
             elif type(item) is DeadLetter:
                 batch.dead.append(item)
             elif type(item) is Status:
@@ -354,6 +374,7 @@ class Bridge:
                 batch.acks.append(item)
             if qos:
                 batch.mids.append(mid)
+                batch.qos1 += 1
             batch.messages += 1
             batch.payload_bytes += len(payload)
         if pending.writer_idle:
@@ -512,6 +533,8 @@ class Bridge:
             metrics.rows.inc(result.rows)
         if result.duplicates:
             metrics.duplicate_readings.inc(result.duplicates)
+        if result.ledger_reused:
+            metrics.ledger_reused.inc(result.ledger_reused)
         if result.conflicts:
             metrics.conflicts.inc(result.conflicts)
         for reason, count in result.dead.items():

@@ -42,13 +42,13 @@ from typing import NamedTuple, TypeVar
 
 import psycopg
 
-from fieldhub.bridge import commands, shedding
+from fieldhub.bridge import commands, ledger, shedding
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
 from fieldhub.core import db, logs, readings, tombstones
 from fieldhub.core.db import Conn, Queries
-from fieldhub.core.decode import Reading
+from fieldhub.core.decode import DecodeError, Reading, decode_senml, decode_telemetry
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 log = logging.getLogger(__name__)
@@ -70,6 +70,10 @@ class Telemetry(NamedTuple):
     topic: str
     payload: bytes
     received_at: float
+    # QoS 1 messages whose readings took receive stamps (no ts, SenML relative times): the
+    # packet id (the ingest ledger records them, fieldhub.bridge.ledger); 0 for the others.
+    mid: int = 0
+    dup: bool = False  # the broker sent this packet id before
 
 
 class Status(NamedTuple):
@@ -127,6 +131,9 @@ class Batch:
     messages: int = 0
     # Payload bytes of the messages (what QoS 0 shedding bounds besides their number).
     payload_bytes: int = 0
+    # QoS 1 messages (of any connection), and how many of them the ingest ledger records.
+    qos1: int = 0
+    ledger: int = 0
 
     def merge(self, other: Batch) -> None:
         self.telemetry += other.telemetry
@@ -144,13 +151,16 @@ class Batch:
             self.mids += other.mids
         self.messages += other.messages
         self.payload_bytes += other.payload_bytes
+        self.qos1 += other.qos1
+        self.ledger += other.ledger
 
     def split(self) -> list[Batch]:
         """One batch per message (without packet ids), to isolate a message the database
         refuses."""
         singles: list[Batch] = []
         for item in self.telemetry:
-            singles.append(Batch(telemetry=[item], messages=1))
+            # Counted as QoS 1 whatever they were: an overcount only ages ledger rows sooner.
+            singles.append(Batch(telemetry=[item], messages=1, qos1=1, ledger=int(bool(item.mid))))
         for status in self.statuses:
             singles.append(Batch(statuses=[status], messages=1))
         for ack in self.acks:
@@ -335,6 +345,7 @@ class WriteResult:
     staged: bool = False
     duplicates: int = 0
     conflicts: int = 0
+    ledger_reused: int = 0
     dead: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
@@ -365,11 +376,19 @@ class IngestWriter:
         metrics: BridgeMetrics,
         *,
         always_stage: bool = False,
+        session: str | None = None,
+        receive_maximum: int = 10_000,
     ) -> None:
         self.database_url = database_url
         self.directory = directory
         self.metrics = metrics
         self.conn: Conn | None = None
+        # The broker session whose packet ids the ingest ledger keys on (None: no ledger, for
+        # writers fed without MQTT), and whether it has ledger rows (then every batch counts
+        # its QoS 1 messages; a fleet that always sends ts never pays for that).
+        self.session = session
+        self.receive_maximum = receive_maximum
+        self._has_ledger = False
         # always_stage: every batch through the staging table (for measuring the fast path).
         self._staged_until = float("inf") if always_stage else 0.0
 
@@ -382,6 +401,9 @@ class IngestWriter:
         if self.conn is None or self.conn.closed:
             conn = db.connect(self.database_url, application_name="fieldhub-bridge")
             readings.create_staging(conn)
+            if self.session is not None:
+                row = conn.execute(QUERIES["session_has_ledger"], {"session": self.session})
+                self._has_ledger = bool(row.fetchone()["has"])  # type: ignore[index]
             conn.commit()
             self.conn = conn
         return self.conn
@@ -461,6 +483,13 @@ class IngestWriter:
             return kept
 
         telemetry = admitted(batch.telemetry)
+        if self.session is not None and (batch.ledger or self._has_ledger):
+            row = conn.execute(
+                QUERIES["count_committed"], {"session": self.session, "count": batch.qos1}
+            ).fetchone()
+            assert row is not None
+            if batch.ledger:
+                telemetry = self._apply_ledger(conn, telemetry, row["before"], result)
 
         # -- readings ---------------------------------------------------------------------
         seen: dict[int, float] = {}
@@ -539,6 +568,64 @@ class IngestWriter:
         for device_key in batch.markers:
             tombstones.record_pass(conn, directory.broker, directory.session, device_key)
 
+    def _apply_ledger(
+        self,
+        conn: Conn,
+        telemetry: list[tuple[int, Telemetry]],
+        committed: int,
+        result: WriteResult,
+    ) -> list[tuple[int, Telemetry]]:
+        """Give DUP=1 copies of committed messages without ts their first receive stamp back,
+        and record this batch's messages without ts (fieldhub.bridge.ledger)."""
+        assert self.session is not None
+        recorded = [(i, m) for i, (_key, m) in enumerate(telemetry) if m.mid]
+        digests = [ledger.payload_hash(m.topic, m.payload) for _i, m in recorded]
+        duplicates = sorted({m.mid for _i, m in recorded if m.dup})
+        stored: dict[int, ledger.Entry] = {}
+        if duplicates:
+            for row in conn.execute(
+                QUERIES["ledger_rows"], {"session": self.session, "packet_ids": duplicates}
+            ):
+                stored[row["packet_id"]] = ledger.Entry(
+                    bytes(row["payload_hash"]), row["received_us"], row["committed"]
+                )
+        out = list(telemetry)
+        # packet id -> (digest, stamp) of this batch so far: a copy can arrive (on a new
+        # connection) while the first is still uncommitted in the same batch.
+        batch_entries: dict[int, tuple[bytes, int]] = {}
+        for (index, message), digest in zip(recorded, digests, strict=True):
+            stamp = ledger.stamp_us(message.received_at)
+            if message.dup:
+                earlier = batch_entries.get(message.mid)
+                entry = stored.get(message.mid)
+                reuse: int | None = None
+                if earlier is not None and earlier[0] == digest:
+                    reuse = earlier[1]
+                elif entry is not None and ledger.reusable(
+                    entry, digest, committed, self.receive_maximum
+                ):
+                    reuse = entry.received_us
+                if reuse is not None and reuse != stamp:
+                    restamped = _restamped(message, ledger.stamp_of(reuse))
+                    if restamped is not None:
+                        out[index] = (out[index][0], restamped)
+                        stamp = reuse
+                        result.ledger_reused += 1
+            batch_entries[message.mid] = (digest, stamp)
+        mids = sorted(batch_entries)
+        conn.execute(
+            QUERIES["record_ledger"],
+            {
+                "session": self.session,
+                "committed": committed,
+                "packet_ids": mids,
+                "hashes": [batch_entries[m][0] for m in mids],
+                "stamps": [batch_entries[m][1] for m in mids],
+            },
+        )
+        self._has_ledger = True
+        return out
+
     def _apply_statuses(
         self, conn: Conn, statuses: list[tuple[int, Status]], seen: dict[int, float]
     ) -> None:
@@ -587,6 +674,19 @@ class IngestWriter:
                     "sources": flip_sources,
                 },
             ).fetchall()
+
+
+def _restamped(message: Telemetry, stamp: float) -> Telemetry | None:
+    """The message decoded again with its first receive stamp (None: it no longer decodes,
+    which a stamp that is only older cannot cause; then it keeps its own)."""
+    try:
+        if message.topic.endswith("/senml"):
+            found = decode_senml(message.payload, stamp)
+        else:
+            found = decode_telemetry(message.payload, stamp)
+    except DecodeError:
+        return None
+    return message._replace(readings=found, received_at=stamp)
 
 
 def _dead(

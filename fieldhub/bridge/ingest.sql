@@ -39,3 +39,33 @@ SELECT pg_notify('presence', k || CASE WHEN o THEN ' online' ELSE ' offline' END
 
 -- name: copy_dead_letters
 COPY dead_letters (received_at, device_id, device_key, topic, reason, detail, payload) FROM STDIN;
+
+-- name: count_committed
+-- The session's committed QoS 1 messages before this batch, and this batch's added. One row
+-- per session and one writer per session (the broker binds the session to one connection),
+-- so the row lock is never waited on.
+INSERT INTO ingest_ledger_sessions AS s (session, committed)
+VALUES (%(session)s, %(count)s)
+ON CONFLICT (session) DO UPDATE SET committed = s.committed + excluded.committed
+RETURNING s.committed - %(count)s AS before;
+
+-- name: ledger_rows
+-- The ledger rows of the DUP=1 messages of a batch without ts (docs/devices.md).
+SELECT packet_id, payload_hash, received_us, committed
+FROM ingest_ledger
+WHERE session = %(session)s AND packet_id = ANY(%(packet_ids)s::int4[]);
+
+-- name: record_ledger
+-- The batch's committed messages without ts, one per packet id (the caller keeps the last).
+-- Ordered by packet id so that a retried batch takes the row locks in the same order.
+INSERT INTO ingest_ledger AS l (session, packet_id, payload_hash, received_us, committed)
+SELECT %(session)s, p, h, r, %(committed)s
+FROM unnest(%(packet_ids)s::int4[], %(hashes)s::bytea[], %(stamps)s::int8[]) AS u(p, h, r)
+ORDER BY p
+ON CONFLICT (session, packet_id) DO UPDATE
+    SET payload_hash = excluded.payload_hash,
+        received_us = excluded.received_us,
+        committed = excluded.committed;
+
+-- name: session_has_ledger
+SELECT EXISTS (SELECT FROM ingest_ledger WHERE session = %(session)s) AS has;

@@ -51,6 +51,12 @@ class BridgeMetrics:
             ["reason"],
             registry=reg,
         )
+        self.ledger_reused = Counter(
+            "fieldhub_bridge_ledger_reused",
+            "messages without ts that the broker sent again after their commit and that took "
+            "their first receive stamp again from the ingest ledger (stored once)",
+            registry=reg,
+        )
         self.qos0_shed = Counter(
             "fieldhub_bridge_qos0_shed",
             "QoS 0 messages not held because the bridge already held too many uncommitted ones "

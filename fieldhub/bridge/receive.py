@@ -31,7 +31,8 @@ class BridgeClient(mqtt.Client):
     - it reads the socket 256 KiB at a time until it would block (the broker cannot send more
       than our Receive Maximum unacknowledged, so this always ends) and frames the packets in
       that buffer itself;
-    - QoS 0/1 PUBLISH packets go straight to `on_publish_packet(topic, payload, qos, mid)`,
+    - QoS 0/1 PUBLISH packets go straight to `on_publish_packet(topic, payload, qos, mid,
+      dup)` (dup: the DUP flag's bit, 0 or 8),
       skipping the (unused) MQTT 5 properties; every other packet (CONNACK, SUBACK, PUBACK of
       our own publishes, PINGRESP, QoS 2) is handed to paho's own `_packet_handle`;
     - `ack_many` acknowledges a whole batch with one queued write."""
@@ -113,7 +114,9 @@ class BridgeClient(mqtt.Client):
                     if not byte & 0x80:
                         break
                     shift += 7
-                handler(topic, bytes(buffer[at + properties : end]), qos, mid)
+                # DUP (fixed header bit 3): the broker sends this packet id again
+                # (fieldhub.bridge.ledger).
+                handler(topic, bytes(buffer[at + properties : end]), qos, mid, header & 0x08)
             else:
                 self._in_packet = {
                     "command": header,

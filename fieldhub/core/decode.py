@@ -97,9 +97,11 @@ __all__ = [
     "TopicInfo",
     "TopicKind",
     "decode_senml",
+    "decode_senml_stamped",
     "decode_status",
     "decode_telemetry",
     "decode_telemetry_stamped",
+    "decode_telemetry_stamps",
     "parse_topic",
     "valid_device_id",
     "valid_metric_name",
@@ -369,8 +371,17 @@ def decode_telemetry(payload: bytes | bytearray, received_at: float) -> list[Rea
 def decode_telemetry_stamped(
     payload: bytes | bytearray, received_at: float
 ) -> tuple[list[Reading], float]:
-    """Decode a ``devices/{id}/telemetry`` payload; return its readings and the
-    last receive stamp they use.
+    """:func:`decode_telemetry_stamps` without whether any receive stamp was used."""
+    readings, last_stamp, _stamped = decode_telemetry_stamps(payload, received_at)
+    return readings, last_stamp
+
+
+def decode_telemetry_stamps(
+    payload: bytes | bytearray, received_at: float
+) -> tuple[list[Reading], float, bool]:
+    """Decode a ``devices/{id}/telemetry`` payload; return its readings, the
+    last receive stamp they use and whether any reading took a receive stamp
+    (the bridge's ingest ledger records such messages: fieldhub.bridge.ledger).
 
     ``payload`` is one reading object or a non-empty array of them::
 
@@ -404,8 +415,9 @@ def decode_telemetry_stamped(
     doc = _parse_json(payload)
     out: list[Reading] = []
     last_stamp = received_at
+    stamped = False
     if type(doc) is dict:
-        _decode_reading(doc, received_at, out, 0)
+        stamped = _decode_reading(doc, received_at, out, 0)
     elif type(doc) is list:
         if not doc:
             raise DecodeError("empty", "reading array is empty")
@@ -426,13 +438,23 @@ def decode_telemetry_stamped(
             stamp = (base_us + index) / 1_000_000 if index else received_at
             if _decode_reading(item, stamp, out, index):
                 last_stamp = stamp
+                stamped = True
     else:
         raise DecodeError("bad_type", f"payload is {_json_type(doc)}, not an object or array")
-    return out, last_stamp
+    return out, last_stamp, stamped
 
 
 def decode_senml(payload: bytes | bytearray, received_at: float) -> list[Reading]:
-    """Decode a ``devices/{id}/telemetry/senml`` payload (RFC 8428 JSON).
+    """:func:`decode_senml_stamped` without whether a time was relative."""
+    return decode_senml_stamped(payload, received_at)[0]
+
+
+def decode_senml_stamped(
+    payload: bytes | bytearray, received_at: float
+) -> tuple[list[Reading], bool]:
+    """Decode a ``devices/{id}/telemetry/senml`` payload (RFC 8428 JSON); return
+    its readings and whether any time was relative to ``received_at`` (the
+    bridge's ingest ledger records such packs: fieldhub.bridge.ledger).
 
     Supported: ``bn``, ``bt``, ``bu``, ``bv`` (carried forward to later
     records until overridden), ``n``, ``t``, ``u``, ``v``, ``vb``, ``vs``;
@@ -475,6 +497,7 @@ def decode_senml(payload: bytes | bytearray, received_at: float) -> list[Reading
     known = _known_metrics
     units = _known_units
     append = out.append
+    relative = False
     for index, rec in enumerate(doc):
         if type(rec) is not dict:
             raise DecodeError(
@@ -528,6 +551,7 @@ def decode_senml(payload: bytes | bytearray, received_at: float) -> list[Reading
             t += _senml_number(rec["t"], "t", index, "ts_invalid")
         if t < SENML_RELATIVE_LIMIT:
             t += received_at
+            relative = True
         if not MIN_TIMESTAMP <= t <= received_at + MAX_FUTURE_SKEW_S:
             _check_time(t, received_at, "record", index)
 
@@ -563,7 +587,7 @@ def decode_senml(payload: bytes | bytearray, received_at: float) -> list[Reading
             append(_new_reading(Reading, (t, metric, None, vs, False, None, unit)))
     if not out:
         raise DecodeError("empty", "SenML pack has no value records")
-    return out
+    return out, relative
 
 
 def _decode_reading(

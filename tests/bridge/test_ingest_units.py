@@ -71,7 +71,9 @@ def test_merging_a_batch_from_a_newer_connection_keeps_only_its_packet_ids() -> 
     assert same.mids == [5, 6]
 
 
-def _publish_packet(topic: bytes, payload: bytes, *, qos: int, mid: int, props: bytes) -> bytes:
+def _publish_packet(
+    topic: bytes, payload: bytes, *, qos: int, mid: int, props: bytes, dup: bool = False
+) -> bytes:
     body = struct.pack(">H", len(topic)) + topic
     if qos:
         body += struct.pack(">H", mid)
@@ -83,7 +85,7 @@ def _publish_packet(topic: bytes, payload: bytes, *, qos: int, mid: int, props: 
         encoded.append(byte | (0x80 if length else 0))
         if not length:
             break
-    return bytes([0x30 | (qos << 1)]) + bytes(encoded) + body
+    return bytes([0x30 | (qos << 1) | (0x08 if dup else 0)]) + bytes(encoded) + body
 
 
 def test_bridge_client_frames_publishes_across_reads() -> None:
@@ -92,15 +94,17 @@ def test_bridge_client_frames_publishes_across_reads() -> None:
     from fieldhub.bridge.receive import BridgeClient
 
     client = BridgeClient(CallbackAPIVersion.VERSION2, client_id="t", protocol=5)
-    got: list[tuple[bytes, bytes, int, int]] = []
-    client.on_publish_packet = lambda topic, payload, qos, mid: got.append(
-        (topic, payload, qos, mid)
+    got: list[tuple[bytes, bytes, int, int, int]] = []
+    client.on_publish_packet = lambda topic, payload, qos, mid, dup: got.append(
+        (topic, payload, qos, mid, dup)
     )
     big = b"x" * 300_000  # a three-byte remaining length
     stream = (
         _publish_packet(b"devices/a/telemetry", b'{"v":1}', qos=1, mid=513, props=b"")
         + _publish_packet(b"devices/b/status", b"online", qos=0, mid=0, props=b"\x01\x01")
-        + _publish_packet(b"devices/c/telemetry", big, qos=1, mid=7, props=b"\x23\x00\x05")
+        + _publish_packet(
+            b"devices/c/telemetry", big, qos=1, mid=7, props=b"\x23\x00\x05", dup=True
+        )
     )
     buffer = bytearray()
     # Fed in awkward pieces: every packet boundary and length byte gets split somewhere.
@@ -109,9 +113,9 @@ def test_bridge_client_frames_publishes_across_reads() -> None:
         assert client._frame_packets(buffer) == MQTTErrorCode.MQTT_ERR_SUCCESS
     assert buffer == bytearray()
     assert got == [
-        (b"devices/a/telemetry", b'{"v":1}', 1, 513),
-        (b"devices/b/status", b"online", 0, 0),
-        (b"devices/c/telemetry", big, 1, 7),
+        (b"devices/a/telemetry", b'{"v":1}', 1, 513, 0),
+        (b"devices/b/status", b"online", 0, 0, 0),
+        (b"devices/c/telemetry", big, 1, 7, 8),
     ]
     # An incomplete packet stays in the buffer untouched until the rest arrives.
     partial = _publish_packet(b"devices/d/telemetry", b"{}", qos=1, mid=1, props=b"")[:-1]
