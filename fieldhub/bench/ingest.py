@@ -87,6 +87,11 @@ def register(bench_subparsers: Subparsers) -> None:
         action="store_true",
         help="run the bridge with every batch through its staging table (to compare)",
     )
+    parser.add_argument(
+        "--without-ts",
+        action="store_true",
+        help="the throughput run's messages carry no ts (stamped on receipt: the ingest ledger)",
+    )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.set_defaults(handler=cmd_bench_ingest)
 
@@ -149,7 +154,8 @@ def publisher_process(
 ) -> None:
     """Publish `count` QoS 1 messages round-robin over `device_ids`, at most `rate` msg/s
     (0 = as fast as the broker acknowledges). base_ms > 0: ts = base_ms + per-device sequence
-    (unique rows for the throughput run); base_ms = 0: ts = the wall clock at publish."""
+    (unique rows for the throughput run); base_ms = 0: ts = the wall clock at publish;
+    base_ms < 0: no ts (the bridge stamps each message on receipt)."""
     sock = _connect(port, loadgen_account(index), password, f"bench-loadgen-{index}")
     topics = [_string(f"devices/{d}/telemetry") for d in device_ids]
     n_devices = len(device_ids)
@@ -177,13 +183,21 @@ def publisher_process(
                 seq = i // n_devices
                 ts = base_ms + seq if base_ms else now_ms
                 v = values[i % 97]
-                payload = b'{"ts":%d,"seq":%d,"values":{"m0":%.3f,"m1":%d,"m2":%.2f}}' % (
-                    ts,
-                    seq,
-                    v[0],
-                    v[1],
-                    v[2],
-                )
+                if base_ms < 0:
+                    payload = b'{"seq":%d,"values":{"m0":%.3f,"m1":%d,"m2":%.2f}}' % (
+                        seq,
+                        v[0],
+                        v[1],
+                        v[2],
+                    )
+                else:
+                    payload = b'{"ts":%d,"seq":%d,"values":{"m0":%.3f,"m1":%d,"m2":%.2f}}' % (
+                        ts,
+                        seq,
+                        v[0],
+                        v[1],
+                        v[2],
+                    )
                 mid = mid % 65535 + 1
                 topic = topics[device]
                 parts.append(
@@ -519,10 +533,16 @@ class BridgeFleet:
 
 
 def run_bridge_throughput(
-    servers: Servers, bridge: BridgeFleet, loadgen: LoadGenerator, total: int
+    servers: Servers,
+    bridge: BridgeFleet,
+    loadgen: LoadGenerator,
+    total: int,
+    *,
+    without_ts: bool = False,
 ) -> tuple[float, dict[str, float]]:
     expected_rows = total * VALUES_PER_MESSAGE
-    start, procs = loadgen.run(total, base_ms=int(time.time() * 1000) - 2_000_000)
+    base_ms = -1 if without_ts else int(time.time() * 1000) - 2_000_000
+    start, procs = loadgen.run(total, base_ms=base_ms)
     time.sleep(1.0)
     meter = CpuMeter(
         servers,
@@ -695,7 +715,9 @@ def cmd_bench_ingest(settings: Settings | None, args: argparse.Namespace) -> int
             ]
         )
         try:
-            throughput, cores = run_bridge_throughput(servers, bridge, loadgen, args.messages)
+            throughput, cores = run_bridge_throughput(
+                servers, bridge, loadgen, args.messages, without_ts=args.without_ts
+            )
             progress(f"  bridge: {throughput:,.0f} msg/s ({throughput * 3:,.0f} rows/s)")
             progress(
                 "  CPU cores used meanwhile: "
@@ -728,6 +750,7 @@ def cmd_bench_ingest(settings: Settings | None, args: argparse.Namespace) -> int
         "devices": args.devices,
         "publishers": args.publishers,
         "always_stage": args.always_stage,
+        "without_ts": args.without_ts,
         "bridges": args.bridges,
         "cores_during_throughput": cores,
     }

@@ -321,20 +321,17 @@ class Bridge:
                     item = DeadLetter(
                         received_at, device_id, None, topic, "deleted_device", DELETED, payload
                     )
-                elif kind == "telemetry":
-                    readings, last_stamp, stamped = decode_telemetry_stamps(payload, received_at)
-                    if last_stamp != received_at:
-                        self._clock.advance_past(last_stamp)
-                    if stamped and qos:
-                        ledger = True
-                        item = Telemetry(
-                            device_id, key, readings, topic, payload, received_at, mid, dup > 0
+                elif kind == "telemetry" or kind == "senml":
+                    if kind == "telemetry":
+                        readings, last_stamp, stamped = decode_telemetry_stamps(
+                            payload, received_at
                         )
+                        if last_stamp != received_at:
+                            self._clock.advance_past(last_stamp)
                     else:
-                        item = Telemetry(device_id, key, readings, topic, payload, received_at)
-                elif kind == "senml":
-                    readings, stamped = decode_senml_stamped(payload, received_at)
+                        readings, stamped = decode_senml_stamped(payload, received_at)
                     if stamped and qos:
+                        # Recorded in the ingest ledger when committed (fieldhub.bridge.ledger).
                         ledger = True
                         item = Telemetry(
                             device_id, key, readings, topic, payload, received_at, mid, dup > 0
