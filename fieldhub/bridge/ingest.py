@@ -580,15 +580,19 @@ class IngestWriter:
         assert self.session is not None
         recorded = [(i, m) for i, (_key, m) in enumerate(telemetry) if m.mid]
         digests = [ledger.payload_hash(m.topic, m.payload) for _i, m in recorded]
-        duplicates = sorted({m.mid for _i, m in recorded if m.dup})
         stored: dict[int, ledger.Entry] = {}
-        if duplicates:
-            for row in conn.execute(
-                QUERIES["ledger_rows"], {"session": self.session, "packet_ids": duplicates}
-            ):
-                stored[row["packet_id"]] = ledger.Entry(
-                    bytes(row["payload_hash"]), row["received_us"], row["committed"]
-                )
+        if any(m.dup for _i, m in recorded):
+            rows = conn.execute(
+                QUERIES["ledger_batches"],
+                {
+                    "session": self.session,
+                    "since": committed - ledger.max_age(self.receive_maximum),
+                },
+            )
+            stored = ledger.unpack(
+                (r["committed"], bytes(r["packet_ids"]), bytes(r["hashes"]), bytes(r["stamps"]))
+                for r in rows
+            )
         out = list(telemetry)
         # packet id -> (digest, stamp) of this batch so far: a copy can arrive (on a new
         # connection) while the first is still uncommitted in the same batch.
@@ -612,15 +616,16 @@ class IngestWriter:
                         stamp = reuse
                         result.ledger_reused += 1
             batch_entries[message.mid] = (digest, stamp)
-        mids = sorted(batch_entries)
+        packet_ids, hashes, stamps = ledger.pack(batch_entries)
         conn.execute(
             QUERIES["record_ledger"],
             {
                 "session": self.session,
                 "committed": committed,
-                "packet_ids": mids,
-                "hashes": [batch_entries[m][0] for m in mids],
-                "stamps": [batch_entries[m][1] for m in mids],
+                "since": committed - ledger.max_age(self.receive_maximum),
+                "packet_ids": packet_ids,
+                "hashes": hashes,
+                "stamps": stamps,
             },
         )
         self._has_ledger = True

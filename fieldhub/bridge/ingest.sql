@@ -49,23 +49,22 @@ VALUES (%(session)s, %(count)s)
 ON CONFLICT (session) DO UPDATE SET committed = s.committed + excluded.committed
 RETURNING s.committed - %(count)s AS before;
 
--- name: ledger_rows
--- The ledger rows of the DUP=1 messages of a batch without ts (docs/devices.md).
-SELECT packet_id, payload_hash, received_us, committed
+-- name: ledger_batches
+-- The session's recorded batches young enough to be used (fieldhub.bridge.ledger), oldest
+-- first so that a later use of a packet id wins; read only for batches with DUP=1 copies.
+SELECT committed, packet_ids, hashes, stamps
 FROM ingest_ledger
-WHERE session = %(session)s AND packet_id = ANY(%(packet_ids)s::int4[]);
+WHERE session = %(session)s AND committed >= %(since)s
+ORDER BY committed;
 
 -- name: record_ledger
--- The batch's committed messages without ts, one per packet id (the caller keeps the last).
--- Ordered by packet id so that a retried batch takes the row locks in the same order.
-INSERT INTO ingest_ledger AS l (session, packet_id, payload_hash, received_us, committed)
-SELECT %(session)s, p, h, r, %(committed)s
-FROM unnest(%(packet_ids)s::int4[], %(hashes)s::bytea[], %(stamps)s::int8[]) AS u(p, h, r)
-ORDER BY p
-ON CONFLICT (session, packet_id) DO UPDATE
-    SET payload_hash = excluded.payload_hash,
-        received_us = excluded.received_us,
-        committed = excluded.committed;
+-- One row for the batch; batches too old to be used go in the same statement (the primary
+-- key's range, one session: only this bridge writes it).
+WITH pruned AS (
+    DELETE FROM ingest_ledger WHERE session = %(session)s AND committed < %(since)s
+)
+INSERT INTO ingest_ledger (session, committed, packet_ids, hashes, stamps)
+VALUES (%(session)s, %(committed)s, %(packet_ids)s, %(hashes)s, %(stamps)s);
 
 -- name: session_has_ledger
 SELECT EXISTS (SELECT FROM ingest_ledger WHERE session = %(session)s) AS has;

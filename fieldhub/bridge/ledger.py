@@ -27,6 +27,8 @@ lesser harm. This module is pure; fieldhub.bridge.ingest applies it.
 from __future__ import annotations
 
 import hashlib
+import struct
+from collections.abc import Iterable
 from typing import NamedTuple
 
 PACKET_IDS = 65_535
@@ -38,6 +40,29 @@ class Entry(NamedTuple):
     payload_hash: bytes
     received_us: int
     committed: int  # the session's committed QoS 1 messages before its batch
+
+
+def pack(entries: dict[int, tuple[bytes, int]]) -> tuple[bytes, bytes, bytes]:
+    """A batch's packet id -> (hash, stamp) as the ledger row's three packed columns."""
+    mids = list(entries)
+    return (
+        struct.pack(f">{len(mids)}H", *mids),
+        b"".join(entries[m][0] for m in mids),
+        struct.pack(f">{len(mids)}q", *(entries[m][1] for m in mids)),
+    )
+
+
+def unpack(rows: Iterable[tuple[int, bytes, bytes, bytes]]) -> dict[int, Entry]:
+    """packet id -> its latest entry, from (committed, packet_ids, hashes, stamps) rows in
+    the order they were committed."""
+    found: dict[int, Entry] = {}
+    for committed, packet_ids, hashes, stamps in rows:
+        count = len(packet_ids) // 2
+        mids = struct.unpack(f">{count}H", packet_ids)
+        times = struct.unpack(f">{count}q", stamps)
+        for i, mid in enumerate(mids):
+            found[mid] = Entry(hashes[16 * i : 16 * i + 16], times[i], committed)
+    return found
 
 
 def payload_hash(topic: str, payload: bytes) -> bytes:

@@ -58,8 +58,8 @@ settings.register_profile(
 )
 settings.register_profile(
     "ingest-soak",
-    max_examples=40,
-    stateful_step_count=40,
+    max_examples=20,
+    stateful_step_count=50,
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
