@@ -45,28 +45,24 @@ from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
 
 pytestmark = pytest.mark.integration
 
-settings.register_profile(
-    "ingest-suite",
-    max_examples=4,
-    stateful_step_count=14,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-    # No shrinking: every example restarts real processes, and the database keeps what
-    # earlier examples sent, so a shrunk sequence would not replay alone anyway.
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-)
-settings.register_profile(
-    "ingest-soak",
-    max_examples=20,
-    stateful_step_count=50,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-    # No shrinking: every example restarts real processes, and the database keeps what
-    # earlier examples sent, so a shrunk sequence would not replay alone anyway.
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],
-)
+
+def _register(name: str, examples: int, steps: int) -> None:
+    settings.register_profile(
+        name,
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        # No shrinking: every example restarts real processes, and the database keeps what
+        # earlier examples sent, so a shrunk sequence would not replay alone anyway.
+        phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    )
+
+
+# A few minutes in the suite; the soak profile for a long run.
+_register("ingest-suite", examples=4, steps=14)
+_register("ingest-soak", examples=20, steps=50)
 PROFILE = "ingest-soak" if os.environ.get("FIELDHUB_INGEST_SOAK") else "ingest-suite"
 
 DEVICES = ("prop-a", "prop-b", "prop-c")
@@ -270,10 +266,13 @@ class IngestMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.up)
     @rule()
     def kill_bridge(self) -> None:
+        self._kill()
+        self.world.kills += 1
+
+    def _kill(self) -> None:
         self.world.count_reuses()
         self.world.bridge.kill()
         self.world.bridge.wait()
-        self.world.kills += 1
         self.up = False
 
     @precondition(lambda self: self.up)
@@ -296,11 +295,8 @@ class IngestMachine(RuleBasedStateMachine):
                 assert row is not None
                 if row[0] > before:
                     break
-        self.world.count_reuses()
-        self.world.bridge.kill()
-        self.world.bridge.wait()
+        self._kill()
         self.world.kills_after_commit += 1
-        self.up = False
 
     @precondition(lambda self: self.up)
     @rule(
@@ -328,15 +324,12 @@ class IngestMachine(RuleBasedStateMachine):
                 interval=0.05,
                 what="the burst to be committed",
             )
-            world.count_reuses()
-            world.bridge.kill()
-            world.bridge.wait()
+            self._kill()
             world.proxy.cut()
             world.without_ts_redelivered = True
         finally:
             world.proxy.swallow.clear()
         world.kills_before_puback += 1
-        self.up = False
 
     @precondition(lambda self: not self.up)
     @rule()
