@@ -578,10 +578,19 @@ class IngestWriter:
         """Give DUP=1 copies of committed messages without ts their first receive stamp back,
         and record this batch's messages without ts (fieldhub.bridge.ledger)."""
         assert self.session is not None
-        recorded = [(i, m) for i, (_key, m) in enumerate(telemetry) if m.mid]
-        digests = [ledger.payload_hash(m.topic, m.payload) for _i, m in recorded]
-        stored: dict[int, ledger.Entry] = {}
-        if any(m.dup for _i, m in recorded):
+        digest_of = ledger.payload_hash
+        out = telemetry
+        # packet id -> (digest, stamp), in receive order (a later use of a packet id wins).
+        batch_entries: dict[int, tuple[bytes, int]]
+        if not any(m.dup for _key, m in telemetry if m.mid):
+            # The common case: nothing to look up, only to record.
+            batch_entries = {
+                m.mid: (digest_of(m.topic, m.payload), round(m.received_at * 1_000_000))
+                for _key, m in telemetry
+                if m.mid
+            }
+        else:
+            out = list(telemetry)
             rows = conn.execute(
                 QUERIES["ledger_batches"],
                 {
@@ -593,29 +602,31 @@ class IngestWriter:
                 (r["committed"], bytes(r["packet_ids"]), bytes(r["hashes"]), bytes(r["stamps"]))
                 for r in rows
             )
-        out = list(telemetry)
-        # packet id -> (digest, stamp) of this batch so far: a copy can arrive (on a new
-        # connection) while the first is still uncommitted in the same batch.
-        batch_entries: dict[int, tuple[bytes, int]] = {}
-        for (index, message), digest in zip(recorded, digests, strict=True):
-            stamp = ledger.stamp_us(message.received_at)
-            if message.dup:
-                earlier = batch_entries.get(message.mid)
-                entry = stored.get(message.mid)
-                reuse: int | None = None
-                if earlier is not None and earlier[0] == digest:
-                    reuse = earlier[1]
-                elif entry is not None and ledger.reusable(
-                    entry, digest, committed, self.receive_maximum
-                ):
-                    reuse = entry.received_us
-                if reuse is not None and reuse != stamp:
-                    restamped = _restamped(message, ledger.stamp_of(reuse))
-                    if restamped is not None:
-                        out[index] = (out[index][0], restamped)
-                        stamp = reuse
-                        result.ledger_reused += 1
-            batch_entries[message.mid] = (digest, stamp)
+            batch_entries = {}
+            for index, (key, message) in enumerate(telemetry):
+                if not message.mid:
+                    continue
+                digest = digest_of(message.topic, message.payload)
+                stamp = ledger.stamp_us(message.received_at)
+                if message.dup:
+                    # A copy can arrive (on a new connection) while the first is still
+                    # uncommitted in this batch.
+                    earlier = batch_entries.get(message.mid)
+                    entry = stored.get(message.mid)
+                    reuse: int | None = None
+                    if earlier is not None and earlier[0] == digest:
+                        reuse = earlier[1]
+                    elif entry is not None and ledger.reusable(
+                        entry, digest, committed, self.receive_maximum
+                    ):
+                        reuse = entry.received_us
+                    if reuse is not None and reuse != stamp:
+                        restamped = _restamped(message, ledger.stamp_of(reuse))
+                        if restamped is not None:
+                            out[index] = (key, restamped)
+                            stamp = reuse
+                            result.ledger_reused += 1
+                batch_entries[message.mid] = (digest, stamp)
         packet_ids, hashes, stamps = ledger.pack(batch_entries)
         conn.execute(
             QUERIES["record_ledger"],

@@ -6,7 +6,7 @@
 -- (a crash between COMMIT and PUBACK, a lost connection) would be stamped anew and stored
 -- twice. The broker resends such a message on the same session with the same packet id and
 -- DUP=1. For every committed QoS 1 telemetry message whose readings took receive stamps, the
--- bridge records (session, packet id, hash of topic and payload, the stamp) in the batch
+-- bridge records (session, packet id, checksum of topic and payload, the stamp) in the batch
 -- transaction; a DUP=1 copy that matches reuses the stamp, and its readings are duplicates.
 -- One row per committed batch that had such messages, not one per message: measured, an
 -- upsert per message cost PostgreSQL about 9 us per message without ts (half as much again
@@ -19,9 +19,10 @@ CREATE TABLE ingest_ledger (
     -- older message that happened to have the same topic and payload: it is not used, and
     -- it is deleted when the session's next batch is recorded.
     committed  bigint NOT NULL,
-    -- Packed, entry i of each: the packet id (2 bytes), the blake2b-128 hash of topic and
-    -- payload (16 bytes), the receive stamp in whole microseconds since the epoch (8 bytes,
-    -- exactly as the bridge's receive clock gave it out), all big-endian.
+    -- Packed, entry i of each: the packet id (2 bytes), the checksum of topic and payload
+    -- (8 bytes: CRC-32 and Adler-32, fieldhub.bridge.ledger.payload_hash), the receive stamp
+    -- in whole microseconds since the epoch (8 bytes, exactly as the bridge's receive clock
+    -- gave it out), all big-endian.
     packet_ids bytea  NOT NULL,
     hashes     bytea  NOT NULL,
     stamps     bytea  NOT NULL,
