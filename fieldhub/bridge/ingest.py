@@ -483,13 +483,15 @@ class IngestWriter:
             return kept
 
         telemetry = admitted(batch.telemetry)
+        # The ingest ledger's statement, sent in the pipeline below (fieldhub.bridge.ledger).
+        ledger_query: tuple[str, dict[str, object]] | None = None
         if self.session is not None and (batch.ledger or self._has_ledger):
-            row = conn.execute(
-                QUERIES["count_committed"], {"session": self.session, "count": batch.qos1}
-            ).fetchone()
-            assert row is not None
+            counted = {"session": self.session, "count": batch.qos1}
             if batch.ledger:
-                telemetry = self._apply_ledger(conn, telemetry, row["before"], result)
+                telemetry, ledger_query = self._apply_ledger(conn, telemetry, counted, result)
+                self._has_ledger = True
+            else:
+                ledger_query = ("count_committed", counted)
 
         # -- readings ---------------------------------------------------------------------
         seen: dict[int, float] = {}
@@ -517,6 +519,8 @@ class IngestWriter:
         # which under a loaded CPU saves a scheduling round trip each.
         with conn.pipeline():
             readings.upsert_latest(conn, latest)
+            if ledger_query is not None:
+                conn.execute(QUERIES[ledger_query[0]], ledger_query[1])
             # -- presence -----------------------------------------------------------------
             if statuses:
                 self._apply_statuses(conn, statuses, seen)
@@ -572,75 +576,81 @@ class IngestWriter:
         self,
         conn: Conn,
         telemetry: list[tuple[int, Telemetry]],
-        committed: int,
+        counted: dict[str, object],
         result: WriteResult,
-    ) -> list[tuple[int, Telemetry]]:
-        """Give DUP=1 copies of committed messages without ts their first receive stamp back,
-        and record this batch's messages without ts (fieldhub.bridge.ledger)."""
-        assert self.session is not None
+    ) -> tuple[list[tuple[int, Telemetry]], tuple[str, dict[str, object]]]:
+        """Give DUP=1 copies of committed messages without ts their first receive stamp back;
+        returns the messages and the statement that records this batch's messages without ts
+        (fieldhub.bridge.ledger)."""
         digest_of = ledger.payload_hash
-        out = telemetry
-        # packet id -> (digest, stamp), in receive order (a later use of a packet id wins).
-        batch_entries: dict[int, tuple[bytes, int]]
+        max_age = ledger.max_age(self.receive_maximum)
         if not any(m.dup for _key, m in telemetry if m.mid):
-            # The common case: nothing to look up, only to record.
-            batch_entries = {
+            # The common case: nothing to look up, only to record, in the pipeline.
+            entries = {
                 m.mid: (digest_of(m.topic, m.payload), round(m.received_at * 1_000_000))
                 for _key, m in telemetry
                 if m.mid
             }
-        else:
-            out = list(telemetry)
-            rows = conn.execute(
-                QUERIES["ledger_batches"],
+            packet_ids, hashes, stamps = ledger.pack(entries)
+            return telemetry, (
+                "record_ledger",
                 {
-                    "session": self.session,
-                    "since": committed - ledger.max_age(self.receive_maximum),
+                    **counted,
+                    "max_age": max_age,
+                    "packet_ids": packet_ids,
+                    "hashes": hashes,
+                    "stamps": stamps,
                 },
             )
-            stored = ledger.unpack(
-                (r["committed"], bytes(r["packet_ids"]), bytes(r["hashes"]), bytes(r["stamps"]))
-                for r in rows
-            )
-            batch_entries = {}
-            for index, (key, message) in enumerate(telemetry):
-                if not message.mid:
-                    continue
-                digest = digest_of(message.topic, message.payload)
-                stamp = ledger.stamp_us(message.received_at)
-                if message.dup:
-                    # A copy can arrive (on a new connection) while the first is still
-                    # uncommitted in this batch.
-                    earlier = batch_entries.get(message.mid)
-                    entry = stored.get(message.mid)
-                    reuse: int | None = None
-                    if earlier is not None and earlier[0] == digest:
-                        reuse = earlier[1]
-                    elif entry is not None and ledger.reusable(
-                        entry, digest, committed, self.receive_maximum
-                    ):
-                        reuse = entry.received_us
-                    if reuse is not None and reuse != stamp:
-                        restamped = _restamped(message, ledger.stamp_of(reuse))
-                        if restamped is not None:
-                            out[index] = (key, restamped)
-                            stamp = reuse
-                            result.ledger_reused += 1
-                batch_entries[message.mid] = (digest, stamp)
-        packet_ids, hashes, stamps = ledger.pack(batch_entries)
-        conn.execute(
-            QUERIES["record_ledger"],
+        row = conn.execute(QUERIES["count_committed"], counted).fetchone()
+        assert row is not None
+        committed: int = row["before"]
+        rows = conn.execute(
+            QUERIES["ledger_batches"], {"session": self.session, "since": committed - max_age}
+        )
+        stored = ledger.unpack(
+            (r["committed"], bytes(r["packet_ids"]), bytes(r["hashes"]), bytes(r["stamps"]))
+            for r in rows
+        )
+        out = list(telemetry)
+        # packet id -> (digest, stamp), in receive order (a later use of a packet id wins).
+        entries = {}
+        for index, (key, message) in enumerate(telemetry):
+            if not message.mid:
+                continue
+            digest = digest_of(message.topic, message.payload)
+            stamp = ledger.stamp_us(message.received_at)
+            if message.dup:
+                # A copy can arrive (on a new connection) while the first is still
+                # uncommitted in this batch.
+                earlier = entries.get(message.mid)
+                entry = stored.get(message.mid)
+                reuse: int | None = None
+                if earlier is not None and earlier[0] == digest:
+                    reuse = earlier[1]
+                elif entry is not None and ledger.reusable(
+                    entry, digest, committed, self.receive_maximum
+                ):
+                    reuse = entry.received_us
+                if reuse is not None and reuse != stamp:
+                    restamped = _restamped(message, ledger.stamp_of(reuse))
+                    if restamped is not None:
+                        out[index] = (key, restamped)
+                        stamp = reuse
+                        result.ledger_reused += 1
+            entries[message.mid] = (digest, stamp)
+        packet_ids, hashes, stamps = ledger.pack(entries)
+        return out, (
+            "record_ledger_at",
             {
                 "session": self.session,
                 "committed": committed,
-                "since": committed - ledger.max_age(self.receive_maximum),
+                "since": committed - max_age,
                 "packet_ids": packet_ids,
                 "hashes": hashes,
                 "stamps": stamps,
             },
         )
-        self._has_ledger = True
-        return out
 
     def _apply_statuses(
         self, conn: Conn, statuses: list[tuple[int, Status]], seen: dict[int, float]

@@ -41,7 +41,8 @@ SELECT pg_notify('presence', k || CASE WHEN o THEN ' online' ELSE ' offline' END
 COPY dead_letters (received_at, device_id, device_key, topic, reason, detail, payload) FROM STDIN;
 
 -- name: count_committed
--- The session's committed QoS 1 messages before this batch, and this batch's added. One row
+-- The session's committed QoS 1 messages before this batch, and this batch's added (in the
+-- pipeline when the batch records nothing; first, for its result, when it has DUP copies). One row
 -- per session and one writer per session (the broker binds the session to one connection),
 -- so the row lock is never waited on.
 INSERT INTO ingest_ledger_sessions AS s (session, committed)
@@ -58,8 +59,23 @@ WHERE session = %(session)s AND committed >= %(since)s
 ORDER BY committed;
 
 -- name: record_ledger
--- One row for the batch; batches too old to be used go in the same statement (the primary
--- key's range, one session: only this bridge writes it).
+-- Counts the batch's QoS 1 messages and records its messages without ts in one row, in the
+-- batch's pipeline (no round trip of its own); batches too old to be used go in the same
+-- statement (the primary key's range of one session, which only this bridge writes).
+WITH counted AS (
+    INSERT INTO ingest_ledger_sessions AS s (session, committed)
+    VALUES (%(session)s, %(count)s)
+    ON CONFLICT (session) DO UPDATE SET committed = s.committed + excluded.committed
+    RETURNING s.committed - %(count)s AS before
+), pruned AS (
+    DELETE FROM ingest_ledger
+    WHERE session = %(session)s AND committed < (SELECT before FROM counted) - %(max_age)s
+)
+INSERT INTO ingest_ledger (session, committed, packet_ids, hashes, stamps)
+SELECT %(session)s, before, %(packet_ids)s, %(hashes)s, %(stamps)s FROM counted;
+
+-- name: record_ledger_at
+-- The same for a batch with DUP=1 copies, whose count was taken first (count_committed).
 WITH pruned AS (
     DELETE FROM ingest_ledger WHERE session = %(session)s AND committed < %(since)s
 )
