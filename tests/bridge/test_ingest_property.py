@@ -139,7 +139,6 @@ class World:
     conflicts: list[tuple[float, float, bytes, bytes]] = field(default_factory=list)
     # (payload, reason)
     poison: list[tuple[bytes, str]] = field(default_factory=list)
-    sent_with_ts: list[tuple[str, bytes]] = field(default_factory=list)
     kills: int = 0
     kills_after_commit: int = 0
     kills_before_puback: int = 0
@@ -225,7 +224,14 @@ class IngestMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.up = self.world.bridge.proc is not None and self.world.bridge.proc.poll() is None
+        # What the rules draw from is this run's own state, never the world's (Hypothesis
+        # replays a run from its choices, so they must not depend on earlier runs): each run
+        # starts with the bridge up and repeats only what it sent itself.
+        bridge = self.world.bridge
+        if bridge.proc is None or bridge.proc.poll() is not None:
+            bridge.start().wait_ready()
+        self.up = True
+        self.sent_with_ts: list[tuple[str, bytes]] = []
 
     def _publish(self, device: str, payload: bytes) -> None:
         topic = f"devices/{device}/telemetry"
@@ -238,13 +244,13 @@ class IngestMachine(RuleBasedStateMachine):
         payload, values, with_ts = valid_message(kind, self.world.next_id())
         self.world.values.update(values)
         if with_ts:
-            self.world.sent_with_ts.append((device, payload))
+            self.sent_with_ts.append((device, payload))
         self._publish(device, payload)
 
-    @precondition(lambda self: bool(self.world.sent_with_ts))
+    @precondition(lambda self: bool(self.sent_with_ts))
     @rule(data=st.data())
     def repeat(self, data: st.DataObject) -> None:
-        device, payload = data.draw(st.sampled_from(self.world.sent_with_ts))
+        device, payload = data.draw(st.sampled_from(self.sent_with_ts))
         self._publish(device, payload)
 
     @rule(device=st.sampled_from(DEVICES))
@@ -316,7 +322,7 @@ class IngestMachine(RuleBasedStateMachine):
                 world.values.update(values)
                 sent += values
                 if with_ts:
-                    world.sent_with_ts.append((device, payload))
+                    self.sent_with_ts.append((device, payload))
                 self._publish(device, payload)
             wait_for(
                 lambda: all(v in stored_values(world) for v in sent),
