@@ -5,8 +5,8 @@ identity. The broker resends a QoS 1 message it has no PUBACK for (the bridge di
 COMMIT and PUBACK, or the connection dropped) on the same session with the same packet id and
 DUP=1 (/work/research/mosquitto/REPORT.md question 4, measured). Stamped anew, the copy would
 be stored a second time. So the writer records, for every committed QoS 1 telemetry message
-whose readings took receive stamps, (session, packet id, hash of topic + payload, stamp) in
-`ingest_ledger`, in the batch transaction; a DUP=1 copy whose (session, packet id, hash) is
+whose readings took receive stamps, (session, packet id, checksum of topic + payload, stamp) in
+`ingest_ledger`, in the batch transaction; a DUP=1 copy whose (session, packet id, checksum) is
 there reuses the stamp, and its readings are absorbed as duplicates.
 
 A packet id is reused by the broker once the previous message with it was acknowledged, so a
