@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -39,6 +40,7 @@ from hypothesis.stateful import (
 )
 from psycopg.rows import dict_row
 
+from fieldhub.core import registry
 from fieldhub.core.decode import MAX_PAYLOAD_BYTES
 from fieldhub.core.procs import free_port
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
@@ -402,10 +404,14 @@ def test_ingest_state_machine(stack: TestStack) -> None:
     for client in clients.values():
         client.connect()
     proxy = CuttingProxy(stack.broker.mqtt_services)
-    bridge = BridgeProcess(stack, instance=16)
     # Through the proxy: the same address every time, so the same broker session.
-    bridge.env["MQTT_URL"] = bridge.env["MQTT_URL"].replace(
-        f":{stack.broker.mqtt_services}", f":{proxy.port}"
+    password = quote(stack.bridge_password, safe="")
+    bridge = BridgeProcess(
+        stack,
+        instance=16,
+        extra_env={
+            "MQTT_URL": f"mqtt://{registry.BRIDGE_ACCOUNT_BASE}:{password}@127.0.0.1:{proxy.port}"
+        },
     )
     world = World(stack, bridge, clients, proxy)
     try:
@@ -415,7 +421,9 @@ def test_ingest_state_machine(stack: TestStack) -> None:
             pass
 
         Machine.world = world
-        run_state_machine_as_test(Machine, settings=settings.get_profile(PROFILE))
+        run_state_machine_as_test(  # type: ignore[no-untyped-call]
+            Machine, settings=settings.get_profile(PROFILE)
+        )
     finally:
         for client in clients.values():
             client.close()

@@ -8,6 +8,7 @@ tests/bridge/test_ingest_property.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -81,9 +82,9 @@ class Fixture:
 
 
 @pytest.fixture
-def fx(stack: TestStack) -> Fixture:
+def fx(stack: TestStack) -> Iterator[Fixture]:
     fixture = Fixture(stack)
-    yield fixture  # type: ignore[misc]
+    yield fixture
     fixture.writer.close()
 
 
