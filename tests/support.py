@@ -313,8 +313,10 @@ class BridgeProcess:
         *,
         instance: int = 1,
         extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.stack = stack
+        self.extra_args = list(extra_args or [])
         self.instance = instance
         self.username = stack.ensure_bridge_account(instance)
         self.metrics_port = free_port()
@@ -345,6 +347,7 @@ class BridgeProcess:
                     str(self.instance),
                     "--metrics-port",
                     str(self.metrics_port),
+                    *self.extra_args,
                 ],
                 env=self.env,
                 stdout=log,

@@ -39,8 +39,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fieldhub.bridge import commands
 from fieldhub.bridge.ingest import (
+    COMMIT_DEADLINE_S,
     Batch,
     CommandAck,
+    CommitDeadlineExceeded,
     DeadLetter,
     DeviceDirectory,
     IngestWriter,
@@ -92,6 +94,7 @@ class Bridge:
         metrics_host: str = "127.0.0.1",
         receive_maximum: int = RECEIVE_MAXIMUM,
         always_stage: bool = False,
+        commit_deadline_s: float = COMMIT_DEADLINE_S,
         broker: str | None = None,
         broker_label: str = "",
     ) -> None:
@@ -119,7 +122,11 @@ class Bridge:
         self.directory = DeviceDirectory(database_url)
         self.problems = RateLimitedLog(log)
         self.writer = IngestWriter(
-            database_url, self.directory, self.metrics, always_stage=always_stage
+            database_url,
+            self.directory,
+            self.metrics,
+            always_stage=always_stage,
+            commit_deadline_s=commit_deadline_s,
         )
         self.stopping = threading.Event()
         self._ack_lock = threading.Lock()
@@ -421,7 +428,10 @@ class Bridge:
 
     def _database_error(self, exc: BaseException, batch: Batch) -> None:
         self.metrics.db_errors.inc()
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
+            exc, CommitDeadlineExceeded
+        ):
+            # (After a deadline the writer decided itself whether its connection is usable.)
             self.writer.close()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         self.problems.warning(

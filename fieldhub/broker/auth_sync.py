@@ -56,7 +56,7 @@ from fieldhub.broker.mosquitto import (
     send_reload,
 )
 from fieldhub.broker.reload_state import PendingReload, started_after
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, failover_conninfo
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
 BASE_ACL = Path(__file__).with_name("acl.base")
@@ -340,7 +340,7 @@ def run_forever(
     while stop is None or not stop.is_set():
         try:
             with psycopg.connect(
-                database_url,
+                failover_conninfo(database_url),
                 autocommit=True,
                 row_factory=psycopg.rows.dict_row,
                 application_name="fieldhub-auth-sync",

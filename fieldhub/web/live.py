@@ -31,6 +31,7 @@ import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
 
 from fieldhub.core import command_requests
+from fieldhub.core.db import failover_conninfo
 from fieldhub.web import JSONProvider, data, db, metrics
 from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
@@ -146,7 +147,9 @@ class Hub:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self.database_url, autocommit=True, application_name="fieldhub-web-live"
+                    failover_conninfo(self.database_url),
+                    autocommit=True,
+                    application_name="fieldhub-web-live",
                 ) as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}".encode())

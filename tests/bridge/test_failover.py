@@ -1,0 +1,189 @@
+"""The bridge across database failures that leave a commit in doubt (issue #13, HA).
+
+A PostgreSQL of this module's own, with synchronous_commit on, stands in for a Patroni primary
+in strict synchronous mode: `synchronous_standby_names` naming a standby that never connects
+makes every commit wait in `SyncRep` after it has committed locally, which is exactly the
+window in which a failover leaves a commit in doubt. Ending the bridge's backend there (what a
+primary's death does to it) commits the batch without the bridge knowing; cancelling the wait
+(the commit deadline) reports success although no standby has it. Either way the bridge must
+acknowledge nothing until a commit it saw succeed, and store everything exactly once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+from psycopg.rows import dict_row
+
+from fieldhub.broker.mosquitto import MosquittoBroker
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.procs import free_port
+from fieldhub.stack.postgres import PostgresCluster
+from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def sync_cluster() -> Iterator[PostgresCluster]:
+    base = Path(tempfile.mkdtemp(prefix="fieldhub-test-syncpg-"))
+    base.chmod(0o755)
+    cluster = PostgresCluster(
+        base / "cluster",
+        free_port(),
+        base / "password",
+        fast_unsafe=True,
+        # fast_unsafe turns synchronous_commit off, which would skip the standby wait.
+        extra_settings={"synchronous_commit": "on"},
+    )
+    cluster.init()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def standby_missing(cluster: PostgresCluster) -> Iterator[None]:
+    """Commits wait for a standby that never comes, until the block ends."""
+    standby_required(cluster, True)
+    try:
+        yield
+    finally:
+        standby_required(cluster, False)
+
+
+@pytest.fixture
+def sync_stack(sync_cluster: PostgresCluster, broker: MosquittoBroker) -> Iterator[TestStack]:
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    sync_cluster.create_database(name)
+    url = sync_cluster.url(name)
+    apply_migrations(url)
+    with TestStack(url, broker) as stack:
+        yield stack
+
+
+def standby_required(cluster: PostgresCluster, required: bool) -> None:
+    """Make every commit wait for a standby that never comes (or stop waiting)."""
+    with psycopg.connect(cluster.url("postgres"), autocommit=True) as conn:
+        if required:
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'never_connects'")
+        else:
+            conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def bridge_waiting_for_standby(stack: TestStack) -> list[int]:
+    """Backend pids of the bridge's writer connection that wait in the commit's SyncRep."""
+    rows = stack.query(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'fieldhub-bridge'"
+        " AND wait_event = 'SyncRep'"
+    )
+    return [row["pid"] for row in rows]
+
+
+def stored(stack: TestStack, device_id: str) -> list[float]:
+    rows = stack.query(
+        "SELECT value FROM readings JOIN devices USING (device_key) WHERE device_id = %s"
+        " ORDER BY value",
+        (device_id,),
+    )
+    return [row["value"] for row in rows]
+
+
+def acknowledged(bridge: BridgeProcess) -> float:
+    """Messages the bridge has acknowledged to the broker (counted right after the PUBACKs)."""
+    return sum(
+        value
+        for key, value in bridge.metrics().items()
+        if key.startswith("fieldhub_bridge_messages_total")
+    )
+
+
+def publish_batch(stack: TestStack, device_id: str, secret: str, count: int) -> None:
+    """One message the bridge dead-letters, then `count` telemetry messages, all
+    broker-acknowledged. The bridge takes the first message alone (its writer is idle)."""
+    device = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
+    device.connect()
+    try:
+        device.publish(f"devices/{device_id}/telemetry", b"not json")
+        for n in range(count):
+            device.publish(f"devices/{device_id}/telemetry", orjson.dumps({"values": {"n": n}}))
+    finally:
+        device.close()
+
+
+def dead_letters(stack: TestStack, device_id: str) -> int:
+    rows = stack.query("SELECT count(*) AS n FROM dead_letters WHERE device_id = %s", (device_id,))
+    return int(rows[0]["n"])
+
+
+def test_a_commit_lost_with_the_server_is_retried_in_doubt_and_stored_once(
+    sync_stack: TestStack, sync_cluster: PostgresCluster
+) -> None:
+    stack = sync_stack
+    secrets = stack.create_devices(["doubt-1"])
+    with BridgeProcess(stack, instance=31) as bridge:
+        bridge.start().wait_ready()
+        with standby_missing(sync_cluster):
+            publish_batch(stack, "doubt-1", secrets["doubt-1"], 20)
+            wait_for(
+                lambda: bridge_waiting_for_standby(stack), timeout=30, what="the commit to wait"
+            )
+            # Committed locally, not acknowledged: the batch waits for the standby.
+            assert acknowledged(bridge) == 0
+            # The primary's death as the bridge sees it: the server goes away during the
+            # COMMIT (and comes back, as a promoted standby would, with the commit in its WAL).
+            sync_cluster.stop(mode="immediate")
+            sync_cluster.start()
+            stack.conn = psycopg.connect(stack.database_url, autocommit=True, row_factory=dict_row)
+            # The first batch (the dead letter, received first) had committed although its
+            # COMMIT failed: in doubt, not lost.
+            assert dead_letters(stack, "doubt-1") == 1
+            # The retry (a new connection) waits for the standby too, and acknowledges nothing.
+            wait_for(
+                lambda: bridge_waiting_for_standby(stack),
+                timeout=30,
+                what="the retried commit to wait",
+            )
+            assert acknowledged(bridge) == 0
+            assert bridge.metrics()["fieldhub_bridge_db_errors_total"] >= 1
+        wait_for(lambda: acknowledged(bridge) == 21, timeout=30, what="the acknowledgements")
+        stack.conn.close()
+    stack.conn = psycopg.connect(stack.database_url, autocommit=True, row_factory=dict_row)
+    assert stored(stack, "doubt-1") == [float(n) for n in range(20)]
+    assert dead_letters(stack, "doubt-1") == 1
+
+
+def test_a_commit_past_the_deadline_is_cancelled_and_not_acknowledged(
+    sync_stack: TestStack, sync_cluster: PostgresCluster
+) -> None:
+    stack = sync_stack
+    secrets = stack.create_devices(["late-1"])
+    with BridgeProcess(stack, instance=32, extra_args=["--commit-deadline", "1"]) as bridge:
+        bridge.start().wait_ready()
+        with standby_missing(sync_cluster):
+            publish_batch(stack, "late-1", secrets["late-1"], 10)
+            # Each attempt is cancelled after 1 s; the cancelled wait reports success, and the
+            # rows are committed on this server, but no standby has them: nothing is acknowledged.
+            wait_for(
+                lambda: bridge.metrics().get("fieldhub_bridge_db_errors_total", 0.0) >= 2,
+                timeout=30,
+                what="two attempts past the deadline",
+            )
+            assert acknowledged(bridge) == 0
+            assert len(stored(stack, "late-1")) == 10
+            assert "commit deadline" in bridge.log()
+        wait_for(lambda: acknowledged(bridge) == 11, timeout=30, what="the acknowledgements")
+    assert stored(stack, "late-1") == [float(n) for n in range(10)]
+    assert dead_letters(stack, "late-1") == 1
