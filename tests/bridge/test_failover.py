@@ -12,11 +12,13 @@ acknowledge nothing until a commit it saw succeed, and store everything exactly 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -24,9 +26,14 @@ import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.broker.mosquitto import MosquittoBroker
+from fieldhub.core.db import make_pool
 from fieldhub.core.migrate import apply_migrations
-from fieldhub.core.procs import free_port
-from fieldhub.stack.postgres import PostgresCluster
+from fieldhub.core.procs import as_user, free_port
+from fieldhub.stack.cluster import init_replica, replica_ready
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
+from tests.bridge.publishing import DevicePublisher
+from tests.bridge.test_durability import publishing_in_background
+from tests.bridge.traffic import numeric_stream
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
 
 pytestmark = pytest.mark.integration
@@ -187,3 +194,117 @@ def test_a_commit_past_the_deadline_is_cancelled_and_not_acknowledged(
         wait_for(lambda: acknowledged(bridge) == 11, timeout=30, what="the acknowledgements")
     assert stored(stack, "late-1") == [float(n) for n in range(10)]
     assert dead_letters(stack, "late-1") == 1
+
+
+@pytest.fixture
+def primary_and_standby() -> Iterator[tuple[PostgresCluster, PostgresCluster]]:
+    """A primary and a synchronous streaming standby, as Patroni would leave them."""
+    base = Path(tempfile.mkdtemp(prefix="fieldhub-test-failover-"))
+    base.chmod(0o755)
+    password = base / "password"
+    primary = PostgresCluster(
+        base / "primary",
+        free_port(),
+        password,
+        fast_unsafe=True,
+        extra_settings={"synchronous_commit": "on"},
+    )
+    standby = PostgresCluster(base / "standby", free_port(), password)
+    primary.init()
+    primary.start()
+    try:
+        primary.create_database("fieldhub_failover")
+        apply_migrations(primary.url("fieldhub_failover"))
+        init_replica(primary, standby)
+        standby.start()
+        wait_for(replica_ready(standby), timeout=60, what="the standby")
+        with psycopg.connect(primary.url("postgres"), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            conn.execute("SELECT pg_reload_conf()")
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync'"
+                ).fetchone(),
+                timeout=30,
+                what="the standby to be synchronous",
+            )
+        yield primary, standby
+    finally:
+        primary.stop(mode="immediate")
+        standby.stop(mode="immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def count_on(url: str) -> int:
+    try:
+        with psycopg.connect(url, connect_timeout=2) as conn:
+            row = conn.execute("SELECT count(*) FROM readings").fetchone()
+    except psycopg.OperationalError:
+        return -1
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_failover_to_the_standby_loses_and_doubles_nothing_without_a_restart(
+    primary_and_standby: tuple[PostgresCluster, PostgresCluster], broker: MosquittoBroker
+) -> None:
+    primary, standby = primary_and_standby
+    user, secret = primary.superuser, quote(primary.password, safe="")
+    # Both hosts in one URL, the way every fieldhub process is configured with Patroni.
+    url = (
+        f"postgresql://{user}:{secret}@127.0.0.1:{primary.port},127.0.0.1:{standby.port}"
+        "/fieldhub_failover"
+    )
+    devices = [f"fo-{n:02d}" for n in range(20)]
+    messages, expected = numeric_stream(devices, per_device=300)
+    pool = make_pool(url, min_size=2, max_size=2, name="fieldhub-test-failover")
+    with TestStack(url, broker) as stack:
+        secrets = stack.create_devices(devices)
+        with (
+            DevicePublisher(stack, secrets) as publisher,
+            BridgeProcess(stack, instance=33) as bridge,
+        ):
+            bridge.start().wait_ready()
+            with publishing_in_background(publisher, messages):
+                wait_for(
+                    lambda: count_on(primary.url("fieldhub_failover")) > expected // 5,
+                    timeout=60,
+                    interval=0.1,
+                    what="the stream to be well under way",
+                )
+                # The primary dies with everything on it; the standby is promoted (Patroni's
+                # part). Nothing fieldhub runs is restarted or told.
+                primary.stop(mode="immediate")
+                # Until Patroni promotes it, the standby is the only server answering: the
+                # bridge must wait for a primary, not write (or dead-letter) into a standby.
+                wait_for(
+                    lambda: bridge.metrics().get("fieldhub_bridge_db_errors_total", 0) >= 3,
+                    timeout=30,
+                    what="the bridge to retry without a primary",
+                )
+                promote(standby)
+            wait_for(
+                lambda: count_on(standby.url("fieldhub_failover")) >= expected,
+                timeout=120,
+                interval=0.25,
+                what=f"{expected} rows on the promoted standby",
+            )
+            metrics = bridge.metrics()
+            assert bridge.proc is not None
+            assert bridge.proc.poll() is None, "the bridge died with the primary"
+            assert metrics["fieldhub_bridge_db_errors_total"] >= 1
+        # Every acknowledged reading is on the new primary, once (the identity is unique).
+        assert count_on(standby.url("fieldhub_failover")) == expected
+        # A pool made before the failover hands out working connections to the new primary.
+        with pool.connection() as conn:
+            row = conn.execute("SELECT pg_is_in_recovery() AS standby").fetchone()
+            assert row == {"standby": False}
+    pool.close()
+
+
+def promote(cluster: PostgresCluster) -> None:
+    subprocess.run(
+        as_user(PG_USER, [str(pg_bindir() / "pg_ctl"), "-D", str(cluster.pgdata), "-w", "promote"]),
+        check=True,
+        capture_output=True,
+    )
