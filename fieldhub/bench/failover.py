@@ -1,0 +1,188 @@
+"""`fieldhub bench failover`: the database primary lost under load, on a Patroni cluster.
+
+On scratch servers of its own: a three-node Patroni + etcd cluster on loopback with the
+production settings (fieldhub/stack/patroni.py, deploy/patroni/), a Mosquitto broker, and one
+`fieldhub bridge` whose DATABASE_URL names all three nodes. The load generator of `fieldhub
+bench ingest` publishes QoS 1 telemetry for `--devices` devices at `--rate` msg/s, each message
+with its own (device, ts, seq), so every acknowledged message has exactly three rows to find.
+
+Scenario `database-primary`: after `--before` seconds of load every process of the primary
+(Patroni, the postmaster and its children) is killed with SIGKILL. Measured:
+- recovery_s: from the kill to the first rows committed on the promoted node;
+- acked: messages the broker acknowledged to the publishers (all of them: the publishers wait
+  for every PUBACK); stored: messages whose rows are on the new primary; lost = acked -
+  stored; doubled: rows stored more than once (the reading identity makes it 0 by
+  construction; counted anyway);
+- rejoin_s: from restarting the old node's Patroni (as systemd's Restart=always would) to it
+  streaming as a standby.
+
+What this run is not (docs/scaling.md, "Not in this build yet"): the hosts are not network
+namespaces (a killed process's sockets get a RST, a dead host's would not: the connections'
+keepalives and tcp_user_timeout cover that, unmeasured here), no commands are sent meanwhile,
+and the `broker` and `bridge-database-link` scenarios are not built.
+
+`--json` prints `{"scenarios": [{"name", "recovery_s", "acked", "stored", "lost",
+"doubled", ...}]}` as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from fieldhub.bench.ingest import (
+    VALUES_PER_MESSAGE,
+    BridgeRunner,
+    LoadGenerator,
+    _prepare,
+    progress,
+)
+from fieldhub.bench.registry import Servers, scratch_servers
+from fieldhub.core import db
+from fieldhub.core.config import Settings
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.procs import wait_until
+from fieldhub.stack.patroni import PatroniCluster
+
+DATABASE = "fieldhub"
+
+
+def register(bench_subparsers: Any) -> None:
+    parser = bench_subparsers.add_parser(
+        "failover",
+        help="kill the database primary under load (Patroni + etcd on loopback; root)",
+    )
+    parser.add_argument("--rate", type=int, default=2000, help="msg/s published")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--publishers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--before", type=float, default=10.0, help="seconds of load before")
+    parser.add_argument("--after", type=float, default=30.0, help="seconds of load after")
+    parser.add_argument(
+        "--asynchronous", action="store_true", help="asynchronous replication (to compare)"
+    )
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.set_defaults(handler=cmd_bench_failover)
+
+
+def _rows(url: str) -> int:
+    """Rows on the current primary (-1 while there is none)."""
+    try:
+        with db.connect(url, connect_timeout=2) as conn:
+            row = conn.execute("SELECT count(*) AS n FROM readings").fetchone()
+    except psycopg.OperationalError:
+        return -1
+    return int(row["n"]) if row else -1
+
+
+def _doubled(url: str) -> int:
+    with db.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) - count(DISTINCT (device_key, time, seq, metric, unit)) AS n"
+            " FROM readings"
+        ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def run_database_primary(
+    servers: Servers, cluster: PatroniCluster, args: argparse.Namespace
+) -> dict[str, Any]:
+    device_ids, bridge_password, loadgen_password = _prepare(
+        servers, args.devices, args.publishers, 1
+    )
+    loadgen = LoadGenerator(
+        servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
+    )
+    total = int(args.rate * (args.before + args.after))
+    bridge = BridgeRunner(servers, bridge_password, instance=1)
+    try:
+        bridge.wait_ready()
+        start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
+        start.set()
+        time.sleep(args.before)  # the load's steady state before the fault is the point
+        primary = cluster.primary()
+        if primary is None:
+            raise RuntimeError("no primary before the kill")
+        before = _rows(servers.database_url)
+        progress(f"killing every process of {primary.name} ({before:,} rows stored so far)")
+        killed_at = cluster.kill_node(primary)
+        wait_until(
+            lambda: _rows(servers.database_url) > before,
+            timeout=120,
+            interval=0.1,
+            what="rows on a new primary",
+        )
+        recovery_s = time.time() - killed_at
+        progress(f"  writes resumed after {recovery_s:.1f} s")
+        for proc in procs:
+            proc.join(timeout=args.after + 120)
+        acked = loadgen.sent()
+        expected_rows = acked * VALUES_PER_MESSAGE
+        progress(f"  {acked:,} messages acknowledged by the broker; waiting for the backlog")
+        last, stable_since = -1, time.monotonic()
+        while time.monotonic() - stable_since < 15:
+            rows = _rows(servers.database_url)
+            if rows >= expected_rows:
+                break
+            if rows != last:
+                last, stable_since = rows, time.monotonic()
+            time.sleep(0.5)
+        rows = _rows(servers.database_url)
+        doubled = _doubled(servers.database_url)
+        stored = (rows - doubled) // VALUES_PER_MESSAGE
+        progress("restarting the old primary's Patroni")
+        restarted_at = time.monotonic()
+        cluster.start_node(primary)
+        wait_until(lambda: cluster.streaming(primary), timeout=300, interval=0.5, what="the rejoin")
+        rejoin_s = time.monotonic() - restarted_at
+        progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
+    finally:
+        bridge.stop()
+    return {
+        "name": "database-primary",
+        "recovery_s": round(recovery_s, 1),
+        "acked": acked,
+        "stored": stored,
+        "lost": acked - stored,
+        "doubled": doubled,
+        "rejoin_s": round(rejoin_s, 1),
+        "rate": args.rate,
+        "devices": args.devices,
+        "synchronous": not args.asynchronous,
+    }
+
+
+def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
+    progress("starting Mosquitto and a 3-node Patroni cluster (etcd, loopback) ...")
+    base = Path(tempfile.mkdtemp(prefix="fieldhub-bench-failover-"))
+    base.chmod(0o755)
+    cluster = PatroniCluster(base / "patroni", synchronous=not args.asynchronous)
+    try:
+        cluster.start()
+        leader = cluster.primary()
+        if leader is None:
+            raise RuntimeError("the Patroni cluster has no leader")
+        with psycopg.connect(cluster.node_url(leader), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {DATABASE}".encode())
+        url = cluster.url(DATABASE)
+        apply_migrations(url)
+        with scratch_servers("fieldhub-bench-failover-") as scratch:
+            servers = Servers(url, scratch.broker, scratch.workdir)
+            scenario = run_database_primary(servers, cluster, args)
+    finally:
+        cluster.stop()
+    result = {"scenarios": [scenario], "layout": "loopback, 3 Patroni nodes + 1 etcd"}
+    print(
+        f"database-primary: writes resumed {scenario['recovery_s']} s after the kill; "
+        f"{scenario['acked']:,} acknowledged, {scenario['stored']:,} stored, "
+        f"{scenario['lost']} lost, {scenario['doubled']} doubled; old primary streaming "
+        f"{scenario['rejoin_s']} s after its restart"
+    )
+    if args.json:
+        print(json.dumps(result))
+    return 0
