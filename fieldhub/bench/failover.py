@@ -28,6 +28,7 @@ and the `broker` and `bridge-database-link` scenarios are not built.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -66,6 +67,13 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument(
         "--asynchronous", action="store_true", help="asynchronous replication (to compare)"
     )
+    parser.add_argument(
+        "--throughput",
+        type=int,
+        default=0,
+        metavar="MESSAGES",
+        help="first measure the bridge's rate with sync and async replication, 4 rounds",
+    )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.set_defaults(handler=cmd_bench_failover)
 
@@ -80,6 +88,10 @@ def _rows(url: str) -> int:
     return int(row["n"]) if row else -1
 
 
+def _reached(url: str, rows: int) -> bool:
+    return _rows(url) >= rows
+
+
 def _doubled(url: str) -> int:
     with db.connect(url) as conn:
         row = conn.execute(
@@ -89,60 +101,86 @@ def _doubled(url: str) -> int:
     return int(row["n"]) if row else 0
 
 
-def run_database_primary(
-    servers: Servers, cluster: PatroniCluster, args: argparse.Namespace
+def run_throughput(
+    servers: Servers, cluster: PatroniCluster, loadgen: LoadGenerator, messages: int
 ) -> dict[str, Any]:
-    device_ids, bridge_password, loadgen_password = _prepare(
-        servers, args.devices, args.publishers, 1
-    )
-    loadgen = LoadGenerator(
-        servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
-    )
-    total = int(args.rate * (args.before + args.after))
-    bridge = BridgeRunner(servers, bridge_password, instance=1)
-    try:
-        bridge.wait_ready()
-        start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
-        start.set()
-        time.sleep(args.before)  # the load's steady state before the fault is the point
-        primary = cluster.primary()
-        if primary is None:
-            raise RuntimeError("no primary before the kill")
+    """The bridge's rate with synchronous and with asynchronous replication, alternated on the
+    same live cluster (sync, async, sync, async) so both see the same machine."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for round_number, synchronous in enumerate((True, False, True, False)):
+        cluster.set_synchronous(synchronous)
         before = _rows(servers.database_url)
-        progress(f"killing every process of {primary.name} ({before:,} rows stored so far)")
-        killed_at = cluster.kill_node(primary)
+        target = before + messages * VALUES_PER_MESSAGE
+        # A base of its own per round: every message of every round is a new reading.
+        base_ms = int(time.time() * 1000) - 10**9 + round_number * 10**7
+        start, procs = loadgen.run(messages, base_ms=base_ms)
+        started = time.monotonic()
+        start.set()
         wait_until(
-            lambda: _rows(servers.database_url) > before,
-            timeout=120,
-            interval=0.1,
-            what="rows on a new primary",
+            functools.partial(_reached, servers.database_url, target),
+            timeout=600,
+            interval=0.2,
+            what="the round's rows",
         )
-        recovery_s = time.time() - killed_at
-        progress(f"  writes resumed after {recovery_s:.1f} s")
+        elapsed = time.monotonic() - started
         for proc in procs:
-            proc.join(timeout=args.after + 120)
-        acked = loadgen.sent()
-        expected_rows = acked * VALUES_PER_MESSAGE
-        progress(f"  {acked:,} messages acknowledged by the broker; waiting for the backlog")
-        last, stable_since = -1, time.monotonic()
-        while time.monotonic() - stable_since < 15:
-            rows = _rows(servers.database_url)
-            if rows >= expected_rows:
-                break
-            if rows != last:
-                last, stable_since = rows, time.monotonic()
-            time.sleep(0.5)
+            proc.join(timeout=60)
+        rates[synchronous].append(messages / elapsed)
+        mode = "synchronous" if synchronous else "asynchronous"
+        progress(f"  {mode}: {messages / elapsed:,.0f} msg/s")
+    cluster.set_synchronous(True)
+    sync, asynchronous = sorted(rates[True]), sorted(rates[False])
+    return {
+        "messages": messages,
+        "synchronous_msgs_per_s": [round(r) for r in rates[True]],
+        "asynchronous_msgs_per_s": [round(r) for r in rates[False]],
+        "ratio": round((sum(sync) / len(sync)) / (sum(asynchronous) / len(asynchronous)), 3),
+    }
+
+
+def run_database_primary(
+    servers: Servers, cluster: PatroniCluster, loadgen: LoadGenerator, args: argparse.Namespace
+) -> dict[str, Any]:
+    total = int(args.rate * (args.before + args.after))
+    start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
+    start.set()
+    time.sleep(args.before)  # the load's steady state before the fault is the point
+    primary = cluster.primary()
+    if primary is None:
+        raise RuntimeError("no primary before the kill")
+    before = _rows(servers.database_url)
+    progress(f"killing every process of {primary.name} ({before:,} rows stored so far)")
+    killed_at = cluster.kill_node(primary)
+    wait_until(
+        lambda: _rows(servers.database_url) > before,
+        timeout=120,
+        interval=0.1,
+        what="rows on a new primary",
+    )
+    recovery_s = time.time() - killed_at
+    progress(f"  writes resumed after {recovery_s:.1f} s")
+    for proc in procs:
+        proc.join(timeout=args.after + 120)
+    acked = loadgen.sent()
+    expected_rows = acked * VALUES_PER_MESSAGE
+    progress(f"  {acked:,} messages acknowledged by the broker; waiting for the backlog")
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 15:
         rows = _rows(servers.database_url)
-        doubled = _doubled(servers.database_url)
-        stored = (rows - doubled) // VALUES_PER_MESSAGE
-        progress("restarting the old primary's Patroni")
-        restarted_at = time.monotonic()
-        cluster.start_node(primary)
-        wait_until(lambda: cluster.streaming(primary), timeout=300, interval=0.5, what="the rejoin")
-        rejoin_s = time.monotonic() - restarted_at
-        progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
-    finally:
-        bridge.stop()
+        if rows >= expected_rows:
+            break
+        if rows != last:
+            last, stable_since = rows, time.monotonic()
+        time.sleep(0.5)
+    rows = _rows(servers.database_url)
+    doubled = _doubled(servers.database_url)
+    stored = (rows - doubled) // VALUES_PER_MESSAGE
+    progress("restarting the old primary's Patroni")
+    restarted_at = time.monotonic()
+    cluster.start_node(primary)
+    wait_until(lambda: cluster.streaming(primary), timeout=300, interval=0.5, what="the rejoin")
+    rejoin_s = time.monotonic() - restarted_at
+    progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
     return {
         "name": "database-primary",
         "recovery_s": round(recovery_s, 1),
@@ -173,10 +211,35 @@ def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> i
         apply_migrations(url)
         with scratch_servers("fieldhub-bench-failover-") as scratch:
             servers = Servers(url, scratch.broker, scratch.workdir)
-            scenario = run_database_primary(servers, cluster, args)
+            device_ids, bridge_password, loadgen_password = _prepare(
+                servers, args.devices, args.publishers, 1
+            )
+            loadgen = LoadGenerator(
+                servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
+            )
+            bridge = BridgeRunner(servers, bridge_password, instance=1)
+            try:
+                bridge.wait_ready()
+                throughput = None
+                if args.throughput:
+                    progress(f"throughput: {args.throughput:,} messages per round")
+                    throughput = run_throughput(servers, cluster, loadgen, args.throughput)
+                scenario = run_database_primary(servers, cluster, loadgen, args)
+            finally:
+                bridge.stop()
     finally:
         cluster.stop()
-    result = {"scenarios": [scenario], "layout": "loopback, 3 Patroni nodes + 1 etcd"}
+    result: dict[str, Any] = {
+        "scenarios": [scenario],
+        "layout": "loopback, 3 Patroni nodes + 1 etcd",
+    }
+    if throughput is not None:
+        result["throughput"] = throughput
+        print(
+            f"throughput through the bridge: synchronous {throughput['synchronous_msgs_per_s']}"
+            f" msg/s, asynchronous {throughput['asynchronous_msgs_per_s']} msg/s, "
+            f"ratio {throughput['ratio']}"
+        )
     print(
         f"database-primary: writes resumed {scenario['recovery_s']} s after the kill; "
         f"{scenario['acked']:,} acknowledged, {scenario['stored']:,} stored, "

@@ -219,6 +219,38 @@ class PatroniCluster:
             return False
         return "sync" in states if self.synchronous else True
 
+    def set_synchronous(self, synchronous: bool, timeout: float = 60.0) -> None:
+        """Switch the live cluster between synchronous (strict) and asynchronous replication,
+        and wait until the primary reports it."""
+        value = "true" if synchronous else "false"
+        subprocess.run(
+            [
+                "patronictl",
+                "-c",
+                str(self.nodes[0].config),
+                "edit-config",
+                "--force",
+                "-s",
+                f"synchronous_mode={value}",
+                "-s",
+                f"synchronous_mode_strict={value}",
+            ],
+            check=True,
+            capture_output=True,
+            **self._owner(),
+        )
+        self.synchronous = synchronous
+
+        def applied() -> bool:
+            primary = self.primary()
+            if primary is None:
+                return False
+            rows = self.query(primary, "SELECT current_setting('synchronous_standby_names')")
+            names = rows[0][0] if rows else ""
+            return bool(names) == synchronous and self.healthy()
+
+        wait_until(applied, timeout=timeout, interval=0.5, what="the replication mode")
+
     # -- faults ------------------------------------------------------------------------------
     def node_pids(self, node: Node) -> set[int]:
         """The node's Patroni, its postmaster and every child of either."""
@@ -244,7 +276,6 @@ class PatroniCluster:
     def _spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
         log = (self.base / f"{name}.log").open("ab")
         self._logs.append(log)
-        owner: dict[str, Any] = {"user": PG_USER, "group": PG_USER} if running_as_root() else {}
         return subprocess.Popen(
             argv,
             stdout=log,
@@ -253,8 +284,13 @@ class PatroniCluster:
             cwd=str(self.base),
             start_new_session=True,
             env={**os.environ, "PATH": f"{pg_bindir()}:{os.environ.get('PATH', '')}"},
-            **owner,
+            **self._owner(),
         )
+
+    @staticmethod
+    def _owner() -> dict[str, Any]:
+        """Run as postgres when we are root (PostgreSQL refuses root)."""
+        return {"user": PG_USER, "group": PG_USER} if running_as_root() else {}
 
     @staticmethod
     def _kill(pids: set[int]) -> None:
