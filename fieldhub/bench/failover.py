@@ -142,6 +142,9 @@ def run_database_primary(
     servers: Servers, cluster: PatroniCluster, loadgen: LoadGenerator, args: argparse.Namespace
 ) -> dict[str, Any]:
     total = int(args.rate * (args.before + args.after))
+    # Rows of earlier runs (--throughput) are not this scenario's.
+    rows_before = _rows(servers.database_url)
+    doubled_before = _doubled(servers.database_url)
     start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
     start.set()
     time.sleep(args.before)  # the load's steady state before the fault is the point
@@ -162,7 +165,7 @@ def run_database_primary(
     for proc in procs:
         proc.join(timeout=args.after + 120)
     acked = loadgen.sent()
-    expected_rows = acked * VALUES_PER_MESSAGE
+    expected_rows = rows_before + acked * VALUES_PER_MESSAGE
     progress(f"  {acked:,} messages acknowledged by the broker; waiting for the backlog")
     last, stable_since = -1, time.monotonic()
     while time.monotonic() - stable_since < 15:
@@ -173,8 +176,8 @@ def run_database_primary(
             last, stable_since = rows, time.monotonic()
         time.sleep(0.5)
     rows = _rows(servers.database_url)
-    doubled = _doubled(servers.database_url)
-    stored = (rows - doubled) // VALUES_PER_MESSAGE
+    doubled = _doubled(servers.database_url) - doubled_before
+    stored = (rows - rows_before - doubled) // VALUES_PER_MESSAGE
     progress("restarting the old primary's Patroni")
     restarted_at = time.monotonic()
     cluster.start_node(primary)
