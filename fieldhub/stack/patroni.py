@@ -178,10 +178,13 @@ class PatroniCluster:
         shutil.rmtree(self.base, ignore_errors=True)
 
     # -- state -------------------------------------------------------------------------------
-    def url(self, dbname: str, role_attrs: str = "") -> str:
-        """All three nodes in one URL, the way fieldhub is configured against Patroni."""
-        hosts = ",".join(f"127.0.0.1:{node.pg_port}" for node in self.nodes)
-        return f"postgresql://postgres:pg@{hosts}/{dbname}{role_attrs}"
+    def url(self, dbname: str, *, reverse: bool = False) -> str:
+        """All three nodes in one URL, the way fieldhub is configured against Patroni
+        (`reverse`: the other way round, e.g. for a read URL that differs from the write
+        URL)."""
+        nodes = self.nodes[::-1] if reverse else self.nodes
+        hosts = ",".join(f"127.0.0.1:{node.pg_port}" for node in nodes)
+        return f"postgresql://postgres:pg@{hosts}/{dbname}"
 
     def node_url(self, node: Node, dbname: str = "postgres") -> str:
         return f"postgresql://postgres:pg@127.0.0.1:{node.pg_port}/{dbname}"
@@ -250,6 +253,16 @@ class PatroniCluster:
             return bool(names) == synchronous and self.healthy()
 
         wait_until(applied, timeout=timeout, interval=0.5, what="the replication mode")
+
+    def healthy_enough(self) -> bool:
+        """A primary with a synchronous standby: commits go through (in strict mode they wait
+        until one is attached), whether or not a third node is back."""
+        primary = self.primary()
+        if primary is None:
+            return False
+        rows = self.query(primary, "SELECT sync_state FROM pg_stat_replication")
+        states = [row[0] for row in rows or []]
+        return "sync" in states if self.synchronous else True
 
     # -- faults ------------------------------------------------------------------------------
     def node_pids(self, node: Node) -> set[int]:
