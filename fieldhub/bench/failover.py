@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -44,12 +45,14 @@ from fieldhub.bench.ingest import (
     _prepare,
     progress,
 )
+from fieldhub.bench.netlab import Host, Lab
 from fieldhub.bench.registry import Servers, scratch_servers
 from fieldhub.core import db
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
-from fieldhub.core.procs import wait_until
+from fieldhub.core.procs import free_port, wait_until
 from fieldhub.stack.patroni import PatroniCluster
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 
 DATABASE = "fieldhub"
 
@@ -64,6 +67,12 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument("--publishers", type=int, default=2, help="load generator processes")
     parser.add_argument("--before", type=float, default=10.0, help="seconds of load before")
     parser.add_argument("--after", type=float, default=30.0, help="seconds of load after")
+    parser.add_argument(
+        "--scenario",
+        choices=("database-primary", "bridge-database-link"),
+        default="database-primary",
+    )
+    parser.add_argument("--cut", type=float, default=60.0, help="bridge-database-link: seconds")
     parser.add_argument(
         "--asynchronous", action="store_true", help="asynchronous replication (to compare)"
     )
@@ -86,6 +95,14 @@ def _rows(url: str) -> int:
     except psycopg.OperationalError:
         return -1
     return int(row["n"]) if row else -1
+
+
+def _accepts(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
 
 
 def _reached(url: str, rows: int) -> bool:
@@ -198,7 +215,123 @@ def run_database_primary(
     }
 
 
+def run_bridge_database_link(args: argparse.Namespace) -> dict[str, Any]:
+    """The link between the bridge and the database cut for `--cut` seconds.
+
+    Two hosts of a network-namespace lab (fieldhub/bench/netlab.py): `db` runs PostgreSQL,
+    `app` runs the broker, the bridge and the load generator. Taking db's link down cuts
+    exactly the bridge-database path, and without a RST: the bridge's in-flight COMMIT and its
+    idle connections find out through tcp_user_timeout and keepalives (db.TCP_DEFAULTS)."""
+    workdir = Path(tempfile.mkdtemp(prefix="fieldhub-bench-link-"))
+    workdir.chmod(0o755)
+    try:
+        with Lab(workdir / "lab") as lab:
+            db_host, app = lab.add_host("db"), lab.add_host("app")
+            cluster = PostgresCluster(
+                workdir / "pg",
+                free_port(),
+                workdir / "pg.password",
+                host=db_host.address,
+                hba_rules=(f"host all all {lab.network} scram-sha-256",),
+            )
+            cluster.init()
+            lab.start(
+                db_host,
+                "postgres",
+                [str(pg_bindir() / "postgres"), "-D", str(cluster.pgdata)],
+                env={},
+                log_path=workdir / "postgres.log",
+                user=PG_USER,
+            )
+            wait_until(
+                lambda: lab.call(app, _accepts, cluster.url("postgres")),
+                timeout=60,
+                interval=0.5,
+                what="PostgreSQL on the db host",
+            )
+            lab.call(app, cluster.create_database, DATABASE)
+            url = cluster.url(DATABASE)
+            lab.call(app, apply_migrations, url, timeout=300)
+            timeout = args.before + args.cut + args.after + 600
+            return lab.call(app, _link_scenario, lab, db_host, url, args, timeout=timeout)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
+    with scratch_servers("fieldhub-bench-link-") as scratch:
+        servers = Servers(url, scratch.broker, scratch.workdir)
+        device_ids, bridge_password, loadgen_password = _prepare(
+            servers, args.devices, args.publishers, 1
+        )
+        loadgen = LoadGenerator(
+            servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
+        )
+        bridge = BridgeRunner(servers, bridge_password, instance=1)
+        try:
+            bridge.wait_ready()
+            total = int(args.rate * (args.before + args.cut + args.after))
+            start, procs = loadgen.run(
+                total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8
+            )
+            start.set()
+            time.sleep(args.before)  # steady state before the cut is the point
+            progress(f"cutting the database host's link for {args.cut:.0f} s")
+            lab.link_down(db_host)
+            time.sleep(args.cut)  # the outage's length is the scenario
+            backlog = bridge.metric("fieldhub_bridge_backlog_messages")
+            before = _rows(url)
+            lab.link_up(db_host)
+            restored_at = time.monotonic()
+            progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
+            wait_until(lambda: _rows(url) > before, timeout=120, interval=0.1, what="writes")
+            recovery_s = time.monotonic() - restored_at
+            progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
+            for proc in procs:
+                proc.join(timeout=args.after + 300)
+            acked = loadgen.sent()
+            expected = acked * VALUES_PER_MESSAGE
+            wait_until(
+                functools.partial(_reached, url, expected),
+                timeout=300,
+                interval=0.5,
+                what="the backlog to drain",
+            )
+            drained_s = time.monotonic() - restored_at
+            rows, doubled = _rows(url), _doubled(url)
+        finally:
+            bridge.stop()
+    stored = (rows - doubled) // VALUES_PER_MESSAGE
+    progress(f"  everything stored {drained_s:.1f} s after the link came back")
+    return {
+        "name": "bridge-database-link",
+        "recovery_s": round(recovery_s, 1),
+        "drained_s": round(drained_s, 1),
+        "cut_s": args.cut,
+        "backlog_at_restore": round(backlog),
+        "acked": acked,
+        "stored": stored,
+        "lost": acked - stored,
+        "doubled": doubled,
+        "rate": args.rate,
+        "devices": args.devices,
+    }
+
+
 def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
+    if args.scenario == "bridge-database-link":
+        progress("a two-host lab: db (PostgreSQL) and app (broker, bridge, load) ...")
+        link = run_bridge_database_link(args)
+        print(
+            f"bridge-database-link: {link['cut_s']:.0f} s cut; writes resumed "
+            f"{link['recovery_s']} s after the link came back, backlog drained after "
+            f"{link['drained_s']} s; {link['acked']:,} acknowledged, {link['stored']:,} "
+            f"stored, {link['lost']} lost, {link['doubled']} doubled"
+        )
+        if args.json:
+            print(json.dumps({"scenarios": [link], "layout": "2 network-namespace hosts"}))
+        return 0
     progress("starting Mosquitto and a 3-node Patroni cluster (etcd, loopback) ...")
     base = Path(tempfile.mkdtemp(prefix="fieldhub-bench-failover-"))
     base.chmod(0o755)
