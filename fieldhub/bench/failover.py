@@ -97,6 +97,19 @@ def _rows(url: str) -> int:
     return int(row["n"]) if row else -1
 
 
+def _load_and_bridge(
+    servers: Servers, args: argparse.Namespace
+) -> tuple[LoadGenerator, BridgeRunner]:
+    """The devices and accounts registered, the load generator, and one bridge started."""
+    device_ids, bridge_password, loadgen_password = _prepare(
+        servers, args.devices, args.publishers, 1
+    )
+    loadgen = LoadGenerator(
+        servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
+    )
+    return loadgen, BridgeRunner(servers, bridge_password, instance=1)
+
+
 def _accepts(url: str) -> bool:
     try:
         with psycopg.connect(url, connect_timeout=2):
@@ -262,13 +275,7 @@ def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) 
     """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
     with scratch_servers("fieldhub-bench-link-") as scratch:
         servers = Servers(url, scratch.broker, scratch.workdir)
-        device_ids, bridge_password, loadgen_password = _prepare(
-            servers, args.devices, args.publishers, 1
-        )
-        loadgen = LoadGenerator(
-            servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
-        )
-        bridge = BridgeRunner(servers, bridge_password, instance=1)
+        loadgen, bridge = _load_and_bridge(servers, args)
         try:
             bridge.wait_ready()
             total = int(args.rate * (args.before + args.cut + args.after))
@@ -341,19 +348,11 @@ def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> i
         leader = cluster.primary()
         if leader is None:
             raise RuntimeError("the Patroni cluster has no leader")
-        with psycopg.connect(cluster.node_url(leader), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {DATABASE}".encode())
-        url = cluster.url(DATABASE)
+        url = cluster.create_database(DATABASE)
         apply_migrations(url)
         with scratch_servers("fieldhub-bench-failover-") as scratch:
             servers = Servers(url, scratch.broker, scratch.workdir)
-            device_ids, bridge_password, loadgen_password = _prepare(
-                servers, args.devices, args.publishers, 1
-            )
-            loadgen = LoadGenerator(
-                servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
-            )
-            bridge = BridgeRunner(servers, bridge_password, instance=1)
+            loadgen, bridge = _load_and_bridge(servers, args)
             try:
                 bridge.wait_ready()
                 throughput = None

@@ -186,6 +186,15 @@ class PatroniCluster:
         hosts = ",".join(f"127.0.0.1:{node.pg_port}" for node in nodes)
         return f"postgresql://postgres:pg@{hosts}/{dbname}"
 
+    def create_database(self, name: str) -> str:
+        """CREATE DATABASE on the leader; the database's URL naming every node."""
+        leader = self.primary()
+        if leader is None:
+            raise RuntimeError("the Patroni cluster has no leader")
+        with psycopg.connect(self.node_url(leader), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"'.encode())
+        return self.url(name)
+
     def node_url(self, node: Node, dbname: str = "postgres") -> str:
         return f"postgresql://postgres:pg@127.0.0.1:{node.pg_port}/{dbname}"
 
@@ -296,7 +305,8 @@ class PatroniCluster:
             stdin=subprocess.DEVNULL,
             cwd=str(self.base),
             start_new_session=True,
-            env={**os.environ, "PATH": f"{pg_bindir()}:{os.environ.get('PATH', '')}"},
+            # Exactly what they need: PostgreSQL's binaries first on the PATH.
+            env={"PATH": f"{pg_bindir()}:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.base)},
             **self._owner(),
         )
 

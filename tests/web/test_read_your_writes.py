@@ -108,9 +108,7 @@ def test_the_web_app_keeps_reading_its_writes_across_a_database_failover() -> No
         cluster.start()
         leader = cluster.primary()
         assert leader is not None
-        with psycopg.connect(cluster.node_url(leader), autocommit=True) as conn:
-            conn.execute("CREATE DATABASE fieldhub_ryw")
-        url = cluster.url("fieldhub_ryw")
+        url = cluster.create_database("fieldhub_ryw")
         apply_migrations(url)
         world = seed(url)
         app = create_app(
