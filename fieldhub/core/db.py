@@ -75,8 +75,10 @@ _SESSION_ATTRS: dict[Role, str] = {"write": "read-write", "read": "prefer-standb
 # waits for the kernel's retransmission timeout, about 15 minutes, before the process notices.
 # Idle connections are probed after 5 s and given up after 2 unanswered probes 2 s apart; a
 # connection with unacknowledged data in flight (a COMMIT sent to a dead primary) is given up
-# after 10 s (tcp_user_timeout). Measured by the database failover research: Patroni promotes
-# a standby about 11.5 s after the primary dies, so a client notices at about the same time.
+# after 10 s (tcp_user_timeout). Patroni promotes a standby about 10-11.5 s after the primary
+# dies (docs/scaling.md), so a client notices at about the same time. Measured with a cut link
+# (`fieldhub bench failover --scenario bridge-database-link`): the bridge's in-flight commit
+# failed, it reconnected and wrote again 0.5 s after the link came back, nothing lost.
 TCP_DEFAULTS: dict[str, str] = {
     "keepalives": "1",
     "keepalives_idle": "5",
