@@ -1,28 +1,32 @@
-"""`fieldhub bench failover`: the database primary lost under load, on a Patroni cluster.
+"""`fieldhub bench failover`: the database primary lost, and the bridge cut from the
+database, under load (`--scenario all`, the default, runs both; `--json` prints
+`{"scenarios": [{"name", "recovery_s", "acked", "stored", "lost", "doubled", ...}]}` as its
+last line).
 
-On scratch servers of its own: a three-node Patroni + etcd cluster on loopback with the
-production settings (fieldhub/stack/patroni.py, deploy/patroni/), a Mosquitto broker, and one
-`fieldhub bridge` whose DATABASE_URL names all three nodes. The load generator of `fieldhub
-bench ingest` publishes QoS 1 telemetry for `--devices` devices at `--rate` msg/s, each message
-with its own (device, ts, seq), so every acknowledged message has exactly three rows to find.
+Load in both: the load generator of `fieldhub bench ingest` publishes QoS 1 telemetry for
+`--devices` devices at `--rate` msg/s through a Mosquitto broker to one `fieldhub bridge`, each
+message with its own (device, ts, seq), so every acknowledged message has exactly three rows to
+find. acked: messages the broker acknowledged to the publishers (all of them: the publishers
+wait for every PUBACK); stored: messages whose rows are in the database; lost = acked -
+stored; doubled: rows stored more than once (the reading identity makes it 0 by construction;
+counted anyway).
 
-Scenario `database-primary`: after `--before` seconds of load every process of the primary
-(Patroni, the postmaster and its children) is killed with SIGKILL. Measured:
-- recovery_s: from the kill to the first rows committed on the promoted node;
-- acked: messages the broker acknowledged to the publishers (all of them: the publishers wait
-  for every PUBACK); stored: messages whose rows are on the new primary; lost = acked -
-  stored; doubled: rows stored more than once (the reading identity makes it 0 by
-  construction; counted anyway);
-- rejoin_s: from restarting the old node's Patroni (as systemd's Restart=always would) to it
-  streaming as a standby.
+`database-primary`: a three-node Patroni + etcd cluster on loopback with the production
+settings (fieldhub/stack/patroni.py, deploy/patroni/), the bridge's DATABASE_URL naming all
+three nodes. After `--before` seconds every process of the primary (Patroni, the postmaster
+and its children) gets SIGKILL. recovery_s: from the kill to the first rows committed on the
+promoted node; rejoin_s: from restarting the old node's Patroni (as systemd's Restart=always
+would) to it streaming as a standby. `--throughput N` first measures the bridge's rate with
+synchronous and asynchronous replication, alternated on the same cluster.
 
-What this run is not (docs/scaling.md, "Not in this build yet"): the hosts are not network
-namespaces (a killed process's sockets get a RST, a dead host's would not: the connections'
-keepalives and tcp_user_timeout cover that, unmeasured here), no commands are sent meanwhile,
-and the `broker` and `bridge-database-link` scenarios are not built.
+`bridge-database-link`: two network-namespace hosts (fieldhub/bench/netlab.py), `db`
+(PostgreSQL) and `app` (broker, bridge, load); db's link goes down for `--cut` seconds (no
+RST: tcp_user_timeout and keepalives are what the bridge notices it by). recovery_s: from the
+link coming back to the first rows committed; drained_s: to the last.
 
-`--json` prints `{"scenarios": [{"name", "recovery_s", "acked", "stored", "lost",
-"doubled", ...}]}` as its last line.
+What these runs are not (docs/scaling.md, "Not in this build yet"): the Patroni nodes are not
+namespace hosts (a killed process's sockets get a RST), no commands are sent meanwhile, and the
+`broker` scenario is not built.
 """
 
 from __future__ import annotations
@@ -69,8 +73,8 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument("--after", type=float, default=30.0, help="seconds of load after")
     parser.add_argument(
         "--scenario",
-        choices=("database-primary", "bridge-database-link"),
-        default="database-primary",
+        choices=("all", "database-primary", "bridge-database-link"),
+        default="all",
     )
     parser.add_argument("--cut", type=float, default=60.0, help="bridge-database-link: seconds")
     parser.add_argument(
@@ -216,6 +220,7 @@ def run_database_primary(
     progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
     return {
         "name": "database-primary",
+        "layout": "loopback, 3 Patroni nodes + 1 etcd",
         "recovery_s": round(recovery_s, 1),
         "acked": acked,
         "stored": stored,
@@ -313,6 +318,7 @@ def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) 
     progress(f"  everything stored {drained_s:.1f} s after the link came back")
     return {
         "name": "bridge-database-link",
+        "layout": "2 network-namespace hosts",
         "recovery_s": round(recovery_s, 1),
         "drained_s": round(drained_s, 1),
         "cut_s": args.cut,
@@ -326,28 +332,15 @@ def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) 
     }
 
 
-def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
-    if args.scenario == "bridge-database-link":
-        progress("a two-host lab: db (PostgreSQL) and app (broker, bridge, load) ...")
-        link = run_bridge_database_link(args)
-        print(
-            f"bridge-database-link: {link['cut_s']:.0f} s cut; writes resumed "
-            f"{link['recovery_s']} s after the link came back, backlog drained after "
-            f"{link['drained_s']} s; {link['acked']:,} acknowledged, {link['stored']:,} "
-            f"stored, {link['lost']} lost, {link['doubled']} doubled"
-        )
-        if args.json:
-            print(json.dumps({"scenarios": [link], "layout": "2 network-namespace hosts"}))
-        return 0
+def run_database_primary_on_patroni(args: argparse.Namespace) -> dict[str, Any]:
+    """The database-primary scenario (and --throughput first) on a scratch Patroni cluster."""
     progress("starting Mosquitto and a 3-node Patroni cluster (etcd, loopback) ...")
     base = Path(tempfile.mkdtemp(prefix="fieldhub-bench-failover-"))
     base.chmod(0o755)
     cluster = PatroniCluster(base / "patroni", synchronous=not args.asynchronous)
+    throughput = None
     try:
         cluster.start()
-        leader = cluster.primary()
-        if leader is None:
-            raise RuntimeError("the Patroni cluster has no leader")
         url = cluster.create_database(DATABASE)
         apply_migrations(url)
         with scratch_servers("fieldhub-bench-failover-") as scratch:
@@ -355,7 +348,6 @@ def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> i
             loadgen, bridge = _load_and_bridge(servers, args)
             try:
                 bridge.wait_ready()
-                throughput = None
                 if args.throughput:
                     progress(f"throughput: {args.throughput:,} messages per round")
                     throughput = run_throughput(servers, cluster, loadgen, args.throughput)
@@ -364,23 +356,36 @@ def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> i
                 bridge.stop()
     finally:
         cluster.stop()
-    result: dict[str, Any] = {
-        "scenarios": [scenario],
-        "layout": "loopback, 3 Patroni nodes + 1 etcd",
-    }
     if throughput is not None:
-        result["throughput"] = throughput
+        scenario["throughput"] = throughput
         print(
             f"throughput through the bridge: synchronous {throughput['synchronous_msgs_per_s']}"
             f" msg/s, asynchronous {throughput['asynchronous_msgs_per_s']} msg/s, "
             f"ratio {throughput['ratio']}"
         )
     print(
-        f"database-primary: writes resumed {scenario['recovery_s']} s after the kill; "
-        f"{scenario['acked']:,} acknowledged, {scenario['stored']:,} stored, "
+        f"database-primary (loopback Patroni): writes resumed {scenario['recovery_s']} s after "
+        f"the kill; {scenario['acked']:,} acknowledged, {scenario['stored']:,} stored, "
         f"{scenario['lost']} lost, {scenario['doubled']} doubled; old primary streaming "
         f"{scenario['rejoin_s']} s after its restart"
     )
+    return scenario
+
+
+def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
+    scenarios: list[dict[str, Any]] = []
+    if args.scenario in ("all", "database-primary"):
+        scenarios.append(run_database_primary_on_patroni(args))
+    if args.scenario in ("all", "bridge-database-link"):
+        progress("a two-host lab: db (PostgreSQL) and app (broker, bridge, load) ...")
+        link = run_bridge_database_link(args)
+        print(
+            f"bridge-database-link (2 namespace hosts): {link['cut_s']:.0f} s cut; writes "
+            f"resumed {link['recovery_s']} s after the link came back, backlog drained after "
+            f"{link['drained_s']} s; {link['acked']:,} acknowledged, {link['stored']:,} "
+            f"stored, {link['lost']} lost, {link['doubled']} doubled"
+        )
+        scenarios.append(link)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({"scenarios": scenarios}))
     return 0
