@@ -2,8 +2,7 @@
 
 One PostgreSQL+TimescaleDB cluster and one Mosquitto broker per test session, each on free
 loopback ports and started by the same code as `fieldhub up`. Every test gets a fresh database
-cloned from a migrated template (fast: a file copy, not a re-migration).
-"""
+cloned from a migrated template (fast: a file copy, not a re-migration)."""
 
 from __future__ import annotations
 

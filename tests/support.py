@@ -3,17 +3,12 @@ that wait for conditions instead of sleeping."""
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,11 +22,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
-from fieldhub.broker.auth_sync import sync_once
+from fieldhub.bench.harness import Child, http_status, scrape
+from fieldhub.broker.auth_sync import advance_tombstones, sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
-from fieldhub.core import registry
+from fieldhub.core import registry, tombstones
 from fieldhub.core.passwords import generate_secret
-from fieldhub.core.procs import free_port
+from fieldhub.core.procs import free_port, wait_until
 from fieldhub.core.tls import ensure_tls
 
 # The account of bridge instance 1; instance N is registry.bridge_account(N).
@@ -46,14 +42,13 @@ def wait_for(
     what: str = "condition",
 ) -> Any:
     """Poll until `condition()` is truthy and return its value; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    try:
+        return wait_until(condition, timeout=timeout, interval=interval, what=what)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
+
+
+BROKER = "broker-1"  # the session broker's name (the default of a one-broker stack)
 
 
 class TestStack:
@@ -79,9 +74,15 @@ class TestStack:
 
     # -- registry ------------------------------------------------------------------------
     def sync(self) -> None:
-        """Render the registry into the broker's files and make the broker reload them."""
-        if sync_once(self.conn, self.broker.auth_dir):
-            self.broker.reload()
+        """Render the registry into the broker's files and make the broker reload them, then
+        do auth-sync's steps of deleted devices (as `fieldhub auth-sync` does after a reload)
+        until none is left that auth-sync alone can do."""
+        while True:
+            rendered_without = tombstones.to_cut_off(self.conn, BROKER)
+            if sync_once(self.conn, self.broker.auth_dir, tls_dir=self.broker.tls_dir):
+                self.broker.reload()
+            if not advance_tombstones(self.conn, self.broker.auth_dir, BROKER, rendered_without):
+                return
 
     def create_devices(self, device_ids: Iterable[str], org: str | None = None) -> dict[str, str]:
         """Register devices, sync the broker, and wait until the last one can log in."""
@@ -164,6 +165,7 @@ class DeviceClient:
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.received: list[mqtt.MQTTMessage] = []
         self.connack: Any = None
+        self.session_present: bool | None = None
         self.disconnected = threading.Event()
         self._connected = threading.Event()
         self.client.on_connect = self._on_connect
@@ -172,6 +174,7 @@ class DeviceClient:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connack = reason
+        self.session_present = bool(flags.session_present)
         self._connected.set()
 
     def _on_disconnect(
@@ -251,33 +254,8 @@ def loopback_broker(base: Path, *, autosave_interval: int = 5) -> MosquittoBroke
         free_port(),
         tls_bind="127.0.0.1",
         autosave_interval=autosave_interval,
+        mqtt_devices_cert=free_port(),
     )
-
-
-def scrape(url: str) -> dict[str, float]:
-    """name{labels} -> value from a Prometheus /metrics endpoint (empty if it does not answer)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own URL
-            text = response.read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
-def http_status(url: str, timeout: float = 5.0) -> int | None:
-    """The HTTP status `url` answers with (errors included), or None if nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own URL
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 def unique_id(prefix: str = "dev") -> str:
@@ -304,8 +282,8 @@ class BridgeProcess:
     start() launches it, wait_ready() waits until it is connected and subscribed (its
     metrics endpoint reports fieldhub_bridge_ready 1), kill(sig) signals it without waiting,
     stop() sends SIGTERM and returns the exit code. metrics() parses its /metrics endpoint;
-    log() returns its stderr so far. Usable as a context manager (stopped on exit).
-    """
+    log() returns its stderr so far. Usable as a context manager (stopped on exit). The
+    process itself is fieldhub.bench.harness.Child, which the benchmarks use too."""
 
     def __init__(
         self,
@@ -316,82 +294,64 @@ class BridgeProcess:
         extra_args: list[str] | None = None,
     ) -> None:
         self.stack = stack
-        self.extra_args = list(extra_args or [])
         self.instance = instance
         self.username = stack.ensure_bridge_account(instance)
         self.metrics_port = free_port()
         self.home = Path(tempfile.mkdtemp(prefix="fieldhub-test-bridge-"))
-        self.log_path = self.home / f"bridge-{instance}.log"
         password = quote(stack.bridge_password, safe="")
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": stack.database_url,
-            "MQTT_URL": f"mqtt://{registry.BRIDGE_ACCOUNT_BASE}:{password}@127.0.0.1:"
-            f"{stack.broker.mqtt_services}",
-            "FIELDHUB_BRIDGE_METRICS_PORT": str(self.metrics_port),
-            "FIELDHUB_HOME": str(self.home),
-            "PYTHONUNBUFFERED": "1",
-            **(extra_env or {}),
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child = Child(
+            "bridge",
+            [
+                "--instance",
+                str(instance),
+                "--metrics-port",
+                str(self.metrics_port),
+                *(extra_args or []),
+            ],
+            {
+                "DATABASE_URL": stack.database_url,
+                "MQTT_URL": f"mqtt://{registry.BRIDGE_ACCOUNT_BASE}:{password}@127.0.0.1:"
+                f"{stack.broker.mqtt_services}",
+                "FIELDHUB_BRIDGE_METRICS_PORT": str(self.metrics_port),
+                "FIELDHUB_HOME": str(self.home),
+                **(extra_env or {}),
+            },
+            self.home / f"bridge-{instance}.log",
+            metrics_port=self.metrics_port,
+        )
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.child.proc
 
     def start(self) -> BridgeProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fieldhub.cli",
-                    "bridge",
-                    "--instance",
-                    str(self.instance),
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    *self.extra_args,
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(Path(__file__).resolve().parent.parent),
-            )
+        self.child.start()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> BridgeProcess:
-        def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"bridge exited {self.proc.returncode}:\n{self.log()}")
-            return self.metrics().get("fieldhub_bridge_ready", 0.0) == 1.0
-
-        wait_for(ready, timeout=timeout, interval=0.1, what=f"bridge {self.instance} to be ready")
+        self.child.wait_ready(
+            lambda: self.metrics().get("fieldhub_bridge_ready", 0.0) == 1.0,
+            timeout=timeout,
+            what=f"bridge {self.instance} to be ready",
+        )
         return self
 
     def metrics(self) -> dict[str, float]:
         """name{labels} -> value from the bridge's /metrics (empty if not answering yet)."""
-        return scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        return self.child.metrics()
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        self.child.kill(sig)
 
     def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout=timeout)
+        return self.child.wait(timeout)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (flush, commit, ack, disconnect) and the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(
-                    f"bridge ignored SIGTERM for {timeout}s:\n{self.log()}"
-                ) from None
-        return self.proc.returncode
+        code = self.child.stop(timeout)
+        if code is None:
+            raise AssertionError(f"bridge ignored SIGTERM for {timeout}s:\n{self.log()}")
+        return code
 
     def forget_session(self) -> None:
         """Discard the instance's durable broker session. A stopped bridge's session stays in
@@ -409,10 +369,7 @@ class BridgeProcess:
             client.close()
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.child.log()
 
     def __enter__(self) -> BridgeProcess:
         return self

@@ -2,5 +2,4 @@
 delivery, command expiry, file imports) that run safely on several worker instances at once.
 
 Builds on fieldhub.core only. See docs/analysis.md. The web app calls
-`fieldhub.analysis.service`.
-"""
+`fieldhub.analysis.service`."""

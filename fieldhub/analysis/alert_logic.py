@@ -125,8 +125,7 @@ def decide(*, open_alert: bool, sustained: bool, latest_breaches: bool) -> Actio
 
     `sustained`: the condition has held for at least the rule's duration (every reading in
     that window breached). An open (active or acknowledged) alert clears as soon as the
-    latest reading is back within bounds.
-    """
+    latest reading is back within bounds."""
     if open_alert:
         return "clear" if not latest_breaches else "none"
     return "fire" if sustained and latest_breaches else "none"

@@ -5,8 +5,7 @@ current `for_seconds` ago and the readings since then decide everything (analysi
 so a restarted or second worker reaches the same conclusion. Every state change NOTIFYs
 `alerts` (`<org_id> <alert_id> <state>`) and, if the org configured a webhook, queues a
 delivery in the same transaction: an alert is never visible without its delivery queued.
-The `webhooks` job (fieldhub.analysis.webhooks) sends them.
-"""
+The `webhooks` job (fieldhub.analysis.webhooks) sends them."""
 
 from __future__ import annotations
 
@@ -18,8 +17,8 @@ import orjson
 from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import alert_logic
-from fieldhub.analysis.worker import Conn, JobContext
-from fieldhub.core.db import Queries
+from fieldhub.analysis.worker import JobContext
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("alerts.sql"))
 

@@ -10,6 +10,11 @@ DELETE FROM job_runs WHERE started_at < now() - make_interval(days => %(days)s) 
 DELETE FROM webhook_deliveries
 WHERE created_at < now() - make_interval(days => %(days)s) AND status <> 'pending'
 
+-- name: prune_ingest_keys
+-- HTTP ingest's Idempotency-Keys past their documented retention (docs/devices.md): a retry
+-- after that is a new request. Walks ingest_idempotency_by_age.
+DELETE FROM ingest_idempotency WHERE created_at < now() - make_interval(hours => %(hours)s)
+
 -- name: mark_silent_offline
 -- Devices online by the books whose last message is older than their own timeout. The UPDATE
 -- re-checks its WHERE if the bridge touches the row meanwhile, so a device that just spoke
@@ -28,9 +33,3 @@ WITH silent AS (
     SELECT device_key, false, 'timeout' FROM silent
 )
 SELECT device_id, pg_notify('presence', device_key || ' offline') FROM silent
-
--- name: expire_commands_exists
-SELECT to_regprocedure('expire_commands()') IS NOT NULL AS present
-
--- name: expire_commands
-SELECT expire_commands() AS expired

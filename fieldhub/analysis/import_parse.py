@@ -27,8 +27,7 @@ number, a seq beyond bigint, bytes that are not UTF-8) is such a line error, fou
 before anything is written: a batch never fails for one line's content. Device ids are
 checked against the devices the importing organisation owns. A line
 yields its device id and its readings (fieldhub.core.decode.Reading, as the bridge decodes
-them), which fieldhub.core.readings writes.
-"""
+them), which fieldhub.core.readings writes."""
 
 from __future__ import annotations
 
@@ -52,9 +51,9 @@ from fieldhub.core.decode import (
     Reading,
     decode_senml,
     decode_telemetry,
-    parse_rfc3339,
     valid_metric_name,
 )
+from fieldhub.core.timestamps import parse_rfc3339
 
 FORMATS: Final = ("csv", "ndjson", "senml")
 TIME_COLUMNS: Final = ("time", "ts", "timestamp")

@@ -10,8 +10,7 @@ Each line is written like an MQTT message: through the binary COPY fast path, or
 batch repeats stored readings (a re-import, an overlap with live data), staged, where a
 reading whose identity is stored with other content is a conflict. A conflicting line is
 reported as a line error (reason `conflict`); the stored reading stays, the line's other
-readings are stored.
-"""
+readings are stored."""
 
 from __future__ import annotations
 
@@ -32,9 +31,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import import_parse, rollups
-from fieldhub.analysis.worker import Conn, JobContext
+from fieldhub.analysis.worker import JobContext
 from fieldhub.core import readings
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("imports.sql"))
@@ -66,8 +65,7 @@ def create_import(
     """Store an uploaded file as a queued import of the org; returns the imports row.
 
     `lock=True` takes the run lock inside the creating transaction, so the caller can run it
-    inline with no worker able to grab it in between.
-    """
+    inline with no worker able to grab it in between."""
     fmt = fmt or import_parse.guess_format(filename)
     if fmt not in import_parse.FORMATS:
         raise ImportRequestError(f"format must be one of {', '.join(import_parse.FORMATS)}")
@@ -160,8 +158,7 @@ def run_import(
     """Import the file of a claimed (locked, 'running') import; returns the final row.
 
     Parsing (Python) and writing (PostgreSQL) overlap: a writer thread sends one batch while
-    the next is parsed. Only the writer thread touches `conn` until the file is done.
-    """
+    the next is parsed. Only the writer thread touches `conn` until the file is done."""
     import_id = import_row["id"]
     readings.create_staging(conn)
     file_row = conn.execute(QUERIES["load_file"], {"id": import_id}).fetchone()

@@ -13,6 +13,7 @@ JOBS: tuple[Job, ...] = (
     Job("webhooks", 5.0, webhooks.run_delivery),
     Job("command_expiry", 10.0, housekeeping.run_command_expiry),
     Job("imports", 5.0, imports.run_imports_job),
+    Job("purge_deleted", 30.0, housekeeping.run_purge_deleted),
 )
 
 

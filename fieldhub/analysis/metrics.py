@@ -4,8 +4,7 @@ Per job: runs by outcome and their duration, recorded by the worker after each r
 the time of the newest successful run and the webhook backlog are read from the database
 every REFRESH_S by a thread of their own, so every worker reports the same truth whichever
 of them ran a job (the advisory lock gives each run to one worker). A dashboard therefore
-alerts on `time() - max by (job) (fieldhub_worker_job_last_success_timestamp_seconds)`.
-"""
+alerts on `time() - max by (job) (fieldhub_worker_job_last_success_timestamp_seconds)`."""
 
 from __future__ import annotations
 
@@ -13,12 +12,11 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("metrics.sql"))
 REFRESH_S = 10.0
@@ -74,7 +72,7 @@ class WorkerMetrics:
         self.runs.labels(job, outcome).inc()
         self.duration.labels(job).observe(seconds)
 
-    def refresh(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+    def refresh(self, conn: Conn) -> None:
         for row in conn.execute(QUERIES["last_successes"], {"jobs": self.jobs}):
             if row["finished_at"] is not None:
                 self.last_success.labels(str(row["job"])).set(float(row["finished_at"]))
@@ -95,7 +93,7 @@ class WorkerMetrics:
             self._thread.join(timeout=10)
 
     def _refresh_loop(self, database_url: str) -> None:
-        conn: psycopg.Connection[dict[str, Any]] | None = None
+        conn: Conn | None = None
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:

@@ -15,8 +15,7 @@ Design (docs/analysis.md has the measurements):
   receives live data moves on every pass, so it is compared at most every
   `hot_chunk_check_s`. Imports recompute their range themselves (`recompute_ranges`).
 * A bucket is always recomputed from all its raw rows and upserted, never adjusted
-  incrementally, so repeating any of this is harmless.
-"""
+  incrementally, so repeating any of this is harmless."""
 
 from __future__ import annotations
 
@@ -28,8 +27,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fieldhub.analysis.worker import Conn, JobContext, load_state, save_state
-from fieldhub.core.db import Queries
+from fieldhub.analysis.worker import JobContext, load_state, save_state
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("rollups.sql"))
 JOB = "rollups"

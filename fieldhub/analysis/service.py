@@ -4,8 +4,7 @@ Every function takes an open connection (autocommit or not: each change runs in 
 `conn.transaction()`) and, for tenant data, the caller's `org_id`: an id of another
 organisation is "not found", never someone else's data. Invalid input raises
 `AnalysisRequestError` (a ValueError) with a message fit for the user; `NotFound` for
-unknown ids.
-"""
+unknown ids."""
 
 from __future__ import annotations
 
@@ -16,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from fieldhub.analysis import alert_logic, alerts, imports, webhook_rules, webhooks, worker
-from fieldhub.analysis.worker import Conn
 from fieldhub.core.config import IPNetwork
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("service.sql"))
-ALERT_STATES = ("active", "acknowledged", "cleared", "open")
 
 
 class AnalysisRequestError(ValueError):
@@ -92,22 +89,6 @@ def list_imports(
 
 
 # -- alerts --------------------------------------------------------------------------------
-def list_alerts(
-    conn: Conn,
-    org_id: int,
-    *,
-    state: str | None = None,
-    device_id: str | None = None,
-    limit: int = 100,
-) -> list[dict[str, Any]]:
-    """Alerts of the org, newest first; `state` filters (active, acknowledged, cleared, or
-    'open' for everything not cleared)."""
-    if state is not None and state not in ALERT_STATES:
-        raise AnalysisRequestError(f"state must be one of {', '.join(ALERT_STATES)}")
-    params = {"org_id": org_id, "state": state, "device_id": device_id, "limit": limit}
-    return [dict(r) for r in conn.execute(QUERIES["list_alerts"], params)]
-
-
 def acknowledge_alert(
     conn: Conn, org_id: int, alert_id: int, *, user_id: int | None
 ) -> dict[str, Any]:
@@ -118,7 +99,7 @@ def acknowledge_alert(
         ).fetchone()
         if row is None:
             current = conn.execute(
-                QUERIES["get_alert"], {"id": alert_id, "org_id": org_id}
+                QUERIES["alert_state"], {"id": alert_id, "org_id": org_id}
             ).fetchone()
             if current is None:
                 raise NotFound(f"no alert {alert_id}")

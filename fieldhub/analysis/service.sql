@@ -1,23 +1,13 @@
 -- Every query of the web-facing API is scoped to one organisation.
 
--- name: list_alerts
-SELECT a.id, a.rule_id, r.name AS rule_name, r.severity, r.metric, a.device_id, a.state,
-       a.value, a.message, a.started_at, a.acknowledged_at, a.acknowledged_by, a.cleared_at
-FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
-WHERE a.org_id = %(org_id)s
-  AND (%(state)s::text IS NULL OR a.state = %(state)s
-       OR (%(state)s = 'open' AND a.state <> 'cleared'))
-  AND (%(device_id)s::text IS NULL OR a.device_id = %(device_id)s)
-ORDER BY a.started_at DESC, a.id DESC
-LIMIT %(limit)s
-
 -- name: acknowledge_alert
 UPDATE alerts
 SET state = 'acknowledged', acknowledged_at = now(), acknowledged_by = %(user_id)s
 WHERE id = %(id)s AND org_id = %(org_id)s AND state = 'active'
 RETURNING id, org_id, state
 
--- name: get_alert
+-- name: alert_state
+-- Why an acknowledgement matched no row: no such alert in the organisation, or its state.
 SELECT id, org_id, state FROM alerts WHERE id = %(id)s AND org_id = %(org_id)s
 
 -- name: list_rules

@@ -2,8 +2,7 @@
 how a delivery is signed, what counts as delivered, and which organisations go next.
 
 `fieldhub.analysis.webhooks` applies them (DNS, sockets, the database); docs/analysis.md,
-"Webhooks", is the contract they implement.
-"""
+"Webhooks", is the contract they implement."""
 
 from __future__ import annotations
 

@@ -22,8 +22,7 @@ which waits for the next; with three hanging organisations on two lanes, 1.1 s a
 Targets: the URL's host is resolved once per attempt, every address is checked against
 `webhook_rules.refusal`, and the connection goes to a checked address (never a second DNS
 lookup, which a rebinding DNS server could answer differently) with the URL's host in the
-Host header and in TLS SNI and certificate verification. Redirects are never followed.
-"""
+Host header and in TLS SNI and certificate verification. Redirects are never followed."""
 
 from __future__ import annotations
 
@@ -48,9 +47,9 @@ from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import alert_logic, webhook_rules
 from fieldhub.analysis.webhook_rules import IPAddress, Target, TargetError
-from fieldhub.analysis.worker import Conn, JobContext
+from fieldhub.analysis.worker import JobContext
 from fieldhub.core.config import IPNetwork
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("webhooks.sql"))
 

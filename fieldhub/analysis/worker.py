@@ -4,8 +4,7 @@ Each job has its own thread and database connection. Before a run the thread tak
 session-level PostgreSQL advisory lock named after the job, then checks in `job_runs` whether
 the job is due; only the lock holder decides and runs, so two workers (on one host or many)
 can never overlap runs of one job nor run it more often than its interval. The lock lives as
-long as the connection: a worker that dies mid-run frees the job for the others at once.
-"""
+long as the connection: a worker that dies mid-run frees the job for the others at once."""
 
 from __future__ import annotations
 
@@ -24,15 +23,13 @@ from psycopg.types.json import Jsonb
 
 from fieldhub.analysis.metrics import WorkerMetrics
 from fieldhub.core.config import Settings
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("worker.sql"))
 # First key of the two-int advisory lock space; the job name's hash is the second.
 LOCK_NAMESPACE = 0x4A4F4253  # "JOBS"
 
 log = logging.getLogger(__name__)
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 class JobSkipped(Exception):

@@ -6,8 +6,7 @@
 Each run starts a scratch PostgreSQL+TimescaleDB cluster of its own (durable settings, as
 `fieldhub up` runs it), or with --database-url uses a scratch database on that server, and
 removes it afterwards, so benchmarks never touch real data. Also runnable as
-`python -m fieldhub.bench.analysis import|rollups`.
-"""
+`python -m fieldhub.bench.analysis import|rollups`."""
 
 from __future__ import annotations
 
@@ -29,18 +28,18 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fieldhub.analysis import imports, rollups
+from fieldhub.cli import Subparsers
 from fieldhub.core.config import Settings
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port
 from fieldhub.stack.postgres import PostgresCluster
 
-Conn = psycopg.Connection[dict[str, Any]]
 ORG = "bench"
 QUERIES = Queries(Path(__file__).with_name("analysis.sql"))
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     imp = subparsers.add_parser("import", help="import 1,000,000 readings from one CSV file")
     imp.add_argument("--readings", type=int, default=1_000_000)
     imp.add_argument("--devices", type=int, default=100)

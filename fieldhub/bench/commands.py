@@ -7,8 +7,7 @@ publishes): for each of 1,000 commands, one at a time, the time from `send_comma
 
 Starts its own PostgreSQL and Mosquitto in a scratch directory (fieldhub.bench.registry's
 scratch_servers), so it never touches the local stack. Also runnable as
-`python -m fieldhub.bench.commands`.
-"""
+`python -m fieldhub.bench.commands`."""
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldhub.bench.registry import scratch_servers
 from fieldhub.broker.auth_sync import sync_once
+from fieldhub.cli import Subparsers
 from fieldhub.core import registry
 from fieldhub.core.command_requests import send_command
 from fieldhub.core.config import Settings
@@ -44,7 +44,7 @@ BRIDGE_ACCOUNT = registry.BRIDGE_ACCOUNT_BASE
 TARGET_P95_MS = 500.0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     bench = subparsers.add_parser(
         "commands", help="command round trip with an online device (p50/p95)"
     )

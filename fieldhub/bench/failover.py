@@ -26,8 +26,7 @@ link coming back to the first rows committed; drained_s: to the last.
 
 What these runs are not (docs/scaling.md, "Not in this build yet"): the Patroni nodes are not
 namespace hosts (a killed process's sockets get a RST), no commands are sent meanwhile, and the
-`broker` scenario is not built.
-"""
+`broker` scenario is not built."""
 
 from __future__ import annotations
 

@@ -26,8 +26,7 @@ Steps, each measured:
 Then the load stops, and every message the broker acknowledged (the simulator's ledger) is
 looked up in the database: `lost` and `doubled` are counted per device and message.
 
-`--json` prints one JSON object; progress goes to stderr when it is a terminal.
-"""
+`--json` prints one JSON object; progress goes to stderr when it is a terminal."""
 
 from __future__ import annotations
 
@@ -60,6 +59,7 @@ from fieldhub.bench.hosts_lab import (
 )
 from fieldhub.bench.install import InstallError, check_starts, installed_venv
 from fieldhub.bench.netlab import Lab, LabError, LabProcess, tail
+from fieldhub.cli import Subparsers
 from fieldhub.core.config import Settings
 
 WINDOW = "_window"  # a step's (start, end), replaced by what the user saw in it
@@ -79,7 +79,7 @@ class Options:
     keep: bool = False
 
 
-def register(bench_subparsers: Any) -> None:
+def register(bench_subparsers: Subparsers) -> None:
     parser = bench_subparsers.add_parser(
         "hosts",
         help="fieldhub on 11 network-namespace hosts; kill a bridge host, then a web host (root)",
@@ -354,7 +354,7 @@ class Run:
         hosts = self.hosts
         listeners = hosts.sql(lambda conn: conn.execute(QUERIES["live_listeners"]).fetchall())
         by_address = {address: name for name, address in hosts.addresses.items()}
-        served_by = sorted(by_address.get(row["address"], row["address"]) for row in listeners)
+        served_by = sorted(str(by_address.get(row["address"], row["address"])) for row in listeners)
         self.progress(f"killing every process of {host} (the live view is on {served_by})")
         t_kill = time.time()
         killed = hosts.kill(host)

@@ -9,8 +9,7 @@ is counted against what was stored.
 Used by `fieldhub bench hosts` (fieldhub/bench/hosts.py), which adds the load, the user and the
 steps; failure scenarios on other hosts build on the same pieces: `FieldhubHosts.kill(host)`
 (every process, SIGKILL), `start_host(host)` to bring its roles back, `link(host, up=...)` and
-`partitioned(group, group, ...)` (fieldhub/bench/netlab.py does the work).
-"""
+`partitioned(group, group, ...)` (fieldhub/bench/netlab.py does the work)."""
 
 from __future__ import annotations
 
@@ -44,7 +43,7 @@ from fieldhub.core.config import (
     parse_env_file,
     split_bridge_name,
 )
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 from fieldhub.core.procs import chown, chown_tree, wait_until
 from fieldhub.core.tls import ensure_tls
 from fieldhub.stack.postgres import PostgresCluster, pg_bindir
@@ -139,7 +138,7 @@ class FieldhubHosts:
             env_file.chmod(0o640)
             chown(env_file, "root", group="fieldhub")
         self.running: dict[str, list[tuple[Role, LabProcess]]] = {}
-        self._db: psycopg.Connection[Any] | None = None
+        self._db: Conn | None = None
         self.ca_dir = workdir / "ca"
 
     # -- a host's files ----------------------------------------------------------------------------
@@ -292,7 +291,7 @@ class FieldhubHosts:
     def database_url(self) -> str:
         return self.env("ops")["DATABASE_URL"]
 
-    def sql(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def sql(self, fn: Callable[[Conn], T]) -> T:
         """fn(connection) on the ops host's connection to the database (opened there once)."""
 
         def run() -> T:
@@ -382,7 +381,7 @@ class FieldhubHosts:
         self.progress(self.oneshot("ops", Role("migrate")).strip())
         password = secrets.token_urlsafe(18)
 
-        def accounts(conn: psycopg.Connection[Any]) -> str:
+        def accounts(conn: Conn) -> str:
             # `fieldhub service-account bridges --instances 2`: svc.bridge-1 and -2.
             registry.ensure_bridge_accounts(
                 conn, self.secrets.bridge_password, len(plan.BRIDGE_HOSTS), base=plan.BRIDGE_ACCOUNT

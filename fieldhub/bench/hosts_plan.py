@@ -6,8 +6,7 @@ against what was stored.
 Everything here is written as on a real host, with the deploy guide's paths (docs/deploy.md:
 /opt/fieldhub, /etc/fieldhub/fieldhub.env, /var/lib/fieldhub, ...); the lab maps them into each
 host's own directory (fieldhub/bench/units.py). Nothing here starts, reads or writes anything;
-fieldhub/bench/hosts_lab.py applies it to a fieldhub/bench/netlab.py lab.
-"""
+fieldhub/bench/hosts_lab.py applies it to a fieldhub/bench/netlab.py lab."""
 
 from __future__ import annotations
 

@@ -16,8 +16,7 @@ browser's, exactly as a user would see it. Without Playwright it is a plain serv
 client that reconnects after the `retry` the server announces, as EventSource does.
 
 `python -m fieldhub.bench.hosts_user --help`; it runs until SIGTERM, then sends no more
-commands and follows those it sent for up to FINISH_S.
-"""
+commands and follows those it sent for up to FINISH_S."""
 
 from __future__ import annotations
 

@@ -14,8 +14,7 @@ a Mosquitto broker, as `fieldhub up` runs them):
 The load generator speaks MQTT 3.1.1 over raw sockets with pre-encoded packets and a window of
 unacknowledged publishes: a paho publisher costs more CPU per message than the bridge itself,
 and on a shared 2-core machine every cycle the generator burns is taken from the system under
-test.
-"""
+test."""
 
 from __future__ import annotations
 
@@ -25,15 +24,12 @@ import multiprocessing
 import os
 import random
 import select
-import signal
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
@@ -42,8 +38,10 @@ from urllib.parse import quote
 
 import psycopg
 
+from fieldhub.bench.harness import Child
 from fieldhub.bench.registry import Servers, scratch_servers
 from fieldhub.broker.auth_sync import sync_once
+from fieldhub.cli import Subparsers
 from fieldhub.core import db, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import Queries
@@ -69,7 +67,7 @@ VALUES_PER_MESSAGE = 3
 WARMUP_S = 2.0
 
 
-def register(bench_subparsers: Any) -> None:
+def register(bench_subparsers: Subparsers) -> None:
     parser = bench_subparsers.add_parser(
         "ingest", help="MQTT -> TimescaleDB: bridge vs. a bare consumer, and latency"
     )
@@ -267,8 +265,7 @@ def consumer_process(
 
     fast=False: stock paho (it acknowledges when on_message returns). fast=True: the bridge's
     own receive path (fieldhub.bridge.receive.BridgeClient, batched acknowledgements) without the
-    decoding and the database, i.e. the ceiling of the bridge's design in Python.
-    """
+    decoding and the database, i.e. the ceiling of the bridge's design in Python."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
@@ -410,60 +407,41 @@ class BridgeRunner:
         self, servers: Servers, password: str, *, instance: int = 1, always_stage: bool = False
     ) -> None:
         self.metrics_port = free_port()
-        self.log_path = servers.workdir / f"bridge-{instance}.log"
         self.home = servers.workdir / f"bridge-home-{instance}"
         self.home.mkdir(exist_ok=True)
         user = quote(registry.BRIDGE_ACCOUNT_BASE, safe="")
-        env = {
-            **os.environ,
-            "DATABASE_URL": servers.database_url,
-            "MQTT_URL": f"mqtt://{user}:{quote(password, safe='')}@127.0.0.1:"
-            f"{servers.broker.mqtt_services}",
-            "FIELDHUB_HOME": str(self.home),
-        }
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fieldhub.cli",
-                    "bridge",
-                    "--instance",
-                    str(instance),
-                    "--metrics-port",
-                    str(self.metrics_port),
-                    *(["--always-stage"] if always_stage else []),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        self.child = Child(
+            "bridge",
+            [
+                "--instance",
+                str(instance),
+                "--metrics-port",
+                str(self.metrics_port),
+                *(["--always-stage"] if always_stage else []),
+            ],
+            {
+                "DATABASE_URL": servers.database_url,
+                "MQTT_URL": f"mqtt://{user}:{quote(password, safe='')}@127.0.0.1:"
+                f"{servers.broker.mqtt_services}",
+                "FIELDHUB_HOME": str(self.home),
+            },
+            servers.workdir / f"bridge-{instance}.log",
+            metrics_port=self.metrics_port,
+        ).start()
 
     def wait_ready(self) -> None:
-        wait_until(lambda: self.metric("fieldhub_bridge_ready") == 1.0, timeout=60, what="bridge")
+        self.child.wait_ready(
+            lambda: self.metric("fieldhub_bridge_ready") == 1.0, timeout=60, what="bridge"
+        )
 
     def metric(self, name: str) -> float:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the bridge exited; see {self.log_path}")
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-            ) as response:
-                text = response.read().decode()
-        except OSError:
-            return -1.0
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-        return 0.0
+        """One unlabelled metric's value; -1 while the bridge does not answer."""
+        self.child.check_running()
+        values = self.child.metrics()  # one scrape: each costs the bridge CPU
+        return values.get(name, 0.0) if values else -1.0
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.child.stop(timeout=60)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -549,7 +527,7 @@ def run_bridge_throughput(
     meter = CpuMeter(
         servers,
         {
-            "bridge": [runner.proc.pid for runner in bridge.runners],
+            "bridge": [runner.child.pid for runner in bridge.runners],
             "load generator": [proc.pid for proc in procs],
         },
     )

@@ -8,8 +8,7 @@ fails the benchmark. Building and installing takes about 35 s here (pip resolves
 every dependency), so the virtualenv is kept under the checkout's var/bench/, keyed by a digest
 of everything that goes into the wheel, and reused while the sources are unchanged; a lock
 serialises two runs that need the same one. Not in a shared temporary directory: root runs
-what is installed there, so nobody else may be able to plant it.
-"""
+what is installed there, so nobody else may be able to plant it."""
 
 from __future__ import annotations
 

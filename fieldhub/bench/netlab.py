@@ -29,8 +29,7 @@ reports what a run left behind. Namespaces are named `fhlab<pid>-<host>`, so a l
 removes those of a harness that was killed before it could clean up.
 
 There is no netem here (and no ping): delays and losses are not simulated, links are up or
-down.
-"""
+down."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ password/ACL files at 100,000 devices versus the Dynamic Security plugin.
 
 Each benchmark starts its own PostgreSQL and Mosquitto in a scratch directory, with the same
 code as `fieldhub up`, so it measures the real servers without touching the local stack.
-Also runnable without the bench command: `python -m fieldhub.bench.registry provision`.
-"""
+Also runnable without the bench command: `python -m fieldhub.bench.registry provision`."""
 
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldhub.broker.auth_sync import sync_once
 from fieldhub.broker.mosquitto import DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, MosquittoBroker
+from fieldhub.cli import Subparsers
 from fieldhub.core import registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
@@ -318,8 +318,7 @@ def bench_files_at_scale(
     """Render + write + reload at `devices` registry rows, idle and with clients connected.
 
     All rows share one precomputed hash: rendering and Mosquitto's parsing do not depend on
-    the hash value, and hashing 100,000 distinct secrets would only measure PBKDF2 again.
-    """
+    the hash value, and hashing 100,000 distinct secrets would only measure PBKDF2 again."""
     with scratch_servers("fieldhub-bench-files-") as servers:
         credentials = provision_direct(servers.database_url, connected, "live", iterations)
         shared_hash = hash_secret(generate_secret())
@@ -520,7 +519,7 @@ BENCHES: dict[str, tuple[Callable[[int], dict[str, Any]], int, str]] = {
 }
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add this module's benchmarks to `fieldhub bench`'s subcommands."""
     for name, (_, default, helptext) in BENCHES.items():
         sub = subparsers.add_parser(name, help=helptext)

@@ -10,8 +10,7 @@ the list, as a drop-in does to replace the packaged command), `Environment=`,
 `WorkingDirectory=`, `StateDirectory=` and `RuntimeDirectory=`. Specifiers `%i`, `%I`, `%n`,
 `%N`, `%p` and `%%` are expanded; the `-`, `@`, `:`, `+`, `!` prefixes of `ExecStart=` are
 dropped (the lab runs the plain command). Everything else (hardening, restart policy) is
-systemd's business and not modelled: a lab host has no systemd.
-"""
+systemd's business and not modelled: a lab host has no systemd."""
 
 from __future__ import annotations
 

@@ -8,35 +8,33 @@ Measures, through a real gunicorn (`fieldhub web`, gevent workers) from an HTTP 
 - the device list again while hundreds of live streams are held open.
 
 Starts its own PostgreSQL and Mosquitto in a scratch directory (same code as `fieldhub up`).
-Also runnable as `python -m fieldhub.bench.web`.
-"""
+Also runnable as `python -m fieldhub.bench.web`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import queue
-import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from fieldhub.bench.harness import Child, http_status
 from fieldhub.bench.registry import Servers, scratch_servers
 from fieldhub.broker.auth_sync import sync_once
+from fieldhub.cli import Subparsers
 from fieldhub.core import registry, users
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 from fieldhub.core.passwords import generate_secret, hash_secret
-from fieldhub.core.procs import free_port, wait_until
+from fieldhub.core.procs import free_port
 
 ORG = "bench"
 HOT_DEVICE = "bench-00000"
@@ -99,8 +97,15 @@ def getter(session: requests.Session, url: str) -> Callable[[], requests.Respons
     return lambda: session.get(url, timeout=30)
 
 
-def seed(servers: Servers, devices: int) -> tuple[str, str]:
-    """Devices, data, a user and the bridge's account; returns (hot device secret, token)."""
+@dataclasses.dataclass(frozen=True)
+class Seeded:
+    device_secret: str  # of HOT_DEVICE
+    token: str  # the bench user's API token
+    bridge_password: str
+
+
+def seed(servers: Servers, devices: int) -> Seeded:
+    """Devices, data, a user and the bridge's account."""
     secret = generate_secret()
     shared_hash = hash_secret(secret)  # one hash for all: provisioning speed is another bench
     bridge_password = generate_secret()
@@ -125,23 +130,7 @@ def seed(servers: Servers, devices: int) -> tuple[str, str]:
         registry.ensure_bridge_accounts(conn, bridge_password, 1)
         if sync_once(conn, servers.broker.auth_dir):
             servers.broker.reload()
-    os.environ["FIELDHUB_BENCH_BRIDGE_PASSWORD"] = bridge_password
-    return secret, token
-
-
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return Seeded(secret, token, bridge_password)
 
 
 def login(base: str) -> requests.Session:
@@ -212,44 +201,38 @@ def live_latency(
 def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]:
     with scratch_servers("fieldhub-bench-web-") as servers:
         t0 = time.perf_counter()
-        secret, token = seed(servers, devices)
+        seeded = seed(servers, devices)
+        secret, token = seeded.device_secret, seeded.token
         seed_s = time.perf_counter() - t0
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         env = {
-            **os.environ,
             "DATABASE_URL": servers.database_url,
             "FIELDHUB_HOME": str(servers.workdir),
             "FIELDHUB_LOG_LEVEL": "WARNING",
             "FIELDHUB_SECRET_KEY": generate_secret() * 2,
         }
-        web = start(
-            [
-                sys.executable,
-                "-m",
-                "fieldhub.cli",
-                "web",
-                "--workers",
-                str(workers),
-                "--bind",
-                f"127.0.0.1:{port}",
-            ],
+        web = Child(
+            "web",
+            ["--workers", str(workers), "--bind", f"127.0.0.1:{port}"],
             env,
             servers.workdir / "web.log",
-        )
-        password = quote(os.environ["FIELDHUB_BENCH_BRIDGE_PASSWORD"], safe="")
+        ).start()
+        password = quote(seeded.bridge_password, safe="")
         metrics_port = free_port()
-        bridge_env = {
-            **env,
-            "MQTT_URL": f"mqtt://svc.bridge:{password}@127.0.0.1:{servers.broker.mqtt_services}",
-        }
-        bridge = start(
-            [sys.executable, "-m", "fieldhub.cli", "bridge", "--metrics-port", str(metrics_port)],
-            bridge_env,
+        bridge = Child(
+            "bridge",
+            ["--metrics-port", str(metrics_port)],
+            {
+                **env,
+                "MQTT_URL": f"mqtt://svc.bridge:{password}@127.0.0.1:"
+                f"{servers.broker.mqtt_services}",
+            },
             servers.workdir / "bridge.log",
-        )
+            metrics_port=metrics_port,
+        ).start()
         try:
-            wait_until(lambda: _answers(base), timeout=60, what="gunicorn")
+            web.wait_ready(lambda: http_status(base + "/login", timeout=2) == 200, timeout=60)
             session = login(base)
             api = {"Authorization": f"Bearer {token}"}
             result: dict[str, Any] = {"devices": devices, "workers": workers, "seed_s": seed_s}
@@ -274,7 +257,9 @@ def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]
                 ),
                 repeat,
             )
-            wait_until(lambda: _bridge_ready(metrics_port), timeout=60, what="the bridge")
+            bridge.wait_ready(
+                lambda: bridge.metrics().get("fieldhub_bridge_ready") == 1.0, timeout=60
+            )
             result["live_publish_to_browser"] = live_latency(base, session, servers, secret, 30)
             held = [
                 session.get(f"{base}/devices/bench-{i:05d}/live", stream=True, timeout=60)
@@ -285,27 +270,12 @@ def run(devices: int, repeat: int, streams: int, workers: int) -> dict[str, Any]
             )
             del held  # stopping gunicorn ends them
         finally:
-            stop(bridge)
-            stop(web)
+            bridge.stop(timeout=20)
+            web.stop(timeout=20)
         return result
 
 
-def _answers(base: str) -> bool:
-    try:
-        return requests.get(base + "/login", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def _bridge_ready(metrics_port: int) -> bool:
-    try:
-        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
-    except requests.RequestException:
-        return False
-    return "fieldhub_bridge_ready 1.0" in text
-
-
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     web = subparsers.add_parser("web", help="device list, 30-day history and live latency")
     web.add_argument("--devices", type=int, default=10_000)
     web.add_argument("--repeat", type=int, default=100, help="requests per measurement")

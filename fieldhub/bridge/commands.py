@@ -20,8 +20,7 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   the broker it publishes every live retained message again (sent commands, twins): a broker
   restarted from its snapshot has lost what arrived since its last autosave.
 
-The device-side contract and every restart case are written down in docs/commands.md.
-"""
+The device-side contract and every restart case are written down in docs/commands.md."""
 
 from __future__ import annotations
 
@@ -31,7 +30,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,9 +41,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.bridge.twin import TwinPublisher
+from fieldhub.bridge.publishing import Publish
+from fieldhub.bridge.twin import TwinPublisher, delta_topic, desired_topic
+from fieldhub.core import command_requests, tombstones
 from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
-from fieldhub.core.db import Queries, connect
+from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("commands.sql"))
 
@@ -55,11 +56,15 @@ SWEEP_BATCH = 500
 # Devices whose queued commands are published in parallel; each device's own commands still
 # go one at a time, in order. One PUBACK at a time overall measured about 180 commands/s.
 PUBLISH_WORKERS = 8
+# After a reconnect (the broker may have restarted from an older snapshot), the retained
+# topics of devices deleted this recently are cleared again. The loss window is the broker's
+# autosave interval; two days also covers a broker restored from a day-old backup.
+RECLEAR_S = 2 * 86400
+# How often the marker of a deleted device is sent again while some bridge has not passed it.
+MARKER_RESEND_S = 30.0
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
 MAX_ERROR_CHARS = 2000
 
-# (topic, payload, retain, message_expiry_s); blocks until PUBACK, raises on failure.
-Publish = Callable[[str, bytes, bool, int | None], None]
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +148,13 @@ def _command_uuid(command_id: str) -> uuid.UUID | None:
         return None
 
 
-def apply_acks(conn: psycopg.Connection[Any], acks: Sequence[A]) -> list[tuple[A, str, str]]:
+def apply_acks(conn: Conn, acks: Sequence[A]) -> list[tuple[A, str, str]]:
     """Apply device acks inside the caller's open transaction.
 
     Returns (ack, reason, detail) for every ack to dead-letter. Duplicate, overtaken and late
     acks are not errors: they change nothing and are not returned. Acks are applied in the
     order given, so several acks of one command in one batch go through its states in turn
-    and each change is recorded by the table's trigger.
-    """
+    and each change is recorded by the table's trigger."""
     dead: list[tuple[A, str, str]] = []
     usable: list[tuple[A, uuid.UUID, ParsedAck]] = []
     for ack in acks:
@@ -225,6 +229,7 @@ class SweepResult:
     published: int = 0
     cleared: int = 0
     twins: int = 0  # twins whose retained documents went out
+    tombstones: int = 0  # deleted devices whose retained topics were cleared (marker sent)
     # False when a publish failed and the sweep stopped early; the next sweep retries.
     complete: bool = True
 
@@ -242,10 +247,14 @@ class CommandDispatcher:
         batch_size: int = SWEEP_BATCH,
         publish_workers: int = PUBLISH_WORKERS,
         broker: str | None = None,
+        broker_name: str = "broker-1",
     ) -> None:
         self.database_url = database_url
         # None: every device's commands (one broker); else only those of devices homed here.
         self.broker = broker
+        # The broker this dispatcher publishes to, by name, for deleted devices' tombstones:
+        # every broker clears every deleted device's topics (it may have connected anywhere).
+        self.broker_name = broker or broker_name
         self.publish = publish
         self.sweep_interval_s = sweep_interval_s
         self.retry_backoff_s = retry_backoff_s
@@ -257,6 +266,8 @@ class CommandDispatcher:
         self.sweeps = 0  # completed sweeps, for tests and metrics
         self.last_error: str | None = None
         self._publish_failing = False
+        self._markers_sent_at = 0.0
+        self._reclear = False
         self.twins = TwinPublisher(
             self._publish_logged,
             broker=broker,
@@ -287,8 +298,7 @@ class CommandDispatcher:
     def broker_reconnected(self) -> None:
         """The bridge's broker connection is new: publish every retained message again.
 
-        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own.
-        """
+        Called from the MQTT network thread, so it only sets a flag for the dispatcher's own."""
         self._reconnected.set()
 
     # -- the loop --------------------------------------------------------------------------
@@ -312,9 +322,10 @@ class CommandDispatcher:
                 self._stop.wait(self.retry_backoff_s)
         self.is_leader = False
 
-    def _serve(self, conn: psycopg.Connection[Any]) -> None:
+    def _serve(self, conn: Conn) -> None:
         conn.execute("LISTEN commands")
         conn.execute("LISTEN twins")
+        conn.execute("LISTEN tombstones")
         self.is_leader = False
         next_sweep = 0.0
         to_republish: list[uuid.UUID] = []
@@ -334,6 +345,9 @@ class CommandDispatcher:
                 # sweep so that new commands do not wait behind them.
                 to_republish = self._sent_ids(conn)
                 self.twins.forget(conn)
+                # Likewise the clears of deleted devices' retained topics: a broker restored
+                # from an older snapshot would hand the old owner's commands to the new one.
+                self._reclear = True
                 next_sweep = 0.0
             now = time.monotonic()
             if self.is_leader and now >= next_sweep:
@@ -343,7 +357,8 @@ class CommandDispatcher:
                     to_republish = []
                 if result.complete:
                     busy = (
-                        result.published >= self.batch_size
+                        result.tombstones >= self.batch_size
+                        or result.published >= self.batch_size
                         or result.cleared >= self.batch_size
                         or result.twins >= self.batch_size
                     )
@@ -356,14 +371,14 @@ class CommandDispatcher:
             if self._wait_for_work(conn, timeout):
                 next_sweep = min(next_sweep, time.monotonic())
 
-    def _try_lead(self, conn: psycopg.Connection[Any]) -> bool:
+    def _try_lead(self, conn: Conn) -> bool:
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(
                 QUERIES["try_leader_lock"], {"key": DISPATCHER_LOCK_KEY, "broker": self.broker}
             ).fetchone()
         return bool(row and row["leader"])
 
-    def _wait_for_expiry(self, conn: psycopg.Connection[Any]) -> float:
+    def _wait_for_expiry(self, conn: Conn) -> float:
         """Seconds until the next sweep: the interval, or sooner if a command expires first."""
         with conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(QUERIES["next_expiry"]).fetchone()
@@ -372,7 +387,7 @@ class CommandDispatcher:
             return self.sweep_interval_s
         return min(self.sweep_interval_s, max(0.0, float(seconds)))
 
-    def _wait_for_work(self, conn: psycopg.Connection[Any], timeout: float) -> bool:
+    def _wait_for_work(self, conn: Conn, timeout: float) -> bool:
         """Wait up to `timeout` (in short slices, to notice stop()); True if there is work."""
         deadline = time.monotonic() + timeout
         while not self._stop.is_set():
@@ -388,30 +403,32 @@ class CommandDispatcher:
 
     @staticmethod
     def _needs_sweep(channel: str, payload: str) -> bool:
-        if channel == "twins":
+        if channel in ("twins", "tombstones"):
             return True
         # "<device_id> <command_id> <status>": sent and delivered need nothing from us.
         status = payload.rsplit(" ", 1)[-1]
         return status not in ("sent", "delivered")
 
     # -- one sweep -------------------------------------------------------------------------
-    def sweep(self, conn: psycopg.Connection[Any]) -> SweepResult:
+    def sweep(self, conn: Conn) -> SweepResult:
         """Publish queued, expire, clear final. Public so tests can drive one sweep directly.
 
         Queued commands go first because a waiting device is what the latency is about; the
         query skips commands already past their time, and the expiry that follows lets this
         same sweep clear them. `conn` must be in autocommit mode: each `sent`/`cleared` mark
         is committed at once, right after its PUBACK, so a crash loses at most the mark of
-        one message in flight.
-        """
+        one message in flight."""
         result = SweepResult()
+        # Deleted devices first: a re-created device's twin waits for this (twins_to_publish).
+        result.tombstones, result.complete = self._clear_tombstones(conn)
+        if not result.complete:
+            return result
         with conn.cursor(row_factory=dict_row) as cur:
             queued = cur.execute(
                 QUERIES["queued_to_publish"], {"limit": self.batch_size, "broker": self.broker}
             )
             result.published, result.complete = self._publish_queued(conn, queued.fetchall())
-            row = cur.execute(QUERIES["expire_commands"]).fetchone()
-            result.expired = int(row["expired"]) if row else 0
+            result.expired = command_requests.expire_commands(conn)
             finals = cur.execute(
                 QUERIES["finals_to_clear"], {"limit": self.batch_size, "broker": self.broker}
             )
@@ -426,9 +443,49 @@ class CommandDispatcher:
         result.complete = result.complete and complete
         return result
 
+    def _clear_tombstones(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+        """For each deleted device cut off from this broker: empty retained messages on its
+        command topics and twin topics, then the marker (QoS 1, not retained) that every
+        bridge session receives behind the old device's last message; then record it. A
+        failed publish leaves the tombstone for the next sweep (all of it is idempotent)."""
+        done = 0
+        if self._reclear:
+            # Runs before the twins are published again (same sweep), so a re-created
+            # device's twin document is published after its id's topics are cleared.
+            for row in tombstones.recently_cleared(conn, self.broker_name, RECLEAR_S):
+                if not self._clear_retained(row["device_id"], row["command_ids"]):
+                    return done, False
+            self._reclear = False
+        for row in tombstones.to_clear(conn, self.broker_name, self.batch_size):
+            device_id: str = row["device_id"]
+            if not self._clear_retained(device_id, row["command_ids"]):
+                return done, False
+            try:
+                self._publish_logged(tombstones.marker_topic(row["device_key"]), b"", False, None)
+            except Exception:
+                return done, False
+            tombstones.mark_retained_cleared(conn, self.broker_name, row["device_key"])
+            log.info("cleared the retained topics of deleted device %s", device_id)
+            done += 1
+        now = time.monotonic()
+        if now - self._markers_sent_at >= MARKER_RESEND_S:
+            self._markers_sent_at = now
+            for device_key in tombstones.to_remark(conn, self.broker_name, self.batch_size):
+                try:
+                    self._publish_logged(tombstones.marker_topic(device_key), b"", False, None)
+                except Exception:
+                    return done, False
+        return done, True
+
+    def _clear_retained(self, device_id: str, command_ids: Sequence[uuid.UUID]) -> bool:
+        """Empty retained messages on a deleted device's command and twin topics."""
+        topics = [command_topic(device_id, str(c)) for c in command_ids]
+        topics += [desired_topic(device_id), delta_topic(device_id)]
+        return all(self._try_publish(topic, b"", None) for topic in topics)
+
     def _publish_queued(
         self,
-        conn: psycopg.Connection[Any],
+        conn: Conn,
         commands: list[dict[str, Any]],
         *,
         mark_sent: bool = True,
@@ -437,8 +494,7 @@ class CommandDispatcher:
 
         A failed publish stops only that device's remaining commands (so none of them
         overtakes it); the next sweep starts again from its oldest. Returns (published, all
-        went out).
-        """
+        went out)."""
         by_device: dict[str, list[dict[str, Any]]] = {}
         for command in commands:
             by_device.setdefault(command["device_id"], []).append(command)
@@ -458,7 +514,7 @@ class CommandDispatcher:
         return sum(count for count, _ in outcomes), all(ok for _, ok in outcomes)
 
     def _publish_in_order(
-        self, conn: psycopg.Connection[Any], commands: list[dict[str, Any]], mark_sent: bool
+        self, conn: Conn, commands: list[dict[str, Any]], mark_sent: bool
     ) -> tuple[int, bool]:
         count = 0
         for command in commands:
@@ -470,11 +526,11 @@ class CommandDispatcher:
             count += 1
         return count, True
 
-    def _sent_ids(self, conn: psycopg.Connection[Any]) -> list[uuid.UUID]:
+    def _sent_ids(self, conn: Conn) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
             return [row["id"] for row in cur.execute(QUERIES["sent_ids"], {"broker": self.broker})]
 
-    def _republish_sent(self, conn: psycopg.Connection[Any], ids: list[uuid.UUID]) -> bool:
+    def _republish_sent(self, conn: Conn, ids: list[uuid.UUID]) -> bool:
         """Publish these commands again if still `sent` (in order per device); True if done."""
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(QUERIES["sent_to_republish"], {"ids": ids}).fetchall()

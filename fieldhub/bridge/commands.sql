@@ -21,9 +21,6 @@ SELECT pg_try_advisory_lock(
     CASE WHEN %(broker)s::text IS NULL THEN %(key)s::bigint
          ELSE %(key)s::bigint # hashtextextended(%(broker)s, 0) END) AS leader;
 
--- name: expire_commands
-SELECT expire_commands() AS expired;
-
 -- name: queued_to_publish
 -- Oldest first: per device this is creation order, which is the order the device sees them.
 SELECT id, device_id, name, params, created_at, expires_at,

@@ -40,8 +40,7 @@ with synchronous replication a commit waits for the standby, and a cancelled wai
 SUCCESS with a warning although the standby may not have the commit, so a deadline hit is
 never acknowledged, whatever the server answered. An in-doubt retry always takes a transaction
 id, so its commit waits for the standby to have everything up to it, including the first
-attempt's commit.
-"""
+attempt's commit."""
 
 from __future__ import annotations
 
@@ -52,7 +51,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -61,22 +60,19 @@ from fieldhub.bridge import commands
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
 from fieldhub.bridge.presence import PresenceEvent, replay
 from fieldhub.bridge.twin import TwinReport, apply_reports
-from fieldhub.core import db, readings
-from fieldhub.core.db import Queries
+from fieldhub.core import db, logs, readings, tombstones
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("ingest.sql"))
 log = logging.getLogger(__name__)
 
-Conn = psycopg.Connection[Any]
 
 _NOTIFY_LIMIT = 7900  # bytes per NOTIFY payload (PostgreSQL's limit is 8000)
 _STAGED_AFTER_CONFLICT_S = 5.0
 # A batch is redone after a unique violation (staged) or a foreign-key violation (directory
 # reloaded); more attempts than this means something else is wrong.
 _WRITE_ATTEMPTS = 4
-# Conflicting readings named in one dead letter's detail (the count is always given).
-_CONFLICTS_IN_DETAIL = 3
 # How long one batch's transaction may take before it is cancelled and retried in doubt.
 # Batches commit in well under a second here (docs/benchmarks.md); a commit that waits this
 # long is waiting for a synchronous standby that is gone (Patroni strict mode with no standby
@@ -130,6 +126,12 @@ class DeadLetter(NamedTuple):
     payload: bytes
 
 
+class Marker(NamedTuple):
+    """A deleted device's tombstone marker (fieldhub.core.tombstones.marker_topic)."""
+
+    device_key: int
+
+
 # Any message of a batch that came from a device (each is checked against the registry).
 _M = TypeVar("_M", Telemetry, Status, CommandAck, TwinReport)
 
@@ -143,6 +145,8 @@ class Batch:
     acks: list[CommandAck] = dataclasses.field(default_factory=list)
     twin_reports: list[TwinReport] = dataclasses.field(default_factory=list)
     dead: list[DeadLetter] = dataclasses.field(default_factory=list)
+    # Keys of deleted devices whose marker this batch passes (recorded in its transaction).
+    markers: list[int] = dataclasses.field(default_factory=list)
     # Packet ids of the QoS 1 messages, valid only on the broker connection `generation`.
     mids: list[int] = dataclasses.field(default_factory=list)
     generation: int = 0
@@ -157,6 +161,7 @@ class Batch:
         self.twin_reports += other.twin_reports
         self.dead += other.dead
         self.in_doubt = self.in_doubt or other.in_doubt
+        self.markers += other.markers
         if other.generation != self.generation:
             # Packet ids of an older connection are void: the broker redelivers those
             # messages, and idempotent ingest absorbs the second copy.
@@ -181,6 +186,10 @@ class Batch:
             singles.append(Batch(twin_reports=[report], messages=1, in_doubt=doubt))
         for dead in self.dead:
             singles.append(Batch(dead=[dead], messages=1, in_doubt=doubt))
+        if self.markers:
+            singles.append(
+                Batch(markers=list(self.markers), messages=len(self.markers), in_doubt=doubt)
+            )
         return singles
 
 
@@ -219,17 +228,30 @@ class DeviceEntry(NamedTuple):
 
 class DeviceDirectory:
     """device id -> (device key, enabled) for every registered device, refreshed on
-    registry_changed.
+    registry_changed; and the ids of deleted devices whose marker this bridge session has not
+    passed yet (`is_deleted`).
 
-    `devices` is replaced whole, never changed in place, so the network thread can read it
-    without a lock while the writer or the directory thread reloads it.
-    """
+    `devices` and `tombstoned` are replaced whole, never changed in place, so the network
+    thread can read them without a lock while the writer or the directory thread reloads them.
+
+    A deleted device's id stays "deleted" for this session until the session passes the
+    tombstone's marker in its message stream (design in fieldhub.core.tombstone_steps): every
+    message of that id received before the marker was sent by the old device (it was cut off
+    before the marker went out), even when a new device with the same id exists by then."""
 
     REFRESH_S = 60.0
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, broker: str = "broker-1", session: str = "") -> None:
         self.database_url = database_url
+        # The broker this bridge is connected to and its session there (its account): whose
+        # tombstones it follows and which session it registers in bridge_sessions.
+        self.broker = broker
+        self.session = session
         self.devices: dict[str, DeviceEntry] = {}
+        self.tombstoned: dict[str, frozenset[int]] = {}
+        self.passed: frozenset[int] = frozenset()
+        self._passed_lock = threading.Lock()
+        self.loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = RateLimitedLog(log)
@@ -248,11 +270,36 @@ class DeviceDirectory:
         entry = self.devices.get(device_id)
         return None if entry is None else entry.key
 
+    def is_deleted(self, device_id: str) -> bool:
+        """Whether a message of this id received now was sent by a deleted device."""
+        keys = self.tombstoned.get(device_id)
+        return keys is not None and not keys <= self.passed
+
+    def pass_marker(self, device_key: int) -> None:
+        """The network thread passed a tombstone's marker: later messages of the id are the
+        new device's."""
+        with self._passed_lock:
+            self.passed = self.passed | {device_key}
+
     def reload(self, conn: Conn) -> None:
         rows = conn.execute(QUERIES["all_devices"]).fetchall()
         self.devices = {
             row["device_id"]: DeviceEntry(row["device_key"], row["enabled"]) for row in rows
         }
+        self._load_tombstones(conn)
+
+    def _load_tombstones(self, conn: Conn) -> None:
+        pending = tombstones.pending_ids(conn, self.broker, self.session)
+        with self._passed_lock:
+            self.passed = self.passed | {
+                key for keys in pending.values() for key, done in keys if done
+            }
+        self.tombstoned = {
+            device_id: frozenset(key for key, _done in keys) for device_id, keys in pending.items()
+        }
+        if self.session:
+            tombstones.touch_bridge_session(conn, self.broker, self.session)
+        self.loaded.set()
 
     def lookup(self, conn: Conn, device_ids: Iterable[str]) -> None:
         """Ask the database about ids the directory does not know (a device created a moment
@@ -284,7 +331,9 @@ class DeviceDirectory:
                             self.reload(conn)
                             last_load = time.monotonic()
             except psycopg.Error as exc:
-                self._log.warning("registry", "device directory: database error: %s", _first(exc))
+                self._log.warning(
+                    "registry", "device directory: database error: %s", logs.first_line(exc)
+                )
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -420,9 +469,13 @@ class IngestWriter:
             # Refused at receipt before the directory knew the device (created a moment ago,
             # or the bridge just started): attributed now, as its telemetry would be, so that
             # its owners see the letter (they are found by device key).
+            # Never a letter refused as a deleted device's: the id's device now may be a new
+            # one, which must not see what the old one sent.
             dead = [
                 letter._replace(device_key=devices[letter.device_id].key)
-                if letter.device_key is None and letter.device_id in devices
+                if letter.device_key is None
+                and letter.device_id in devices
+                and letter.reason != "deleted_device"
                 else letter
                 for letter in dead
             ]
@@ -463,7 +516,7 @@ class IngestWriter:
                     by_message.setdefault(conflict.ordinal, []).append(conflict)
                 for ordinal, found in by_message.items():
                     key, message = telemetry[ordinal]
-                    dead.append(_dead(message, "conflict", _conflict_detail(found), key))
+                    dead.append(_dead(message, "conflict", readings.conflict_detail(found), key))
             latest = readings.newest(messages, skip=written.conflicts)
             for key, message in telemetry:
                 seen[key] = message.received_at
@@ -481,10 +534,12 @@ class IngestWriter:
                     seen.pop(key, None)
             if seen:
                 keys = sorted(seen)
-                conn.execute(QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]})
+                conn.execute(
+                    readings.QUERIES["mark_seen"], {"keys": keys, "times": [seen[k] for k in keys]}
+                )
             if telemetry:
                 conn.execute(
-                    QUERIES["notify_telemetry"],
+                    readings.QUERIES["notify_telemetry"],
                     {"payloads": notify_payloads({key for key, _m in telemetry})},
                 )
 
@@ -528,8 +583,13 @@ class IngestWriter:
                             letter.payload,
                         )
                     )
-            for letter in dead:
-                result.dead[letter.reason] = result.dead.get(letter.reason, 0) + 1
+        for letter in dead:
+            result.dead[letter.reason] = result.dead.get(letter.reason, 0) + 1
+
+        # -- deleted devices' markers: everything before them in the stream is in this
+        # transaction or an earlier one, so "passed" is true once this commits.
+        for device_key in batch.markers:
+            tombstones.record_pass(conn, directory.broker, directory.session, device_key)
 
     def _apply_statuses(
         self, conn: Conn, statuses: list[tuple[int, Status]], seen: dict[int, float]
@@ -586,8 +646,7 @@ class _Deadline:
 
     `check()` after the transaction raises CommitDeadlineExceeded if the cancel was sent,
     whatever the transaction's outcome looked like: a commit whose synchronous-replication
-    wait was cancelled reports success although the standby may not have it.
-    """
+    wait was cancelled reports success although the standby may not have it."""
 
     def __init__(self, conn: Conn, seconds: float) -> None:
         self.conn = conn
@@ -603,7 +662,9 @@ class _Deadline:
         except psycopg.Error as exc:
             # The server is unreachable: the socket's keepalives/tcp_user_timeout end the
             # statement instead (db.TCP_DEFAULTS).
-            log.warning("could not cancel a transaction past its deadline: %s", _first(exc))
+            log.warning(
+                "could not cancel a transaction past its deadline: %s", logs.first_line(exc)
+            )
 
     def __enter__(self) -> _Deadline:
         self._timer.start()
@@ -620,16 +681,6 @@ class _Deadline:
                 f"the transaction took longer than the commit deadline ({self.seconds:g} s); "
                 "it may or may not have committed"
             )
-
-
-def _conflict_detail(found: list[readings.Conflict]) -> str:
-    named = "; ".join(c.describe() for c in found[:_CONFLICTS_IN_DETAIL])
-    more = len(found) - _CONFLICTS_IN_DETAIL
-    suffix = f"; and {more} more" if more > 0 else ""
-    return (
-        f"{len(found)} reading(s) already stored with other content (the stored ones are "
-        f"kept, the message's other readings were stored): {named}{suffix}"
-    )
 
 
 def _dead(
@@ -651,11 +702,6 @@ def _dead(
 
 def _timestamp(epoch: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 __all__ = [

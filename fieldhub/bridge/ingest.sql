@@ -1,5 +1,6 @@
--- Named queries of the telemetry ingest path (fieldhub/bridge/ingest.py). Readings and
--- latest_values are written by fieldhub/core/readings.sql. Everything here is keyed by the
+-- Named queries of the telemetry ingest path (fieldhub/bridge/ingest.py). Readings,
+-- latest_values, mark_seen and notify_telemetry are fieldhub/core/readings.sql's (shared with
+-- HTTP ingest). Everything here is keyed by the
 -- device key the bridge attributed each message to (docs/devices.md, "Device keys").
 
 -- name: all_devices
@@ -7,33 +8,6 @@ SELECT device_id, device_key, enabled FROM devices;
 
 -- name: lookup_devices
 SELECT device_id, device_key, enabled FROM devices WHERE device_id = ANY(%(device_ids)s::text[]);
-
--- name: mark_seen
--- Devices that only sent telemetry in this batch: online, last seen now. Those that were not
--- online before (or never seen) flip, get a presence event and a `presence` notification.
--- `prev` reads the snapshot from before the upsert, which is what makes the flip visible.
--- Sorted by key so that two bridges lock device_state rows in the same order.
-WITH seen AS (
-    SELECT k, to_timestamp(t) AS t
-    FROM unnest(%(keys)s::int8[], %(times)s::float8[]) AS u(k, t)
-    ORDER BY k
-), prev AS (
-    SELECT device_key, online FROM device_state WHERE device_key = ANY(%(keys)s::int8[])
-), up AS (
-    INSERT INTO device_state AS s (device_key, online, last_seen, status_changed)
-    SELECT k, true, t, now() FROM seen
-    ON CONFLICT (device_key) DO UPDATE
-        SET online = true,
-            last_seen = greatest(s.last_seen, excluded.last_seen),
-            status_changed = CASE WHEN s.online THEN s.status_changed ELSE now() END
-    RETURNING s.device_key
-), flipped AS (
-    SELECT up.device_key FROM up LEFT JOIN prev USING (device_key) WHERE prev.online IS NOT TRUE
-), events AS (
-    INSERT INTO presence_events (device_key, online, source)
-    SELECT device_key, true, 'telemetry' FROM flipped
-)
-SELECT device_key, pg_notify('presence', device_key || ' online') FROM flipped;
 
 -- name: lock_device_state
 -- In key order, like every writer of device_state, so two bridges cannot deadlock.
@@ -65,11 +39,6 @@ SELECT pg_notify('presence', k || CASE WHEN o THEN ' online' ELSE ' offline' END
 
 -- name: copy_dead_letters
 COPY dead_letters (received_at, device_id, device_key, topic, reason, detail, payload) FROM STDIN;
-
--- name: notify_telemetry
--- Device keys, not ids: a listener matches the key it resolved in its viewer's organisation,
--- so a later device with the same id can never be mistaken for this one.
-SELECT pg_notify('telemetry', p) FROM unnest(%(payloads)s::text[]) AS p;
 
 -- name: take_transaction_id
 -- Only for an in-doubt retry: with a transaction id, the COMMIT writes a commit record and

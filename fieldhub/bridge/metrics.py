@@ -3,8 +3,7 @@
 A private `CollectorRegistry` (rather than prometheus_client's global one) lets several
 bridges live in one process, which the tests and the benchmark do. The hot path never touches
 these objects per message: the paho thread counts in plain ints and the writer adds whole
-batches, because a `Counter.inc()` takes a lock and costs as much as decoding a message.
-"""
+batches, because a `Counter.inc()` takes a lock and costs as much as decoding a message."""
 
 from __future__ import annotations
 

@@ -4,8 +4,7 @@ Pure logic, apart from the SQL that applies it (fieldhub/bridge/ingest.py). A de
 topic carries its own word ("online" after connecting, its retained Last Will "offline"); any
 telemetry also proves it is online. Within a batch the events of one device are replayed in
 receive order, so "offline" followed by telemetry means the device came back, and telemetry
-followed by its Last Will means it is gone.
-"""
+followed by its Last Will means it is gone."""
 
 from __future__ import annotations
 
@@ -30,8 +29,7 @@ class PresenceOutcome(NamedTuple):
 def replay(previous: bool | None, events: Iterable[PresenceEvent]) -> PresenceOutcome:
     """Apply `events` (any order) to a device whose flag was `previous` (None: never seen).
 
-    A device never seen before counts as offline, so its first message is an "online" flip.
-    """
+    A device never seen before counts as offline, so its first message is an "online" flip."""
     ordered = sorted(events, key=lambda event: event.time)
     if not ordered:
         raise ValueError("replay needs at least one event")

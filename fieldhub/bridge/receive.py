@@ -1,15 +1,15 @@
 """The bridge's receive side: an MQTT client that keeps up with tens of thousands of QoS 1
-messages per second, and the clock that stamps what it receives.
+messages per second (the clock that stamps what it receives is fieldhub.core.receive_clock,
+shared with HTTP ingest).
 
 fieldhub.bridge.app owns the process and decides when to acknowledge (after COMMIT); this module
-only frames packets and writes PUBACKs.
-"""
+only frames packets and writes PUBACKs."""
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -34,8 +34,7 @@ class BridgeClient(mqtt.Client):
     - QoS 0/1 PUBLISH packets go straight to `on_publish_packet(topic, payload, qos, mid)`,
       skipping the (unused) MQTT 5 properties; every other packet (CONNACK, SUBACK, PUBACK of
       our own publishes, PINGRESP, QoS 2) is handed to paho's own `_packet_handle`;
-    - `ack_many` acknowledges a whole batch with one queued write.
-    """
+    - `ack_many` acknowledges a whole batch with one queued write."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -150,31 +149,4 @@ class BridgeClient(mqtt.Client):
             self._packet_queue(_PUBACK, data, 0, 0)
 
 
-class ReceiveClock:
-    """Receive times in whole microseconds that strictly increase.
-
-    Readings without `ts` are stamped with their receive time, and the time is part of a
-    reading's identity: two messages stamped in the same microsecond (or across a backwards
-    step of the wall clock) would be stored as one. A message is stamped once; the objects of
-    an array without `ts` take the stamps after it, one microsecond each
-    (fieldhub.core.decode.decode_telemetry_stamped), and `advance_past` then moves the clock
-    beyond the last of them. Only the network thread calls stamp() and advance_past().
-    """
-
-    def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
-        self._now_ns = now_ns
-        self._last_us = 0
-
-    def stamp(self) -> float:
-        now_us = self._now_ns() // 1000
-        if now_us <= self._last_us:
-            now_us = self._last_us + 1
-        self._last_us = now_us
-        return now_us / 1_000_000
-
-    def advance_past(self, stamp: float) -> None:
-        """The next stamp() is later than `stamp` (a stamp this clock gave out, plus whole
-        microseconds)."""
-        used_us = round(stamp * 1_000_000)
-        if used_us > self._last_us:
-            self._last_us = used_us
+__all__ = ["BridgeClient"]

@@ -14,8 +14,7 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   may have lost up to its last autosave interval of retained messages (the broker research's
   question 7, docs/security.md) and the database is the source of truth.
 
-The device contract is in docs/devices.md, "Twin".
-"""
+The device contract is in docs/devices.md, "Twin"."""
 
 from __future__ import annotations
 
@@ -25,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.twin_documents import (
     INVALID,
     STALE,
@@ -47,10 +45,9 @@ from fieldhub.core.twin_documents import (
 )
 
 if TYPE_CHECKING:
-    from fieldhub.bridge.commands import Publish
+    from fieldhub.bridge.publishing import Publish
 
 QUERIES = Queries(Path(__file__).with_name("twin.sql"))
-Conn = psycopg.Connection[Any]
 
 # Bounds one sweep; a full batch makes the dispatcher sweep again at once.
 SWEEP_BATCH = 500
@@ -104,8 +101,7 @@ def apply_reports(conn: Conn, reports: Sequence[TwinReport]) -> list[tuple[TwinR
     Returns (report, reason, detail) for every report to dead-letter: `twin_stale` (judged
     against what is stored, including the reports before it in this batch) or `twin_invalid`
     (the merged document would break a limit), and `unknown_device` for a device deleted
-    meanwhile. Nothing of a refused report is applied.
-    """
+    meanwhile. Nothing of a refused report is applied."""
     dead: list[tuple[TwinReport, str, str]] = []
     devices = sorted({report.device_id for report in reports})
     with conn.cursor(row_factory=dict_row) as cur:
@@ -179,8 +175,7 @@ class TwinPublisher:
         """Publish what changed; returns (twins published, all went out).
 
         `conn` must be in autocommit mode: each mark is committed right after its PUBACKs.
-        A twin whose publish fails keeps its old mark and is retried by the next sweep.
-        """
+        A twin whose publish fails keeps its old mark and is retried by the next sweep."""
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 QUERIES["twins_to_publish"], {"broker": self.broker, "limit": self.batch_size}

@@ -32,13 +32,19 @@ WHERE t.device_id = u.device_id;
 
 -- name: twins_to_publish
 -- What the broker does not have yet (partial index device_twins_to_publish). Scoped to the
--- devices homed on this dispatcher's broker when there are several brokers.
+-- devices homed on this dispatcher's broker when there are several brokers. A re-created
+-- device waits while its id's old retained twin is not cleared yet (tombstone_brokers): the
+-- clearing publishes to the same topics and would wipe the new document.
 SELECT t.device_id, t.desired, t.desired_version, t.reported, t.revision,
        t.published_desired_version, t.published_delta
 FROM device_twins t
 WHERE t.published_revision < t.revision
   AND (%(broker)s::text IS NULL OR EXISTS (
       SELECT 1 FROM devices d WHERE d.device_id = t.device_id AND d.broker = %(broker)s))
+  AND NOT EXISTS (
+      SELECT 1 FROM tombstone_brokers tb
+      WHERE tb.device_id = t.device_id AND tb.retained_cleared_at IS NULL
+        AND (%(broker)s::text IS NULL OR tb.broker = %(broker)s))
 ORDER BY t.device_id
 LIMIT %(limit)s;
 

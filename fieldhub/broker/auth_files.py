@@ -19,8 +19,7 @@ src/security_default.c and `mosquitto_sub_topic_check` in lib/util_topic.c of 2.
 
 Password file lines that do not decode are dropped by the broker one by one (that account
 cannot log in) rather than failing the file; fieldhub writes only `$7$` hashes, so any such
-line is a bug and is reported too.
-"""
+line is a bug and is reported too."""
 
 from __future__ import annotations
 
@@ -56,8 +55,7 @@ def topic_filter_problem(topic: str) -> str | None:
 def acl_line_problem(line: str) -> str | None:
     """Why Mosquitto would refuse one line of an ACL file (without its newline), or None.
 
-    A refused line makes Mosquitto refuse the whole file.
-    """
+    A refused line makes Mosquitto refuse the whole file."""
     line = line.rstrip()  # Mosquitto trims trailing whitespace first
     if not line or line.startswith("#"):
         return None

@@ -5,7 +5,11 @@ mosquitto.conf.template beside this module): `passwords` + `acl` for the device 
 TLS) hold the devices only, `services.passwords` + `services.acl` for the loopback services
 listener hold the svc.* accounts only, one account per process (svc.bridge-1, ...), since that
 listener names each session after its account (use_username_as_clientid): a device's secret
-must not open it, and no process may share another's session.
+must not open it, and no process may share another's session. A third pair,
+`reaper.passwords` + `reaper.acl`, admits only the session reaper on its unix socket
+(fieldhub.broker.reaper), which destroys deleted devices' broker sessions: after each reload,
+auth-sync also does its steps of deleted devices' tombstones (advance_tombstones), and renders
+a device that took a deleted device's id only once that id is worked off on this broker.
 
 Why files and SIGHUP rather than the Dynamic Security plugin (docs/security.md has the
 measurements): the registry already lives in PostgreSQL, a full render of 100,000 devices is a
@@ -24,14 +28,18 @@ service accounts carry their own rules in the registry; operators add theirs in 
 their own directory (FIELDHUB_ACL_DIR, default $FIELDHUB_HOME/acl.d), whose `user svc.*` blocks
 go to the services ACL and everything else (other `user` blocks, all `pattern` lines) to the
 device ACL (split_operator_rules).
-"""
+
+With a device CA (`tls_dir`), the sync also renders the certificate listener's revocation list
+from the registry (sync_crl): re-made when what it must list changes or its nextUpdate comes
+near (the 30 s sweep is the timer), validated before it is written, then shown to the broker
+by the same SIGHUP. The broker checks it at the handshake, so a revoked certificate cannot log
+in again; cutting off one that is connected is the session reaper's job, not SIGHUP's."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import select
 import tempfile
 import threading
 import time
@@ -45,7 +53,11 @@ from fieldhub.broker.auth_files import acl_line_problem
 from fieldhub.broker.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,
+    DEVICE_CRL_ENTRIES_FILE,
+    DEVICE_CRL_FILE,
     DEVICE_PASSWORD_FILE,
+    REAPER_ACL_FILE,
+    REAPER_PASSWORD_FILE,
     SERVICE_ACL_FILE,
     SERVICE_PASSWORD_FILE,
     BrokerNotRunning,
@@ -53,15 +65,25 @@ from fieldhub.broker.mosquitto import (
     auth_file_problems,
     broker_process,
     describe_problems,
+    reaper_socket,
     send_reload,
 )
+from fieldhub.broker.reaper import REAPER_ACL, ReapFailed, reap, reaper_password_file, reaper_secret
 from fieldhub.broker.reload_state import PendingReload, started_after
+from fieldhub.core import tombstones
+from fieldhub.core.cert_rules import Revocation, crl_entries_text
 from fieldhub.core.db import Queries, failover_conninfo
+from fieldhub.core.device_ca import crl_problem, has_device_ca, render_crl
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
 BASE_ACL = Path(__file__).with_name("acl.base")
 
 log = logging.getLogger(__name__)
+# After the SIGHUP that removed a deleted device's login, how long before it counts as cut off.
+CUT_OFF_SETTLE_S = 0.3
+# A deleted device's step on this broker that has not moved for this long is logged (each
+# round of auth-sync, at most every sweep) with what it waits for.
+STUCK_AFTER_S = 60.0
 
 
 def render_password_file(entries: Iterable[tuple[str, str]]) -> str:
@@ -147,8 +169,7 @@ def split_operator_rules(text: str) -> tuple[str, str]:
     `user` block goes to the device listeners. `pattern` lines apply to every client of the
     listener whose file holds them, wherever they stand, and `%u` in them means a device id,
     so they go to the device listeners only. Comments and blank lines stay with the block they
-    are in; those before the first `user` line describe the whole file and go to both.
-    """
+    are in; those before the first `user` line describe the whole file and go to both."""
     devices: list[str] = []
     services: list[str] = []
     current: list[list[str]] = [devices, services]
@@ -201,8 +222,7 @@ def check_operator_rules(text: str) -> list[str]:
     Any line Mosquitto would refuse (auth_files.acl_line_problem) is one: a single bad line
     makes the broker drop ACL checking on the listener. A `topic` line before the file's first
     `user` line would silently attach to whichever account the previous file (or the generated
-    part) ended with, so it is refused too.
-    """
+    part) ended with, so it is refused too."""
     problems = []
     seen_user = False
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -270,7 +290,7 @@ def render_auth_files(
         # times faster than building a Python row per device (docs/security.md).
         row = conn.execute(QUERIES["device_password_lines"], {"broker": broker}).fetchone()
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
-        attached = conn.execute(QUERIES["gateway_children"], {"broker": broker}).fetchall()
+        attached = conn.execute(QUERIES["gateways_of_broker"], {"broker": broker}).fetchall()
     device_lines: str = row["lines"] if row else ""
     gateways: dict[str, list[str]] = {}
     for pair in attached:
@@ -296,23 +316,107 @@ def sync_once(
     *,
     broker: str = "broker-1",
     operator_dir: Path | None = None,
+    tls_dir: Path | None = None,
 ) -> bool:
-    """Render the four auth files from the registry; True if anything changed (the broker
-    needs SIGHUP). `operator_dir` holds the operators' *.acl files (none without it).
+    """Render the auth files (four from the registry, two of the session reaper); True if
+    anything changed (the broker needs SIGHUP). `operator_dir` holds the operators' *.acl
+    files (none without it).
 
     A render the broker would refuse is not written at all (InvalidAuthFiles): the broker
-    keeps the files it has.
-    """
+    keeps the files it has."""
     files = render_auth_files(conn, broker, operator_dir)
+    files[REAPER_PASSWORD_FILE] = reaper_password_file(
+        auth_dir, _read_or_empty(auth_dir / REAPER_PASSWORD_FILE)
+    )
+    files[REAPER_ACL_FILE] = ACL_HEADER + REAPER_ACL
     problems = {name: auth_file_problems(name, text) for name, text in files.items()}
     if any(problems.values()):
         raise InvalidAuthFiles(describe_problems(problems))
     owner = auth_dir.stat().st_uid
     uid = owner if os.geteuid() == 0 else None
     changed = [write_atomically(auth_dir / name, text, uid) for name, text in files.items()]
+    if tls_dir is not None and has_device_ca(tls_dir):
+        changed.append(sync_crl(conn, auth_dir, tls_dir, uid))
     if any(changed):
         sync_directory(auth_dir)
     return any(changed)
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def advance_tombstones(
+    conn: psycopg.Connection[Any],
+    auth_dir: Path,
+    broker: str,
+    rendered_without: Sequence[int],
+    *,
+    report_stuck: bool = False,
+) -> bool:
+    """auth-sync's steps of deleted devices on `broker` (fieldhub.core.tombstone_steps),
+    called when the broker runs with the files of the last render: `rendered_without` are the
+    tombstones that render already left out (read before it), now cut off. Then every drained
+    tombstone's session is reaped. True if one was: the caller renders again, which lets a
+    re-created device with that id in. A reap that fails (listener unreachable) is logged and
+    retried on the next round; every step is idempotent, so a restart anywhere repeats at most
+    one of them. With `report_stuck` (the periodic sweep), steps that have not moved for
+    STUCK_AFTER_S are logged with what they wait for."""
+    if rendered_without:
+        with conn.transaction():
+            count = tombstones.mark_cut_off(conn, broker, rendered_without)
+        if count:
+            log.info("%d deleted device(s) cut off from %s", count, broker)
+    with conn.transaction():
+        tombstones.mark_drained(conn, broker)
+    for row in tombstones.stuck(conn, broker, STUCK_AFTER_S) if report_stuck else []:
+        log.warning(
+            "deleted device %s has waited %.0f s on %s for %s",
+            row["device_id"],
+            row["waiting_s"],
+            broker,
+            row["waiting_for"],
+        )
+    reaped = False
+    for device_key, device_id in tombstones.to_reap(conn, broker):
+        try:
+            reap(reaper_socket(auth_dir), reaper_secret(auth_dir), device_id)
+        except ReapFailed as exc:
+            log.warning("could not destroy the broker session of deleted %s: %s", device_id, exc)
+            break
+        with conn.transaction():
+            tombstones.mark_session_cleared(conn, broker, device_key)
+        log.info("destroyed the broker session of deleted device %s on %s", device_id, broker)
+        reaped = True
+    return reaped
+
+
+def revocations(conn: psycopg.Connection[Any]) -> list[Revocation]:
+    return [Revocation(**row) for row in conn.execute(QUERIES["crl_entries"])]
+
+
+def sync_crl(conn: psycopg.Connection[Any], auth_dir: Path, tls_dir: Path, uid: int | None) -> bool:
+    """Make the CRL on disk list what the registry revokes; True if it was replaced. A CRL
+    that does not validate is never written (InvalidAuthFiles): the broker keeps its own."""
+    entries = revocations(conn)
+    wanted = crl_entries_text(entries)
+    crl, listed = auth_dir / DEVICE_CRL_FILE, auth_dir / DEVICE_CRL_ENTRIES_FILE
+    try:
+        current = crl.read_text() if listed.read_text() == wanted else None
+    except FileNotFoundError:
+        current = None
+    if current is not None and crl_problem(tls_dir, current) is None:
+        return False
+    pem = render_crl(tls_dir, entries)
+    problem = crl_problem(tls_dir, pem)
+    if problem is not None:
+        raise InvalidAuthFiles(f"{DEVICE_CRL_FILE}: {problem}")
+    write_atomically(crl, pem, uid)
+    write_atomically(listed, wanted, uid)
+    return True
 
 
 def run_forever(
@@ -322,6 +426,7 @@ def run_forever(
     *,
     broker: str = "broker-1",
     operator_dir: Path | None = None,
+    tls_dir: Path | None = None,
     debounce_s: float = 0.1,
     sweep_s: float = 30.0,
     stop: threading.Event | None = None,
@@ -333,8 +438,7 @@ def run_forever(
     has not been shown stay pending (PendingReload) and the reload is retried with a short
     backoff until the broker runs with them, whether or not the registry changes again: with
     the database down too. At start the files on disk count as pending: a sync that stopped
-    between its write and its SIGHUP left the broker with older ones.
-    """
+    between its write and its SIGHUP left the broker with older ones."""
     pending = PendingReload()
     pending.files_written(newest_write(auth_dir), time.monotonic())
     while stop is None or not stop.is_set():
@@ -346,20 +450,51 @@ def run_forever(
                 application_name="fieldhub-auth-sync",
             ) as conn:
                 conn.execute("LISTEN registry_changed")
-                last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                conn.execute("LISTEN tombstones")
+                rendered_without = tombstones.to_cut_off(conn, broker)
+                last_sync = _sync(conn, auth_dir, broker, operator_dir, tls_dir, pending)
+                tombstone_work = swept = True
                 while stop is None or not stop.is_set():
-                    reload_if_due(pending, pid_file, auth_dir)
+                    if pending.pending and reload_if_due(pending, pid_file, auth_dir):
+                        # The broker disconnects a removed login about 80 ms after SIGHUP
+                        # (measured); "cut off" must be true before the dispatcher clears its
+                        # topics and sends the marker behind its last message.
+                        time.sleep(CUT_OFF_SETTLE_S)
+                    if tombstone_work and not pending.pending:
+                        tombstone_work = False
+                        if advance_tombstones(
+                            conn, auth_dir, broker, rendered_without, report_stuck=swept
+                        ):
+                            # A reaped session lets its id's new device in: render it now.
+                            rendered_without = tombstones.to_cut_off(conn, broker)
+                            last_sync = _sync(
+                                conn, auth_dir, broker, operator_dir, tls_dir, pending
+                            )
+                            tombstone_work = True
+                            continue
+                        rendered_without = []
+                        swept = False
                     now = time.monotonic()
                     timeout = min(pending.wait_s(now, sweep_s), max(0.0, last_sync + sweep_s - now))
-                    ready = select.select([conn.fileno()], [], [], timeout)[0]
+                    # Not select() on the socket: a notification that arrived while one of our
+                    # own queries ran is already read into psycopg's backlog.
+                    ready = list(conn.notifies(timeout=timeout, stop_after=1))
+                    rerender = False
                     if ready:
                         # Let a burst of changes (bulk import) settle into one render.
                         time.sleep(debounce_s)
-                        for _ in conn.notifies(timeout=0):
-                            pass
+                        for notify in ready + list(conn.notifies(timeout=0)):
+                            # Tombstone progress (by anyone, ourselves included) may make a
+                            # step ours; only a registry change needs a new render.
+                            tombstone_work = True
+                            rerender = rerender or notify.channel == "registry_changed"
                     elif time.monotonic() < last_sync + sweep_s:
                         continue  # woken for a reload retry only
-                    last_sync = _sync(conn, auth_dir, broker, operator_dir, pending)
+                    else:
+                        rerender = tombstone_work = swept = True
+                    if rerender:
+                        rendered_without = tombstones.to_cut_off(conn, broker)
+                        last_sync = _sync(conn, auth_dir, broker, operator_dir, tls_dir, pending)
         except psycopg.OperationalError as exc:
             log.warning("auth sync lost the database (%s); retrying in 2 s", exc)
             # Files already written still reach the broker while the database is away.
@@ -371,7 +506,8 @@ def run_forever(
 
 def newest_write(auth_dir: Path) -> float:
     """When the newest of the auth files on disk was written (0 if there are none)."""
-    times = [(auth_dir / name).stat().st_mtime for name in AUTH_FILES if (auth_dir / name).exists()]
+    names = (*AUTH_FILES, DEVICE_CRL_FILE)
+    times = [(auth_dir / name).stat().st_mtime for name in names if (auth_dir / name).exists()]
     return max(times, default=0.0)
 
 
@@ -380,12 +516,13 @@ def _sync(
     auth_dir: Path,
     broker: str,
     operator_dir: Path | None,
+    tls_dir: Path | None,
     pending: PendingReload,
 ) -> float:
     """One render; new files become pending. Returns when it ran (monotonic)."""
     started = time.monotonic()
     try:
-        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir):
+        if sync_once(conn, auth_dir, broker=broker, operator_dir=operator_dir, tls_dir=tls_dir):
             pending.files_written(time.time(), time.monotonic())
             log.info("broker auth files updated in %.0f ms", (time.monotonic() - started) * 1000)
     except InvalidAuthFiles as exc:

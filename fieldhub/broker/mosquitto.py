@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 from fieldhub.broker.auth_files import acl_file_problems, password_file_problems
+from fieldhub.core.device_ca import CA_CERT as DEVICE_CA_CERT
+from fieldhub.core.device_ca import ensure_device_ca, render_crl
 from fieldhub.core.procs import (
     chown,
     chown_tree,
     port_open,
     require_binary,
-    running_as_root,
     wait_until,
 )
 
@@ -30,8 +31,51 @@ DEVICE_PASSWORD_FILE = "passwords"  # noqa: S105 - a file name
 DEVICE_ACL_FILE = "acl"
 SERVICE_PASSWORD_FILE = "services.passwords"  # noqa: S105 - a file name
 SERVICE_ACL_FILE = "services.acl"
-AUTH_FILES = (DEVICE_PASSWORD_FILE, DEVICE_ACL_FILE, SERVICE_PASSWORD_FILE, SERVICE_ACL_FILE)
-PASSWORD_FILES = (DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE)
+# The session reaper's listener (a unix socket beside auth/): one account, no rules.
+REAPER_PASSWORD_FILE = "reaper.passwords"  # noqa: S105 - a file name
+REAPER_ACL_FILE = "reaper.acl"
+AUTH_FILES = (
+    DEVICE_PASSWORD_FILE,
+    DEVICE_ACL_FILE,
+    SERVICE_PASSWORD_FILE,
+    SERVICE_ACL_FILE,
+    REAPER_PASSWORD_FILE,
+    REAPER_ACL_FILE,
+)
+PASSWORD_FILES = (DEVICE_PASSWORD_FILE, SERVICE_PASSWORD_FILE, REAPER_PASSWORD_FILE)
+REAPER_SOCKET = "reaper.sock"
+
+
+def reaper_socket(auth_dir: Path) -> Path:
+    """The reaper listener's unix socket of the broker whose auth files are in `auth_dir`."""
+    return auth_dir.parent / REAPER_SOCKET
+
+
+# The device CA's revocation list, for the certificate listener; the auth sync renders it from
+# the registry (with the entries it lists, so an unchanged registry re-makes no CRL).
+DEVICE_CRL_FILE = "device.crl"
+DEVICE_CRL_ENTRIES_FILE = "device.crl.entries"
+
+# Certificate devices (docs/devices.md, "Certificate devices"): a listener of their own, since
+# one listener cannot take both passwords and certificates (Mosquitto 2.0.11, measured).
+CERT_LISTENER = """
+# Devices with a client certificate from fieldhub's device CA: the certificate's CN is the
+# username (and so the client id), and the same pattern ACL as for password devices applies.
+# The password file is never consulted here. The CRL is re-read on SIGHUP, for new
+# connections only.
+listener ${port} ${bind}
+protocol mqtt
+use_identity_as_username true
+use_username_as_clientid true
+require_certificate true
+allow_anonymous false
+acl_file ${acl_file}
+cafile ${cafile}
+crlfile ${crlfile}
+certfile ${certfile}
+keyfile ${keyfile}
+tls_version tlsv1.2
+"""
 
 
 def auth_file_problems(name: str, text: str) -> list[str]:
@@ -44,7 +88,7 @@ def auth_file_problems(name: str, text: str) -> list[str]:
 def auth_dir_problems(auth_dir: Path) -> str:
     """The auth files as they are on disk, checked before the broker is told to read them: a
     missing password file disconnects every client of its listener and a missing or broken
-    ACL file turns ACL checking off (docs/security.md). Empty if all four are good."""
+    ACL file turns ACL checking off (docs/security.md). Empty if all of them are good."""
     problems: dict[str, list[str]] = {}
     for name in AUTH_FILES:
         try:
@@ -77,6 +121,8 @@ class MosquittoBroker:
     services_bind: str | None = None
     autosave_interval: int = 30
     connection_messages: bool = False
+    # The certificate devices' TLS listener (0: none), on tls_bind.
+    mqtt_devices_cert: int = 0
 
     @property
     def auth_dir(self) -> Path:
@@ -108,6 +154,9 @@ class MosquittoBroker:
             "device_acl_file": str(self.auth_dir / DEVICE_ACL_FILE),
             "service_password_file": str(self.auth_dir / SERVICE_PASSWORD_FILE),
             "service_acl_file": str(self.auth_dir / SERVICE_ACL_FILE),
+            "reaper_password_file": str(self.auth_dir / REAPER_PASSWORD_FILE),
+            "reaper_acl_file": str(self.auth_dir / REAPER_ACL_FILE),
+            "reaper_socket": str(reaper_socket(self.auth_dir)),
             "data_dir": str(self.data_dir),
             "pid_file": str(self.pid_file),
             "tls_dir": str(self.tls_dir),
@@ -119,14 +168,35 @@ class MosquittoBroker:
             "services_bind": self.services_bind or self.bind,
             "autosave_interval": str(self.autosave_interval),
             "connection_messages": "true" if self.connection_messages else "false",
+            "cert_listener": self._cert_listener(),
         }
         self.conf_file.write_text(string.Template(TEMPLATE.read_text()).substitute(values))
         # Mosquitto drops privileges before it re-reads the auth files on SIGHUP, so they
         # must belong to its user; the TLS key likewise.
         chown_tree(self.base_dir, BROKER_USER)
-        for name in ("server.key", "server.crt", "ca.crt"):
+        for name in ("server.key", "server.crt", "ca.crt", DEVICE_CA_CERT):
             if (self.tls_dir / name).exists():
                 chown(self.tls_dir / name, BROKER_USER)
+
+    def _cert_listener(self) -> str:
+        """The certificate listener's block, with the device CA and a CRL in place: the
+        broker refuses to start without them. The first CRL lists nothing; the auth sync
+        replaces it with the registry's at its first run."""
+        if not self.mqtt_devices_cert:
+            return ""
+        ensure_device_ca(self.tls_dir)
+        crl = self.auth_dir / DEVICE_CRL_FILE
+        if not crl.exists():
+            crl.write_text(render_crl(self.tls_dir, []))
+        return string.Template(CERT_LISTENER).substitute(
+            port=self.mqtt_devices_cert,
+            bind=self.tls_bind,
+            acl_file=self.auth_dir / DEVICE_ACL_FILE,
+            cafile=self.tls_dir / DEVICE_CA_CERT,
+            crlfile=crl,
+            certfile=self.tls_dir / "server.crt",
+            keyfile=self.tls_dir / "server.key",
+        )
 
     def command(self) -> list[str]:
         return [require_binary("mosquitto", "/usr/sbin/mosquitto"), "-c", str(self.conf_file)]
@@ -192,8 +262,7 @@ def broker_process(pid_file: Path) -> BrokerProcess:
     """The Mosquitto process named by `pid_file`, or BrokerNotRunning.
 
     A pid file can outlive its broker (kill -9) and its pid can be reused by anything else,
-    which SIGHUP would kill: the process must be a mosquitto.
-    """
+    which SIGHUP would kill: the process must be a mosquitto."""
     try:
         text = pid_file.read_text().strip()
     except OSError as exc:
@@ -224,9 +293,3 @@ def broker_process(pid_file: Path) -> BrokerProcess:
 
 def send_reload(process: BrokerProcess) -> None:
     os.kill(process.pid, signal.SIGHUP)
-
-
-def owner_fix(path: Path) -> None:
-    """Give a file the broker writes or reads to the broker's user (when we are root)."""
-    if running_as_root():
-        chown(path, BROKER_USER)

@@ -4,8 +4,7 @@ The broker runs with the current auth files once it has either received SIGHUP a
 written or started after they were written (Mosquitto reads its files at start, after it writes
 its pid file: src/mosquitto.c). Until one of the two is true the files are *pending*, and the
 sync retries the reload with a short backoff instead of waiting for the next registry change,
-which may never come.
-"""
+which may never come."""
 
 from __future__ import annotations
 
@@ -29,8 +28,7 @@ class PendingReload:
     """The files the broker has not been shown yet, and when to try again.
 
     `written_at` is the wall-clock time the newest files were written (None: the broker runs
-    with them); `next_try` is on the monotonic clock.
-    """
+    with them); `next_try` is on the monotonic clock."""
 
     written_at: float | None = None
     next_try: float = 0.0

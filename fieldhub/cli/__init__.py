@@ -4,8 +4,7 @@ or per process it runs (bridge, web, worker, ...).
 Flags fall back to environment variables, which are read once, in fieldhub.core.config. A bad
 argument or a refused request exits non-zero with one clear line on stderr, never a traceback.
 The command line sits on top of everything else: it imports the apps, the local stack, the
-simulator and the benchmarks; none of them imports it.
-"""
+simulator and the benchmarks; none of them imports it."""
 
 from __future__ import annotations
 
@@ -14,17 +13,17 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 
 from fieldhub import __version__
 from fieldhub.core import endpoints, logs
 from fieldhub.core.config import ConfigError, Settings
-from fieldhub.core.db import connect
+from fieldhub.core.db import Conn, connect
 
 # Each module adds its subcommands with register(subparsers), in this order (`fieldhub --help`
 # lists them so). They are imported here, when the parser is built, because they import
@@ -54,18 +53,23 @@ COMMAND_MODULES = (
 )
 
 
+# What each module's register(subparsers) gets: the subcommand table of `fieldhub` (or of
+# `fieldhub bench`), whose add_parser() makes one subcommand.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
 class CommandError(Exception):
     """A request the command refuses; the message is the one line the user sees."""
 
 
 @contextmanager
-def connect_registry(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+def connect_registry(settings: Settings) -> Iterator[Conn]:
     """An autocommit connection to the primary database, where the registry lives."""
     with connect(endpoints.database_url(settings), autocommit=True) as conn:
         yield conn
 
 
-def jsonable(row: dict[str, Any]) -> dict[str, Any]:
+def jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     """A registry row with its times as ISO 8601 strings, for --json output."""
     return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
 
@@ -118,9 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fieldhub {args.command}: {exc}", file=sys.stderr)
         return 2
     except psycopg.OperationalError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(
-            f"fieldhub {args.command}: database unreachable: {first_line} "
+            f"fieldhub {args.command}: database unreachable: {logs.first_line(exc)} "
             "(is the stack up? `fieldhub up --detach`)",
             file=sys.stderr,
         )

@@ -7,17 +7,16 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 from fieldhub.broker.auth_sync import run_forever
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 
 log = logging.getLogger("fieldhub.auth_sync")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     sync = subparsers.add_parser(
         "auth-sync",
         help="render the registry into the broker's auth files and reload it on every change",
@@ -63,6 +62,7 @@ def cmd_auth_sync(settings: Settings, args: argparse.Namespace) -> int:
             settings.mosquitto_pid_file,
             broker=args.broker,
             operator_dir=settings.acl_dir,
+            tls_dir=settings.tls_dir,
             sweep_s=args.sweep,
             stop=stop,
         )

@@ -4,18 +4,16 @@ Benchmarks need development-only packages (requests, the scratch-server machiner
 installed from requirements/runtime.txt does not have, so `fieldhub --help` and every other
 command must not import them. BENCHES names each benchmark, its module and its one-line help;
 the module is imported only when its benchmark runs (or prints its own --help), and its
-register(subparsers) then declares the real arguments. A team adds a benchmark by writing
-`fieldhub/bench/xyz.py` with a register() and adding its names here (a test checks that both
-agree). Benchmarks start their own scratch servers and are never part of `scripts/test`.
-"""
+register(subparsers) then declares the real arguments. A new benchmark is a module
+`fieldhub/bench/xyz.py` with a register() and its names here (a test checks that both
+agree). Benchmarks start their own scratch servers and are never part of `scripts/test`."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Any
 
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core.config import Settings
 
 # name -> (module that registers it, help shown by `fieldhub bench --help`)
@@ -26,6 +24,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     ),
     "commands": ("fieldhub.bench.commands", "command round trip with an online device (p50/p95)"),
     "web": ("fieldhub.bench.web", "device list, 30-day history and live latency"),
+    "http-ingest": (
+        "fieldhub.bench.http_ingest",
+        "HTTP ingest through gunicorn: requests/s and readings/s",
+    ),
     "import": ("fieldhub.bench.analysis", "import 1,000,000 readings from one CSV file"),
     "rollups": ("fieldhub.bench.analysis", "rollup job over one day of 1,000 devices"),
     "provision": ("fieldhub.bench.registry", "bulk-provision devices until they can log in"),
@@ -42,7 +44,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 }
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     bench = subparsers.add_parser(
         "bench", help="run a benchmark against scratch servers of its own (not a test)"
     )

@@ -7,13 +7,14 @@ import logging
 import signal
 from typing import Any
 
+from fieldhub.cli import Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings, bridge_metrics_port, split_bridge_name
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     bridge = subparsers.add_parser(
         "bridge", help="run the MQTT -> TimescaleDB telemetry bridge (until SIGTERM)"
     )

@@ -5,21 +5,20 @@ into FIELDHUB_MOSQUITTO_DIR (mosquitto.conf, empty auth files for auth-sync to f
 persistence folder), with the ports of the host's env file and the addresses given here.
 Debian's mosquitto.service then starts with it through deploy/systemd/mosquitto.service.d.
 Run as root: the files are handed to the mosquitto user, as Mosquitto re-reads them on
-SIGHUP after dropping its privileges.
-"""
+SIGHUP after dropping its privileges."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from fieldhub.broker.mosquitto import MosquittoBroker
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core.config import Settings
+from fieldhub.core.device_ca import has_device_ca
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     config = subparsers.add_parser(
         "broker-config",
         help="write Mosquitto's config and empty auth files for this broker host",
@@ -66,6 +65,9 @@ def cmd_broker_config(settings: Settings, args: argparse.Namespace) -> int:
         bind=args.devices_bind,
         tls_bind=args.tls_bind,
         services_bind=args.services_bind,
+        # A broker host gets the certificate listener once the device CA (certificate and
+        # key: its auth sync signs the CRL) is copied to it; it never makes a CA of its own.
+        mqtt_devices_cert=(settings.ports.mqtt_devices_cert if has_device_ca(args.tls_dir) else 0),
     )
     broker.render()
     print(f"wrote {broker.conf_file} (pid file {broker.pid_file}, auth files in {broker.auth_dir})")

@@ -1,23 +1,21 @@
 """Command subcommands: send, show, list and cancel commands to devices.
 
 These only write to and read from the database (fieldhub.core.command_requests); the bridge
-publishes what they queue. Operators on the command line are not scoped to an organisation.
-"""
+publishes what they queue. Operators on the command line are not scoped to an organisation."""
 
 from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from typing import Any
 
-from fieldhub.cli import to_json
+from fieldhub.cli import Subparsers, to_json
 from fieldhub.core import command_requests, endpoints
 from fieldhub.core.command_states import STATUSES
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     command = subparsers.add_parser("command", help="commands to devices")
     sub = command.add_subparsers(dest="command_command", required=True)
 

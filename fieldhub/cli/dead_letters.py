@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC
-from typing import Any
 
 import orjson
 
+from fieldhub.cli import Subparsers
 from fieldhub.cli.export import parse_time
 from fieldhub.core import dead_letters, endpoints, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "dead-letters",
         help="messages the bridge refused, newest first: reason, detail, topic, payload",

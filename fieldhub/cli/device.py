@@ -1,8 +1,7 @@
 """`fieldhub device ...`: devices and their broker credentials.
 
 A device's secret is printed exactly once, by `create`, `rotate` or `import` (into a 0600
-credentials file); nothing else can show it again because only its hash is stored.
-"""
+credentials file); nothing else can show it again because only its hash is stored."""
 
 from __future__ import annotations
 
@@ -16,10 +15,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fieldhub.cli import CommandError, connect_registry, jsonable
-from fieldhub.core import endpoints, registry
+from fieldhub.cli import CommandError, Subparsers, connect_registry, jsonable
+from fieldhub.core import certificates, endpoints, registry, tombstones
 from fieldhub.core.brokers import home_broker
+from fieldhub.core.cert_rules import CertificateRequestError
 from fieldhub.core.config import ConfigError, Settings
+from fieldhub.core.device_ca import IssuedCertificate, ensure_device_ca, issue, sign_csr
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 CREDENTIAL_COLUMNS = (
@@ -33,7 +34,7 @@ CREDENTIAL_COLUMNS = (
 )
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     device = subparsers.add_parser("device", help="devices and their broker credentials")
     dev_sub = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
 
@@ -47,6 +48,7 @@ def register(subparsers: Any) -> None:
     create.add_argument(
         "--broker", help="home it on this broker (default: chosen by its id, docs/scaling.md)"
     )
+    _certificate_arguments(create)
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.set_defaults(handler=cmd_device_create)
 
@@ -81,8 +83,11 @@ def register(subparsers: Any) -> None:
     detach.add_argument("device_id", metavar="CHILD")
     detach.set_defaults(handler=cmd_device_detach)
 
-    rotate = dev_sub.add_parser("rotate", help="issue a new secret; prints it once")
+    rotate = dev_sub.add_parser(
+        "rotate", help="issue a new secret (or certificate); prints it once"
+    )
     rotate.add_argument("device_id", metavar="ID")
+    _certificate_arguments(rotate)
     rotate.add_argument("--json", action="store_true")
     rotate.set_defaults(handler=cmd_device_rotate)
 
@@ -101,6 +106,81 @@ def register(subparsers: Any) -> None:
         "--broker", help="home them all on this broker (default: each chosen by its id)"
     )
     imp.set_defaults(handler=cmd_device_import)
+
+
+def _certificate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cert",
+        action="store_true",
+        help="a client certificate from fieldhub's device CA instead of a secret (key shown once)",
+    )
+    parser.add_argument(
+        "--csr",
+        type=Path,
+        metavar="FILE",
+        help="sign the device's own certificate request (PEM; its CN must be the id); implies "
+        "--cert",
+    )
+
+
+def _certificate(settings: Settings, args: argparse.Namespace) -> IssuedCertificate | None:
+    """The certificate the command issues (None: a secret, as before), signed before anything
+    is written, so a refused request changes nothing."""
+    if not (args.cert or args.csr):
+        return None
+    registry.check_device_id(args.device_id)
+    ensure_device_ca(settings.tls_dir)
+    try:
+        if args.csr:
+            try:
+                csr = args.csr.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(f"cannot read {args.csr}: {exc}") from None
+            return sign_csr(settings.tls_dir, args.device_id, csr)
+        return issue(settings.tls_dir, args.device_id)
+    except CertificateRequestError as exc:
+        raise CommandError(f"{args.csr}: {exc}") from None
+
+
+def _print_certificate(
+    settings: Settings,
+    device: dict[str, Any],
+    issued: IssuedCertificate,
+    *,
+    as_json: bool,
+    verb: str,
+) -> None:
+    try:
+        urls = endpoints.device_cert_mqtt_urls(settings, device["device_id"], device["broker"])
+    except ConfigError:
+        urls = []  # a broker this host does not know: shown without a URL, as secrets are
+    data = {
+        "device_id": device["device_id"],
+        "org": device["org"],
+        "broker": device["broker"],
+        # The certificate listener(s), home first (docs/devices.md, "Certificate devices").
+        "mqtt_url": urls[0] if urls else None,
+        "mqtt_urls": urls,
+        "certificate": issued.certificate,
+        "private_key": issued.private_key,
+        "ca": issued.ca,
+        "serial": issued.serial,
+        "fingerprint_sha256": issued.fingerprint,
+        "not_after": issued.not_after.isoformat(),
+        "key": issued.key,
+    }
+    if as_json:
+        print(json.dumps(data))
+        return
+    print(f"{verb} device {device['device_id']} (organisation {device['org']})")
+    print(f"  certificate serial {issued.serial}, {issued.key}, valid until {data['not_after']}")
+    print(f"  broker: {', '.join(urls) or '(URL not configured here)'}")
+    print(issued.certificate, end="")
+    if issued.private_key:
+        print(issued.private_key, end="")
+        print("The private key is shown only this once; fieldhub does not keep it.")
+    print("CA (trust it for nothing else):")
+    print(issued.ca, end="")
 
 
 def _credentials(
@@ -128,7 +208,8 @@ def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
     labels = registry.parse_labels(args.label)
     if args.broker:
         endpoints.check_broker(settings, args.broker)
-    with connect_registry(settings) as conn:
+    issued = _certificate(settings, args)
+    with connect_registry(settings) as conn, conn.transaction():
         creds = registry.create_device(
             conn,
             args.device_id,
@@ -137,6 +218,14 @@ def cmd_device_create(settings: Settings, args: argparse.Namespace) -> int:
             labels=labels,
             broker=args.broker,
         )
+        if issued is not None:
+            # The device's secret stays unknown to everyone: it logs in with its certificate.
+            certificates.record(conn, args.device_id, issued)
+    if issued is not None:
+        with connect_registry(settings) as conn:
+            device = registry.get_device(conn, args.device_id)
+        _print_certificate(settings, device, issued, as_json=args.json, verb="created")
+        return 0
     _print_secret(settings, creds, args.org, as_json=args.json, verb="created")
     return 0
 
@@ -186,11 +275,21 @@ def cmd_device_show(settings: Settings, args: argparse.Namespace) -> int:
         device["children"] = [
             c["device_id"] for c in registry.gateway_children(conn, args.device_id)
         ]
+        # A device that took the id of a deleted one cannot log in until every broker has
+        # worked off the old one; say what it waits for (support: "my new device can't log in").
+        device["waiting_for"] = [
+            row["waiting_for"] for row in tombstones.pending(conn, args.device_id)
+        ]
     if args.json:
         print(json.dumps(jsonable(device)))
         return 0
+    waiting = device.pop("waiting_for")
     for key, value in device.items():
         print(f"{key + ':':<19} {value}")
+    if waiting:
+        print("can log in:         not yet; this id belonged to a deleted device, waiting for")
+        for reason in waiting:
+            print(f"  - {reason}")
     return 0
 
 
@@ -201,6 +300,12 @@ def cmd_device_change(settings: Settings, args: argparse.Namespace) -> int:
         else:
             registry.set_enabled(conn, args.device_id, args.action == "enable")
     print(f"{args.action}d device {args.device_id}")
+    if args.action == "delete":
+        print(
+            "Its data is unreachable now and purged in the background. A new device with this "
+            "id can be created at once but logs in only after every broker has cleared the old "
+            f"one (seconds; `fieldhub device show {args.device_id}` says what it waits for)."
+        )
     return 0
 
 
@@ -225,6 +330,16 @@ def cmd_device_detach(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_device_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    issued = _certificate(settings, args)
+    if issued is not None:
+        with connect_registry(settings) as conn:
+            try:
+                certificates.record(conn, args.device_id, issued)
+            except certificates.UnknownDevice as exc:
+                raise CommandError(str(exc)) from None
+            device = registry.get_device(conn, args.device_id)
+        _print_certificate(settings, device, issued, as_json=args.json, verb="new certificate for")
+        return 0
     with connect_registry(settings) as conn:
         creds = registry.rotate_secret(conn, args.device_id)
         org = registry.get_device(conn, args.device_id)["org"]

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from typing import Any
 
-from fieldhub.core import db, endpoints, reading_files
+from fieldhub.cli import Subparsers
+from fieldhub.core import db, endpoints, reading_files, timestamps
 from fieldhub.core.config import Settings
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     export = subparsers.add_parser(
         "export", help="print a device's stored readings, one per line, oldest first"
     )
@@ -28,18 +28,17 @@ def register(subparsers: Any) -> None:
 
 
 def parse_time(text: str) -> datetime.datetime:
-    """An instant given as RFC 3339 (a missing offset means UTC) or epoch seconds."""
+    """An instant given as epoch seconds or as fieldhub.core.timestamps.parse_time reads it."""
     try:
         return datetime.datetime.fromtimestamp(float(text), tz=datetime.UTC)
     except ValueError:
         pass
     try:
-        value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        return timestamps.parse_time(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither an RFC 3339 time nor epoch seconds"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
 
 
 def cmd_export(settings: Settings, args: argparse.Namespace) -> int:

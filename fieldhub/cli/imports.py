@@ -12,13 +12,13 @@ from typing import Any
 from tqdm import tqdm
 
 from fieldhub.analysis import imports, service
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core import endpoints, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     imp = subparsers.add_parser("import", help="import readings from a CSV, NDJSON or SenML file")
     imp.add_argument("file", type=Path)
     imp.add_argument("--device", help="device of every line (unless the file names devices)")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from typing import Any
 
 import orjson
 
 from fieldhub.analysis import service
+from fieldhub.cli import Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     jobs = subparsers.add_parser("jobs", help="recent runs of the analysis jobs")
     jobs.add_argument("--job", help="only this job")
     jobs.add_argument("--limit", type=int, default=30)

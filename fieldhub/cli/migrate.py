@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from fieldhub.cli import Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     migrate = subparsers.add_parser(
         "migrate", help="apply the schema migrations (safe to run concurrently)"
     )

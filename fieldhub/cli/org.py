@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from fieldhub.cli import connect_registry, jsonable
+from fieldhub.cli import Subparsers, connect_registry, jsonable
 from fieldhub.core import registry
 from fieldhub.core.config import Settings
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     org = subparsers.add_parser("org", help="organisations (tenants)")
     org_sub = org.add_subparsers(dest="org_command", required=True, metavar="ACTION")
     create = org_sub.add_parser("create", help="create an organisation")

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from fieldhub.cli import CommandError, connect_registry, jsonable
+from fieldhub.cli import CommandError, Subparsers, connect_registry, jsonable
 from fieldhub.core import endpoints, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.passwords import generate_secret
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     account = subparsers.add_parser(
         "service-account", help="broker accounts of the backend and of operators' integrations"
     )

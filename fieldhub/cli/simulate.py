@@ -8,10 +8,9 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
 from urllib.parse import urlsplit
 
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
@@ -20,7 +19,7 @@ from fieldhub.sim import simulate
 log = logging.getLogger("fieldhub.simulate")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "simulate",
         help="run simulated devices that publish telemetry and answer commands",

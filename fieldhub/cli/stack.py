@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core.config import Settings
 from fieldhub.stack.down import stop_stack
 from fieldhub.stack.preflight import StackError
@@ -15,7 +14,7 @@ from fieldhub.stack.status import format_status, stack_status, status_ok
 from fieldhub.stack.up import detach_up, run_up
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     up = subparsers.add_parser(
         "up",
         help="start the local stack (PostgreSQL, Mosquitto, bridge, worker, web) and supervise it",

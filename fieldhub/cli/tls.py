@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
+from fieldhub.cli import Subparsers
 from fieldhub.core.config import Settings
 from fieldhub.core.tls import ensure_tls
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     tls = subparsers.add_parser("tls", help="TLS material for the device listener")
     tls_sub = tls.add_subparsers(dest="tls_command", required=True)
     ensure = tls_sub.add_parser(

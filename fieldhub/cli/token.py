@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from fieldhub.cli import CommandError, connect_registry, jsonable
+from fieldhub.cli import CommandError, Subparsers, connect_registry, jsonable
 from fieldhub.core import endpoints, users
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     token = subparsers.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     token_create = token_sub.add_parser("create", help="create an API token for a user")

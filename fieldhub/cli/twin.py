@@ -2,8 +2,7 @@
 
 These only read and write the database (fieldhub.core.twins); the bridge publishes the
 retained documents. Operators on the command line are not scoped to an organisation, and a
-change made here is recorded as made by "command line (<login>@<host>)".
-"""
+change made here is recorded as made by "command line (<login>@<host>)"."""
 
 from __future__ import annotations
 
@@ -11,16 +10,15 @@ import argparse
 import getpass
 import socket
 from datetime import datetime
-from typing import Any
 
-from fieldhub.cli import connect_registry, to_json
+from fieldhub.cli import Subparsers, connect_registry, to_json
 from fieldhub.core import twins
 from fieldhub.core.config import Settings
 
 HISTORY_SHOWN = 5
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     twin = subparsers.add_parser("twin", help="a device's desired and reported state")
     sub = twin.add_subparsers(dest="twin_command", required=True, metavar="ACTION")
 

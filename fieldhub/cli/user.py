@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from fieldhub.cli import connect_registry, jsonable
+from fieldhub.cli import Subparsers, connect_registry, jsonable
 from fieldhub.core import endpoints, users
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     user = subparsers.add_parser("user", help="people who log in to the web app")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     create = user_sub.add_parser(

@@ -6,9 +6,8 @@ import argparse
 import dataclasses
 import os
 import sys
-from typing import Any
 
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 
@@ -21,7 +20,7 @@ WORKER_CONNECTIONS = 1000
 KEEP_ALIVE_S = 75  # longer than nginx's upstream keepalive_timeout (60 s)
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     web = subparsers.add_parser("web", help="serve the web app and API with gunicorn")
     web.add_argument(
         "--workers",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from typing import Any
 
 import orjson
 
 from fieldhub.analysis.jobs import JOBS, job_named
 from fieldhub.analysis.metrics import WorkerMetrics
 from fieldhub.analysis.worker import Worker, default_worker_name, run_if_due
-from fieldhub.cli import CommandError
+from fieldhub.cli import CommandError, Subparsers
 from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
@@ -20,7 +19,7 @@ from fieldhub.core.health import HealthServer, ReadinessProbe
 from fieldhub.core.health_checks import ProbeConnection
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     worker = subparsers.add_parser(
         "worker", help="run the analysis jobs (rollups, retention, alerts, imports, ...)"
     )

@@ -5,8 +5,7 @@ The choice depends only on the two names, so every process computes the same hom
 asking anyone, and adding a broker moves only the devices for which the new broker now scores
 highest: about 1/n of them, where a `hash % n` scheme would move almost all. The result is
 stored in devices.broker when the device is created, so a later change of the broker list
-never moves an existing device by itself (its credentials name its broker).
-"""
+never moves an existing device by itself (its credentials name its broker)."""
 
 from __future__ import annotations
 
@@ -34,8 +33,7 @@ def broker_preference(device_id: str, home: str, brokers: Sequence[str]) -> list
 
     The same scores that pick a home rank the standbys, so when a broker is lost its devices
     spread over all the others (each goes to its own next-highest) instead of all falling
-    onto whichever broker is listed first. `home` need not be in `brokers`.
-    """
+    onto whichever broker is listed first. `home` need not be in `brokers`."""
     others = sorted(
         (broker for broker in brokers if broker != home),
         key=lambda broker: (_score(broker, device_id), broker),

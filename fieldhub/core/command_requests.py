@@ -5,8 +5,7 @@ scoping hold wherever a command comes from. They only write to the database; the
 dispatcher (fieldhub.bridge.commands) notices new rows and publishes them.
 
 With `org_id` given, everything is scoped to that organisation: a device or command of another
-organisation is reported exactly like one that does not exist.
-"""
+organisation is reported exactly like one that does not exist."""
 
 from __future__ import annotations
 
@@ -19,12 +18,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from fieldhub.core.command_states import TransitionRefused, on_cancel, parse_status
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("command_requests.sql"))
 
@@ -38,8 +36,6 @@ DEFAULT_TTL_S: Final = 3600
 # never comes back would collect an unbounded backlog and flood itself when it does.
 MAX_PENDING_PER_DEVICE: Final = 100
 MAX_LIST_LIMIT: Final = 1000
-
-Conn = psycopg.Connection[Any]
 
 
 class CommandRequestError(ValueError):
@@ -211,6 +207,15 @@ def list_commands(
             },
         ).fetchall()
     return [_command(row) for row in rows]
+
+
+def expire_commands(conn: Conn) -> int:
+    """Mark every open command whose time to live has run out `expired`; how many it marked.
+
+    The bridge's dispatcher calls it on every sweep and the worker's command_expiry job every
+    10 s, so commands expire while either one is down."""
+    row = conn.execute(QUERIES["expire_commands"]).fetchone()
+    return int(row["expired"]) if row else 0
 
 
 def _parse_command_id(command_id: str) -> uuid.UUID:

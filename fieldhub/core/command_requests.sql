@@ -62,3 +62,9 @@ WHERE (%(device_id)s::text IS NULL OR c.device_id = %(device_id)s::text)
        OR (c.created_at, c.id) < (%(before_time)s::timestamptz, %(before_id)s::uuid))
 ORDER BY c.created_at DESC, c.id DESC
 LIMIT %(limit)s;
+
+-- name: expire_commands
+-- Migration 0005's function: every open command past its expiry becomes `expired` (the
+-- trigger NOTIFYs `commands` for each). Both the bridge's dispatcher and the worker call it;
+-- concurrent calls are safe because the UPDATE re-checks its WHERE after waiting for a lock.
+SELECT expire_commands() AS expired;

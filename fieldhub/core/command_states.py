@@ -9,8 +9,7 @@ place. The database is only told the outcome.
 
 Acks come from devices over at-least-once MQTT, so the rules are forgiving: a duplicate ack, an
 ack that overtakes an earlier one (`succeeded` before `accepted`), or an ack after the command
-is already final changes nothing and is not an error. The first final state wins.
-"""
+is already final changes nothing and is not an error. The first final state wins."""
 
 from __future__ import annotations
 
@@ -100,8 +99,7 @@ def on_ack(current: Status, ack: AckStatus) -> Outcome:
     A final ack ends an open command whatever the open state: `queued` too, because a
     dispatcher that crashed after publishing but before recording `sent` leaves the command
     `queued` while the device already has it. A progress ack moves an open command to
-    `delivered` unless it is already there.
-    """
+    `delivered` unless it is already there."""
     if is_final(current):
         return Outcome(None, f"command is already {current}; late ack ignored")
     if ack in _PROGRESS_ACKS:
@@ -115,8 +113,7 @@ def on_published(current: Status) -> Outcome:
     """The broker acknowledged the command's publish (PUBACK).
 
     Only `queued` moves to `sent`: the device may have answered before the dispatcher got
-    round to recording the PUBACK, and that answer must not be overwritten.
-    """
+    round to recording the PUBACK, and that answer must not be overwritten."""
     if current == "queued":
         return Outcome("sent", "broker acknowledged the publish")
     return Outcome(None, f"command is already {current}")

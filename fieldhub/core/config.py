@@ -10,9 +10,9 @@ VARIABLES below declares every variable with its meaning and an example, in the 
 deploy/fieldhub.env.example lists them; that file is rendered from it (`python -m
 fieldhub.core.config > deploy/fieldhub.env.example`) and a test fails when they differ or when
 this module reads a variable VARIABLES does not declare. FIELDHUB_ENV_FILE names a file in
-systemd's EnvironmentFile syntax whose values fill in what the environment leaves unset, so an
-operator's shell on a host sees what the host's services see (/etc/profile.d/fieldhub.sh sets it).
-"""
+systemd's EnvironmentFile syntax whose values fill in what the environment leaves unset, so
+an operator's shell on a host sees what the host's services see (/etc/profile.d/fieldhub.sh
+sets it)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class Ports:
     postgres: int = 15432
     mqtt_devices: int = 11883  # plain MQTT for devices, loopback only
     mqtt_devices_tls: int = 18883  # TLS for devices in the field
+    mqtt_devices_cert: int = 18884  # TLS for devices with a client certificate
     mqtt_services: int = 11884  # the backend's own service accounts, loopback only
     web: int = 8000
     # Prometheus metrics and health (/healthz, /readyz) of each process kind; instance N of a
@@ -108,6 +109,8 @@ class Settings:
     web_workers: int = 2
     # Streaming exports one user may run at once, across every web process (fieldhub.web.exports).
     exports_per_user: int = 2
+    # HTTP ingest: requests per second one device may make (docs/devices.md, "HTTP ingest").
+    ingest_rate_per_s: int = 10
     # What this host runs (FIELDHUB_ROLES), for `fieldhub status` and the production check.
     roles: tuple[Role, ...] = ()
 
@@ -126,6 +129,7 @@ class Settings:
             postgres=_port(env, "FIELDHUB_PG_PORT", Ports.postgres),
             mqtt_devices=_port(env, "FIELDHUB_MQTT_PORT", Ports.mqtt_devices),
             mqtt_devices_tls=_port(env, "FIELDHUB_MQTTS_PORT", Ports.mqtt_devices_tls),
+            mqtt_devices_cert=_port(env, "FIELDHUB_MQTTS_CERT_PORT", Ports.mqtt_devices_cert),
             mqtt_services=_port(env, "FIELDHUB_MQTT_SERVICE_PORT", Ports.mqtt_services),
             web=_port(env, "FIELDHUB_WEB_PORT", Ports.web),
             bridge_metrics=_port(env, "FIELDHUB_BRIDGE_METRICS_PORT", Ports.bridge_metrics),
@@ -166,6 +170,7 @@ class Settings:
             web_metrics_dir=Path(web_metrics_dir) if web_metrics_dir else None,
             web_workers=_count(env, "FIELDHUB_WEB_WORKERS", 2),
             exports_per_user=_count(env, "FIELDHUB_EXPORTS_PER_USER", 2),
+            ingest_rate_per_s=_count(env, "FIELDHUB_INGEST_RATE_PER_S", 10),
             roles=parse_roles(env.get("FIELDHUB_ROLES", "")),
         )
         settings.check()
@@ -543,6 +548,11 @@ VARIABLES: tuple[Variable, ...] = (
         "2",
     ),
     Variable(
+        "FIELDHUB_INGEST_RATE_PER_S",
+        "HTTP ingest requests per second one device may make (429 beyond)",
+        "10",
+    ),
+    Variable(
         "FIELDHUB_METRICS_HOST",
         "the address the metrics and health endpoints of the "
         "bridge, worker and web listen on; Prometheus on another host needs this host's "
@@ -590,6 +600,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("FIELDHUB_PG_PORT", "local stack only: its PostgreSQL's port", "15432"),
     Variable("FIELDHUB_MQTT_PORT", "Mosquitto's plain device listener (loopback)", "1883"),
     Variable("FIELDHUB_MQTTS_PORT", "Mosquitto's TLS device listener", "8883"),
+    Variable(
+        "FIELDHUB_MQTTS_CERT_PORT",
+        "Mosquitto's TLS listener for devices with a client certificate (every broker host)",
+        "8884",
+    ),
     Variable("FIELDHUB_MQTT_SERVICE_PORT", "Mosquitto's service listener for the bridges", "1884"),
     Variable(
         "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS",

@@ -2,15 +2,14 @@
 
 SQL lives in `.sql` files next to the code that uses it and is called by name (see
 `Queries`). Connections and pools are created by the caller and passed in; nothing here is a
-global, so tests hand each component the database of the test.
-"""
+global, so tests hand each component the database of the test."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import psycopg
 from psycopg import conninfo
@@ -25,8 +24,7 @@ class Queries(Mapping[str, str]):
     """Named SQL queries parsed from a file of `-- name: xyz` sections.
 
     Lookups of a name that does not exist fail loudly at the call site's first use, and the
-    file is parsed once at import time of the module that owns it.
-    """
+    file is parsed once at import time of the module that owns it."""
 
     def __init__(self, path: Path) -> None:
         text = path.read_text(encoding="utf-8")
@@ -104,9 +102,12 @@ def failover_conninfo(url: str, role: Role = "write") -> str:
     return conninfo.make_conninfo("", **connection_params(url, role))
 
 
-def connect(
-    url: str, *, autocommit: bool = False, role: Role = "write", **kwargs: Any
-) -> psycopg.Connection[Any]:
+# A fieldhub connection: connect() and make_pool() make every one return rows as dicts, and
+# every query module reads its rows by column name.
+Conn: TypeAlias = psycopg.Connection[dict[str, Any]]
+
+
+def connect(url: str, *, autocommit: bool = False, role: Role = "write", **kwargs: Any) -> Conn:
     """Open one connection with the project's defaults (dict rows, short connect timeout, the
     failover defaults of `connection_params`)."""
     return psycopg.connect(
@@ -126,7 +127,7 @@ def make_pool(
     max_size: int = 10,
     name: str = "fieldhub",
     role: Role = "write",
-) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+) -> ConnectionPool[Conn]:
     """A connection pool whose connections return rows as dicts.
 
     After a failover the pool's connections to the old primary are broken: `check` tests a

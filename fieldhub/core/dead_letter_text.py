@@ -5,8 +5,7 @@ device page show it through this module: the reason in words a firmware author u
 and a preview of the payload that is safe anywhere. The preview is plain text, never markup
 (pages escape it like any text): UTF-8 without control characters other than tab and line
 breaks is shown as text, anything else as hex, since a binary payload shown as text could
-carry terminal escape sequences or look like something it is not.
-"""
+carry terminal escape sequences or look like something it is not."""
 
 from __future__ import annotations
 

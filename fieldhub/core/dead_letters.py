@@ -11,13 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from fieldhub.core import dead_letter_text
-from fieldhub.core.db import Queries, before_params
+from fieldhub.core.db import Conn, Queries, before_params
 
 QUERIES = Queries(Path(__file__).with_name("dead_letters.sql"))
-Conn = psycopg.Connection[Any]
 
 
 @dataclasses.dataclass(frozen=True)

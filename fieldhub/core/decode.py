@@ -64,19 +64,18 @@ Limits (module constants)
 Metric names must match ``METRIC_NAME_RE`` (1-64 chars, first one
 alphanumeric, then ``[A-Za-z0-9_.:/-]``); device ids ``DEVICE_ID_RE``.
 
-Reason codes carried by :class:`DecodeError` are listed in ``DecodeReason``.
-"""
+Reason codes carried by :class:`DecodeError` are listed in ``DecodeReason``."""
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import datetime
 from typing import Final, Literal, NamedTuple
 
 import orjson
 
 from fieldhub.core.registry import DEVICE_ID_PATTERN
+from fieldhub.core.timestamps import parse_rfc3339
 
 __all__ = [
     "COMMAND_ID_RE",
@@ -101,7 +100,6 @@ __all__ = [
     "decode_status",
     "decode_telemetry",
     "decode_telemetry_stamped",
-    "parse_rfc3339",
     "parse_topic",
     "valid_device_id",
     "valid_metric_name",
@@ -197,8 +195,7 @@ class Reading(NamedTuple):
     ``value``/``text``/``is_bool`` are its content (docs/devices.md).  Every
     field holds only what PostgreSQL accepts in its column: a finite
     ``value``, a ``time`` between ``MIN_TIMESTAMP`` and an hour after receipt,
-    a ``seq`` that fits a bigint, and text without NUL.
-    """
+    a ``seq`` that fits a bigint, and text without NUL."""
 
     time: float
     """Epoch seconds, UTC."""
@@ -227,8 +224,7 @@ class DecodeError(ValueError):
     """A message that must go to the dead letter, with a reason code.
 
     ``reason`` is a short stable code from ``DecodeReason`` for metrics and
-    alerting; ``detail`` is for humans and may change between releases.
-    """
+    alerting; ``detail`` is for humans and may change between releases."""
 
     def __init__(self, reason: DecodeReason, detail: str) -> None:
         # Both go into args so the exception survives pickling (e.g. when
@@ -267,15 +263,6 @@ _topic_cache: dict[str, TopicInfo] = {}
 # rejected before split() so a 64 KiB topic costs nothing.
 _MAX_TOPIC_LEN: Final = len("devices//commands//ack") + 64 + 64
 
-# Strict RFC 3339 shape (ASCII digits only: \d would admit other scripts'
-# digits, which fromisoformat then happily parses).  fromisoformat alone is
-# too lenient: it takes week dates, missing offsets and compact forms.  A
-# space instead of "T" is allowed, as the note in RFC 3339 section 5.6 does.
-_RFC3339_RE: Final = re.compile(
-    r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
-    r"(?:\.[0-9]{1,9})?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
-)
-
 # RFC 8428 fields this decoder supports.  vd, s and bs are rejected; any
 # other field is ignored unless its name ends in "_", which RFC 8428
 # section 4.4 makes must-understand.
@@ -298,8 +285,7 @@ def parse_topic(topic: str) -> TopicInfo | None:
     """Classify a device topic; return ``None`` for anything off-contract.
 
     Returns ``None`` (rather than raising) because an unknown topic is a
-    routing question for the caller, not a malformed payload.
-    """
+    routing question for the caller, not a malformed payload."""
     info = _topic_cache.get(topic)
     if info is not None:
         return info
@@ -354,8 +340,7 @@ def decode_status(payload: bytes | bytearray) -> bool:
     cleared, which the caller may want to treat differently from garbage.
 
     Raises:
-        DecodeError: reason ``bad_status`` for anything else.
-    """
+        DecodeError: reason ``bad_status`` for anything else."""
     word = payload.strip()
     if word == b"online":
         return True
@@ -415,8 +400,7 @@ def decode_telemetry_stamped(
         next message's stamps are later still.
 
     Raises:
-        DecodeError: for any violation; nothing of the message is returned.
-    """
+        DecodeError: for any violation; nothing of the message is returned."""
     doc = _parse_json(payload)
     out: list[Reading] = []
     last_stamp = received_at
@@ -472,8 +456,7 @@ def decode_senml(payload: bytes | bytearray, received_at: float) -> list[Reading
     must-understand fields (names ending in ``_``).
 
     Raises:
-        DecodeError: for any violation; nothing of the pack is returned.
-    """
+        DecodeError: for any violation; nothing of the pack is returned."""
     doc = _parse_json(payload)
     if type(doc) is not list:
         raise DecodeError("senml_invalid", f"a SenML pack is an array, got {_json_type(doc)}")
@@ -716,28 +699,11 @@ def _check_time(t: float, received_at: float, item: str, index: int) -> None:
         )
 
 
-def parse_rfc3339(s: str) -> datetime:
-    """An RFC 3339 time (with its offset); ValueError says why ``s`` is not one."""
-    if _RFC3339_RE.match(s) is None:
-        raise ValueError("not RFC 3339")
-    try:
-        # Python 3.11's fromisoformat wants upper-case T/Z; RFC 3339 allows
-        # lower case.  Leap seconds (":60") are rejected here: datetime
-        # cannot represent them and they are vanishingly rare from devices.
-        # Years at the edge of datetime's range overflow when the offset is
-        # applied later, so they are refused here too.
-        moment = datetime.fromisoformat(s.upper())
-        moment.timestamp()
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(str(exc)) from None
-    return moment
-
-
 def _parse_rfc3339(s: str, index: int) -> float:
     try:
         return parse_rfc3339(s).timestamp()
     except ValueError as exc:
-        raise DecodeError("ts_invalid", f"reading {index}: ts {_preview(s)}: {exc}") from None
+        raise DecodeError("ts_invalid", f"reading {index}: ts {_preview(s)} {exc}") from None
 
 
 def _senml_number(x: object, field: str, index: int, reason: DecodeReason) -> float:

@@ -4,8 +4,7 @@
 and MQTT_URL point elsewhere; every other command resolves its endpoints the same way, so
 `fieldhub device create` talks to whatever `fieldhub up` started. The local stack's addresses
 are computed from the settings alone (ports, $FIELDHUB_HOME/secrets), never from the stack's
-code, so every process can resolve them; the end of the module formats them for people.
-"""
+code, so every process can resolve them; the end of the module formats them for people."""
 
 from __future__ import annotations
 
@@ -104,6 +103,7 @@ class BrokerPorts:
     devices: int
     devices_tls: int
     services: int
+    devices_cert: int
 
 
 def local_broker_ports(settings: Settings, broker: str) -> BrokerPorts:
@@ -113,6 +113,7 @@ def local_broker_ports(settings: Settings, broker: str) -> BrokerPorts:
         settings.ports.mqtt_devices + offset,
         settings.ports.mqtt_devices_tls + offset,
         settings.ports.mqtt_services + offset,
+        settings.ports.mqtt_devices_cert + offset,
     )
 
 
@@ -165,8 +166,7 @@ def bridge_mqtt(settings: Settings, broker: str | None = None, instance: int = 1
     Credentials come from MQTT_URL or the local stack's secret (bridge_credentials; the same
     accounts on every broker: auth-sync renders every service account into each), or from
     the broker's FIELDHUB_BROKER_SERVICE_URLS entry if it has them; the address from that
-    entry, else MQTT_URL (the first broker only), else the local stack.
-    """
+    entry, else MQTT_URL (the first broker only), else the local stack."""
     name = check_broker(settings, broker)
     base, password = bridge_credentials(settings)
     service_url = settings.broker_service_urls.get(name)
@@ -209,6 +209,23 @@ def device_mqtt_urls(settings: Settings, device_id: str, broker: str) -> list[st
     its home broker's first, then each other configured broker's as a standby. A home broker
     this host's configuration does not list is left out rather than guessed."""
     return urls_in_preference(device_id, broker, device_mqtt_url_map(settings))
+
+
+def device_cert_mqtt_url(settings: Settings, broker: str | None = None) -> str:
+    """Where a certificate device homed on `broker` connects: the certificate listener of the
+    host its password URL names (FIELDHUB_MQTTS_CERT_PORT is the same on every broker host),
+    or the local stack's."""
+    name = broker or settings.broker_names[0]
+    if settings.brokers or (settings.mqtt_device_url and name == settings.broker_names[0]):
+        host = MqttEndpoint.parse(device_mqtt_url(settings, name)).host
+        return f"mqtts://{host}:{settings.ports.mqtt_devices_cert}"
+    return f"mqtts://localhost:{local_broker_ports(settings, name).devices_cert}"
+
+
+def device_cert_mqtt_urls(settings: Settings, device_id: str, broker: str) -> list[str]:
+    """`device_mqtt_urls` of the certificate listeners: home first, then the standbys."""
+    urls = {name: device_cert_mqtt_url(settings, name) for name in settings.broker_names}
+    return urls_in_preference(device_id, broker, urls)
 
 
 def device_mqtt_url_map(settings: Settings) -> dict[str, str]:

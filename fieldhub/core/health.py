@@ -20,8 +20,7 @@ HealthServer; the web app answers both on its own port (fieldhub.web.health). Th
 checks are in fieldhub.core.health_checks: this module must not import psycopg, because
 gunicorn's master imports it (for its metrics server) before it forks the workers, and
 psycopg chooses a blocking wait function for good when it is imported before gevent's
-patching.
-"""
+patching."""
 
 from __future__ import annotations
 
@@ -36,6 +35,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from fieldhub.core.logs import first_line
 
 CHECK_TTL_S = 1.5
 CHECK_TIMEOUT_S = 3.0
@@ -118,11 +119,6 @@ class ReadinessProbe:
             self._last = Readiness(all(r == "ok" for r in results.values()), results, self.clock())
             self._in_flight = None
         done.set()
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # -- the metrics and health server of the bridge and the worker --------------------------------

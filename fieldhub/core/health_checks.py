@@ -3,8 +3,7 @@ their own.
 
 Every query is cut off by the server after STATEMENT_TIMEOUT_MS (a lock, an overloaded
 database) and every connect attempt after CONNECT_TIMEOUT_S; a server that does not answer at
-all is the probe's timeout's business.
-"""
+all is the probe's timeout's business."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.rows import TupleRow
 
 from fieldhub.core.db import Queries, failover_conninfo
 from fieldhub.core.health import NotReady
@@ -31,7 +31,7 @@ class ProbeConnection:
     def __init__(self, url: str, application_name: str) -> None:
         self.url = url
         self.application_name = application_name
-        self._conn: psycopg.Connection[Any] | None = None
+        self._conn: psycopg.Connection[TupleRow] | None = None
         self._lock = threading.Lock()
 
     def row(self, query: str) -> tuple[Any, ...]:

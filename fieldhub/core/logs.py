@@ -5,8 +5,7 @@ milliseconds), `level`, `logger`, `message`, `role` (which process: web, bridge,
 `pid`, and `exception` (the formatted traceback) when there is one, so a log shipper needs no
 parsing rules. Records go to stderr: under systemd that is the journal, in the local stack the
 process's log file (which the supervisor rotates). gunicorn's own loggers (its error log and
-the access log) get the same handler through gunicorn_log_config().
-"""
+the access log) get the same handler through gunicorn_log_config()."""
 
 from __future__ import annotations
 
@@ -54,6 +53,15 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD and key not in entry and not key.startswith("_"):
                 entry[key] = value
         return orjson.dumps(entry, default=str).decode()
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 300 characters), or its type's name if it says nothing.
+
+    For a log line or a status field: psycopg's messages run to several lines of context, and
+    a whole traceback belongs in the record's `exception`, not in its message."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def formatter(log_format: str, role: str) -> logging.Formatter:

@@ -3,8 +3,7 @@ exactly once.
 
 Every run takes a session-level advisory lock first, so concurrent `fieldhub migrate` calls
 (several hosts starting at once) serialise: the first applies, the others find nothing left to
-do. A lock timeout keeps a stuck migration from wedging every later start-up silently.
-"""
+do. A lock timeout keeps a stuck migration from wedging every later start-up silently."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ docs/security.md with 2,000 devices connected: 1000 iterations made a reload (an
 disable or rotate) take 2.4-5.6 s and a reconnect storm 4-13 s; 101 keeps them at about 0.6 s
 and 3 s. The secrets are 192 random bits, so stretching adds nothing an attacker would notice:
 it exists for guessable passwords, and there are none here. Existing hashes carry their own
-count and stay valid.
-"""
+count and stay valid."""
 
 from __future__ import annotations
 
@@ -64,8 +63,7 @@ def hash_secrets_parallel(
 ) -> list[str]:
     """Hash many secrets on every core (bulk provisioning); results keep the input order.
 
-    `progress(n)` is called as each chunk of `n` hashes completes, for a progress bar.
-    """
+    `progress(n)` is called as each chunk of `n` hashes completes, for a progress bar."""
     if len(secrets_to_hash) < PARALLEL_THRESHOLD:
         hashes = [hash_secret(s, iterations=iterations) for s in secrets_to_hash]
         if progress is not None and hashes:

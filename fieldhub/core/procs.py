@@ -6,14 +6,21 @@ benchmarks and the tests."""
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import pwd
+import resource
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def running_as_root() -> bool:
@@ -61,13 +68,15 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until(
-    condition: Callable[[], bool], *, timeout: float, interval: float = 0.05, what: str = ""
-) -> None:
-    """Poll `condition` until it holds; raise TimeoutError naming `what` if it never does."""
+    condition: Callable[[], T], *, timeout: float, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `condition` until it returns a true value and return that value; raise
+    TimeoutError naming `what` if it never does (the tests' wait_for is this one)."""
     deadline = time.monotonic() + timeout
     while True:
-        if condition():
-            return
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what or condition}")
         time.sleep(interval)
@@ -89,3 +98,33 @@ def run_checked(argv: Sequence[str], **kwargs: object) -> subprocess.CompletedPr
             f"{' '.join(argv)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
         )
     return result  # type: ignore[no-any-return]
+
+
+def open_file_target(soft: int, hard: int, needed: int) -> int:
+    """The soft open-file limit to ask for: the hard limit, or `needed` when there is none.
+
+    With no hard limit (RLIM_INFINITY) the soft limit cannot follow it: Linux refuses a
+    NOFILE limit above fs.nr_open (EPERM), so ask for what is needed instead."""
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    if hard == resource.RLIM_INFINITY:
+        return max(soft, needed)
+    return max(soft, hard)
+
+
+def raise_open_file_limit(needed: int) -> int:
+    """Raise this process's open-file limit (children inherit it) and return the new one.
+
+    A broker or simulator with 10,000 clients needs the descriptors; below `needed` a warning
+    says how to raise the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = open_file_target(soft, hard, needed)
+    if want != soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want != resource.RLIM_INFINITY and want < needed:
+        log.warning(
+            "open-file limit %d is below the %d this process needs; raise it (ulimit -Hn)",
+            want,
+            needed,
+        )
+    return want

@@ -36,8 +36,7 @@ Measured (process time on one core of a loaded 2-core machine, 200,000 one-value
 writing CSV 131,000 rows/s and NDJSON 195,000 rows/s; the importer reads them back at
 120,000 and 98,000 lines/s (its long CSV form, with no unit, seq or type, 295,000). Times are
 written with isoformat (strftime took 40 % of the CSV writer's time) and read back by
-fromisoformat when they have exactly the shape written here.
-"""
+fromisoformat when they have exactly the shape written here."""
 
 from __future__ import annotations
 
@@ -51,7 +50,8 @@ from typing import Final, Literal, NamedTuple
 
 import orjson
 
-from fieldhub.core.decode import Reading, parse_rfc3339
+from fieldhub.core.decode import Reading
+from fieldhub.core.timestamps import parse_rfc3339
 
 Format = Literal["csv", "ndjson"]
 FORMATS: Final = ("csv", "ndjson")

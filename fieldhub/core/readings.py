@@ -22,8 +22,7 @@ Measured: the hand-built binary encoding costs about 1.3 us per row here (300,00
 messages, process time), as much as psycopg's `write_row` with the time sent as an int8 and
 far less than with a datetime per row (what the bridge measured first); the staged path
 carries less than half the fast path's throughput (docs/benchmarks.md), which is why it is
-only taken after a collision.
-"""
+only taken after a collision."""
 
 from __future__ import annotations
 
@@ -39,12 +38,11 @@ import psycopg
 from psycopg.rows import dict_row
 
 from fieldhub.core import reading_files
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.decode import Reading
 
 QUERIES = Queries(Path(__file__).with_name("readings.sql"))
 
-Conn = psycopg.Connection[Any]
 # (device_key, readings) of one message or import line; its index in the batch is its ordinal.
 Message = tuple[int, Sequence[Reading]]
 
@@ -100,13 +98,27 @@ class Written:
         return self.rows - self.inserted - len(self.conflicts)
 
 
+# Conflicting readings named in one dead letter's detail (the count is always given).
+_CONFLICTS_IN_DETAIL = 3
+
+
+def conflict_detail(found: Sequence[Conflict]) -> str:
+    """The dead letter's detail for a message some of whose readings conflict."""
+    named = "; ".join(c.describe() for c in found[:_CONFLICTS_IN_DETAIL])
+    more = len(found) - _CONFLICTS_IN_DETAIL
+    suffix = f"; and {more} more" if more > 0 else ""
+    return (
+        f"{len(found)} reading(s) already stored with other content (the stored ones are "
+        f"kept, the message's other readings were stored): {named}{suffix}"
+    )
+
+
 def encode_copy(messages: Iterable[Message], *, ordinals: bool = False) -> tuple[bytes, int]:
     """Binary COPY data of the readings of `messages`; returns (data, row count).
 
     Columns as copy_readings names them, plus the message's ordinal for copy_staging when
     `ordinals`. Hand-built rather than through psycopg's row writer: it skips a datetime
-    object per row, which was most of the cost of the fast path.
-    """
+    object per row, which was most of the cost of the fast path."""
     parts: list[bytes] = [_COPY_HEADER]
     append = parts.append
     names: dict[str, bytes] = {}
@@ -175,8 +187,7 @@ def write(
     `staged=False` tries the fast path. On a unique violation: with `savepoint` the COPY is
     rolled back to a savepoint and the batch staged; without, the violation is raised and the
     caller's transaction is lost (redo it with `staged=True`). The staging table must exist
-    (`create_staging`) and is used once per transaction.
-    """
+    (`create_staging`) and is used once per transaction."""
     if not staged:
         data, count = encode_copy(messages)
         if not count:
@@ -287,6 +298,7 @@ __all__ = [
     "Conflict",
     "Message",
     "Written",
+    "conflict_detail",
     "create_staging",
     "encode_copy",
     "json_value",

@@ -67,6 +67,38 @@ ORDER BY k, m, u
 ON CONFLICT (device_key, metric, unit) DO UPDATE SET time = excluded.time, value = excluded.value
 WHERE excluded.time >= lv.time;
 
+-- name: mark_seen
+-- Devices that only sent telemetry in this batch (or HTTP request): online, last seen now. Those that were not
+-- online before (or never seen) flip, get a presence event and a `presence` notification.
+-- `prev` reads the snapshot from before the upsert, which is what makes the flip visible.
+-- Sorted by key so that two writers (bridges, web workers) lock device_state rows in the same order.
+WITH seen AS (
+    SELECT k, to_timestamp(t) AS t
+    FROM unnest(%(keys)s::int8[], %(times)s::float8[]) AS u(k, t)
+    ORDER BY k
+), prev AS (
+    SELECT device_key, online FROM device_state WHERE device_key = ANY(%(keys)s::int8[])
+), up AS (
+    INSERT INTO device_state AS s (device_key, online, last_seen, status_changed)
+    SELECT k, true, t, now() FROM seen
+    ON CONFLICT (device_key) DO UPDATE
+        SET online = true,
+            last_seen = greatest(s.last_seen, excluded.last_seen),
+            status_changed = CASE WHEN s.online THEN s.status_changed ELSE now() END
+    RETURNING s.device_key
+), flipped AS (
+    SELECT up.device_key FROM up LEFT JOIN prev USING (device_key) WHERE prev.online IS NOT TRUE
+), events AS (
+    INSERT INTO presence_events (device_key, online, source)
+    SELECT device_key, true, 'telemetry' FROM flipped
+)
+SELECT device_key, pg_notify('presence', device_key || ' online') FROM flipped;
+
+-- name: notify_telemetry
+-- Device keys, not ids: a listener matches the key it resolved in its viewer's organisation,
+-- so a later device with the same id can never be mistaken for this one.
+SELECT pg_notify('telemetry', p) FROM unnest(%(payloads)s::text[]) AS p;
+
 -- name: export_readings
 -- Every export (`fieldhub export`, the web app's export.csv): one device's readings by its
 -- key, optionally one metric (and unit), in time order, then metric, unit and seq, so the

@@ -45,12 +45,6 @@ UPDATE devices SET enabled = %(enabled)s WHERE device_id = %(device_id)s RETURNI
 UPDATE devices SET password_hash = %(password_hash)s, secret_rotated_at = now()
 WHERE device_id = %(device_id)s RETURNING device_id;
 
--- name: delete_device
--- Cascades to what is keyed to the device row (latest values, state, presence, commands,
--- alerts); readings and rollups stay under the deleted key, which no device will ever have
--- again, so nothing of them is reachable (docs/devices.md, "Device keys").
-DELETE FROM devices WHERE device_id = %(device_id)s RETURNING device_id;
-
 -- name: get_service_account
 -- One account as stored, so ensure_service_account can leave an unchanged one alone.
 SELECT username, password_hash, acl FROM service_accounts WHERE username = %(username)s;

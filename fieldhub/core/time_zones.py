@@ -3,8 +3,7 @@
 Times are stored and travel in UTC (timestamptz, ISO 8601 with Z, epoch seconds); only what
 a person reads is in a zone. Theirs is either an IANA name kept on their account or, by
 default, the browser's own (`BROWSER`, stored as NULL), which the web app learns from the
-browser itself.
-"""
+browser itself."""
 
 from __future__ import annotations
 

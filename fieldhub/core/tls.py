@@ -2,8 +2,7 @@
 
 `fieldhub tls ensure` (run by scripts/setup) creates a private CA and a server certificate
 signed by it, once. Operators replace them by putting their own `ca.crt`, `server.crt` and
-`server.key` in the TLS directory; existing files are never overwritten.
-"""
+`server.key` in the TLS directory; existing files are never overwritten."""
 
 from __future__ import annotations
 

@@ -19,8 +19,7 @@ document and depth 6, Azure 32 KiB per twin section and depth 10):
   infinite numbers (JSON has none).
 * numbers within a signed 64-bit integer's range (``MAX_NUMBER``): jsonb keeps numbers as
   exact decimals and writes 6.9e210 back as 211 digits, which JSON encoders and devices'
-  parsers (orjson, cJSON, ArduinoJson) cannot read back.
-"""
+  parsers (orjson, cJSON, ArduinoJson) cannot read back."""
 
 from __future__ import annotations
 
@@ -72,8 +71,7 @@ def check_patch(patch: object, what: str = "patch") -> Document:
     """A merge patch that may be applied to a twin document, or TwinDocumentError.
 
     Only objects: a patch that is not an object would replace the whole document by a
-    non-object, and a twin document is always an object.
-    """
+    non-object, and a twin document is always an object."""
     if not isinstance(patch, Mapping):
         raise TwinDocumentError(f"{what} must be a JSON object, not {_json_type(patch)}")
     _check_value(patch, what, 1)
@@ -152,8 +150,7 @@ def delta(desired: Mapping[str, JsonValue], reported: Mapping[str, JsonValue]) -
 
     Objects are compared key by key, so a delta holds only the leaves that differ; arrays and
     other values are compared whole. Keys only reported are not in it: they are the device's
-    business, not something anyone asked for.
-    """
+    business, not something anyone asked for."""
     out: Document = {}
     for key, want in desired.items():
         have = reported.get(key)
@@ -170,8 +167,7 @@ def patch_between(old: Mapping[str, JsonValue], new: Mapping[str, JsonValue]) ->
     """The smallest merge patch that turns `old` into `new` (a removed key becomes null).
 
     The web page edits the whole desired document; what is stored and shown as the change is
-    this patch, the same kind of change the API and the command line make.
-    """
+    this patch, the same kind of change the API and the command line make."""
     patch: Document = {}
     for key in old:
         if key not in new:
@@ -211,8 +207,7 @@ def parse_report(payload: bytes) -> Report:
 
     `{"version": N, "state": {...}, "seq": S}`: `version` (required) is the desired version the
     device has applied, an integer from 0; `state` (required) is a merge patch object; `seq`
-    (optional) an integer from 0. Other keys are ignored, so firmware may add its own.
-    """
+    (optional) an integer from 0. Other keys are ignored, so firmware may add its own."""
     if len(payload) > MAX_DOCUMENT_BYTES + 1024:
         raise TwinDocumentError(
             f"report is {len(payload)} bytes; the limit is {MAX_DOCUMENT_BYTES} for its state"
@@ -249,8 +244,7 @@ def judge_report(current: Versions, report: Report) -> str | None:
     sharing the subscription can receive one device's reports in the order other than it sent
     them; a report that arrives after a later one was applied is refused here rather than
     applied on top of it. `seq` is compared only between reports of one version that both
-    carry it; an equal seq is the same report again (a redelivery) and applies as a no-op.
-    """
+    carry it; an equal seq is the same report again (a redelivery) and applies as a no-op."""
     if report.version > current.desired_version:
         return (
             f"report of desired version {report.version}, but the desired document is at "

@@ -7,8 +7,7 @@ publishes the retained documents. Device reports come in through the bridge, nev
 
 With `org_id` given, everything is scoped to that organisation: a device of another
 organisation is reported exactly like one that does not exist. The rules themselves (merge
-patches, delta, limits) are in fieldhub.core.twin_documents.
-"""
+patches, delta, limits) are in fieldhub.core.twin_documents."""
 
 from __future__ import annotations
 
@@ -19,11 +18,10 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import orjson
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.twin_documents import (
     Document,
     TwinDocumentError,
@@ -36,7 +34,6 @@ from fieldhub.core.twin_documents import (
 
 QUERIES = Queries(Path(__file__).with_name("twins.sql"))
 
-Conn = psycopg.Connection[Any]
 Source = Literal["web", "api", "cli"]
 MAX_HISTORY: Final = 1000
 
@@ -158,8 +155,7 @@ def update_desired(
     A patch that changes nothing makes no new version and records nothing. With `if_version`
     the change is made only if the desired document is still at that version
     (VersionMismatch otherwise), so two people editing at once cannot overwrite each other
-    unseen.
-    """
+    unseen."""
     checked = check_desired_patch(patch)
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         params = {"device_id": device_id, "org_id": org_id}

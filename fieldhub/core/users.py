@@ -6,8 +6,7 @@ change or a disabled account ends every session and revokes every API token", to
 expire.
 Session cookies and API tokens are 256 random bits; only their SHA-256 is stored, so a copy
 of the database does not let anyone in. Throttling state lives in the database, so it holds
-across every gunicorn worker and every web host.
-"""
+across every gunicorn worker and every web host."""
 
 from __future__ import annotations
 
@@ -18,14 +17,14 @@ import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import psycopg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from fieldhub.core import registry, time_zones
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 
 QUERIES = Queries(Path(__file__).with_name("users.sql"))
 
@@ -42,7 +41,97 @@ _HASHER = PasswordHasher()
 # times do not tell which addresses have accounts.
 _DUMMY_HASH = _HASHER.hash("not-a-real-password-" + secrets.token_hex(8))
 
-Conn = psycopg.Connection[Any]
+
+# The rows this module returns, each as its query in users.sql selects it.
+class User(TypedDict):
+    """An account (user_by_email without password_hash): what get_user and a login return."""
+
+    id: int
+    email: str
+    org_id: int
+    org: str
+    role: str
+    created_at: datetime
+    last_login_at: datetime | None
+    disabled_at: datetime | None
+
+
+class NewUser(TypedDict):
+    id: int
+    email: str
+    org_id: int
+    org: str
+    role: str
+    created_at: datetime
+
+
+class ListedUser(User):
+    tokens: int  # how many API tokens the user holds
+
+
+class UserState(TypedDict):
+    """What set_disabled changed."""
+
+    id: int
+    email: str
+    role: str
+    disabled_at: datetime | None
+
+
+class SessionUser(TypedDict):
+    """The user a web session speaks for, with the session's CSRF token and expiry."""
+
+    csrf_token: str
+    last_seen_at: datetime
+    expires_at: datetime
+    id: int
+    email: str
+    org_id: int
+    org: str
+    org_display_name: str
+    role: str
+    time_zone: str | None
+
+
+class TokenUser(TypedDict):
+    """The user an API bearer token speaks for."""
+
+    token_id: int
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    expired: bool | None
+    id: int
+    email: str
+    org_id: int
+    org: str
+    org_display_name: str
+    role: str
+
+
+class NewApiToken(TypedDict):
+    id: int
+    user_id: int
+    name: str
+    created_at: datetime
+    expires_at: datetime | None
+    email: str
+
+
+class ApiToken(TypedDict):
+    id: int
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    expired: bool
+
+
+class RevokedToken(TypedDict):
+    id: int
+    name: str
+    user_id: int
+    email: str
+    role: str
 
 
 class UserError(ValueError):
@@ -93,8 +182,7 @@ DEFAULT_POLICY = ThrottlePolicy()
 def set_hash_cost(*, time_cost: int, memory_cost_kib: int, parallelism: int = 1) -> None:
     """Change the Argon2id cost of new hashes (existing hashes keep their own parameters).
 
-    For test suites, which create hundreds of users; production keeps argon2-cffi's defaults.
-    """
+    For test suites, which create hundreds of users; production keeps argon2-cffi's defaults."""
     global _HASHER, _DUMMY_HASH
     _HASHER = PasswordHasher(
         time_cost=time_cost, memory_cost=memory_cost_kib, parallelism=parallelism
@@ -142,13 +230,13 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
-def public(user: Mapping[str, Any]) -> dict[str, Any]:
+def public(user: Mapping[str, Any]) -> User:
     """A user row without its password hash, safe to render or return."""
-    return {k: v for k, v in user.items() if k != "password_hash"}
+    return cast(User, {k: v for k, v in user.items() if k != "password_hash"})
 
 
 # -- accounts -------------------------------------------------------------------------------
-def create_user(conn: Conn, email: str, *, org: str, role: str, password: str) -> dict[str, Any]:
+def create_user(conn: Conn, email: str, *, org: str, role: str, password: str) -> NewUser:
     email = check_email(email)
     check_role(role)
     check_password(password)
@@ -165,10 +253,10 @@ def create_user(conn: Conn, email: str, *, org: str, role: str, password: str) -
     except psycopg.errors.UniqueViolation:
         raise UserError(f"a user with email {email!r} already exists") from None
     assert row is not None
-    return {**dict(row), "org": org}
+    return cast(NewUser, {**row, "org": org})
 
 
-def get_user(conn: Conn, email: str) -> dict[str, Any]:
+def get_user(conn: Conn, email: str) -> User:
     row = conn.execute(QUERIES["user_by_email"], {"email": email.strip()}).fetchone()
     if row is None:
         raise UserError(f"no user with email {email!r}")
@@ -177,7 +265,7 @@ def get_user(conn: Conn, email: str) -> dict[str, Any]:
 
 def set_disabled(
     conn: Conn, user_id: int, disabled: bool, *, org_id: int | None = None
-) -> dict[str, Any]:
+) -> UserState:
     """Disable (or enable) a user within `org_id` (None: any). Disabling ends every session of
     the user and revokes every API token in the same transaction, so nothing they hold works
     after the commit; enabling brings none of them back."""
@@ -191,11 +279,11 @@ def set_disabled(
         if disabled:
             conn.execute(QUERIES["delete_user_sessions"], {"user_id": user_id})
             conn.execute(QUERIES["delete_user_tokens"], {"user_id": user_id})
-    return dict(row)
+    return cast(UserState, row)
 
 
-def list_users(conn: Conn, *, org_id: int | None = None) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(QUERIES["list_users"], {"org_id": org_id})]
+def list_users(conn: Conn, *, org_id: int | None = None) -> list[ListedUser]:
+    return [cast(ListedUser, r) for r in conn.execute(QUERIES["list_users"], {"org_id": org_id})]
 
 
 def delete_user(conn: Conn, user_id: int, *, org_id: int | None = None) -> None:
@@ -207,7 +295,7 @@ def delete_user(conn: Conn, user_id: int, *, org_id: int | None = None) -> None:
         raise UserError("no such user")
 
 
-def authenticate(conn: Conn, email: str, password: str) -> dict[str, Any] | None:
+def authenticate(conn: Conn, email: str, password: str) -> User | None:
     """The user if the password is right, else None (same work either way). A disabled
     account with the right password raises AccountDisabled: only who knows the password
     learns that the account exists and is disabled."""
@@ -282,11 +370,11 @@ def create_session(conn: Conn, user_id: int, *, ttl_s: int = SESSION_TTL_S) -> s
     return token
 
 
-def session_user(conn: Conn, token: str, *, ttl_s: int = SESSION_TTL_S) -> dict[str, Any] | None:
+def session_user(conn: Conn, token: str, *, ttl_s: int = SESSION_TTL_S) -> SessionUser | None:
     row = conn.execute(
         QUERIES["session_user"], {"token_hash": hash_token(token), "ttl_s": ttl_s}
     ).fetchone()
-    return None if row is None else dict(row)
+    return None if row is None else cast(SessionUser, row)
 
 
 def session_valid(conn: Conn, token: str) -> bool:
@@ -308,7 +396,7 @@ MAX_TOKEN_NAME = 100
 
 def create_api_token(
     conn: Conn, email: str, *, name: str = "", expires_in: timedelta | None = None
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, NewApiToken]:
     """A new API token for the user: (token shown once, its stored row). `expires_in` None:
     valid until revoked."""
     user = get_user(conn, email)
@@ -330,10 +418,10 @@ def create_api_token(
         ).fetchone()
     if row is None:
         raise UserError(f"{user['email']} is disabled; enable the account first")
-    return token, {**dict(row), "email": user["email"]}
+    return token, cast(NewApiToken, {**row, "email": user["email"]})
 
 
-def api_token_user(conn: Conn, token: str) -> dict[str, Any] | None:
+def api_token_user(conn: Conn, token: str) -> TokenUser | None:
     """The user a bearer token speaks for; None if it is unknown, revoked or its user is
     disabled; TokenExpired if it ran out."""
     row = conn.execute(QUERIES["api_token_user"], {"token_hash": hash_token(token)}).fetchone()
@@ -342,16 +430,17 @@ def api_token_user(conn: Conn, token: str) -> dict[str, Any] | None:
     if row["expired"]:
         raise TokenExpired(row["expires_at"])
     conn.execute(QUERIES["touch_api_token"], {"token_id": row["token_id"]})
-    return dict(row)
+    return cast(TokenUser, row)
 
 
-def list_api_tokens(conn: Conn, user_id: int) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(QUERIES["list_api_tokens"], {"user_id": user_id})]
+def list_api_tokens(conn: Conn, user_id: int) -> list[ApiToken]:
+    rows = conn.execute(QUERIES["list_api_tokens"], {"user_id": user_id})
+    return [cast(ApiToken, r) for r in rows]
 
 
 def revoke_api_token(
     conn: Conn, token_id: int, *, user_id: int | None = None, org_id: int | None = None
-) -> dict[str, Any]:
+) -> RevokedToken:
     """Delete a token within a scope: `user_id` (one's own), `org_id` (an organisation's
     admin) or neither (operators, the CLI). Outside the scope it is "no such token"."""
     with conn.transaction():
@@ -361,7 +450,7 @@ def revoke_api_token(
         ).fetchone()
     if row is None:
         raise UserError(f"no API token {token_id}")
-    return dict(row)
+    return cast(RevokedToken, row)
 
 
 # -- login throttling -----------------------------------------------------------------------
@@ -373,7 +462,9 @@ def throttle_keys(email: str, ip: str | None) -> list[str]:
 
 
 def throttle_limit(key: str, policy: ThrottlePolicy) -> int:
-    return policy.per_email if key.startswith("email:") else policy.per_ip
+    """Keys of one address ("ip:", and HTTP ingest's "device-ip:") get the address limit; keys
+    of one account ("email:", HTTP ingest's "device:<id>@<address>") the account limit."""
+    return policy.per_ip if key.startswith(("ip:", "device-ip:")) else policy.per_email
 
 
 def blocked_for(failures: Sequence[Mapping[str, Any]], policy: ThrottlePolicy) -> float | None:
@@ -401,12 +492,11 @@ def attempt_login(
     password: str,
     ip: str | None,
     policy: ThrottlePolicy = DEFAULT_POLICY,
-) -> tuple[dict[str, Any] | None, float | None]:
+) -> tuple[User | None, float | None]:
     """Check the throttle, then the password: (user or None, seconds to wait if throttled).
 
     One transaction holding an advisory lock on the account: attempts for one email from any
-    number of workers are counted one after another, so the limit cannot be overrun.
-    """
+    number of workers are counted one after another, so the limit cannot be overrun."""
     keys = throttle_keys(email, ip)
     with conn.transaction():
         conn.execute(QUERIES["lock_login_key"], {"key": keys[0]})

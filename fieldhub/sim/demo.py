@@ -3,23 +3,16 @@
 The demo devices themselves (demo-01..demo-12, labelled by site) are created by the simulator
 (`fieldhub simulate --org demo --prefix demo`), which needs their secrets anyway. The demo
 user's password is generated once and kept in the stack's secrets directory (0600), so every
-`up --demo` prints the same, working login.
-"""
+`up --demo` prints the same, working login."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import logging
 import secrets
 from pathlib import Path
-from typing import Any
 
-import psycopg
-
-from fieldhub.core import registry
-
-log = logging.getLogger(__name__)
+from fieldhub.core import registry, users
+from fieldhub.core.db import Conn
 
 DEMO_ORG = "demo"
 DEMO_EMAIL = "demo@example.com"
@@ -32,8 +25,7 @@ DEMO_INTERVAL_S = 2.0  # values move on the page within seconds of opening it
 class DemoLogin:
     email: str
     password_file: Path
-    # None while the web team's user module is not there yet.
-    created: bool | None
+    created: bool  # False when an earlier `up --demo` made it
 
     @property
     def password(self) -> str:
@@ -50,7 +42,7 @@ def demo_password(secrets_dir: Path) -> Path:
     return path
 
 
-def ensure_demo(conn: psycopg.Connection[Any], secrets_dir: Path) -> DemoLogin:
+def ensure_demo(conn: Conn, secrets_dir: Path) -> DemoLogin:
     """Create the demo organisation and user if missing; make the stored password work."""
     try:
         registry.get_org(conn, DEMO_ORG)
@@ -58,11 +50,6 @@ def ensure_demo(conn: psycopg.Connection[Any], secrets_dir: Path) -> DemoLogin:
         registry.create_org(conn, DEMO_ORG, "Demo (simulated devices)")
     password_file = demo_password(secrets_dir)
     password = password_file.read_text().strip()
-    try:
-        users: Any = importlib.import_module("fieldhub.core.users")
-    except ImportError:
-        log.warning("demo user not created: fieldhub.core.users is not available in this build")
-        return DemoLogin(DEMO_EMAIL, password_file, None)
     try:
         users.create_user(conn, DEMO_EMAIL, org=DEMO_ORG, role=DEMO_ROLE, password=password)
         return DemoLogin(DEMO_EMAIL, password_file, True)

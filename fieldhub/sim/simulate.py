@@ -13,8 +13,7 @@ several brokers each device connects to the broker it is homed on (devices.broke
 
 For benchmarks that count what was lost, each process can keep a ledger: one line
 `device_id seq ts_ms` per reading the broker acknowledged (PUBACK), flushed every second and at
-the end, so "published" means acknowledged, message by message.
-"""
+the end, so "published" means acknowledged, message by message."""
 
 from __future__ import annotations
 
@@ -28,7 +27,6 @@ import multiprocessing
 import os
 import queue
 import random
-import resource
 import signal
 import ssl
 import time
@@ -39,13 +37,12 @@ from typing import IO, Any, TypeGuard
 
 import aiomqtt
 import orjson
-import psycopg
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fieldhub.core import registry
+from fieldhub.core import procs, registry
 from fieldhub.core.config import DEFAULT_BROKER
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
 
 log = logging.getLogger("fieldhub.simulate")
@@ -185,8 +182,7 @@ def answer_command(payload: bytes) -> tuple[bytes, bytes, float | None] | None:
     """The two acks (accepted, final) for a command payload, and a new interval if asked for.
 
     None for an empty payload: that is the backend clearing a finished command's retained
-    message, not a command.
-    """
+    message, not a command."""
     if not payload:
         return None
     accepted = orjson.dumps({"status": "accepted"})
@@ -433,19 +429,6 @@ async def run_devices(
 
 
 # -- several processes --------------------------------------------------------------------------
-def raise_open_file_limit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, needed)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    if want < needed:
-        log.warning(
-            "open-file limit %d is below the %d this process needs; raise it (ulimit -Hn)",
-            want,
-            needed,
-        )
-
-
 def _worker(
     index: int,
     devices: Sequence[SimulatedDevice],
@@ -459,7 +442,7 @@ def _worker(
     # The parent handles Ctrl-C and tells the workers through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    raise_open_file_limit(len(devices) + 64)
+    procs.raise_open_file_limit(len(devices) + 64)
 
     def report(stats: Stats) -> None:
         with contextlib.suppress(Exception):
@@ -588,7 +571,7 @@ def run_simulation(
 
 # -- credentials --------------------------------------------------------------------------------
 def provision(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     *,
     org: str,
     prefix: str,

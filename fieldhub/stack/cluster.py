@@ -9,8 +9,7 @@ front of them on the web port. It is the same supervisor with more process specs
 Ports: the replica listens on FIELDHUB_PG_PORT + 1, the web instances on FIELDHUB_WEB_PORT + 1
 and + 2 (nginx takes FIELDHUB_WEB_PORT itself), bridge N serves metrics on
 FIELDHUB_BRIDGE_METRICS_PORT + N - 1 for broker-1 and + 2 + N - 1 for broker-2; broker-2
-listens on each of broker-1's MQTT ports + 1000.
-"""
+listens on each of broker-1's MQTT ports + 1000."""
 
 from __future__ import annotations
 
@@ -105,19 +104,6 @@ def replica_ready(replica: PostgresCluster) -> Callable[[], bool]:
             return False
 
     return probe
-
-
-def replica_spec(replica: PostgresCluster) -> ProcessSpec:
-    return ProcessSpec(
-        name="postgres-replica",
-        argv=(str(pg_bindir() / "postgres"), "-D", str(replica.pgdata)),
-        ready=replica_ready(replica),
-        ready_timeout=60,
-        user=PG_USER,
-        stop_signal=2,  # SIGINT: fast shutdown
-        stop_timeout=60,
-        cwd=replica.pgdata,
-    )
 
 
 def replica_url(settings: Settings) -> str:

@@ -8,8 +8,7 @@ wal_retrieve_retry_interval 1s, pg_rewind, fast basebackup, the etcd3 API. Authe
 `trust` on loopback: test clusters only.
 
 Every process is started here and ended here by its pid (and a node's by its postmaster's pid
-file), never by name.
-"""
+file), never by name."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """A project-local PostgreSQL cluster with TimescaleDB preloaded.
 
 PostgreSQL refuses to run as root; when we are root the cluster's files belong to the
-`postgres` system user and every server command runs as that user.
-"""
+`postgres` system user and every server command runs as that user."""
 
 from __future__ import annotations
 

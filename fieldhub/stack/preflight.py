@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import stat
 import subprocess
 from collections.abc import Sequence
@@ -48,13 +47,6 @@ class StackPaths:
     @property
     def detach_log(self) -> Path:
         return self.log_dir / "up.log"
-
-
-def raise_open_file_limit() -> None:
-    """Children inherit this: a broker or simulator with 10,000 clients needs the fds."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def check_home(paths: StackPaths) -> None:

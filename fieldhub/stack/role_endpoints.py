@@ -2,8 +2,7 @@
 
 Pure: computed from the settings (ports, FIELDHUB_METRICS_HOST, FIELDHUB_WEB_HOST) by the
 same rules the processes use to pick their ports, so `fieldhub status` on a host and the
-Prometheus config agree with what runs. fieldhub.stack.roles probes them.
-"""
+Prometheus config agree with what runs. fieldhub.stack.roles probes them."""
 
 from __future__ import annotations
 

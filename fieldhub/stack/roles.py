@@ -3,8 +3,7 @@
 A role with a health endpoint (web, bridge, worker) is "ready", "not ready" (its /readyz
 answered 503, with the failing checks) or "down" (nothing answers); the others (database,
 broker, auth-sync, migrate, nginx) report their systemd unit's state where systemd runs, and
-"unknown" elsewhere. Every probe has a 2 s timeout, so status never hangs on a sick host.
-"""
+"unknown" elsewhere. Every probe has a 2 s timeout, so status never hangs on a sick host."""
 
 from __future__ import annotations
 

@@ -22,11 +22,17 @@ def fieldhub_argv(*args: str) -> tuple[str, ...]:
     return (sys.executable, "-m", "fieldhub", *args)
 
 
-def postgres_spec(cluster: PostgresCluster) -> ProcessSpec:
+def postgres_spec(
+    cluster: PostgresCluster,
+    name: str = "postgres",
+    ready: Callable[[], bool] | None = None,
+) -> ProcessSpec:
+    """A PostgreSQL server of the stack; ready when it accepts connections, unless `ready`
+    says otherwise (a replica: once it has started streaming)."""
     return ProcessSpec(
-        name="postgres",
+        name=name,
         argv=(str(pg_bindir() / "postgres"), "-D", str(cluster.pgdata)),
-        ready=postgres_accepts(cluster),
+        ready=ready or postgres_accepts(cluster),
         ready_timeout=60,
         user=PG_USER,
         # SIGINT is PostgreSQL's fast shutdown (what `pg_ctl stop -m fast` sends).
@@ -59,8 +65,7 @@ def service_specs(
     (nginx, which fronts the web servers, is started by the caller once they answer).
 
     With several brokers there is one auth-sync per broker and one bridge process per
-    (instance, broker) pair: a bridge instance is the group of its per-broker processes.
-    """
+    (instance, broker) pair: a bridge instance is the group of its per-broker processes."""
     urls = endpoints.stack_urls(settings)
     specs = []
     brokers = settings.broker_names
@@ -197,6 +202,7 @@ def local_brokers(settings: Settings) -> list[tuple[str, MosquittoBroker]]:
                 endpoints.local_broker_ports(settings, name).devices,
                 endpoints.local_broker_ports(settings, name).devices_tls,
                 endpoints.local_broker_ports(settings, name).services,
+                mqtt_devices_cert=endpoints.local_broker_ports(settings, name).devices_cert,
             ),
         )
         for name in settings.broker_names

@@ -36,13 +36,7 @@ def banner(settings: Settings, state: dict[str, Any]) -> str:
     login = state.get("demo_login")
     if login:
         password = Path(login["password_file"]).read_text().strip()
-        if login.get("user_created") is None:
-            lines.append("  demo login: not available yet (no user module in this build)")
-        else:
-            lines.append(f"  demo login: {login['email']} / {password}")
-    unavailable = state.get("unavailable") or {}
-    if unavailable:
-        lines.append("  not available yet: " + ", ".join(sorted(unavailable)))
+        lines.append(f"  demo login: {login['email']} / {password}")
     lines.append("  `fieldhub status` shows every process; logs are in " + str(settings.log_dir))
     return "\n".join(lines) + "\n"
 
@@ -91,8 +85,6 @@ def stack_status(settings: Settings) -> dict[str, Any]:
                 "log": info.get("log"),
                 "metrics_url": info.get("metrics_url"),
             }
-        for name, reason in (state.get("unavailable") or {}).items():
-            result["processes"][name] = {"state": "unavailable", "reason": reason}
     if settings.roles:
         result["roles"] = role_status(settings)
     return result

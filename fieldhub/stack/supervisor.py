@@ -14,8 +14,7 @@ log folder that outgrew LOG_MAX_BYTES to NAME.log.1 (shifting older copies up to
 NAME.log.LOG_KEEP, dropping the oldest) and truncates it. The children keep writing to the
 file they opened; they opened it for appending, so after the truncation their next line lands
 at the new end (logrotate's copytruncate: lines written between the copy and the truncation,
-a few milliseconds, are lost, which beats restarting every process to reopen its log).
-"""
+a few milliseconds, are lost, which beats restarting every process to reopen its log)."""
 
 from __future__ import annotations
 
@@ -168,7 +167,6 @@ class Supervisor:
         self.log_check_s = log_check_s
         self._logs_checked = 0.0
         self.phase = "starting"
-        self.unavailable: dict[str, str] = {}
         self._children: dict[str, _Child] = {}
         self._order: list[str] = []
         self._lock = threading.RLock()
@@ -190,11 +188,6 @@ class Supervisor:
             self._spawn(child)
         self._ensure_monitor()
         self._wait_ready(child)
-
-    def mark_unavailable(self, name: str, reason: str) -> None:
-        """Record a process the stack would run but cannot yet (shown by `fieldhub status`)."""
-        self.unavailable[name] = reason
-        self.write_state()
 
     def _spawn(self, child: _Child) -> None:
         spec = child.spec
@@ -373,7 +366,6 @@ class Supervisor:
                 "phase": self.phase,
                 "order": list(self._order),
                 "processes": processes,
-                "unavailable": dict(self.unavailable),
                 **self.info,
             }
 

@@ -6,8 +6,7 @@ database + migrations + the bridge's broker account -> Mosquitto -> a first regi
 the fieldhub processes (auth-sync, bridge, worker, web, and the simulator with --demo), a
 fixed list. With DATABASE_URL / MQTT_URL set, the matching local server is not started.
 
-Everything runs under one `Supervisor`; its state file is what `status` and `down` read.
-"""
+Everything runs under one `Supervisor`; its state file is what `status` and `down` read."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from types import FrameType
 import psycopg
 
 from fieldhub.broker.auth_sync import sync_once
-from fieldhub.core import endpoints, registry
+from fieldhub.core import endpoints, procs, registry
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.tls import ensure_tls
@@ -35,7 +34,6 @@ from fieldhub.stack.preflight import (
     StackPaths,
     check_home,
     check_ports_free,
-    raise_open_file_limit,
     running_state,
 )
 from fieldhub.stack.probes import http_answers
@@ -55,6 +53,9 @@ log = logging.getLogger("fieldhub.stack")
 
 
 DETACH_TIMEOUT_S = 300.0
+# Children inherit the open-file limit: a broker or simulator with 10,000 clients, plus the
+# servers' own descriptors.
+OPEN_FILES_NEEDED = 16_384
 
 
 def run_up(
@@ -79,7 +80,7 @@ def run_up(
     file_log = logging.FileHandler(paths.supervisor_log)
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(file_log)
-    raise_open_file_limit()
+    procs.raise_open_file_limit(OPEN_FILES_NEEDED)
 
     local_db = settings.database_url is None
     local_broker = settings.mqtt_url is None and not settings.brokers
@@ -96,6 +97,7 @@ def run_up(
             ports += [
                 (f"MQTT devices, {name}", broker_ports.devices),
                 (f"MQTT devices TLS, {name}", broker_ports.devices_tls),
+                (f"MQTT certificate devices, {name}", broker_ports.devices_cert),
                 (f"MQTT services, {name}", broker_ports.services),
             ]
     check_ports_free(ports)
@@ -178,7 +180,9 @@ def _bring_up(
         replica = cluster_mod.replica_cluster(settings)
         if cluster_mod.init_replica(primary, replica):
             log.info("created the streaming replica in %s", replica.data_dir)
-        supervisor.start(cluster_mod.replica_spec(replica))
+        supervisor.start(
+            postgres_spec(replica, "postgres-replica", cluster_mod.replica_ready(replica))
+        )
         read_database_url = cluster_mod.replica_url(settings)
     # One account per bridge instance (its durable session is named after it), the same on
     # every broker: each broker's auth-sync renders every service account.
@@ -206,7 +210,13 @@ def _bring_up(
                 spec_name = "mosquitto" if len(brokers) == 1 else f"mosquitto-{name}"
                 supervisor.start(mosquitto_spec(broker, spec_name))
                 # One sync now, so the bridge can log in even before auth-sync is up.
-                if sync_once(conn, broker.auth_dir, broker=name, operator_dir=settings.acl_dir):
+                if sync_once(
+                    conn,
+                    broker.auth_dir,
+                    broker=name,
+                    operator_dir=settings.acl_dir,
+                    tls_dir=settings.tls_dir,
+                ):
                     broker.reload()
     for spec in service_specs(
         settings,

@@ -2,8 +2,7 @@
 
 `create_app()` builds the app from `Settings.from_env()`; tests pass `test_config` with the
 database URL of their own database. Each module hooks itself in with `init_app(app)`. Builds
-on fieldhub.core and the analysis service; templates/ and static/ are package data beside it.
-"""
+on fieldhub.core and the analysis service; templates/ and static/ are package data beside it."""
 
 from __future__ import annotations
 
@@ -80,6 +79,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         WEBHOOK_ALLOWED_NETWORKS=(),
         # Peers whose X-Forwarded-For names the client (fieldhub.web.proxies).
         TRUSTED_PROXIES=(),
+        # HTTP ingest: requests per second per device, across workers (fieldhub.web.ingest).
+        INGEST_RATE_PER_S=10,
     )
     if test_config is None:
         settings = Settings.from_env()
@@ -97,6 +98,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             TRUSTED_PROXIES=settings.trusted_proxies,
             DEAD_LETTERS_RETENTION_DAYS=settings.retention_dead_letters_days,
             EXPORTS_PER_USER=settings.exports_per_user,
+            INGEST_RATE_PER_S=settings.ingest_rate_per_s,
+            # Where the device CA is, if this host has it (admin: "Issue certificate").
+            DEVICE_CA_DIR=settings.tls_dir,
         )
     else:
         app.config.update(test_config)
@@ -112,6 +116,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         db,
         errors,
         health,
+        ingest,
         live,
         metrics,
         pages,
@@ -137,6 +142,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     pages.init_app(app)
     account.init_app(app)
     api.init_app(app)
+    ingest.init_app(app)
     admin.init_app(app)
     return app
 

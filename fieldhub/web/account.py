@@ -3,9 +3,8 @@ their API tokens (made, listed and revoked here; shown once)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, Flask, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 
 from fieldhub.core import time_zones, users
 from fieldhub.web import db, serializers
@@ -28,7 +27,7 @@ TOKEN_EXPIRY_CHOICES = (
 )
 
 
-def _page(status: int = 200) -> Any:
+def _page(status: int = 200) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     return (
@@ -44,13 +43,13 @@ def _page(status: int = 200) -> Any:
 
 @bp.route("/account")
 @login_required
-def show() -> Any:
+def show() -> ResponseReturnValue:
     return _page()
 
 
 @bp.route("/account/time-zone", methods=["POST"])
 @login_required
-def set_time_zone() -> Any:
+def set_time_zone() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     try:
@@ -67,7 +66,7 @@ def set_time_zone() -> Any:
 
 @bp.route("/account/tokens", methods=["POST"])
 @login_required
-def create_token() -> Any:
+def create_token() -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     choice = request.form.get("expires_in", "90d")
@@ -84,7 +83,7 @@ def create_token() -> Any:
 
 @bp.route("/account/tokens/<int:token_id>/revoke", methods=["POST"])
 @login_required
-def revoke_token(token_id: int) -> Any:
+def revoke_token(token_id: int) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     try:

@@ -1,8 +1,7 @@
 """Admin pages: organisations (operators), users and devices (admins of their organisation).
 
 Device changes go through fieldhub.core.registry, the same functions as the CLI, so validation
-and "credentials are shown once" hold here too. Pages that show a secret are never cached.
-"""
+and "credentials are shown once" hold here too. Pages that show a secret are never cached."""
 
 from __future__ import annotations
 
@@ -21,10 +20,11 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from fieldhub.analysis import service as analysis
 from fieldhub.analysis.jobs import JOBS
-from fieldhub.core import registry, users
+from fieldhub.core import certificates, device_ca, registry, users
 from fieldhub.core.brokers import urls_in_preference
 from fieldhub.core.passwords import generate_secret, hash_secret
 from fieldhub.web import data, db, replication, serializers
@@ -68,14 +68,14 @@ def _back() -> str:
 
 @bp.route("/")
 @role_required("admin")
-def index() -> Any:
+def index() -> ResponseReturnValue:
     return redirect(url_for("admin.devices"))
 
 
 # -- organisations --------------------------------------------------------------------------
 @bp.route("/orgs", methods=["GET", "POST"])
 @role_required("operator")
-def orgs() -> Any:
+def orgs() -> ResponseReturnValue:
     conn = db.write()
     if request.method == "POST":
         try:
@@ -95,7 +95,7 @@ def orgs() -> Any:
 # -- users ----------------------------------------------------------------------------------
 @bp.route("/users", methods=["GET", "POST"])
 @role_required("admin")
-def users_page() -> Any:
+def users_page() -> ResponseReturnValue:
     conn = db.write()
     org_id = scope_org_id()
     if request.method == "POST":
@@ -132,7 +132,7 @@ def users_page() -> Any:
     )
 
 
-def _user_in_scope(user_id: int) -> dict[str, Any]:
+def _user_in_scope(user_id: int) -> users.ListedUser:
     """A user this admin may manage: of their organisation (any, for an operator), and an
     operator only for an operator. 404 outside the organisation, 403 above one's role."""
     target = next(
@@ -146,7 +146,7 @@ def _user_in_scope(user_id: int) -> dict[str, Any]:
     return target
 
 
-def _is_me(target: dict[str, Any]) -> bool:
+def _is_me(target: users.ListedUser) -> bool:
     me = current_user()
     assert me is not None
     return bool(target["id"] == me["id"])
@@ -154,7 +154,7 @@ def _is_me(target: dict[str, Any]) -> bool:
 
 @bp.route("/users/<int:user_id>/delete", methods=["POST"])
 @role_required("admin")
-def delete_user(user_id: int) -> Any:
+def delete_user(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     if _is_me(target):
         flash("You cannot delete your own account.", "error")
@@ -166,7 +166,7 @@ def delete_user(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/disable", methods=["POST"])
 @role_required("admin")
-def disable_user(user_id: int) -> Any:
+def disable_user(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     if _is_me(target):
         flash("You cannot disable your own account.", "error")
@@ -178,7 +178,7 @@ def disable_user(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/enable", methods=["POST"])
 @role_required("admin")
-def enable_user(user_id: int) -> Any:
+def enable_user(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     users.set_disabled(db.write(), user_id, False, org_id=scope_org_id())
     flash(f"User {target['email']} enabled: they can log in again.", "info")
@@ -187,7 +187,7 @@ def enable_user(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/tokens")
 @role_required("admin")
-def user_tokens(user_id: int) -> Any:
+def user_tokens(user_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     return render_template(
         "admin/user_tokens.html",
@@ -198,7 +198,7 @@ def user_tokens(user_id: int) -> Any:
 
 @bp.route("/users/<int:user_id>/tokens/<int:token_id>/revoke", methods=["POST"])
 @role_required("admin")
-def revoke_user_token(user_id: int, token_id: int) -> Any:
+def revoke_user_token(user_id: int, token_id: int) -> ResponseReturnValue:
     target = _user_in_scope(user_id)
     try:
         row = users.revoke_api_token(db.write(), token_id, user_id=user_id, org_id=scope_org_id())
@@ -218,7 +218,7 @@ def device_urls(creds: registry.DeviceCredentials) -> list[str]:
 
 @bp.route("/devices", methods=["GET", "POST"])
 @role_required("admin")
-def devices() -> Any:
+def devices() -> ResponseReturnValue:
     conn = db.write()
     org_id = scope_org_id()
     if request.method == "POST":
@@ -257,7 +257,7 @@ def devices() -> Any:
 
 @bp.route("/devices/<device_id>/rotate", methods=["POST"])
 @role_required("admin")
-def rotate(device_id: str) -> Any:
+def rotate(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     creds = registry.rotate_secret(db.write(), device_id)
     return no_store(
@@ -267,9 +267,29 @@ def rotate(device_id: str) -> Any:
     )
 
 
+@bp.route("/devices/<device_id>/certificate", methods=["POST"])
+@role_required("admin")
+def issue_certificate(device_id: str) -> Any:
+    """A new key pair and certificate for the device, shown once (the previous certificate is
+    revoked). Only where this host has the device CA: a web host never makes a CA of its own,
+    which devices and the broker would not trust (docs/devices.md)."""
+    device = _device_or_404(device_id)
+    ca_dir = current_app.config.get("DEVICE_CA_DIR")
+    if ca_dir is None or not device_ca.has_device_ca(ca_dir):
+        flash(
+            "This web host has no device CA: issue the certificate with "
+            f"`fieldhub device rotate {device_id} --cert` on the host that has it.",
+            "error",
+        )
+        return redirect(url_for("admin.devices"))
+    issued = device_ca.issue(ca_dir, device_id)
+    certificates.record(db.write(), device_id, issued)
+    return no_store(render_template("admin/certificate.html", device=device, issued=issued))
+
+
 @bp.route("/devices/<device_id>/enable", methods=["POST"])
 @role_required("admin")
-def enable(device_id: str) -> Any:
+def enable(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, True)
     flash(f"Device {device_id} enabled: it can connect again.", "info")
@@ -278,7 +298,7 @@ def enable(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/disable", methods=["POST"])
 @role_required("admin")
-def disable(device_id: str) -> Any:
+def disable(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     registry.set_enabled(db.write(), device_id, False)
     flash(f"Device {device_id} disabled: the broker refuses it from now on.", "info")
@@ -287,7 +307,7 @@ def disable(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/attach", methods=["POST"])
 @role_required("admin")
-def attach(device_id: str) -> Any:
+def attach(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     gateway_id = request.form.get("gateway_id", "").strip()
     try:
@@ -303,7 +323,7 @@ def attach(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/detach", methods=["POST"])
 @role_required("admin")
-def detach(device_id: str) -> Any:
+def detach(device_id: str) -> ResponseReturnValue:
     _device_or_404(device_id)
     gateway = registry.detach_gateway(db.write(), device_id, org_id=scope_org_id())
     if gateway is not None:
@@ -313,7 +333,7 @@ def detach(device_id: str) -> Any:
 
 @bp.route("/devices/import", methods=["GET", "POST"])
 @role_required("admin")
-def import_devices() -> Any:
+def import_devices() -> ResponseReturnValue:
     conn = db.write()
     if request.method == "GET":
         return render_template("admin/import.html", orgs=data.list_orgs(conn, scope_org_id()))
@@ -388,7 +408,9 @@ def _org_by_id(org_id: int) -> dict[str, Any]:
     return next(o for o in data.list_orgs(db.write(), org_id))
 
 
-def _rules_page(org: dict[str, Any], form: dict[str, Any] | None, status: int = 200) -> Any:
+def _rules_page(
+    org: dict[str, Any], form: dict[str, Any] | None, status: int = 200
+) -> ResponseReturnValue:
     return (
         render_template(
             "admin/rules.html",
@@ -403,7 +425,7 @@ def _rules_page(org: dict[str, Any], form: dict[str, Any] | None, status: int = 
 
 @bp.route("/rules", methods=["GET", "POST"])
 @role_required("admin")
-def rules() -> Any:
+def rules() -> ResponseReturnValue:
     org = _acting_org()
     if request.method == "GET":
         return _rules_page(org, None)
@@ -419,7 +441,7 @@ def rules() -> Any:
 
 @bp.route("/rules/<int:rule_id>", methods=["GET", "POST"])
 @role_required("admin")
-def edit_rule(rule_id: int) -> Any:
+def edit_rule(rule_id: int) -> ResponseReturnValue:
     org_id, rule = _rule_or_404(rule_id)
     org = _org_by_id(org_id)
     if request.method == "GET":
@@ -439,7 +461,7 @@ def edit_rule(rule_id: int) -> Any:
 
 @bp.route("/rules/<int:rule_id>/delete", methods=["POST"])
 @role_required("admin")
-def delete_rule(rule_id: int) -> Any:
+def delete_rule(rule_id: int) -> ResponseReturnValue:
     org_id, rule = _rule_or_404(rule_id)
     try:
         analysis.delete_alert_rule(db.write(), org_id, rule_id)
@@ -451,7 +473,7 @@ def delete_rule(rule_id: int) -> Any:
 
 @bp.route("/webhook", methods=["GET", "POST"])
 @role_required("admin")
-def webhook() -> Any:
+def webhook() -> ResponseReturnValue:
     org = _acting_org()
     conn = db.write()
     if request.method == "GET":
@@ -473,7 +495,9 @@ def webhook() -> Any:
     return no_store(render_template("admin/webhook_secret.html", org=org, hook=saved))
 
 
-def _webhook_page(org: dict[str, Any], typed_url: str | None, status: int = 200) -> Any:
+def _webhook_page(
+    org: dict[str, Any], typed_url: str | None, status: int = 200
+) -> ResponseReturnValue:
     conn = db.write()
     return (
         render_template(
@@ -490,7 +514,7 @@ def _webhook_page(org: dict[str, Any], typed_url: str | None, status: int = 200)
 
 @bp.route("/webhook/delete", methods=["POST"])
 @role_required("admin")
-def delete_webhook() -> Any:
+def delete_webhook() -> ResponseReturnValue:
     org = _acting_org()
     analysis.delete_webhook(db.write(), org["id"])
     flash("Webhook removed: alerts are no longer sent anywhere.", "info")
@@ -500,7 +524,7 @@ def delete_webhook() -> Any:
 # -- job runs (operators) ---------------------------------------------------------------------
 @bp.route("/jobs")
 @role_required("operator")
-def jobs() -> Any:
+def jobs() -> ResponseReturnValue:
     job = request.args.get("job", "").strip() or None
     names = [j.name for j in JOBS]
     if job not in names:
@@ -516,7 +540,7 @@ def jobs() -> Any:
 # -- system: where reads come from, replication lag (operators) -------------------------------
 @bp.route("/system")
 @role_required("operator")
-def system() -> Any:
+def system() -> ResponseReturnValue:
     return render_template(
         "admin/system.html", state=replication.replication_state(db.read_side(), db.write())
     )

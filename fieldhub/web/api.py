@@ -4,8 +4,7 @@ Each route is an operation of `API` (fieldhub/web/openapi.py): its signature's t
 (fieldhub/web/api_shapes.py) parse the request and make the OpenAPI document at
 /api/v1/openapi.json, which /api/v1/docs renders. Every error is an RFC 9457 problem
 (fieldhub/web/problems.py), documented at its `type` URL; every list is paged by cursor.
-docs/api.md has the conventions and why.
-"""
+docs/api.md has the conventions and why."""
 
 from __future__ import annotations
 
@@ -183,27 +182,6 @@ def _latest_json(rows: list[dict[str, Any]]) -> list[LatestValue]:
         {"metric": r["metric"], "unit": r["unit"], "time": r["time"], "value": r["value"]}
         for r in rows
     ]
-
-
-def _command_json(command: Mapping[str, Any]) -> Command:
-    result: Command = {
-        "id": command["id"],
-        "device_id": command["device_id"],
-        "name": command["name"],
-        "params": command["params"],
-        "status": command["status"],
-        "created_at": command["created_at"],
-        "updated_at": command["updated_at"],
-        "expires_at": command["expires_at"],
-        "result": command.get("result"),
-        "error": command.get("error"),
-    }
-    if "timeline" in command:
-        result["timeline"] = [
-            {"status": e["status"], "at": e["at"], "detail": e.get("detail")}
-            for e in command["timeline"]
-        ]
-    return result
 
 
 def _alert_json(row: Mapping[str, Any]) -> Alert:
@@ -393,7 +371,7 @@ def device_commands(
         before=after,
     )
     shown, link = page(commands, query.limit)
-    return {"commands": [_command_json(c) for c in shown], "next": link}
+    return {"commands": [serializers.command_json(c) for c in shown], "next": link}
 
 
 @API.operation(
@@ -420,7 +398,7 @@ def send_command(device_id: DeviceId, body: NewCommand) -> Command:
         raise _not_found("device") from None
     except command_requests.CommandRequestError as exc:
         raise problems.Problem("refused", serializers.sentence(exc)) from None
-    return _command_json(command)
+    return serializers.command_json(command)
 
 
 # -- dead letters -----------------------------------------------------------------------------
@@ -580,7 +558,7 @@ def get_command(command_id: CommandId) -> Command:
         command = command_requests.get_command(db.read(), str(command_id), org_id=_org_id())
     except command_requests.NotFound:
         raise _not_found("command") from None
-    return _command_json(command)
+    return serializers.command_json(command)
 
 
 @API.operation(
@@ -598,7 +576,7 @@ def cancel_command(command_id: CommandId) -> Command:
         raise _not_found("command") from None
     except command_requests.CommandRequestError as exc:
         raise problems.Problem("conflict", serializers.sentence(exc)) from None
-    return _command_json(command)
+    return serializers.command_json(command)
 
 
 # -- alerts ----------------------------------------------------------------------------------

@@ -4,8 +4,7 @@ These types ARE the contract: fieldhub/web/openapi.py parses every request with 
 the OpenAPI document from them (fieldhub/web/contract.py says how), and mypy checks that the
 views build responses of exactly these shapes. Bounds come from the modules that enforce them
 (command names and time to live from fieldhub.core.command_requests, rule fields from the
-analysis service's alert_logic), so a bound is written once.
-"""
+analysis service's alert_logic), so a bound is written once."""
 
 from __future__ import annotations
 

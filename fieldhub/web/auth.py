@@ -5,8 +5,7 @@ hash), so logout and a password change end them in every worker at once. Every
 state-changing request of a logged-in browser must carry the session's CSRF token (form
 field `csrf_token` or header `X-CSRF-Token`); the login form, which has no session yet, uses a
 double-submit cookie. The JSON API authenticates with bearer tokens only, never cookies, so
-a browser cannot be tricked into calling it.
-"""
+a browser cannot be tricked into calling it."""
 
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-import psycopg
 from flask import (
     Blueprint,
     Flask,
@@ -32,8 +30,10 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from fieldhub.core import users
+from fieldhub.core.db import Conn
 from fieldhub.web import db
 from fieldhub.web.proxies import client_address
 
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "fh_session"
 LOGIN_CSRF_COOKIE = "fh_login_csrf"
+# Authenticated by what each request carries (an API token, a device's credentials), never by
+# a cookie: no session is loaded and no CSRF token asked for.
+NO_COOKIE_BLUEPRINTS = frozenset({"api", "ingest"})
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ROLE_RANK = {"viewer": 0, "member": 1, "admin": 2, "operator": 3}
 
@@ -56,8 +59,8 @@ def init_app(app: Flask) -> None:
 
 
 # -- who is asking ---------------------------------------------------------------------------
-def current_user() -> dict[str, Any] | None:
-    user: dict[str, Any] | None = g.get("user")
+def current_user() -> users.SessionUser | None:
+    user: users.SessionUser | None = g.get("user")
     return user
 
 
@@ -101,14 +104,14 @@ def role_required(minimum: str) -> Callable[[F], F]:
 
 def _load_user() -> None:
     g.user = None
-    if request.blueprint == "api" or (request.endpoint or "").startswith("static"):
+    if request.blueprint in NO_COOKIE_BLUEPRINTS or (request.endpoint or "").startswith("static"):
         return
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         g.user = users.session_user(db.write(), token)
 
 
-def credential_check() -> Callable[[psycopg.Connection[Any]], bool]:
+def credential_check() -> Callable[[Conn], bool]:
     """How something that outlives this request (a live stream) checks, later, that the
     credential the request came with still lets its user in."""
     token = request.cookies.get(SESSION_COOKIE)
@@ -129,7 +132,7 @@ def csrf_token() -> str:
 
 
 def _check_csrf() -> None:
-    if request.method not in UNSAFE_METHODS or request.blueprint == "api":
+    if request.method not in UNSAFE_METHODS or request.blueprint in NO_COOKIE_BLUEPRINTS:
         return
     if request.routing_exception is not None:
         # No such route or method: answer that (404/405), not "form expired".
@@ -193,7 +196,7 @@ def _policy() -> users.ThrottlePolicy:
 
 # -- routes ---------------------------------------------------------------------------------
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> Any:
+def login() -> ResponseReturnValue:
     if request.method == "GET":
         if current_user() is not None:
             return redirect(_safe_next(request.args.get("next")))
@@ -243,7 +246,7 @@ def login() -> Any:
 
 
 @bp.route("/logout", methods=["POST"])
-def logout() -> Any:
+def logout() -> ResponseReturnValue:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         users.delete_session(db.write(), token)
@@ -255,7 +258,7 @@ def logout() -> Any:
 
 @bp.route("/account/password", methods=["GET", "POST"])
 @login_required
-def change_password() -> Any:
+def change_password() -> ResponseReturnValue:
     if request.method == "GET":
         return render_template("password.html")
     user = current_user()

@@ -21,8 +21,7 @@ Decisions, measured or reasoned:
   where an unknown member would be a change nobody meant). Unknown query parameters are
   refused: OpenAPI lists an operation's parameters exhaustively, and a mistyped `?limt=5`
   must not quietly answer the default.
-- A whole float (30.0) is an integer, as in JSON Schema.
-"""
+- A whole float (30.0) is an integer, as in JSON Schema."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ it only says where to start reading rows the caller may see anyway, every query 
 the caller's organisation whatever the cursor says, and a cursor that survives a rotation of
 the web app's secret is worth more than the tamper-evidence. Decoding checks every value's type,
 so anything but a cursor we made is an `InvalidCursor` (a 400 problem), never a server error.
-Clients must treat it as opaque: the format may change with any release.
-"""
+Clients must treat it as opaque: the format may change with any release."""
 
 from __future__ import annotations
 

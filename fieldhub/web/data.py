@@ -4,8 +4,7 @@ Every function takes `org_id` (None only for operators) and never returns a row 
 organisation: an object outside the scope is reported exactly like one that does not exist.
 A device's data is read by its device key: callers resolve the device once with
 `get_device` (scoped to the organisation) and pass its `device_key` on, so a device id that
-was deleted and registered again never shows the earlier device's data.
-"""
+was deleted and registered again never shows the earlier device's data."""
 
 from __future__ import annotations
 
@@ -17,9 +16,9 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from fieldhub.core import registry
-from fieldhub.core.db import before_params
+from fieldhub.core.db import Conn, before_params
 from fieldhub.web import history
-from fieldhub.web.db import QUERIES, Conn, table_exists
+from fieldhub.web.db import QUERIES
 
 RAW_POINT_LIMIT = 50000
 
@@ -70,7 +69,7 @@ def list_devices(
     params = {"org_id": org_id, **filt.params()}
     total_row = conn.execute(QUERIES["count_devices"], params).fetchone()
     rows = conn.execute(
-        QUERIES["list_devices"], {**params, "limit": limit, "offset": offset, "after": after}
+        QUERIES["devices_in_scope"], {**params, "limit": limit, "offset": offset, "after": after}
     ).fetchall()
     return [dict(r) for r in rows], int(total_row["n"]) if total_row else 0
 
@@ -115,7 +114,9 @@ def reading_value(row: dict[str, Any]) -> float | bool | None:
 
 
 def get_device(conn: Conn, org_id: int | None, device_id: str) -> dict[str, Any]:
-    row = conn.execute(QUERIES["get_device"], {"device_id": device_id, "org_id": org_id}).fetchone()
+    row = conn.execute(
+        QUERIES["device_in_scope"], {"device_id": device_id, "org_id": org_id}
+    ).fetchone()
     if row is None:
         raise NotFound(device_id)
     return dict(row)
@@ -130,15 +131,9 @@ def presence_events(conn: Conn, device_key: int, limit: int = 20) -> list[dict[s
     ]
 
 
-def alerts_available(conn: Conn) -> bool:
-    return table_exists(conn, "alerts") and table_exists(conn, "alert_rules")
-
-
 def device_alerts(
     conn: Conn, org_id: int | None, device_id: str, limit: int = 20
 ) -> list[dict[str, Any]]:
-    if not alerts_available(conn):
-        return []
     params = {"device_id": device_id, "org_id": org_id, "limit": limit}
     return [dict(r) for r in conn.execute(QUERIES["device_alerts"], params)]
 
@@ -153,8 +148,6 @@ def list_alerts(
     before: tuple[datetime, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first; `before` (started_at, id) of the last alert of the previous page."""
-    if not alerts_available(conn):
-        return []
     params = {
         "org_id": org_id,
         "state": state,
@@ -166,11 +159,7 @@ def list_alerts(
 
 
 def get_alert(conn: Conn, org_id: int | None, alert_id: int) -> dict[str, Any]:
-    row = None
-    if alerts_available(conn):
-        row = conn.execute(
-            QUERIES["get_alert"], {"alert_id": alert_id, "org_id": org_id}
-        ).fetchone()
+    row = conn.execute(QUERIES["get_alert"], {"alert_id": alert_id, "org_id": org_id}).fetchone()
     if row is None:
         raise NotFound(str(alert_id))
     return dict(row)
@@ -181,6 +170,13 @@ def readings_since(conn: Conn, device_key: int, since: datetime) -> list[dict[st
         dict(r)
         for r in conn.execute(QUERIES["readings_since"], {"device_key": device_key, "since": since})
     ]
+
+
+# A rollup source's two queries: how far its rollups reach, and its buckets.
+_ROLLUP_QUERIES = {
+    "rollup_1m": ("rollup_mark_1m", "buckets_rollup_1m"),
+    "rollup_1h": ("rollup_mark_1h", "buckets_rollup_1h"),
+}
 
 
 def buckets(
@@ -194,8 +190,6 @@ def buckets(
     """Aggregated buckets of one series (metric and unit) and the source that answered them
     (rollups if they exist)."""
     source = resolution.source
-    if source in ("rollup_1m", "rollup_1h") and not table_exists(conn, source):
-        source = "raw_buckets"
     params: dict[str, Any] = {
         "device_key": device_key,
         "metric": metric,
@@ -208,10 +202,10 @@ def buckets(
     if source in ("raw", "raw_buckets"):
         rows = conn.execute(QUERIES["buckets_raw"], params, binary=True)
         return source, [dict(r) for r in rows]
-    suffix = source.removeprefix("rollup_")
-    mark = conn.execute(QUERIES[f"rollup_mark_{suffix}"], params).fetchone()
+    mark_query, buckets_query = _ROLLUP_QUERIES[source]
+    mark = conn.execute(QUERIES[mark_query], params).fetchone()
     params["upto"] = mark["upto"] if mark else span.start
-    rows = conn.execute(QUERIES[f"buckets_{source}"], params, binary=True)
+    rows = conn.execute(QUERIES[buckets_query], params, binary=True)
     return source, [dict(r) for r in rows]
 
 
@@ -272,12 +266,7 @@ def chart_series(
 
 
 def list_orgs(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(QUERIES["list_orgs"], {"org_id": org_id})]
-
-
-def scoped_device_ids(conn: Conn, org_id: int | None, device_ids: list[str]) -> set[str]:
-    rows = conn.execute(QUERIES["device_orgs"], {"device_ids": device_ids, "org_id": org_id})
-    return {r["device_id"] for r in rows}
+    return [dict(r) for r in conn.execute(QUERIES["orgs_in_scope"], {"org_id": org_id})]
 
 
 _OWNER_QUERIES = {

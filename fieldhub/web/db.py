@@ -8,8 +8,7 @@ ever). A command a user just sent therefore shows at once, whatever the replica'
 
 Pools are created on first use in each process, never before gunicorn forks (a pool's
 sockets and threads must not be shared between workers). Connections are in autocommit
-mode; writes group their statements with `conn.transaction()`.
-"""
+mode; writes group their statements with `conn.transaction()`."""
 
 from __future__ import annotations
 
@@ -21,16 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from flask import Flask, current_app, g, request, session
 from psycopg_pool import ConnectionPool
 
-from fieldhub.core.db import Queries, make_pool
+from fieldhub.core.db import Conn, Queries, make_pool
 from fieldhub.web import metrics
 
 QUERIES = Queries(Path(__file__).with_name("queries.sql"))
-
-Conn = psycopg.Connection[Any]
 
 
 class Pools:
@@ -46,9 +42,9 @@ class Pools:
         self.export_size = export_size
         self._lock = threading.Lock()
         self._pid = 0
-        self._pools: dict[str, ConnectionPool[Any]] = {}
+        self._pools: dict[str, ConnectionPool[Conn]] = {}
 
-    def get(self, kind: str) -> ConnectionPool[Any]:
+    def get(self, kind: str) -> ConnectionPool[Conn]:
         url = self.read_url if kind in ("read", "export") else self.write_url
         # read and write share one pool when they are one database; export never shares.
         key = f"export {url}" if kind == "export" else url
@@ -164,6 +160,7 @@ def _remember_write(response: Any) -> Any:
         write_conn is not None
         and request.method not in _SAFE_METHODS
         and "Authorization" not in request.headers
+        and request.blueprint != "ingest"  # devices (a certificate sends no Authorization)
         and window > 0
         and _has_replica()
     ):
@@ -196,19 +193,3 @@ def _release(exc: BaseException | None) -> None:
         metrics.pool_state(kind, pool)
     g.pop("db_read", None)
     g.pop("db_write", None)
-
-
-_EXISTING_TABLES: set[tuple[str, str]] = set()
-
-
-def table_exists(conn: Conn, name: str) -> bool:
-    """Whether a migration has created `name` (rollups, alerts). Tables are never dropped, so
-    a yes is remembered per database and costs no round trip afterwards."""
-    key = (conn.info.dsn, name)
-    if key in _EXISTING_TABLES:
-        return True
-    row = conn.execute(QUERIES["table_exists"], {"name": name}).fetchone()
-    if row and row["exists"]:
-        _EXISTING_TABLES.add(key)
-        return True
-    return False

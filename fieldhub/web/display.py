@@ -11,8 +11,7 @@ vectors in tests/web/display_cases.json are checked against both.
 - Numbers: at least four significant digits, the integer part never rounded (a counter at
   123456 reads 123456, not 123500), no trailing zeros; below 1e-4 or from 1e15 up in
   scientific notation (`1.235e-5`). Ties round away from zero, as JavaScript's toFixed does.
-- Text is cut at 40 characters.
-"""
+- Text is cut at 40 characters."""
 
 from __future__ import annotations
 

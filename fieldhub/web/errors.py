@@ -4,9 +4,9 @@ JSON), RFC 9457 problem documents (fieldhub/web/problems.py), the one JSON error
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Flask, Response, current_app, make_response, render_template, request
+from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from fieldhub.web import problems
@@ -87,7 +87,7 @@ def _too_large_advice() -> str:
     return f"Uploads here are limited to {size}: split the file into several."
 
 
-def _http_error(exc: HTTPException) -> Any:
+def _http_error(exc: HTTPException) -> ResponseReturnValue:
     status = exc.code or 500
     if _wants_json():
         kind = problems.for_status(status)
@@ -122,7 +122,7 @@ def _http_error(exc: HTTPException) -> Any:
     return page
 
 
-def _unexpected(exc: Exception) -> Any:
+def _unexpected(exc: Exception) -> ResponseReturnValue:
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     log.exception("unhandled error on %s %s", request.method, request.path)

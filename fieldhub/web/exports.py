@@ -14,8 +14,7 @@ else:
   `try_export_slot`), so the bound holds across gunicorn workers and hosts, and one user
   cannot take every export connection.
 
-A refused export is a 429 with Retry-After, decided before any connection is kept.
-"""
+A refused export is a 429 with Retry-After, decided before any connection is kept."""
 
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ from werkzeug.exceptions import TooManyRequests
 
 from fieldhub.core import reading_files, readings
 from fieldhub.core.config import MAX_EXPORTS_PER_USER
+from fieldhub.core.db import Conn
 from fieldhub.web import db
 
 DEFAULT_EXPORTS_PER_USER: Final = 2
@@ -87,7 +87,7 @@ def stream(
     return reading_files.chunks(rows, fmt), resources
 
 
-def _take_slot(conn: db.Conn, user_id: int, slot: int) -> bool:
+def _take_slot(conn: Conn, user_id: int, slot: int) -> bool:
     params = {"namespace": LOCK_NAMESPACE, "key": slot_key(user_id, slot)}
     row = conn.execute(db.QUERIES["try_export_slot"], params).fetchone()
     return bool(row and row["locked"])

@@ -11,8 +11,7 @@ client. Hence the rule (the one nginx's real_ip_recursive and Werkzeug's ProxyFi
   one is the client;
 - an entry that is not an IP address stops the walk at the last address a trusted proxy
   vouched for (the hop that sent the garbage);
-- if every hop is trusted, the left-most one is the client.
-"""
+- if every hop is trusted, the left-most one is the client."""
 
 from __future__ import annotations
 

@@ -11,8 +11,7 @@ the workers write their metrics to). The hooks:
 - logconfig_dict: gunicorn's error and access logs and the app's own logs in one format
   (FIELDHUB_LOG_FORMAT).
 The master never imports the app (no preload): each worker imports fieldhub.web.wsgi after
-the fork, after gevent's patching.
-"""
+the fork, after gevent's patching."""
 
 from __future__ import annotations
 

@@ -10,8 +10,7 @@ themselves: while a process is not ready, every request except the probes and st
 gets 503 (with Retry-After), and nginx's `proxy_next_upstream ... http_503` passes idempotent
 requests on to the next instance and takes this one out of rotation for `fail_timeout`. A web
 process started before its migrations (a rolling upgrade done in the wrong order), or whose
-database went away, thus drops out of the pool by itself instead of failing requests.
-"""
+database went away, thus drops out of the pool by itself instead of failing requests."""
 
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """Which data answers a history request: pure logic, no I/O.
 
 Short ranges are drawn from raw readings; longer ones from the analysis worker's rollups
-(`rollup_1m`, `rollup_1h`), re-bucketed so a chart never gets more than a few thousand points.
-"""
+(`rollup_1m`, `rollup_1h`), re-bucketed so a chart never gets more than a few thousand points."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+
+from fieldhub.core import timestamps
 
 RANGES: dict[str, timedelta] = {
     "1h": timedelta(hours=1),
@@ -43,12 +44,11 @@ class TimeRange:
 
 
 def parse_time(text: str, what: str) -> datetime:
-    """ISO 8601 (a trailing Z allowed); a time without zone is taken as UTC."""
+    """fieldhub.core.timestamps.parse_time, its error a RangeError that names the field."""
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "T"))
+        return timestamps.parse_time(text)
     except ValueError:
         raise RangeError(f"{what} {text!r} is not a time like 2026-01-31T12:00:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def resolve_range(

@@ -11,8 +11,11 @@ that, so a later device of the same id is never mistaken for the one it shows.
 A stream outlives the request that opened it, so it checks the credential it was opened with
 (the session) again before every event it sends and at least every REVALIDATE_S seconds while
 idle: once the session is gone (logout, a password change, a disabled user, expiry) the browser
-gets an `end` event saying so and the stream closes, instead of streaming on for hours.
-"""
+gets an `end` event saying so and the stream closes, instead of streaming on for hours. A
+device's stream likewise checks that its device key is still the device of that id in the
+viewer's organisation: a deleted device's stream ends at once (the hub relays
+`device_deleted`), and at the latest within REVALIDATE_S, so it never goes on to show a later
+device that took the id."""
 
 from __future__ import annotations
 
@@ -29,22 +32,24 @@ from typing import Any
 import orjson
 import psycopg
 from flask import Blueprint, Flask, Response, abort, current_app, request
+from flask.typing import ResponseReturnValue
 
 from fieldhub.core import command_requests
-from fieldhub.core.db import failover_conninfo
-from fieldhub.web import JSONProvider, data, db, metrics
+from fieldhub.core.db import Conn, failover_conninfo
+from fieldhub.web import JSONProvider, data, db, metrics, serializers
 from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("live", __name__)
 
-CHANNELS = ("telemetry", "presence", "commands", "alerts")
+CHANNELS = ("telemetry", "presence", "commands", "alerts", "device_deleted")
 QUEUE_SIZE = 256
 # The longest an idle stream goes without checking that its session still exists.
 REVALIDATE_S = 30.0
 KEEPALIVE = ": keepalive\n\n"
 SESSION_ENDED = "Your session has ended (logged out, password changed or account disabled)."
+DEVICE_DELETED = "This device was deleted."
 
 
 class Subscription:
@@ -72,7 +77,7 @@ def route(channel: str, payload: str, sub: Subscription) -> str | None:
     if channel == "telemetry":
         mine = [key for key in payload.split() if key in sub.device_keys]
         return " ".join(mine) if mine else None
-    if channel == "presence":
+    if channel in ("presence", "device_deleted"):
         key = payload.split(" ", 1)[0]
         return payload if key in sub.device_keys else None
     if channel == "commands":
@@ -187,17 +192,21 @@ def sse(event: str, payload: Any) -> str:
     return f"event: {event}\ndata: {data.decode()}\n\n"
 
 
-Conn = psycopg.Connection[Any]
 Event = tuple[str, str, Conn]
 
 
 def guarded_events(
-    sub: Subscription, pools: db.Pools, still_valid: Callable[[Conn], bool], keepalive_s: float
+    sub: Subscription,
+    pools: db.Pools,
+    still_valid: Callable[[Conn], bool],
+    keepalive_s: float,
+    device_exists: Callable[[Conn], bool] | None = None,
 ) -> Iterator[Event | str]:
     """The subscription's events, each with a primary connection (a notification is sent at
     commit there; a replica may not have replayed it yet), each after `still_valid` found the
-    stream's credential alive; a keepalive comment when idle, after the same check. Once the
-    credential is gone: an `end` event, and the iteration stops (the stream closes)."""
+    stream's credential alive (and `device_exists` its device); a keepalive comment when idle,
+    after the same checks. Once either is gone: an `end` event saying which, and the
+    iteration stops (the stream closes)."""
     wait_s = min(keepalive_s, REVALIDATE_S)
     while True:
         try:
@@ -208,6 +217,9 @@ def guarded_events(
             if not still_valid(conn):
                 yield sse("end", {"reason": SESSION_ENDED})
                 return
+            if device_exists is not None and not device_exists(conn):
+                yield sse("end", {"reason": DEVICE_DELETED})
+                return
             if event is not None:
                 yield (*event, conn)
         if event is None:
@@ -216,7 +228,7 @@ def guarded_events(
 
 @bp.route("/devices/<device_id>/live")
 @login_required
-def device_stream(device_id: str) -> Any:
+def device_stream(device_id: str) -> ResponseReturnValue:
     org_id = scope_org_id()
     try:
         key: int = data.get_device(db.read(), org_id, device_id)["device_key"]
@@ -233,12 +245,19 @@ def device_stream(device_id: str) -> Any:
     the_hub = hub()
     sub = the_hub.subscribe(frozenset([device_id]), org_id, frozenset([key]))
 
+    def same_device(conn: Conn) -> bool:
+        # The id may belong to a new device by now (another key, perhaps another org).
+        try:
+            return bool(data.get_device(conn, org_id, device_id)["device_key"] == key)
+        except data.NotFound:
+            return False
+
     def stream() -> Iterator[str]:
         cursor = since
         try:
             yield "retry: 2000\n\n"
             yield sse("hello", {"device_id": device_id})
-            for item in guarded_events(sub, pools, still_valid, keepalive):
+            for item in guarded_events(sub, pools, still_valid, keepalive, same_device):
                 if isinstance(item, str):
                     yield item
                     continue
@@ -268,16 +287,7 @@ def device_stream(device_id: str) -> Any:
                         command = command_requests.get_command(conn, command_id, org_id=org_id)
                     except command_requests.NotFound:
                         continue
-                    yield sse(
-                        "command",
-                        {
-                            "id": command["id"],
-                            "name": command["name"],
-                            "status": command["status"],
-                            "updated_at": command["updated_at"],
-                            "error": command.get("error"),
-                        },
-                    )
+                    yield sse("command", serializers.command_json(command))
                 if channel == "alerts":
                     alerts = data.device_alerts(conn, org_id, device_id, limit=20)
                     yield sse("alerts", alerts)
@@ -293,7 +303,7 @@ def device_stream(device_id: str) -> Any:
 
 @bp.route("/alerts/live")
 @login_required
-def alerts_stream() -> Any:
+def alerts_stream() -> ResponseReturnValue:
     """Which alert of the viewer's organisation changed and how; the page then re-reads its
     list with the viewer's own scope. The hub forwards only the viewer's organisation's
     notifications (all of them to an operator)."""

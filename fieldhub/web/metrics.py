@@ -10,19 +10,19 @@ master). Without PROMETHEUS_MULTIPROC_DIR (tests, the Flask test client) the sam
 are plain in-process metrics.
 
 Latency is the time until the response starts: for a live stream (server-sent events) that
-is until its headers, and the stream itself is counted in fieldhub_web_live_streams.
-"""
+is until its headers, and the stream itself is counted in fieldhub_web_live_streams."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from flask import Flask, Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from psycopg_pool import ConnectionPool, PoolTimeout
+
+from fieldhub.core.db import Conn
 
 # The objects live for the process, not the app: tests build many apps in one process.
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -96,7 +96,7 @@ def _observe(response: Response) -> Response:
 
 
 @contextmanager
-def waited_for(kind: str, pool: ConnectionPool[Any]) -> Iterator[None]:
+def waited_for(kind: str, pool: ConnectionPool[Conn]) -> Iterator[None]:
     """Time a wait for a pool connection; count the ones that time out."""
     started = time.perf_counter()
     try:
@@ -109,7 +109,7 @@ def waited_for(kind: str, pool: ConnectionPool[Any]) -> Iterator[None]:
         pool_state(kind, pool)
 
 
-def pool_state(kind: str, pool: ConnectionPool[Any]) -> None:
+def pool_state(kind: str, pool: ConnectionPool[Conn]) -> None:
     stats = pool.get_stats()
     POOL_CONNECTIONS.labels(kind, "size").set(stats.get("pool_size", 0))
     POOL_CONNECTIONS.labels(kind, "available").set(stats.get("pool_available", 0))

@@ -15,8 +15,7 @@ signature is the rest of the declaration (fieldhub/web/api_shapes.py has the typ
 - the return type is the response body of `status` (None: 204, no body).
 `role` is checked before the view runs (403); the view scopes every object to the caller.
 The document (`API.document()`) lists exactly the registered operations with these types and
-the problem responses each can give; tests/web/test_openapi.py runs schemathesis against it.
-"""
+the problem responses each can give; tests/web/test_openapi.py runs schemathesis against it."""
 
 from __future__ import annotations
 

@@ -21,9 +21,18 @@ from flask import (
     request,
     url_for,
 )
+from flask.typing import ResponseReturnValue
 
 from fieldhub.analysis import service as analysis
-from fieldhub.core import command_requests, dead_letters, reading_files, registry, twins
+from fieldhub.core import (
+    command_requests,
+    dead_letters,
+    reading_files,
+    registry,
+    tombstones,
+    twins,
+)
+from fieldhub.core.db import Conn
 from fieldhub.core.twin_documents import patch_between
 from fieldhub.web import data, db, exports, history, problems, serializers
 from fieldhub.web.auth import current_user, has_role, login_required, role_required, scope_org_id
@@ -51,13 +60,13 @@ def _now() -> datetime:
 
 @bp.route("/")
 @login_required
-def index() -> Any:
+def index() -> ResponseReturnValue:
     return redirect(url_for("pages.devices"))
 
 
 @bp.route("/devices")
 @login_required
-def devices() -> Any:
+def devices() -> ResponseReturnValue:
     page_size = int(current_app.config["PAGE_SIZE"])
     search = request.args.get("q", "").strip() or None
     label_text = request.args.get("label", "").strip()
@@ -105,7 +114,7 @@ MAX_STATE_IDS = 200
 
 @bp.route("/devices/state.json")
 @login_required
-def devices_state() -> Any:
+def devices_state() -> ResponseReturnValue:
     """Online state, last seen and latest values of the listed devices, for the list page to
     refresh itself; ids outside the user's organisation are silently left out."""
     wanted = [i for i in request.args.get("ids", "").split(",") if i][:MAX_STATE_IDS]
@@ -134,7 +143,7 @@ def devices_state() -> Any:
 LABEL_CACHE_S = 60.0
 
 
-def _label_suggestions(conn: db.Conn, org_id: int | None) -> list[dict[str, Any]]:
+def _label_suggestions(conn: Conn, org_id: int | None) -> list[dict[str, Any]]:
     """The label filter's suggestions. Aggregating every device's labels costs more than the
     rest of the list page, and suggestions a minute old are fine: each process keeps them for
     a minute, per organisation."""
@@ -152,13 +161,13 @@ def _label_suggestions(conn: db.Conn, org_id: int | None) -> list[dict[str, Any]
 
 @bp.route("/devices/<device_id>")
 @login_required
-def device(device_id: str) -> Any:
+def device(device_id: str) -> ResponseReturnValue:
     return _device_page(device_id)
 
 
 def _device_page(
     device_id: str, *, twin_text: str | None = None, twin_error: str | None = None
-) -> Any:
+) -> ResponseReturnValue:
     found = device_or_404(device_id)
     conn = db.read()
     org_id = scope_org_id()
@@ -172,15 +181,21 @@ def _device_page(
     letters = (
         dead_letters.for_device(conn, key, limit=DEAD_LETTERS_SHOWN) if has_role("admin") else None
     )
+    # An id taken over from a deleted device: why the new device cannot log in yet.
+    login_waits = (
+        [row["waiting_for"] for row in tombstones.pending(conn, device_id)]
+        if has_role("admin")
+        else []
+    )
     html = render_template(
         "device.html",
         device=found,
+        login_waits=login_waits,
         latest=latest,
         # The chart's series: one per metric and unit.
         series=[(row["metric"], row["unit"]) for row in latest if _numeric(row["value"])],
         presence=data.presence_events(conn, key),
         alerts=data.device_alerts(conn, org_id, device_id),
-        alerts_available=data.alerts_available(conn),
         commands=commands,
         ranges=list(history.RANGES),
         twin=twin,
@@ -214,7 +229,7 @@ def _pretty(document: Any) -> str:
 # -- twin ------------------------------------------------------------------------------------
 @bp.route("/devices/<device_id>/twin", methods=["POST"])
 @role_required("member")
-def set_desired(device_id: str) -> Any:
+def set_desired(device_id: str) -> ResponseReturnValue:
     """The page's editor holds the whole desired document; the change stored is the merge
     patch from the version it was based on, refused if someone changed it meanwhile."""
     device_or_404(device_id)
@@ -266,7 +281,7 @@ def _range_from_args() -> history.TimeRange:
 
 @bp.route("/devices/<device_id>/history.json")
 @login_required
-def device_history(device_id: str) -> Any:
+def device_history(device_id: str) -> ResponseReturnValue:
     key = device_or_404(device_id)["device_key"]
     metric = request.args.get("metric", "")
     if not metric:
@@ -291,7 +306,7 @@ def device_history(device_id: str) -> Any:
 
 @bp.route("/devices/<device_id>/export.csv")
 @login_required
-def export_csv(device_id: str) -> Any:
+def export_csv(device_id: str) -> ResponseReturnValue:
     """The readings of the chosen range in the export format (fieldhub.core.reading_files),
     streamed; at most EXPORTS_PER_USER at once per user (fieldhub.web.exports)."""
     key = device_or_404(device_id)["device_key"]
@@ -323,33 +338,19 @@ def export_csv(device_id: str) -> Any:
 
 
 # -- commands --------------------------------------------------------------------------------
-def _command_view(command: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": command["id"],
-        "name": command["name"],
-        "params": command.get("params"),
-        "status": command["status"],
-        "created_at": command["created_at"].isoformat() if command.get("created_at") else None,
-        "updated_at": command["updated_at"].isoformat() if command.get("updated_at") else None,
-        "expires_at": command["expires_at"].isoformat() if command.get("expires_at") else None,
-        "result": command.get("result"),
-        "error": command.get("error"),
-    }
-
-
 @bp.route("/devices/<device_id>/commands.json")
 @login_required
-def device_commands(device_id: str) -> Any:
+def device_commands(device_id: str) -> ResponseReturnValue:
     device_or_404(device_id)
     commands = command_requests.list_commands(
         db.read(), device_id=device_id, org_id=scope_org_id(), limit=20
     )
-    return jsonify({"commands": [_command_view(c) for c in commands]})
+    return jsonify({"commands": [serializers.command_json(c) for c in commands]})
 
 
 @bp.route("/devices/<device_id>/commands", methods=["POST"])
 @role_required("member")
-def send_command(device_id: str) -> Any:
+def send_command(device_id: str) -> ResponseReturnValue:
     device_or_404(device_id)
     user = current_user()
     assert user is not None
@@ -378,14 +379,14 @@ def send_command(device_id: str) -> Any:
         flash(str(exc), "error")
         return redirect(url_for("pages.device", device_id=device_id) + "#commands")
     if request.is_json:
-        return jsonify({"command": _command_view(command)}), 201
+        return jsonify({"command": serializers.command_json(command)}), 201
     flash(f"Command {command['name']} queued.", "info")
     return redirect(url_for("pages.device", device_id=device_id) + "#commands")
 
 
 @bp.route("/devices/<device_id>/commands/<command_id>/cancel", methods=["POST"])
 @role_required("member")
-def cancel_command(device_id: str, command_id: str) -> Any:
+def cancel_command(device_id: str, command_id: str) -> ResponseReturnValue:
     device_or_404(device_id)
     org_id = scope_org_id()
     try:
@@ -401,14 +402,14 @@ def cancel_command(device_id: str, command_id: str) -> Any:
         flash(str(exc), "error")
         return redirect(url_for("pages.device", device_id=device_id) + "#commands")
     if request.is_json:
-        return jsonify({"command": _command_view(command)})
+        return jsonify({"command": serializers.command_json(command)})
     flash("Command cancelled.", "info")
     return redirect(url_for("pages.device", device_id=device_id) + "#commands")
 
 
 @bp.route("/alerts")
 @login_required
-def alerts() -> Any:
+def alerts() -> ResponseReturnValue:
     state = request.args.get("state") or None
     if state not in (None, "active", "acknowledged", "cleared"):
         state = None
@@ -417,7 +418,6 @@ def alerts() -> Any:
         "alerts.html",
         alerts=data.list_alerts(conn, scope_org_id(), state=state, limit=200),
         state=state or "",
-        available=data.alerts_available(conn),
     )
 
 
@@ -431,7 +431,7 @@ def _back(default: str) -> str:
 
 @bp.route("/alerts/<int:alert_id>/acknowledge", methods=["POST"])
 @role_required("member")
-def acknowledge_alert(alert_id: int) -> Any:
+def acknowledge_alert(alert_id: int) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     conn = db.write()
@@ -460,7 +460,7 @@ def _import_or_404(raw_id: str) -> dict[str, Any]:
         abort(404)
 
 
-def _import_page(status: int = 200) -> Any:
+def _import_page(status: int = 200) -> ResponseReturnValue:
     user = current_user()
     assert user is not None
     conn = db.read()
@@ -484,7 +484,7 @@ def _import_page(status: int = 200) -> Any:
 
 @bp.route("/imports", methods=["GET", "POST"])
 @login_required
-def imports() -> Any:
+def imports() -> ResponseReturnValue:
     if request.method == "GET":
         return _import_page()
     if not has_role("member"):
@@ -526,7 +526,7 @@ def imports() -> Any:
 
 @bp.route("/imports/<import_id>")
 @login_required
-def import_detail(import_id: str) -> Any:
+def import_detail(import_id: str) -> ResponseReturnValue:
     found = serializers.import_json(_import_or_404(import_id))
     return render_template(
         "import.html", imp=found, final=found["status"] in serializers.FINAL_IMPORT_STATES
@@ -535,5 +535,5 @@ def import_detail(import_id: str) -> Any:
 
 @bp.route("/imports/<import_id>/progress.json")
 @login_required
-def import_progress(import_id: str) -> Any:
+def import_progress(import_id: str) -> ResponseReturnValue:
     return jsonify(serializers.import_json(_import_or_404(import_id)))

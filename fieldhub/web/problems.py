@@ -7,8 +7,7 @@ against the API's own address it opens the page that documents it (fieldhub/web/
 serves those pages from this catalogue). RFC 9457 allows relative references; absolute ones
 would differ from one deployment to the next.
 
-Pure: the catalogue and the exception; fieldhub/web/errors.py renders them.
-"""
+Pure: the catalogue and the exception; fieldhub/web/errors.py renders them."""
 
 from __future__ import annotations
 
@@ -61,6 +60,22 @@ CATALOGUE: tuple[ProblemType, ...] = (
         "one on your account page or with `fieldhub token create EMAIL`.",
     ),
     ProblemType(
+        "device-unauthorized",
+        401,
+        "No valid device credentials",
+        "HTTP ingest takes the device's own credentials: its id and secret as HTTP Basic "
+        "(`curl -u DEVICE_ID:SECRET`), or a client certificate where the TLS front asks for "
+        "one. The secret is the one `fieldhub device create` or `rotate` showed; a deleted "
+        "device's credentials are void.",
+    ),
+    ProblemType(
+        "device-disabled",
+        403,
+        "The device is disabled",
+        "A disabled device may not send data (nor log in to the broker). An administrator of "
+        "its organisation can enable it again.",
+    ),
+    ProblemType(
         "forbidden",
         403,
         "Your role may not do this",
@@ -86,6 +101,15 @@ CATALOGUE: tuple[ProblemType, ...] = (
         "The object is not in a state that allows this",
         "For example a command that is already final cannot be cancelled, an alert that is "
         "not active cannot be acknowledged. Fetch the object to see its state.",
+    ),
+    ProblemType(
+        "reading-conflict",
+        409,
+        "A reading is already stored with other content",
+        "A reading's identity is its device, metric, unit, time and seq; one that is stored "
+        "keeps its content. The request's other readings were stored (`stored`, `duplicates`) "
+        "and the request is kept as a dead letter with reason `conflict`. Send changed data "
+        "with a new `seq` or time.",
     ),
     ProblemType(
         "precondition-failed",
@@ -123,6 +147,21 @@ CATALOGUE: tuple[ProblemType, ...] = (
         "The request is well-formed but cannot be carried out: a disabled device, too many "
         "pending commands, a rule naming an unknown device, an unreadable upload. `detail` says "
         "which rule refused it.",
+    ),
+    ProblemType(
+        "dead-letter",
+        422,
+        "The payload breaks the device contract",
+        "Nothing of the request was stored; it is kept as a dead letter, and `reason` names the "
+        "rule it broke with the same code the MQTT bridge uses (invalid_json, too_many_readings, "
+        "ts_invalid, ...; docs/devices.md). Repeating it unchanged fails the same way.",
+    ),
+    ProblemType(
+        "idempotency-key-reused",
+        422,
+        "The Idempotency-Key was used for another request",
+        "A retry must repeat the first request's body exactly. Use a new key for new data; "
+        "keys are kept for 24 hours.",
     ),
     ProblemType(
         "too-many-requests",

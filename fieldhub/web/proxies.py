@@ -5,8 +5,7 @@ fieldhub.web.forwarded.client_address finds (FIELDHUB_TRUSTED_PROXIES says which
 X-Forwarded-For to believe) and keeps the direct peer as `fieldhub.peer_addr`. Everything that
 uses the client's address reads it through `client_address()` here: login throttling, the
 app's log lines, and gunicorn's access log, which prints REMOTE_ADDR of the same environ after
-the app ran (gunicorn/glogging.py, the `h` atom).
-"""
+the app ran (gunicorn/glogging.py, the `h` atom)."""
 
 from __future__ import annotations
 

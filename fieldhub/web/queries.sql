@@ -4,9 +4,6 @@
 -- request resolved from the device id within that scope first (get_device): an id that was
 -- deleted and registered again has a new key, so the old device's data is never reached.
 
--- name: table_exists
-SELECT to_regclass(%(name)s) IS NOT NULL AS exists;
-
 -- name: count_devices
 SELECT count(*) AS n
 FROM devices d
@@ -16,7 +13,7 @@ WHERE (%(org_id)s::bigint IS NULL OR d.org_id = %(org_id)s)
   AND (%(labels)s::jsonb IS NULL OR d.labels @> %(labels)s::jsonb)
   AND (%(online)s::boolean IS NULL OR coalesce(s.online, false) = %(online)s);
 
--- name: list_devices
+-- name: devices_in_scope
 -- In device id order (unique): the API pages by keyset (`after`, the last id of the previous
 -- page, OFFSET 0); the pages' numbered pager uses OFFSET, which is fine for a person's page
 -- numbers but not for a program walking every device.
@@ -63,7 +60,7 @@ SELECT metric, unit, jsonb_typeof(value) AS type
 FROM latest_values
 WHERE device_key = %(device_key)s;
 
--- name: get_device
+-- name: device_in_scope
 -- The one way from a device id to its key: within the caller's scope.
 SELECT d.device_id, d.device_key, d.org_id, o.name AS org, o.display_name AS org_display_name,
        d.display_name, d.labels, d.enabled, d.broker, d.offline_after_s, d.created_at,
@@ -201,17 +198,13 @@ SELECT a.id, a.state, a.value, a.started_at, a.acknowledged_at, a.cleared_at, a.
 FROM alerts a JOIN alert_rules r ON r.id = a.rule_id
 WHERE a.id = %(alert_id)s AND (%(org_id)s::bigint IS NULL OR a.org_id = %(org_id)s);
 
--- name: list_orgs
+-- name: orgs_in_scope
 SELECT o.id, o.name, o.display_name, o.created_at,
        (SELECT count(*) FROM devices d WHERE d.org_id = o.id) AS devices,
        (SELECT count(*) FROM users u WHERE u.org_id = o.id) AS users
 FROM organisations o
 WHERE (%(org_id)s::bigint IS NULL OR o.id = %(org_id)s)
 ORDER BY o.name;
-
--- name: device_orgs
-SELECT device_id FROM devices
-WHERE device_id = ANY(%(device_ids)s::text[]) AND (%(org_id)s::bigint IS NULL OR org_id = %(org_id)s);
 
 -- name: alert_org
 -- The organisation of an alert, rule or import the caller may see (the analysis service

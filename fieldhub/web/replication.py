@@ -2,8 +2,7 @@
 
 The read connection says whether it is a replica (`pg_is_in_recovery()`); the primary lists
 the replicas streaming from it. Either side may be refused to a role without the privileges
-(a non-superuser sees NULLs in `pg_stat_replication`); that is shown, not raised.
-"""
+(a non-superuser sees NULLs in `pg_stat_replication`); that is shown, not raised."""
 
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ from typing import Any
 
 import psycopg
 
-from fieldhub.web.db import QUERIES, Conn
+from fieldhub.core.db import Conn
+from fieldhub.web.db import QUERIES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,9 @@
-"""Shapes shared by the pages and the API for the analysis surfaces: alert rules from forms,
+"""Shapes shared by the pages, the API and the live stream: commands, alert rules from forms,
 import progress, and the organisation an operator acts in.
 
 The analysis service (fieldhub/analysis/service.py) acts in exactly one organisation. Users of an
 organisation act in their own; an operator acts in the organisation of the object named in
-the URL, or in the one they pick by name (their own when they pick none).
-"""
+the URL, or in the one they pick by name (their own when they pick none)."""
 
 from __future__ import annotations
 
@@ -12,12 +11,36 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from fieldhub.core.db import Conn
 from fieldhub.web import data
-from fieldhub.web.api_shapes import AlertRule, Import
-from fieldhub.web.db import Conn
+from fieldhub.web.api_shapes import AlertRule, Command, Import
 
 IMPORT_FORMATS = ("csv", "ndjson", "senml")
 FINAL_IMPORT_STATES = ("done", "failed")
+
+
+def command_json(command: Mapping[str, Any]) -> Command:
+    """A command as the API, the device page's JSON and its live stream show it (the OpenAPI
+    document's Command is generated from the same TypedDict); with its timeline when the
+    row has one (a single command read by id)."""
+    result: Command = {
+        "id": command["id"],
+        "device_id": command["device_id"],
+        "name": command["name"],
+        "params": command["params"],
+        "status": command["status"],
+        "created_at": command["created_at"],
+        "updated_at": command["updated_at"],
+        "expires_at": command["expires_at"],
+        "result": command.get("result"),
+        "error": command.get("error"),
+    }
+    if "timeline" in command:
+        result["timeline"] = [
+            {"status": e["status"], "at": e["at"], "detail": e.get("detail")}
+            for e in command["timeline"]
+        ]
+    return result
 
 
 class UnknownOrg(LookupError):

@@ -4,8 +4,7 @@ Times are rendered in the person's zone on the server, so a page reads right wit
 JavaScript: their account's zone when they chose one, else their browser's as its last page
 reported it (cookie `fh_tz`, written by static/format.js), else UTC on the very first page.
 Each time is a `<time datetime="...Z">` element, which format.js redraws in the browser's zone
-when the server guessed wrong.
-"""
+when the server guessed wrong."""
 
 from __future__ import annotations
 

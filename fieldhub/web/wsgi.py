@@ -1,8 +1,7 @@
 """The WSGI entry point gunicorn loads in each worker: `fieldhub.web.wsgi:app`.
 
 Imported only inside workers, after gevent has monkey-patched the standard library, so
-psycopg picks its cooperative wait function (it chooses once, at import time).
-"""
+psycopg picks its cooperative wait function (it chooses once, at import time)."""
 
 from __future__ import annotations
 

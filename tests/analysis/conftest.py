@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.core import registry
+from fieldhub.core.db import Conn
 
-Conn = psycopg.Connection[dict[str, Any]]
 ORG = "analysis-org"
 
 

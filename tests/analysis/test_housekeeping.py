@@ -10,7 +10,8 @@ import pytest
 
 from fieldhub.analysis import housekeeping
 from fieldhub.core.config import ConfigError, Settings
-from tests.analysis.conftest import Conn, key_of
+from fieldhub.core.db import Conn
+from tests.analysis.conftest import key_of
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,23 @@ def test_retention_drops_exactly_the_chunks_past_the_horizon(
         assert all(t in remaining for t in times if t >= horizon), table
         assert len(remaining) < len(times), table
         assert result["dropped"][table] >= 1
+
+
+def test_http_ingest_keys_are_kept_for_their_documented_retention(
+    db: Conn, make_devices: Callable[..., list[str]]
+) -> None:
+    make_devices("http1")
+    key = key_of(db, "http1")
+    keep = housekeeping.INGEST_KEYS_KEEP_HOURS
+    for name, age_h in (("old", keep + 0.1), ("young", keep - 0.1)):
+        db.execute(
+            "INSERT INTO ingest_idempotency (device_key, key, body_sha256, status, response,"
+            " created_at) VALUES (%s, %s, '', 200, '{}', now() - %s * interval '1 hour')",
+            (key, name, age_h),
+        )
+    result = housekeeping.apply_retention(db, {})
+    assert result["dropped"]["ingest_idempotency"] == 1
+    assert [r["key"] for r in db.execute("SELECT key FROM ingest_idempotency")] == ["young"]
 
 
 def test_silent_device_is_marked_offline_with_an_event_and_a_notification(

@@ -16,8 +16,9 @@ from fieldhub.analysis import import_parse, service
 from fieldhub.analysis.jobs import job_named
 from fieldhub.analysis.worker import run_if_due
 from fieldhub.core.config import Settings
+from fieldhub.core.db import Conn
 from fieldhub.core.decode import Reading
-from tests.analysis.conftest import ORG, Conn
+from tests.analysis.conftest import ORG
 from tests.analysis.test_rollups import mismatches
 
 NOW = time.time()

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from fieldhub.analysis import rollups
-from tests.analysis.conftest import Conn, key_of
+from fieldhub.core.db import Conn
+from tests.analysis.conftest import key_of
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration

@@ -167,7 +167,11 @@ def test_lanes_go_to_the_org_that_held_them_least_then_round_robin() -> None:
         options = {"busy": set(), "served": {}, "lane_s": {}, "per_org": 5, "slots": 8, **kw}
         return webhook_rules.pick_orgs(due, **options)
 
-    never = [(1, None, at(0)), (2, None, at(1)), (3, None, at(2))]
+    never: list[tuple[int, dt.datetime | None, dt.datetime]] = [
+        (1, None, at(0)),
+        (2, None, at(1)),
+        (3, None, at(2)),
+    ]
     # Never attempted: the longest waiting first, as many as there are free lanes.
     assert pick(never, slots=2) == [1, 2]
     # Orgs 1 and 2 had their turn, 1's ended last: the org never served goes first, then 2,

@@ -30,11 +30,11 @@ from fieldhub.analysis.webhook_rules import IPAddress
 from fieldhub.analysis.worker import Job, Worker
 from fieldhub.core import registry
 from fieldhub.core.config import Settings
+from fieldhub.core.db import Conn
 from fieldhub.core.migrate import SCHEMA_DIR, apply_migrations
 from fieldhub.core.procs import free_port
 from fieldhub.core.tls import ensure_tls
 from fieldhub.stack.postgres import PostgresCluster
-from tests.analysis.conftest import Conn
 from tests.analysis.receivers import HTTPReceiver, RawReceiver
 from tests.support import wait_for
 

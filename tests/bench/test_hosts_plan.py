@@ -27,7 +27,7 @@ def test_layout_has_every_tier_and_each_bridge_host_consumes_from_both_brokers()
     assert [str(r) for r in hosts["broker-2"].roles] == ["broker@broker-2", "auth-sync@broker-2"]
     # The load is no role of a deployment: FIELDHUB_ROLES does not name it.
     assert hosts["load"].unit_roles == ()
-    assert ipaddress.ip_network(plan.SUBNET).subnet_of(BENCH_NETWORK)
+    assert ipaddress.IPv4Network(plan.SUBNET).subnet_of(BENCH_NETWORK)
 
 
 def test_each_role_is_a_shipped_unit_or_a_server_command() -> None:

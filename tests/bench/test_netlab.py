@@ -77,7 +77,11 @@ def test_kill_host_leaves_no_process_of_it_and_others_run_on(lab: Lab, tmp_path:
     _serve(lab, a, tmp_path)
     _serve(lab, b, tmp_path)
     for host in (a, b):
-        wait_for(lambda h=host: len(lab.pids(h)) >= 4, what="a server, sh and its two sleeps")
+
+        def started(h: Host = host) -> bool:
+            return len(lab.pids(h)) >= 4
+
+        wait_for(started, what="a server, sh and its two sleeps")
     before_b = sorted(lab.pids(b))
     killed = lab.kill_host(a)
     assert killed >= 4  # the forked sleeps too, not only what the lab started

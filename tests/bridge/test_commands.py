@@ -2,8 +2,7 @@
 
 Three layers: `apply_acks` inside a transaction; the `CommandDispatcher` driven with a publish
 callable on our own paho client (so crashes can be placed exactly); and end to end through the
-real bridge process (tests.support.BridgeProcess) as the issue asks.
-"""
+real bridge process (tests.support.BridgeProcess) as the issue asks."""
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from fieldhub.bridge.commands import (
 )
 from fieldhub.core import registry
 from fieldhub.core.command_requests import cancel_command, get_command, send_command
+from fieldhub.core.db import Conn
 from tests.support import (
     BridgeProcess,
     DeviceClient,
@@ -41,8 +41,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -103,7 +101,7 @@ class AckCollector:
     def _on_message(self, client: Any, userdata: Any, message: mqtt.MQTTMessage) -> None:
         _, device_id, _, command_id, _ = message.topic.split("/")
         with self._lock:
-            self.acks.append(AckMessage(device_id, command_id, message.payload, time.time()))
+            self.acks.append(AckMessage(device_id, command_id, bytes(message.payload), time.time()))
 
     def apply(self, conn: Conn, count: int) -> list[tuple[AckMessage, str, str]]:
         wait_for(lambda: len(self.acks) >= count, what=f"{count} acks")
@@ -137,8 +135,7 @@ def flush(device: DeviceClient, publish: Callable[[str, bytes, bool, int | None]
     """Wait until everything the broker sent the device before now has arrived.
 
     The broker delivers a subscription's retained messages before any later publish on the
-    same connection, so once a sentinel published now has arrived nothing older is pending.
-    """
+    same connection, so once a sentinel published now has arrived nothing older is pending."""
     device_id = device.username
     marker = uuid.uuid4().hex.encode()
     publish(f"devices/{device_id}/commands/sentinel", marker, False, None)

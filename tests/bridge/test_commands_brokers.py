@@ -2,26 +2,23 @@
 
 The publish callable records topics instead of talking to a broker: what is checked here is
 which commands each broker's dispatcher takes and that the leader lock is one per broker. The
-path through real brokers is the cluster test in tests/fieldhub/test_stack.py.
-"""
+path through real brokers is the cluster test in tests/fieldhub/test_stack.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.bridge.commands import CommandDispatcher
-from fieldhub.core import registry
+from fieldhub.core import db, registry
 from fieldhub.core.command_requests import get_command, send_command
+from fieldhub.core.db import Conn
 from tests.support import wait_for
 
 pytestmark = pytest.mark.integration
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 class Recorder:
@@ -51,11 +48,11 @@ def test_each_broker_dispatcher_publishes_only_its_devices_commands(
         name: CommandDispatcher(database_url, publish, broker=name)
         for name, publish in publishers.items()
     }
-    with psycopg.connect(database_url, autocommit=True) as own:
+    with db.connect(database_url, autocommit=True) as own:
         assert dispatchers["broker-2"].sweep(own).published == 1
     assert publishers["broker-2"].topics == [f"devices/south-1/commands/{south}"]
     assert get_command(conn, str(north))["status"] == "queued"
-    with psycopg.connect(database_url, autocommit=True) as own:
+    with db.connect(database_url, autocommit=True) as own:
         assert dispatchers["broker-1"].sweep(own).published == 1
     assert publishers["broker-1"].topics == [f"devices/north-1/commands/{north}"]
 

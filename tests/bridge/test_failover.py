@@ -6,8 +6,7 @@ makes every commit wait in `SyncRep` after it has committed locally, which is ex
 window in which a failover leaves a commit in doubt. Ending the bridge's backend there (what a
 primary's death does to it) commits the batch without the bridge knowing; cancelling the wait
 (the commit deadline) reports success although no standby has it. Either way the bridge must
-acknowledge nothing until a commit it saw succeed, and store everything exactly once.
-"""
+acknowledge nothing until a commit it saw succeed, and store everything exactly once."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def test_ack_many_queues_one_write_of_pubacks() -> None:
 
 
 def test_receive_stamps_strictly_increase_even_when_the_clock_does_not() -> None:
-    from fieldhub.bridge.receive import ReceiveClock
+    from fieldhub.core.receive_clock import ReceiveClock
 
     readings_ns = iter([5_000_000_000_123_456, 5_000_000_000_123_456, 5_000_000_000_123_999, 4_000])
     clock = ReceiveClock(lambda: next(readings_ns))
@@ -144,7 +144,7 @@ def test_receive_stamps_strictly_increase_even_when_the_clock_does_not() -> None
 
 
 def test_the_clock_moves_past_the_stamps_an_array_without_ts_took() -> None:
-    from fieldhub.bridge.receive import ReceiveClock
+    from fieldhub.core.receive_clock import ReceiveClock
 
     now_ns = iter([1_764_237_600_000_000_000] * 2 + [1_764_237_600_000_010_000])
     clock = ReceiveClock(lambda: next(now_ns))

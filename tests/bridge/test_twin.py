@@ -1,8 +1,7 @@
 """Device twins through the real bridge, broker and database.
 
 The device side is a plain MQTT client speaking the contract of docs/devices.md ("Twin"); the
-people's side is fieldhub.core.twins, which the web app, the API and the CLI call.
-"""
+people's side is fieldhub.core.twins, which the web app, the API and the CLI call."""
 
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ from fieldhub.bridge.twin import TwinReport, apply_reports
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, twins
 from fieldhub.core.command_requests import get_command, send_command
+from fieldhub.core.db import Conn
 from fieldhub.core.twin_documents import Report
 from tests.support import (
     BridgeProcess,
@@ -35,7 +35,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-Conn = psycopg.Connection[dict[str, Any]]
 ACTOR = twins.Actor("tester@example.com", "api")
 
 

@@ -20,8 +20,7 @@ def telemetry_mix(
 ) -> tuple[list[Message], set[Row]]:
     """Single readings, backlog arrays and SenML packs, interleaved across devices.
 
-    Every reading has its own timestamp (ms), so the expected rows are exactly known.
-    """
+    Every reading has its own timestamp (ms), so the expected rows are exactly known."""
     rng = random.Random(seed)
     base_ms = int(time.time() * 1000) - 3_600_000
     messages: list[Message] = []

@@ -3,8 +3,7 @@ enforces against real clients.
 
 The render tests need nothing; the rest run against the session's Mosquitto, whose password and
 ACL files (one pair for the device listeners, one for the services listener) each test rewrites
-from its own database (so every device id here is unique).
-"""
+from its own database (so every device id here is unique)."""
 
 from __future__ import annotations
 

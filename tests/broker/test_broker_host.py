@@ -1,8 +1,7 @@
 """A broker host set up as docs/deploy.md says: `fieldhub tls ensure --dir --hostname`,
 `fieldhub broker-config`, Mosquitto started with the rendered file, and `fieldhub auth-sync`
 with the environment its systemd unit gives it. A device registered afterwards logs in over
-TLS, checking the certificate against the CA; the services listener is on the address given.
-"""
+TLS, checking the certificate against the CA; the services listener is on the address given."""
 
 from __future__ import annotations
 

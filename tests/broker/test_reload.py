@@ -20,7 +20,6 @@ import pytest
 from fieldhub.broker.auth_files import acl_file_problems, password_file_problems
 from fieldhub.broker.auth_sync import (
     InvalidAuthFiles,
-    PendingReload,
     check_operator_rules,
     operator_rule_files,
     reload_if_due,
@@ -35,7 +34,7 @@ from fieldhub.broker.mosquitto import (
     auth_dir_problems,
     broker_process,
 )
-from fieldhub.broker.reload_state import MAX_RETRY_S, START_MARGIN_S, started_after
+from fieldhub.broker.reload_state import MAX_RETRY_S, START_MARGIN_S, PendingReload, started_after
 from fieldhub.core import registry
 from fieldhub.core.passwords import hash_secret
 from fieldhub.core.procs import free_port

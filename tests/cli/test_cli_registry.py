@@ -218,8 +218,12 @@ def test_imported_credentials_log_in_at_the_broker(
         rows = list(csv.DictReader(handle))
     assert sorted(r["username"] for r in rows) == sorted(ids)
     for row in rows:
+
+        def logs_in(row: dict[str, str] = row) -> bool:
+            return stack.can_login(row["username"], row["password"])
+
         wait_for(
-            lambda row=row: stack.can_login(row["username"], row["password"]),
+            logs_in,
             what=f"{row['username']} to log in",
         )
     assert not stack.can_login(ids[0], rows[1]["password"])

@@ -4,8 +4,7 @@ that holds only requirements/runtime.txt.
 The clean virtualenv is the proof that nothing imports a development package at start-up (it
 has none to import). It is kept under var/cache, keyed by the runtime lock's hash, so only the
 first run after a lock change downloads wheels; the fieldhub wheel itself is reinstalled every
-time. Every role process is then started from it, outside the checkout.
-"""
+time. Every role process is then started from it, outside the checkout."""
 
 from __future__ import annotations
 
@@ -353,10 +352,12 @@ def test_every_role_runs_from_the_installed_wheel(
             "worker": f"http://127.0.0.1:{worker_port}/readyz",
         }
         for name, url in ready.items():
+
+            def ready_now(url: str = url, name: str = name) -> bool:
+                return processes[name].poll() is None and http_status(url) == 200
+
             wait_for(
-                lambda url=url, name=name: (
-                    processes[name].poll() is None and http_status(url) == 200
-                ),
+                ready_now,
                 timeout=60,
                 interval=0.2,
                 what=f"{name} from the wheel to be ready",
@@ -385,8 +386,8 @@ def test_every_role_runs_from_the_installed_wheel(
             forget.close()
     # FIELDHUB_LOG_FORMAT=json reaches every process, gunicorn's logs included, from start to
     # (clean) stop: each line one JSON object naming the process's role.
-    for name, log in logs.items():
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
+    for name, log_path in logs.items():
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
         assert lines, name
         roles = {json.loads(line)["role"] for line in lines}
         assert roles == {name}, (name, roles)

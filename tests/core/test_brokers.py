@@ -113,7 +113,7 @@ def test_local_brokers_get_ports_a_thousand_apart() -> None:
     assert settings.broker_names == ("broker-1", "broker-2")
     assert endpoints.device_mqtt_url(settings, "broker-2") == "mqtt://127.0.0.1:12883"
     assert endpoints.local_broker_ports(settings, "broker-2") == endpoints.BrokerPorts(
-        12883, 19883, 12884
+        12883, 19883, 12884, 19884
     )
     assert endpoints.local_broker_dir(settings, "broker-1") == settings.mosquitto_dir
     assert endpoints.local_broker_dir(settings, "broker-2").name == "mosquitto-broker-2"

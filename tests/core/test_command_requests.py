@@ -22,10 +22,9 @@ from fieldhub.core.command_requests import (
     list_commands,
     send_command,
 )
+from fieldhub.core.db import Conn
 
 pytestmark = pytest.mark.integration
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 @pytest.fixture

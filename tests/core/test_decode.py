@@ -971,7 +971,7 @@ json_values = st.one_of(
     st.booleans(),
     # Text PostgreSQL can store: no NUL (bad_string has tests of its own above).
     st.text(
-        st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+        st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
         max_size=MAX_STRING_VALUE,
     ),
 )

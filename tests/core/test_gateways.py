@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.core import registry
+from fieldhub.core.db import Conn
 
 pytestmark = pytest.mark.integration
-
-Conn = psycopg.Connection[dict[str, Any]]
 
 
 @pytest.fixture

@@ -73,9 +73,10 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
     url = _fresh_database(pg_cluster, "migrate_0006")
     before = tmp_path / "before"
     before.mkdir()
-    # Every other migration first, as on a database that has them all but this one.
+    # Every other migration first, as on a database that has them all but this one (up to
+    # 0015, whose tables refer to device keys and so only ever come after 0006).
     for migration in discover():
-        if migration.version != 6:
+        if migration.version != 6 and migration.version < 15:
             (before / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
     apply_migrations(url, schema_dir=before)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -125,14 +126,14 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
                 (now(), 'ghost', 't', 'unknown_device', '');
             """
         )
-    assert [m.version for m in apply_migrations(url)] == [6]
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        keys = {r["device_id"]: r["device_key"] for r in conn.execute("SELECT * FROM devices")}
+    assert [m.version for m in apply_migrations(url)][:1] == [6]
+    with psycopg.connect(url, row_factory=dict_row) as dict_conn:
+        keys = {r["device_id"]: r["device_key"] for r in dict_conn.execute("SELECT * FROM devices")}
         assert sorted(keys) == ["keep", "reborn"]
         assert len(set(keys.values())) == 2
         by_key = {key: device for device, key in keys.items()}
 
-        readings = conn.execute(
+        readings = dict_conn.execute(
             "SELECT device_key, metric, unit, seq, value, text_value, is_bool FROM readings"
             " ORDER BY time, metric"
         ).fetchall()
@@ -148,7 +149,7 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
         ]
 
         def rollup(table: str) -> list[tuple[str, str, int]]:
-            rows = conn.execute(
+            rows = dict_conn.execute(
                 f"SELECT device_key, metric, count FROM {table} ORDER BY bucket".encode()
             ).fetchall()
             return [(by_key[r["device_key"]], r["metric"], r["count"]) for r in rows]
@@ -162,19 +163,19 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
         ]
         assert rollup("rollup_1h") == [("reborn", "temp", 1)]
 
-        latest = conn.execute("SELECT device_key, metric, unit, value FROM latest_values")
+        latest = dict_conn.execute("SELECT device_key, metric, unit, value FROM latest_values")
         assert sorted((by_key[r["device_key"]], r["metric"], r["unit"]) for r in latest) == [
             ("keep", "door", ""),
             ("keep", "mode", ""),
             ("keep", "temp", ""),
             ("reborn", "temp", ""),
         ]
-        events = conn.execute("SELECT device_key, source FROM presence_events ORDER BY time")
+        events = dict_conn.execute("SELECT device_key, source FROM presence_events ORDER BY time")
         assert [(by_key[r["device_key"]], r["source"]) for r in events] == [
             ("keep", "telemetry"),
             ("reborn", "status"),
         ]
-        letters = conn.execute(
+        letters = dict_conn.execute(
             "SELECT device_id, device_key FROM dead_letters ORDER BY received_at, device_id"
         ).fetchall()
         assert [(r["device_id"], r["device_key"]) for r in letters] == [
@@ -185,12 +186,12 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
 
         # The new identity is in force, and the data belongs to the key: deleting the device
         # takes its latest values and state along.
-        conn.execute("DELETE FROM devices WHERE device_id = 'keep'")
-        assert conn.execute(
+        dict_conn.execute("DELETE FROM devices WHERE device_id = 'keep'")
+        assert dict_conn.execute(
             "SELECT (SELECT count(*) FROM latest_values) AS lv,"
             " (SELECT count(*) FROM device_state) AS ds"
         ).fetchone() == {"lv": 1, "ds": 0}
-        index = conn.execute(
+        index = dict_conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE indexname = 'readings_identity'"
         ).fetchone()
         assert index is not None

@@ -40,7 +40,7 @@ units = st.one_of(
 texts = st.one_of(
     st.sampled_from(TRICKY),
     st.text(
-        st.characters(codec="utf-8", exclude_characters="\0", exclude_categories=("Cs",)),
+        st.characters(codec="utf-8", exclude_characters="\0", exclude_categories=["Cs"]),
         max_size=MAX_STRING_VALUE,
     ).map(lambda text: text[:MAX_STRING_VALUE]),
     st.sampled_from(TRICKY).flatmap(lambda head: st.text(max_size=20).map(lambda t: head + t)),

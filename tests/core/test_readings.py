@@ -13,6 +13,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from fieldhub.core import readings, registry
+from fieldhub.core.db import Conn
 from fieldhub.core.decode import (
     MAX_FUTURE_SKEW_S,
     MAX_SEQ,
@@ -22,8 +23,6 @@ from fieldhub.core.decode import (
     decode_telemetry,
 )
 
-Conn = psycopg.Connection[dict[str, Any]]
-
 # Columns in copy_readings' order: time, device_key, seq, metric, unit, value, text, is_bool.
 _INT_COLUMNS = {0, 1, 2, 8}
 
@@ -32,7 +31,7 @@ def _parse_copy(data: bytes, fields: int = 8) -> list[tuple[object, ...]]:
     """A minimal reader of PostgreSQL's binary COPY format, for the readings columns."""
     assert data.startswith(b"PGCOPY\n\xff\r\n\x00")
     pos = 19
-    rows = []
+    rows: list[tuple[object, ...]] = []
     while True:
         (count,) = struct.unpack_from(">h", data, pos)
         pos += 2

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from fieldhub.core.twin_documents import (
     MAX_DEPTH,
     MAX_DOCUMENT_BYTES,
+    Document,
     Report,
     TwinDocumentError,
     Versions,
@@ -90,14 +91,19 @@ def test_the_patch_between_two_documents_turns_one_into_the_other(
 
 
 def test_patch_between_names_only_what_changed() -> None:
-    old = {"a": 1, "net": {"ssid": "x", "pw": "y"}, "gone": True}
-    new = {"a": 1, "net": {"ssid": "z", "pw": "y"}, "added": [1]}
+    old: Document = {"a": 1, "net": {"ssid": "x", "pw": "y"}, "gone": True}
+    new: Document = {"a": 1, "net": {"ssid": "z", "pw": "y"}, "added": [1]}
     assert patch_between(old, new) == {"gone": None, "net": {"ssid": "z"}, "added": [1]}
 
 
 def test_delta_is_recursive_and_ignores_keys_only_reported() -> None:
-    desired = {"led": "on", "net": {"ssid": "a", "channel": 6}, "tags": [1, 2]}
-    reported = {"led": "on", "net": {"ssid": "b", "channel": 6}, "tags": [1, 2], "fw": "1.2"}
+    desired: Document = {"led": "on", "net": {"ssid": "a", "channel": 6}, "tags": [1, 2]}
+    reported: Document = {
+        "led": "on",
+        "net": {"ssid": "b", "channel": 6},
+        "tags": [1, 2],
+        "fw": "1.2",
+    }
     assert delta(desired, reported) == {"net": {"ssid": "a"}}
     assert delta(desired, {**reported, "net": {"ssid": "a", "channel": 6}}) == {}
     assert delta({"tags": [1, 2]}, {"tags": [2, 1]}) == {"tags": [1, 2]}

@@ -6,8 +6,7 @@ a logged-in user opening pages and a live stream) and runs Debian's Prometheus, 
 process at the metrics URL `fieldhub status --json` gives for it, with the job names of
 deploy/prometheus/fieldhub.yml (which promtool also checks). Then each target of each panel
 of deploy/grafana/fieldhub.json is evaluated through Prometheus's HTTP API: every metric it
-names must exist, and the query must return at least one series.
-"""
+names must exist, and the query must return at least one series."""
 
 from __future__ import annotations
 

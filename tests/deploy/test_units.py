@@ -4,8 +4,7 @@ exposure), and running what the docs and the next host's operator expect.
 
 Templates are checked as an instance of themselves (fieldhub-web@1, fieldhub-bridge@broker-1-1,
 fieldhub-auth-sync@broker-1), with /opt/fieldhub/bin/fieldhub pointed at this checkout's
-fieldhub, because verify insists that ExecStart's program exists.
-"""
+fieldhub, because verify insists that ExecStart's program exists."""
 
 from __future__ import annotations
 

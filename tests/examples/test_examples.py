@@ -8,8 +8,7 @@ Each example gets the same scenario, the one a firmware author's device lives th
   * it publishes telemetry, at the interval its desired state asks for;
   * while it is online, another desired change and another command arrive and are handled.
 An example whose toolchain is missing here is skipped with the reason (scripts/setup installs
-every one of them).
-"""
+every one of them)."""
 
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def test_simulated_devices_publish_telemetry_and_answer_commands(stack: TestStac
 
     def mine(suffix: str) -> list[tuple[str, bytes]]:
         return [
-            (m.topic, m.payload)
+            (m.topic, bytes(m.payload))
             for m in list(observer.received)
             if m.topic.startswith(f"devices/{prefix}-") and m.topic.endswith(suffix)
         ]
@@ -156,8 +156,10 @@ def test_simulated_devices_publish_telemetry_and_answer_commands(stack: TestStac
         for device in devices:
             payloads = [p for t, p in mine("/telemetry") if device.device_id in t]
             seqs = [
-                readings[0].seq for readings in (decode_telemetry(p, time.time()) for p in payloads)
+                readings[0].seq or 0
+                for readings in (decode_telemetry(p, time.time()) for p in payloads)
             ]
+            assert 0 not in seqs, "every simulated reading carries a sequence number"
             assert seqs == sorted(seqs)
             assert len(set(seqs)) == len(seqs)
         assert {t for t, p in mine("/status") if p == b"online"} == {

@@ -4,8 +4,7 @@ a database that stops answering, the hard case) and then stops outright.
 
 Each process's /readyz must turn 503 within 10 s of its database going away while /healthz
 stays 200, and turn 200 again once the database is back. The web app's metrics, served by
-gunicorn's master on the metrics port, must add up its workers (multiprocess mode).
-"""
+gunicorn's master on the metrics port, must add up its workers (multiprocess mode)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,7 @@
 The end-to-end test runs the real command line in a scratch FIELDHUB_HOME on free ports: the
 stack comes up detached with demo data, a process killed with SIGKILL comes back (and the
 supervisor says so in its log), `down` leaves no process and no port behind, and a second `up`
-finds the data of the first.
-"""
+finds the data of the first."""
 
 from __future__ import annotations
 
@@ -54,6 +53,7 @@ PORT_VARIABLES = (
     "FIELDHUB_PG_PORT",
     "FIELDHUB_MQTT_PORT",
     "FIELDHUB_MQTTS_PORT",
+    "FIELDHUB_MQTTS_CERT_PORT",
     "FIELDHUB_MQTT_SERVICE_PORT",
     "FIELDHUB_WEB_PORT",
     "FIELDHUB_BRIDGE_METRICS_PORT",
@@ -120,7 +120,12 @@ PORT_BLOCKS = {
     "FIELDHUB_WEB_METRICS_PORT": 2,
 }
 SECOND_BROKER_OFFSET = endpoints.LOCAL_BROKER_PORT_STEP
-MQTT_PORT_VARIABLES = ("FIELDHUB_MQTT_PORT", "FIELDHUB_MQTTS_PORT", "FIELDHUB_MQTT_SERVICE_PORT")
+MQTT_PORT_VARIABLES = (
+    "FIELDHUB_MQTT_PORT",
+    "FIELDHUB_MQTTS_PORT",
+    "FIELDHUB_MQTTS_CERT_PORT",
+    "FIELDHUB_MQTT_SERVICE_PORT",
+)
 
 
 def _port_free(port: int) -> bool:
@@ -366,8 +371,12 @@ def test_cluster_mode_two_brokers_replica_two_bridges_two_webs_behind_nginx(
     for n in (1, 2):
         for k in (1, 2):
             log_file = home / "log" / f"bridge-{n}-broker-{k}.log"
+
+            def logged_in(f: Path = log_file, n: int = n) -> bool:
+                return f"as svc.bridge-{n} (session present" in f.read_text()
+
             wait_for(
-                lambda f=log_file, n=n: f"as svc.bridge-{n} (session present" in f.read_text(),
+                logged_in,
                 timeout=30,
                 what=f"bridge-{n}-broker-{k} to log in as svc.bridge-{n}",
             )

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
-import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,9 +18,9 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from fieldhub.analysis import service as analysis_service
+from fieldhub.bench.harness import Child, http_status
 from fieldhub.core import command_requests, registry, users
 from fieldhub.core.procs import free_port
-from tests.support import wait_for
 
 PASSWORD = "correct horse battery"
 ROOT = Path(__file__).resolve().parents[2]
@@ -171,74 +166,52 @@ def login(client: FlaskClient, email: str, password: str = PASSWORD) -> str:
 
 
 class WebServer:
-    """`fieldhub web` (gunicorn, gevent workers) against a test database."""
+    """`fieldhub web` (gunicorn, gevent workers) against a test database, as a
+    fieldhub.bench.harness.Child; ready when its login page answers."""
 
     def __init__(
         self, database_url: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
     ) -> None:
         self.port = free_port()
         self.home = Path(tempfile.mkdtemp(prefix="fieldhub-test-web-"))
-        self.log_path = self.home / "web.log"
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "FIELDHUB_HOME": str(self.home),
-            "FIELDHUB_SECRET_KEY": "x" * 40,
-            "FIELDHUB_LOG_LEVEL": "WARNING",
-            # Test webhook receivers run on loopback.
-            "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-            "FIELDHUB_WEB_METRICS_PORT": str(free_port()),
-            **(extra_env or {}),
-        }
-        self.workers = workers
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child = Child(
+            "web",
+            ["--workers", str(workers), "--bind", f"127.0.0.1:{self.port}"],
+            {
+                "DATABASE_URL": database_url,
+                "FIELDHUB_HOME": str(self.home),
+                "FIELDHUB_SECRET_KEY": "x" * 40,
+                "FIELDHUB_LOG_LEVEL": "WARNING",
+                # Test webhook receivers run on loopback.
+                "FIELDHUB_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+                "FIELDHUB_WEB_METRICS_PORT": str(free_port()),
+                **(extra_env or {}),
+            },
+            self.home / "web.log",
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def env(self) -> dict[str, str]:
+        return self.child.env
+
     def __enter__(self) -> WebServer:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fieldhub.cli",
-                    "web",
-                    "--workers",
-                    str(self.workers),
-                    "--bind",
-                    f"127.0.0.1:{self.port}",
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(ROOT),
-            )
-        wait_for(self._up, timeout=30, interval=0.1, what="gunicorn to answer")
+        self.child.start()
+        self.child.wait_ready(
+            lambda: http_status(self.url + "/login", timeout=2) == 200,
+            timeout=30,
+            what="gunicorn to answer",
+        )
         return self
 
-    def _up(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"web exited {self.proc.returncode}:\n{self.log()}")
-        try:
-            with urllib.request.urlopen(self.url + "/login", timeout=2) as response:  # noqa: S310
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.child.log()
 
     def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.child.stop(timeout=15)
 
 
 class SourceClient:
@@ -275,7 +248,7 @@ class SourceClient:
             conn.close()
 
     def login(self, email: str, password: str, **headers: str) -> int:
-        _, page = self.request("GET", "/login", **headers)
+        _, page = self.request("GET", "/login", None, **headers)
         form = {"email": email, "password": password, "csrf_token": csrf_from(page)}
         return self.request("POST", "/login", form, **headers)[0]
 

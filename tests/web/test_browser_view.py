@@ -474,12 +474,16 @@ def test_dark_mode_follows_the_system_with_readable_text(world: World, browser: 
                 shot(page, "device-dark")
                 assert line_pixels(page) > 50
                 page.emulate_media(color_scheme="light")
-                wait_for(
-                    lambda p=page: (
+
+                def light_chart(p: Page = page) -> bool:
+                    return bool(
                         line_pixels(p) > 50
                         and p.evaluate("getComputedStyle(document.body).backgroundColor")
                         == "rgb(246, 247, 249)"
-                    ),
+                    )
+
+                wait_for(
+                    light_chart,
                     what="the chart redrawn in the light palette",
                 )
             context.close()

@@ -3,8 +3,7 @@ parser it makes must agree, for the real request types of /api/v1.
 
 Pure: no database. For every JSON body of the API, a JSON Schema validator (jsonschema) and
 the parser must accept exactly the same bodies; every body and query string generated from the
-document (hypothesis-jsonschema, as schemathesis does) must parse.
-"""
+document (hypothesis-jsonschema, as schemathesis does) must parse."""
 
 from __future__ import annotations
 

@@ -118,3 +118,19 @@ def test_senml_units_are_separate_series_in_the_api_and_on_the_page(
     assert '<option value="pos|lon">pos (lon)</option>' in page
     history = client.get(f"/devices/{device_id}/history.json?metric=pos&unit=lon&range=1h")
     assert history.get_json()["value"] == [24.3]
+
+
+def test_the_device_page_says_what_a_reused_id_waits_for(app: Flask, world: World) -> None:
+    device_id = world.devices["a"]
+    with psycopg.connect(world.database_url, autocommit=True, row_factory=dict_row) as conn:
+        registry.delete_device(conn, device_id)
+        registry.create_device(conn, device_id, org="org-b")
+    client = app.test_client()
+    login(client, world.emails["b_admin"])
+    page = client.get(f"/devices/{device_id}").get_data(as_text=True)
+    assert 'id="login-waits"' in page
+    # Nothing has run yet (no auth-sync, no bridge): the first step is what it waits for.
+    assert "auth-sync of broker-1 to remove the old device&#39;s login" in page
+    viewer = app.test_client()
+    login(viewer, world.emails["b_viewer"])
+    assert 'id="login-waits"' not in viewer.get(f"/devices/{device_id}").get_data(as_text=True)

@@ -62,7 +62,7 @@ def test_one_export_beyond_the_bound_is_refused_and_the_pool_serves_others(
     assert len(theirs.get_data(as_text=True).splitlines()) == 31
 
     # A held export still streams in full; once one ends, the user may start another.
-    body = b"".join(held[0].response).decode()
+    body = held[0].get_data(as_text=True)
     held[0].close()
     assert len(body.splitlines()) == 31
     again = _open_export(first, device)
@@ -115,7 +115,7 @@ def test_exports_cannot_take_the_connections_pages_need(small_app: Flask, world:
     held[0].close()
     freed = _open_export(clients["b_viewer"], world.devices["b"])
     assert freed.status_code == 200
-    assert len(b"".join(freed.response).decode().splitlines()) == 31
+    assert len(freed.get_data(as_text=True).splitlines()) == 31
     freed.close()
     held[1].close()
 

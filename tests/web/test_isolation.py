@@ -1,8 +1,7 @@
 """Tenant isolation over EVERY route and API endpoint, enumerated from the URL map, and roles.
 
 A new route with an object in its URL is covered automatically; a route whose parameter this
-test does not know fails the test until someone says which object it names.
-"""
+test does not know fails the test until someone says which object it names."""
 
 from __future__ import annotations
 

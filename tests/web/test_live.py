@@ -17,7 +17,7 @@ import pytest
 import requests
 from psycopg.rows import dict_row
 
-from fieldhub.core import users
+from fieldhub.core import registry, users
 from fieldhub.web.live import Subscription, route
 from tests.support import wait_for
 from tests.web.helpers import PASSWORD, WebServer, World, csrf_from
@@ -38,6 +38,8 @@ def test_route_gives_each_stream_only_its_own_devices() -> None:
     assert route("telemetry", "dev-a1", mine) is None
     assert route("alerts", "2 17 active", mine) is None
     assert route("alerts", "1 17 active", mine) == "1 17 active"
+    assert route("device_deleted", "12", mine) == "12"
+    assert route("device_deleted", "120", mine) is None
 
 
 def session_for(server: WebServer, email: str) -> requests.Session:
@@ -60,6 +62,7 @@ def read_events(
     event = None
     try:
         for line in response.iter_lines(decode_unicode=True):
+            assert isinstance(line, str)
             if line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: ") and event:
@@ -230,3 +233,59 @@ def test_a_stream_ends_when_its_session_does(world: World) -> None:
                 assert name == "end", (name, payload)
                 assert at - disabled_at < 30.0
                 assert events.get(timeout=5)[0] == "closed"
+
+
+def test_a_deleted_devices_stream_ends_and_the_new_devices_shows_only_its_own_data(
+    world: World,
+) -> None:
+    device = world.devices["a"]
+    url_path = f"/devices/{device}/live"
+    with (
+        WebServer(world.database_url, workers=1) as server,
+        psycopg.connect(world.database_url, autocommit=True, row_factory=dict_row) as conn,
+    ):
+        viewer = session_for(server, world.emails["a_viewer"])
+        _, events = _open_stream(viewer, server.url + url_path)
+        wait_for(
+            lambda: conn.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'fieldhub-web-live'"
+            ).fetchone(),
+            what="the live hub to listen",
+        )
+        old_key = conn.execute(
+            "SELECT device_key FROM devices WHERE device_id = %s", (device,)
+        ).fetchone()
+        assert old_key is not None
+        deleted_at = time.monotonic()
+        registry.delete_device(conn, device)
+        name, payload, at = _next_other_than(events, {"readings"}, timeout=10)
+        assert name == "end"
+        assert isinstance(payload, dict)
+        assert "deleted" in payload["reason"]
+        assert at - deleted_at < 2.0  # told at once, not at the next 30 s check
+        assert events.get(timeout=5)[0] == "closed"
+
+        # The id again, in the same organisation: its stream shows its own readings only,
+        # not the old key's, which are still stored until the purge.
+        org = conn.execute(
+            "SELECT o.name FROM organisations o JOIN users u ON u.org_id = o.id WHERE u.email = %s",
+            (world.emails["a_viewer"],),
+        ).fetchone()
+        assert org is not None
+        registry.create_device(conn, device, org=org["name"], password_hash="x", secret="x")
+        new_key = conn.execute(
+            "SELECT device_key FROM devices WHERE device_id = %s", (device,)
+        ).fetchone()
+        assert new_key is not None
+        _, events = _open_stream(viewer, f"{server.url}{url_path}?since=0")
+        for key, value in ((old_key["device_key"], 66.6), (new_key["device_key"], 7.5)):
+            conn.execute(
+                "INSERT INTO readings (time, device_key, metric, value)"
+                " VALUES (now(), %s, 'x', %s)",
+                (key, value),
+            )
+            conn.execute("SELECT pg_notify('telemetry', %s)", (str(key),))
+        name, payload, _ = _next_other_than(events, set(), timeout=10)
+        assert name == "readings"
+        assert isinstance(payload, list)
+        assert [r["value"] for r in payload] == [7.5]

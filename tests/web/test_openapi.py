@@ -9,8 +9,7 @@ cases (valid requests) and negative ones (each violating the document somewhere;
 JSON body must be refused with a 4xx problem) check the same contracts in a time the suite can
 afford.
 Requests carry an admin's token, so that the admin-only operations answer their success
-schemas too (test_isolation.py covers what a smaller role is refused).
-"""
+schemas too (test_isolation.py covers what a smaller role is refused)."""
 
 from __future__ import annotations
 

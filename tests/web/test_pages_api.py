@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -113,7 +114,12 @@ def test_api_telemetry_buckets_and_aggregates(app: Flask, world: World) -> None:
     assert len(raw["points"]) == 30
     end = datetime.now(UTC).isoformat()
     start = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
-    combine = {"count": sum, "min": min, "max": max, "last": lambda v: v[-1]}
+    combine: dict[str, Callable[[list[float]], float]] = {
+        "count": sum,
+        "min": min,
+        "max": max,
+        "last": lambda v: v[-1],
+    }
     for agg, expected in (("count", 30), ("min", 20.0), ("max", 49.0), ("last", 49.0)):
         body = client.get(
             f"/api/v1/devices/{device}/telemetry",

@@ -2,8 +2,7 @@
 
 The "replica" here is a migrated database that never receives the primary's writes, i.e. a
 replica lagging for ever: the only way a page can show what was just written is by reading
-from the primary.
-"""
+from the primary."""
 
 from __future__ import annotations
 

@@ -1,8 +1,7 @@
 """The operators' system page: where reads come from and how far a replica lags.
 
 Here against the single test database (no replica); the cluster test in
-tests/fieldhub/test_stack.py checks the page against a real streaming replica.
-"""
+tests/fieldhub/test_stack.py checks the page against a real streaming replica."""
 
 from __future__ import annotations
 
