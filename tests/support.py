@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
 from fieldhub.bench.harness import Child, http_status, scrape
+from fieldhub.bridge.app import DEVICE_TOPICS, SHARE_GROUP
 from fieldhub.broker.auth_sync import advance_tombstones, sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, tombstones
@@ -357,6 +358,28 @@ class BridgeProcess:
         """Discard the instance's durable broker session. A stopped bridge's session stays in
         the shared-subscription group and keeps taking its share of messages (queued for its
         return), which would starve the next test's bridge."""
+        # Its subscriptions first, then the session: Mosquitto 2.0.11 keeps a discarded
+        # session's $share subscriptions in the group, and the next session it frees (a reaped
+        # device's, say) crashes it (measured: a segfault at the reaper's login, every time,
+        # after two bridges' sessions were discarded this way).
+        resumed = DeviceClient(
+            self.stack.broker.mqtt_services,
+            self.username,
+            self.stack.bridge_password,
+            clean_start=False,
+        )
+        try:
+            resumed.connect()
+            done = threading.Event()
+            resumed.client.on_unsubscribe = lambda *args: done.set()
+            resumed.client.unsubscribe(
+                [f"$share/{SHARE_GROUP}/{topic}" for topic in DEVICE_TOPICS]
+                + [tombstones.MARKER_FILTER]
+            )
+            if not done.wait(5):
+                raise AssertionError("no UNSUBACK")
+        finally:
+            resumed.close()
         client = DeviceClient(
             self.stack.broker.mqtt_services,
             self.username,
