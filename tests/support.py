@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
 from fieldhub.bench.harness import Child, http_status, scrape
+from fieldhub.bridge.app import DEVICE_TOPICS, SHARE_GROUP
 from fieldhub.broker.auth_sync import advance_tombstones, sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, tombstones
@@ -291,6 +292,7 @@ class BridgeProcess:
         *,
         instance: int = 1,
         extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.stack = stack
         self.instance = instance
@@ -300,7 +302,13 @@ class BridgeProcess:
         password = quote(stack.bridge_password, safe="")
         self.child = Child(
             "bridge",
-            ["--instance", str(instance), "--metrics-port", str(self.metrics_port)],
+            [
+                "--instance",
+                str(instance),
+                "--metrics-port",
+                str(self.metrics_port),
+                *(extra_args or []),
+            ],
             {
                 "DATABASE_URL": stack.database_url,
                 "MQTT_URL": f"mqtt://{registry.BRIDGE_ACCOUNT_BASE}:{password}@127.0.0.1:"
@@ -350,6 +358,28 @@ class BridgeProcess:
         """Discard the instance's durable broker session. A stopped bridge's session stays in
         the shared-subscription group and keeps taking its share of messages (queued for its
         return), which would starve the next test's bridge."""
+        # Its subscriptions first, then the session: Mosquitto 2.0.11 keeps a discarded
+        # session's $share subscriptions in the group, and the next session it frees (a reaped
+        # device's, say) crashes it (measured: a segfault at the reaper's login, every time,
+        # after two bridges' sessions were discarded this way).
+        resumed = DeviceClient(
+            self.stack.broker.mqtt_services,
+            self.username,
+            self.stack.bridge_password,
+            clean_start=False,
+        )
+        try:
+            resumed.connect()
+            done = threading.Event()
+            resumed.client.on_unsubscribe = lambda *args: done.set()
+            resumed.client.unsubscribe(
+                [f"$share/{SHARE_GROUP}/{topic}" for topic in DEVICE_TOPICS]
+                + [tombstones.MARKER_FILTER]
+            )
+            if not done.wait(5):
+                raise AssertionError("no UNSUBACK")
+        finally:
+            resumed.close()
         client = DeviceClient(
             self.stack.broker.mqtt_services,
             self.username,

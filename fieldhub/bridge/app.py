@@ -38,8 +38,10 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from fieldhub.bridge import commands
 from fieldhub.bridge.ingest import (
+    COMMIT_DEADLINE_S,
     Batch,
     CommandAck,
+    CommitDeadlineExceeded,
     DeadLetter,
     DeviceDirectory,
     IngestWriter,
@@ -98,6 +100,7 @@ class Bridge:
         metrics_host: str = "127.0.0.1",
         receive_maximum: int = RECEIVE_MAXIMUM,
         always_stage: bool = False,
+        commit_deadline_s: float = COMMIT_DEADLINE_S,
         broker: str | None = None,
         broker_label: str = "",
     ) -> None:
@@ -140,6 +143,7 @@ class Bridge:
             always_stage=always_stage,
             session=f"{self.client_id}@{mqtt_endpoint.host}:{mqtt_endpoint.port}",
             receive_maximum=receive_maximum,
+            commit_deadline_s=commit_deadline_s,
         )
         self.stopping = threading.Event()
         self._ack_lock = threading.Lock()
@@ -510,7 +514,10 @@ class Bridge:
 
     def _database_error(self, exc: BaseException, batch: Batch) -> None:
         self.metrics.db_errors.inc()
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
+            exc, CommitDeadlineExceeded
+        ):
+            # (After a deadline the writer decided itself whether its connection is usable.)
             self.writer.close()
         self.problems.warning(
             type(exc).__name__,

@@ -27,7 +27,20 @@ throughput rises at high ones) and writes it in one transaction:
    redone, its messages dead-lettered.
 4. Only after COMMIT are the batch's QoS 1 messages acknowledged. On a database error nothing
    is acknowledged: the batch is kept, retried with backoff, and grows with what arrives
-   meanwhile (bounded by the Receive Maximum the bridge announces to the broker)."""
+   meanwhile (bounded by the Receive Maximum the bridge announces to the broker).
+
+Failover (docs/scaling.md): a connection that breaks during a transaction leaves the batch IN
+DOUBT, because a COMMIT whose reply was lost may have committed (the failover research saw it
+in 14 of 43 primary kills). The batch is then retried on whatever node is primary now
+(db.connect's target_session_attrs=read-write), as an in-doubt batch: readings go through the
+staged path, where the reading identity absorbs what had committed; dead letters are inserted
+only where the same one is not stored yet; acks and presence replays are idempotent already. A
+transaction that takes longer than the commit deadline is cancelled and treated the same way:
+with synchronous replication a commit waits for the standby, and a cancelled wait reports
+SUCCESS with a warning although the standby may not have the commit, so a deadline hit is
+never acknowledged, whatever the server answered. An in-doubt retry always takes a transaction
+id, so its commit waits for the standby to have everything up to it, including the first
+attempt's commit."""
 
 from __future__ import annotations
 
@@ -41,6 +54,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import psycopg
+from psycopg.pq import TransactionStatus
 
 from fieldhub.bridge import commands, ledger, shedding
 from fieldhub.bridge.metrics import BridgeMetrics, RateLimitedLog
@@ -59,6 +73,18 @@ _STAGED_AFTER_CONFLICT_S = 5.0
 # A batch is redone after a unique violation (staged) or a foreign-key violation (directory
 # reloaded); more attempts than this means something else is wrong.
 _WRITE_ATTEMPTS = 4
+# How long one batch's transaction may take before it is cancelled and retried in doubt.
+# Batches commit in well under a second here (docs/benchmarks.md); a commit that waits this
+# long is waiting for a synchronous standby that is gone (Patroni strict mode with no standby
+# left) or for a host that died without a RST. Longer than a measured failover (11.5 s), so a
+# commit that merely waits for the new sync standby to attach is not cancelled needlessly.
+COMMIT_DEADLINE_S = 20.0
+# How long the cancel request itself may take (it opens a new connection to the server).
+_CANCEL_TIMEOUT_S = 5.0
+
+
+class CommitDeadlineExceeded(psycopg.OperationalError):
+    """The batch's transaction outlived the commit deadline and was cancelled: in doubt."""
 
 
 class Telemetry(NamedTuple):
@@ -134,6 +160,8 @@ class Batch:
     # QoS 1 messages (of any connection), and how many of them the ingest ledger records.
     qos1: int = 0
     ledger: int = 0
+    # A write of (part of) this batch failed in a way that may have committed it.
+    in_doubt: bool = False
 
     def merge(self, other: Batch) -> None:
         self.telemetry += other.telemetry
@@ -141,6 +169,7 @@ class Batch:
         self.acks += other.acks
         self.twin_reports += other.twin_reports
         self.dead += other.dead
+        self.in_doubt = self.in_doubt or other.in_doubt
         self.markers += other.markers
         if other.generation != self.generation:
             # Packet ids of an older connection are void: the broker redelivers those
@@ -157,20 +186,31 @@ class Batch:
     def split(self) -> list[Batch]:
         """One batch per message (without packet ids), to isolate a message the database
         refuses."""
+        doubt = self.in_doubt
         singles: list[Batch] = []
         for item in self.telemetry:
             # Counted as QoS 1 whatever they were: an overcount only ages ledger rows sooner.
-            singles.append(Batch(telemetry=[item], messages=1, qos1=1, ledger=int(bool(item.mid))))
+            singles.append(
+                Batch(
+                    telemetry=[item],
+                    messages=1,
+                    qos1=1,
+                    ledger=int(bool(item.mid)),
+                    in_doubt=doubt,
+                )
+            )
         for status in self.statuses:
-            singles.append(Batch(statuses=[status], messages=1))
+            singles.append(Batch(statuses=[status], messages=1, in_doubt=doubt))
         for ack in self.acks:
-            singles.append(Batch(acks=[ack], messages=1))
+            singles.append(Batch(acks=[ack], messages=1, in_doubt=doubt))
         for report in self.twin_reports:
-            singles.append(Batch(twin_reports=[report], messages=1))
+            singles.append(Batch(twin_reports=[report], messages=1, in_doubt=doubt))
         for dead in self.dead:
-            singles.append(Batch(dead=[dead], messages=1))
+            singles.append(Batch(dead=[dead], messages=1, in_doubt=doubt))
         if self.markers:
-            singles.append(Batch(markers=list(self.markers), messages=len(self.markers)))
+            singles.append(
+                Batch(markers=list(self.markers), messages=len(self.markers), in_doubt=doubt)
+            )
         return singles
 
 
@@ -378,10 +418,12 @@ class IngestWriter:
         always_stage: bool = False,
         session: str | None = None,
         receive_maximum: int = 10_000,
+        commit_deadline_s: float = COMMIT_DEADLINE_S,
     ) -> None:
         self.database_url = database_url
         self.directory = directory
         self.metrics = metrics
+        self.commit_deadline_s = commit_deadline_s
         self.conn: Conn | None = None
         # The broker session whose packet ids the ingest ledger keys on (None: no ledger, for
         # writers fed without MQTT), and whether it has ledger rows (then every batch counts
@@ -400,6 +442,9 @@ class IngestWriter:
     def connection(self) -> Conn:
         if self.conn is None or self.conn.closed:
             conn = db.connect(self.database_url, application_name="fieldhub-bridge")
+            # A temp table is this connection's alone: its commit need not wait for a
+            # synchronous standby (which may be the very thing being waited out).
+            conn.execute(QUERIES["commit_locally"])
             readings.create_staging(conn)
             if self.session is not None:
                 row = conn.execute(QUERIES["session_has_ledger"], {"session": self.session})
@@ -409,15 +454,40 @@ class IngestWriter:
         return self.conn
 
     def write(self, batch: Batch) -> WriteResult:
-        conn = self.connection()
+        """Write the batch in one transaction; raise psycopg.OperationalError (or
+        InterfaceError) if it may not have committed, after marking the batch in doubt."""
+        try:
+            conn = self.connection()
+            return self._attempts(conn, batch)
+        except CommitDeadlineExceeded:
+            batch.in_doubt = True
+            # A cancelled wait leaves the connection usable; a fresh one would cost a backend
+            # that, with a temp table to drop at exit, itself waits for the standby.
+            if self.conn is not None and (
+                self.conn.broken or self.conn.info.transaction_status != TransactionStatus.IDLE
+            ):
+                self.close()
+            raise
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            batch.in_doubt = True
+            self.close()
+            raise
+
+    def _attempts(self, conn: Conn, batch: Batch) -> WriteResult:
         attempt = 0
         while True:
             attempt += 1
-            staged = time.monotonic() < self._staged_until
+            staged = batch.in_doubt or time.monotonic() < self._staged_until
             try:
                 result = WriteResult(staged=staged)
-                with conn.transaction():
+                with _Deadline(conn, self.commit_deadline_s) as deadline, conn.transaction():
+                    if batch.in_doubt:
+                        # A transaction id makes this commit wait for the synchronous standby
+                        # (even if everything else turns out to be a duplicate), and so also
+                        # for the earlier attempt's commit, whose WAL comes before it.
+                        conn.execute(QUERIES["take_transaction_id"])
                     self._write(conn, batch, result)
+                deadline.check()
                 return result
             except psycopg.errors.UniqueViolation:
                 # Only the fast path's COPY can collide: the batch repeats a stored reading.
@@ -550,7 +620,20 @@ class IngestWriter:
                 dead.append(_dead(report, reason, detail, report.device_key))
 
         # -- dead letters -----------------------------------------------------------------
-        if dead:
+        if dead and batch.in_doubt:
+            conn.execute(
+                QUERIES["insert_dead_letters_once"],
+                {
+                    "received_at": [_timestamp(letter.received_at) for letter in dead],
+                    "device_ids": [letter.device_id for letter in dead],
+                    "device_keys": [letter.device_key for letter in dead],
+                    "topics": [letter.topic for letter in dead],
+                    "reasons": [letter.reason for letter in dead],
+                    "details": [letter.detail for letter in dead],
+                    "payloads": [letter.payload for letter in dead],
+                },
+            )
+        elif dead:
             with conn.cursor() as cur, cur.copy(QUERIES["copy_dead_letters"]) as copy:
                 for letter in dead:
                     copy.write_row(
@@ -564,8 +647,8 @@ class IngestWriter:
                             letter.payload,
                         )
                     )
-            for letter in dead:
-                result.dead[letter.reason] = result.dead.get(letter.reason, 0) + 1
+        for letter in dead:
+            result.dead[letter.reason] = result.dead.get(letter.reason, 0) + 1
 
         # -- deleted devices' markers: everything before them in the stream is in this
         # transaction or an earlier one, so "passed" is true once this commits.
@@ -715,6 +798,48 @@ def _restamped(message: Telemetry, stamp: float) -> Telemetry | None:
     return message._replace(readings=found, received_at=stamp)
 
 
+class _Deadline:
+    """Cancels the connection's running statement (or commit) once `seconds` have passed.
+
+    `check()` after the transaction raises CommitDeadlineExceeded if the cancel was sent,
+    whatever the transaction's outcome looked like: a commit whose synchronous-replication
+    wait was cancelled reports success although the standby may not have it."""
+
+    def __init__(self, conn: Conn, seconds: float) -> None:
+        self.conn = conn
+        self.seconds = seconds
+        self.fired = threading.Event()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired.set()
+        try:
+            self.conn.cancel_safe(timeout=_CANCEL_TIMEOUT_S)
+        except psycopg.Error as exc:
+            # The server is unreachable: the socket's keepalives/tcp_user_timeout end the
+            # statement instead (db.TCP_DEFAULTS).
+            log.warning(
+                "could not cancel a transaction past its deadline: %s", logs.first_line(exc)
+            )
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._timer.cancel()
+        if exc is not None:
+            self.check()
+
+    def check(self) -> None:
+        if self.fired.is_set():
+            raise CommitDeadlineExceeded(
+                f"the transaction took longer than the commit deadline ({self.seconds:g} s); "
+                "it may or may not have committed"
+            )
+
+
 def _dead(
     message: Telemetry | Status | CommandAck | TwinReport,
     reason: str,
@@ -737,8 +862,10 @@ def _timestamp(epoch: float) -> datetime.datetime:
 
 
 __all__ = [
+    "COMMIT_DEADLINE_S",
     "Batch",
     "CommandAck",
+    "CommitDeadlineExceeded",
     "DeadLetter",
     "DeviceDirectory",
     "DeviceEntry",

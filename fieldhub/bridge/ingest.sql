@@ -84,3 +84,31 @@ VALUES (%(session)s, %(committed)s, %(packet_ids)s, %(hashes)s, %(stamps)s);
 
 -- name: session_has_ledger
 SELECT EXISTS (SELECT FROM ingest_ledger WHERE session = %(session)s) AS has;
+-- name: take_transaction_id
+-- Only for an in-doubt retry: with a transaction id, the COMMIT writes a commit record and
+-- waits for the synchronous standby up to it, so the earlier attempt's commit (earlier WAL)
+-- is on the standby once this one is acknowledged, even when every row of the retry turns out
+-- to be a duplicate.
+SELECT pg_current_xact_id();
+
+-- name: insert_dead_letters_once
+-- Only for an in-doubt retry: the earlier attempt may have stored these. Matched on the
+-- letter's content; the primary key's leading received_at narrows each probe to a handful of
+-- rows. No lock: one bridge connection writes a given message's dead letter (a redelivery to
+-- another bridge instance is a different in-memory batch, whose letters it stores anew).
+INSERT INTO dead_letters (received_at, device_id, device_key, topic, reason, detail, payload)
+SELECT l.received_at, l.device_id, l.device_key, l.topic, l.reason, l.detail, l.payload
+FROM unnest(%(received_at)s::timestamptz[], %(device_ids)s::text[], %(device_keys)s::bigint[],
+            %(topics)s::text[], %(reasons)s::text[], %(details)s::text[],
+            %(payloads)s::bytea[])
+     AS l (received_at, device_id, device_key, topic, reason, detail, payload)
+WHERE NOT EXISTS (
+    SELECT 1 FROM dead_letters d
+    WHERE d.received_at = l.received_at AND d.topic = l.topic AND d.reason = l.reason
+      AND d.payload = l.payload AND d.device_id IS NOT DISTINCT FROM l.device_id
+);
+
+-- name: commit_locally
+-- This transaction's commit returns once the local WAL is flushed, without waiting for the
+-- synchronous standby: only for transactions whose effects are of no use on a standby.
+SET LOCAL synchronous_commit = local;

@@ -21,8 +21,7 @@ with it, then the other resent messages). So a row is used only while its sessio
 committed fewer than 65,535 - 1 - Receive Maximum messages since: a stale row is never used;
 a genuine one older than that (a broker restored from an old snapshot resends messages the
 bridge committed long ago) is not used either, and the copy is stored again: a duplicate, the
-lesser harm. This module is pure; fieldhub.bridge.ingest applies it.
-"""
+lesser harm. This module is pure; fieldhub.bridge.ingest applies it."""
 
 from __future__ import annotations
 
@@ -76,8 +75,7 @@ def payload_hash(topic: str, payload: bytes) -> bytes:
     snapshot can happen, so a false match has odds of about 2**-64 per such copy. Measured
     on the shared test machine: 0.3 us per message against 1.4-3 us for hashlib's sha1,
     md5 and blake2b (their set-up cost dominates on payloads this small), on a path every
-    message without ts takes.
-    """
+    message without ts takes."""
     head = topic.encode() + b"\0"
     return _CHECKSUM.pack(
         zlib.crc32(payload, zlib.crc32(head)), zlib.adler32(payload, zlib.adler32(head))

@@ -11,8 +11,7 @@ the last shed payload. QoS 1 messages are never shed.
 The tallies are bounded by the number of topics' device ids the broker lets publish (the ACL
 binds each device account to its own topics); messages on topics that name no device share
 one tally. This module is pure: fieldhub.bridge.app applies it on the network thread and
-writes what `take` returns.
-"""
+writes what `take` returns."""
 
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ from fieldhub.broker.reaper import REAPER_ACL, ReapFailed, reap, reaper_password
 from fieldhub.broker.reload_state import PendingReload, started_after
 from fieldhub.core import tombstones
 from fieldhub.core.cert_rules import Revocation, crl_entries_text
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, failover_conninfo
 from fieldhub.core.device_ca import crl_problem, has_device_ca, render_crl
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
@@ -444,7 +444,7 @@ def run_forever(
     while stop is None or not stop.is_set():
         try:
             with psycopg.connect(
-                database_url,
+                failover_conninfo(database_url),
                 autocommit=True,
                 row_factory=psycopg.rows.dict_row,
                 application_name="fieldhub-auth-sync",

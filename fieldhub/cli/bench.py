@@ -33,6 +33,10 @@ BENCHES: dict[str, tuple[str, str]] = {
     "provision": ("fieldhub.bench.registry", "bulk-provision devices until they can log in"),
     "reconnect-storm": ("fieldhub.bench.registry", "devices reconnecting all at once"),
     "auth-mechanism": ("fieldhub.bench.registry", "files+SIGHUP vs Dynamic Security"),
+    "failover": (
+        "fieldhub.bench.failover",
+        "kill the database primary under load (Patroni + etcd on loopback; root)",
+    ),
     "hosts": (
         "fieldhub.bench.hosts",
         "fieldhub on 11 network-namespace hosts; kill a bridge host, then a web host (root)",

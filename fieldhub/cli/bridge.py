@@ -44,6 +44,14 @@ def register(subparsers: Subparsers) -> None:
         "FIELDHUB_BRIDGE_METRICS_PORT + 10 x broker index + instance - 1)",
     )
     bridge.add_argument(
+        "--commit-deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cancel a batch's transaction that takes longer and retry it as in doubt, "
+        "acknowledging nothing meanwhile (default 20; docs/scaling.md, database failover)",
+    )
+    bridge.add_argument(
         "--always-stage",
         action="store_true",
         help=argparse.SUPPRESS,  # benchmarking only: every batch through the staging table
@@ -53,6 +61,7 @@ def register(subparsers: Subparsers) -> None:
 
 def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
     from fieldhub.bridge.app import Bridge
+    from fieldhub.bridge.ingest import COMMIT_DEADLINE_S
 
     broker, instance = args.broker, args.instance
     if args.name:
@@ -73,6 +82,7 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
         metrics_port=port,
         metrics_host=settings.metrics_host,
         always_stage=args.always_stage,
+        commit_deadline_s=args.commit_deadline or COMMIT_DEADLINE_S,
         # One broker: its dispatcher serves every device, whatever their broker column says.
         broker=broker if several else None,
         broker_label=broker,

@@ -482,14 +482,21 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "DATABASE_URL",
-        "the primary PostgreSQL (every write; the registry)",
-        "postgresql://fieldhub:CHANGE-ME@db.internal:5432/fieldhub?sslmode=require",
+        "the primary PostgreSQL (every write; the registry). With Patroni, name every database "
+        "host: each process connects to whichever is the primary now (fieldhub adds "
+        "target_session_attrs=read-write, TCP keepalives and tcp_user_timeout=10000 unless the "
+        "URL sets them) and finds the new one after a failover by itself (docs/scaling.md)",
+        "postgresql://fieldhub:CHANGE-ME@db1.internal:5432,db2.internal:5432,db3.internal:5432"
+        "/fieldhub?sslmode=require",
         required=True,
     ),
     Variable(
         "READ_DATABASE_URL",
-        "a streaming replica the web app reads from (default: the primary)",
-        "postgresql://fieldhub:CHANGE-ME@db-replica.internal:5432/fieldhub",
+        "where the web app reads from (default: DATABASE_URL); the same host list works: "
+        "fieldhub adds target_session_attrs=prefer-standby, so a standby serves the reads and "
+        "the primary does when none answers",
+        "postgresql://fieldhub:CHANGE-ME@db2.internal:5432,db3.internal:5432,db1.internal:5432"
+        "/fieldhub?sslmode=require",
     ),
     Variable(
         "MQTT_URL",

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import psycopg
+from psycopg import conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -61,15 +62,56 @@ def before_params(before: tuple[object, object] | None) -> dict[str, object]:
     }
 
 
+Role = Literal["write", "read"]
+
+# What libpq picks among the hosts of a multi-host URL (host=db1,db2,db3), by role: a writer
+# needs the primary, whichever node Patroni promoted; a reader prefers a standby and falls back
+# to the primary when none answers.
+_SESSION_ATTRS: dict[Role, str] = {"write": "read-write", "read": "prefer-standby"}
+
+# A host that dies (power, kernel panic, a cut link) sends no RST: without these a socket
+# waits for the kernel's retransmission timeout, about 15 minutes, before the process notices.
+# Idle connections are probed after 5 s and given up after 2 unanswered probes 2 s apart; a
+# connection with unacknowledged data in flight (a COMMIT sent to a dead primary) is given up
+# after 10 s (tcp_user_timeout). Patroni promotes a standby about 10-11.5 s after the primary
+# dies (docs/scaling.md), so a client notices at about the same time. Measured with a cut link
+# (`fieldhub bench failover --scenario bridge-database-link`): the bridge's in-flight commit
+# failed, it reconnected and wrote again 0.5 s after the link came back, nothing lost.
+TCP_DEFAULTS: dict[str, str] = {
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "2",
+    "tcp_user_timeout": "10000",
+}
+
+
+def connection_params(url: str, role: Role = "write") -> dict[str, Any]:
+    """The URL's parameters with the project's failover defaults for what it leaves out:
+    target_session_attrs by role and the TCP keepalive settings (`TCP_DEFAULTS`). What the URL
+    says wins, so an operator can tune either per process."""
+    params: dict[str, Any] = dict(conninfo.conninfo_to_dict(url))
+    params.setdefault("target_session_attrs", _SESSION_ATTRS[role])
+    for key, value in TCP_DEFAULTS.items():
+        params.setdefault(key, value)
+    return params
+
+
+def failover_conninfo(url: str, role: Role = "write") -> str:
+    """`connection_params` as a conninfo string, for code that calls psycopg directly."""
+    return conninfo.make_conninfo("", **connection_params(url, role))
+
+
 # A fieldhub connection: connect() and make_pool() make every one return rows as dicts, and
 # every query module reads its rows by column name.
 Conn: TypeAlias = psycopg.Connection[dict[str, Any]]
 
 
-def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
-    """Open one connection with the project's defaults (dict rows, short connect timeout)."""
+def connect(url: str, *, autocommit: bool = False, role: Role = "write", **kwargs: Any) -> Conn:
+    """Open one connection with the project's defaults (dict rows, short connect timeout, the
+    failover defaults of `connection_params`)."""
     return psycopg.connect(
-        url,
+        failover_conninfo(url, role),
         autocommit=autocommit,
         row_factory=dict_row,
         connect_timeout=kwargs.pop("connect_timeout", 5),
@@ -79,15 +121,25 @@ def connect(url: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
 
 
 def make_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, name: str = "fieldhub"
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    name: str = "fieldhub",
+    role: Role = "write",
 ) -> ConnectionPool[Conn]:
-    """A connection pool whose connections return rows as dicts."""
+    """A connection pool whose connections return rows as dicts.
+
+    After a failover the pool's connections to the old primary are broken: `check` tests a
+    connection when it is handed out and replaces a broken one, so a request never gets a dead
+    connection (one cheap round trip per checkout)."""
     return ConnectionPool(
-        url,
+        failover_conninfo(url, role),
         min_size=min_size,
         max_size=max_size,
         name=name,
         kwargs={"row_factory": dict_row, "application_name": name, "connect_timeout": 5},
         open=True,
         timeout=10,
+        check=ConnectionPool.check_connection,
     )

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Queries, failover_conninfo
 from fieldhub.core.health import NotReady
 from fieldhub.core.migrate import discover
 
@@ -39,7 +39,7 @@ class ProbeConnection:
             conn = self._conn
             if conn is None or conn.closed or conn.broken:
                 conn = self._conn = psycopg.connect(
-                    self.url,
+                    failover_conninfo(self.url),
                     autocommit=True,
                     connect_timeout=CONNECT_TIMEOUT_S,
                     application_name=self.application_name,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg
 
+from fieldhub.core.db import failover_conninfo
+
 # Package data: installed with the module, so a deployed host migrates without a checkout.
 SCHEMA_DIR = Path(__file__).with_name("migrations")
 # Any constant unique to fieldhub; two tools sharing a database must not pick the same one.
@@ -59,7 +61,7 @@ def apply_migrations(
     migrations = discover(schema_dir)
     applied_now: list[Migration] = []
     with psycopg.connect(
-        database_url, autocommit=True, application_name="fieldhub-migrate"
+        failover_conninfo(database_url), autocommit=True, application_name="fieldhub-migrate"
     ) as conn:
         conn.execute(f"SET lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))

@@ -56,7 +56,15 @@ class Pools:
                 self._pid = os.getpid()
             pool = self._pools.get(key)
             if pool is None:
-                pool = make_pool(url, min_size=1, max_size=size, name="fieldhub-web")
+                pool = make_pool(
+                    url,
+                    min_size=1,
+                    max_size=size,
+                    name="fieldhub-web",
+                    # A standby only for a read side of its own: when reads and writes share
+                    # one URL (and one pool) that pool must find the primary.
+                    role="read" if url != self.write_url else "write",
+                )
                 self._pools[key] = pool
             return pool
 

@@ -35,7 +35,7 @@ from flask import Blueprint, Flask, Response, abort, current_app, request
 from flask.typing import ResponseReturnValue
 
 from fieldhub.core import command_requests
-from fieldhub.core.db import Conn
+from fieldhub.core.db import Conn, failover_conninfo
 from fieldhub.web import JSONProvider, data, db, metrics, serializers
 from fieldhub.web.auth import credential_check, login_required, scope_org_id
 
@@ -152,7 +152,9 @@ class Hub:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    self.database_url, autocommit=True, application_name="fieldhub-web-live"
+                    failover_conninfo(self.database_url),
+                    autocommit=True,
+                    application_name="fieldhub-web-live",
                 ) as conn:
                     for channel in CHANNELS:
                         conn.execute(f"LISTEN {channel}".encode())

@@ -12,8 +12,7 @@ recovered, stored readings and dead letters account for every message sent:
 - nothing else is stored.
 
 Settings: the profile `ingest-suite` (a few minutes) by default; FIELDHUB_INGEST_SOAK=1 selects
-`ingest-soak`, a long run for a soak.
-"""
+`ingest-soak`, a long run for a soak."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 session) is stored once; a stale ledger row is never used; messages with ts never touch it.
 The writer against the real database (the DUP copies made here are what the broker sends,
 REPORT.md question 4); the bridge process killed between COMMIT and PUBACK in
-tests/bridge/test_ingest_property.py.
-"""
+tests/bridge/test_ingest_property.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,390 @@
+"""`fieldhub bench failover`: the database primary lost, and the bridge cut from the
+database, under load (`--scenario all`, the default, runs both; `--json` prints
+`{"scenarios": [{"name", "recovery_s", "acked", "stored", "lost", "doubled", ...}]}` as its
+last line).
+
+Load in both: the load generator of `fieldhub bench ingest` publishes QoS 1 telemetry for
+`--devices` devices at `--rate` msg/s through a Mosquitto broker to one `fieldhub bridge`, each
+message with its own (device, ts, seq), so every acknowledged message has exactly three rows to
+find. acked: messages the broker acknowledged to the publishers (all of them: the publishers
+wait for every PUBACK); stored: messages whose rows are in the database; lost = acked -
+stored; doubled: rows stored more than once (the reading identity makes it 0 by construction;
+counted anyway).
+
+`database-primary`: a three-node Patroni + etcd cluster on loopback with the production
+settings (fieldhub/stack/patroni.py, deploy/patroni/), the bridge's DATABASE_URL naming all
+three nodes. After `--before` seconds every process of the primary (Patroni, the postmaster
+and its children) gets SIGKILL. recovery_s: from the kill to the first rows committed on the
+promoted node; rejoin_s: from restarting the old node's Patroni (as systemd's Restart=always
+would) to it streaming as a standby. `--throughput N` first measures the bridge's rate with
+synchronous and asynchronous replication, alternated on the same cluster.
+
+`bridge-database-link`: two network-namespace hosts (fieldhub/bench/netlab.py), `db`
+(PostgreSQL) and `app` (broker, bridge, load); db's link goes down for `--cut` seconds (no
+RST: tcp_user_timeout and keepalives are what the bridge notices it by). recovery_s: from the
+link coming back to the first rows committed; drained_s: to the last.
+
+What these runs are not (docs/scaling.md, "Not in this build yet"): the Patroni nodes are not
+namespace hosts (a killed process's sockets get a RST), no commands are sent meanwhile, and the
+`broker` scenario is not built."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from fieldhub.bench.ingest import (
+    VALUES_PER_MESSAGE,
+    BridgeRunner,
+    LoadGenerator,
+    _prepare,
+    progress,
+)
+from fieldhub.bench.netlab import Host, Lab
+from fieldhub.bench.registry import Servers, scratch_servers
+from fieldhub.core import db
+from fieldhub.core.config import Settings
+from fieldhub.core.migrate import apply_migrations
+from fieldhub.core.procs import free_port, wait_until
+from fieldhub.stack.patroni import PatroniCluster
+from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
+
+DATABASE = "fieldhub"
+
+
+def register(bench_subparsers: Any) -> None:
+    parser = bench_subparsers.add_parser(
+        "failover",
+        help="kill the database primary under load (Patroni + etcd on loopback; root)",
+    )
+    parser.add_argument("--rate", type=int, default=2000, help="msg/s published")
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--publishers", type=int, default=2, help="load generator processes")
+    parser.add_argument("--before", type=float, default=10.0, help="seconds of load before")
+    parser.add_argument("--after", type=float, default=30.0, help="seconds of load after")
+    parser.add_argument(
+        "--scenario",
+        choices=("all", "database-primary", "bridge-database-link"),
+        default="all",
+    )
+    parser.add_argument("--cut", type=float, default=60.0, help="bridge-database-link: seconds")
+    parser.add_argument(
+        "--asynchronous", action="store_true", help="asynchronous replication (to compare)"
+    )
+    parser.add_argument(
+        "--throughput",
+        type=int,
+        default=0,
+        metavar="MESSAGES",
+        help="first measure the bridge's rate with sync and async replication, 4 rounds",
+    )
+    parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.set_defaults(handler=cmd_bench_failover)
+
+
+def _rows(url: str) -> int:
+    """Rows on the current primary (-1 while there is none)."""
+    try:
+        with db.connect(url, connect_timeout=2) as conn:
+            row = conn.execute("SELECT count(*) AS n FROM readings").fetchone()
+    except psycopg.OperationalError:
+        return -1
+    return int(row["n"]) if row else -1
+
+
+def _load_and_bridge(
+    servers: Servers, args: argparse.Namespace
+) -> tuple[LoadGenerator, BridgeRunner]:
+    """The devices and accounts registered, the load generator, and one bridge started."""
+    device_ids, bridge_password, loadgen_password = _prepare(
+        servers, args.devices, args.publishers, 1
+    )
+    loadgen = LoadGenerator(
+        servers.broker.mqtt_services, loadgen_password, device_ids, args.publishers
+    )
+    return loadgen, BridgeRunner(servers, bridge_password, instance=1)
+
+
+def _accepts(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def _reached(url: str, rows: int) -> bool:
+    return _rows(url) >= rows
+
+
+def _doubled(url: str) -> int:
+    with db.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) - count(DISTINCT (device_key, time, seq, metric, unit)) AS n"
+            " FROM readings"
+        ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+def run_throughput(
+    servers: Servers, cluster: PatroniCluster, loadgen: LoadGenerator, messages: int
+) -> dict[str, Any]:
+    """The bridge's rate with synchronous and with asynchronous replication, alternated on the
+    same live cluster (sync, async, sync, async) so both see the same machine."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for round_number, synchronous in enumerate((True, False, True, False)):
+        cluster.set_synchronous(synchronous)
+        before = _rows(servers.database_url)
+        target = before + messages * VALUES_PER_MESSAGE
+        # A base of its own per round: every message of every round is a new reading.
+        base_ms = int(time.time() * 1000) - 10**9 + round_number * 10**7
+        start, procs = loadgen.run(messages, base_ms=base_ms)
+        started = time.monotonic()
+        start.set()
+        wait_until(
+            functools.partial(_reached, servers.database_url, target),
+            timeout=600,
+            interval=0.2,
+            what="the round's rows",
+        )
+        elapsed = time.monotonic() - started
+        for proc in procs:
+            proc.join(timeout=60)
+        rates[synchronous].append(messages / elapsed)
+        mode = "synchronous" if synchronous else "asynchronous"
+        progress(f"  {mode}: {messages / elapsed:,.0f} msg/s")
+    cluster.set_synchronous(True)
+    sync, asynchronous = sorted(rates[True]), sorted(rates[False])
+    return {
+        "messages": messages,
+        "synchronous_msgs_per_s": [round(r) for r in rates[True]],
+        "asynchronous_msgs_per_s": [round(r) for r in rates[False]],
+        "ratio": round((sum(sync) / len(sync)) / (sum(asynchronous) / len(asynchronous)), 3),
+    }
+
+
+def run_database_primary(
+    servers: Servers, cluster: PatroniCluster, loadgen: LoadGenerator, args: argparse.Namespace
+) -> dict[str, Any]:
+    total = int(args.rate * (args.before + args.after))
+    # Rows of earlier runs (--throughput) are not this scenario's.
+    rows_before = _rows(servers.database_url)
+    doubled_before = _doubled(servers.database_url)
+    start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
+    start.set()
+    time.sleep(args.before)  # the load's steady state before the fault is the point
+    primary = cluster.primary()
+    if primary is None:
+        raise RuntimeError("no primary before the kill")
+    before = _rows(servers.database_url)
+    progress(f"killing every process of {primary.name} ({before:,} rows stored so far)")
+    killed_at = cluster.kill_node(primary)
+    wait_until(
+        lambda: _rows(servers.database_url) > before,
+        timeout=120,
+        interval=0.1,
+        what="rows on a new primary",
+    )
+    recovery_s = time.time() - killed_at
+    progress(f"  writes resumed after {recovery_s:.1f} s")
+    for proc in procs:
+        proc.join(timeout=args.after + 120)
+    acked = loadgen.sent()
+    expected_rows = rows_before + acked * VALUES_PER_MESSAGE
+    progress(f"  {acked:,} messages acknowledged by the broker; waiting for the backlog")
+    last, stable_since = -1, time.monotonic()
+    while time.monotonic() - stable_since < 15:
+        rows = _rows(servers.database_url)
+        if rows >= expected_rows:
+            break
+        if rows != last:
+            last, stable_since = rows, time.monotonic()
+        time.sleep(0.5)
+    rows = _rows(servers.database_url)
+    doubled = _doubled(servers.database_url) - doubled_before
+    stored = (rows - rows_before - doubled) // VALUES_PER_MESSAGE
+    progress("restarting the old primary's Patroni")
+    restarted_at = time.monotonic()
+    cluster.start_node(primary)
+    wait_until(lambda: cluster.streaming(primary), timeout=300, interval=0.5, what="the rejoin")
+    rejoin_s = time.monotonic() - restarted_at
+    progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
+    return {
+        "name": "database-primary",
+        "layout": "loopback, 3 Patroni nodes + 1 etcd",
+        "recovery_s": round(recovery_s, 1),
+        "acked": acked,
+        "stored": stored,
+        "lost": acked - stored,
+        "doubled": doubled,
+        "rejoin_s": round(rejoin_s, 1),
+        "rate": args.rate,
+        "devices": args.devices,
+        "synchronous": not args.asynchronous,
+    }
+
+
+def run_bridge_database_link(args: argparse.Namespace) -> dict[str, Any]:
+    """The link between the bridge and the database cut for `--cut` seconds.
+
+    Two hosts of a network-namespace lab (fieldhub/bench/netlab.py): `db` runs PostgreSQL,
+    `app` runs the broker, the bridge and the load generator. Taking db's link down cuts
+    exactly the bridge-database path, and without a RST: the bridge's in-flight COMMIT and its
+    idle connections find out through tcp_user_timeout and keepalives (db.TCP_DEFAULTS)."""
+    workdir = Path(tempfile.mkdtemp(prefix="fieldhub-bench-link-"))
+    workdir.chmod(0o755)
+    try:
+        with Lab(workdir / "lab") as lab:
+            db_host, app = lab.add_host("db"), lab.add_host("app")
+            cluster = PostgresCluster(
+                workdir / "pg",
+                free_port(),
+                workdir / "pg.password",
+                host=db_host.address,
+                hba_rules=(f"host all all {lab.network} scram-sha-256",),
+            )
+            cluster.init()
+            lab.start(
+                db_host,
+                "postgres",
+                [str(pg_bindir() / "postgres"), "-D", str(cluster.pgdata)],
+                env={},
+                log_path=workdir / "postgres.log",
+                user=PG_USER,
+            )
+            wait_until(
+                lambda: lab.call(app, _accepts, cluster.url("postgres")),
+                timeout=60,
+                interval=0.5,
+                what="PostgreSQL on the db host",
+            )
+            lab.call(app, cluster.create_database, DATABASE)
+            url = cluster.url(DATABASE)
+            lab.call(app, apply_migrations, url, timeout=300)
+            timeout = args.before + args.cut + args.after + 600
+            return lab.call(app, _link_scenario, lab, db_host, url, args, timeout=timeout)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
+    with scratch_servers("fieldhub-bench-link-") as scratch:
+        servers = Servers(url, scratch.broker, scratch.workdir)
+        loadgen, bridge = _load_and_bridge(servers, args)
+        try:
+            bridge.wait_ready()
+            total = int(args.rate * (args.before + args.cut + args.after))
+            start, procs = loadgen.run(
+                total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8
+            )
+            start.set()
+            time.sleep(args.before)  # steady state before the cut is the point
+            progress(f"cutting the database host's link for {args.cut:.0f} s")
+            lab.link_down(db_host)
+            time.sleep(args.cut)  # the outage's length is the scenario
+            backlog = bridge.metric("fieldhub_bridge_backlog_messages")
+            before = _rows(url)
+            lab.link_up(db_host)
+            restored_at = time.monotonic()
+            progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
+            wait_until(lambda: _rows(url) > before, timeout=120, interval=0.1, what="writes")
+            recovery_s = time.monotonic() - restored_at
+            progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
+            for proc in procs:
+                proc.join(timeout=args.after + 300)
+            acked = loadgen.sent()
+            expected = acked * VALUES_PER_MESSAGE
+            wait_until(
+                functools.partial(_reached, url, expected),
+                timeout=300,
+                interval=0.5,
+                what="the backlog to drain",
+            )
+            drained_s = time.monotonic() - restored_at
+            rows, doubled = _rows(url), _doubled(url)
+        finally:
+            bridge.stop()
+    stored = (rows - doubled) // VALUES_PER_MESSAGE
+    progress(f"  everything stored {drained_s:.1f} s after the link came back")
+    return {
+        "name": "bridge-database-link",
+        "layout": "2 network-namespace hosts",
+        "recovery_s": round(recovery_s, 1),
+        "drained_s": round(drained_s, 1),
+        "cut_s": args.cut,
+        "backlog_at_restore": round(backlog),
+        "acked": acked,
+        "stored": stored,
+        "lost": acked - stored,
+        "doubled": doubled,
+        "rate": args.rate,
+        "devices": args.devices,
+    }
+
+
+def run_database_primary_on_patroni(args: argparse.Namespace) -> dict[str, Any]:
+    """The database-primary scenario (and --throughput first) on a scratch Patroni cluster."""
+    progress("starting Mosquitto and a 3-node Patroni cluster (etcd, loopback) ...")
+    base = Path(tempfile.mkdtemp(prefix="fieldhub-bench-failover-"))
+    base.chmod(0o755)
+    cluster = PatroniCluster(base / "patroni", synchronous=not args.asynchronous)
+    throughput = None
+    try:
+        cluster.start()
+        url = cluster.create_database(DATABASE)
+        apply_migrations(url)
+        with scratch_servers("fieldhub-bench-failover-") as scratch:
+            servers = Servers(url, scratch.broker, scratch.workdir)
+            loadgen, bridge = _load_and_bridge(servers, args)
+            try:
+                bridge.wait_ready()
+                if args.throughput:
+                    progress(f"throughput: {args.throughput:,} messages per round")
+                    throughput = run_throughput(servers, cluster, loadgen, args.throughput)
+                scenario = run_database_primary(servers, cluster, loadgen, args)
+            finally:
+                bridge.stop()
+    finally:
+        cluster.stop()
+    if throughput is not None:
+        scenario["throughput"] = throughput
+        print(
+            f"throughput through the bridge: synchronous {throughput['synchronous_msgs_per_s']}"
+            f" msg/s, asynchronous {throughput['asynchronous_msgs_per_s']} msg/s, "
+            f"ratio {throughput['ratio']}"
+        )
+    print(
+        f"database-primary (loopback Patroni): writes resumed {scenario['recovery_s']} s after "
+        f"the kill; {scenario['acked']:,} acknowledged, {scenario['stored']:,} stored, "
+        f"{scenario['lost']} lost, {scenario['doubled']} doubled; old primary streaming "
+        f"{scenario['rejoin_s']} s after its restart"
+    )
+    return scenario
+
+
+def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
+    scenarios: list[dict[str, Any]] = []
+    if args.scenario in ("all", "database-primary"):
+        scenarios.append(run_database_primary_on_patroni(args))
+    if args.scenario in ("all", "bridge-database-link"):
+        progress("a two-host lab: db (PostgreSQL) and app (broker, bridge, load) ...")
+        link = run_bridge_database_link(args)
+        print(
+            f"bridge-database-link (2 namespace hosts): {link['cut_s']:.0f} s cut; writes "
+            f"resumed {link['recovery_s']} s after the link came back, backlog drained after "
+            f"{link['drained_s']} s; {link['acked']:,} acknowledged, {link['stored']:,} "
+            f"stored, {link['lost']} lost, {link['doubled']} doubled"
+        )
+        scenarios.append(link)
+    if args.json:
+        print(json.dumps({"scenarios": scenarios}))
+    return 0
