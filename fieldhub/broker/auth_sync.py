@@ -366,6 +366,15 @@ def advance_tombstones(
     one of them. With `report_stuck` (the periodic sweep), steps that have not moved for
     STUCK_AFTER_S are logged with what they wait for."""
     if rendered_without:
+        # A certificate device is kept out by the CRL this render revoked its certificates in
+        # (new connections only: SIGHUP never re-checks a connected client), so a connection it
+        # still holds is ended here, before "cut off" lets the dispatcher send the marker.
+        for _key, device_id in tombstones.with_certificates(conn, broker, rendered_without):
+            try:
+                reap(reaper_socket(auth_dir), reaper_secret(auth_dir), device_id)
+            except ReapFailed as exc:
+                log.warning("could not cut off deleted certificate device %s: %s", device_id, exc)
+                return False
         with conn.transaction():
             count = tombstones.mark_cut_off(conn, broker, rendered_without)
         if count:

@@ -81,6 +81,11 @@ def to_cut_off(conn: Conn, broker: str) -> list[int]:
     return [int(r["device_key"]) for r in conn.execute(QUERIES["to_cut_off"], {"broker": broker})]
 
 
+def with_certificates(conn: Conn, broker: str, keys: Sequence[int]) -> list[tuple[int, str]]:
+    rows = conn.execute(QUERIES["with_certificates"], {"broker": broker, "keys": list(keys)})
+    return [(int(r["device_key"]), r["device_id"]) for r in rows]
+
+
 def mark_cut_off(conn: Conn, broker: str, keys: Sequence[int]) -> int:
     if not keys:
         return 0

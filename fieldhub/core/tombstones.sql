@@ -55,6 +55,13 @@ WHERE b.session_cleared_at IS NULL AND b.broker = %(broker)s;
 SELECT device_key FROM tombstone_brokers
 WHERE broker = %(broker)s AND cut_off_at IS NULL;
 
+-- name: with_certificates
+-- Of these cut-off candidates, the devices that ever had a certificate: the password file does
+-- not keep them out (their listener never reads it), so auth-sync ends their connection too.
+SELECT DISTINCT b.device_key, b.device_id
+FROM tombstone_brokers b JOIN device_certificates c ON c.device_key = b.device_key
+WHERE b.broker = %(broker)s AND b.device_key = ANY(%(keys)s::bigint[]);
+
 -- name: mark_cut_off
 UPDATE tombstone_brokers SET cut_off_at = now(), updated_at = now()
 WHERE broker = %(broker)s AND device_key = ANY(%(keys)s::bigint[]) AND cut_off_at IS NULL;

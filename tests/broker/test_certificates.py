@@ -207,3 +207,27 @@ def test_rotate_disable_and_delete_reach_the_broker_within_2_s_through_the_auth_
             end="",
         )
     assert max(max(times) for times in took.values()) < 2.0, took
+
+
+def test_deleting_a_certificate_device_ends_the_connection_it_holds(
+    stack: TestStack, tmp_path: Path
+) -> None:
+    # The CRL keeps new connections out, but SIGHUP never re-checks a connected client: the
+    # delete's cut-off must end it before the marker says the old device is silent.
+    device_id = unique_id()
+    stack.create_devices([device_id])
+    cert, key, _ = _issue(stack, tmp_path, device_id)
+    stack.sync()
+    client = CertClient(stack, cert, key)
+    try:
+        assert client.login()
+        registry.delete_device(stack.conn, device_id)
+        stack.sync()
+        assert client.connack.get(timeout=5) is None, "still connected after the delete"
+        cut_off = stack.query(
+            "SELECT cut_off_at FROM tombstone_brokers WHERE device_id = %s", (device_id,)
+        )
+        assert cut_off and cut_off[0]["cut_off_at"] is not None
+    finally:
+        client.close()
+    assert not _logs_in(stack, cert, key)
