@@ -53,6 +53,7 @@ from fieldhub.broker.auth_files import acl_line_problem
 from fieldhub.broker.mosquitto import (
     AUTH_FILES,
     DEVICE_ACL_FILE,
+    DEVICE_CRL_CUT_FILE,
     DEVICE_CRL_ENTRIES_FILE,
     DEVICE_CRL_FILE,
     DEVICE_PASSWORD_FILE,
@@ -71,7 +72,7 @@ from fieldhub.broker.mosquitto import (
 from fieldhub.broker.reaper import REAPER_ACL, ReapFailed, reap, reaper_password_file, reaper_secret
 from fieldhub.broker.reload_state import PendingReload, started_after
 from fieldhub.core import tombstones
-from fieldhub.core.cert_rules import Revocation, crl_entries_text
+from fieldhub.core.cert_rules import Revocation, crl_entries_text, newly_listed
 from fieldhub.core.db import Queries, failover_conninfo
 from fieldhub.core.device_ca import crl_problem, has_device_ca, render_crl
 
@@ -428,6 +429,30 @@ def sync_crl(conn: psycopg.Connection[Any], auth_dir: Path, tls_dir: Path, uid: 
     return True
 
 
+def cut_off_revoked(auth_dir: Path, uid: int | None = None) -> list[str]:
+    """End the connections of certificate devices whose certificate the CRL now lists (revoked
+    by a rotation or delete, held while disabled), through the session reaper: the broker
+    checks the CRL at the handshake only. Called once the broker runs with the CRL on disk;
+    which entries were done is kept beside it, so a restart in between repeats the reaps rather
+    than skipping them. Returns the devices cut off."""
+    try:
+        listed = (auth_dir / DEVICE_CRL_ENTRIES_FILE).read_text()
+    except FileNotFoundError:
+        return []
+    cut_path = auth_dir / DEVICE_CRL_CUT_FILE
+    cut = _read_or_empty(cut_path)
+    if listed == cut:
+        return []
+    devices = newly_listed(listed, cut)
+    for device_id in devices:
+        # A device that is not connected has no session to take over: the login is harmless.
+        reap(reaper_socket(auth_dir), reaper_secret(auth_dir), device_id)
+    write_atomically(cut_path, listed, uid)
+    if devices:
+        log.info("ended the connections of %d revoked certificate device(s)", len(devices))
+    return devices
+
+
 def run_forever(
     database_url: str,
     auth_dir: Path,
@@ -469,6 +494,11 @@ def run_forever(
                         # (measured); "cut off" must be true before the dispatcher clears its
                         # topics and sends the marker behind its last message.
                         time.sleep(CUT_OFF_SETTLE_S)
+                    if not pending.pending:
+                        try:
+                            cut_off_revoked(auth_dir)
+                        except ReapFailed as exc:
+                            log.warning("could not end a revoked certificate's connection: %s", exc)
                     if tombstone_work and not pending.pending:
                         tombstone_work = False
                         if advance_tombstones(

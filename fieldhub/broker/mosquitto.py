@@ -55,6 +55,8 @@ def reaper_socket(auth_dir: Path) -> Path:
 # the registry (with the entries it lists, so an unchanged registry re-makes no CRL).
 DEVICE_CRL_FILE = "device.crl"
 DEVICE_CRL_ENTRIES_FILE = "device.crl.entries"
+# The entries whose devices' connections auth-sync has ended (after the broker took the CRL).
+DEVICE_CRL_CUT_FILE = "device.crl.cut"
 
 # Certificate devices (docs/devices.md, "Certificate devices"): a listener of their own, since
 # one listener cannot take both passwords and certificates (Mosquitto 2.0.11, measured).

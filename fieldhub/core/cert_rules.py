@@ -94,8 +94,25 @@ def index_line(entry: Revocation) -> str:
 
 def crl_entries_text(entries: list[Revocation]) -> str:
     """What the CRL must say, independent of when it was made: a CRL is re-made only when
-    this changes (or its nextUpdate comes near), not on every registry change."""
-    return "".join(f"{e.serial} {e.reason}\n" for e in sorted(entries, key=lambda e: e.serial))
+    this changes (or its nextUpdate comes near), not on every registry change. Each line also
+    names the device, whose connection auth-sync ends once the CRL is in force
+    (fieldhub.broker.auth_sync.cut_off_revoked)."""
+    return "".join(
+        f"{e.serial} {e.reason} {e.device_id}\n" for e in sorted(entries, key=lambda e: e.serial)
+    )
+
+
+def newly_listed(listed: str, cut: str) -> list[str]:
+    """The devices of entries in `listed` (crl_entries_text) that `cut` (an earlier one whose
+    connections were ended) lacks: revoked or held since, each named once."""
+    done = set(cut.splitlines())
+    found: list[str] = []
+    for line in listed.splitlines():
+        if line not in done:
+            device_id = line.rpartition(" ")[2]
+            if device_id and device_id not in found:
+                found.append(device_id)
+    return found
 
 
 def _asn1_time(moment: datetime.datetime) -> str:

@@ -154,8 +154,8 @@ def test_rotate_disable_and_delete_reach_the_broker_within_2_s_through_the_auth_
 ) -> None:
     """Measured: from the registry change's commit until a new connection with the certificate
     is refused, through the real auth sync (LISTEN, debounce, render, CRL, SIGHUP), over
-    repeated runs; docs/benchmarks.md has the figures. Connected clients are the session
-    reaper's to cut off (SIGHUP re-checks no certificate)."""
+    repeated runs; docs/benchmarks.md has the figures. Connected clients are cut off by the
+    session reaper (SIGHUP re-checks no certificate): the test after the next."""
     device_id = unique_id()
     stack.create_devices([device_id])
     cert, key, _ = _issue(stack, tmp_path, device_id)
@@ -231,3 +231,44 @@ def test_deleting_a_certificate_device_ends_the_connection_it_holds(
     finally:
         client.close()
     assert not _logs_in(stack, cert, key)
+
+
+def test_disable_and_rotate_end_a_connected_certificate_device_within_2_s(
+    stack: TestStack, tmp_path: Path
+) -> None:
+    # Like a password device, whose connection SIGHUP's re-check ends: a connected certificate
+    # device is cut off once the CRL lists its certificate (auth-sync's reaper login).
+    device_id = unique_id()
+    stack.create_devices([device_id])
+    cert, key, _ = _issue(stack, tmp_path, device_id)
+    stack.sync()
+    stop = threading.Event()
+    sync = threading.Thread(
+        target=run_forever,
+        args=(stack.database_url, stack.broker.auth_dir, stack.broker.pid_file),
+        kwargs={"tls_dir": stack.broker.tls_dir, "stop": stop, "sweep_s": 30.0},
+        daemon=True,
+    )
+    sync.start()
+    took: dict[str, float] = {}
+    try:
+        for kind in ("disable", "rotate"):
+            _accepted_soon(stack, cert, key)
+            client = CertClient(stack, cert, key)
+            try:
+                assert client.login()
+                start = time.monotonic()
+                if kind == "disable":
+                    registry.set_enabled(stack.conn, device_id, False)
+                else:
+                    cert, key, _ = _issue(stack, tmp_path, device_id)
+                assert client.connack.get(timeout=2) is None, f"still connected after {kind}"
+                took[kind] = time.monotonic() - start
+            finally:
+                client.close()
+            if kind == "disable":
+                registry.set_enabled(stack.conn, device_id, True)
+    finally:
+        stop.set()
+        sync.join(timeout=40)
+    print(f"\nconnected certificate device cut off: {took}", end="")
