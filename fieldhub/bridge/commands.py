@@ -443,7 +443,7 @@ class CommandDispatcher:
         result.complete = result.complete and complete
         return result
 
-    def _clear_tombstones(self, conn: psycopg.Connection[Any]) -> tuple[int, bool]:
+    def _clear_tombstones(self, conn: Conn) -> tuple[int, bool]:
         """For each deleted device cut off from this broker: empty retained messages on its
         command topics and twin topics, then the marker (QoS 1, not retained) that every
         bridge session receives behind the old device's last message; then record it. A

@@ -45,7 +45,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
@@ -73,7 +72,7 @@ from fieldhub.broker.reaper import REAPER_ACL, ReapFailed, reap, reaper_password
 from fieldhub.broker.reload_state import PendingReload, started_after
 from fieldhub.core import tombstones
 from fieldhub.core.cert_rules import Revocation, crl_entries_text, newly_listed
-from fieldhub.core.db import Queries, failover_conninfo
+from fieldhub.core.db import Conn, Queries, failover_conninfo
 from fieldhub.core.device_ca import crl_problem, has_device_ca, render_crl
 
 QUERIES = Queries(Path(__file__).with_name("auth_sync.sql"))
@@ -282,9 +281,7 @@ def sync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def render_auth_files(
-    conn: psycopg.Connection[Any], broker: str, operator_dir: Path | None
-) -> dict[str, str]:
+def render_auth_files(conn: Conn, broker: str, operator_dir: Path | None) -> dict[str, str]:
     """The four auth files' content for `broker`, from the registry and the operator files."""
     with conn.transaction():
         # PostgreSQL assembles the device lines itself: at 100,000 devices that is several
@@ -312,7 +309,7 @@ def render_auth_files(
 
 
 def sync_once(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     auth_dir: Path,
     *,
     broker: str = "broker-1",
@@ -351,7 +348,7 @@ def _read_or_empty(path: Path) -> str:
 
 
 def advance_tombstones(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     auth_dir: Path,
     broker: str,
     rendered_without: Sequence[int],
@@ -404,11 +401,11 @@ def advance_tombstones(
     return reaped
 
 
-def revocations(conn: psycopg.Connection[Any]) -> list[Revocation]:
+def revocations(conn: Conn) -> list[Revocation]:
     return [Revocation(**row) for row in conn.execute(QUERIES["crl_entries"])]
 
 
-def sync_crl(conn: psycopg.Connection[Any], auth_dir: Path, tls_dir: Path, uid: int | None) -> bool:
+def sync_crl(conn: Conn, auth_dir: Path, tls_dir: Path, uid: int | None) -> bool:
     """Make the CRL on disk list what the registry revokes; True if it was replaced. A CRL
     that does not validate is never written (InvalidAuthFiles): the broker keeps its own."""
     entries = revocations(conn)
@@ -551,7 +548,7 @@ def newest_write(auth_dir: Path) -> float:
 
 
 def _sync(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
     auth_dir: Path,
     broker: str,
     operator_dir: Path | None,

@@ -13,14 +13,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
-from fieldhub.core.db import Queries
+from fieldhub.core.db import Conn, Queries
 from fieldhub.core.tombstone_steps import waiting_for
 
 QUERIES = Queries(Path(__file__).with_name("tombstones.sql"))
-
-Conn = psycopg.Connection[Any]
 
 # The topic of the marker a dispatcher publishes after clearing a deleted device's retained
 # topics; bridges subscribe to it without $share, so every bridge session receives it, in
