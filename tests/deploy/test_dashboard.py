@@ -168,11 +168,16 @@ def _traffic(env: dict[str, str], status: dict[str, Any], stop: threading.Event)
         except OSError:
             return False
         device.loop_start()
-        info = device.publish("devices/dashboard-probe/telemetry", b"not json", qos=1)
-        info.wait_for_publish(timeout=5)
-        device.loop_stop()
-        device.disconnect()
-        return info.is_published()
+        try:
+            info = device.publish("devices/dashboard-probe/telemetry", b"not json", qos=1)
+            info.wait_for_publish(timeout=5)
+            return info.is_published()
+        except RuntimeError:
+            # Refused at CONNACK: auth-sync has not rendered the new device yet.
+            return False
+        finally:
+            device.disconnect()
+            device.loop_stop()
 
     wait_for(publish_garbage, timeout=30, interval=0.5, what="the probe device's garbage sent")
 
