@@ -106,6 +106,12 @@ class SessionBroker:
         self.proc.terminate()
         self.proc.wait(timeout=10)
 
+    def restart(self) -> None:
+        """A fresh process: what earlier tests left in its memory (see the class docstring)
+        goes with it."""
+        self.stop()
+        self.proc = self.broker.start(self.log_file)
+
 
 @pytest.fixture(scope="session")
 def session_broker() -> Iterator[SessionBroker]:

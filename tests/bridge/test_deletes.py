@@ -15,9 +15,18 @@ import pytest
 from fieldhub.cli import main
 from fieldhub.core import registry, tombstones, twins
 from fieldhub.core.command_requests import list_commands, send_command
+from tests.conftest import SessionBroker
 from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_broker(session_broker: SessionBroker) -> None:
+    # The reaper frees sessions; Mosquitto 2.0.11 segfaults freeing one after any earlier test
+    # discarded a session that held $share subscriptions (docs/scaling.md). These tests start
+    # from a broker process that holds nothing of earlier tests.
+    session_broker.restart()
 
 
 @pytest.fixture
