@@ -21,7 +21,7 @@ pytestmark = [
 
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(
-    reason="known intermittent bug, issue #13: in 2 of 8 runs on 2026-12-02 the backlog never "
+    reason="known intermittent bug, issue #13: in 2 of 6 runs on 2026-12-02 the backlog never "
     "drained after the link came back because the bridge process was gone. The other runs "
     "drained in 3.4-3.7 s, 0 lost. The cause is not found yet.",
     strict=False,
