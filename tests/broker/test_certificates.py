@@ -4,12 +4,14 @@ the registry keeps rotated, disabled and deleted certificates out of new connect
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import socket
 import ssl
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,24 @@ def _logs_in(stack: TestStack, cert: Path, key: Path) -> bool:
     return len(connack) == 4 and connack[0] == 0x20 and connack[3] == 0
 
 
+@contextlib.contextmanager
+def _auth_sync(stack: TestStack) -> Iterator[None]:
+    """The real auth sync (`run_forever`) on a thread for the duration of the block."""
+    stop = threading.Event()
+    sync = threading.Thread(
+        target=run_forever,
+        args=(stack.database_url, stack.broker.auth_dir, stack.broker.pid_file),
+        kwargs={"tls_dir": stack.broker.tls_dir, "stop": stop, "sweep_s": 30.0},
+        daemon=True,
+    )
+    sync.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sync.join(timeout=40)
+
+
 def test_a_certificate_device_logs_in_with_its_own_rights(stack: TestStack, tmp_path: Path) -> None:
     device_id, other = unique_id(), unique_id()
     stack.create_devices([device_id, other])
@@ -160,14 +180,6 @@ def test_rotate_disable_and_delete_reach_the_broker_within_2_s_through_the_auth_
     stack.create_devices([device_id])
     cert, key, _ = _issue(stack, tmp_path, device_id)
     stack.sync()
-    stop = threading.Event()
-    sync = threading.Thread(
-        target=run_forever,
-        args=(stack.database_url, stack.broker.auth_dir, stack.broker.pid_file),
-        kwargs={"tls_dir": stack.broker.tls_dir, "stop": stop, "sweep_s": 30.0},
-        daemon=True,
-    )
-    sync.start()
     took: dict[str, list[float]] = {"rotate": [], "disable": [], "delete": []}
 
     def refused_after(kind: str, start: float, cert: Path, key: Path) -> None:
@@ -179,7 +191,7 @@ def test_rotate_disable_and_delete_reach_the_broker_within_2_s_through_the_auth_
         )
         took[kind].append(time.monotonic() - start)
 
-    try:
+    with _auth_sync(stack):
         wait_for(lambda: _logs_in(stack, cert, key), what="the first certificate to log in")
         for _ in range(6):
             new_cert, new_key, _ = _issue(stack, tmp_path, device_id)
@@ -197,9 +209,6 @@ def test_rotate_disable_and_delete_reach_the_broker_within_2_s_through_the_auth_
             _accepted_soon(stack, other_cert, other_key)
             registry.delete_device(stack.conn, other)
             refused_after("delete", time.monotonic(), other_cert, other_key)
-    finally:
-        stop.set()
-        sync.join(timeout=40)
     for kind, times in took.items():
         print(
             f"\n{kind} -> certificate refused: p50 {statistics.median(times) * 1000:.0f} ms, "
@@ -242,16 +251,8 @@ def test_disable_and_rotate_end_a_connected_certificate_device_within_2_s(
     stack.create_devices([device_id])
     cert, key, _ = _issue(stack, tmp_path, device_id)
     stack.sync()
-    stop = threading.Event()
-    sync = threading.Thread(
-        target=run_forever,
-        args=(stack.database_url, stack.broker.auth_dir, stack.broker.pid_file),
-        kwargs={"tls_dir": stack.broker.tls_dir, "stop": stop, "sweep_s": 30.0},
-        daemon=True,
-    )
-    sync.start()
     took: dict[str, float] = {}
-    try:
+    with _auth_sync(stack):
         for kind in ("disable", "rotate"):
             _accepted_soon(stack, cert, key)
             client = CertClient(stack, cert, key)
@@ -268,7 +269,4 @@ def test_disable_and_rotate_end_a_connected_certificate_device_within_2_s(
                 client.close()
             if kind == "disable":
                 registry.set_enabled(stack.conn, device_id, True)
-    finally:
-        stop.set()
-        sync.join(timeout=40)
     print(f"\nconnected certificate device cut off: {took}", end="")
