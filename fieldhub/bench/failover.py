@@ -22,7 +22,10 @@ synchronous and asynchronous replication, alternated on the same cluster.
 `bridge-database-link`: two network-namespace hosts (fieldhub/bench/netlab.py), `db`
 (PostgreSQL) and `app` (broker, bridge, load); db's link goes down for `--cut` seconds (no
 RST: tcp_user_timeout and keepalives are what the bridge notices it by). recovery_s: from the
-link coming back to the first rows committed; drained_s: to the last.
+link coming back to the bridge's first commit (its fieldhub_bridge_rows_total grows);
+drained_s: to the last row stored. `--keep` keeps the scratch directory with the bridge's,
+broker's and PostgreSQL's logs; a bridge that exits meanwhile fails the run at once with its
+exit status and the end of its log.
 
 What these runs are not (docs/scaling.md, "Not in this build yet"): the Patroni nodes are not
 namespace hosts (a killed process's sockets get a RST), no commands are sent meanwhile, and the
