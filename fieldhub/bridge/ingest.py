@@ -40,7 +40,9 @@ with synchronous replication a commit waits for the standby, and a cancelled wai
 SUCCESS with a warning although the standby may not have the commit, so a deadline hit is
 never acknowledged, whatever the server answered. An in-doubt retry always takes a transaction
 id, so its commit waits for the standby to have everything up to it, including the first
-attempt's commit."""
+attempt's commit. Its new connection first ends the previous connection's server process if that
+still runs: behind a cut link it can wait in the batch's transaction, holding the very readings
+the retry writes again (`IngestWriter._end_orphan`)."""
 
 from __future__ import annotations
 
@@ -473,9 +475,10 @@ class IngestWriter:
         conn.commit()
 
     def _end_orphan(self, conn: Conn, pid: int, started: datetime.datetime) -> None:
-        """End the previous connection's server process if it still runs (measured with a
-        link cut in the middle of a batch: otherwise the in-doubt retry waits on its locks at
-        every attempt until the server's TCP keepalive ends it, for ever by default)."""
+        """End the previous connection's server process if it still runs. Seen with a link
+        cut in the middle of a batch: otherwise the in-doubt retry waits on its locks at every
+        attempt until the server notices that the client is gone (about 10 s with
+        db.SERVER_TCP, 2 h with the kernel's defaults, never through a proxy that stays up)."""
         try:
             found = conn.execute(
                 QUERIES["end_orphaned_backend"], {"pid": pid, "started": started}
