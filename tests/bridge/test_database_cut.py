@@ -28,36 +28,22 @@ from fieldhub.bridge.ingest import Batch, DeviceDirectory, IngestWriter, Telemet
 from fieldhub.bridge.metrics import BridgeMetrics
 from fieldhub.core import db
 from fieldhub.core.decode import decode_telemetry
-from fieldhub.core.procs import free_port
-from tests.support import TestStack
+from tests.support import TcpRelay, TestStack
 
 pytestmark = pytest.mark.integration
 
 
-class CommitCutRelay:
+class CommitCutRelay(TcpRelay):
     """A TCP relay to PostgreSQL. Once `cut_at_commit` is set, the next COMMIT a client sends
     is never delivered: the client's connection is reset (what its tcp_user_timeout does to it
     behind a cut link) and the server's is kept open and silent (the server sees nothing)."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
         self.cut_at_commit = threading.Event()
         self.orphans: list[socket.socket] = []
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _addr = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+    def pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
                 # The query text of a Parse or Query message ends with a NUL.
@@ -73,7 +59,7 @@ class CommitCutRelay:
                 sock.close()
 
     def close(self) -> None:
-        self._server.close()
+        super().close()
         for sock in self.orphans:
             sock.close()
 
