@@ -144,13 +144,17 @@ def _wait_for_bridge(
     process ends meanwhile (nothing drains then: waiting out the timeout only hides why), and
     whose TimeoutError says how far it got; both end with the last lines of the bridge's log."""
 
+    def stored() -> str:
+        rows = _rows(url)
+        return f"{rows:,} rows stored" if rows >= 0 else "the database does not answer"
+
     def holds() -> bool:
         code = bridge.child.proc.poll() if bridge.child.proc is not None else None
         if code is not None:
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
             raise BridgeGone(
-                f"the bridge exited with {how} while waiting for {what} ({_rows(url):,} rows "
-                f"stored); last lines of its log:\n{tail(bridge.child.log_path, 30)}"
+                f"the bridge exited with {how} while waiting for {what} ({stored()}); last "
+                f"lines of its log:\n{tail(bridge.child.log_path, 30)}"
             )
         return condition()
 
@@ -158,8 +162,8 @@ def _wait_for_bridge(
         wait_until(holds, timeout=timeout, interval=0.2, what=what)
     except TimeoutError as exc:
         raise TimeoutError(
-            f"{exc} ({_rows(url):,} rows stored; the bridge is still running); last lines of "
-            f"its log:\n{tail(bridge.child.log_path, 30)}"
+            f"{exc} ({stored()}; the bridge is still running); last lines of its log:\n"
+            f"{tail(bridge.child.log_path, 30)}"
         ) from None
 
 
