@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -403,3 +404,36 @@ class BridgeProcess:
             self.forget_session()
         finally:
             shutil.rmtree(self.home, ignore_errors=True)
+
+
+class TcpRelay:
+    """A TCP relay from a free loopback port to `upstream_port`: every connection it accepts
+    gets its own to the upstream and a thread per direction running `pump(src, dst,
+    from_client)`, which subclasses write to decide what passes (a broken link, a lost
+    packet) with no hook in the code under test."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._upstreams: list[socket.socket] = []
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _addr = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self._lock:
+                self._upstreams.append(upstream)
+            threading.Thread(target=self.pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, False), daemon=True).start()
+
+    def pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._server.close()

@@ -22,7 +22,10 @@ synchronous and asynchronous replication, alternated on the same cluster.
 `bridge-database-link`: two network-namespace hosts (fieldhub/bench/netlab.py), `db`
 (PostgreSQL) and `app` (broker, bridge, load); db's link goes down for `--cut` seconds (no
 RST: tcp_user_timeout and keepalives are what the bridge notices it by). recovery_s: from the
-link coming back to the first rows committed; drained_s: to the last.
+link coming back to the bridge's first commit (its fieldhub_bridge_rows_total grows);
+drained_s: to the last row stored. `--keep` keeps the scratch directory with the bridge's,
+broker's and PostgreSQL's logs; a bridge that exits meanwhile fails the run at once with its
+exit status and the end of its log.
 
 What these runs are not (docs/scaling.md, "Not in this build yet"): the Patroni nodes are not
 namespace hosts (a killed process's sockets get a RST), no commands are sent meanwhile, and the
@@ -31,11 +34,14 @@ namespace hosts (a killed process's sockets get a RST), no commands are sent mea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import shutil
+import signal
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +54,7 @@ from fieldhub.bench.ingest import (
     _prepare,
     progress,
 )
-from fieldhub.bench.netlab import Host, Lab
+from fieldhub.bench.netlab import Host, Lab, tail
 from fieldhub.bench.registry import Servers, scratch_servers
 from fieldhub.core import db
 from fieldhub.core.config import Settings
@@ -87,6 +93,12 @@ def register(bench_subparsers: Any) -> None:
         help="first measure the bridge's rate with sync and async replication, 4 rounds",
     )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="bridge-database-link: keep the scratch directory (the bridge's, broker's and "
+        "PostgreSQL's logs) and print its path",
+    )
     parser.set_defaults(handler=cmd_bench_failover)
 
 
@@ -123,6 +135,40 @@ def _accepts(url: str) -> bool:
 
 def _reached(url: str, rows: int) -> bool:
     return _rows(url) >= rows
+
+
+def _wait_for_bridge(
+    bridge: BridgeRunner, url: str, condition: Callable[[], bool], *, timeout: float, what: str
+) -> None:
+    """wait_until(condition) that fails at once with BridgeGone (the exit status) if the bridge
+    process ends meanwhile (nothing drains then: waiting out the timeout only hides why), and
+    whose TimeoutError says how far it got; both end with the last lines of the bridge's log."""
+
+    def stored() -> str:
+        rows = _rows(url)
+        return f"{rows:,} rows stored" if rows >= 0 else "the database does not answer"
+
+    def holds() -> bool:
+        code = bridge.child.proc.poll() if bridge.child.proc is not None else None
+        if code is not None:
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            raise BridgeGone(
+                f"the bridge exited with {how} while waiting for {what} ({stored()}); last "
+                f"lines of its log:\n{tail(bridge.child.log_path, 30)}"
+            )
+        return condition()
+
+    try:
+        wait_until(holds, timeout=timeout, interval=0.2, what=what)
+    except TimeoutError as exc:
+        raise TimeoutError(
+            f"{exc} ({stored()}; the bridge is still running); last lines of its log:\n"
+            f"{tail(bridge.child.log_path, 30)}"
+        ) from None
+
+
+class BridgeGone(RuntimeError):
+    """The bridge process ended during a scenario; the message has its exit status and log."""
 
 
 def _doubled(url: str) -> int:
@@ -270,13 +316,19 @@ def run_bridge_database_link(args: argparse.Namespace) -> dict[str, Any]:
             url = cluster.url(DATABASE)
             lab.call(app, apply_migrations, url, timeout=300)
             timeout = args.before + args.cut + args.after + 600
-            return lab.call(app, _link_scenario, lab, db_host, url, args, timeout=timeout)
+            return lab.call(app, _link_scenario, lab, db_host, url, args, workdir, timeout=timeout)
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if getattr(args, "keep", False):
+            progress(f"kept the scratch directory: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
+def _link_scenario(
+    lab: Lab, db_host: Host, url: str, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """Runs inside the app host's network namespace (Lab.call): everything it starts does.
+    The bridge's and the broker's logs are copied to `workdir` at the end (--keep keeps it)."""
     with scratch_servers("fieldhub-bench-link-") as scratch:
         servers = Servers(url, scratch.broker, scratch.workdir)
         loadgen, bridge = _load_and_bridge(servers, args)
@@ -292,27 +344,40 @@ def _link_scenario(lab: Lab, db_host: Host, url: str, args: argparse.Namespace) 
             lab.link_down(db_host)
             time.sleep(args.cut)  # the outage's length is the scenario
             backlog = bridge.metric("fieldhub_bridge_backlog_messages")
-            before = _rows(url)
+            # The bridge's own count of committed rows: the database cannot be asked while
+            # the link is down, and a commit that reached it just before the cut may have
+            # landed without the bridge knowing.
+            committed = bridge.metric("fieldhub_bridge_rows_total")
             lab.link_up(db_host)
             restored_at = time.monotonic()
             progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
-            wait_until(lambda: _rows(url) > before, timeout=120, interval=0.1, what="writes")
+            _wait_for_bridge(
+                bridge,
+                url,
+                lambda: bridge.metric("fieldhub_bridge_rows_total") > committed,
+                timeout=120,
+                what="writes",
+            )
             recovery_s = time.monotonic() - restored_at
             progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
             for proc in procs:
                 proc.join(timeout=args.after + 300)
             acked = loadgen.sent()
             expected = acked * VALUES_PER_MESSAGE
-            wait_until(
+            _wait_for_bridge(
+                bridge,
+                url,
                 functools.partial(_reached, url, expected),
                 timeout=300,
-                interval=0.5,
-                what="the backlog to drain",
+                what=f"the backlog to drain ({expected:,} rows)",
             )
             drained_s = time.monotonic() - restored_at
             rows, doubled = _rows(url), _doubled(url)
         finally:
             bridge.stop()
+            for log_path in (bridge.child.log_path, scratch.workdir / "mosquitto.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(log_path, workdir)
     stored = (rows - doubled) // VALUES_PER_MESSAGE
     progress(f"  everything stored {drained_s:.1f} s after the link came back")
     return {

@@ -40,7 +40,9 @@ with synchronous replication a commit waits for the standby, and a cancelled wai
 SUCCESS with a warning although the standby may not have the commit, so a deadline hit is
 never acknowledged, whatever the server answered. An in-doubt retry always takes a transaction
 id, so its commit waits for the standby to have everything up to it, including the first
-attempt's commit."""
+attempt's commit. Its new connection first ends the previous connection's server process if that
+still runs: behind a cut link it can wait in the batch's transaction, holding the very readings
+the retry writes again (`IngestWriter._end_orphan`)."""
 
 from __future__ import annotations
 
@@ -431,27 +433,71 @@ class IngestWriter:
         self.session = session
         self.receive_maximum = receive_maximum
         self._has_ledger = False
+        # (pid, start) of the server process of this writer's connection, and of the previous
+        # connection's if that one ended in the middle of a transaction (`end_orphaned_backend`).
+        self._backend: tuple[int, datetime.datetime] | None = None
+        self._orphan: tuple[int, datetime.datetime] | None = None
         # always_stage: every batch through the staging table (for measuring the fast path).
         self._staged_until = float("inf") if always_stage else 0.0
 
     def close(self) -> None:
         if self.conn is not None:
+            if self.conn.broken or self.conn.info.transaction_status != TransactionStatus.IDLE:
+                # Behind a cut link the server may never learn that this connection is gone:
+                # its process can wait on in the batch's transaction.
+                self._orphan = self._backend
             self.conn.close()
             self.conn = None
 
     def connection(self) -> Conn:
         if self.conn is None or self.conn.closed:
             conn = db.connect(self.database_url, application_name="fieldhub-bridge")
-            # A temp table is this connection's alone: its commit need not wait for a
-            # synchronous standby (which may be the very thing being waited out).
-            conn.execute(QUERIES["commit_locally"])
-            readings.create_staging(conn)
-            if self.session is not None:
-                row = conn.execute(QUERIES["session_has_ledger"], {"session": self.session})
-                self._has_ledger = bool(row.fetchone()["has"])  # type: ignore[index]
-            conn.commit()
+            try:
+                self._set_up(conn)
+            except BaseException:
+                conn.close()
+                raise
             self.conn = conn
         return self.conn
+
+    def _set_up(self, conn: Conn) -> None:
+        if self._orphan is not None:
+            self._end_orphan(conn, *self._orphan)
+        own = conn.execute(QUERIES["own_backend"]).fetchone()
+        self._backend = None if own is None else (own["pid"], own["backend_start"])
+        # A temp table is this connection's alone: its commit need not wait for a
+        # synchronous standby (which may be the very thing being waited out).
+        conn.execute(QUERIES["commit_locally"])
+        readings.create_staging(conn)
+        if self.session is not None:
+            row = conn.execute(QUERIES["session_has_ledger"], {"session": self.session})
+            self._has_ledger = bool(row.fetchone()["has"])  # type: ignore[index]
+        conn.commit()
+
+    def _end_orphan(self, conn: Conn, pid: int, started: datetime.datetime) -> None:
+        """End the previous connection's server process if it still runs. Seen with a link
+        cut in the middle of a batch: otherwise the in-doubt retry waits on its locks at every
+        attempt until the server notices that the client is gone (about 10 s with
+        db.SERVER_TCP, 2 h with the kernel's defaults, never through a proxy that stays up)."""
+        try:
+            found = conn.execute(
+                QUERIES["end_orphaned_backend"], {"pid": pid, "started": started}
+            ).fetchone()
+            conn.commit()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # Another role's process (a DATABASE_URL changed meanwhile): left to the server's
+            # keepalives (db.SERVER_TCP).
+            conn.rollback()
+            found = None
+            log.warning("could not end the previous connection's server process: %s", exc)
+        self._orphan = None
+        if found is not None:
+            log.warning(
+                "ended server process %d of the previous connection, which was still in its "
+                "transaction (%s)",
+                pid,
+                "gone now" if found["ended"] else "it did not exit within 5 s",
+            )
 
     def write(self, batch: Batch) -> WriteResult:
         """Write the batch in one transaction; raise psycopg.OperationalError (or

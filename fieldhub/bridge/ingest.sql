@@ -112,3 +112,20 @@ WHERE NOT EXISTS (
 -- This transaction's commit returns once the local WAL is flushed, without waiting for the
 -- synchronous standby: only for transactions whose effects are of no use on a standby.
 SET LOCAL synchronous_commit = local;
+
+-- name: own_backend
+-- This connection's server process and its start: together they name it on this server (a pid
+-- alone may be reused by another process later).
+SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid();
+
+-- name: end_orphaned_backend
+-- The server process of this writer's previous connection, if it still runs. A link cut after
+-- the server answered a statement and before the next one arrived leaves it waiting in the
+-- batch's transaction until its TCP keepalives give up, if ever (it has nothing to send, so
+-- nothing else tells it the client is gone; idle_in_transaction_session_timeout is not re-armed
+-- after a pipeline's Flush),
+-- holding the batch's uncommitted readings, on which the in-doubt retry of the same batch would
+-- wait. Matched by pid and start time, so a process of another server (after a failover) or a
+-- reused pid is never hit; a role may end its own backends. Waits up to 5 s for it to exit.
+SELECT pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity
+WHERE pid = %(pid)s AND backend_start = %(started)s;

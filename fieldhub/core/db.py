@@ -86,14 +86,33 @@ TCP_DEFAULTS: dict[str, str] = {
 }
 
 
+# The same for the server's side of every connection (PostgreSQL's settings, sent as startup
+# options). Behind a cut link the server otherwise never learns that a client is gone while it
+# has nothing to send it, and the client's server process keeps its open transaction's locks
+# and its session's advisory locks (the command dispatcher's leadership) for the kernel's
+# default keepalive time, 2 h. Seen with `fieldhub bench failover --scenario
+# bridge-database-link` (15 s cut): without them the bridge's dispatcher was still not the
+# leader 2.5 min after the link came back.
+SERVER_TCP: dict[str, str] = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "2",
+    "tcp_user_timeout": "10000",
+}
+
+
 def connection_params(url: str, role: Role = "write") -> dict[str, Any]:
     """The URL's parameters with the project's failover defaults for what it leaves out:
-    target_session_attrs by role and the TCP keepalive settings (`TCP_DEFAULTS`). What the URL
-    says wins, so an operator can tune either per process."""
+    target_session_attrs by role, the TCP keepalive settings (`TCP_DEFAULTS`) and the server's
+    (`SERVER_TCP`, before the URL's own `options`). What the URL says wins, so an operator can
+    tune any of them per process."""
     params: dict[str, Any] = dict(conninfo.conninfo_to_dict(url))
     params.setdefault("target_session_attrs", _SESSION_ATTRS[role])
     for key, value in TCP_DEFAULTS.items():
         params.setdefault(key, value)
+    server = " ".join(f"-c {key}={value}" for key, value in SERVER_TCP.items())
+    # Later -c options win, so the URL's come last.
+    params["options"] = f"{server} {params['options']}" if params.get("options") else server
     return params
 
 

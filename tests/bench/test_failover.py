@@ -20,13 +20,6 @@ pytestmark = [
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    reason="known intermittent bug, issue #13: in 3 of 7 runs on 2026-12-02 the backlog never "
-    "drained after the link came back because the bridge process was gone. Each of them had a "
-    "commit in flight at the cut (rows grew at the moment the link came back). The other runs "
-    "drained in 3.4-3.7 s, 0 lost. The cause is not found yet.",
-    strict=False,
-)
 def test_a_cut_link_to_the_database_loses_and_doubles_nothing() -> None:
     done = subprocess.run(
         [

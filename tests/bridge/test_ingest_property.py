@@ -41,8 +41,7 @@ from psycopg.rows import dict_row
 
 from fieldhub.core import registry
 from fieldhub.core.decode import MAX_PAYLOAD_BYTES
-from fieldhub.core.procs import free_port
-from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
+from tests.support import BridgeProcess, DeviceClient, TcpRelay, TestStack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,34 +71,17 @@ VALID = ("ts", "no_ts", "array_ts", "array_no_ts", "senml_relative", "senml_abso
 POISON = {"bad_json": "invalid_json", "nul": "bad_string", "oversized": "payload_too_large"}
 
 
-class CuttingProxy:
+class CuttingProxy(TcpRelay):
     """A TCP relay between the bridge and the broker that can stop passing what the bridge
     sends (its PUBACKs) and then drop the broker connection: the broker then never learns
     that the bridge acknowledged what it committed, which is the COMMIT-PUBACK window held
     open on purpose, with no hook in the bridge."""
 
     def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.port = free_port()
         self.swallow = threading.Event()
-        self._lock = threading.Lock()
-        self._upstreams: list[socket.socket] = []
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _addr = self._server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            with self._lock:
-                self._upstreams.append(upstream)
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_bridge: bool) -> None:
+    def pump(self, src: socket.socket, dst: socket.socket, from_bridge: bool) -> None:
         try:
             while data := src.recv(65536):
                 if from_bridge and self.swallow.is_set():
@@ -121,7 +103,7 @@ class CuttingProxy:
             sock.close()
 
     def close(self) -> None:
-        self._server.close()
+        super().close()
         self.cut()
 
 

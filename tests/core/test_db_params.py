@@ -40,3 +40,19 @@ def test_what_the_url_says_wins() -> None:
 def test_the_conninfo_keeps_every_parameter() -> None:
     text = db.failover_conninfo(MULTI_HOST, "read")
     assert conninfo.conninfo_to_dict(text) == db.connection_params(MULTI_HOST, "read")
+
+
+def test_the_server_gives_up_on_a_dead_client_as_soon() -> None:
+    options = db.connection_params(MULTI_HOST)["options"]
+    assert options.split() == [
+        part for key, value in db.SERVER_TCP.items() for part in ("-c", f"{key}={value}")
+    ]
+    # The URL's own options come after (PostgreSQL applies them in order: the last wins).
+    url = MULTI_HOST + "&options=-c%20tcp_keepalives_idle%3D60"
+    assert db.connection_params(url)["options"].endswith("-c tcp_keepalives_idle=60")
+
+
+def test_the_server_applies_them(database_url: str) -> None:
+    with db.connect(database_url) as conn:
+        shown = {key: conn.execute(f"SHOW {key}").fetchone() for key in db.SERVER_TCP}
+    assert {key: row[key] if row else None for key, row in shown.items()} == db.SERVER_TCP
