@@ -103,11 +103,15 @@ class Bridge:
         commit_deadline_s: float = COMMIT_DEADLINE_S,
         broker: str | None = None,
         broker_label: str = "",
+        brokers: Sequence[str] = (),
     ) -> None:
         self.database_url = database_url
-        # With several brokers: the one this process is connected to, whose devices' commands
-        # its dispatcher publishes (None: one broker, every device).
+        # With several brokers: the one this process is connected to, which scopes its
+        # dispatcher's leader lock (None: one broker, one dispatcher in all).
         self.broker = broker
+        # Every configured broker: the dispatcher publishes every device's retained commands
+        # and twins to its own broker and records them, until each of these holds them.
+        self.brokers = tuple(brokers)
         self.endpoint = mqtt_endpoint
         self.instance = instance
         self.metrics_port = metrics_port
@@ -586,7 +590,11 @@ class Bridge:
         )
         self.client.loop_start()
         self.dispatcher = commands.CommandDispatcher(
-            self.database_url, self.publish, broker=self.broker, broker_name=self.broker_name
+            self.database_url,
+            self.publish,
+            broker=self.broker,
+            broker_name=self.broker_name,
+            brokers=self.brokers,
         )
         self.dispatcher.start()
         dispatcher = self.dispatcher

@@ -12,12 +12,17 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   when it is back. A sweep expires what ran out of time, publishes every `queued` command as a
   retained QoS 1 message (oldest first) and marks it `sent` only after the broker's PUBACK,
   then clears the retained message of every final command. Only one dispatcher works at a
-  time (a PostgreSQL advisory lock), however many bridge instances run. With several brokers
-  each bridge process is connected to one broker and its dispatcher is scoped to it: it
-  publishes only the commands of devices homed there, and the lock is one per broker.
+  time per broker (a PostgreSQL advisory lock), however many bridge instances run. With
+  several brokers each bridge process is connected to one broker, and that broker's
+  dispatcher publishes EVERY device's commands to it, not only those of the devices homed
+  there: a device whose broker host dies reconnects to a standby (its credentials'
+  `mqtt_urls`) and must find its pending commands there. Each dispatcher records its own
+  broker's PUBACKs (command_publications, migration 0016); a command becomes `sent` at the
+  first broker's PUBACK, and a final command is cleared by each broker's dispatcher on its
+  broker until every broker has it cleared (`retained_cleared`).
   The same thread, under the same lock, publishes the retained twin documents
   (fieldhub.bridge.twin.TwinPublisher), and after taking over and after every reconnect to
-  the broker it publishes every live retained message again (sent commands, twins): a broker
+  the broker it publishes every live retained message again (open commands, twins): a broker
   restarted from its snapshot has lost what arrived since its last autosave.
 
 The device-side contract and every restart case are written down in docs/commands.md."""
@@ -248,13 +253,18 @@ class CommandDispatcher:
         publish_workers: int = PUBLISH_WORKERS,
         broker: str | None = None,
         broker_name: str = "broker-1",
+        brokers: Sequence[str] = (),
     ) -> None:
         self.database_url = database_url
-        # None: every device's commands (one broker); else only those of devices homed here.
+        # Scopes the leader lock: None (one broker) is the one lock of every dispatcher.
         self.broker = broker
-        # The broker this dispatcher publishes to, by name, for deleted devices' tombstones:
-        # every broker clears every deleted device's topics (it may have connected anywhere).
+        # The broker this dispatcher publishes to, by name: what it records as published or
+        # cleared there, and the deleted devices' tombstones it clears there (every device's
+        # topics: it may have connected anywhere).
         self.broker_name = broker or broker_name
+        # Every configured broker: a command is published (or cleared) everywhere once each
+        # of them has recorded its PUBACK.
+        self.brokers = list(brokers) or [self.broker_name]
         self.publish = publish
         self.sweep_interval_s = sweep_interval_s
         self.retry_backoff_s = retry_backoff_s
@@ -270,7 +280,8 @@ class CommandDispatcher:
         self._reclear = False
         self.twins = TwinPublisher(
             self._publish_logged,
-            broker=broker,
+            broker=self.broker_name,
+            brokers=self.brokers,
             batch_size=batch_size,
             workers=self.publish_workers,
         )
@@ -341,9 +352,9 @@ class CommandDispatcher:
                 self._reconnected.clear()
                 # The broker may have lost retained messages while nobody watched (a crash
                 # between snapshots, a restart); devices drop duplicates by id (commands) or
-                # version (twins), so resend to be sure, sent commands right after the first
-                # sweep so that new commands do not wait behind them.
-                to_republish = self._sent_ids(conn)
+                # version (twins), so resend to be sure, every device's live commands right
+                # after the first sweep so that new commands do not wait behind them.
+                to_republish = self._live_ids(conn)
                 self.twins.forget(conn)
                 # Likewise the clears of deleted devices' retained topics: a broker restored
                 # from an older snapshot would hand the old owner's commands to the new one.
@@ -425,19 +436,21 @@ class CommandDispatcher:
             return result
         with conn.cursor(row_factory=dict_row) as cur:
             queued = cur.execute(
-                QUERIES["queued_to_publish"], {"limit": self.batch_size, "broker": self.broker}
+                QUERIES["queued_to_publish"],
+                {"limit": self.batch_size, "broker": self.broker_name},
             )
             result.published, result.complete = self._publish_queued(conn, queued.fetchall())
             result.expired = command_requests.expire_commands(conn)
             finals = cur.execute(
-                QUERIES["finals_to_clear"], {"limit": self.batch_size, "broker": self.broker}
+                QUERIES["finals_to_clear"],
+                {"limit": self.batch_size, "broker": self.broker_name},
             )
             for command in finals.fetchall():
                 topic = command_topic(command["device_id"], str(command["id"]))
                 if not self._try_publish(topic, b"", None):
                     result.complete = False
                     return result
-                cur.execute(QUERIES["mark_cleared"], {"id": command["id"]})
+                cur.execute(QUERIES["record_command_cleared"], self._record_args(command["id"]))
                 result.cleared += 1
         result.twins, complete = self.twins.sweep(conn)
         result.complete = result.complete and complete
@@ -483,14 +496,9 @@ class CommandDispatcher:
         topics += [desired_topic(device_id), delta_topic(device_id)]
         return all(self._try_publish(topic, b"", None) for topic in topics)
 
-    def _publish_queued(
-        self,
-        conn: Conn,
-        commands: list[dict[str, Any]],
-        *,
-        mark_sent: bool = True,
-    ) -> tuple[int, bool]:
-        """Publish and mark `sent`: devices in parallel, each device's commands in order.
+    def _publish_queued(self, conn: Conn, commands: list[dict[str, Any]]) -> tuple[int, bool]:
+        """Publish and record this broker's PUBACK (the first broker's makes a queued command
+        `sent`): devices in parallel, each device's commands in order.
 
         A failed publish stops only that device's remaining commands (so none of them
         overtakes it); the next sweep starts again from its oldest. Returns (published, all
@@ -499,44 +507,42 @@ class CommandDispatcher:
         for command in commands:
             by_device.setdefault(command["device_id"], []).append(command)
         if len(by_device) <= 1 or self.publish_workers == 1:
-            outcomes = [
-                self._publish_in_order(conn, queue, mark_sent) for queue in by_device.values()
-            ]
+            outcomes = [self._publish_in_order(conn, queue) for queue in by_device.values()]
         else:
             workers = min(self.publish_workers, len(by_device))
             with ThreadPoolExecutor(workers, thread_name_prefix="command-publish") as pool:
                 outcomes = list(
                     pool.map(
-                        lambda queue: self._publish_in_order(conn, queue, mark_sent),
+                        lambda queue: self._publish_in_order(conn, queue),
                         by_device.values(),
                     )
                 )
         return sum(count for count, _ in outcomes), all(ok for _, ok in outcomes)
 
-    def _publish_in_order(
-        self, conn: Conn, commands: list[dict[str, Any]], mark_sent: bool
-    ) -> tuple[int, bool]:
+    def _publish_in_order(self, conn: Conn, commands: list[dict[str, Any]]) -> tuple[int, bool]:
         count = 0
         for command in commands:
             if not self._publish_command(command):
                 return count, False
-            if mark_sent:
-                # psycopg serialises the workers' statements on the one connection.
-                conn.execute(QUERIES["mark_sent"], {"id": command["id"]})
+            # psycopg serialises the workers' statements on the one connection.
+            conn.execute(QUERIES["record_command_published"], self._record_args(command["id"]))
             count += 1
         return count, True
 
-    def _sent_ids(self, conn: Conn) -> list[uuid.UUID]:
+    def _record_args(self, command_id: uuid.UUID) -> dict[str, Any]:
+        return {"id": command_id, "broker": self.broker_name, "brokers": self.brokers}
+
+    def _live_ids(self, conn: Conn) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
-            return [row["id"] for row in cur.execute(QUERIES["sent_ids"], {"broker": self.broker})]
+            return [row["id"] for row in cur.execute(QUERIES["live_ids"])]
 
     def _republish_sent(self, conn: Conn, ids: list[uuid.UUID]) -> bool:
-        """Publish these commands again if still `sent` (in order per device); True if done."""
+        """Publish these commands again if still live (in order per device); True if done."""
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(QUERIES["sent_to_republish"], {"ids": ids}).fetchall()
-        count, complete = self._publish_queued(conn, rows, mark_sent=False)
+        count, complete = self._publish_queued(conn, rows)
         if count:
-            log.info("republished %d sent commands after taking over", count)
+            log.info("republished %d live commands to %s", count, self.broker_name)
         return complete
 
     def _publish_command(self, command: dict[str, Any]) -> bool:
