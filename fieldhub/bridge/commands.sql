@@ -44,6 +44,12 @@ LIMIT %(limit)s;
 SELECT id FROM commands
 WHERE status IN ('sent', 'delivered') AND expires_at > now();
 
+-- name: live_among
+-- Of the commands a reconnected broker holds retained, those still live (by primary key);
+-- queued counts: a dispatcher that crashed before recording a PUBACK left one published.
+SELECT id, device_id FROM commands
+WHERE id = ANY(%(ids)s::uuid[]) AND status IN ('queued', 'sent', 'delivered');
+
 -- name: sent_to_republish
 SELECT id, device_id, name, params, created_at, expires_at,
        extract(epoch FROM expires_at - now()) AS remaining_s

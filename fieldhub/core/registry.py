@@ -509,7 +509,9 @@ BRIDGE_ACL = (
     "read devices/+/telemetry/senml",
     "read devices/+/status",
     "read devices/+/commands/+/ack",
-    "write devices/+/commands/+",
+    # Read: the dispatcher lists a reconnected broker's retained commands to clear the ones
+    # no longer live (fieldhub.bridge.app.retained_command_topics).
+    "readwrite devices/+/commands/+",
     "read devices/+/twin/reported",
     "write devices/+/twin/desired",
     "write devices/+/twin/delta",

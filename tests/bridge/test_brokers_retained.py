@@ -21,7 +21,7 @@ import pytest
 from fieldhub.broker.auth_sync import sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, twins
-from fieldhub.core.command_requests import get_command, send_command
+from fieldhub.core.command_requests import cancel_command, get_command, send_command
 from tests.support import (
     BridgeProcess,
     DeviceClient,
@@ -218,3 +218,66 @@ def test_a_twin_change_reaches_both_brokers(brokers: Brokers, stack: TestStack) 
     document = {"version": twin.desired_version, "state": {"fan": "on"}}
     for name in ("broker-1", "broker-2"):
         brokers.wait_retained(name, desired, {desired: document})
+
+
+def test_a_reconnected_broker_loses_its_stale_commands_and_keeps_the_live_ones(
+    brokers: Brokers, stack: TestStack
+) -> None:
+    """broker-2 holds retained commands the database no longer has as live (one finished
+    while it was not watched, one nobody knows): when its bridge reconnects they are cleared;
+    the live command stays."""
+    device = unique_id("north")
+    stack.create_devices([device])
+    live, done = (
+        str(send_command(stack.conn, device_id=device, name=n, params={}, ttl_s=300)["id"])
+        for n in ("open", "close")
+    )
+    cancel_command(stack.conn, done)
+    wait_for(
+        lambda: stack.query("SELECT retained_cleared FROM commands WHERE id = %s", (done,))[0][
+            "retained_cleared"
+        ],
+        what="the cancelled command cleared on both brokers",
+    )
+    prefix = f"devices/{device}/commands/"
+    brokers.wait_retained("broker-2", prefix + "+", {prefix + live: live})
+    # broker-2's past: the finished command and an unknown one, as a stale snapshot holds them.
+    writer = brokers.client("broker-2", brokers.writer)
+    try:
+        for stale in (done, str(uuid.uuid4())):
+            writer.publish(prefix + stale, orjson.dumps({"id": stale, "name": "x"}), retain=True)
+    finally:
+        writer.close()
+    assert len(brokers.retained("broker-2", prefix + "+")) == 3
+
+    brokers.second.restart()
+    brokers.wait_retained("broker-2", prefix + "+", {prefix + live: live})
+    assert "no longer live cleared" in brokers.bridges["broker-2"].log()
+
+
+def test_a_broker_that_lost_its_retained_messages_gets_them_back(
+    brokers: Brokers, stack: TestStack
+) -> None:
+    """broker-2 comes back without its database (its bridge stopped meanwhile, so the loss
+    can be seen); when its bridge connects, the live command and the twin are there again."""
+    device = unique_id("north")
+    stack.create_devices([device])
+    command = str(
+        send_command(stack.conn, device_id=device, name="open", params={}, ttl_s=300)["id"]
+    )
+    twin = twins.update_desired(
+        stack.conn, device, {"fan": "on"}, actor=twins.Actor("tester@example.com", "api")
+    )
+    document = {"version": twin.desired_version, "state": {"fan": "on"}}
+    expected: dict[str, object] = {
+        f"devices/{device}/commands/{command}": command,
+        f"devices/{device}/twin/desired": document,
+        f"devices/{device}/twin/delta": document,
+    }
+    brokers.wait_retained("broker-2", f"devices/{device}/#", expected)
+
+    brokers.bridges["broker-2"].stop()
+    brokers.second.restart(lose_retained=True)
+    assert brokers.retained("broker-2", f"devices/{device}/#") == {}
+    brokers.bridges["broker-2"].start().wait_ready()
+    brokers.wait_retained("broker-2", f"devices/{device}/#", expected)
