@@ -22,8 +22,10 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   broker until every broker has it cleared (`retained_cleared`).
   The same thread, under the same lock, publishes the retained twin documents
   (fieldhub.bridge.twin.TwinPublisher), and after taking over and after every reconnect to
-  the broker it publishes every live retained message again (open commands, twins): a broker
-  restarted from its snapshot has lost what arrived since its last autosave.
+  the broker it reconciles it (`reconcile`: clears the retained commands the database no
+  longer has as live, which a broker restored from an old snapshot or down while commands
+  finished still holds) and publishes every live retained message again (open commands,
+  twins): a broker restarted from its snapshot has lost what arrived since its last autosave.
 
 The device-side contract and every restart case are written down in docs/commands.md."""
 
@@ -311,7 +313,8 @@ class CommandDispatcher:
             self._thread = None
 
     def broker_reconnected(self) -> None:
-        """The bridge's broker connection is new: publish every retained message again.
+        """The bridge's broker connection is new: reconcile the broker (clear the retained
+        commands that are no longer live) and publish every live retained message again.
 
         Called from the MQTT network thread, so it only sets a flag for the dispatcher's own."""
         self._reconnected.set()
