@@ -24,8 +24,8 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   (fieldhub.bridge.twin.TwinPublisher), and after taking over and after every reconnect to
   the broker it reconciles it (`reconcile`: clears the retained commands the database no
   longer has as live, which a broker restored from an old snapshot or down while commands
-  finished still holds) and publishes every live retained message again (open commands,
-  twins): a broker restarted from its snapshot has lost what arrived since its last autosave.
+  finished still holds) and publishes the retained messages again (sent commands, twins): a
+  broker restarted from its snapshot has lost what arrived since its last autosave.
 
 The device-side contract and every restart case are written down in docs/commands.md."""
 
@@ -51,7 +51,7 @@ from psycopg.types.json import Jsonb
 from fieldhub.bridge.publishing import Publish
 from fieldhub.bridge.twin import TwinPublisher, delta_topic, desired_topic
 from fieldhub.core import command_requests, tombstones
-from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status
+from fieldhub.core.command_states import AckStatus, on_ack, parse_ack_status, published_moves
 from fieldhub.core.db import Conn, Queries, connect
 
 QUERIES = Queries(Path(__file__).with_name("commands.sql"))
@@ -71,6 +71,9 @@ RECLEAR_S = 2 * 86400
 MARKER_RESEND_S = 30.0
 # An error text from a device longer than this is cut; the full ack is not stored elsewhere.
 MAX_ERROR_CHARS = 2000
+# What a broker's PUBACK does to a command (queued -> sent), applied in SQL by
+# record_command_published.
+_PUBLISHED_FROM, _PUBLISHED_TO = published_moves()
 
 
 log = logging.getLogger(__name__)
@@ -314,7 +317,7 @@ class CommandDispatcher:
 
     def broker_reconnected(self) -> None:
         """The bridge's broker connection is new: reconcile the broker (clear the retained
-        commands that are no longer live) and publish every live retained message again.
+        commands that are no longer live) and publish the sent commands and twins again.
 
         Called from the MQTT network thread, so it only sets a flag for the dispatcher's own."""
         self._reconnected.set()
@@ -362,9 +365,9 @@ class CommandDispatcher:
                 self.reconcile(conn)
                 # The broker may have lost retained messages while nobody watched (a crash
                 # between snapshots, a restart); devices drop duplicates by id (commands) or
-                # version (twins), so resend to be sure, every device's live commands right
+                # version (twins), so resend to be sure, every device's sent commands right
                 # after the first sweep so that new commands do not wait behind them.
-                to_republish = self._live_ids(conn)
+                to_republish = self._sent_ids(conn)
                 self.twins.forget(conn)
                 # Likewise the clears of deleted devices' retained topics: a broker restored
                 # from an older snapshot would hand the old owner's commands to the new one.
@@ -472,7 +475,7 @@ class CommandDispatcher:
         could not list them (the next reconnect tries again).
 
         Runs when the dispatcher's broker connection is new (and when it takes over); the
-        live ones are published again right after (`_serve`), and the twins with them. The
+        sent ones are published again right after (`_serve`), and the twins with them. The
         listing (`list_retained`) subscribes to the broker's retained command topics for as
         long as the broker takes to send them.
 
@@ -598,19 +601,25 @@ class CommandDispatcher:
         return count, True
 
     def _record_args(self, command_id: uuid.UUID) -> dict[str, Any]:
-        return {"id": command_id, "broker": self.broker_name, "brokers": self.brokers}
+        return {
+            "id": command_id,
+            "broker": self.broker_name,
+            "brokers": self.brokers,
+            "moves_from": _PUBLISHED_FROM,
+            "moves_to": _PUBLISHED_TO,
+        }
 
-    def _live_ids(self, conn: Conn) -> list[uuid.UUID]:
+    def _sent_ids(self, conn: Conn) -> list[uuid.UUID]:
         with conn.cursor(row_factory=dict_row) as cur:
-            return [row["id"] for row in cur.execute(QUERIES["live_ids"])]
+            return [row["id"] for row in cur.execute(QUERIES["sent_ids"])]
 
     def _republish_sent(self, conn: Conn, ids: list[uuid.UUID]) -> bool:
-        """Publish these commands again if still live (in order per device); True if done."""
+        """Publish these commands again if still `sent` (in order per device); True if done."""
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(QUERIES["sent_to_republish"], {"ids": ids}).fetchall()
         count, complete = self._publish_queued(conn, rows)
         if count:
-            log.info("republished %d live commands to %s", count, self.broker_name)
+            log.info("republished %d sent commands to %s", count, self.broker_name)
         return complete
 
     def _publish_command(self, command: dict[str, Any]) -> bool:

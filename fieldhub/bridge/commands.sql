@@ -38,11 +38,12 @@ WHERE NOT c.published_everywhere AND c.status IN ('queued', 'sent', 'delivered')
 ORDER BY c.created_at, c.id
 LIMIT %(limit)s;
 
--- name: live_ids
--- Every device's live retained commands (not final, not expired): what a broker whose
--- connection is new gets again, whatever it holds (commands_open).
+-- name: sent_ids
+-- Every device's sent commands still in time: what a broker whose connection is new gets
+-- again, whatever it holds (commands_open). Not delivered ones: their device has them and
+-- answered; a copy would only arrive behind newer commands.
 SELECT id FROM commands
-WHERE status IN ('sent', 'delivered') AND expires_at > now();
+WHERE status = 'sent' AND expires_at > now();
 
 -- name: live_among
 -- Of the commands a reconnected broker holds retained, those still live (by primary key);
@@ -54,13 +55,14 @@ WHERE id = ANY(%(ids)s::uuid[]) AND status IN ('queued', 'sent', 'delivered');
 SELECT id, device_id, name, params, created_at, expires_at,
        extract(epoch FROM expires_at - now()) AS remaining_s
 FROM commands
-WHERE id = ANY(%(ids)s::uuid[]) AND status IN ('sent', 'delivered') AND expires_at > now()
+WHERE id = ANY(%(ids)s::uuid[]) AND status = 'sent' AND expires_at > now()
 ORDER BY created_at, id;
 
 -- name: record_command_published
--- This broker's PUBACK; the first broker's moves queued -> sent (migration 0016 says how the
--- brokers' records are serialised).
-SELECT record_command_published(%(id)s, %(broker)s, %(brokers)s::text[]);
+-- This broker's PUBACK; the first broker's moves the command as on_published says (queued ->
+-- sent; migration 0016 says how the brokers' records are serialised).
+SELECT record_command_published(%(id)s, %(broker)s, %(brokers)s::text[],
+                                %(moves_from)s::text[], %(moves_to)s);
 
 -- name: finals_to_clear
 -- Final commands this broker has not cleared yet: candidates from the partial index

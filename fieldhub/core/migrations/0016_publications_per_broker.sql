@@ -46,10 +46,12 @@ CREATE TABLE command_publications (
 -- publish workers share one autocommit connection, so no multi-statement transaction).
 -- The command row is locked first, so two brokers recording at once are serialised and the
 -- second one's count sees the first one's row (each statement of a plpgsql function takes a
--- new snapshot). queued -> sent is fieldhub.core.command_states.on_published: only a queued
--- command moves, an ack that overtook the PUBACK is never overwritten. A final command
--- published again (a republish racing its final ack) is no longer cleared everywhere.
-CREATE FUNCTION record_command_published(p_id uuid, p_broker text, p_brokers text[])
+-- new snapshot). The status change is the caller's (fieldhub.core.command_states
+-- .on_published, passed as the statuses that move and where to: queued -> sent), so an ack
+-- that overtook the PUBACK is never overwritten. A final command published again (a
+-- republish racing its final ack) is no longer cleared everywhere.
+CREATE FUNCTION record_command_published(
+    p_id uuid, p_broker text, p_brokers text[], p_moves_from text[], p_moves_to text)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     current text;
@@ -61,9 +63,9 @@ BEGIN
     INSERT INTO command_publications (command_id, broker, published_at)
     VALUES (p_id, p_broker, now())
     ON CONFLICT (command_id, broker) DO UPDATE SET published_at = now(), cleared_at = NULL;
-    IF current = 'queued' THEN
-        UPDATE commands SET status = 'sent', updated_at = now() WHERE id = p_id;
-    ELSIF current NOT IN ('sent', 'delivered') THEN
+    IF current = ANY(p_moves_from) THEN
+        UPDATE commands SET status = p_moves_to, updated_at = now() WHERE id = p_id;
+    ELSIF current NOT IN ('queued', 'sent', 'delivered') THEN
         UPDATE commands SET retained_cleared = false WHERE id = p_id AND retained_cleared;
     END IF;
     UPDATE commands SET published_everywhere = true
