@@ -254,6 +254,10 @@ class Bridge:
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
     ) -> None:
+        if len(reasons) == 1:
+            # A listing's one filter (retained_command_topics), not the connection's
+            # subscriptions: it says nothing about readiness.
+            return
         refused = [str(r) for r in reasons[: len(DEVICE_TOPICS) + 1] if r.is_failure]
         if refused:
             self.problems.warning("subscribe", "broker refused subscriptions: %s", refused)
