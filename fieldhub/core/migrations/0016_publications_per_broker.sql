@@ -133,3 +133,24 @@ END $$;
 -- (to every broker) once after the upgrade.
 ALTER TABLE device_twins DROP COLUMN published_desired_version, DROP COLUMN published_delta;
 UPDATE device_twins SET published_revision = -1;
+
+-- The bridge accounts now also read devices/+/commands/+: the reconciler lists a broker's
+-- retained commands through them (fieldhub.bridge.app.Bridge.retained_command_topics).
+-- Accounts with exactly the rights `fieldhub service-account bridges` gave before get the new
+-- ones here, so an upgrade needs no step of its own (auth-sync renders them at once: the
+-- registry trigger); an account whose rights an operator changed is left as it is.
+UPDATE service_accounts
+SET acl = array_replace(acl, 'write devices/+/commands/+', 'readwrite devices/+/commands/+')
+WHERE acl = ARRAY[
+    'read devices/+/telemetry',
+    'read devices/+/telemetry/senml',
+    'read devices/+/status',
+    'read devices/+/commands/+/ack',
+    'write devices/+/commands/+',
+    'read devices/+/twin/reported',
+    'write devices/+/twin/desired',
+    'write devices/+/twin/delta',
+    'read $SYS/broker/publish/messages/dropped',
+    'read $SYS/broker/clients/connected',
+    'readwrite fieldhub/control/tombstone/+'
+]::text[];
