@@ -9,9 +9,10 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   store), an unknown command, or a command of another device.
 * `CommandDispatcher` is a thread with its own database connection. It LISTENs on `commands`
   and also sweeps every few seconds, so a command created while the bridge was down goes out
-  when it is back. A sweep expires what ran out of time, publishes every `queued` command as a
-  retained QoS 1 message (oldest first) and marks it `sent` only after the broker's PUBACK,
-  then clears the retained message of every final command. Only one dispatcher works at a
+  when it is back. A sweep expires what ran out of time, publishes every open command its
+  broker does not hold yet as a retained QoS 1 message (oldest first) and records it (a
+  `queued` one becomes `sent`) only after the broker's PUBACK, then clears the retained
+  message of every final command. Only one dispatcher works at a
   time per broker (a PostgreSQL advisory lock), however many bridge instances run. With
   several brokers each bridge process is connected to one broker, and that broker's
   dispatcher publishes EVERY device's commands to it, not only those of the devices homed
