@@ -82,6 +82,12 @@ DEVICE_TOPICS = (
     "devices/+/twin/reported",
 )
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+# The retained commands on the broker, listed when the dispatcher reconciles it
+# (fieldhub.bridge.commands): subscribed for the listing only, then unsubscribed.
+RETAINED_COMMANDS = "devices/+/commands/+"
+# A listing that takes longer is given up (the broker is too slow or the link went down);
+# the next reconnect lists again. 10,000 retained commands listed in about 0.1 s.
+LISTING_TIMEOUT_S = 60.0
 RECEIVE_MAXIMUM = 10_000
 SESSION_EXPIRY_S = 86_400
 DIRECTORY_WAIT_S = 10.0
@@ -103,11 +109,15 @@ class Bridge:
         commit_deadline_s: float = COMMIT_DEADLINE_S,
         broker: str | None = None,
         broker_label: str = "",
+        brokers: Sequence[str] = (),
     ) -> None:
         self.database_url = database_url
-        # With several brokers: the one this process is connected to, whose devices' commands
-        # its dispatcher publishes (None: one broker, every device).
+        # With several brokers: the one this process is connected to, which scopes its
+        # dispatcher's leader lock (None: one broker, one dispatcher in all).
         self.broker = broker
+        # Every configured broker: the dispatcher publishes every device's retained commands
+        # and twins to its own broker and records them, until each of these holds them.
+        self.brokers = tuple(brokers)
         self.endpoint = mqtt_endpoint
         self.instance = instance
         self.metrics_port = metrics_port
@@ -149,6 +159,12 @@ class Bridge:
         self._ack_lock = threading.Lock()
         self._generation = 0
         self._subscribed = threading.Event()
+        # The retained command topics of a listing in progress (None: no listing), and the
+        # UNSUBACKs that end listings (fieldhub.bridge.commands reconciles with them).
+        self._retained_sink: list[str] | None = None
+        self._listing_lock = threading.Lock()
+        self._unsubacks: set[int] = set()
+        self._unsubacked = threading.Condition()
         self._counts = {
             "telemetry": 0,
             "senml": 0,
@@ -186,6 +202,7 @@ class Bridge:
         client.on_message = self._on_message
         client.on_publish_packet = self._on_publish_packet
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_publish = self._on_publish
         return client
 
@@ -237,6 +254,10 @@ class Bridge:
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
     ) -> None:
+        if len(reasons) == 1:
+            # A listing's one filter (retained_command_topics), not the connection's
+            # subscriptions: it says nothing about readiness.
+            return
         refused = [str(r) for r in reasons[: len(DEVICE_TOPICS) + 1] if r.is_failure]
         if refused:
             self.problems.warning("subscribe", "broker refused subscriptions: %s", refused)
@@ -246,6 +267,49 @@ class Bridge:
         if not self._subscribed.is_set():
             log.info("bridge %d ready: subscribed to %s", self.instance, SHARE_GROUP)
         self._subscribed.set()
+
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any
+    ) -> None:
+        with self._unsubacked:
+            self._unsubacks.add(mid)
+            self._unsubacked.notify_all()
+
+    def retained_command_topics(self, timeout_s: float = LISTING_TIMEOUT_S) -> list[str] | None:
+        """Every retained command topic the broker holds now, or None when the listing could
+        not be finished (not connected, the connection changed, no answer in `timeout_s`).
+
+        Subscribes to RETAINED_COMMANDS at QoS 0 with No Local (the only other publisher on
+        these topics is this process's own dispatcher, whose live publishes must not count)
+        and unsubscribes at once. Mosquitto queues a subscription's retained messages right
+        behind its SUBACK and answers the UNSUBSCRIBE after that, in order on the one
+        connection, so once the UNSUBACK is back every retained message has arrived: no
+        fixed window. QoS 0 needs no PUBACKs and is not limited by the Receive Maximum;
+        Mosquitto drops QoS 0 to an online client only beyond max_queued_messages (3,000,000
+        in our config). The bridge account needs `read devices/+/commands/+` (BRIDGE_ACL);
+        without it the broker delivers nothing and the listing is empty."""
+        with self._listing_lock:
+            generation = self._generation
+            found: list[str] = []
+            self._retained_sink = found
+            try:
+                options = SubscribeOptions(qos=0, noLocal=True)
+                result, _ = self.client.subscribe([(RETAINED_COMMANDS, options)])
+                if result != mqtt.MQTT_ERR_SUCCESS:
+                    return None
+                result, mid = self.client.unsubscribe(RETAINED_COMMANDS)
+                if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                    return None
+                with self._unsubacked:
+                    answered = self._unsubacked.wait_for(
+                        lambda: mid in self._unsubacks, timeout=timeout_s
+                    )
+                    self._unsubacks.discard(mid)
+                if not answered or generation != self._generation:
+                    return None
+                return found
+            finally:
+                self._retained_sink = None
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -286,6 +350,13 @@ class Bridge:
         if info is None:
             if topic == DROPPED_TOPIC:
                 self._broker_dropped(payload)
+                return
+            if not qos and _is_command_topic(topic):
+                # A retained command of a listing (retained_command_topics); none arrives
+                # outside one, but a straggler is ours, not a device's message to keep.
+                sink = self._retained_sink
+                if sink is not None:
+                    sink.append(topic)
                 return
             marker = tombstones.marker_key(topic)
         if marker is None and not qos and self.pending.over_bound():
@@ -586,7 +657,12 @@ class Bridge:
         )
         self.client.loop_start()
         self.dispatcher = commands.CommandDispatcher(
-            self.database_url, self.publish, broker=self.broker, broker_name=self.broker_name
+            self.database_url,
+            self.publish,
+            broker=self.broker,
+            broker_name=self.broker_name,
+            brokers=self.brokers,
+            list_retained=self.retained_command_topics,
         )
         self.dispatcher.start()
         dispatcher = self.dispatcher
@@ -625,6 +701,12 @@ class Bridge:
             pass
         self.shutdown()
         return 0
+
+
+def _is_command_topic(topic: str) -> bool:
+    """devices/{id}/commands/{command id}: a retained command, never a device's message."""
+    parts = topic.split("/")
+    return len(parts) == 4 and parts[0] == "devices" and parts[2] == "commands"
 
 
 def _twin_report(

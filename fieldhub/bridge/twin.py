@@ -6,13 +6,15 @@ Two pieces, both used by the bridge process (fieldhub.bridge.app):
   publish on `devices/{id}/twin/reported` into their reported documents, in receive order,
   refusing stale ones (fieldhub.core.twin_documents.judge_report) for the dead letters.
 * `TwinPublisher` is driven by the command dispatcher's thread (fieldhub.bridge.commands),
-  under the same leader lock: a sweep publishes, for every twin whose `revision` is ahead of
-  what the broker was last given, the whole desired document on `devices/{id}/twin/desired`
-  and the delta on `devices/{id}/twin/delta`, both retained at QoS 1, and records what the
-  broker now holds only after its PUBACK. `forget` makes every twin go out again: after a
-  dispatcher takeover and after every reconnect to the broker, since a broker that restarted
-  may have lost up to its last autosave interval of retained messages (the broker research's
-  question 7, docs/security.md) and the database is the source of truth.
+  under the same leader lock (one per broker): a sweep publishes, for every twin whose
+  `revision` is ahead of what this broker was last given (every device's twin, whichever
+  broker it is homed on: a device that fails over finds its twin there), the whole desired
+  document on `devices/{id}/twin/desired` and the delta on `devices/{id}/twin/delta`, both
+  retained at QoS 1, and records what this broker now holds only after its PUBACK
+  (twin_publications, migration 0016). `forget` makes every twin go out to this broker
+  again: after a dispatcher takeover and after every reconnect to the broker, since a broker
+  that restarted may have lost up to its last autosave interval of retained messages (the
+  broker research's question 7, docs/security.md) and the database is the source of truth.
 
 The device contract is in docs/devices.md, "Twin"."""
 
@@ -156,13 +158,16 @@ class TwinPublisher:
         self,
         publish: Publish,
         *,
-        broker: str | None = None,
+        broker: str = "broker-1",
+        brokers: Sequence[str] = (),
         batch_size: int = SWEEP_BATCH,
         workers: int = 8,
     ) -> None:
         self.publish = publish
-        # None: every device (one broker); else only the devices homed on this broker.
+        # The broker `publish` reaches, which this publisher records; every device's twin goes
+        # to it. A twin is held everywhere once every broker of `brokers` holds it.
         self.broker = broker
+        self.brokers = list(brokers) or [broker]
         self.batch_size = batch_size
         self.workers = max(1, workers)
         self.last_error: str | None = None
@@ -217,9 +222,11 @@ class TwinPublisher:
             return False
         # psycopg serialises the workers' statements on the one connection.
         conn.execute(
-            QUERIES["mark_published"],
+            QUERIES["record_twin_published"],
             {
                 "device_id": device_id,
+                "broker": self.broker,
+                "brokers": self.brokers,
                 "revision": row["revision"],
                 "desired_version": version,
                 "delta": Jsonb(delta_message),

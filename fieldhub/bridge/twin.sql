@@ -31,36 +31,37 @@ FROM unnest(%(devices)s::text[], %(reported)s::jsonb[], %(versions)s::bigint[],
 WHERE t.device_id = u.device_id;
 
 -- name: twins_to_publish
--- What the broker does not have yet (partial index device_twins_to_publish). Scoped to the
--- devices homed on this dispatcher's broker when there are several brokers. A re-created
--- device waits while its id's old retained twin is not cleared yet (tombstone_brokers): the
--- clearing publishes to the same topics and would wipe the new document.
+-- What this broker does not have yet, for every device whichever broker it is homed on:
+-- candidates from the partial index device_twins_to_publish (not held by every broker),
+-- probed against this broker's twin_publications row by primary key. A re-created device
+-- waits while its id's old retained twin is not cleared on this broker yet
+-- (tombstone_brokers): the clearing publishes to the same topics and would wipe the new
+-- document.
 SELECT t.device_id, t.desired, t.desired_version, t.reported, t.revision,
-       t.published_desired_version, t.published_delta
+       p.desired_version AS published_desired_version, p.delta AS published_delta
 FROM device_twins t
+LEFT JOIN twin_publications p ON p.device_id = t.device_id AND p.broker = %(broker)s
 WHERE t.published_revision < t.revision
-  AND (%(broker)s::text IS NULL OR EXISTS (
-      SELECT 1 FROM devices d WHERE d.device_id = t.device_id AND d.broker = %(broker)s))
+  AND (p.revision IS NULL OR p.revision < t.revision)
   AND NOT EXISTS (
       SELECT 1 FROM tombstone_brokers tb
       WHERE tb.device_id = t.device_id AND tb.retained_cleared_at IS NULL
-        AND (%(broker)s::text IS NULL OR tb.broker = %(broker)s))
+        AND tb.broker = %(broker)s)
 ORDER BY t.device_id
 LIMIT %(limit)s;
 
--- name: mark_published
--- What the broker now holds. greatest(): a change made while we published keeps its revision
--- ahead, so the next sweep publishes it.
-UPDATE device_twins
-SET published_revision = greatest(published_revision, %(revision)s),
-    published_desired_version = %(desired_version)s,
-    published_delta = %(delta)s
-WHERE device_id = %(device_id)s;
+-- name: record_twin_published
+-- What this broker now holds; the last broker to hold a revision moves published_revision
+-- (migration 0016).
+SELECT record_twin_published(%(device_id)s, %(broker)s, %(brokers)s::text[], %(revision)s,
+                             %(desired_version)s, %(delta)s);
 
 -- name: forget_published
--- The broker may have lost its retained messages (it restarted, or nobody watched it): every
--- twin of this broker is published again by the following sweeps.
-UPDATE device_twins AS t
-SET published_revision = -1, published_desired_version = NULL, published_delta = NULL
-WHERE (%(broker)s::text IS NULL OR EXISTS (
-    SELECT 1 FROM devices d WHERE d.device_id = t.device_id AND d.broker = %(broker)s));
+-- This broker may have lost its retained messages (it restarted, or nobody watched it): every
+-- twin is published to it again by the following sweeps. The other brokers' dispatchers see
+-- the twins among their candidates again but skip them (their own rows are current) until
+-- this broker's records move published_revision back up.
+WITH forgotten AS (
+    DELETE FROM twin_publications WHERE broker = %(broker)s
+)
+UPDATE device_twins SET published_revision = -1 WHERE published_revision >= 0;

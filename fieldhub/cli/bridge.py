@@ -86,6 +86,7 @@ def cmd_bridge(settings: Settings, args: argparse.Namespace) -> int:
         # One broker: its dispatcher serves every device, whatever their broker column says.
         broker=broker if several else None,
         broker_label=broker,
+        brokers=settings.broker_names,
     )
 
     def on_signal(signum: int, frame: Any) -> None:

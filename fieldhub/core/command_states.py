@@ -119,6 +119,16 @@ def on_published(current: Status) -> Outcome:
     return Outcome(None, f"command is already {current}")
 
 
+def published_moves() -> tuple[list[Status], Status]:
+    """on_published as data, for the SQL that records a PUBACK in one statement
+    (fieldhub.bridge.commands): the statuses that move, and where to."""
+    moves = {s: outcome.new_status for s in STATUSES if (outcome := on_published(s)).new_status}
+    targets = set(moves.values())
+    if len(targets) != 1:
+        raise AssertionError(f"a PUBACK must lead to one status, not {sorted(targets)}")
+    return list(moves), targets.pop()
+
+
 def on_expiry(current: Status) -> Outcome:
     """The time to live ran out (the caller checked the clock)."""
     if is_open(current):

@@ -277,9 +277,10 @@ def attach_gateway(
     """Attach `device_id` to `gateway_id`; the gateway may then act for it at the broker.
 
     Both must be of one organisation (and of `org_id` when given: a device of another one is
-    reported as unknown), homed on one broker (the gateway's broker is where the child's
-    commands and twin are published), and one level only: a gateway is not attached to
-    another, and an attached device is not a gateway. Attaching a device to another gateway
+    reported as unknown), and one level only: a gateway is not attached to another, and an
+    attached device is not a gateway. They may be homed on different brokers: every device's
+    commands and twin are retained on every broker (fieldhub.bridge.commands), so the gateway
+    finds its children's wherever it is connected. Attaching a device to another gateway
     moves it; attaching it again to the same one changes nothing. Returns the child's row."""
     if device_id == gateway_id:
         raise RegistryError(f"device {device_id!r} cannot be its own gateway")
@@ -311,12 +312,6 @@ def attach_gateway(
             raise RegistryError(
                 f"{device_id!r} is the gateway of other devices; detach them first "
                 "(gateways do not nest)"
-            )
-        if child["broker"] != gateway["broker"]:
-            raise RegistryError(
-                f"{device_id!r} is homed on {child['broker']} and gateway {gateway_id!r} on "
-                f"{gateway['broker']}; a child must be homed on its gateway's broker, where its "
-                "commands and desired state are published"
             )
         count = conn.execute(QUERIES["count_children"], {"gateway_id": gateway_id}).fetchone()
         if count is not None and int(count["children"]) >= MAX_CHILDREN_PER_GATEWAY:
@@ -509,7 +504,9 @@ BRIDGE_ACL = (
     "read devices/+/telemetry/senml",
     "read devices/+/status",
     "read devices/+/commands/+/ack",
-    "write devices/+/commands/+",
+    # Read: the dispatcher lists a reconnected broker's retained commands to clear the ones
+    # no longer live (fieldhub.bridge.app.retained_command_topics).
+    "readwrite devices/+/commands/+",
     "read devices/+/twin/reported",
     "write devices/+/twin/desired",
     "write devices/+/twin/delta",

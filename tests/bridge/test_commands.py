@@ -247,6 +247,20 @@ def test_out_of_order_duplicate_and_late_acks_are_ignored_not_dead(conn: Conn) -
     assert status(conn, command_id) == "succeeded"
 
 
+def test_the_same_answer_through_a_second_broker_changes_nothing(conn: Conn) -> None:
+    """With several brokers a device can see a command on two of them (it failed over, or
+    a standby's copy arrived late) and answer twice, each answer reaching a different
+    bridge: the second is a no-op, neither a dead letter nor a new result."""
+    command_id = send(conn, "valve-1")
+    first = {"status": "succeeded", "result": {"run": 1}}
+    assert apply(conn, acks_of("valve-1", command_id, {"status": "accepted"}, first)) == []
+    again = {"status": "succeeded", "result": {"run": 2}}
+    assert apply(conn, acks_of("valve-1", command_id, {"status": "accepted"}, again)) == []
+    command = get_command(conn, command_id)
+    assert (command["status"], command["result"]) == ("succeeded", {"run": 1})
+    assert timeline(conn, command_id) == ["queued", "delivered", "succeeded"]
+
+
 def test_ack_after_cancel_is_ignored(conn: Conn) -> None:
     command_id = send(conn, "valve-1")
     cancel_command(conn, command_id)

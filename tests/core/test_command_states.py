@@ -22,6 +22,7 @@ from fieldhub.core.command_states import (
     on_published,
     parse_ack_status,
     parse_status,
+    published_moves,
 )
 
 # What each ack does in each state, written out in full: None means "ignored".
@@ -117,6 +118,11 @@ def test_acks_after_a_final_state_are_ignored_not_errors(final: Status) -> None:
 def test_published(current: Status) -> None:
     expected = "sent" if current == "queued" else None
     assert on_published(current).new_status == expected
+
+
+def test_published_moves_are_on_published_as_data() -> None:
+    """What the SQL that records a broker's PUBACK applies (record_command_published)."""
+    assert published_moves() == (["queued"], "sent")
 
 
 @pytest.mark.parametrize("current", STATUSES)

@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from fieldhub.core import registry
 from fieldhub.core.migrate import MigrationError, apply_migrations, discover
 from fieldhub.stack.postgres import PostgresCluster
 
@@ -196,3 +197,50 @@ def test_0006_carries_data_over_to_device_keys_and_drops_what_no_device_owns(
         ).fetchone()
         assert index is not None
         assert '(device_key, metric, "time", unit, seq) NULLS NOT DISTINCT' in index["indexdef"]
+
+
+def test_0016_gives_the_bridge_accounts_their_new_right_and_republishes_everything(
+    pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    url = _fresh_database(pg_cluster, "migrate_0016")
+    before = tmp_path / "before"
+    before.mkdir()
+    for migration in discover():
+        if migration.version < 16:
+            (before / f"{migration.version:04d}_{migration.name}.sql").write_text(migration.sql)
+    apply_migrations(url, schema_dir=before)
+    old_bridge = [
+        "write devices/+/commands/+" if "commands/+" in rule and "ack" not in rule else rule
+        for rule in registry.BRIDGE_ACL
+    ]
+    assert "write devices/+/commands/+" in old_bridge
+    custom = ["write devices/+/commands/+"]
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        for name, acl in (("svc.bridge-1", old_bridge), ("svc.custom", custom)):
+            conn.execute(
+                "INSERT INTO service_accounts (username, password_hash, acl) VALUES (%s, 'x', %s)",
+                (name, acl),
+            )
+        conn.execute(
+            """
+            INSERT INTO organisations (name, display_name) VALUES ('o', 'O');
+            INSERT INTO devices (device_id, org_id, password_hash) VALUES ('d', 1, 'x');
+            INSERT INTO commands (device_id, name, expires_at, status)
+            VALUES ('d', 'x', now() + interval '1 hour', 'sent');
+            INSERT INTO device_twins (device_id, revision, published_revision) VALUES ('d', 3, 3);
+            """
+        )
+    apply_migrations(url)
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        accounts = {
+            row["username"]: row["acl"]
+            for row in conn.execute("SELECT username, acl FROM service_accounts")
+        }
+        assert accounts == {"svc.bridge-1": list(registry.BRIDGE_ACL), "svc.custom": custom}
+        # What each broker holds is not known yet: published to every broker once.
+        assert conn.execute("SELECT published_everywhere FROM commands").fetchone() == {
+            "published_everywhere": False
+        }
+        assert conn.execute("SELECT published_revision FROM device_twins").fetchone() == {
+            "published_revision": -1
+        }
