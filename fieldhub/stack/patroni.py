@@ -232,7 +232,9 @@ class PatroniCluster:
         wait_until(self.healthy, timeout=timeout, interval=0.5, what="two streaming standbys")
 
     def start_node(self, node: Node) -> None:
-        node.agent = self._spawn(["patroni", str(node.config)], node.name)
+        if self.hosted:
+            raise RuntimeError(f"{node.name} runs on its host: start it there (patroni_argv)")
+        node.agent = self._spawn(self.patroni_argv(node), node.name)
 
     def stop(self) -> None:
         """Kill everything this cluster started, by pid, and remove its files."""

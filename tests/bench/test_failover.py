@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -55,20 +56,10 @@ def test_a_cut_link_to_the_database_loses_and_doubles_nothing() -> None:
     reason="Patroni and etcd are not installed (apt-get install patroni etcd-server)",
 )
 def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_continue() -> None:
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "fieldhub", "bench", "failover", "--json",
-            "--scenario", "database-primary", "--rate", "300", "--devices", "100",
-            "--publishers", "1", "--before", "5", "--after", "15", "--command-devices", "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
+    [primary] = _failover_scenarios(
+        "--scenario", "database-primary", "--rate", "300", "--devices", "100",
+        "--publishers", "1", "--before", "5", "--after", "15", "--command-devices", "5",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    [primary] = result["scenarios"]
     assert primary["name"] == "database-primary"
     assert primary["acked"] == 300 * (5 + 15)
     assert primary["lost"] == 0
@@ -80,3 +71,17 @@ def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_con
     assert primary["command_send_stall_s"] < 30
     # The run waits for the old primary to stream as a standby; rejoin_s says it did.
     assert primary["rejoin_s"] > 0
+
+
+def _failover_scenarios(*arguments: str) -> list[dict[str, Any]]:
+    """`fieldhub bench failover --json` with these arguments; its scenarios."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fieldhub", "bench", "failover", "--json", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scenarios: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])["scenarios"]
+    return scenarios
