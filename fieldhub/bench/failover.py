@@ -16,9 +16,10 @@ an etcd member and a Patroni node (PostgreSQL + TimescaleDB, as postgres) with t
 settings (fieldhub/stack/patroni.py, deploy/patroni/); `app` runs the broker, the bridge, the
 load and the commands, the bridge's DATABASE_URL naming the three hosts. After `--before`
 seconds the primary's host dies: its link goes down and every process of it gets SIGKILL (no
-RST reaches anyone). recovery_s: from the kill to the first rows committed on the promoted
-node; rejoin_s: from the link coming back and the host's etcd and Patroni being started again
-(as systemd would) to the old primary streaming as a standby (pg_rewind, no manual step).
+RST reaches anyone). promoted_s: from the kill to a standby out of recovery (Patroni's part);
+recovery_s: to the first rows committed on the promoted node (the bridge's part added);
+rejoin_s: from the link coming back and the host's etcd and Patroni being started again (as
+systemd would) to the old primary streaming as a standby (pg_rewind, no manual step).
 `--throughput N` first measures the bridge's rate with synchronous and asynchronous
 replication, alternated on one cluster on loopback (patronictl switches it from here).
 
@@ -188,6 +189,16 @@ class BridgeGone(RuntimeError):
     """The bridge process ended during a scenario; the message has its exit status and log."""
 
 
+def _promoted(cluster: PatroniCluster, old: Node) -> Node | None:
+    """A node other than `old` that is out of recovery (Patroni promoted it)."""
+    for node in cluster.nodes:
+        if node.name != old.name:
+            rows = cluster.query(node, "SELECT pg_is_in_recovery()")
+            if rows and rows[0][0] is False:
+                return node
+    return None
+
+
 def _doubled(url: str) -> int:
     with db.connect(url) as conn:
         row = conn.execute(
@@ -261,14 +272,27 @@ def run_database_primary(
     before = _rows(servers.database_url)
     progress(f"killing every process of {primary.name} ({before:,} rows stored so far)")
     killed_at = kill(primary)
-    wait_until(
-        lambda: _rows(servers.database_url) > before,
+    # Polled on the survivors only: a probe of the dead host would spend its connect timeout
+    # there and blur both figures by seconds.
+    promoted = wait_until(
+        functools.partial(_promoted, cluster, primary),
         timeout=120,
         interval=0.1,
-        what="rows on a new primary",
+        what="a standby promoted",
+    )
+    promoted_s = time.time() - killed_at
+    assert promoted is not None  # wait_until returns a true value
+    wait_until(
+        lambda: _rows(cluster.node_url(promoted, DATABASE)) > before,
+        timeout=120,
+        interval=0.1,
+        what="rows on the new primary",
     )
     recovery_s = time.time() - killed_at
-    progress(f"  writes resumed after {recovery_s:.1f} s")
+    progress(
+        f"  {promoted.name} promoted after {promoted_s:.1f} s; writes resumed after "
+        f"{recovery_s:.1f} s"
+    )
     for proc in procs:
         proc.join(timeout=args.after + 120)
     acked = loadgen.sent()
@@ -299,6 +323,7 @@ def run_database_primary(
         "stored": stored,
         "lost": acked - stored,
         "doubled": doubled,
+        "promoted_s": round(promoted_s, 1),
         "rejoin_s": round(rejoin_s, 1),
         "rate": args.rate,
         "devices": args.devices,
