@@ -50,6 +50,7 @@ class CommandLoad:
         self.devices: list[EchoDevice] = []
         self.send_errors = 0
         self.send_stall_s = 0.0
+        self._error: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._send_loop, name="commands", daemon=True)
         # One hash of one secret for all of them, as the load generator's devices: provisioning
@@ -90,6 +91,8 @@ class CommandLoad:
         """Stop sending, wait until every command of the run is final (or `timeout`), and
         report the outcome."""
         self.stop()
+        if self._error is not None:
+            raise RuntimeError(f"the command sender stopped: {self._error}") from self._error
 
         def outcome() -> dict[str, Any] | None:
             with contextlib.suppress(psycopg.OperationalError):
@@ -127,6 +130,12 @@ class CommandLoad:
         self.devices = []
 
     def _send_loop(self) -> None:
+        try:
+            self._send_steadily()
+        except Exception as error:  # anything but a lost connection: reported by settle()
+            self._error = error
+
+    def _send_steadily(self) -> None:
         conn: db.Conn | None = None
         index = 0
         next_at = time.monotonic()
@@ -136,7 +145,7 @@ class CommandLoad:
             while not self._stop.is_set():
                 try:
                     if conn is None or conn.closed:
-                        conn = db.connect(self.url, autocommit=True, connect_timeout=2)
+                        conn = db.connect(self.url, autocommit=True)  # as the web pool
                     send_command(
                         conn, device_id=device_id, name=COMMAND, params={"i": index}, ttl_s=600
                     )

@@ -594,6 +594,8 @@ def _primary_scenario(
 
 
 def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
+    if args.command_devices < 1:
+        raise ValueError("--command-devices must be at least 1: the commands need devices")
     scenarios: list[dict[str, Any]] = []
     if args.scenario in ("all", "database-primary"):
         throughput = run_throughput_on_patroni(args) if args.throughput else None
