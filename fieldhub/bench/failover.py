@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -114,8 +115,8 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="bridge-database-link: keep the scratch directory (the bridge's, broker's and "
-        "PostgreSQL's logs) and print its path",
+        help="keep the scratch directory (the bridge's, broker's and PostgreSQL's logs; "
+        "database-primary: etcd's and Patroni's) and print its path",
     )
     parser.set_defaults(handler=cmd_bench_failover)
 
@@ -378,64 +379,83 @@ def run_bridge_database_link(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _link_scenario(
-    lab: Lab, db_host: Host, url: str, args: argparse.Namespace, workdir: Path
-) -> dict[str, Any]:
-    """Runs inside the app host's network namespace (Lab.call): everything it starts does.
-    The bridge's and the broker's logs are copied to `workdir` at the end (--keep keeps it)."""
-    with scratch_servers("fieldhub-bench-link-") as scratch:
+@dataclasses.dataclass
+class AppSide:
+    """What a namespace scenario runs on its app host besides the fault."""
+
+    servers: Servers
+    loadgen: LoadGenerator
+    bridge: BridgeRunner
+    commands: CommandLoad
+
+
+@contextlib.contextmanager
+def _app_side(prefix: str, url: str, args: argparse.Namespace, workdir: Path) -> Iterator[AppSide]:
+    """A broker, the load generator, a ready bridge and the command devices against `url`;
+    on the way out the commands and the bridge stop and the bridge's and the broker's logs are
+    copied to `workdir` (--keep keeps it)."""
+    with scratch_servers(prefix) as scratch:
         servers = Servers(url, scratch.broker, scratch.workdir)
         loadgen, bridge = _load_and_bridge(servers, args)
-        commands = CommandLoad(servers, BENCH_ORG, devices=args.command_devices)
+        commands: CommandLoad | None = None
         try:
+            commands = CommandLoad(servers, BENCH_ORG, devices=args.command_devices)
             bridge.wait_ready()
-            total = int(args.rate * (args.before + args.cut + args.after))
-            start, procs = loadgen.run(
-                total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8
-            )
-            start.set()
-            commands.start()
-            time.sleep(args.before)  # steady state before the cut is the point
-            progress(f"cutting the database host's link for {args.cut:.0f} s")
-            lab.link_down(db_host)
-            time.sleep(args.cut)  # the outage's length is the scenario
-            backlog = bridge.metric("fieldhub_bridge_backlog_messages")
-            # The bridge's own count of committed rows: the database cannot be asked while
-            # the link is down, and a commit that reached it just before the cut may have
-            # landed without the bridge knowing.
-            committed = bridge.metric("fieldhub_bridge_rows_total")
-            lab.link_up(db_host)
-            restored_at = time.monotonic()
-            progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
-            _wait_for_bridge(
-                bridge,
-                url,
-                lambda: bridge.metric("fieldhub_bridge_rows_total") > committed,
-                timeout=120,
-                what="writes",
-            )
-            recovery_s = time.monotonic() - restored_at
-            progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
-            for proc in procs:
-                proc.join(timeout=args.after + 300)
-            acked = loadgen.sent()
-            expected = acked * VALUES_PER_MESSAGE
-            _wait_for_bridge(
-                bridge,
-                url,
-                functools.partial(_reached, url, expected),
-                timeout=300,
-                what=f"the backlog to drain ({expected:,} rows)",
-            )
-            drained_s = time.monotonic() - restored_at
-            rows, doubled = _rows(url), _doubled(url)
-            sent = commands.settle()
+            yield AppSide(servers, loadgen, bridge, commands)
         finally:
-            commands.close()
+            if commands is not None:
+                commands.close()
             bridge.stop()
             for log_path in (bridge.child.log_path, scratch.workdir / "mosquitto.log"):
                 with contextlib.suppress(OSError):
                     shutil.copy(log_path, workdir)
+
+
+def _link_scenario(
+    lab: Lab, db_host: Host, url: str, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
+    with _app_side("fieldhub-bench-link-", url, args, workdir) as app:
+        loadgen, bridge, commands = app.loadgen, app.bridge, app.commands
+        total = int(args.rate * (args.before + args.cut + args.after))
+        start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
+        start.set()
+        commands.start()
+        time.sleep(args.before)  # steady state before the cut is the point
+        progress(f"cutting the database host's link for {args.cut:.0f} s")
+        lab.link_down(db_host)
+        time.sleep(args.cut)  # the outage's length is the scenario
+        backlog = bridge.metric("fieldhub_bridge_backlog_messages")
+        # The bridge's own count of committed rows: the database cannot be asked while
+        # the link is down, and a commit that reached it just before the cut may have
+        # landed without the bridge knowing.
+        committed = bridge.metric("fieldhub_bridge_rows_total")
+        lab.link_up(db_host)
+        restored_at = time.monotonic()
+        progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
+        _wait_for_bridge(
+            bridge,
+            url,
+            lambda: bridge.metric("fieldhub_bridge_rows_total") > committed,
+            timeout=120,
+            what="writes",
+        )
+        recovery_s = time.monotonic() - restored_at
+        progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
+        for proc in procs:
+            proc.join(timeout=args.after + 300)
+        acked = loadgen.sent()
+        expected = acked * VALUES_PER_MESSAGE
+        _wait_for_bridge(
+            bridge,
+            url,
+            functools.partial(_reached, url, expected),
+            timeout=300,
+            what=f"the backlog to drain ({expected:,} rows)",
+        )
+        drained_s = time.monotonic() - restored_at
+        rows, doubled = _rows(url), _doubled(url)
+        sent = commands.settle()
     stored = (rows - doubled) // VALUES_PER_MESSAGE
     progress(f"  everything stored {drained_s:.1f} s after the link came back")
     return {
@@ -555,10 +575,14 @@ def run_database_primary_on_hosts(args: argparse.Namespace) -> dict[str, Any]:
             lab.call(app, apply_migrations, url, timeout=300)
             timeout = args.before + args.after + 900
             scenario: dict[str, Any] = lab.call(
-                app, _primary_scenario, cluster, url, args, kill, restart, timeout=timeout
-            )
+                app, _primary_scenario, cluster, url, args, kill, restart, workdir,
+                timeout=timeout,
+            )  # fmt: skip
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            progress(f"kept the scratch directory: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     scenario["layout"] = "4 network-namespace hosts: db1-db3 (etcd + Patroni each), app"
     return scenario
 
@@ -577,20 +601,14 @@ def _primary_scenario(
     args: argparse.Namespace,
     kill: Callable[[Node], float],
     restart: Callable[[Node], None],
+    workdir: Path,
 ) -> dict[str, Any]:
     """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
-    with scratch_servers("fieldhub-bench-primary-") as scratch:
-        servers = Servers(url, scratch.broker, scratch.workdir)
-        loadgen, bridge = _load_and_bridge(servers, args)
-        commands = CommandLoad(servers, BENCH_ORG, devices=args.command_devices)
-        try:
-            bridge.wait_ready()
-            return run_database_primary(
-                servers, cluster, loadgen, args, kill=kill, restart=restart, commands=commands
-            )
-        finally:
-            commands.close()
-            bridge.stop()
+    with _app_side("fieldhub-bench-primary-", url, args, workdir) as app:
+        return run_database_primary(
+            app.servers, cluster, app.loadgen, args, kill=kill, restart=restart,
+            commands=app.commands,
+        )  # fmt: skip
 
 
 def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:

@@ -68,8 +68,9 @@ def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_con
     assert primary["lost"] == 0
     assert primary["doubled"] == 0
     assert primary["recovery_s"] < 30
-    # Commands were sent through the failover (2/s for 20 s and more) and every one succeeded.
-    assert primary["commands_sent"] >= 30
+    # Commands were sent through the failover, 2/s for 20 s and more but for the one send that
+    # waits out the dead host (TCP timeout, then connect timeouts), and every one succeeded.
+    assert primary["commands_sent"] >= 20
     assert primary["commands_succeeded"] == primary["commands_sent"]
     assert primary["command_send_stall_s"] < 30
     # The run waits for the old primary to stream as a standby; rejoin_s says it did.
