@@ -69,17 +69,17 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 class EchoDevice:
     """A device that acks `succeeded` the moment a command arrives, noting when it arrived."""
 
-    def __init__(self, port: int, password: str) -> None:
+    def __init__(self, port: int, password: str, device_id: str = DEVICE_ID) -> None:
         self.arrived: dict[str, float] = {}
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=DEVICE_ID, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5
         )
-        self.client.username_pw_set(DEVICE_ID, password)
+        self.client.username_pw_set(device_id, password)
         subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.on_connect = lambda client, *_: client.subscribe(
-            f"devices/{DEVICE_ID}/commands/+", qos=1
+            f"devices/{device_id}/commands/+", qos=1
         )
         self.client.connect("127.0.0.1", port, keepalive=30)
         # paho leaves Nagle on; a device that answers at once should not wait for its ACK.

@@ -11,13 +11,17 @@ wait for every PUBACK); stored: messages whose rows are in the database; lost = 
 stored; doubled: rows stored more than once (the reading identity makes it 0 by construction;
 counted anyway).
 
-`database-primary`: a three-node Patroni + etcd cluster on loopback with the production
-settings (fieldhub/stack/patroni.py, deploy/patroni/), the bridge's DATABASE_URL naming all
-three nodes. After `--before` seconds every process of the primary (Patroni, the postmaster
-and its children) gets SIGKILL. recovery_s: from the kill to the first rows committed on the
-promoted node; rejoin_s: from restarting the old node's Patroni (as systemd's Restart=always
-would) to it streaming as a standby. `--throughput N` first measures the bridge's rate with
-synchronous and asynchronous replication, alternated on the same cluster.
+`database-primary`: four network-namespace hosts (fieldhub/bench/netlab.py): db1-db3 each run
+an etcd member and a Patroni node (PostgreSQL + TimescaleDB, as postgres) with the production
+settings (fieldhub/stack/patroni.py, deploy/patroni/); `app` runs the broker, the bridge, the
+load and the commands, the bridge's DATABASE_URL naming the three hosts. After `--before`
+seconds the primary's host dies: its link goes down and every process of it gets SIGKILL (no
+RST reaches anyone). promoted_s: from the kill to a standby out of recovery (Patroni's part);
+recovery_s: to the first rows committed on the promoted node (the bridge's part added);
+rejoin_s: from the link coming back and the host's etcd and Patroni being started again (as
+systemd would) to the old primary streaming as a standby (pg_rewind, no manual step).
+`--throughput N` first measures the bridge's rate with synchronous and asynchronous
+replication, alternated on one cluster on loopback (patronictl switches it from here).
 
 `bridge-database-link`: two network-namespace hosts (fieldhub/bench/netlab.py), `db`
 (PostgreSQL) and `app` (broker, bridge, load); db's link goes down for `--cut` seconds (no
@@ -27,27 +31,36 @@ drained_s: to the last row stored. `--keep` keeps the scratch directory with the
 broker's and PostgreSQL's logs; a bridge that exits meanwhile fails the run at once with its
 exit status and the end of its log.
 
-What these runs are not (docs/scaling.md, "Not in this build yet"): the Patroni nodes are not
-namespace hosts (a killed process's sockets get a RST), no commands are sent meanwhile, and the
-`broker` scenario is not built."""
+Commands in both (fieldhub/bench/command_load.py): `--command-devices` real device clients
+answer commands that a sender on the app host queues twice a second throughout, retrying a
+send that failed on a new connection as a web request would; commands_sent,
+commands_succeeded, commands_failed, commands_lost and command_latency_max_s say whether
+commands continued.
+
+What these runs are not (docs/scaling.md, "Not in this build yet"): the `broker` scenario is
+not built."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psycopg
 
+from fieldhub.bench.command_load import CommandLoad
 from fieldhub.bench.ingest import (
+    BENCH_ORG,
     VALUES_PER_MESSAGE,
     BridgeRunner,
     LoadGenerator,
@@ -60,7 +73,7 @@ from fieldhub.core import db
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import free_port, wait_until
-from fieldhub.stack.patroni import PatroniCluster
+from fieldhub.stack.patroni import Node, PatroniCluster
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 
 DATABASE = "fieldhub"
@@ -69,7 +82,7 @@ DATABASE = "fieldhub"
 def register(bench_subparsers: Any) -> None:
     parser = bench_subparsers.add_parser(
         "failover",
-        help="kill the database primary under load (Patroni + etcd on loopback; root)",
+        help="lose the database primary's host or the database link under load (root)",
     )
     parser.add_argument("--rate", type=int, default=2000, help="msg/s published")
     parser.add_argument("--devices", type=int, default=1000)
@@ -92,12 +105,18 @@ def register(bench_subparsers: Any) -> None:
         metavar="MESSAGES",
         help="first measure the bridge's rate with sync and async replication, 4 rounds",
     )
+    parser.add_argument(
+        "--command-devices",
+        type=int,
+        default=20,
+        help="devices that answer commands, one command sent every 0.5 s to them in turn",
+    )
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="bridge-database-link: keep the scratch directory (the bridge's, broker's and "
-        "PostgreSQL's logs) and print its path",
+        help="keep the scratch directory (the bridge's, broker's and PostgreSQL's logs; "
+        "database-primary: etcd's and Patroni's) and print its path",
     )
     parser.set_defaults(handler=cmd_bench_failover)
 
@@ -171,6 +190,16 @@ class BridgeGone(RuntimeError):
     """The bridge process ended during a scenario; the message has its exit status and log."""
 
 
+def _promoted(cluster: PatroniCluster, old: Node) -> Node | None:
+    """A node other than `old` that is out of recovery (Patroni promoted it)."""
+    for node in cluster.nodes:
+        if node.name != old.name:
+            rows = cluster.query(node, "SELECT pg_is_in_recovery()")
+            if rows and rows[0][0] is False:
+                return node
+    return None
+
+
 def _doubled(url: str) -> int:
     with db.connect(url) as conn:
         row = conn.execute(
@@ -218,29 +247,53 @@ def run_throughput(
 
 
 def run_database_primary(
-    servers: Servers, cluster: PatroniCluster, loadgen: LoadGenerator, args: argparse.Namespace
+    servers: Servers,
+    cluster: PatroniCluster,
+    loadgen: LoadGenerator,
+    args: argparse.Namespace,
+    *,
+    kill: Callable[[Node], float],
+    restart: Callable[[Node], None],
+    commands: CommandLoad | None = None,
 ) -> dict[str, Any]:
+    """The primary lost under load (`kill` it, returning the time just before), then brought
+    back (`restart`, as systemd's Restart=always would) until it streams as a standby."""
     total = int(args.rate * (args.before + args.after))
     # Rows of earlier runs (--throughput) are not this scenario's.
     rows_before = _rows(servers.database_url)
     doubled_before = _doubled(servers.database_url)
     start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
     start.set()
+    if commands is not None:
+        commands.start()
     time.sleep(args.before)  # the load's steady state before the fault is the point
     primary = cluster.primary()
     if primary is None:
         raise RuntimeError("no primary before the kill")
     before = _rows(servers.database_url)
     progress(f"killing every process of {primary.name} ({before:,} rows stored so far)")
-    killed_at = cluster.kill_node(primary)
-    wait_until(
-        lambda: _rows(servers.database_url) > before,
+    killed_at = kill(primary)
+    # Polled on the survivors only: a probe of the dead host would spend its connect timeout
+    # there and blur both figures by seconds.
+    promoted = wait_until(
+        functools.partial(_promoted, cluster, primary),
         timeout=120,
         interval=0.1,
-        what="rows on a new primary",
+        what="a standby promoted",
+    )
+    promoted_s = time.time() - killed_at
+    assert promoted is not None  # wait_until returns a true value
+    wait_until(
+        lambda: _rows(cluster.node_url(promoted, DATABASE)) > before,
+        timeout=120,
+        interval=0.1,
+        what="rows on the new primary",
     )
     recovery_s = time.time() - killed_at
-    progress(f"  writes resumed after {recovery_s:.1f} s")
+    progress(
+        f"  {promoted.name} promoted after {promoted_s:.1f} s; writes resumed after "
+        f"{recovery_s:.1f} s"
+    )
     for proc in procs:
         proc.join(timeout=args.after + 120)
     acked = loadgen.sent()
@@ -257,24 +310,26 @@ def run_database_primary(
     rows = _rows(servers.database_url)
     doubled = _doubled(servers.database_url) - doubled_before
     stored = (rows - rows_before - doubled) // VALUES_PER_MESSAGE
+    sent = commands.settle() if commands is not None else {}
     progress("restarting the old primary's Patroni")
     restarted_at = time.monotonic()
-    cluster.start_node(primary)
+    restart(primary)
     wait_until(lambda: cluster.streaming(primary), timeout=300, interval=0.5, what="the rejoin")
     rejoin_s = time.monotonic() - restarted_at
     progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
     return {
         "name": "database-primary",
-        "layout": "loopback, 3 Patroni nodes + 1 etcd",
         "recovery_s": round(recovery_s, 1),
         "acked": acked,
         "stored": stored,
         "lost": acked - stored,
         "doubled": doubled,
+        "promoted_s": round(promoted_s, 1),
         "rejoin_s": round(rejoin_s, 1),
         "rate": args.rate,
         "devices": args.devices,
         "synchronous": not args.asynchronous,
+        **sent,
     }
 
 
@@ -324,60 +379,83 @@ def run_bridge_database_link(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _link_scenario(
-    lab: Lab, db_host: Host, url: str, args: argparse.Namespace, workdir: Path
-) -> dict[str, Any]:
-    """Runs inside the app host's network namespace (Lab.call): everything it starts does.
-    The bridge's and the broker's logs are copied to `workdir` at the end (--keep keeps it)."""
-    with scratch_servers("fieldhub-bench-link-") as scratch:
+@dataclasses.dataclass
+class AppSide:
+    """What a namespace scenario runs on its app host besides the fault."""
+
+    servers: Servers
+    loadgen: LoadGenerator
+    bridge: BridgeRunner
+    commands: CommandLoad
+
+
+@contextlib.contextmanager
+def _app_side(prefix: str, url: str, args: argparse.Namespace, workdir: Path) -> Iterator[AppSide]:
+    """A broker, the load generator, a ready bridge and the command devices against `url`;
+    on the way out the commands and the bridge stop and the bridge's and the broker's logs are
+    copied to `workdir` (--keep keeps it)."""
+    with scratch_servers(prefix) as scratch:
         servers = Servers(url, scratch.broker, scratch.workdir)
         loadgen, bridge = _load_and_bridge(servers, args)
+        commands: CommandLoad | None = None
         try:
+            commands = CommandLoad(servers, BENCH_ORG, devices=args.command_devices)
             bridge.wait_ready()
-            total = int(args.rate * (args.before + args.cut + args.after))
-            start, procs = loadgen.run(
-                total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8
-            )
-            start.set()
-            time.sleep(args.before)  # steady state before the cut is the point
-            progress(f"cutting the database host's link for {args.cut:.0f} s")
-            lab.link_down(db_host)
-            time.sleep(args.cut)  # the outage's length is the scenario
-            backlog = bridge.metric("fieldhub_bridge_backlog_messages")
-            # The bridge's own count of committed rows: the database cannot be asked while
-            # the link is down, and a commit that reached it just before the cut may have
-            # landed without the bridge knowing.
-            committed = bridge.metric("fieldhub_bridge_rows_total")
-            lab.link_up(db_host)
-            restored_at = time.monotonic()
-            progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
-            _wait_for_bridge(
-                bridge,
-                url,
-                lambda: bridge.metric("fieldhub_bridge_rows_total") > committed,
-                timeout=120,
-                what="writes",
-            )
-            recovery_s = time.monotonic() - restored_at
-            progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
-            for proc in procs:
-                proc.join(timeout=args.after + 300)
-            acked = loadgen.sent()
-            expected = acked * VALUES_PER_MESSAGE
-            _wait_for_bridge(
-                bridge,
-                url,
-                functools.partial(_reached, url, expected),
-                timeout=300,
-                what=f"the backlog to drain ({expected:,} rows)",
-            )
-            drained_s = time.monotonic() - restored_at
-            rows, doubled = _rows(url), _doubled(url)
+            yield AppSide(servers, loadgen, bridge, commands)
         finally:
+            if commands is not None:
+                commands.close()
             bridge.stop()
             for log_path in (bridge.child.log_path, scratch.workdir / "mosquitto.log"):
                 with contextlib.suppress(OSError):
                     shutil.copy(log_path, workdir)
+
+
+def _link_scenario(
+    lab: Lab, db_host: Host, url: str, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
+    """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
+    with _app_side("fieldhub-bench-link-", url, args, workdir) as app:
+        loadgen, bridge, commands = app.loadgen, app.bridge, app.commands
+        total = int(args.rate * (args.before + args.cut + args.after))
+        start, procs = loadgen.run(total, rate=args.rate, base_ms=int(time.time() * 1000) - 10**8)
+        start.set()
+        commands.start()
+        time.sleep(args.before)  # steady state before the cut is the point
+        progress(f"cutting the database host's link for {args.cut:.0f} s")
+        lab.link_down(db_host)
+        time.sleep(args.cut)  # the outage's length is the scenario
+        backlog = bridge.metric("fieldhub_bridge_backlog_messages")
+        # The bridge's own count of committed rows: the database cannot be asked while
+        # the link is down, and a commit that reached it just before the cut may have
+        # landed without the bridge knowing.
+        committed = bridge.metric("fieldhub_bridge_rows_total")
+        lab.link_up(db_host)
+        restored_at = time.monotonic()
+        progress(f"  link up; the bridge holds {backlog:,.0f} messages unacknowledged")
+        _wait_for_bridge(
+            bridge,
+            url,
+            lambda: bridge.metric("fieldhub_bridge_rows_total") > committed,
+            timeout=120,
+            what="writes",
+        )
+        recovery_s = time.monotonic() - restored_at
+        progress(f"  writes resumed {recovery_s:.1f} s after the link came back")
+        for proc in procs:
+            proc.join(timeout=args.after + 300)
+        acked = loadgen.sent()
+        expected = acked * VALUES_PER_MESSAGE
+        _wait_for_bridge(
+            bridge,
+            url,
+            functools.partial(_reached, url, expected),
+            timeout=300,
+            what=f"the backlog to drain ({expected:,} rows)",
+        )
+        drained_s = time.monotonic() - restored_at
+        rows, doubled = _rows(url), _doubled(url)
+        sent = commands.settle()
     stored = (rows - doubled) // VALUES_PER_MESSAGE
     progress(f"  everything stored {drained_s:.1f} s after the link came back")
     return {
@@ -393,16 +471,18 @@ def _link_scenario(
         "doubled": doubled,
         "rate": args.rate,
         "devices": args.devices,
+        **sent,
     }
 
 
-def run_database_primary_on_patroni(args: argparse.Namespace) -> dict[str, Any]:
-    """The database-primary scenario (and --throughput first) on a scratch Patroni cluster."""
+def run_throughput_on_patroni(args: argparse.Namespace) -> dict[str, Any]:
+    """--throughput: the bridge's rate with synchronous and asynchronous replication, on a
+    scratch Patroni cluster on loopback (a rate is not a failure: loopback serves, and
+    patronictl switches the mode from here)."""
     progress("starting Mosquitto and a 3-node Patroni cluster (etcd, loopback) ...")
     base = Path(tempfile.mkdtemp(prefix="fieldhub-bench-failover-"))
     base.chmod(0o755)
     cluster = PatroniCluster(base / "patroni", synchronous=not args.asynchronous)
-    throughput = None
     try:
         cluster.start()
         url = cluster.create_database(DATABASE)
@@ -412,34 +492,143 @@ def run_database_primary_on_patroni(args: argparse.Namespace) -> dict[str, Any]:
             loadgen, bridge = _load_and_bridge(servers, args)
             try:
                 bridge.wait_ready()
-                if args.throughput:
-                    progress(f"throughput: {args.throughput:,} messages per round")
-                    throughput = run_throughput(servers, cluster, loadgen, args.throughput)
-                scenario = run_database_primary(servers, cluster, loadgen, args)
+                progress(f"throughput: {args.throughput:,} messages per round")
+                throughput = run_throughput(servers, cluster, loadgen, args.throughput)
             finally:
                 bridge.stop()
     finally:
         cluster.stop()
-    if throughput is not None:
-        scenario["throughput"] = throughput
-        print(
-            f"throughput through the bridge: synchronous {throughput['synchronous_msgs_per_s']}"
-            f" msg/s, asynchronous {throughput['asynchronous_msgs_per_s']} msg/s, "
-            f"ratio {throughput['ratio']}"
-        )
+        shutil.rmtree(base, ignore_errors=True)
     print(
-        f"database-primary (loopback Patroni): writes resumed {scenario['recovery_s']} s after "
-        f"the kill; {scenario['acked']:,} acknowledged, {scenario['stored']:,} stored, "
-        f"{scenario['lost']} lost, {scenario['doubled']} doubled; old primary streaming "
-        f"{scenario['rejoin_s']} s after its restart"
+        f"throughput through the bridge: synchronous {throughput['synchronous_msgs_per_s']}"
+        f" msg/s, asynchronous {throughput['asynchronous_msgs_per_s']} msg/s, "
+        f"ratio {throughput['ratio']}"
     )
+    return throughput
+
+
+def run_database_primary_on_hosts(args: argparse.Namespace) -> dict[str, Any]:
+    """The database-primary scenario on four network-namespace hosts: db1-db3 each run an
+    etcd member and a Patroni node (PostgreSQL + TimescaleDB) as postgres, `app` runs the
+    broker, the bridge, the load and the command traffic. The bridge's DATABASE_URL names the
+    three hosts (`_hosts_url`). The fault is a host's death: its link goes down (so not even a
+    RST leaves it) and every process of it gets SIGKILL; the bridge finds out through
+    tcp_user_timeout and keepalives. Afterwards the link comes back and the host's etcd and
+    Patroni are started again, as systemd would at boot."""
+    workdir = Path(tempfile.mkdtemp(prefix="fieldhub-bench-primary-"))
+    workdir.chmod(0o755)  # postgres traverses into it
+    try:
+        with Lab(workdir / "lab") as lab:
+            db_hosts = [lab.add_host(f"db{n}") for n in (1, 2, 3)]
+            app = lab.add_host("app")
+            cluster = PatroniCluster(
+                workdir / "patroni",
+                synchronous=not args.asynchronous,
+                addresses=[host.address for host in db_hosts],
+                network=str(lab.network),
+            )
+            hosts = {node.name: host for node, host in zip(cluster.nodes, db_hosts, strict=True)}
+            cluster.write_configs()
+
+            def start_etcd(node: Node) -> None:
+                lab.start(
+                    hosts[node.name], "etcd", cluster.etcd_argv(node),
+                    env=cluster.process_env(), log_path=workdir / f"etcd-{node.name}.log",
+                    user=PG_USER,
+                )  # fmt: skip
+
+            def start_patroni(node: Node) -> None:
+                lab.start(
+                    hosts[node.name], "patroni", cluster.patroni_argv(node),
+                    env=cluster.process_env(), log_path=workdir / f"{node.name}.log",
+                    user=PG_USER, cwd=cluster.base,
+                )  # fmt: skip
+
+            def kill(node: Node) -> float:
+                killed_at = time.time()
+                lab.link_down(hosts[node.name])  # first: a dead host sends nothing, no RST
+                killed = lab.kill_host(hosts[node.name])
+                progress(f"  {node.name}'s link is down and its {killed} processes are killed")
+                return killed_at
+
+            def restart(node: Node) -> None:
+                lab.link_up(hosts[node.name])
+                start_etcd(node)
+                start_patroni(node)
+
+            progress("a four-host lab: db1-db3 (etcd + Patroni each), app (broker, bridge, load)")
+            for node in cluster.nodes:
+                start_etcd(node)
+            start_patroni(cluster.nodes[0])
+            wait_until(
+                lambda: lab.call(app, cluster.primary) is not None,
+                timeout=180, interval=0.5, what="a Patroni leader",
+            )  # fmt: skip
+            for node in cluster.nodes[1:]:
+                start_patroni(node)
+            wait_until(
+                lambda: lab.call(app, cluster.healthy),
+                timeout=300, interval=0.5, what="two streaming standbys",
+            )  # fmt: skip
+            lab.call(app, cluster.create_database, DATABASE)
+            url = _hosts_url(cluster)
+            lab.call(app, apply_migrations, url, timeout=300)
+            timeout = args.before + args.after + 900
+            scenario: dict[str, Any] = lab.call(
+                app, _primary_scenario, cluster, url, args, kill, restart, workdir,
+                timeout=timeout,
+            )  # fmt: skip
+    finally:
+        if args.keep:
+            progress(f"kept the scratch directory: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    scenario["layout"] = "4 network-namespace hosts: db1-db3 (etcd + Patroni each), app"
     return scenario
 
 
+def _hosts_url(cluster: PatroniCluster) -> str:
+    """The cluster's multi-host URL with what every fieldhub process adds spelled out:
+    target_session_attrs=read-write and the TCP settings that notice a dead host
+    (db.TCP_DEFAULTS)."""
+    params = {"target_session_attrs": "read-write", **db.TCP_DEFAULTS}
+    return f"{cluster.url(DATABASE)}?{urlencode(params)}"
+
+
+def _primary_scenario(
+    cluster: PatroniCluster,
+    url: str,
+    args: argparse.Namespace,
+    kill: Callable[[Node], float],
+    restart: Callable[[Node], None],
+    workdir: Path,
+) -> dict[str, Any]:
+    """Runs inside the app host's network namespace (Lab.call): everything it starts does."""
+    with _app_side("fieldhub-bench-primary-", url, args, workdir) as app:
+        return run_database_primary(
+            app.servers, cluster, app.loadgen, args, kill=kill, restart=restart,
+            commands=app.commands,
+        )  # fmt: skip
+
+
 def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> int:
+    if args.command_devices < 1:
+        raise ValueError("--command-devices must be at least 1: the commands need devices")
     scenarios: list[dict[str, Any]] = []
     if args.scenario in ("all", "database-primary"):
-        scenarios.append(run_database_primary_on_patroni(args))
+        throughput = run_throughput_on_patroni(args) if args.throughput else None
+        primary = run_database_primary_on_hosts(args)
+        if throughput is not None:
+            primary["throughput"] = throughput
+        print(
+            f"database-primary (namespace hosts): writes resumed {primary['recovery_s']} s "
+            f"after the kill; {primary['acked']:,} acknowledged, {primary['stored']:,} stored, "
+            f"{primary['lost']} lost, {primary['doubled']} doubled; commands "
+            f"{primary['commands_succeeded']}/{primary['commands_sent']} succeeded (longest "
+            f"{primary['command_latency_max_s']} s); old primary streaming "
+            f"{primary['rejoin_s']} s after its restart"
+        )
+        scenarios.append(primary)
     if args.scenario in ("all", "bridge-database-link"):
         progress("a two-host lab: db (PostgreSQL) and app (broker, bridge, load) ...")
         link = run_bridge_database_link(args)

@@ -1,11 +1,16 @@
-"""A three-node Patroni cluster with a single-member etcd on loopback, for failover tests.
+"""A three-node Patroni cluster for failover tests: on loopback with a single-member etcd, or
+one node per host address (a network-namespace lab's hosts) each with its etcd member.
 
 The production layout (three hosts, three etcd members) is deploy/patroni/; this is the same
-Patroni configuration on free loopback ports, so tests can kill the primary's processes and
-watch fieldhub carry on. The settings are the ones measured in docs/scaling.md ("Database
-failover"): strict synchronous mode, ttl 10 / loop_wait 2 / retry_timeout 4,
-wal_retrieve_retry_interval 1s, pg_rewind, fast basebackup, the etcd3 API. Authentication is
-`trust` on loopback: test clusters only.
+Patroni configuration, either on free loopback ports, so tests can kill the primary's processes
+and watch fieldhub carry on, or with `addresses` on the production ports of three hosts whose
+processes the caller starts (`etcd_argv`, `patroni_argv`, `process_env`) inside those hosts, so
+a host's death is a dead host, not a killed process whose sockets get a RST.
+
+The settings are the ones measured in docs/scaling.md ("Database failover"): strict
+synchronous mode, ttl 10 / loop_wait 2 / retry_timeout 4, wal_retrieve_retry_interval 1s,
+pg_rewind, fast basebackup, the etcd3 API. Authentication is `trust` from loopback (or the
+lab's own network, which nothing outside the lab reaches): test clusters only.
 
 Every process is started here and ended here by its pid (and a node's by its postmaster's pid
 file), never by name."""
@@ -19,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,10 +39,10 @@ scope: {scope}
 name: {name}
 log: {{level: WARNING}}
 restapi:
-  listen: 127.0.0.1:{rest_port}
-  connect_address: 127.0.0.1:{rest_port}
+  listen: {address}:{rest_port}
+  connect_address: {address}:{rest_port}
 etcd3:
-  hosts: 127.0.0.1:{etcd_port}
+  hosts: {etcd_hosts}
 bootstrap:
   dcs:
     ttl: 10
@@ -65,11 +71,11 @@ bootstrap:
     - data-checksums
   pg_hba:
     - local all all trust
-    - host replication replicator 127.0.0.1/32 trust
-    - host all all 127.0.0.1/32 trust
+    - host replication replicator {network} trust
+    - host all all {network} trust
 postgresql:
-  listen: 127.0.0.1:{pg_port}
-  connect_address: 127.0.0.1:{pg_port}
+  listen: {address}:{pg_port}
+  connect_address: {address}:{pg_port}
   data_dir: {data_dir}
   bin_dir: {bin_dir}
   basebackup:
@@ -80,9 +86,13 @@ postgresql:
     superuser: {{username: postgres, password: pg}}
     rewind: {{username: rewinder, password: rw}}
   parameters:
-    unix_socket_directories: {base}/sock
+    unix_socket_directories: {base}/sock-{name}
     shared_preload_libraries: timescaledb
 """
+
+
+# The production ports (deploy/patroni/), used when every node has a host of its own.
+PG_PORT, REST_PORT, ETCD_PORT, ETCD_PEER_PORT = 5432, 8008, 2379, 2380
 
 
 @dataclasses.dataclass
@@ -93,41 +103,68 @@ class Node:
     config: Path
     data_dir: Path
     agent: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"
 
 
 class PatroniCluster:
-    """etcd + three Patroni nodes under `base`; `start()`, `stop()`, and the faults."""
+    """etcd + three Patroni nodes under `base`; `start()`, `stop()`, and the faults.
 
-    def __init__(self, base: Path, *, synchronous: bool = True, nodes: int = 3) -> None:
+    With `addresses` (one per node, e.g. network-namespace hosts) each node listens on its
+    address with the production ports, each host runs an etcd member of a three-member etcd,
+    and `network` is what pg_hba trusts; the caller starts the processes inside the hosts
+    (`write_configs`, `etcd_argv`, `patroni_argv`, `process_env`). Without, everything runs
+    here on loopback with a single-member etcd (`start`)."""
+
+    def __init__(
+        self,
+        base: Path,
+        *,
+        synchronous: bool = True,
+        nodes: int = 3,
+        addresses: Sequence[str] = (),
+        network: str = "127.0.0.1/32",
+    ) -> None:
         self.base = base
-        self.etcd_port = free_port()
-        self.etcd_peer_port = free_port()
         self.synchronous = synchronous
+        self.network = network
         self.etcd: subprocess.Popen[bytes] | None = None
-        self.nodes = [
-            Node(
-                f"pg{n}",
-                free_port(),
-                free_port(),
-                base / f"pg{n}.yml",
-                base / f"pg{n}",
-            )
-            for n in range(1, nodes + 1)
-        ]
+        if addresses:
+            self.etcd_port, self.etcd_peer_port = ETCD_PORT, ETCD_PEER_PORT
+            self.nodes = [
+                Node(
+                    f"pg{n}",
+                    PG_PORT,
+                    REST_PORT,
+                    base / f"pg{n}.yml",
+                    base / f"pg{n}",
+                    address=address,
+                )
+                for n, address in enumerate(addresses, start=1)
+            ]
+        else:
+            self.etcd_port, self.etcd_peer_port = free_port(), free_port()
+            self.nodes = [
+                Node(f"pg{n}", free_port(), free_port(), base / f"pg{n}.yml", base / f"pg{n}")
+                for n in range(1, nodes + 1)
+            ]
+        self.hosted = bool(addresses)
         self._logs: list[IO[bytes]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self, timeout: float = 180.0) -> None:
+    def write_configs(self) -> None:
+        """Every node's Patroni YAML under `base`, owned by postgres."""
         self.base.mkdir(parents=True, exist_ok=True)
-        (self.base / "sock").mkdir(exist_ok=True)
         for node in self.nodes:
+            (self.base / f"sock-{node.name}").mkdir(exist_ok=True)
             node.config.write_text(
                 _NODE_TEMPLATE.format(
                     scope=SCOPE,
                     name=node.name,
+                    address=node.address,
                     rest_port=node.rest_port,
-                    etcd_port=self.etcd_port,
+                    etcd_hosts=",".join(self._etcd_members().values()),
                     sync="true" if self.synchronous else "false",
+                    network=self.network,
                     pg_port=node.pg_port,
                     data_dir=node.data_dir,
                     bin_dir=pg_bindir(),
@@ -135,28 +172,59 @@ class PatroniCluster:
                 )
             )
         chown_tree(self.base, PG_USER)
-        self.etcd = self._spawn(
-            [
-                "etcd",
-                "--name",
-                "e1",
-                "--data-dir",
-                str(self.base / "etcd"),
-                "--listen-client-urls",
-                f"http://127.0.0.1:{self.etcd_port}",
-                "--advertise-client-urls",
-                f"http://127.0.0.1:{self.etcd_port}",
-                "--listen-peer-urls",
-                f"http://127.0.0.1:{self.etcd_peer_port}",
-                "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{self.etcd_peer_port}",
-                "--initial-cluster",
-                f"e1=http://127.0.0.1:{self.etcd_peer_port}",
-                "--initial-cluster-state",
-                "new",
-            ],
-            "etcd",
+
+    def _etcd_members(self) -> dict[str, str]:
+        """etcd member name -> its client address: one per node host, or one on loopback."""
+        if self.hosted:
+            return {f"e{node.name}": f"{node.address}:{self.etcd_port}" for node in self.nodes}
+        return {"e1": f"127.0.0.1:{self.etcd_port}"}
+
+    def etcd_argv(self, node: Node | None = None) -> list[str]:
+        """The command line of the etcd member on `node`'s host (None: the loopback one)."""
+        name, address = (f"e{node.name}", node.address) if node else ("e1", "127.0.0.1")
+        peers = ",".join(
+            f"{member}=http://{client.rsplit(':', 1)[0]}:{self.etcd_peer_port}"
+            for member, client in self._etcd_members().items()
         )
+        return [
+            "etcd",
+            "--name",
+            name,
+            "--data-dir",
+            str(self.base / f"etcd-{name}"),
+            "--listen-client-urls",
+            f"http://{address}:{self.etcd_port}",
+            "--advertise-client-urls",
+            f"http://{address}:{self.etcd_port}",
+            "--listen-peer-urls",
+            f"http://{address}:{self.etcd_peer_port}",
+            "--initial-advertise-peer-urls",
+            f"http://{address}:{self.etcd_peer_port}",
+            "--initial-cluster",
+            peers,
+            "--initial-cluster-token",
+            f"{SCOPE}-etcd",
+            "--initial-cluster-state",
+            "new",  # ignored once the member has a data directory (a restart)
+        ]
+
+    def patroni_argv(self, node: Node) -> list[str]:
+        return ["patroni", str(node.config)]
+
+    def process_env(self) -> dict[str, str]:
+        """Exactly what etcd and Patroni need: PostgreSQL's binaries first on the PATH."""
+        return {
+            "PATH": f"{pg_bindir()}:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": str(self.base),
+        }
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Start the loopback cluster here (hosted clusters are started by the caller)."""
+        if self.hosted:
+            raise RuntimeError("a cluster on hosts is started inside the hosts, not here")
+        self.write_configs()
+        self.etcd = self._spawn(self.etcd_argv(), "etcd")
         self.start_node(self.nodes[0])
         wait_until(lambda: self.primary() is not None, timeout=timeout, what="a Patroni leader")
         for node in self.nodes[1:]:
@@ -164,7 +232,9 @@ class PatroniCluster:
         wait_until(self.healthy, timeout=timeout, interval=0.5, what="two streaming standbys")
 
     def start_node(self, node: Node) -> None:
-        node.agent = self._spawn(["patroni", str(node.config)], node.name)
+        if self.hosted:
+            raise RuntimeError(f"{node.name} runs on its host: start it there (patroni_argv)")
+        node.agent = self._spawn(self.patroni_argv(node), node.name)
 
     def stop(self) -> None:
         """Kill everything this cluster started, by pid, and remove its files."""
@@ -182,7 +252,7 @@ class PatroniCluster:
         (`reverse`: the other way round, e.g. for a read URL that differs from the write
         URL)."""
         nodes = self.nodes[::-1] if reverse else self.nodes
-        hosts = ",".join(f"127.0.0.1:{node.pg_port}" for node in nodes)
+        hosts = ",".join(f"{node.address}:{node.pg_port}" for node in nodes)
         return f"postgresql://postgres:pg@{hosts}/{dbname}"
 
     def create_database(self, name: str) -> str:
@@ -195,7 +265,7 @@ class PatroniCluster:
         return self.url(name)
 
     def node_url(self, node: Node, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres:pg@127.0.0.1:{node.pg_port}/{dbname}"
+        return f"postgresql://postgres:pg@{node.address}:{node.pg_port}/{dbname}"
 
     def query(self, node: Node, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]] | None:
         try:
@@ -305,7 +375,7 @@ class PatroniCluster:
             cwd=str(self.base),
             start_new_session=True,
             # Exactly what they need: PostgreSQL's binaries first on the PATH.
-            env={"PATH": f"{pg_bindir()}:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.base)},
+            env=self.process_env(),
             **self._owner(),
         )
 
