@@ -186,7 +186,11 @@ def test_a_command_is_retained_on_both_brokers_and_an_ack_via_either_clears_both
 
     for name in ("broker-1", "broker-2"):
         brokers.wait_retained(name, f"devices/{device}/commands/+", {topic: command})
-    assert get_command(stack.conn, command)["status"] == "sent"
+    # The retained message can be seen before the dispatcher has recorded the PUBACK.
+    wait_for(
+        lambda: get_command(stack.conn, command)["status"] == "sent",
+        what="the first broker's PUBACK to mark the command sent",
+    )
 
     # The device lost broker-1 and answers through broker-2.
     standby = brokers.client("broker-2", brokers.stand_in)
