@@ -295,12 +295,19 @@ def devices_per_broker(devices: int, per_broker: int) -> dict[str, list[str]]:
 def parse_ledger(text: str) -> list[tuple[str, int, int]]:
     """(device, seq, ts_ms) per complete line of a simulator ledger; a torn last line (the
     writer was killed mid-line) is not an acknowledged reading and is left out."""
+    return [(device, seq, ts_ms) for device, seq, ts_ms, _ in parse_ledger_brokers(text)]
+
+
+def parse_ledger_brokers(text: str) -> list[tuple[str, int, int, str]]:
+    """(device, seq, ts_ms, broker that acknowledged it) per complete line; lines written
+    before the ledger named the broker give ""."""
     entries = []
     complete = text[: text.rfind("\n") + 1]
     for line in complete.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            entries.append((parts[0], int(parts[1]), int(parts[2])))
+        if len(parts) in (3, 4) and parts[1].isdigit() and parts[2].isdigit():
+            broker = parts[3] if len(parts) == 4 else ""
+            entries.append((parts[0], int(parts[1]), int(parts[2]), broker))
     return entries
 
 

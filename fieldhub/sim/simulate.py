@@ -9,11 +9,18 @@ then, a draining battery), and answers every command on `devices/{id}/commands/+
 
 Many devices are spread over several processes (one asyncio loop each), since a single CPython
 loop tops out at a few thousand MQTT clients; each process raises its open-file limit. With
-several brokers each device connects to the broker it is homed on (devices.broker).
+several brokers each device connects to the broker it is homed on (devices.broker) and, when
+that is lost, fails over along its broker list exactly as docs/devices.md tells firmware authors
+(the rules: fieldhub/sim/broker_walk.py): it retries the broker once, walks the list with
+capped, jittered backoff, and goes back home once its home has answered for a while.
 
 For benchmarks that count what was lost, each process can keep a ledger: one line
-`device_id seq ts_ms` per reading the broker acknowledged (PUBACK), flushed every second and at
-the end, so "published" means acknowledged, message by message."""
+`device_id seq ts_ms broker` per reading the broker acknowledged (PUBACK, with the name of the
+broker that sent it), flushed every second and at
+the end, so "published" means acknowledged, message by message. A reading whose PUBACK did not
+come before its connection died is published again, with the same seq and ts, on the next
+connection (whichever broker that is): that is what keeps device-side loss at 0, and the
+backend's reading identity (device, metric, ts) absorbs the copy when the first one arrived."""
 
 from __future__ import annotations
 
@@ -41,9 +48,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fieldhub.core import procs, registry
+from fieldhub.core.brokers import broker_preference
 from fieldhub.core.config import DEFAULT_BROKER
 from fieldhub.core.db import Conn, Queries
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
+from fieldhub.sim.broker_walk import BrokerWalk, WalkPolicy
 
 log = logging.getLogger("fieldhub.simulate")
 QUERIES = Queries(Path(__file__).with_name("simulate.sql"))
@@ -93,8 +102,18 @@ def target_of(device: SimulatedDevice, targets: Targets) -> Target:
         ) from None
 
 
+def targets_of(device: SimulatedDevice, targets: Targets) -> list[tuple[str, Target]]:
+    """The brokers `device` may use, in the order it tries them (its credentials' mqtt_urls):
+    its home first, then the others by its own scores (fieldhub.core.brokers)."""
+    if isinstance(targets, Target):
+        return [(device.broker, targets)]
+    home = target_of(device, targets)
+    order = broker_preference(device.device_id, device.broker, list(targets))
+    return [(device.broker, home), *((name, targets[name]) for name in order[1:])]
+
+
 class Ledger:
-    """Every reading the broker acknowledged, one `device_id seq ts_ms` line each.
+    """Every reading a broker acknowledged, one `device_id seq ts_ms broker` line each.
 
     Written by one process; lines are buffered and flushed every LEDGER_FLUSH_S (and at the
     end), so a reader sees the acknowledgements of up to a second ago."""
@@ -105,8 +124,8 @@ class Ledger:
         self._file: IO[str] = path.open("a", encoding="ascii")
         self._last_flush = time.monotonic()
 
-    def record(self, device_id: str, seq: int, ts_ms: int) -> None:
-        self._file.write(f"{device_id} {seq} {ts_ms}\n")
+    def record(self, device_id: str, seq: int, ts_ms: int, broker: str) -> None:
+        self._file.write(f"{device_id} {seq} {ts_ms} {broker}\n")
 
     def flush_if_due(self) -> None:
         if time.monotonic() - self._last_flush >= LEDGER_FLUSH_S:
@@ -126,6 +145,9 @@ class Stats:
     connects: int = 0  # successful logins, including reconnects
     connect_failures: int = 0
     published: int = 0  # telemetry messages acknowledged by the broker (QoS 1)
+    republished: int = 0  # readings sent again after their connection died before the PUBACK
+    on_standby: int = 0  # now: connected to a broker other than their home
+    went_home: int = 0  # moves back to the home broker after a stay on a standby
     commands_answered: int = 0
     last_error: str = ""
 
@@ -223,42 +245,66 @@ class SimulatedClient:
     def __init__(
         self,
         device: SimulatedDevice,
-        target: Target,
+        targets: Target | Sequence[tuple[str, Target]],
         interval_s: float,
         stats: Stats,
         rng: random.Random,
         ledger: Ledger | None = None,
+        policy: WalkPolicy | None = None,
     ) -> None:
         self.device = device
-        self.target = target
+        order = [(device.broker, targets)] if isinstance(targets, Target) else list(targets)
+        self.targets = dict(order)
+        self.policy = policy if policy is not None else WalkPolicy()
+        self.walk = BrokerWalk([name for name, _ in order], self.policy, rng)
         self.interval_s = interval_s
         self.stats = stats
         self.rng = rng
         self.ledger = ledger
         self.model = DeviceModel(rng)
         self.seq = 0
+        # The reading published but not acknowledged yet (seq, ts_ms, payload): sent again,
+        # unchanged, on the next connection if this one dies first.
+        self.unacked: tuple[int, int, bytes] | None = None
         self.answered: deque[str] = deque(maxlen=256)
         self.status_topic = f"devices/{device.device_id}/status"
         self._sleeping = False
+        self._session_up = False
+
+    @property
+    def target(self) -> Target:
+        """The listener of the broker it is on (or trying next)."""
+        return self.targets[self.walk.current]
 
     async def run(self, stop: asyncio.Event, start_delay: float = 0.0) -> None:
-        """Stay connected until `stop`, reconnecting with backoff."""
+        """Stay connected until `stop`, failing over along the broker list (broker_walk)."""
         if start_delay and await _wait(stop, start_delay):
             return
-        backoff = 1.0
         while not stop.is_set():
             try:
-                await self._session(stop)
-                backoff = 1.0
+                if await self._session(stop):
+                    self.walk.went_home()
+                    self.stats.went_home += 1
             except aiomqtt.MqttError as exc:
-                self.stats.connect_failures += 1
+                was_up, self._session_up = self._session_up, False
+                _, pause = self.walk.lost() if was_up else self.walk.failed()
+                if not was_up:
+                    self.stats.connect_failures += 1
                 self.stats.last_error = f"{self.device.device_id}: {exc}"
-                log.debug("%s: %s; reconnecting in %.1f s", self.device.device_id, exc, backoff)
-                if await _wait(stop, backoff * self.rng.uniform(0.5, 1.5)):
+                log.debug(
+                    "%s: %s; trying %s in %.1f s",
+                    self.device.device_id,
+                    exc,
+                    self.walk.current,
+                    pause,
+                )
+                if await _wait(stop, pause):
                     return
-                backoff = min(30.0, backoff * 2)
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    async def _session(self, stop: asyncio.Event) -> bool:
+        """One connection to the current broker, until `stop` (False) or, on a standby, until
+        its home has answered long enough (True: go home). Raises MqttError when it ends
+        otherwise."""
         device_id = self.device.device_id
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = 0
@@ -273,51 +319,85 @@ class SimulatedClient:
             keepalive=60,
             tls_context=self.target.ssl_context(),
             properties=connect_props,
-            timeout=30,
+            timeout=self.policy.connect_timeout_s,
         ) as client:
+            self._session_up = True
+            self.walk.connected()
+            on_standby = self.walk.on_standby
             self.stats.connects += 1
             self.stats.connected += 1
+            self.stats.on_standby += on_standby
             try:
-                await client.subscribe(f"devices/{device_id}/commands/+", qos=1)
-                await client.publish(self.status_topic, b"online", qos=1, retain=True)
-                await self._serve(client, stop)
-                # A clean stop is not a lost device: say so instead of leaving "online".
-                await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                await client.subscribe(
+                    f"devices/{device_id}/commands/+", qos=1, timeout=self.policy.puback_timeout_s
+                )
+                await client.publish(
+                    self.status_topic,
+                    b"online",
+                    qos=1,
+                    retain=True,
+                    timeout=self.policy.puback_timeout_s,
+                )
+                going_home = await self._serve(client, stop)
+                self._session_up = False
+                if not going_home:
+                    # A clean stop is not a lost device: say so instead of leaving "online".
+                    await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                return going_home
             finally:
                 self.stats.connected -= 1
+                self.stats.on_standby -= on_standby
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Publish and answer commands until `stop` (return) or a broken connection (raise).
+    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> bool:
+        """Publish and answer commands until `stop` (False), the home broker is back for good
+        while on a standby (True), or a broken connection (raise).
 
         One wait on `stop` per session, and plain sleeps between readings: thousands of
         clients each waiting on the event with a timeout per reading would cost O(clients)
         per wake-up, since every timed-out waiter is removed from the event's list."""
         stop_waiter = asyncio.create_task(stop.wait())
+        home_back = asyncio.create_task(self._watch_home(stop))
         publisher = asyncio.create_task(self._publish_loop(client, stop))
         commands = asyncio.create_task(self._answer_commands(client))
+        tasks = (stop_waiter, home_back, publisher, commands)
         try:
             done, _ = await asyncio.wait(
-                {stop_waiter, publisher, commands}, return_when=asyncio.FIRST_COMPLETED
+                {stop_waiter, home_back, publisher, commands}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
-                error = None if task is stop_waiter else task.exception()
+                error = None if task in (stop_waiter, home_back) else task.exception()
                 if error is not None:
                     raise error
-            # Stopping: a reading being published is finished (so the count is exact), a
-            # sleeping publisher is woken.
+            # Stopping or leaving: a reading being published is finished (so the count is
+            # exact and nothing is left unacknowledged), a sleeping publisher is woken.
             if self._sleeping:
                 publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
+            return not stop.is_set() and home_back in done
         finally:
-            for task in (stop_waiter, publisher, commands):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(stop_waiter, publisher, commands, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch_home(self, stop: asyncio.Event) -> None:
+        """On a standby: check the home broker now and then; return once it has answered
+        every check for the policy's stable time. At home: wait forever."""
+        if not self.walk.on_standby:
+            await asyncio.Event().wait()
+        home = self.targets[self.walk.home]
+        while not self.walk.should_go_home(time.monotonic()):
+            await asyncio.sleep(self.walk.next_home_check())
+            if await _answers(home, self.device, self.policy.connect_timeout_s):
+                self.walk.home_answered(time.monotonic())
+            else:
+                self.walk.home_silent()
 
     async def _publish_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         topic = f"devices/{self.device.device_id}/telemetry"
-        # Spread the devices over the interval so the broker sees a steady stream, not bursts.
-        delay = self.rng.uniform(0.0, self.interval_s)
+        # Spread the devices over the interval so the broker sees a steady stream, not bursts;
+        # a reading left unacknowledged by the last connection goes first.
+        delay = 0.0 if self.unacked else self.rng.uniform(0.0, self.interval_s)
         while True:
             self._sleeping = True
             try:
@@ -325,13 +405,21 @@ class SimulatedClient:
             finally:
                 self._sleeping = False
             started = time.monotonic()
-            self.seq += 1
-            ts_ms = int(time.time() * 1000)
-            payload = telemetry_payload(self.seq, self.model.next_values(), ts_ms)
-            await client.publish(topic, payload, qos=1)
+            if self.unacked is None:
+                self.seq += 1
+                ts_ms = int(time.time() * 1000)
+                payload = telemetry_payload(self.seq, self.model.next_values(), ts_ms)
+                self.unacked = (self.seq, ts_ms, payload)
+            else:
+                self.stats.republished += 1
+            seq, ts_ms, payload = self.unacked
+            # No PUBACK in time means the connection is dead (a host gone with its link sends
+            # no reset): the error ends the session and the reading goes out on the next one.
+            await client.publish(topic, payload, qos=1, timeout=self.policy.puback_timeout_s)
+            self.unacked = None
             self.stats.published += 1
             if self.ledger is not None:
-                self.ledger.record(self.device.device_id, self.seq, ts_ms)
+                self.ledger.record(self.device.device_id, seq, ts_ms, self.walk.current)
             if stop.is_set():
                 return
             delay = max(0.0, self.interval_s - (time.monotonic() - started))
@@ -366,6 +454,24 @@ def _ignore_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, A
     loop.default_exception_handler(context)
 
 
+async def _answers(target: Target, device: SimulatedDevice, timeout: float) -> bool:
+    """Whether `target` takes `device`'s login now (no will, no session left behind)."""
+    try:
+        async with aiomqtt.Client(
+            target.host,
+            target.port,
+            username=device.device_id,
+            password=device.secret,
+            identifier=device.device_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=target.ssl_context(),
+            timeout=timeout,
+        ):
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to `seconds`; True if `stop` was set meanwhile."""
     try:
@@ -386,9 +492,11 @@ async def run_devices(
     report: Callable[[Stats], None] | None = None,
     seed: int | None = None,
     ledger: Ledger | None = None,
+    policy: WalkPolicy | None = None,
 ) -> Stats:
     """Run `devices` in this event loop until `should_stop()` (polled) turns true; each
-    connects to `target`, or with one target per broker to its home broker's."""
+    connects to `target`, or with one target per broker to its home broker's and fails over
+    to the others by `policy` (docs/devices.md)."""
     stats = stats if stats is not None else Stats()
     stop = asyncio.Event()
     asyncio.get_running_loop().set_exception_handler(_ignore_closed_sockets)
@@ -396,11 +504,12 @@ async def run_devices(
     clients = [
         SimulatedClient(
             device,
-            target_of(device, target),
+            targets_of(device, target),
             interval_s,
             stats,
             random.Random(rng.random()),  # noqa: S311
             ledger,
+            policy,
         )
         for device in devices
     ]
@@ -438,6 +547,7 @@ def _worker(
     reports: Any,
     connect_rate: float,
     ledger_dir: Path | None,
+    policy: WalkPolicy | None,
 ) -> None:
     # The parent handles Ctrl-C and tells the workers through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -459,6 +569,7 @@ def _worker(
                 connect_rate=connect_rate,
                 report=report,
                 ledger=ledger,
+                policy=policy,
             )
         )
     finally:
@@ -480,6 +591,7 @@ def run_simulation(
     connect_rate: float = 500.0,
     log_every_s: float = 10.0,
     ledger_dir: Path | None = None,
+    policy: WalkPolicy | None = None,
 ) -> Stats:
     """Run the devices in `processes` worker processes; log totals every `log_every_s`.
     With `ledger_dir`, worker N keeps its ledger in simulate-N.ledger there (appended)."""
@@ -501,6 +613,7 @@ def run_simulation(
                 reports,
                 connect_rate / processes,
                 ledger_dir,
+                policy,
             ),
             name=f"simulate-{i}",
             daemon=True,
@@ -541,10 +654,11 @@ def run_simulation(
                 now = total()
                 rate = (now.published - last_published) / (time.monotonic() - last_log)
                 log.info(
-                    "%d/%d devices connected, %d messages published (%.1f msg/s), "
-                    "%d commands answered, %d failed connection attempts%s",
+                    "%d/%d devices connected (%d on a standby broker), %d messages published "
+                    "(%.1f msg/s), %d commands answered, %d failed connection attempts%s",
                     now.connected,
                     len(devices),
+                    now.on_standby,
                     now.published,
                     rate,
                     now.commands_answered,
@@ -636,23 +750,7 @@ def provision(
 
 
 def can_login(target: Target, device: SimulatedDevice, timeout: float = 10.0) -> bool:
-    async def attempt() -> bool:
-        try:
-            async with aiomqtt.Client(
-                target.host,
-                target.port,
-                username=device.device_id,
-                password=device.secret,
-                identifier=device.device_id,
-                protocol=aiomqtt.ProtocolVersion.V5,
-                tls_context=target.ssl_context(),
-                timeout=timeout,
-            ):
-                return True
-        except aiomqtt.MqttError:
-            return False
-
-    return asyncio.run(attempt())
+    return asyncio.run(_answers(target, device, timeout))
 
 
 def wait_until_accepted(

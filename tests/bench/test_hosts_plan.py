@@ -150,6 +150,16 @@ def test_a_torn_ledger_line_is_not_an_acknowledged_message() -> None:
     ]
 
 
+def test_the_ledger_names_the_broker_that_acknowledged() -> None:
+    text = "d1 1 1700000000000 broker-1\nd1 2 1700000001000 broker-2\nd1 3 1700000002000\n"
+    assert plan.parse_ledger_brokers(text) == [
+        ("d1", 1, 1700000000000, "broker-1"),
+        ("d1", 2, 1700000001000, "broker-2"),
+        ("d1", 3, 1700000002000, ""),  # a ledger from before the broker column
+    ]
+    assert plan.parse_ledger(text)[1] == ("d1", 2, 1700000001000)
+
+
 def test_longest_gap_and_percentiles() -> None:
     assert plan.longest_gap([11.0, 12.0, 16.5], 10.0, 20.0) == 4.5
     assert plan.longest_gap([], 10.0, 20.0) == 10.0
