@@ -89,6 +89,10 @@ class Target:
 Targets = Target | Mapping[str, Target]
 
 
+class SilentBroker(aiomqtt.MqttError):
+    """A QoS 1 publish got no PUBACK in time: the connection is dead, though nothing said so."""
+
+
 def target_of(device: SimulatedDevice, targets: Targets) -> Target:
     """The listener `device` connects to: the one target, or its home broker's."""
     if isinstance(targets, Target):
@@ -287,7 +291,8 @@ class SimulatedClient:
                     self.stats.went_home += 1
             except aiomqtt.MqttError as exc:
                 was_up, self._session_up = self._session_up, False
-                _, pause = self.walk.lost() if was_up else self.walk.failed()
+                silent = isinstance(exc, SilentBroker)
+                _, pause = self.walk.lost(silent=silent) if was_up else self.walk.failed()
                 if not was_up:
                     self.stats.connect_failures += 1
                 self.stats.last_error = f"{self.device.device_id}: {exc}"
@@ -415,7 +420,18 @@ class SimulatedClient:
             seq, ts_ms, payload = self.unacked
             # No PUBACK in time means the connection is dead (a host gone with its link sends
             # no reset): the error ends the session and the reading goes out on the next one.
-            await client.publish(topic, payload, qos=1, timeout=self.policy.puback_timeout_s)
+            try:
+                await asyncio.wait_for(
+                    client.publish(topic, payload, qos=1, timeout=math.inf),
+                    self.policy.puback_timeout_s,
+                )
+            except TimeoutError:
+                # Leaving the client waits for its DISCONNECT to go out; on a dead link that
+                # would be the client's whole timeout again.
+                client.timeout = 0.5
+                raise SilentBroker(
+                    f"no PUBACK within {self.policy.puback_timeout_s:g} s from {self.walk.current}"
+                ) from None
             self.unacked = None
             self.stats.published += 1
             if self.ledger is not None:

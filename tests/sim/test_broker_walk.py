@@ -26,6 +26,15 @@ def test_a_lost_connection_is_retried_on_the_same_broker_first() -> None:
     assert 0 <= pause <= 1.0
 
 
+def test_a_silent_connection_goes_on_to_the_next_broker() -> None:
+    walk = _walk()
+    walk.connected()
+    broker, pause = walk.lost(silent=True)
+    assert broker == "broker-2"
+    assert 0 <= pause <= 2.0
+    assert walk.failed()[0] == "broker-3"
+
+
 def test_failed_attempts_walk_the_list_in_order_and_wrap() -> None:
     walk = _walk()
     walk.lost()
