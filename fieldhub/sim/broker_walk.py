@@ -14,10 +14,11 @@ the devices of a lost broker spread over all the others. The rules:
   time between 0 and min(`cap_s`, `base_s` x 2^failures) ("full jitter"): a fleet that lost its
   broker spreads its reconnects over the window instead of arriving in lockstep.
 - A device on a standby checks its home every `home_probe_s` (x 0.5..1.5, so probes of many
-  devices do not line up). Once the home has answered every check for `home_stable_s`, it moves
-  back (after its message in flight is acknowledged): a broker that comes back is often restarted
-  again soon (a crash loop, an operator's second try), and moving thousands of devices back and
-  forth costs logins and a burst of reloads on the way.
+  devices do not line up): a connection to its listener, TLS handshake included, then closed.
+  Once the home has answered every check for `home_stable_s`, it moves back (after its message
+  in flight is acknowledged): a broker that comes back is often restarted again soon (a crash
+  loop, an operator's second try), and moving thousands of devices back and forth costs logins
+  on the way.
 - A QoS 1 message not acknowledged within `puback_timeout_s` means the connection is dead: a
   host that vanished with its link sends no reset, and TCP alone would notice only minutes later.
 
