@@ -260,6 +260,67 @@ def loopback_broker(base: Path, *, autosave_interval: int = 5) -> MosquittoBroke
     )
 
 
+class SecondBroker:
+    """broker-2: a Mosquitto of one test beside the session broker (broker-1), in its own
+    directory, its files synced from the test's registry as its auth-sync would."""
+
+    def __init__(self, stack: TestStack, *, autosave_interval: int = 1) -> None:
+        self.stack = stack
+        self.base = Path(tempfile.mkdtemp(prefix="fieldhub-test-broker2-"))
+        # The broker's own user must reach its data directory.
+        self.base.chmod(0o755)
+        self.broker: MosquittoBroker = loopback_broker(
+            self.base, autosave_interval=autosave_interval
+        )
+        self.log_file = self.base / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = self.broker.start(self.log_file)
+        self.sync()
+
+    def sync(self) -> None:
+        if sync_once(
+            self.stack.conn, self.broker.auth_dir, broker="broker-2", tls_dir=self.broker.tls_dir
+        ):
+            self.broker.reload()
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies with whatever it had not saved."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, *, lose_retained: bool = False) -> None:
+        """SIGTERM (the broker saves its database), and start again; with `lose_retained`
+        the saved database is deleted first, as on a host restored without it."""
+        if self.proc is not None:
+            stop_process(self.proc)
+        if lose_retained:
+            (self.broker.data_dir / "mosquitto.db").unlink(missing_ok=True)
+        self.start()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def bridges_env(self) -> dict[str, str]:
+        """What a `BridgeProcess(..., extra_args=["--broker", NAME])` of either broker needs:
+        both brokers' device URLs, and broker-2's services listener."""
+        return {
+            "FIELDHUB_BROKERS": (
+                f"broker-1=mqtt://127.0.0.1:{self.stack.broker.mqtt_devices},"
+                f"broker-2=mqtt://127.0.0.1:{self.broker.mqtt_devices}"
+            ),
+            "FIELDHUB_BROKER_SERVICE_URLS": (
+                f"broker-2=mqtt://127.0.0.1:{self.broker.mqtt_services}"
+            ),
+        }
+
+
 def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -268,6 +329,7 @@ __all__ = [
     "BRIDGE_ACCOUNT",
     "BridgeProcess",
     "DeviceClient",
+    "SecondBroker",
     "TestStack",
     "http_status",
     "loopback_broker",

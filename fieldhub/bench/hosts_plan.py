@@ -66,13 +66,15 @@ UNIT_FILES: Mapping[str, tuple[str, ...]] = {
     "broker": (f"{DEBIAN_UNITS}/mosquitto.service", "mosquitto.service.d/fieldhub.conf"),
 }
 # The servers Debian's own units start, run in the foreground as those units' processes run,
-# and the load (no unit: a test tool). {pg_bindir}, {devices} and {interval} are filled in.
+# and the load (no unit: a test tool). {pg_bindir}, {devices}, {interval} and {home_after} are
+# filled in.
 COMMANDS: Mapping[str, str] = {
     "database": f"{{pg_bindir}}/postgres -D {PG_DIR}/pgdata",
     # -e: not even the compiled-in error log of the machine before the config is read.
     "nginx": f"/usr/sbin/nginx -c {NGINX_DIR}/nginx.conf -e stderr -g 'daemon off;'",
     "simulate": f"{INSTALL_PREFIX}/bin/fieldhub simulate --devices {{devices}} "
-    f"--interval {{interval}} --org {LOAD_ORG} --prefix {LOAD_PREFIX} --ledger {LEDGER_DIR}",
+    f"--interval {{interval}} --org {LOAD_ORG} --prefix {LOAD_PREFIX} --ledger {LEDGER_DIR} "
+    "--home-after {home_after}",
 }
 COMMAND_USERS: Mapping[str, str] = {"database": "postgres"}
 

@@ -6,33 +6,19 @@ its bridge (Mosquitto cannot replicate that; counted, and bounded here)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import signal
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
 from fieldhub.bench.hosts_plan import parse_ledger_brokers
-from fieldhub.broker.auth_sync import sync_once
-from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry
 from fieldhub.core.brokers import home_broker
 from fieldhub.sim.broker_walk import WalkPolicy
 from fieldhub.sim.simulate import Ledger, SimulatedDevice, Stats, Target, run_devices
-from tests.support import (
-    BridgeProcess,
-    TestStack,
-    loopback_broker,
-    stop_process,
-    unique_id,
-    wait_for,
-)
+from tests.support import BridgeProcess, SecondBroker, TestStack, unique_id, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,63 +33,11 @@ QUICK = WalkPolicy(
 )
 
 
-class SecondBroker:
-    """broker-2: a loopback broker of the test's own, with its files from the same registry."""
-
-    def __init__(self, stack: TestStack, base: Path) -> None:
-        self.stack = stack
-        self.broker: MosquittoBroker = loopback_broker(base)
-        self.log = base / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = self.broker.start(self.log)
-        sync_once(self.stack.conn, self.broker.auth_dir, broker="broker-2")
-        self.broker.reload()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-
 @pytest.fixture
 def second(stack: TestStack) -> Iterator[SecondBroker]:
-    # Not tmp_path: the mosquitto user must reach its files, and pytest's is private to root.
-    base = Path(tempfile.mkdtemp(prefix="fieldhub-test-broker-2-"))
-    base.chmod(0o755)
-    broker = SecondBroker(stack, base)
-    try:
-        broker.start()
-        yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _bridge_of(stack: TestStack, second: SecondBroker) -> BridgeProcess:
-    password = quote(stack.bridge_password, safe="")
-    base = f"{registry.BRIDGE_ACCOUNT_BASE}:{password}@127.0.0.1"
-    return BridgeProcess(
-        stack,
-        extra_args=["--broker", "broker-2"],
-        extra_env={
-            "FIELDHUB_BROKERS": (
-                f"broker-1=mqtt://127.0.0.1:{stack.broker.mqtt_devices},"
-                f"broker-2=mqtt://127.0.0.1:{second.broker.mqtt_devices}"
-            ),
-            "FIELDHUB_BROKER_SERVICE_URLS": (
-                f"broker-1=mqtt://{base}:{stack.broker.mqtt_services},"
-                f"broker-2=mqtt://{base}:{second.broker.mqtt_services}"
-            ),
-        },
-    )
+    broker = SecondBroker(stack)
+    yield broker
+    broker.close()
 
 
 def test_devices_of_a_killed_broker_publish_via_the_standby_and_go_home(
@@ -121,8 +55,7 @@ def test_devices_of_a_killed_broker_publish_via_the_standby_and_go_home(
         for d in far
     ]
     stack.sync()
-    sync_once(stack.conn, second.broker.auth_dir, broker="broker-2")
-    second.broker.reload()
+    second.sync()
     targets = {
         "broker-1": Target("127.0.0.1", stack.broker.mqtt_devices),
         "broker-2": Target("127.0.0.1", second.broker.mqtt_devices),
@@ -130,7 +63,16 @@ def test_devices_of_a_killed_broker_publish_via_the_standby_and_go_home(
     ledger = Ledger(tmp_path / "simulate-0.ledger")
     stats = Stats()
     stop = threading.Event()
-    with BridgeProcess(stack).start().wait_ready(), _bridge_of(stack, second).start().wait_ready():
+    env = second.bridges_env()
+    bridges = [
+        BridgeProcess(stack, extra_env=env, extra_args=["--broker", name])
+        for name in ("broker-1", "broker-2")
+    ]
+    for bridge in bridges:
+        bridge.start()
+    for bridge in bridges:
+        bridge.wait_ready()
+    try:
         runner = threading.Thread(
             target=lambda: asyncio.run(
                 run_devices(
@@ -186,6 +128,9 @@ def test_devices_of_a_killed_broker_publish_via_the_standby_and_go_home(
 
         wanted = {(d, s) for d, s, _, _ in acked}
         wait_for(lambda: len(wanted - stored()) <= 5, timeout=30, what="the readings stored")
+    finally:
+        for bridge in bridges:
+            bridge.stop()
     missing = [(d, s, ts, b) for d, s, ts, b in acked if (d, s) not in stored()]
     # Only broker-2's acknowledgements from just before its kill may be missing: the Mosquitto
     # window (acknowledged to the device, not yet handed to the bridge). Everything else is
