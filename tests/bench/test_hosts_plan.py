@@ -38,9 +38,7 @@ def test_each_role_is_a_shipped_unit_or_a_server_command() -> None:
         for name in files:
             if not name.startswith("/"):
                 assert (PROJECT_ROOT / "deploy" / "systemd" / name).is_file(), name
-    argv = plan.command(
-        Role("simulate"), {"devices": "1000", "interval": "5", "home_after": "20"}
-    )
+    argv = plan.command(Role("simulate"), {"devices": "1000", "interval": "5", "home_after": "20"})
     assert argv[:4] == ["/opt/fieldhub/bin/fieldhub", "simulate", "--devices", "1000"]
     assert argv[-4:] == ["--ledger", plan.LEDGER_DIR, "--home-after", "20"]
     with pytest.raises(ValueError, match="role database needs a value for 'pg_bindir'"):
