@@ -44,8 +44,10 @@ from typing import IO, Any, TypeGuard
 
 import aiomqtt
 import orjson
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from fieldhub.core import procs, registry
 from fieldhub.core.brokers import broker_preference
@@ -91,6 +93,45 @@ Targets = Target | Mapping[str, Target]
 
 class SilentBroker(aiomqtt.MqttError):
     """A QoS 1 publish got no PUBACK in time: the connection is dead, though nothing said so."""
+
+
+# MQTT 5 PUBACK reason codes below 0x80 are successes, but 0x10 "No matching subscribers" means
+# no bridge has the reading: a broker just restarted, before the bridges subscribed again
+# (Mosquitto does not restore $share subscriptions). A device keeps such a reading.
+NO_MATCHING_SUBSCRIBERS = 0x10
+NOT_TAKEN_PAUSE_S = 1.0
+
+
+class Client(aiomqtt.Client):
+    """aiomqtt's client, whose QoS 1 publish also returns the broker's PUBACK reason code
+    (aiomqtt drops it). Uses aiomqtt's pending-call table as its own publish() does (pinned in
+    requirements)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._puback_reasons: dict[int, int] = {}
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self._puback_reasons[mid] = reason_code.value if reason_code is not None else 0
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_reason(self, topic: str, payload: bytes) -> int:
+        """Publish at QoS 1 and return the PUBACK's reason code (0: success)."""
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await confirmation.wait()
+        return self._puback_reasons.pop(info.mid, 0)
 
 
 def target_of(device: SimulatedDevice, targets: Targets) -> Target:
@@ -151,6 +192,7 @@ class Stats:
     published: int = 0  # telemetry messages acknowledged by the broker (QoS 1)
     republished: int = 0  # readings sent again after their connection died before the PUBACK
     on_standby: int = 0  # now: connected to a broker other than their home
+    not_taken: int = 0  # PUBACKs saying "no matching subscribers" (or refusing): sent again
     went_home: int = 0  # moves back to the home broker after a stay on a standby
     commands_answered: int = 0
     last_error: str = ""
@@ -313,7 +355,7 @@ class SimulatedClient:
         device_id = self.device.device_id
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = 0
-        async with aiomqtt.Client(
+        async with Client(
             self.target.host,
             self.target.port,
             username=device_id,
@@ -353,7 +395,7 @@ class SimulatedClient:
                 self.stats.connected -= 1
                 self.stats.on_standby -= on_standby
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> bool:
+    async def _serve(self, client: Client, stop: asyncio.Event) -> bool:
         """Publish and answer commands until `stop` (False), the home broker is back for good
         while on a standby (True), or a broken connection (raise).
 
@@ -398,7 +440,7 @@ class SimulatedClient:
             else:
                 self.walk.home_silent()
 
-    async def _publish_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _publish_loop(self, client: Client, stop: asyncio.Event) -> None:
         topic = f"devices/{self.device.device_id}/telemetry"
         # Spread the devices over the interval so the broker sees a steady stream, not bursts;
         # a reading left unacknowledged by the last connection goes first.
@@ -421,9 +463,8 @@ class SimulatedClient:
             # No PUBACK in time means the connection is dead (a host gone with its link sends
             # no reset): the error ends the session and the reading goes out on the next one.
             try:
-                await asyncio.wait_for(
-                    client.publish(topic, payload, qos=1, timeout=math.inf),
-                    self.policy.puback_timeout_s,
+                reason = await asyncio.wait_for(
+                    client.publish_reason(topic, payload), self.policy.puback_timeout_s
                 )
             except TimeoutError:
                 # Leaving the client waits for its DISCONNECT to go out; on a dead link that
@@ -432,6 +473,11 @@ class SimulatedClient:
                 raise SilentBroker(
                     f"no PUBACK within {self.policy.puback_timeout_s:g} s from {self.walk.current}"
                 ) from None
+            if reason == NO_MATCHING_SUBSCRIBERS or reason >= 0x80:
+                # Acknowledged, but not taken: kept, and sent again shortly.
+                self.stats.not_taken += 1
+                delay = NOT_TAKEN_PAUSE_S
+                continue
             self.unacked = None
             self.stats.published += 1
             if self.ledger is not None:

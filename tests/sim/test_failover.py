@@ -141,3 +141,51 @@ def test_devices_of_a_killed_broker_publish_via_the_standby_and_go_home(
     for device in far:
         seqs = sorted(s for d, s, _, _ in acked if d == device)
         assert seqs == list(range(1, len(seqs) + 1))  # every reading acknowledged, none skipped
+
+
+def test_a_reading_no_bridge_took_is_kept_until_one_does(
+    stack: TestStack, second: SecondBroker, tmp_path: Path
+) -> None:
+    """A broker with no bridge subscribed acknowledges with 0x10 "No matching subscribers"
+    (as after a restart, before the bridges subscribe again): the device keeps the reading and
+    sends it again, and the ledger counts it only once a bridge took it."""
+    device_id = unique_id("nosub")
+    secret = registry.create_device(stack.conn, device_id, org=stack.org, broker="broker-2")
+    second.sync()
+    device = SimulatedDevice(device_id, secret.password, "broker-2")
+    target = {"broker-2": Target("127.0.0.1", second.broker.mqtt_devices)}
+    ledger = Ledger(tmp_path / "simulate-0.ledger")
+    stats = Stats()
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=lambda: asyncio.run(
+            run_devices([device], target, 0.2, stop.is_set, stats=stats, ledger=ledger)
+        ),
+        daemon=True,
+    )
+    runner.start()
+    bridge = BridgeProcess(
+        stack, extra_env=second.bridges_env(), extra_args=["--broker", "broker-2"]
+    )
+    try:
+        wait_for(lambda: stats.not_taken >= 2, what="PUBACKs without a subscriber")
+        assert stats.published == 0
+        bridge.start().wait_ready()
+        wait_for(lambda: stats.published >= 5, what="readings taken by the bridge")
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+        ledger.close()
+        bridge.stop()
+    seqs = [seq for _, seq, _, _ in parse_ledger_brokers(ledger.path.read_text())]
+    assert seqs == list(range(1, len(seqs) + 1))  # the kept reading first: no gap
+
+    def stored() -> set[int]:
+        rows = stack.query(
+            "SELECT DISTINCT seq FROM readings JOIN devices USING (device_key)"
+            " WHERE device_id = %s",
+            (device_id,),
+        )
+        return {int(r["seq"]) for r in rows}
+
+    wait_for(lambda: stored() >= set(seqs), what="every acknowledged reading stored")
