@@ -315,6 +315,7 @@ class SimulatedClient:
         self.answered: deque[str] = deque(maxlen=256)
         self.status_topic = f"devices/{device.device_id}/status"
         self._sleeping = False
+        self._leaving = False  # going home: the publisher stops after its reading in flight
         self._session_up = False
 
     @property
@@ -402,6 +403,7 @@ class SimulatedClient:
         One wait on `stop` per session, and plain sleeps between readings: thousands of
         clients each waiting on the event with a timeout per reading would cost O(clients)
         per wake-up, since every timed-out waiter is removed from the event's list."""
+        self._leaving = False
         stop_waiter = asyncio.create_task(stop.wait())
         home_back = asyncio.create_task(self._watch_home(stop))
         publisher = asyncio.create_task(self._publish_loop(client, stop))
@@ -417,6 +419,7 @@ class SimulatedClient:
                     raise error
             # Stopping or leaving: a reading being published is finished (so the count is
             # exact and nothing is left unacknowledged), a sleeping publisher is woken.
+            self._leaving = home_back in done
             if self._sleeping:
                 publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -482,7 +485,7 @@ class SimulatedClient:
             self.stats.published += 1
             if self.ledger is not None:
                 self.ledger.record(self.device.device_id, seq, ts_ms, self.walk.current)
-            if stop.is_set():
+            if stop.is_set() or self._leaving:
                 return
             delay = max(0.0, self.interval_s - (time.monotonic() - started))
 
