@@ -190,7 +190,7 @@ class Stats:
     connects: int = 0  # successful logins, including reconnects
     connect_failures: int = 0
     published: int = 0  # telemetry messages acknowledged by the broker (QoS 1)
-    republished: int = 0  # readings sent again after their connection died before the PUBACK
+    republished: int = 0  # sent again: no PUBACK before the connection died, or PUBACK 0x10
     on_standby: int = 0  # now: connected to a broker other than their home
     not_taken: int = 0  # PUBACKs saying "no matching subscribers" (or refusing): sent again
     went_home: int = 0  # moves back to the home broker after a stay on a standby
@@ -521,9 +521,9 @@ def _ignore_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, A
 
 async def _reachable(target: Target, timeout: float) -> bool:
     """Whether `target`'s listener takes a connection (and its TLS handshake) now. Not an MQTT
-    login: that runs paho's blocking connect in the loop's small thread pool, where the checks
-    of a few hundred devices against a silent host queue up behind each other (measured: one
-    device of 18 never saw its home answer), and it would load the broker's auth per check."""
+    login: a fleet's checks would load the broker's auth, and paho's blocking connect runs in
+    the event loop's small thread pool, where checks of a silent host queue behind each other
+    and behind the devices' real connection attempts."""
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(target.host, target.port, ssl=target.ssl_context()), timeout
