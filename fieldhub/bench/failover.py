@@ -37,8 +37,8 @@ send that failed on a new connection as a web request would; commands_sent,
 commands_succeeded, commands_failed, commands_lost and command_latency_max_s say whether
 commands continued.
 
-What these runs are not (docs/scaling.md, "Not in this build yet"): the `broker` scenario is
-not built."""
+`broker`: broker-1's host lost on the eleven hosts of `fieldhub bench hosts`, with the user
+sending commands through the API; fieldhub/bench/failover_broker.py says what it measures."""
 
 from __future__ import annotations
 

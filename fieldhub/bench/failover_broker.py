@@ -299,6 +299,8 @@ def run(
     finally:
         if not keep and workdir is None:
             shutil.rmtree(base, ignore_errors=True)
+        elif keep:
+            print(f"broker: kept {base} (every host's logs and data)")
     in_broker = missing.get(LOST, [])
     lost_in_broker = [ts for ts in in_broker if ts <= t_kill * 1000]
     return {
@@ -324,7 +326,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
         f"broker: {options.devices} devices, {options.devices / options.interval_s:.0f} msg/s "
         "on the 11-host lab ..."
     )
-    scenario = run(options)
+    scenario = run(options, keep=args.keep)
     print(
         f"broker (11 namespace hosts): {scenario['devices_on_lost_broker']} devices of "
         f"{scenario['host']} stored through {STANDBY} {scenario['standby_stored_s']} s after "
