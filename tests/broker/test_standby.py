@@ -6,11 +6,20 @@ children here too; and its rights are still exactly its own topics. Against the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from fieldhub.core import registry
-from tests.support import BridgeProcess, DeviceClient, TestStack, unique_id, wait_for
+from fieldhub.core import certificates, device_ca, registry
+from tests.support import (
+    BridgeProcess,
+    DeviceClient,
+    SecondBroker,
+    TestStack,
+    cert_login,
+    unique_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -80,3 +89,32 @@ def test_a_disabled_device_homed_elsewhere_is_refused_here_too(stack: TestStack)
     registry.set_enabled(stack.conn, far, False)
     stack.sync()
     wait_for(lambda: not stack.can_login(far, secret), what="the standby to refuse it")
+
+
+def test_a_certificate_device_logs_in_on_the_standby_and_its_revocation_holds_there(
+    stack: TestStack, tmp_path: Path
+) -> None:
+    """A second broker with the device CA copied (docs/security.md) admits a certificate
+    device of the other broker on its certificate listener, and its auth-sync's CRL keeps the
+    device out there once it is disabled."""
+    second = SecondBroker(stack, shared_device_ca=True)
+    try:
+        device_id = unique_id("certfar")
+        registry.create_device(stack.conn, device_id, org=stack.org, broker="broker-1")
+        issued = device_ca.issue(stack.broker.tls_dir, device_id)
+        certificates.record(stack.conn, device_id, issued)
+        cert, key = tmp_path / "device.crt", tmp_path / "device.key"
+        cert.write_text(issued.certificate)
+        assert issued.private_key is not None
+        key.write_text(issued.private_key)
+        second.sync()
+        wait_for(lambda: cert_login(second.broker, cert, key), what="the standby to admit it")
+
+        registry.set_enabled(stack.conn, device_id, False)
+        second.sync()
+        wait_for(
+            lambda: not cert_login(second.broker, cert, key),
+            what="the standby's CRL to hold the disabled device's certificate",
+        )
+    finally:
+        second.close()
