@@ -7,6 +7,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -27,7 +28,7 @@ from fieldhub.bench.harness import Child, http_status, scrape
 from fieldhub.bridge.app import DEVICE_TOPICS, SHARE_GROUP
 from fieldhub.broker.auth_sync import advance_tombstones, sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
-from fieldhub.core import registry, tombstones
+from fieldhub.core import device_ca, registry, tombstones
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port, wait_until
 from fieldhub.core.tls import ensure_tls
@@ -260,6 +261,93 @@ def loopback_broker(base: Path, *, autosave_interval: int = 5) -> MosquittoBroke
     )
 
 
+def cert_login(broker: MosquittoBroker, cert: Path, key: Path) -> bool:
+    """One MQTT 3.1.1 login over TLS with the certificate on `broker`'s certificate listener,
+    on a bare socket: accepted (CONNACK 0) or not. A paho client's teardown takes up to a
+    second, which would blur the timing tests."""
+    context = ssl.create_default_context(cafile=str(broker.tls_dir / "ca.crt"))
+    context.load_cert_chain(str(cert), str(key))
+    body = b"\x00\x04MQTT\x04\x02\x00\x1e" + b"\x00\x05probe"
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", broker.mqtt_devices_cert), 5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"\x10" + bytes([len(body)]) + body)
+            connack = tls.recv(4)
+    except (ssl.SSLError, OSError):
+        return False  # the handshake was refused (a TLS 1.3 client learns it here, too)
+    return len(connack) == 4 and connack[0] == 0x20 and connack[3] == 0
+
+
+class SecondBroker:
+    """broker-2: a Mosquitto of one test beside the session broker (broker-1), in its own
+    directory, its files synced from the test's registry as its auth-sync would."""
+
+    def __init__(
+        self, stack: TestStack, *, autosave_interval: int = 1, shared_device_ca: bool = False
+    ) -> None:
+        self.stack = stack
+        self.base = Path(tempfile.mkdtemp(prefix="fieldhub-test-broker2-"))
+        # The broker's own user must reach its data directory.
+        self.base.chmod(0o755)
+        self.broker: MosquittoBroker = loopback_broker(
+            self.base, autosave_interval=autosave_interval
+        )
+        if shared_device_ca:
+            # As a second broker host is set up (docs/security.md): the device CA copied from
+            # the host that made it, so the same certificates log in on both.
+            for name in (device_ca.CA_CERT, device_ca.CA_KEY):
+                shutil.copy2(stack.broker.tls_dir / name, self.broker.tls_dir / name)
+        self.log_file = self.base / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = self.broker.start(self.log_file)
+        self.sync()
+
+    def sync(self) -> None:
+        if sync_once(
+            self.stack.conn, self.broker.auth_dir, broker="broker-2", tls_dir=self.broker.tls_dir
+        ):
+            self.broker.reload()
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies with whatever it had not saved."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def restart(self, *, lose_retained: bool = False) -> None:
+        """SIGTERM (the broker saves its database), and start again; with `lose_retained`
+        the saved database is deleted first, as on a host restored without it."""
+        if self.proc is not None:
+            stop_process(self.proc)
+        if lose_retained:
+            (self.broker.data_dir / "mosquitto.db").unlink(missing_ok=True)
+        self.start()
+
+    def close(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def bridges_env(self) -> dict[str, str]:
+        """What a `BridgeProcess(..., extra_args=["--broker", NAME])` of either broker needs:
+        both brokers' device URLs, and broker-2's services listener."""
+        return {
+            "FIELDHUB_BROKERS": (
+                f"broker-1=mqtt://127.0.0.1:{self.stack.broker.mqtt_devices},"
+                f"broker-2=mqtt://127.0.0.1:{self.broker.mqtt_devices}"
+            ),
+            "FIELDHUB_BROKER_SERVICE_URLS": (
+                f"broker-2=mqtt://127.0.0.1:{self.broker.mqtt_services}"
+            ),
+        }
+
+
 def unique_id(prefix: str = "dev") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -268,7 +356,9 @@ __all__ = [
     "BRIDGE_ACCOUNT",
     "BridgeProcess",
     "DeviceClient",
+    "SecondBroker",
     "TestStack",
+    "cert_login",
     "http_status",
     "loopback_broker",
     "scrape",

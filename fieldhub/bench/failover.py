@@ -37,8 +37,8 @@ send that failed on a new connection as a web request would; commands_sent,
 commands_succeeded, commands_failed, commands_lost and command_latency_max_s say whether
 commands continued.
 
-What these runs are not (docs/scaling.md, "Not in this build yet"): the `broker` scenario is
-not built."""
+`broker`: broker-1's host lost on the eleven hosts of `fieldhub bench hosts`, with the user
+sending commands through the API; fieldhub/bench/failover_broker.py says what it measures."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ from urllib.parse import urlencode
 
 import psycopg
 
+from fieldhub.bench import failover_broker
 from fieldhub.bench.command_load import CommandLoad
 from fieldhub.bench.ingest import (
     BENCH_ORG,
@@ -91,7 +92,7 @@ def register(bench_subparsers: Any) -> None:
     parser.add_argument("--after", type=float, default=30.0, help="seconds of load after")
     parser.add_argument(
         "--scenario",
-        choices=("all", "database-primary", "bridge-database-link"),
+        choices=("all", "database-primary", "bridge-database-link", "broker"),
         default="all",
     )
     parser.add_argument("--cut", type=float, default=60.0, help="bridge-database-link: seconds")
@@ -111,6 +112,7 @@ def register(bench_subparsers: Any) -> None:
         default=20,
         help="devices that answer commands, one command sent every 0.5 s to them in turn",
     )
+    failover_broker.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="last line: one JSON object")
     parser.add_argument(
         "--keep",
@@ -639,6 +641,8 @@ def cmd_bench_failover(settings: Settings | None, args: argparse.Namespace) -> i
             f"stored, {link['lost']} lost, {link['doubled']} doubled"
         )
         scenarios.append(link)
+    if args.scenario in ("all", "broker"):
+        scenarios.append(failover_broker.run_from_args(args))
     if args.json:
         print(json.dumps({"scenarios": scenarios}))
     return 0

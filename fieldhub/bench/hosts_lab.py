@@ -46,6 +46,7 @@ from fieldhub.core.config import (
 from fieldhub.core.db import Conn, Queries, connect
 from fieldhub.core.procs import chown, chown_tree, wait_until
 from fieldhub.core.tls import ensure_tls
+from fieldhub.sim.broker_walk import WalkPolicy
 from fieldhub.stack.postgres import PostgresCluster, pg_bindir
 
 QUERIES = Queries(Path(__file__).with_name("hosts_lab.sql"))
@@ -114,7 +115,11 @@ class FieldhubHosts:
         if not (deploy_dir / "systemd").is_dir():
             raise LabError(f"{deploy_dir}/systemd is missing: the units are what the hosts run")
         # What COMMANDS are filled in with, besides the machine's PostgreSQL.
-        self.values = {"pg_bindir": str(pg_bindir()), **(values or {})}
+        self.values = {
+            "pg_bindir": str(pg_bindir()),
+            "home_after": f"{WalkPolicy.home_stable_s:g}",
+            **(values or {}),
+        }
         self.plans = {host.name: host for host in hosts}
         self.secrets = plan.Secrets(
             database_password=secrets.token_urlsafe(24),
@@ -482,6 +487,7 @@ class LedgerReader:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.entries: list[tuple[str, int, int]] = []
+        self.brokers: list[str] = []  # beside entries: the broker that acknowledged each
         self._offsets: dict[Path, int] = {}
 
     def poll(self) -> int:
@@ -492,7 +498,9 @@ class LedgerReader:
                 chunk = handle.read()
             end = chunk.rfind(b"\n") + 1
             if end:
-                self.entries += plan.parse_ledger(chunk[:end].decode())
+                for device, seq, ts, broker in plan.parse_ledger_brokers(chunk[:end].decode()):
+                    self.entries.append((device, seq, ts))
+                    self.brokers.append(broker)
                 self._offsets[path] = offset + end
         return len(self.entries)
 

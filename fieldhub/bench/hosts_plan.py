@@ -66,13 +66,15 @@ UNIT_FILES: Mapping[str, tuple[str, ...]] = {
     "broker": (f"{DEBIAN_UNITS}/mosquitto.service", "mosquitto.service.d/fieldhub.conf"),
 }
 # The servers Debian's own units start, run in the foreground as those units' processes run,
-# and the load (no unit: a test tool). {pg_bindir}, {devices} and {interval} are filled in.
+# and the load (no unit: a test tool). {pg_bindir}, {devices}, {interval} and {home_after} are
+# filled in.
 COMMANDS: Mapping[str, str] = {
     "database": f"{{pg_bindir}}/postgres -D {PG_DIR}/pgdata",
     # -e: not even the compiled-in error log of the machine before the config is read.
     "nginx": f"/usr/sbin/nginx -c {NGINX_DIR}/nginx.conf -e stderr -g 'daemon off;'",
     "simulate": f"{INSTALL_PREFIX}/bin/fieldhub simulate --devices {{devices}} "
-    f"--interval {{interval}} --org {LOAD_ORG} --prefix {LOAD_PREFIX} --ledger {LEDGER_DIR}",
+    f"--interval {{interval}} --org {LOAD_ORG} --prefix {LOAD_PREFIX} --ledger {LEDGER_DIR} "
+    "--home-after {home_after}",
 }
 COMMAND_USERS: Mapping[str, str] = {"database": "postgres"}
 
@@ -295,12 +297,19 @@ def devices_per_broker(devices: int, per_broker: int) -> dict[str, list[str]]:
 def parse_ledger(text: str) -> list[tuple[str, int, int]]:
     """(device, seq, ts_ms) per complete line of a simulator ledger; a torn last line (the
     writer was killed mid-line) is not an acknowledged reading and is left out."""
+    return [(device, seq, ts_ms) for device, seq, ts_ms, _ in parse_ledger_brokers(text)]
+
+
+def parse_ledger_brokers(text: str) -> list[tuple[str, int, int, str]]:
+    """(device, seq, ts_ms, broker that acknowledged it) per complete line; lines written
+    before the ledger named the broker give ""."""
     entries = []
     complete = text[: text.rfind("\n") + 1]
     for line in complete.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            entries.append((parts[0], int(parts[1]), int(parts[2])))
+        if len(parts) in (3, 4) and parts[1].isdigit() and parts[2].isdigit():
+            broker = parts[3] if len(parts) == 4 else ""
+            entries.append((parts[0], int(parts[1]), int(parts[2]), broker))
     return entries
 
 

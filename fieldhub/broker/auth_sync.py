@@ -2,10 +2,12 @@
 
 There are two pairs of files, one per kind of listener (per_listener_settings in
 mosquitto.conf.template beside this module): `passwords` + `acl` for the device listeners (plain and
-TLS) hold the devices only, `services.passwords` + `services.acl` for the loopback services
-listener hold the svc.* accounts only, one account per process (svc.bridge-1, ...), since that
-listener names each session after its account (use_username_as_clientid): a device's secret
-must not open it, and no process may share another's session. A third pair,
+TLS) hold the devices only, every enabled device whichever broker it is homed on (each broker is
+the standby of the others' devices, docs/devices.md), `services.passwords` + `services.acl` for
+the loopback services listener hold the svc.* accounts only, one account per process
+(svc.bridge-1, ...), since that listener names each session after its account
+(use_username_as_clientid): a device's secret must not open it, and no process may share
+another's session. A third pair,
 `reaper.passwords` + `reaper.acl`, admits only the session reaper on its unix socket
 (fieldhub.broker.reaper), which destroys deleted devices' broker sessions: after each reload,
 auth-sync also does its steps of deleted devices' tombstones (advance_tombstones), and renders
@@ -288,7 +290,7 @@ def render_auth_files(conn: Conn, broker: str, operator_dir: Path | None) -> dic
         # times faster than building a Python row per device (docs/security.md).
         row = conn.execute(QUERIES["device_password_lines"], {"broker": broker}).fetchone()
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
-        attached = conn.execute(QUERIES["gateways_of_broker"], {"broker": broker}).fetchall()
+        attached = conn.execute(QUERIES["gateway_children"], {"broker": broker}).fetchall()
     device_lines: str = row["lines"] if row else ""
     gateways: dict[str, list[str]] = {}
     for pair in attached:

@@ -1,6 +1,8 @@
 -- name: device_password_lines
--- The device listeners' password file (auth/passwords), one `id:hash` line per enabled device of
--- this broker (device ids cannot contain ':' or a newline, so no escaping is needed). An id
+-- The device listeners' password file (auth/passwords), one `id:hash` line per enabled device,
+-- homed here or not: every broker admits every device, so a device whose home broker is lost
+-- logs in to the next one of its mqtt_urls (docs/devices.md; the ACL still confines it to its
+-- own topics). Device ids cannot contain ':' or a newline, so no escaping is needed. An id
 -- whose deleted predecessor is not yet worked off on this broker (tombstone_brokers, served by
 -- tombstone_brokers_open) is left out: a re-created device waits until the old one's retained
 -- messages, stream and session are gone from this broker (docs/devices.md). Sorted
@@ -10,7 +12,7 @@ SELECT coalesce(string_agg(line, ''), '') AS lines
 FROM (
     SELECT device_id || ':' || password_hash || E'\n' AS line
     FROM devices
-    WHERE enabled AND broker = %(broker)s
+    WHERE enabled
       AND NOT EXISTS (SELECT 1 FROM tombstone_brokers t
                       WHERE t.broker = %(broker)s AND t.device_id = devices.device_id
                         AND t.session_cleared_at IS NULL)
@@ -21,15 +23,15 @@ FROM (
 -- The services listener's accounts (auth/services.passwords and auth/services.acl).
 SELECT username, password_hash, acl FROM service_accounts ORDER BY username;
 
--- name: gateways_of_broker
--- Each enabled gateway of this broker with its enabled children (a disabled child is refused
+-- name: gateway_children
+-- Each enabled gateway (of every broker, like the logins) with its enabled children (a disabled child is refused
 -- by the bridge anyway; least privilege keeps it out of the broker's rules too), leaving out a
 -- re-created child whose id still waits for its predecessor's tombstone, like its login. Sorted, so an
 -- unchanged registry renders an unchanged file.
 SELECT g.device_id AS gateway, c.device_id AS child
 FROM devices c
 JOIN devices g ON g.device_id = c.gateway_id
-WHERE c.enabled AND g.enabled AND g.broker = %(broker)s
+WHERE c.enabled AND g.enabled
   AND NOT EXISTS (SELECT 1 FROM tombstone_brokers t
                   WHERE t.broker = %(broker)s AND t.device_id = c.device_id
                     AND t.session_cleared_at IS NULL)

@@ -37,6 +37,10 @@ BENCHES: dict[str, tuple[str, str]] = {
         "fieldhub.bench.failover",
         "kill the database primary under load (Patroni + etcd on loopback; root)",
     ),
+    "broker-window": (
+        "fieldhub.bench.broker_window",
+        "kill -9 a broker under load: acknowledged readings lost, per autosave setting",
+    ),
     "hosts": (
         "fieldhub.bench.hosts",
         "fieldhub on 11 network-namespace hosts; kill a bridge host, then a web host (root)",

@@ -15,6 +15,7 @@ from fieldhub.core import endpoints
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 from fieldhub.sim import simulate
+from fieldhub.sim.broker_walk import WalkPolicy
 
 log = logging.getLogger("fieldhub.simulate")
 
@@ -66,8 +67,16 @@ def register(subparsers: Subparsers) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="append a line 'device seq ts_ms' per acknowledged reading to DIR/simulate-N.ledger "
-        "(benchmarks count losses with it)",
+        help="append a line 'device seq ts_ms broker' per acknowledged reading to "
+        "DIR/simulate-N.ledger (benchmarks count losses with it)",
+    )
+    parser.add_argument(
+        "--home-after",
+        type=float,
+        default=WalkPolicy.home_stable_s,
+        metavar="S",
+        help="a device on a standby broker goes back home once its home broker has answered "
+        f"for this long ({WalkPolicy.home_stable_s:.0f}; docs/devices.md)",
     )
     parser.set_defaults(handler=cmd_simulate)
 
@@ -93,6 +102,9 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError("--interval must be between 0.1 and 86400 seconds")
     if args.processes is not None and not 1 <= args.processes <= 256:
         raise CommandError("--processes must be between 1 and 256")
+    if not 1 <= args.home_after <= 86400:
+        raise CommandError("--home-after must be between 1 and 86400 seconds")
+    policy = WalkPolicy(home_stable_s=args.home_after, home_probe_s=min(15.0, args.home_after / 2))
     targets: simulate.Targets
     if args.url:
         targets = target_from_url(args.url, settings)
@@ -150,6 +162,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         should_stop=stop.is_set,
         connect_rate=args.connect_rate,
         ledger_dir=args.ledger,
+        policy=policy,
     )
     log.info(
         "stopped: %d messages published, %d commands answered",

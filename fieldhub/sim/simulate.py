@@ -9,11 +9,18 @@ then, a draining battery), and answers every command on `devices/{id}/commands/+
 
 Many devices are spread over several processes (one asyncio loop each), since a single CPython
 loop tops out at a few thousand MQTT clients; each process raises its open-file limit. With
-several brokers each device connects to the broker it is homed on (devices.broker).
+several brokers each device connects to the broker it is homed on (devices.broker) and, when
+that is lost, fails over along its broker list exactly as docs/devices.md tells firmware authors
+(the rules: fieldhub/sim/broker_walk.py): it retries the broker once, walks the list with
+capped, jittered backoff, and goes back home once its home has answered for a while.
 
 For benchmarks that count what was lost, each process can keep a ledger: one line
-`device_id seq ts_ms` per reading the broker acknowledged (PUBACK), flushed every second and at
-the end, so "published" means acknowledged, message by message."""
+`device_id seq ts_ms broker` per reading the broker acknowledged (PUBACK, with the name of the
+broker that sent it), flushed every second and at
+the end, so "published" means acknowledged, message by message. A reading whose PUBACK did not
+come before its connection died is published again, with the same seq and ts, on the next
+connection (whichever broker that is): that is what keeps device-side loss at 0, and the
+backend's reading identity (device, metric, ts) absorbs the copy when the first one arrived."""
 
 from __future__ import annotations
 
@@ -37,13 +44,17 @@ from typing import IO, Any, TypeGuard
 
 import aiomqtt
 import orjson
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from fieldhub.core import procs, registry
+from fieldhub.core.brokers import broker_preference
 from fieldhub.core.config import DEFAULT_BROKER
 from fieldhub.core.db import Conn, Queries
 from fieldhub.core.passwords import generate_secret, hash_secrets_parallel
+from fieldhub.sim.broker_walk import BrokerWalk, WalkPolicy
 
 log = logging.getLogger("fieldhub.simulate")
 QUERIES = Queries(Path(__file__).with_name("simulate.sql"))
@@ -80,6 +91,49 @@ class Target:
 Targets = Target | Mapping[str, Target]
 
 
+class SilentBroker(aiomqtt.MqttError):
+    """A QoS 1 publish got no PUBACK in time: the connection is dead, though nothing said so."""
+
+
+# MQTT 5 PUBACK reason codes below 0x80 are successes, but 0x10 "No matching subscribers" means
+# no bridge has the reading: a broker just restarted, before the bridges subscribed again
+# (Mosquitto does not restore $share subscriptions). A device keeps such a reading.
+NO_MATCHING_SUBSCRIBERS = 0x10
+NOT_TAKEN_PAUSE_S = 1.0
+
+
+class Client(aiomqtt.Client):
+    """aiomqtt's client, whose QoS 1 publish also returns the broker's PUBACK reason code
+    (aiomqtt drops it). Uses aiomqtt's pending-call table as its own publish() does (pinned in
+    requirements)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._puback_reasons: dict[int, int] = {}
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        self._puback_reasons[mid] = reason_code.value if reason_code is not None else 0
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_reason(self, topic: str, payload: bytes) -> int:
+        """Publish at QoS 1 and return the PUBACK's reason code (0: success)."""
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        if not info.is_published():
+            confirmation = asyncio.Event()
+            with self._pending_call(info.mid, confirmation, self._pending_publishes):
+                await confirmation.wait()
+        return self._puback_reasons.pop(info.mid, 0)
+
+
 def target_of(device: SimulatedDevice, targets: Targets) -> Target:
     """The listener `device` connects to: the one target, or its home broker's."""
     if isinstance(targets, Target):
@@ -93,8 +147,18 @@ def target_of(device: SimulatedDevice, targets: Targets) -> Target:
         ) from None
 
 
+def targets_of(device: SimulatedDevice, targets: Targets) -> list[tuple[str, Target]]:
+    """The brokers `device` may use, in the order it tries them (its credentials' mqtt_urls):
+    its home first, then the others by its own scores (fieldhub.core.brokers)."""
+    if isinstance(targets, Target):
+        return [(device.broker, targets)]
+    home = target_of(device, targets)
+    order = broker_preference(device.device_id, device.broker, list(targets))
+    return [(device.broker, home), *((name, targets[name]) for name in order[1:])]
+
+
 class Ledger:
-    """Every reading the broker acknowledged, one `device_id seq ts_ms` line each.
+    """Every reading a broker acknowledged, one `device_id seq ts_ms broker` line each.
 
     Written by one process; lines are buffered and flushed every LEDGER_FLUSH_S (and at the
     end), so a reader sees the acknowledgements of up to a second ago."""
@@ -105,8 +169,8 @@ class Ledger:
         self._file: IO[str] = path.open("a", encoding="ascii")
         self._last_flush = time.monotonic()
 
-    def record(self, device_id: str, seq: int, ts_ms: int) -> None:
-        self._file.write(f"{device_id} {seq} {ts_ms}\n")
+    def record(self, device_id: str, seq: int, ts_ms: int, broker: str) -> None:
+        self._file.write(f"{device_id} {seq} {ts_ms} {broker}\n")
 
     def flush_if_due(self) -> None:
         if time.monotonic() - self._last_flush >= LEDGER_FLUSH_S:
@@ -126,6 +190,10 @@ class Stats:
     connects: int = 0  # successful logins, including reconnects
     connect_failures: int = 0
     published: int = 0  # telemetry messages acknowledged by the broker (QoS 1)
+    republished: int = 0  # sent again: no PUBACK before the connection died, or PUBACK 0x10
+    on_standby: int = 0  # now: connected to a broker other than their home
+    not_taken: int = 0  # PUBACKs saying "no matching subscribers" (or refusing): sent again
+    went_home: int = 0  # moves back to the home broker after a stay on a standby
     commands_answered: int = 0
     last_error: str = ""
 
@@ -223,46 +291,72 @@ class SimulatedClient:
     def __init__(
         self,
         device: SimulatedDevice,
-        target: Target,
+        targets: Target | Sequence[tuple[str, Target]],
         interval_s: float,
         stats: Stats,
         rng: random.Random,
         ledger: Ledger | None = None,
+        policy: WalkPolicy | None = None,
     ) -> None:
         self.device = device
-        self.target = target
+        order = [(device.broker, targets)] if isinstance(targets, Target) else list(targets)
+        self.targets = dict(order)
+        self.policy = policy if policy is not None else WalkPolicy()
+        self.walk = BrokerWalk([name for name, _ in order], self.policy, rng)
         self.interval_s = interval_s
         self.stats = stats
         self.rng = rng
         self.ledger = ledger
         self.model = DeviceModel(rng)
         self.seq = 0
+        # The reading published but not acknowledged yet (seq, ts_ms, payload): sent again,
+        # unchanged, on the next connection if this one dies first.
+        self.unacked: tuple[int, int, bytes] | None = None
         self.answered: deque[str] = deque(maxlen=256)
         self.status_topic = f"devices/{device.device_id}/status"
         self._sleeping = False
+        self._leaving = False  # going home: the publisher stops after its reading in flight
+        self._session_up = False
+
+    @property
+    def target(self) -> Target:
+        """The listener of the broker it is on (or trying next)."""
+        return self.targets[self.walk.current]
 
     async def run(self, stop: asyncio.Event, start_delay: float = 0.0) -> None:
-        """Stay connected until `stop`, reconnecting with backoff."""
+        """Stay connected until `stop`, failing over along the broker list (broker_walk)."""
         if start_delay and await _wait(stop, start_delay):
             return
-        backoff = 1.0
         while not stop.is_set():
             try:
-                await self._session(stop)
-                backoff = 1.0
+                if await self._session(stop):
+                    self.walk.went_home()
+                    self.stats.went_home += 1
             except aiomqtt.MqttError as exc:
-                self.stats.connect_failures += 1
+                was_up, self._session_up = self._session_up, False
+                silent = isinstance(exc, SilentBroker)
+                _, pause = self.walk.lost(silent=silent) if was_up else self.walk.failed()
+                if not was_up:
+                    self.stats.connect_failures += 1
                 self.stats.last_error = f"{self.device.device_id}: {exc}"
-                log.debug("%s: %s; reconnecting in %.1f s", self.device.device_id, exc, backoff)
-                if await _wait(stop, backoff * self.rng.uniform(0.5, 1.5)):
+                log.debug(
+                    "%s: %s; trying %s in %.1f s",
+                    self.device.device_id,
+                    exc,
+                    self.walk.current,
+                    pause,
+                )
+                if await _wait(stop, pause):
                     return
-                backoff = min(30.0, backoff * 2)
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    async def _session(self, stop: asyncio.Event) -> bool:
+        """One connection to the current broker, until `stop` (False) or, on a standby, until
+        its home has answered long enough (True: go home). Raises MqttError when it ends
+        otherwise."""
         device_id = self.device.device_id
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = 0
-        async with aiomqtt.Client(
+        async with Client(
             self.target.host,
             self.target.port,
             username=device_id,
@@ -273,51 +367,87 @@ class SimulatedClient:
             keepalive=60,
             tls_context=self.target.ssl_context(),
             properties=connect_props,
-            timeout=30,
+            timeout=self.policy.connect_timeout_s,
         ) as client:
+            self._session_up = True
+            self.walk.connected()
+            on_standby = self.walk.on_standby
             self.stats.connects += 1
             self.stats.connected += 1
+            self.stats.on_standby += on_standby
             try:
-                await client.subscribe(f"devices/{device_id}/commands/+", qos=1)
-                await client.publish(self.status_topic, b"online", qos=1, retain=True)
-                await self._serve(client, stop)
-                # A clean stop is not a lost device: say so instead of leaving "online".
-                await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                await client.subscribe(
+                    f"devices/{device_id}/commands/+", qos=1, timeout=self.policy.puback_timeout_s
+                )
+                await client.publish(
+                    self.status_topic,
+                    b"online",
+                    qos=1,
+                    retain=True,
+                    timeout=self.policy.puback_timeout_s,
+                )
+                going_home = await self._serve(client, stop)
+                self._session_up = False
+                if not going_home:
+                    # A clean stop is not a lost device: say so instead of leaving "online".
+                    await client.publish(self.status_topic, b"offline", qos=1, retain=True)
+                return going_home
             finally:
                 self.stats.connected -= 1
+                self.stats.on_standby -= on_standby
 
-    async def _serve(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Publish and answer commands until `stop` (return) or a broken connection (raise).
+    async def _serve(self, client: Client, stop: asyncio.Event) -> bool:
+        """Publish and answer commands until `stop` (False), the home broker is back for good
+        while on a standby (True), or a broken connection (raise).
 
         One wait on `stop` per session, and plain sleeps between readings: thousands of
         clients each waiting on the event with a timeout per reading would cost O(clients)
         per wake-up, since every timed-out waiter is removed from the event's list."""
+        self._leaving = False
         stop_waiter = asyncio.create_task(stop.wait())
+        home_back = asyncio.create_task(self._watch_home(stop))
         publisher = asyncio.create_task(self._publish_loop(client, stop))
         commands = asyncio.create_task(self._answer_commands(client))
+        tasks = (stop_waiter, home_back, publisher, commands)
         try:
             done, _ = await asyncio.wait(
-                {stop_waiter, publisher, commands}, return_when=asyncio.FIRST_COMPLETED
+                {stop_waiter, home_back, publisher, commands}, return_when=asyncio.FIRST_COMPLETED
             )
             for task in done:
-                error = None if task is stop_waiter else task.exception()
+                error = None if task in (stop_waiter, home_back) else task.exception()
                 if error is not None:
                     raise error
-            # Stopping: a reading being published is finished (so the count is exact), a
-            # sleeping publisher is woken.
+            # Stopping or leaving: a reading being published is finished (so the count is
+            # exact and nothing is left unacknowledged), a sleeping publisher is woken.
+            self._leaving = home_back in done
             if self._sleeping:
                 publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
+            return not stop.is_set() and home_back in done
         finally:
-            for task in (stop_waiter, publisher, commands):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(stop_waiter, publisher, commands, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _publish_loop(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _watch_home(self, stop: asyncio.Event) -> None:
+        """On a standby: check the home broker now and then; return once it has answered
+        every check for the policy's stable time. At home: wait forever."""
+        if not self.walk.on_standby:
+            await asyncio.Event().wait()
+        home = self.targets[self.walk.home]
+        while not self.walk.should_go_home(time.monotonic()):
+            await asyncio.sleep(self.walk.next_home_check())
+            if await _reachable(home, self.policy.connect_timeout_s):
+                self.walk.home_answered(time.monotonic())
+            else:
+                self.walk.home_silent()
+
+    async def _publish_loop(self, client: Client, stop: asyncio.Event) -> None:
         topic = f"devices/{self.device.device_id}/telemetry"
-        # Spread the devices over the interval so the broker sees a steady stream, not bursts.
-        delay = self.rng.uniform(0.0, self.interval_s)
+        # Spread the devices over the interval so the broker sees a steady stream, not bursts;
+        # a reading left unacknowledged by the last connection goes first.
+        delay = 0.0 if self.unacked else self.rng.uniform(0.0, self.interval_s)
         while True:
             self._sleeping = True
             try:
@@ -325,14 +455,37 @@ class SimulatedClient:
             finally:
                 self._sleeping = False
             started = time.monotonic()
-            self.seq += 1
-            ts_ms = int(time.time() * 1000)
-            payload = telemetry_payload(self.seq, self.model.next_values(), ts_ms)
-            await client.publish(topic, payload, qos=1)
+            if self.unacked is None:
+                self.seq += 1
+                ts_ms = int(time.time() * 1000)
+                payload = telemetry_payload(self.seq, self.model.next_values(), ts_ms)
+                self.unacked = (self.seq, ts_ms, payload)
+            else:
+                self.stats.republished += 1
+            seq, ts_ms, payload = self.unacked
+            # No PUBACK in time means the connection is dead (a host gone with its link sends
+            # no reset): the error ends the session and the reading goes out on the next one.
+            try:
+                reason = await asyncio.wait_for(
+                    client.publish_reason(topic, payload), self.policy.puback_timeout_s
+                )
+            except TimeoutError:
+                # Leaving the client waits for its DISCONNECT to go out; on a dead link that
+                # would be the client's whole timeout again.
+                client.timeout = 0.5
+                raise SilentBroker(
+                    f"no PUBACK within {self.policy.puback_timeout_s:g} s from {self.walk.current}"
+                ) from None
+            if reason == NO_MATCHING_SUBSCRIBERS or reason >= 0x80:
+                # Acknowledged, but not taken: kept, and sent again shortly.
+                self.stats.not_taken += 1
+                delay = NOT_TAKEN_PAUSE_S
+                continue
+            self.unacked = None
             self.stats.published += 1
             if self.ledger is not None:
-                self.ledger.record(self.device.device_id, self.seq, ts_ms)
-            if stop.is_set():
+                self.ledger.record(self.device.device_id, seq, ts_ms, self.walk.current)
+            if stop.is_set() or self._leaving:
                 return
             delay = max(0.0, self.interval_s - (time.monotonic() - started))
 
@@ -366,6 +519,41 @@ def _ignore_closed_sockets(loop: asyncio.AbstractEventLoop, context: dict[str, A
     loop.default_exception_handler(context)
 
 
+async def _reachable(target: Target, timeout: float) -> bool:
+    """Whether `target`'s listener takes a connection (and its TLS handshake) now. Not an MQTT
+    login: a fleet's checks would load the broker's auth, and paho's blocking connect runs in
+    the event loop's small thread pool, where checks of a silent host queue behind each other
+    and behind the devices' real connection attempts."""
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port, ssl=target.ssl_context()), timeout
+        )
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _answers(target: Target, device: SimulatedDevice, timeout: float) -> bool:
+    """Whether `target` takes `device`'s login now (no will, no session left behind)."""
+    try:
+        async with aiomqtt.Client(
+            target.host,
+            target.port,
+            username=device.device_id,
+            password=device.secret,
+            identifier=device.device_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=target.ssl_context(),
+            timeout=timeout,
+        ):
+            return True
+    except aiomqtt.MqttError:
+        return False
+
+
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to `seconds`; True if `stop` was set meanwhile."""
     try:
@@ -386,9 +574,11 @@ async def run_devices(
     report: Callable[[Stats], None] | None = None,
     seed: int | None = None,
     ledger: Ledger | None = None,
+    policy: WalkPolicy | None = None,
 ) -> Stats:
     """Run `devices` in this event loop until `should_stop()` (polled) turns true; each
-    connects to `target`, or with one target per broker to its home broker's."""
+    connects to `target`, or with one target per broker to its home broker's and fails over
+    to the others by `policy` (docs/devices.md)."""
     stats = stats if stats is not None else Stats()
     stop = asyncio.Event()
     asyncio.get_running_loop().set_exception_handler(_ignore_closed_sockets)
@@ -396,11 +586,12 @@ async def run_devices(
     clients = [
         SimulatedClient(
             device,
-            target_of(device, target),
+            targets_of(device, target),
             interval_s,
             stats,
             random.Random(rng.random()),  # noqa: S311
             ledger,
+            policy,
         )
         for device in devices
     ]
@@ -438,6 +629,7 @@ def _worker(
     reports: Any,
     connect_rate: float,
     ledger_dir: Path | None,
+    policy: WalkPolicy | None,
 ) -> None:
     # The parent handles Ctrl-C and tells the workers through `stop`.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -459,6 +651,7 @@ def _worker(
                 connect_rate=connect_rate,
                 report=report,
                 ledger=ledger,
+                policy=policy,
             )
         )
     finally:
@@ -480,6 +673,7 @@ def run_simulation(
     connect_rate: float = 500.0,
     log_every_s: float = 10.0,
     ledger_dir: Path | None = None,
+    policy: WalkPolicy | None = None,
 ) -> Stats:
     """Run the devices in `processes` worker processes; log totals every `log_every_s`.
     With `ledger_dir`, worker N keeps its ledger in simulate-N.ledger there (appended)."""
@@ -501,6 +695,7 @@ def run_simulation(
                 reports,
                 connect_rate / processes,
                 ledger_dir,
+                policy,
             ),
             name=f"simulate-{i}",
             daemon=True,
@@ -541,10 +736,11 @@ def run_simulation(
                 now = total()
                 rate = (now.published - last_published) / (time.monotonic() - last_log)
                 log.info(
-                    "%d/%d devices connected, %d messages published (%.1f msg/s), "
-                    "%d commands answered, %d failed connection attempts%s",
+                    "%d/%d devices connected (%d on a standby broker), %d messages published "
+                    "(%.1f msg/s), %d commands answered, %d failed connection attempts%s",
                     now.connected,
                     len(devices),
+                    now.on_standby,
                     now.published,
                     rate,
                     now.commands_answered,
@@ -636,23 +832,7 @@ def provision(
 
 
 def can_login(target: Target, device: SimulatedDevice, timeout: float = 10.0) -> bool:
-    async def attempt() -> bool:
-        try:
-            async with aiomqtt.Client(
-                target.host,
-                target.port,
-                username=device.device_id,
-                password=device.secret,
-                identifier=device.device_id,
-                protocol=aiomqtt.ProtocolVersion.V5,
-                tls_context=target.ssl_context(),
-                timeout=timeout,
-            ):
-                return True
-        except aiomqtt.MqttError:
-            return False
-
-    return asyncio.run(attempt())
+    return asyncio.run(_answers(target, device, timeout))
 
 
 def wait_until_accepted(

@@ -38,9 +38,9 @@ def test_each_role_is_a_shipped_unit_or_a_server_command() -> None:
         for name in files:
             if not name.startswith("/"):
                 assert (PROJECT_ROOT / "deploy" / "systemd" / name).is_file(), name
-    argv = plan.command(Role("simulate"), {"devices": "1000", "interval": "5"})
+    argv = plan.command(Role("simulate"), {"devices": "1000", "interval": "5", "home_after": "20"})
     assert argv[:4] == ["/opt/fieldhub/bin/fieldhub", "simulate", "--devices", "1000"]
-    assert argv[-2:] == ["--ledger", plan.LEDGER_DIR]
+    assert argv[-4:] == ["--ledger", plan.LEDGER_DIR, "--home-after", "20"]
     with pytest.raises(ValueError, match="role database needs a value for 'pg_bindir'"):
         plan.command(Role("database"), {})
 
@@ -148,6 +148,16 @@ def test_a_torn_ledger_line_is_not_an_acknowledged_message() -> None:
         ("d1", 1, 1700000000000),
         ("d1", 2, 1700000001000),
     ]
+
+
+def test_the_ledger_names_the_broker_that_acknowledged() -> None:
+    text = "d1 1 1700000000000 broker-1\nd1 2 1700000001000 broker-2\nd1 3 1700000002000\n"
+    assert plan.parse_ledger_brokers(text) == [
+        ("d1", 1, 1700000000000, "broker-1"),
+        ("d1", 2, 1700000001000, "broker-2"),
+        ("d1", 3, 1700000002000, ""),  # a ledger from before the broker column
+    ]
+    assert plan.parse_ledger(text)[1] == ("d1", 2, 1700000001000)
 
 
 def test_longest_gap_and_percentiles() -> None:

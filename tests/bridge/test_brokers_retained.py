@@ -9,25 +9,19 @@ which broker admits which device is auth-sync's business, not the dispatcher's."
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
 
-from fieldhub.broker.auth_sync import sync_once
-from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import registry, twins
 from fieldhub.core.command_requests import cancel_command, get_command, send_command
 from tests.support import (
     BridgeProcess,
     DeviceClient,
+    SecondBroker,
     TestStack,
-    loopback_broker,
-    stop_process,
     unique_id,
     wait_for,
 )
@@ -45,38 +39,6 @@ STAND_IN_ACL = (
 WRITER_ACL = ("write devices/+/commands/+",)
 
 
-class SecondBroker:
-    """broker-2: a Mosquitto of this test, synced from the test's registry."""
-
-    def __init__(self, stack: TestStack) -> None:
-        self.stack = stack
-        self.base = Path(tempfile.mkdtemp(prefix="fieldhub-test-broker2-"))
-        # The broker's own user must reach its data directory.
-        self.base.chmod(0o755)
-        self.broker: MosquittoBroker = loopback_broker(self.base, autosave_interval=1)
-        self.log_file = self.base / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] = self.broker.start(self.log_file)
-        self.sync()
-
-    def sync(self) -> None:
-        if sync_once(
-            self.stack.conn, self.broker.auth_dir, broker="broker-2", tls_dir=self.broker.tls_dir
-        ):
-            self.broker.reload()
-
-    def restart(self, *, lose_retained: bool = False) -> None:
-        """SIGTERM (the broker saves its database), and start again; with `lose_retained`
-        the saved database is deleted first, as on a host restored without it."""
-        stop_process(self.proc)
-        if lose_retained:
-            (self.broker.data_dir / "mosquitto.db").unlink(missing_ok=True)
-        self.proc = self.broker.start(self.log_file)
-
-    def close(self) -> None:
-        stop_process(self.proc)
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
 class Brokers:
     """broker-1 (the session's) and broker-2, and a bridge process connected to each."""
 
@@ -87,16 +49,7 @@ class Brokers:
             "broker-1": stack.broker.mqtt_services,
             "broker-2": second.broker.mqtt_services,
         }
-        devices = (
-            f"broker-1=mqtt://127.0.0.1:{stack.broker.mqtt_devices},"
-            f"broker-2=mqtt://127.0.0.1:{second.broker.mqtt_devices}"
-        )
-        env = {
-            "FIELDHUB_BROKERS": devices,
-            "FIELDHUB_BROKER_SERVICE_URLS": (
-                f"broker-2=mqtt://127.0.0.1:{second.broker.mqtt_services}"
-            ),
-        }
+        env = second.bridges_env()
         self.bridges = {
             name: BridgeProcess(stack, extra_env=env, extra_args=["--broker", name])
             for name in ("broker-1", "broker-2")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import socket
 import ssl
 import statistics
 import threading
@@ -21,7 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fieldhub.broker.auth_sync import run_forever
 from fieldhub.core import certificates, device_ca, registry
-from tests.support import TestStack, unique_id, wait_for
+from tests.support import TestStack, cert_login, unique_id, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -72,21 +71,7 @@ def _issue(stack: TestStack, tmp: Path, device_id: str) -> tuple[Path, Path, str
 
 
 def _logs_in(stack: TestStack, cert: Path, key: Path) -> bool:
-    """One MQTT 3.1.1 login over TLS with the certificate, on a bare socket: accepted (CONNACK
-    0) or not. A paho client's teardown takes up to a second, which would blur the timing."""
-    context = ssl.create_default_context(cafile=str(stack.broker.tls_dir / "ca.crt"))
-    context.load_cert_chain(str(cert), str(key))
-    body = b"\x00\x04MQTT\x04\x02\x00\x1e" + b"\x00\x05probe"
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", stack.broker.mqtt_devices_cert), 5) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            tls.sendall(b"\x10" + bytes([len(body)]) + body)
-            connack = tls.recv(4)
-    except (ssl.SSLError, OSError):
-        return False  # the handshake was refused (a TLS 1.3 client learns it here, too)
-    return len(connack) == 4 and connack[0] == 0x20 and connack[3] == 0
+    return cert_login(stack.broker, cert, key)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from fieldhub.core import registry
+from fieldhub.core.brokers import broker_preference
 from fieldhub.core.decode import decode_telemetry
 from fieldhub.sim.simulate import (
     DeviceModel,
@@ -29,6 +30,7 @@ from fieldhub.sim.simulate import (
     provision,
     run_devices,
     target_of,
+    targets_of,
     telemetry_payload,
 )
 from tests.support import DeviceClient, TestStack, unique_id, wait_for
@@ -97,17 +99,23 @@ def test_each_device_connects_to_its_home_brokers_listener() -> None:
     assert target_of(far, one) == one
     with pytest.raises(ValueError, match="d2 is homed on broker-2, which has no URL here"):
         target_of(far, {"broker-1": one})
+    # The order it fails over in: home first, then the standbys by its own scores.
+    three = {"broker-1": one, "broker-2": two, "broker-3": Target("198.18.0.5", 8883)}
+    order = [name for name, _ in targets_of(far, three)]
+    assert order == broker_preference("d2", "broker-2", list(three))
+    assert order[0] == "broker-2"
+    assert targets_of(far, one) == [("broker-2", one)]
 
 
 def test_the_ledger_is_readable_after_a_flush(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledgers" / "simulate-0.ledger")
-    ledger.record("d1", 1, 1700000000123)
-    ledger.record("d2", 7, 1700000000456)
+    ledger.record("d1", 1, 1700000000123, "broker-1")
+    ledger.record("d2", 7, 1700000000456, "broker-2")
     ledger.flush()
-    assert ledger.path.read_text() == "d1 1 1700000000123\nd2 7 1700000000456\n"
-    ledger.record("d1", 2, 1700000001123)
+    assert ledger.path.read_text() == ("d1 1 1700000000123 broker-1\nd2 7 1700000000456 broker-2\n")
+    ledger.record("d1", 2, 1700000001123, "broker-2")
     ledger.close()
-    assert ledger.path.read_text().splitlines()[-1] == "d1 2 1700000001123"
+    assert ledger.path.read_text().splitlines()[-1] == "d1 2 1700000001123 broker-2"
 
 
 def test_command_id_from_topic() -> None:
@@ -257,7 +265,8 @@ def test_the_ledger_holds_exactly_the_acknowledged_readings(
     ledger.close()
     lines = [line.split() for line in ledger.path.read_text().splitlines()]
     assert len(lines) == stats.published
+    assert {broker for *_, broker in lines} == {"broker-1"}  # the broker that acknowledged
     for device in devices:
-        seqs = [int(seq) for device_id, seq, _ in lines if device_id == device.device_id]
+        seqs = [int(seq) for device_id, seq, _, _ in lines if device_id == device.device_id]
         # Acknowledged in order, one connection per device: 1, 2, 3, ... with no gap.
         assert seqs == list(range(1, len(seqs) + 1))

@@ -540,8 +540,8 @@ def _operator_sees_the_replica(
 
 
 def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
-    """Created with the CLI, homed on broker-2 by its id: it logs in there and not on broker-1,
-    its telemetry is stored once, and a command sent to it arrives through broker-2."""
+    """Created with the CLI, homed on broker-2 by its id: it logs in there and on broker-1 (its
+    standby), its telemetry is stored once, and a command sent to it arrives through broker-2."""
     cli_env = {**env, "FIELDHUB_LOCAL_BROKERS": "2"}
     device_id = next(
         d
@@ -569,8 +569,12 @@ def _device_on_the_second_broker(env: dict[str, str], primary_url: str) -> None:
             client.close()
 
     wait_for(lambda: logs_in(second_port), timeout=30, what="broker-2's auth-sync to admit it")
-    # broker-1's files hold only broker-1's devices (and the service accounts).
-    assert not logs_in(int(env["FIELDHUB_MQTT_PORT"]))
+    # broker-1 is its standby: every broker's files hold every device (issue #13).
+    wait_for(
+        lambda: logs_in(int(env["FIELDHUB_MQTT_PORT"])),
+        timeout=30,
+        what="broker-1's auth-sync to admit it as a standby",
+    )
 
     device = DeviceClient(second_port, device_id, creds["password"])
     device.connect()
