@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -17,13 +18,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import paho.mqtt.client as mqtt
 import psycopg
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from psycopg.rows import dict_row
 
+from fieldhub.bench import netlab
 from fieldhub.bench.harness import Child, http_status, scrape
 from fieldhub.bridge.app import DEVICE_TOPICS, SHARE_GROUP
 from fieldhub.broker.auth_sync import advance_tombstones, sync_once
@@ -52,6 +56,36 @@ def wait_for(
 
 
 BROKER = "broker-1"  # the session broker's name (the default of a one-broker stack)
+
+
+# Why the lab can't run here (not root, no `ip netns`, ...), or None where it can.
+NETNS_UNAVAILABLE = netlab.unavailable()
+# The marks of every test that builds network-namespace hosts: skipped, with the reason, where
+# namespaces cannot be created.
+NEEDS_NETNS = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        NETNS_UNAVAILABLE is not None,
+        reason=f"no network namespaces here: {NETNS_UNAVAILABLE}",
+    ),
+]
+
+
+def failover_scenarios(*arguments: str, timeout: float = 540) -> list[dict[str, Any]]:
+    """`fieldhub bench failover --json` with these arguments (the benchmark's own code); its
+    scenarios, from the last line of its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fieldhub", "bench", "failover", "--json", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scenarios: list[dict[str, Any]] = orjson.loads(done.stdout.strip().splitlines()[-1])[
+        "scenarios"
+    ]
+    return scenarios
 
 
 class TestStack:

@@ -8,39 +8,21 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
-from typing import Any
 
 import pytest
 
-from fieldhub.bench import netlab
+from tests.support import NEEDS_NETNS, failover_scenarios
 
-REASON = netlab.unavailable()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}"),
-]
+pytestmark = NEEDS_NETNS
 
 
 @pytest.mark.timeout(600)
 def test_a_cut_link_to_the_database_loses_and_doubles_nothing() -> None:
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "fieldhub", "bench", "failover", "--json",
-            "--scenario", "bridge-database-link", "--cut", "15", "--rate", "300",
-            "--devices", "100", "--publishers", "1", "--before", "3", "--after", "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
+    [link] = failover_scenarios(
+        "--scenario", "bridge-database-link", "--cut", "15", "--rate", "300",
+        "--devices", "100", "--publishers", "1", "--before", "3", "--after", "5",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    [link] = result["scenarios"]
     assert link["name"] == "bridge-database-link"
     assert link["acked"] == 300 * (3 + 15 + 5)
     assert link["lost"] == 0
@@ -59,7 +41,7 @@ def test_a_cut_link_to_the_database_loses_and_doubles_nothing() -> None:
     reason="Patroni and etcd are not installed (apt-get install patroni etcd-server)",
 )
 def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_continue() -> None:
-    [primary] = _failover_scenarios(
+    [primary] = failover_scenarios(
         "--scenario", "database-primary", "--rate", "300", "--devices", "100",
         "--publishers", "1", "--before", "5", "--after", "15", "--command-devices", "5",
     )  # fmt: skip
@@ -75,17 +57,3 @@ def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_con
     assert primary["command_send_stall_s"] < 30
     # The run waits for the old primary to stream as a standby; rejoin_s says it did.
     assert primary["rejoin_s"] > 0
-
-
-def _failover_scenarios(*arguments: str) -> list[dict[str, Any]]:
-    """`fieldhub bench failover --json` with these arguments; its scenarios."""
-    done = subprocess.run(
-        [sys.executable, "-m", "fieldhub", "bench", "failover", "--json", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    scenarios: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])["scenarios"]
-    return scenarios

@@ -8,36 +8,20 @@ the sources changed)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from fieldhub.bench import netlab
+from tests.support import NEEDS_NETNS, failover_scenarios
 
-REASON = netlab.unavailable()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}"),
-]
+pytestmark = NEEDS_NETNS
 
 
 @pytest.mark.timeout(900)
 def test_a_lost_broker_hosts_devices_are_served_by_the_standby_within_30_s() -> None:
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "fieldhub", "bench", "failover", "--json",
-            "--scenario", "broker", "--devices", "30", "--rate", "30",
-            "--before", "4", "--after", "20", "--home-after", "5",
-        ],
-        capture_output=True,
-        text=True,
+    [scenario] = failover_scenarios(
+        "--scenario", "broker", "--devices", "30", "--rate", "30",
+        "--before", "4", "--after", "20", "--home-after", "5",
         timeout=840,
-        check=False,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    [scenario] = json.loads(done.stdout.strip().splitlines()[-1])["scenarios"]
     assert scenario["name"] == "broker"
     assert scenario["devices_on_lost_broker"] > 0
     # Every device of the lost broker was stored through the standby within 30 s of the kill.

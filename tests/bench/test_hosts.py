@@ -17,12 +17,9 @@ from pathlib import Path
 import pytest
 
 from fieldhub.bench import netlab
+from tests.support import NEEDS_NETNS
 
-REASON = netlab.unavailable()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}"),
-]
+pytestmark = NEEDS_NETNS
 HOSTS = {"db", "broker-1", "broker-2", "bridge-1", "bridge-2", "web-1", "web-2", "nginx",
          "worker", "load", "ops"}  # fmt: skip
 

@@ -15,13 +15,9 @@ import pytest
 
 from fieldhub.bench import netlab
 from fieldhub.bench.netlab import Host, Lab, LabError
-from tests.support import wait_for
+from tests.support import NEEDS_NETNS, wait_for
 
-REASON = netlab.unavailable()
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(REASON is not None, reason=f"no network namespaces here: {REASON}"),
-]
+pytestmark = NEEDS_NETNS
 
 
 def _root_links() -> set[str]:
