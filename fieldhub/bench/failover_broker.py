@@ -288,6 +288,14 @@ def run(
                 loss = BrokerLoss(run_, options)
                 result = loss.run()
                 t_kill, t_restart, t_end, devices = result.pop("_window")
+                # The rate the devices reached (acknowledged readings stamped in the steady
+                # `--before` seconds), beside the nominal devices / interval: on a shared
+                # machine the simulator can fall behind what was asked.
+                ledger, before_ms = loss.ledger, options.steady_s * 1000
+                reached = ledger.acked_until(int(t_kill * 1000)) - ledger.acked_until(
+                    int(t_kill * 1000 - before_ms)
+                )
+                result["rate_reached"] = round(reached / options.steady_s) if before_ms else None
                 _, tally = run_.drain()
                 missing = loss.split_missing()
                 result["commands_while_down"] = loss.commands_to(devices, t_kill, t_restart)
