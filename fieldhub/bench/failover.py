@@ -83,7 +83,7 @@ DATABASE = "fieldhub"
 def register(bench_subparsers: Any) -> None:
     parser = bench_subparsers.add_parser(
         "failover",
-        help="lose the database primary's host or the database link under load (root)",
+        help="lose the database primary's host, a broker host or the database link (root)",
     )
     parser.add_argument("--rate", type=int, default=2000, help="msg/s published")
     parser.add_argument("--devices", type=int, default=1000)

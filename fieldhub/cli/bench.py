@@ -35,7 +35,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "auth-mechanism": ("fieldhub.bench.registry", "files+SIGHUP vs Dynamic Security"),
     "failover": (
         "fieldhub.bench.failover",
-        "kill the database primary under load (Patroni + etcd on loopback; root)",
+        "lose the database primary's host, a broker host or the database link (root)",
     ),
     "broker-window": (
         "fieldhub.bench.broker_window",
