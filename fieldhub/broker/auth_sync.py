@@ -290,7 +290,7 @@ def render_auth_files(conn: Conn, broker: str, operator_dir: Path | None) -> dic
         # times faster than building a Python row per device (docs/security.md).
         row = conn.execute(QUERIES["device_password_lines"], {"broker": broker}).fetchone()
         accounts = conn.execute(QUERIES["service_accounts"]).fetchall()
-        attached = conn.execute(QUERIES["gateway_children"], {"broker": broker}).fetchall()
+        attached = conn.execute(QUERIES["gateways_with_children"], {"broker": broker}).fetchall()
     device_lines: str = row["lines"] if row else ""
     gateways: dict[str, list[str]] = {}
     for pair in attached:

@@ -23,11 +23,11 @@ FROM (
 -- The services listener's accounts (auth/services.passwords and auth/services.acl).
 SELECT username, password_hash, acl FROM service_accounts ORDER BY username;
 
--- name: gateway_children
--- Each enabled gateway (of every broker, like the logins) with its enabled children (a disabled child is refused
--- by the bridge anyway; least privilege keeps it out of the broker's rules too), leaving out a
--- re-created child whose id still waits for its predecessor's tombstone, like its login. Sorted, so an
--- unchanged registry renders an unchanged file.
+-- name: gateways_with_children
+-- Each enabled gateway (of every broker, like the logins) with its enabled children (a disabled
+-- child is refused by the bridge anyway; least privilege keeps it out of the broker's rules
+-- too), leaving out a re-created child whose id still waits for its predecessor's tombstone,
+-- like its login. Sorted, so an unchanged registry renders an unchanged file.
 SELECT g.device_id AS gateway, c.device_id AS child
 FROM devices c
 JOIN devices g ON g.device_id = c.gateway_id
