@@ -25,8 +25,7 @@ the devices of a lost broker spread over all the others. The rules:
 With the defaults a device of a lost broker publishes through a standby within about
 `puback_timeout_s` (a silent host) or a moment (a closed connection, then `connect_timeout_s`
 for the refused or unanswered retry) + 0-2 s (the first backoff) + one login: measured on the
-eleven-host lab in docs/benchmarks.md.
-"""
+eleven-host lab in docs/benchmarks.md."""
 
 from __future__ import annotations
 
