@@ -71,7 +71,10 @@ def seed(database_url: str) -> World:
                 labels={"site": org},
             )
             devices[org] = device_id
-            now = datetime.now(UTC)
+            # Half a minute off whole minutes, so a test's own reading on a whole minute is
+            # never within a few seconds of a seeded one (the chart's hover would not tell
+            # them apart).
+            now = datetime.now(UTC).replace(second=30, microsecond=0)
             for i in range(30):
                 conn.execute(
                     "INSERT INTO readings (time, device_key, metric, value)"
