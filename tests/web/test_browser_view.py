@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from fieldhub.core import users
 from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
@@ -245,6 +245,59 @@ def test_booleans_read_true_and_false_everywhere(stack: TestStack, browser: Brow
         page.close()
     device.close()
     assert violations == []
+
+
+def test_a_reading_that_arrives_while_the_history_loads_stays_in_the_table(
+    stack: TestStack, browser: Browser
+) -> None:
+    """The history answer was read before the live reading was stored, and the stream sends
+    each reading once: the page must add what arrived meanwhile to the answer, not lose it."""
+    device_id = "flow-4"
+    secret = stack.create_devices([device_id])[device_id]
+    email = "reader@test.example"
+    users.create_user(stack.conn, email, org=stack.org, role="member", password=PASSWORD)
+    device = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
+    topic = f"devices/{device_id}/telemetry"
+    with BridgeProcess(stack) as bridge, WebServer(stack.database_url) as server:
+        bridge.start().wait_ready()
+        device.connect()
+        device.publish(topic, json.dumps({"values": {"flow": 1.5}}))
+        wait_for(
+            lambda: stack.query(
+                "SELECT 1 FROM latest_values JOIN devices USING (device_key)"
+                " WHERE device_id = %s AND metric = 'flow'",
+                (device_id,),
+            ),
+            what="the first reading stored",
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        log_in(page, server.url, email)
+        page.goto(f"{server.url}/devices/{device_id}")
+        expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+        newest = page.locator("#history-table tbody tr").first
+        expect(newest.locator("td.num")).to_have_text("1.5")
+
+        # The next history answer is read now, before the live reading is stored, and handed to
+        # the page only after the live reading has been shown: the race of a slow answer.
+        held: list[Route] = []
+
+        def hold(route: Route) -> None:
+            held.append(route)
+
+        page.route("**/history.json*", hold)
+        with page.expect_request("**/history.json*") as request:
+            page.click("button.range[data-range='1h']")
+        early = page.request.get(request.value.url, headers={"Accept": "application/json"})
+        assert early.json()["value"] == [1.5]
+        device.publish(topic, json.dumps({"values": {"flow": 2.75}}))
+        expect(page.locator(".tile[data-metric=flow] .v")).to_have_text("2.75", timeout=10000)
+        assert len(held) == 1  # the page's own request is still waiting
+        held[0].fulfill(response=early)
+        page.unroute("**/history.json*", hold)
+        expect(newest.locator("td.num")).to_have_text("2.75")
+        expect(page.locator("#history-table tbody tr").nth(1).locator("td.num")).to_have_text("1.5")
+        page.close()
+    device.close()
 
 
 PHONE_PAGES = [

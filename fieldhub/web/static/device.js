@@ -203,6 +203,12 @@
         : `${n} ${what}${n === 1 ? "" : "s"}, newest first.`;
   }
 
+  // Each load() gets a number, so an answer overtaken by a later load is dropped; live readings
+  // that arrive while a load is on its way are kept here and added to its answer (the history
+  // was read before they were stored, and the live stream sends each reading only once).
+  let loadNumber = 0;
+  let arrivedDuringLoad = null;
+
   async function load() {
     const series = selectedSeries();
     updateExport();
@@ -214,8 +220,14 @@
     const p = rangeParams();
     p.set("metric", series.metric);
     p.set("unit", series.unit);
+    const key = metricSelect.value;
+    const number = (loadNumber += 1);
+    arrivedDuringLoad = [];
     const resp = await fetch(card.dataset.historyUrl + "?" + p.toString(), { headers: { Accept: "application/json" } });
     const body = await resp.json();
+    if (number !== loadNumber) return;
+    const arrived = arrivedDuringLoad;
+    arrivedDuringLoad = null;
     if (!resp.ok) {
       sourceNote.textContent = body.detail || "Could not load history.";
       return;
@@ -226,6 +238,16 @@
     state.xmin = Date.parse(body.start) / 1000;
     state.xmax = Date.parse(body.end) / 1000;
     state.data = state.raw ? [body.t, body.value] : [body.t, body.min, body.avg, body.max];
+    if (isLive()) {
+      const times = state.data[0];
+      arrived
+        .filter((r) => seriesKey(r.metric, r.unit) === key && r.value != null)
+        .filter((r) => !times.length || r.t > times[times.length - 1])
+        .forEach((r) => {
+          times.push(r.t);
+          state.data[1].push(Number(r.value));
+        });
+    }
     draw();
     renderHistory();
     const bucket = body.bucket_s ? ` in ${body.bucket_s >= 3600 ? body.bucket_s / 3600 + " h" : body.bucket_s / 60 + " min"} buckets` : "";
@@ -238,6 +260,7 @@
 
   function appendReadings(readings) {
     const selected = metricSelect.value;
+    if (arrivedDuringLoad) arrivedDuringLoad.push(...readings);
     readings.forEach((r) => {
       const unit = r.unit || "";
       const tile = document.querySelector(`.tile[data-metric="${CSS.escape(r.metric)}"][data-unit="${CSS.escape(unit)}"]`);
