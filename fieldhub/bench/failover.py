@@ -78,6 +78,8 @@ from fieldhub.stack.patroni import Node, PatroniCluster
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 
 DATABASE = "fieldhub"
+# How long the old primary gets to stream again after its restart (measured: 4-27 s).
+REJOIN_TIMEOUT_S = 300
 
 
 def register(bench_subparsers: Any) -> None:
@@ -316,9 +318,17 @@ def run_database_primary(
     progress("restarting the old primary's Patroni")
     restarted_at = time.monotonic()
     restart(primary)
-    wait_until(lambda: cluster.streaming(primary), timeout=300, interval=0.5, what="the rejoin")
-    rejoin_s = time.monotonic() - restarted_at
-    progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
+    # A rejoin that does not happen is reported (rejoin_s null), not raised: the figures of the
+    # failover itself stand on their own, and the run says what it saw. Seen in 1 of 3
+    # whole-suite runs (issue #13, cause not found yet: --keep keeps the node's Patroni log).
+    rejoin_s: float | None
+    try:
+        wait_until(lambda: cluster.streaming(primary), timeout=REJOIN_TIMEOUT_S, interval=0.5)
+        rejoin_s = round(time.monotonic() - restarted_at, 1)
+        progress(f"  {primary.name} streams as a standby after {rejoin_s:.1f} s")
+    except TimeoutError:
+        rejoin_s = None
+        progress(f"  {primary.name} did not stream as a standby within {REJOIN_TIMEOUT_S} s")
     return {
         "name": "database-primary",
         "recovery_s": round(recovery_s, 1),
@@ -327,7 +337,7 @@ def run_database_primary(
         "lost": acked - stored,
         "doubled": doubled,
         "promoted_s": round(promoted_s, 1),
-        "rejoin_s": round(rejoin_s, 1),
+        "rejoin_s": rejoin_s,
         "rate": args.rate,
         "devices": args.devices,
         "synchronous": not args.asynchronous,
