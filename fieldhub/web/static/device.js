@@ -223,8 +223,16 @@
     const key = metricSelect.value;
     const number = (loadNumber += 1);
     arrivedDuringLoad = [];
-    const resp = await fetch(card.dataset.historyUrl + "?" + p.toString(), { headers: { Accept: "application/json" } });
-    const body = await resp.json();
+    let resp;
+    let body;
+    try {
+      resp = await fetch(card.dataset.historyUrl + "?" + p.toString(), { headers: { Accept: "application/json" } });
+      body = await resp.json();
+    } catch (error) {
+      // Nobody will take what arrived: stop keeping it (the next load starts afresh).
+      if (number === loadNumber) arrivedDuringLoad = null;
+      throw error;
+    }
     if (number !== loadNumber) return;
     const arrived = arrivedDuringLoad;
     arrivedDuringLoad = null;
