@@ -300,6 +300,52 @@ def test_a_reading_that_arrives_while_the_history_loads_stays_in_the_table(
     device.close()
 
 
+def test_a_reading_the_history_already_holds_is_not_added_again_by_its_live_event(
+    stack: TestStack, browser: Browser
+) -> None:
+    """A history answer can be read after a reading was stored and reach the page before the
+    stream's event for it: the event must not add the reading a second time. The middle
+    reading is stored without a notification, so the stream sends it only with the next one."""
+    device_id = "flow-5"
+    secret = stack.create_devices([device_id])[device_id]
+    email = "watcher@test.example"
+    users.create_user(stack.conn, email, org=stack.org, role="member", password=PASSWORD)
+    device = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
+    topic = f"devices/{device_id}/telemetry"
+    with BridgeProcess(stack) as bridge, WebServer(stack.database_url) as server:
+        bridge.start().wait_ready()
+        device.connect()
+        device.publish(topic, json.dumps({"values": {"flow": 1.5}}))
+        wait_for(
+            lambda: stack.query(
+                "SELECT 1 FROM latest_values JOIN devices USING (device_key)"
+                " WHERE device_id = %s AND metric = 'flow'",
+                (device_id,),
+            ),
+            what="the first reading stored",
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        log_in(page, server.url, email)
+        page.goto(f"{server.url}/devices/{device_id}")
+        expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+        rows = page.locator("#history-table tbody tr td.num")
+        expect(rows).to_have_text(["1.5"])
+
+        stack.conn.execute(
+            "INSERT INTO readings (time, device_key, metric, value)"
+            " SELECT now(), device_key, 'flow', 2.25 FROM devices WHERE device_id = %s",
+            (device_id,),
+        )
+        page.click("button.range[data-range='1h']")
+        expect(rows).to_have_text(["2.25", "1.5"])
+        device.publish(topic, json.dumps({"values": {"flow": 3.0}}))
+        expect(page.locator(".tile[data-metric=flow] .v")).to_have_text("3", timeout=10000)
+        expect(rows).to_have_text(["3", "2.25", "1.5"])
+        expect(page.locator("#chart")).to_have_attribute("data-points", "3")
+        page.close()
+    device.close()
+
+
 PHONE_PAGES = [
     "/devices",
     "/devices/{device}",

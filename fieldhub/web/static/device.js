@@ -204,8 +204,21 @@
   }
 
   // Each load() gets a number, so an answer overtaken by a later load is dropped; live readings
-  // that arrive while a load is on its way are kept here and added to its answer (the history
-  // was read before they were stored, and the live stream sends each reading only once).
+  // that arrive while a load is on its way are kept here and added to its answer (it may have
+  // been read before they were stored).
+  // Adds one live reading to the raw series in time order. A history answer can already hold
+  // it: the answer may be read after the reading was stored and still reach the page before the
+  // stream's event does. The same time and value is that reading again; a late reading (the
+  // device's own older timestamp) goes where its time says.
+  function addReading(t, value) {
+    const [times, values] = state.data;
+    let at = times.length;
+    while (at > 0 && times[at - 1] > t) at -= 1;
+    if (at > 0 && times[at - 1] === t && values[at - 1] === value) return;
+    times.splice(at, 0, t);
+    values.splice(at, 0, value);
+  }
+
   let loadNumber = 0;
   let arrivedDuringLoad = null;
 
@@ -247,14 +260,9 @@
     state.xmax = Date.parse(body.end) / 1000;
     state.data = state.raw ? [body.t, body.value] : [body.t, body.min, body.avg, body.max];
     if (isLive()) {
-      const times = state.data[0];
       arrived
         .filter((r) => seriesKey(r.metric, r.unit) === key && r.value != null)
-        .filter((r) => !times.length || r.t > times[times.length - 1])
-        .forEach((r) => {
-          times.push(r.t);
-          state.data[1].push(Number(r.value));
-        });
+        .forEach((r) => addReading(r.t, Number(r.value)));
     }
     draw();
     renderHistory();
@@ -307,10 +315,7 @@
     const now = Date.now() / 1000;
     state.xmax = Math.max(state.xmax, now);
     state.xmin = Math.max(state.xmin, now - span);
-    mine.forEach((r) => {
-      state.data[0].push(r.t);
-      state.data[1].push(Number(r.value));
-    });
+    mine.forEach((r) => addReading(r.t, Number(r.value)));
     while (state.data[0].length && state.data[0][0] < now - span) {
       state.data[0].shift();
       state.data[1].shift();
