@@ -186,10 +186,28 @@ def hub() -> Hub:
     return result
 
 
-def sse(event: str, payload: Any) -> str:
-    """One event; times in it as ISO 8601 (UTC), like every JSON answer of the app."""
+def sse(event: str, payload: Any, event_id: str | None = None) -> str:
+    """One event; times in it as ISO 8601 (UTC), like every JSON answer of the app. An
+    `event_id` is what the browser sends back as Last-Event-ID when it reconnects."""
     data = orjson.dumps(payload, default=JSONProvider.default, option=orjson.OPT_NON_STR_KEYS)
-    return f"event: {event}\ndata: {data.decode()}\n\n"
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {data.decode()}\n\n"
+
+
+def stream_start(last_event_id: str | None, since_arg: str | None, now: datetime) -> datetime:
+    """Where a device stream's readings start. A browser that reconnects on its own asks for
+    the URL it first opened, whose `since` is the page's load time, so it would get every reading
+    since then again; its Last-Event-ID (the last reading it was sent) wins over that. Anything
+    unreadable starts now."""
+    try:
+        if last_event_id:
+            moment = datetime.fromisoformat(last_event_id)
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        if since_arg:
+            return datetime.fromtimestamp(float(since_arg), UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    return now
 
 
 Event = tuple[str, str, Conn]
@@ -234,11 +252,9 @@ def device_stream(device_id: str) -> ResponseReturnValue:
         key: int = data.get_device(db.read(), org_id, device_id)["device_key"]
     except data.NotFound:
         abort(404)
-    since_arg = request.args.get("since")
-    try:
-        since = datetime.fromtimestamp(float(since_arg), UTC) if since_arg else datetime.now(UTC)
-    except (ValueError, OverflowError):
-        since = datetime.now(UTC)
+    since = stream_start(
+        request.headers.get("Last-Event-ID"), request.args.get("since"), datetime.now(UTC)
+    )
     pools = db.pools()
     keepalive = float(current_app.config["LIVE_KEEPALIVE_S"])
     still_valid = credential_check()
@@ -278,6 +294,7 @@ def device_stream(device_id: str) -> ResponseReturnValue:
                                 }
                                 for r in rows
                             ],
+                            event_id=cursor.isoformat(),
                         )
                 if channel == "presence":
                     yield sse("presence", {"online": payload.split()[-1] == "online"})

@@ -18,7 +18,7 @@ import requests
 from psycopg.rows import dict_row
 
 from fieldhub.core import registry, users
-from fieldhub.web.live import Subscription, route
+from fieldhub.web.live import Subscription, route, stream_start
 from tests.support import wait_for
 from tests.web.helpers import PASSWORD, WebServer, World, csrf_from
 
@@ -56,14 +56,19 @@ def session_for(server: WebServer, email: str) -> requests.Session:
 
 
 def read_events(
-    response: requests.Response, events: queue.Queue[tuple[str, object, float]]
+    response: requests.Response,
+    events: queue.Queue[tuple[str, object, float]],
+    ids: list[str] | None = None,
 ) -> None:
-    """Each event as (name, data, when); ("closed", None, when) once the server ends it."""
+    """Each event as (name, data, when); ("closed", None, when) once the server ends it. Event
+    ids, in order, go to `ids`."""
     event = None
     try:
         for line in response.iter_lines(decode_unicode=True):
             assert isinstance(line, str)
-            if line.startswith("event: "):
+            if line.startswith("id: ") and ids is not None:
+                ids.append(line[4:])
+            elif line.startswith("event: "):
                 event = line[7:]
             elif line.startswith("data: ") and event:
                 events.put((event, json.loads(line[6:]), time.monotonic()))
@@ -116,6 +121,68 @@ def test_reading_reaches_the_stream_within_two_seconds(world: World) -> None:
         assert at - committed < 2.0
         # The stream stays open; stopping the server ends it (closing it from this side would
         # wait for the reader thread's next keepalive).
+
+
+def test_a_stream_starts_after_the_last_event_a_reconnecting_browser_saw() -> None:
+    now = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
+    loaded = datetime(2026, 12, 2, 5, 0, tzinfo=UTC)
+    seen = datetime(2026, 12, 2, 5, 59, 1, 123457, tzinfo=UTC)
+    assert stream_start(None, str(loaded.timestamp()), now) == loaded
+    assert stream_start(seen.isoformat(), str(loaded.timestamp()), now) == seen
+    assert stream_start(None, None, now) == now
+    assert stream_start("yesterday", None, now) == now
+    assert stream_start(None, "1e300", now) == now
+
+
+def test_a_reconnecting_browser_gets_only_readings_it_was_not_sent(world: World) -> None:
+    """A browser reconnects on its own to the URL it first opened (whose `since` is the page's
+    load time) and sends the id of the last event it got: the stream starts after that event,
+    instead of sending every reading since the page loaded again."""
+    device = world.devices["a"]
+    with WebServer(world.database_url, workers=1) as server:
+        session = session_for(server, world.emails["a_viewer"])
+        url = f"{server.url}/devices/{device}/live?since={time.time()}"
+        ids: list[str] = []
+        first = session.get(url, stream=True, timeout=60)
+        first_events: queue.Queue[tuple[str, object, float]] = queue.Queue()
+        threading.Thread(target=read_events, args=(first, first_events, ids), daemon=True).start()
+        assert first_events.get(timeout=10)[0] == "hello"
+        with psycopg.connect(world.database_url, autocommit=True) as conn:
+            wait_for(
+                lambda: conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE application_name = 'fieldhub-web-live'"
+                ).fetchone(),
+                what="the live hub to listen",
+            )
+
+            def store(value: float) -> None:
+                with conn.transaction():
+                    row = conn.execute(
+                        "INSERT INTO readings (time, device_key, metric, value)"
+                        " SELECT %s, device_key, 'temperature', %s FROM devices"
+                        " WHERE device_id = %s RETURNING device_key",
+                        (datetime.now(UTC), value, device),
+                    ).fetchone()
+                    assert row is not None
+                    conn.execute("SELECT pg_notify('telemetry', %s)", (str(row[0]),))
+
+            store(31.5)
+            name, payload, _ = _next_other_than(first_events, set(), timeout=5)
+            assert name == "readings"
+            assert isinstance(payload, list)
+            assert [r["value"] for r in payload] == [31.5]
+            assert len(ids) == 1
+            first.close()
+
+            again = session.get(url, headers={"Last-Event-ID": ids[-1]}, stream=True, timeout=60)
+            events: queue.Queue[tuple[str, object, float]] = queue.Queue()
+            threading.Thread(target=read_events, args=(again, events), daemon=True).start()
+            assert events.get(timeout=10)[0] == "hello"
+            store(32.5)
+            name, payload, _ = _next_other_than(events, set(), timeout=5)
+            assert name == "readings"
+            assert isinstance(payload, list)
+            assert [r["value"] for r in payload] == [32.5]
 
 
 def test_open_streams_do_not_block_other_requests(world: World) -> None:
