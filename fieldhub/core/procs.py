@@ -52,11 +52,47 @@ def chown(path: Path, user: str, group: str | None = None) -> None:
         os.chown(path, entry.pw_uid, gid)
 
 
+def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> range:
+    """The ports the kernel picks from for outgoing connections and bind(0)."""
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return range(low, high + 1)
+
+
+def port_order(ephemeral: range, pid: int) -> list[int]:
+    """The ports free_port tries, in order: those below the ephemeral range (above it if that
+    leaves too few), from a place of this process's own so that processes seldom try the same
+    port at once, wrapping around."""
+    pool = range(10000, ephemeral.start)
+    if len(pool) < 2000:
+        pool = range(ephemeral.stop, 65536)
+    start = (pid * 7919) % len(pool)
+    return [*pool[start:], *pool[:start]]
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that is free on loopback right now (tests start servers on these)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that is free on loopback now and that this process has not handed out before
+    (tests and benchmarks start servers on these).
+
+    The port is released before the server binds it. A port bind(0) chose lies in the
+    ephemeral range, where any outgoing connection may take it in between (a bridge once
+    failed to bind its metrics port so); ports outside that range are taken only by servers."""
+    for port in port_order(ephemeral_ports(), os.getpid()):
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free TCP port left outside the ephemeral range")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
