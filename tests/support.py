@@ -13,7 +13,8 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,9 +34,11 @@ from fieldhub.bridge.app import DEVICE_TOPICS, SHARE_GROUP
 from fieldhub.broker.auth_sync import advance_tombstones, sync_once
 from fieldhub.broker.mosquitto import MosquittoBroker
 from fieldhub.core import device_ca, registry, tombstones
+from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.passwords import generate_secret
 from fieldhub.core.procs import free_port, wait_until
 from fieldhub.core.tls import ensure_tls
+from fieldhub.stack.patroni import Node, PatroniCluster
 
 # The account of bridge instance 1; instance N is registry.bridge_account(N).
 BRIDGE_ACCOUNT = registry.bridge_account(1)
@@ -69,6 +72,32 @@ NEEDS_NETNS = [
         reason=f"no network namespaces here: {NETNS_UNAVAILABLE}",
     ),
 ]
+
+# Tests that run a real Patroni cluster on loopback: skipped, with the reason, without it.
+NEEDS_PATRONI = pytest.mark.skipif(
+    not (shutil.which("patroni") and shutil.which("etcd")),
+    reason="Patroni and etcd are not installed (apt-get install patroni etcd-server)",
+)
+
+
+@contextmanager
+def patroni_database(name: str) -> Iterator[tuple[PatroniCluster, Node, str]]:
+    """A three-node Patroni cluster on loopback with one migrated database: the cluster, the
+    node leading when it was created, the database's URL naming every node. Stopped and
+    removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=f"fieldhub-test-{name}-"))
+    base.chmod(0o755)
+    cluster = PatroniCluster(base / "cluster")
+    try:
+        cluster.start()
+        leader = cluster.primary()
+        assert leader is not None
+        url = cluster.create_database(name)
+        apply_migrations(url)
+        yield cluster, leader, url
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def failover_scenarios(*arguments: str, timeout: float = 540) -> list[dict[str, Any]]:

@@ -31,12 +31,18 @@ from fieldhub.core.db import make_pool
 from fieldhub.core.migrate import apply_migrations
 from fieldhub.core.procs import as_user, free_port
 from fieldhub.stack.cluster import init_replica, replica_ready
-from fieldhub.stack.patroni import PatroniCluster
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 from tests.bridge.publishing import DevicePublisher
 from tests.bridge.test_durability import publishing_in_background
 from tests.bridge.traffic import numeric_stream
-from tests.support import BridgeProcess, DeviceClient, TestStack, wait_for
+from tests.support import (
+    NEEDS_PATRONI,
+    BridgeProcess,
+    DeviceClient,
+    TestStack,
+    patroni_database,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -308,25 +314,11 @@ def promote(cluster: PostgresCluster) -> None:
     )
 
 
-needs_patroni = pytest.mark.skipif(
-    not (shutil.which("patroni") and shutil.which("etcd")),
-    reason="Patroni and etcd are not installed (apt-get install patroni etcd-server)",
-)
-
-
-@needs_patroni
+@NEEDS_PATRONI
 def test_patroni_fails_over_under_the_bridge_and_the_old_primary_rejoins(
     broker: MosquittoBroker,
 ) -> None:
-    base = Path(tempfile.mkdtemp(prefix="fieldhub-test-patroni-"))
-    base.chmod(0o755)
-    cluster = PatroniCluster(base / "cluster")
-    try:
-        cluster.start()
-        leader = cluster.primary()
-        assert leader is not None
-        url = cluster.create_database("fieldhub_ha")
-        apply_migrations(url)
+    with patroni_database("fieldhub_ha") as (cluster, leader, url):
         devices = [f"pat-{n:02d}" for n in range(20)]
         messages, expected = numeric_stream(devices, per_device=300)
         with TestStack(url, broker) as stack:
@@ -379,9 +371,6 @@ def test_patroni_fails_over_under_the_bridge_and_the_old_primary_rejoins(
             stack.conn.close()
         print(f"patroni failover: recovery {recovery_s:.1f} s, rejoin {rejoin_s:.1f} s")
         assert recovery_s < 30
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def rows_on_primary(url: str) -> int:

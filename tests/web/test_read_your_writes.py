@@ -6,23 +6,18 @@ from the primary."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from flask import Flask
 
-from fieldhub.core.migrate import apply_migrations
-from fieldhub.stack.patroni import PatroniCluster
 from fieldhub.stack.postgres import PostgresCluster
 from fieldhub.web import create_app
 from tests.conftest import TEMPLATE_DB
-from tests.support import wait_for
+from tests.support import NEEDS_PATRONI, patroni_database, wait_for
 from tests.web.helpers import World, login, seed
 
 pytestmark = pytest.mark.integration
@@ -92,23 +87,12 @@ def test_without_the_write_marker_reads_come_from_the_replica(
         _close(app)
 
 
-@pytest.mark.skipif(
-    not (shutil.which("patroni") and shutil.which("etcd")),
-    reason="Patroni and etcd are not installed (apt-get install patroni etcd-server)",
-)
+@NEEDS_PATRONI
 def test_the_web_app_keeps_reading_its_writes_across_a_database_failover() -> None:
     # Both URLs name every node of a Patroni cluster: writes go to the primary, reads prefer
     # a standby. The primary is killed; the same app (same pools, no restart) must show a
     # command sent before the failover and one sent right after it.
-    base = Path(tempfile.mkdtemp(prefix="fieldhub-test-ryw-"))
-    base.chmod(0o755)
-    cluster = PatroniCluster(base / "cluster")
-    try:
-        cluster.start()
-        leader = cluster.primary()
-        assert leader is not None
-        url = cluster.create_database("fieldhub_ryw")
-        apply_migrations(url)
+    with patroni_database("fieldhub_ryw") as (cluster, leader, url):
         world = seed(url)
         app = create_app(
             {
@@ -156,9 +140,6 @@ def test_the_web_app_keeps_reading_its_writes_across_a_database_failover() -> No
             assert after in ids
         finally:
             _close(app)
-    finally:
-        cluster.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _answers(client: Any, device: str) -> bool:
