@@ -40,6 +40,7 @@ import dataclasses
 import grp
 import ipaddress
 import logging
+import multiprocessing.resource_tracker
 import os
 import pwd
 import shutil
@@ -125,6 +126,10 @@ class Lab:
         reason = unavailable()
         if reason:
             raise LabError(reason)
+        # multiprocessing starts its resource tracker on first need, from whichever thread
+        # needs it; from a `call` thread the tracker would live in that host's namespace and
+        # die with the host (its replacement then fails on every name the first one knew).
+        multiprocessing.resource_tracker.ensure_running()
         self.workdir = workdir
         self.network = network
         self.prefix = f"{NAME_PREFIX}{os.getpid()}"
