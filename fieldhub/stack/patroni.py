@@ -34,10 +34,12 @@ from fieldhub.core.procs import chown_tree, free_port, running_as_root, wait_unt
 from fieldhub.stack.postgres import PG_USER, pg_bindir
 
 SCOPE = "fieldhub"
+# Patroni logs at INFO: what it decided each loop (follow, rewind, reinitialise) is what a
+# failover that goes wrong is read from, and these logs live only as long as a run's directory.
 _NODE_TEMPLATE = """\
 scope: {scope}
 name: {name}
-log: {{level: WARNING}}
+log: {{level: INFO}}
 restapi:
   listen: {address}:{rest_port}
   connect_address: {address}:{rest_port}
