@@ -19,7 +19,8 @@ seconds the primary's host dies: its link goes down and every process of it gets
 RST reaches anyone). promoted_s: from the kill to a standby out of recovery (Patroni's part);
 recovery_s: to the first rows committed on the promoted node (the bridge's part added);
 rejoin_s: from the link coming back and the host's etcd and Patroni being started again (as
-systemd would) to the old primary streaming as a standby (pg_rewind, no manual step).
+systemd would) to the old primary streaming as a standby (pg_rewind, no manual step); null if
+it did not within REJOIN_TIMEOUT_S, and then rejoin_log holds the end of its Patroni log.
 `--throughput N` first measures the bridge's rate with synchronous and asynchronous
 replication, alternated on one cluster on loopback (patronictl switches it from here).
 
@@ -259,9 +260,11 @@ def run_database_primary(
     kill: Callable[[Node], float],
     restart: Callable[[Node], None],
     commands: CommandLoad | None = None,
+    node_logs: Path | None = None,
 ) -> dict[str, Any]:
     """The primary lost under load (`kill` it, returning the time just before), then brought
-    back (`restart`, as systemd's Restart=always would) until it streams as a standby."""
+    back (`restart`, as systemd's Restart=always would) until it streams as a standby. If it
+    does not, the end of its Patroni log (`node_logs`/<node>.log) says what it did instead."""
     total = int(args.rate * (args.before + args.after))
     # Rows of earlier runs (--throughput) are not this scenario's.
     rows_before = _rows(servers.database_url)
@@ -319,9 +322,9 @@ def run_database_primary(
     restarted_at = time.monotonic()
     restart(primary)
     # A rejoin that does not happen is reported (rejoin_s null), not raised: the figures of the
-    # failover itself stand on their own, and the run says what it saw. Seen in 1 of 3
-    # whole-suite runs (issue #13, cause not found yet: --keep keeps the node's Patroni log).
+    # failover itself stand on their own, and the run says what it saw.
     rejoin_s: float | None
+    rejoin: dict[str, Any] = {}
     try:
         wait_until(lambda: cluster.streaming(primary), timeout=REJOIN_TIMEOUT_S, interval=0.5)
         rejoin_s = round(time.monotonic() - restarted_at, 1)
@@ -329,6 +332,8 @@ def run_database_primary(
     except TimeoutError:
         rejoin_s = None
         progress(f"  {primary.name} did not stream as a standby within {REJOIN_TIMEOUT_S} s")
+        if node_logs is not None:
+            rejoin["rejoin_log"] = tail(node_logs / f"{primary.name}.log", 40).splitlines()
     return {
         "name": "database-primary",
         "recovery_s": round(recovery_s, 1),
@@ -338,6 +343,7 @@ def run_database_primary(
         "doubled": doubled,
         "promoted_s": round(promoted_s, 1),
         "rejoin_s": rejoin_s,
+        **rejoin,
         "rate": args.rate,
         "devices": args.devices,
         "synchronous": not args.asynchronous,
@@ -619,7 +625,7 @@ def _primary_scenario(
     with _app_side("fieldhub-bench-primary-", url, args, workdir) as app:
         return run_database_primary(
             app.servers, cluster, app.loadgen, args, kill=kill, restart=restart,
-            commands=app.commands,
+            commands=app.commands, node_logs=workdir,
         )  # fmt: skip
 
 

@@ -57,8 +57,10 @@ def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_con
     assert primary["command_send_stall_s"] < 30
     # The run waits for the old primary to stream as a standby; rejoin_s says it did.
     if primary["rejoin_s"] is None:
+        log = "\n".join(primary["rejoin_log"])
         pytest.xfail(
             "known intermittent (issue #13): in 1 of 3 whole-suite runs the old primary did not "
-            "stream again within 300 s after its restart; every other figure above held"
+            "stream again within 300 s after its restart; every other figure above held. The "
+            f"end of its Patroni log:\n{log}"
         )
     assert primary["rejoin_s"] > 0
