@@ -18,8 +18,8 @@ load and the commands, the bridge's DATABASE_URL naming the three hosts. After `
 seconds the primary's host dies: its link goes down and every process of it gets SIGKILL (no
 RST reaches anyone). promoted_s: from the kill to a standby out of recovery (Patroni's part);
 recovery_s: to the first rows committed on the promoted node (the bridge's part added);
-rejoin_s: from the link coming back and the host's etcd and Patroni being started again (as
-systemd would) to the old primary streaming as a standby (pg_rewind, no manual step); null if
+rejoin_s: from the link coming back and the host's etcd and then Patroni being started again
+(as systemd would) to the old primary streaming as a standby (pg_rewind, no manual step); null if
 it did not within REJOIN_TIMEOUT_S, and then rejoin_log holds the end of its Patroni log.
 `--throughput N` first measures the bridge's rate with synchronous and asynchronous
 replication, alternated on one cluster on loopback (patronictl switches it from here).
@@ -570,8 +570,15 @@ def run_database_primary_on_hosts(args: argparse.Namespace) -> dict[str, Any]:
                 return killed_at
 
             def restart(node: Node) -> None:
+                """The host back as systemd brings it up: etcd, and Patroni once etcd is
+                ready (Patroni reads its own member, which serves the state from before the
+                host went down until it has caught up)."""
                 lab.link_up(hosts[node.name])
                 start_etcd(node)
+                wait_until(
+                    lambda: cluster.etcd_ready(node),
+                    timeout=60, interval=0.1, what=f"etcd on {node.name}'s host",
+                )  # fmt: skip
                 start_patroni(node)
 
             progress("a four-host lab: db1-db3 (etcd + Patroni each), app (broker, bridge, load)")

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -282,6 +284,18 @@ class PatroniCluster:
             if rows and rows[0][0] is False:
                 return node
         return None
+
+    def etcd_ready(self, node: Node) -> bool:
+        """The etcd member on the node's host answers /health, a quorum read: it has joined the
+        cluster and caught up. Until then it serves Patroni's reads (serializable, so from its
+        own copy) from before its host went down; systemd starts Patroni only after it (etcd's
+        unit is Type=notify, Patroni's drop-in After=etcd.service)."""
+        url = f"http://{node.address}:{self.etcd_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(json.load(response).get("health") == "true")
+        except (OSError, ValueError):
+            return False
 
     def streaming(self, node: Node) -> bool:
         """The node is a standby receiving WAL from the primary."""

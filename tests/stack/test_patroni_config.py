@@ -1,9 +1,11 @@
 """The Patroni node configs one renderer writes for both layouts (fieldhub/stack/patroni.py):
 on loopback, and one node per lab host with its own address and etcd member. Pure rendering,
-no process started."""
+no process started; but for the last test, which asks a real etcd when it is ready."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # no stubs installed; only safe_load is used
 
 from fieldhub.stack.patroni import PatroniCluster
+from tests.support import wait_for
 
 ADDRESSES = ("198.18.0.10", "198.18.0.11", "198.18.0.12")
 
@@ -65,3 +68,19 @@ def test_the_loopback_cluster_keeps_one_etcd_and_trusts_only_loopback(tmp_path: 
     hosted = PatroniCluster(tmp_path / "hosted", addresses=ADDRESSES)
     with pytest.raises(RuntimeError, match="runs on its host"):
         hosted.start_node(hosted.nodes[0])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed (etcd-server)")
+def test_etcd_counts_as_ready_once_it_answers_a_quorum_read(tmp_path: Path) -> None:
+    cluster = PatroniCluster(tmp_path)
+    node = cluster.nodes[0]
+    assert not cluster.etcd_ready(node)  # nothing listens yet
+    with (tmp_path / "etcd.log").open("wb") as log:
+        etcd = subprocess.Popen(cluster.etcd_argv(), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: cluster.etcd_ready(node), timeout=30, what="etcd's /health")
+    finally:
+        etcd.kill()
+        etcd.wait()
+    assert not cluster.etcd_ready(node)
