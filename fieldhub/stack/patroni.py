@@ -58,6 +58,8 @@ bootstrap:
     synchronous_node_count: 1
     postgresql:
       use_pg_rewind: true
+      remove_data_directory_on_rewind_failure: true
+      remove_data_directory_on_diverged_timelines: true
       use_slots: true
       parameters:
         wal_level: replica

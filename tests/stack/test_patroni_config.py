@@ -43,6 +43,9 @@ def test_each_node_on_a_host_listens_on_its_address_and_knows_every_etcd_member(
         assert dcs["synchronous_mode"] is True
         assert dcs["synchronous_mode_strict"] is True
         assert dcs["postgresql"]["use_pg_rewind"] is True
+        # A failed rewind clones the node instead of leaving it stopped.
+        assert dcs["postgresql"]["remove_data_directory_on_rewind_failure"] is True
+        assert dcs["postgresql"]["remove_data_directory_on_diverged_timelines"] is True
     argv = cluster.etcd_argv(cluster.nodes[1])
     assert argv[argv.index("--listen-client-urls") + 1] == "http://198.18.0.11:2379"
     assert argv[argv.index("--initial-cluster") + 1] == ",".join(
