@@ -28,27 +28,24 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fieldhub.core.procs import free_port, wait_until
+from tests.deploy.prometheus import (
+    NEEDS_PROMETHEUS,
+    PROMTOOL,
+    ROOT,
+    SCRAPE_CONFIG,
+    api,
+    running_prometheus,
+)
 from tests.stack.test_stack import _environment, _fieldhub, _status
 from tests.support import wait_for
 from tests.web.helpers import csrf_from
 
-ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "fieldhub.json"
-SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "fieldhub.yml"
-PROMETHEUS = shutil.which("prometheus")
-PROMTOOL = shutil.which("promtool")
 METRIC = re.compile(r"\b(fieldhub_[a-z0-9_]+|up)\b")
 # A process's job in deploy/prometheus/fieldhub.yml, by the stack's process name.
 JOBS = {"bridge": "fieldhub-bridge", "web": "fieldhub-web", "worker": "fieldhub-worker"}
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        PROMETHEUS is None or PROMTOOL is None,
-        reason="Debian's prometheus package is not installed (scripts/setup installs it)",
-    ),
-]
+pytestmark = [pytest.mark.integration, NEEDS_PROMETHEUS]
 
 
 def panel_queries() -> list[tuple[str, str]]:
@@ -71,7 +68,8 @@ def test_the_scrape_config_is_valid_and_names_the_jobs() -> None:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     jobs = re.findall(r"job_name: (\S+)", SCRAPE_CONFIG.read_text())
-    assert sorted(jobs) == sorted(JOBS.values())
+    # The database hosts' Patroni besides fieldhub's own processes (tests/deploy/test_alerts.py).
+    assert sorted(jobs) == sorted([*JOBS.values(), "patroni"])
 
 
 @pytest.fixture
@@ -91,7 +89,6 @@ def demo_stack() -> Iterator[tuple[dict[str, str], dict[str, Any]]]:
 @pytest.fixture
 def prometheus(demo_stack: tuple[dict[str, str], dict[str, Any]]) -> Iterator[str]:
     """Prometheus scraping every process of the stack once a second; yields its URL."""
-    assert PROMETHEUS is not None
     _env, status = demo_stack
     targets: dict[str, list[str]] = {}
     for name, process in status["processes"].items():
@@ -99,7 +96,6 @@ def prometheus(demo_stack: tuple[dict[str, str], dict[str, Any]]) -> Iterator[st
             job = JOBS[name.split("-")[0]]
             targets.setdefault(job, []).append(urllib.parse.urlsplit(process["metrics_url"]).netloc)
     assert set(targets) == set(JOBS.values()), status["processes"]
-    folder = Path(tempfile.mkdtemp(prefix="fieldhub-test-prometheus-"))
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -107,45 +103,8 @@ def prometheus(demo_stack: tuple[dict[str, str], dict[str, Any]]) -> Iterator[st
             for job, hosts in targets.items()
         ],
     }
-    (folder / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-    port = free_port()
-    log = (folder / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={folder / 'prometheus.yml'}",
-            f"--storage.tsdb.path={folder / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1h",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _answers(f"{url}/-/ready"), timeout=30, what="Prometheus to start")
+    with running_prometheus(config) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own URL
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def _api(prometheus: str, path: str, **params: str) -> Any:
-    query = urllib.parse.urlencode(params)
-    with urllib.request.urlopen(f"{prometheus}/api/v1/{path}?{query}", timeout=10) as response:  # noqa: S310
-        body = json.loads(response.read())
-    assert body["status"] == "success", body
-    return body["data"]
 
 
 def _traffic(env: dict[str, str], status: dict[str, Any], stop: threading.Event) -> None:
@@ -215,20 +174,20 @@ def test_every_panel_of_the_dashboard_returns_data(
     traffic.start()
     try:
         wait_for(
-            lambda: all(t["health"] == "up" for t in _api(prometheus, "targets")["activeTargets"]),
+            lambda: all(t["health"] == "up" for t in api(prometheus, "targets")["activeTargets"]),
             timeout=60,
             what="Prometheus to scrape every process",
         )
         names = set(METRIC.findall(" ".join(expr for _, expr in queries)))
 
         def missing_names() -> set[str]:
-            return names - set(_api(prometheus, "label/__name__/values"))
+            return names - set(api(prometheus, "label/__name__/values"))
 
         def empty_panels() -> list[str]:
             return [
                 f"{title}: {expr}"
                 for title, expr in queries
-                if not _api(prometheus, "query", query=expr, time=str(time.time()))["result"]
+                if not api(prometheus, "query", query=expr, time=str(time.time()))["result"]
             ]
 
         # Rates need two scrapes after the first event; the worker's slowest job (rollups)
