@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
-from tests.support import NEEDS_NETNS, failover_scenarios
+from tests.support import NEEDS_NETNS, NEEDS_PATRONI, failover_scenarios
 
 pytestmark = NEEDS_NETNS
 
@@ -36,10 +34,7 @@ def test_a_cut_link_to_the_database_loses_and_doubles_nothing() -> None:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.skipif(
-    not (shutil.which("patroni") and shutil.which("etcd")),
-    reason="Patroni and etcd are not installed (apt-get install patroni etcd-server)",
-)
+@NEEDS_PATRONI
 def test_the_primary_host_dies_and_nothing_acknowledged_is_lost_and_commands_continue() -> None:
     [primary] = failover_scenarios(
         "--scenario", "database-primary", "--rate", "300", "--devices", "100",
