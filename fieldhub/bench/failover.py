@@ -195,16 +195,6 @@ class BridgeGone(RuntimeError):
     """The bridge process ended during a scenario; the message has its exit status and log."""
 
 
-def _promoted(cluster: PatroniCluster, old: Node) -> Node | None:
-    """A node other than `old` that is out of recovery (Patroni promoted it)."""
-    for node in cluster.nodes:
-        if node.name != old.name:
-            rows = cluster.query(node, "SELECT pg_is_in_recovery()")
-            if rows and rows[0][0] is False:
-                return node
-    return None
-
-
 def _doubled(url: str) -> int:
     with db.connect(url) as conn:
         row = conn.execute(
@@ -283,7 +273,7 @@ def run_database_primary(
     # Polled on the survivors only: a probe of the dead host would spend its connect timeout
     # there and blur both figures by seconds.
     promoted = wait_until(
-        functools.partial(_promoted, cluster, primary),
+        functools.partial(cluster.primary, besides=primary),
         timeout=120,
         interval=0.1,
         what="a standby promoted",

@@ -280,8 +280,12 @@ class PatroniCluster:
         except psycopg.Error:
             return None
 
-    def primary(self) -> Node | None:
+    def primary(self, *, besides: Node | None = None) -> Node | None:
+        """The node out of recovery; `besides` is not asked (a dead host would cost a
+        connect timeout per call)."""
         for node in self.nodes:
+            if besides is not None and node.name == besides.name:
+                continue
             rows = self.query(node, "SELECT pg_is_in_recovery()")
             if rows and rows[0][0] is False:
                 return node
