@@ -203,9 +203,6 @@
         : `${n} ${what}${n === 1 ? "" : "s"}, newest first.`;
   }
 
-  // Each load() gets a number, so an answer overtaken by a later load is dropped; live readings
-  // that arrive while a load is on its way are kept here and added to its answer (it may have
-  // been read before they were stored).
   // Adds one live reading to the raw series in time order. A history answer can already hold
   // it: the answer may be read after the reading was stored and still reach the page before the
   // stream's event does. The same time and value is that reading again; a late reading (the
@@ -219,6 +216,9 @@
     values.splice(at, 0, value);
   }
 
+  // Each load() gets a number, so an answer overtaken by a later load is dropped; live readings
+  // that arrive while a load is on its way are kept here and added to its answer (it may have
+  // been read before they were stored).
   let loadNumber = 0;
   let arrivedDuringLoad = null;
 
