@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fieldhub.bench.harness import settled
 from fieldhub.bench.hosts_lab import QUERIES as LAB_QUERIES
 from fieldhub.bench.hosts_plan import parse_ledger
 from fieldhub.bench.ingest import BridgeRunner, progress
@@ -225,13 +226,7 @@ def _tally(
             return {(r["device_id"], int(r["seq"])): int(r["copies"]) for r in rows}
 
         # Settled: the count has not moved for 5 s (the bridge drains a restored queue first).
-        last, still_since = -1, time.monotonic()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and time.monotonic() - still_since < 5:
-            now = len(stored())
-            if now != last:
-                last, still_since = now, time.monotonic()
-            time.sleep(0.5)
+        settled(lambda: len(stored()), still_s=5, timeout=120)
         copies = stored()
     missing = sorted(ts for key, ts in acked.items() if key not in copies)
     redelivered = bridge.metric("fieldhub_bridge_duplicate_readings_total")

@@ -61,6 +61,7 @@ import psycopg
 
 from fieldhub.bench import failover_broker
 from fieldhub.bench.command_load import CommandLoad
+from fieldhub.bench.harness import settled
 from fieldhub.bench.ingest import (
     BENCH_ORG,
     VALUES_PER_MESSAGE,
@@ -296,14 +297,7 @@ def run_database_primary(
     acked = loadgen.sent()
     expected_rows = rows_before + acked * VALUES_PER_MESSAGE
     progress(f"  {acked:,} messages acknowledged by the broker; waiting for the backlog")
-    last, stable_since = -1, time.monotonic()
-    while time.monotonic() - stable_since < 15:
-        rows = _rows(servers.database_url)
-        if rows >= expected_rows:
-            break
-        if rows != last:
-            last, stable_since = rows, time.monotonic()
-        time.sleep(0.5)
+    settled(lambda: _rows(servers.database_url), still_s=15, enough=expected_rows)
     rows = _rows(servers.database_url)
     doubled = _doubled(servers.database_url) - doubled_before
     stored = (rows - rows_before - doubled) // VALUES_PER_MESSAGE

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,30 @@ ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() else None
 
 class ChildExited(RuntimeError):
     """The child stopped while it was expected to run; the message ends with its log."""
+
+
+def settled(
+    count: Callable[[], int],
+    *,
+    still_s: float,
+    enough: int | None = None,
+    timeout: float | None = None,
+    poll_s: float = 0.5,
+) -> None:
+    """Poll `count` until it reaches `enough`, or has not moved for `still_s`, or `timeout`
+    has passed: how a benchmark waits for a backlog to be stored without knowing when the
+    last reading arrives."""
+    started = time.monotonic()
+    last, still_since = -1, started
+    while time.monotonic() - still_since < still_s:
+        if timeout is not None and time.monotonic() - started >= timeout:
+            return
+        now = count()
+        if enough is not None and now >= enough:
+            return
+        if now != last:
+            last, still_since = now, time.monotonic()
+        time.sleep(poll_s)
 
 
 def scrape(url: str) -> dict[str, float]:
