@@ -6,6 +6,8 @@ text. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -247,21 +249,19 @@ def test_booleans_read_true_and_false_everywhere(stack: TestStack, browser: Brow
     assert violations == []
 
 
-def test_a_reading_that_arrives_while_the_history_loads_stays_in_the_table(
-    stack: TestStack, browser: Browser
-) -> None:
-    """The history answer was read before the live reading was stored, and the stream sends
-    each reading once: the page must add what arrived meanwhile to the answer, not lose it."""
-    device_id = "flow-4"
+@contextmanager
+def flow_device_page(
+    stack: TestStack, browser: Browser, device_id: str, email: str
+) -> Iterator[tuple[Page, DeviceClient]]:
+    """A device that published flow 1.5 through the bridge, and its page open for a member,
+    showing it, with the live stream connected."""
     secret = stack.create_devices([device_id])[device_id]
-    email = "reader@test.example"
     users.create_user(stack.conn, email, org=stack.org, role="member", password=PASSWORD)
     device = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
-    topic = f"devices/{device_id}/telemetry"
     with BridgeProcess(stack) as bridge, WebServer(stack.database_url) as server:
         bridge.start().wait_ready()
         device.connect()
-        device.publish(topic, json.dumps({"values": {"flow": 1.5}}))
+        device.publish(f"devices/{device_id}/telemetry", json.dumps({"values": {"flow": 1.5}}))
         wait_for(
             lambda: stack.query(
                 "SELECT 1 FROM latest_values JOIN devices USING (device_key)"
@@ -274,6 +274,21 @@ def test_a_reading_that_arrives_while_the_history_loads_stays_in_the_table(
         log_in(page, server.url, email)
         page.goto(f"{server.url}/devices/{device_id}")
         expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+        try:
+            yield page, device
+        finally:
+            page.close()
+    device.close()
+
+
+def test_a_reading_that_arrives_while_the_history_loads_stays_in_the_table(
+    stack: TestStack, browser: Browser
+) -> None:
+    """The history answer was read before the live reading was stored, and the stream sends
+    each reading once: the page must add what arrived meanwhile to the answer, not lose it."""
+    device_id = "flow-4"
+    topic = f"devices/{device_id}/telemetry"
+    with flow_device_page(stack, browser, device_id, "reader@test.example") as (page, device):
         newest = page.locator("#history-table tbody tr").first
         expect(newest.locator("td.num")).to_have_text("1.5")
 
@@ -296,8 +311,6 @@ def test_a_reading_that_arrives_while_the_history_loads_stays_in_the_table(
         page.unroute("**/history.json*", hold)
         expect(newest.locator("td.num")).to_have_text("2.75")
         expect(page.locator("#history-table tbody tr").nth(1).locator("td.num")).to_have_text("1.5")
-        page.close()
-    device.close()
 
 
 def test_a_reading_the_history_already_holds_is_not_added_again_by_its_live_event(
@@ -307,27 +320,8 @@ def test_a_reading_the_history_already_holds_is_not_added_again_by_its_live_even
     stream's event for it: the event must not add the reading a second time. The middle
     reading is stored without a notification, so the stream sends it only with the next one."""
     device_id = "flow-5"
-    secret = stack.create_devices([device_id])[device_id]
-    email = "watcher@test.example"
-    users.create_user(stack.conn, email, org=stack.org, role="member", password=PASSWORD)
-    device = DeviceClient(stack.broker.mqtt_devices, device_id, secret)
     topic = f"devices/{device_id}/telemetry"
-    with BridgeProcess(stack) as bridge, WebServer(stack.database_url) as server:
-        bridge.start().wait_ready()
-        device.connect()
-        device.publish(topic, json.dumps({"values": {"flow": 1.5}}))
-        wait_for(
-            lambda: stack.query(
-                "SELECT 1 FROM latest_values JOIN devices USING (device_key)"
-                " WHERE device_id = %s AND metric = 'flow'",
-                (device_id,),
-            ),
-            what="the first reading stored",
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        log_in(page, server.url, email)
-        page.goto(f"{server.url}/devices/{device_id}")
-        expect(page.locator("body[data-live=connected]")).to_have_count(1, timeout=10000)
+    with flow_device_page(stack, browser, device_id, "watcher@test.example") as (page, device):
         rows = page.locator("#history-table tbody tr td.num")
         expect(rows).to_have_text(["1.5"])
 
@@ -342,8 +336,6 @@ def test_a_reading_the_history_already_holds_is_not_added_again_by_its_live_even
         expect(page.locator(".tile[data-metric=flow] .v")).to_have_text("3", timeout=10000)
         expect(rows).to_have_text(["3", "2.25", "1.5"])
         expect(page.locator("#chart")).to_have_attribute("data-points", "3")
-        page.close()
-    device.close()
 
 
 PHONE_PAGES = [
