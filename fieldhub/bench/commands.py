@@ -22,7 +22,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +36,7 @@ from fieldhub.core.command_requests import send_command
 from fieldhub.core.config import Settings
 from fieldhub.core.db import connect
 from fieldhub.core.passwords import generate_secret
-from fieldhub.core.procs import free_port, wait_until
+from fieldhub.core.procs import free_port, tail, wait_until
 
 DEVICE_ID = "bench-cmd-1"
 BRIDGE_ACCOUNT = registry.BRIDGE_ACCOUNT_BASE
@@ -160,7 +159,7 @@ def bench_commands(count: int = 1000) -> dict[str, Any]:
                 what="the bridge to be ready",
             )
             if bridge.poll() is not None:
-                raise RuntimeError(f"the bridge exited; see {log_path}:\n{_tail(log_path)}")
+                raise RuntimeError(f"the bridge exited; see {log_path}:\n{tail(log_path)}")
             # The auth sync and broker reload above can lag the first login a little.
             device = _connect_device(servers.broker.mqtt_devices, device_password)
             listener.execute("LISTEN commands")
@@ -220,13 +219,6 @@ def _measure(
         round_trip_ms.append((finished - started) * 1000)
         delivered_ms.append((device.arrived[command_id] - started) * 1000)
     return delivered_ms, round_trip_ms
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

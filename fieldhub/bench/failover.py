@@ -70,12 +70,12 @@ from fieldhub.bench.ingest import (
     _prepare,
     progress,
 )
-from fieldhub.bench.netlab import Host, Lab, tail
+from fieldhub.bench.netlab import Host, Lab
 from fieldhub.bench.registry import Servers, scratch_servers
 from fieldhub.core import db
 from fieldhub.core.config import Settings
 from fieldhub.core.migrate import apply_migrations
-from fieldhub.core.procs import free_port, wait_until
+from fieldhub.core.procs import free_port, tail, wait_until
 from fieldhub.stack.patroni import Node, PatroniCluster
 from fieldhub.stack.postgres import PG_USER, PostgresCluster, pg_bindir
 

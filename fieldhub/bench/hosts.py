@@ -58,9 +58,10 @@ from fieldhub.bench.hosts_lab import (
     Sampler,
 )
 from fieldhub.bench.install import InstallError, check_starts, installed_venv
-from fieldhub.bench.netlab import Lab, LabError, LabProcess, tail
+from fieldhub.bench.netlab import Lab, LabError, LabProcess
 from fieldhub.cli import Subparsers
 from fieldhub.core.config import Settings
+from fieldhub.core.procs import tail
 
 WINDOW = "_window"  # a step's (start, end), replaced by what the user saw in it
 

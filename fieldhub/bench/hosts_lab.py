@@ -33,7 +33,7 @@ import psycopg
 
 from fieldhub.bench import hosts_plan as plan
 from fieldhub.bench import units
-from fieldhub.bench.netlab import Lab, LabError, LabProcess, require_lab_netns, tail
+from fieldhub.bench.netlab import Lab, LabError, LabProcess, require_lab_netns
 from fieldhub.core import registry, users
 from fieldhub.core.config import (
     PROJECT_ROOT,
@@ -44,7 +44,7 @@ from fieldhub.core.config import (
     split_bridge_name,
 )
 from fieldhub.core.db import Conn, Queries, connect
-from fieldhub.core.procs import chown, chown_tree, wait_until
+from fieldhub.core.procs import chown, chown_tree, tail, wait_until
 from fieldhub.core.tls import ensure_tls
 from fieldhub.sim.broker_walk import WalkPolicy
 from fieldhub.stack.postgres import PostgresCluster, pg_bindir

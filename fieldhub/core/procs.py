@@ -118,6 +118,19 @@ def wait_until(
         time.sleep(interval)
 
 
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log (read from its last 16 KB, so a long log costs nothing);
+    empty if it cannot be read."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 16384))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def require_binary(name: str, *candidates: str) -> str:
     for candidate in (*candidates, name):
         found = shutil.which(candidate)

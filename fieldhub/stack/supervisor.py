@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fieldhub.core.procs import tail
+
 log = logging.getLogger("fieldhub.supervisor")
 
 STATE_VERSION = 1
@@ -451,15 +453,3 @@ def describe_exit(code: int | None) -> str:
         except ValueError:
             return str(code)
     return str(code)
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 8192))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])

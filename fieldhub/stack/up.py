@@ -47,7 +47,7 @@ from fieldhub.stack.specs import (
     with_cluster_brokers,
 )
 from fieldhub.stack.status import banner
-from fieldhub.stack.supervisor import StartupError, Supervisor, read_state, tail
+from fieldhub.stack.supervisor import StartupError, Supervisor, read_state
 
 log = logging.getLogger("fieldhub.stack")
 
@@ -267,7 +267,7 @@ def detach_up(
         if proc.poll() is not None:
             return 1, (
                 f"the stack did not come up (exit {proc.returncode}); from {paths.detach_log}:\n"
-                + tail(paths.detach_log, 30)
+                + procs.tail(paths.detach_log, 30)
             )
         if time.monotonic() > deadline:
             return 1, (

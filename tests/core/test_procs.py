@@ -1,5 +1,5 @@
-"""The open-file limit (the hard limit when there is one, what is needed when there is none)
-and the ports servers in tests and benchmarks are started on."""
+"""The open-file limit (the hard limit when there is one, what is needed when there is none),
+the ports servers in tests and benchmarks are started on, and the end of a log."""
 
 from __future__ import annotations
 
@@ -80,3 +80,10 @@ def test_a_port_a_server_listens_on_is_passed_over(monkeypatch: pytest.MonkeyPat
         spare = free_port()
         monkeypatch.setattr(procs, "port_order", lambda ephemeral, pid: [taken, spare, spare + 1])
         assert free_port() == spare + 1  # taken is in use, spare was handed out already
+
+
+def test_tail_is_the_last_lines_of_a_log_however_long(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text("".join(f"line {n}\n" for n in range(100_000)))
+    assert procs.tail(log, 3) == "line 99997\nline 99998\nline 99999"
+    assert procs.tail(tmp_path / "missing.log") == ""
