@@ -95,6 +95,10 @@ def patroni_database(name: str) -> Iterator[tuple[PatroniCluster, Node, str]]:
         url = cluster.create_database(name)
         apply_migrations(url)
         yield cluster, leader, url
+    except BaseException:
+        # Shown with the failure (pytest keeps a test's output): the logs go with the cluster.
+        print(cluster.report())
+        raise
     finally:
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)

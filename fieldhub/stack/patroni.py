@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import psycopg
 
-from fieldhub.core.procs import chown_tree, free_port, running_as_root, wait_until
+from fieldhub.core.procs import chown_tree, free_port, running_as_root, tail, wait_until
 from fieldhub.stack.postgres import PG_USER, pg_bindir
 
 SCOPE = "fieldhub"
@@ -363,6 +363,14 @@ class PatroniCluster:
         rows = self.query(primary, "SELECT sync_state FROM pg_stat_replication")
         states = [row[0] for row in rows or []]
         return "sync" in states if self.synchronous else True
+
+    def report(self, lines: int = 40) -> str:
+        """The end of each node's Patroni log and of etcd's (the loopback cluster's): what a
+        failover that went wrong is read from, before `stop` removes them."""
+        names = [node.name for node in self.nodes] + (["etcd"] if self.etcd else [])
+        return "\n".join(
+            f"--- {name}.log\n{tail(self.base / f'{name}.log', lines)}" for name in names
+        )
 
     # -- faults ------------------------------------------------------------------------------
     def node_pids(self, node: Node) -> set[int]:
