@@ -118,7 +118,9 @@ class RawReceiver:
         try:
             conn.settimeout(0.2)
             request = b""
-            while b"\r\n\r\n" not in request and not self._stop.is_set():
+            # The body too: closing with unread bytes makes the kernel answer RST instead of
+            # FIN, and the client would see a reset rather than the behaviour asked for.
+            while not _complete(request) and not self._stop.is_set():
                 try:
                     chunk = conn.recv(65536)
                 except TimeoutError:
@@ -126,9 +128,6 @@ class RawReceiver:
                 if not chunk:
                     return
                 request += chunk
-            # The body too: closing with unread bytes makes the kernel answer RST instead of
-            # FIN, and the client would see a reset rather than the behaviour asked for.
-            self._read_body(conn, request)
             if self.behaviour == "garbage":
                 conn.sendall(b"SSH-2.0-OpenSSH_9.6 this is not HTTP\r\n\r\n")
             elif self.behaviour == "hang":
@@ -143,22 +142,6 @@ class RawReceiver:
             with self._lock:
                 self.open -= 1
 
-    def _read_body(self, conn: socket.socket, request: bytes) -> None:
-        head, _, body = request.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(body) < length and not self._stop.is_set():
-            try:
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                continue
-            if not chunk:
-                return
-            body += chunk
-
     def _until_closed(self, conn: socket.socket, every_tick: Callable[[], object]) -> None:
         while not self._stop.is_set():
             every_tick()
@@ -172,3 +155,16 @@ class RawReceiver:
         self._stop.set()
         self.sock.close()
         self.thread.join(timeout=5)
+
+
+def _complete(request: bytes) -> bool:
+    """The request's head has arrived, and as much body as its Content-Length says."""
+    head, found, body = request.partition(b"\r\n\r\n")
+    if not found:
+        return False
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return len(body) >= length
